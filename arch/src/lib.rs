@@ -1,0 +1,1 @@
+//! x86-64 VM setup (filled in by the arch work).

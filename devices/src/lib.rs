@@ -1,0 +1,1 @@
+//! Device models (filled in by the devices work).

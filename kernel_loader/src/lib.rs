@@ -1,0 +1,1 @@
+//! Kernel loaders (filled in by the loader work).
