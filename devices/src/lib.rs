@@ -2,11 +2,22 @@
 //!
 //! This crate owns the port-I/O/MMIO [`Bus`] and the legacy PC devices a
 //! stock Linux x86-64 kernel needs beyond what KVM's in-kernel irqchip and PIT
-//! provide: the COM1 UART, a minimal i8042 (for the reset command), the CMOS
+//! provide: the COM1 UART, a minimal i8042 (probe and reset command), the CMOS
 //! RTC, the ACPI PM1 fixed-hardware registers and the 0xcf9 reset register.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod cmos;
+pub mod i8042;
+pub mod reset;
 pub mod serial;
 
+pub use acpi_pm::{
+    ACPI_PM_LEN, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK_PORT, PM1A_EVT_BLK_PORT,
+    SLEEP_TYPE_S5,
+};
 pub use bus::{Bus, BusDevice, BusError};
-pub use serial::{Serial, SerialError};
+pub use cmos::{CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos};
+pub use i8042::{I8042, I8042_PORT_LEN};
+pub use reset::{RESET_CONTROL_LEN, RESET_CONTROL_PORT, ResetControl};
+pub use serial::{SERIAL_PORT_LEN, Serial, SerialError};

@@ -1,0 +1,253 @@
+//! ACPI fixed-hardware power-management registers (PM1a event and control
+//! blocks), as on QEMU's PIIX4 PM, for a non-HW-reduced FADT.
+//!
+//! One device at [`PM1A_EVT_BLK_PORT`] with length 8: bytes +0..+4 are the
+//! event block (PM1_STS u16, PM1_EN u16), +4..+6 the control block (PM1_CNT
+//! u16), +6..+8 are reserved (read 0, writes ignored). Registers are decoded
+//! per byte so both ACPICA's single 16-bit accesses and byte-wise accesses
+//! work. The FADT's SMI_CMD is 0, so ACPI mode is always on: SCI_EN reads 1.
+//!
+//! Writing SLP_EN with SLP_TYP = [`SLEEP_TYPE_S5`] powers the VM off by
+//! writing `poweroff_evt`. Other sleep states are not supported and ignored.
+//! Nothing here raises an SCI (no power button or timer events yet).
+
+use log::warn;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// Port of the PM1a event block (PM1_STS, PM1_EN); the device's base.
+pub const PM1A_EVT_BLK_PORT: u16 = 0x600;
+/// Port of the PM1a control block (PM1_CNT).
+pub const PM1A_CNT_BLK_PORT: u16 = 0x604;
+/// Length of the PM1a event block in bytes (FADT PM1_EVT_LEN).
+pub const PM1_EVT_LEN: u8 = 4;
+/// Length of the PM1a control block in bytes (FADT PM1_CNT_LEN).
+pub const PM1_CNT_LEN: u8 = 2;
+/// SLP_TYP value for S5 (soft off); the DSDT's `\_S5` package must give it.
+pub const SLEEP_TYPE_S5: u16 = 5;
+/// Number of ports to insert the device with.
+pub const ACPI_PM_LEN: u64 = 8;
+
+const STS_OFFSET: u64 = 0;
+const EN_OFFSET: u64 = 2;
+const CNT_OFFSET: u64 = (PM1A_CNT_BLK_PORT - PM1A_EVT_BLK_PORT) as u64;
+
+const SCI_EN: u16 = 1 << 0;
+const BM_RLD: u16 = 1 << 1;
+const SLP_TYP_SHIFT: u16 = 10;
+const SLP_TYP_MASK: u16 = 0b111 << SLP_TYP_SHIFT;
+const SLP_EN: u16 = 1 << 13;
+/// PM1_CNT bits that hold state; SCI_EN is hard-wired, GBL_RLS and SLP_EN
+/// are write-only triggers.
+const CNT_STORED: u16 = BM_RLD | SLP_TYP_MASK;
+
+/// The PM1a registers; see the module documentation.
+pub struct AcpiPm {
+    poweroff_evt: EventFd,
+    pm1_sts: u16,
+    pm1_en: u16,
+    pm1_cnt: u16,
+    unsupported_sleep_logged: bool,
+    poweroffs: u64,
+}
+
+/// Replaces byte `index` (0 = low) of `reg` with `byte`.
+fn set_byte(reg: u16, index: u64, byte: u8) -> u16 {
+    let mut bytes = reg.to_le_bytes();
+    bytes[(index & 1) as usize] = byte;
+    u16::from_le_bytes(bytes)
+}
+
+impl AcpiPm {
+    /// Creates the registers; `poweroff_evt` is written when the guest enters
+    /// S5.
+    pub fn new(poweroff_evt: EventFd) -> AcpiPm {
+        AcpiPm {
+            poweroff_evt,
+            pm1_sts: 0,
+            pm1_en: 0,
+            pm1_cnt: 0,
+            unsupported_sleep_logged: false,
+            poweroffs: 0,
+        }
+    }
+
+    /// Number of S5 (power-off) requests the guest has made.
+    pub fn poweroffs(&self) -> u64 {
+        self.poweroffs
+    }
+
+    fn read_byte(&self, offset: u64) -> u8 {
+        let (reg, index) = match offset {
+            0..=1 => (self.pm1_sts, offset - STS_OFFSET),
+            2..=3 => (self.pm1_en, offset - EN_OFFSET),
+            4..=5 => (self.pm1_cnt | SCI_EN, offset - CNT_OFFSET),
+            _ => return 0,
+        };
+        reg.to_le_bytes()[index as usize]
+    }
+
+    /// Applies one byte of a write. Returns the full PM1_CNT value written
+    /// (including write-only bits) when the byte holding SLP_EN was written.
+    fn write_byte(&mut self, offset: u64, byte: u8) -> Option<u16> {
+        match offset {
+            // Write-1-to-clear.
+            0..=1 => {
+                let mask = set_byte(0, offset - STS_OFFSET, byte);
+                self.pm1_sts &= !mask;
+            }
+            2..=3 => self.pm1_en = set_byte(self.pm1_en, offset - EN_OFFSET, byte),
+            4..=5 => {
+                let written = set_byte(self.pm1_cnt, offset - CNT_OFFSET, byte);
+                self.pm1_cnt = written & CNT_STORED;
+                // SLP_TYP and SLP_EN both live in the high byte, so acting
+                // when it is written is right for 16-bit and byte-wise writes.
+                if offset == CNT_OFFSET + 1 {
+                    return Some(written);
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn sleep_requested(&mut self, cnt: u16) {
+        if cnt & SLP_EN == 0 {
+            return;
+        }
+        let slp_typ = (cnt & SLP_TYP_MASK) >> SLP_TYP_SHIFT;
+        if slp_typ == SLEEP_TYPE_S5 {
+            self.poweroffs += 1;
+            if let Err(e) = self.poweroff_evt.write(1) {
+                warn!("acpi_pm: failed to signal power-off: {e}");
+            }
+        } else if !self.unsupported_sleep_logged {
+            self.unsupported_sleep_logged = true;
+            warn!("acpi_pm: ignoring request for unsupported sleep type {slp_typ}");
+        }
+    }
+}
+
+impl BusDevice for AcpiPm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .map_or(0, |o| self.read_byte(o));
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        // Apply the whole access before acting so a 16-bit write is seen as
+        // one value.
+        let mut cnt_written = None;
+        for (i, &byte) in data.iter().enumerate() {
+            let Some(o) = offset.checked_add(i as u64) else {
+                break;
+            };
+            if let Some(cnt) = self.write_byte(o, byte) {
+                cnt_written = Some(cnt);
+            }
+        }
+        if let Some(cnt) = cnt_written {
+            self.sleep_requested(cnt);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S5_SLP_EN: u16 = (SLEEP_TYPE_S5 << SLP_TYP_SHIFT) | SLP_EN;
+
+    fn setup() -> (AcpiPm, EventFd) {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        (AcpiPm::new(evt.try_clone().unwrap()), evt)
+    }
+
+    fn read_u16(dev: &mut AcpiPm, offset: u64) -> u16 {
+        let mut b = [0u8; 2];
+        dev.read(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    #[test]
+    fn s5_with_slp_en_as_one_16bit_write_powers_off() {
+        let (mut dev, evt) = setup();
+
+        dev.write(CNT_OFFSET, &S5_SLP_EN.to_le_bytes());
+
+        assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(dev.poweroffs(), 1);
+    }
+
+    #[test]
+    fn s5_with_slp_en_as_two_byte_writes_powers_off() {
+        let (mut dev, evt) = setup();
+        let [lo, hi] = (S5_SLP_EN | SCI_EN).to_le_bytes();
+
+        dev.write(CNT_OFFSET, &[lo]);
+        dev.write(CNT_OFFSET + 1, &[hi]);
+
+        assert_eq!(evt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn slp_typ_without_slp_en_does_not_power_off() {
+        let (mut dev, evt) = setup();
+
+        // ACPICA writes SLP_TYP first, then SLP_TYP | SLP_EN.
+        dev.write(CNT_OFFSET, &(SLEEP_TYPE_S5 << SLP_TYP_SHIFT).to_le_bytes());
+
+        assert!(evt.read().is_err());
+        assert_eq!(
+            read_u16(&mut dev, CNT_OFFSET) & SLP_TYP_MASK,
+            SLEEP_TYPE_S5 << SLP_TYP_SHIFT
+        );
+    }
+
+    #[test]
+    fn other_sleep_type_with_slp_en_is_ignored() {
+        let (mut dev, evt) = setup();
+
+        dev.write(CNT_OFFSET, &((3 << SLP_TYP_SHIFT) | SLP_EN).to_le_bytes());
+
+        assert!(evt.read().is_err());
+        assert_eq!(dev.poweroffs(), 0);
+    }
+
+    #[test]
+    fn sci_en_reads_back_set_and_slp_en_reads_back_clear() {
+        let (mut dev, _evt) = setup();
+        assert_eq!(read_u16(&mut dev, CNT_OFFSET) & SCI_EN, SCI_EN);
+
+        dev.write(CNT_OFFSET, &[0, 0]);
+        dev.write(CNT_OFFSET, &(3 << SLP_TYP_SHIFT | SLP_EN).to_le_bytes());
+
+        let cnt = read_u16(&mut dev, CNT_OFFSET);
+        assert_eq!(cnt & SCI_EN, SCI_EN);
+        assert_eq!(cnt & SLP_EN, 0);
+    }
+
+    #[test]
+    fn pm1_sts_is_write_one_to_clear() {
+        let (mut dev, _evt) = setup();
+        dev.pm1_sts = 0x8101;
+
+        dev.write(STS_OFFSET, &0x0100u16.to_le_bytes());
+
+        assert_eq!(read_u16(&mut dev, STS_OFFSET), 0x8001);
+    }
+
+    #[test]
+    fn pm1_en_is_read_write_bytewise_and_wordwise() {
+        let (mut dev, _evt) = setup();
+
+        dev.write(EN_OFFSET, &0x0120u16.to_le_bytes());
+        dev.write(EN_OFFSET + 1, &[0x03]);
+
+        assert_eq!(read_u16(&mut dev, EN_OFFSET), 0x0320);
+    }
+}
