@@ -3,8 +3,9 @@
 //!
 //! Inserted at port 0x60 with length 5: offset 0 is the data port (0x60),
 //! offset 4 is the status (read) / command (write) port (0x64). Offsets 1..=3
-//! are not decoded (reads return all-ones, writes are dropped); port 0x61 (the
-//! NMI/speaker "port B") belongs to another device if the VMM wants one.
+//! are not decoded (reads return all-ones, writes are dropped). Port 0x61
+//! (the speaker / PIT channel 2 gate) is handled inside KVM by the in-kernel
+//! PIT, so guest accesses to it never reach this device.
 //!
 //! `vm_superio::I8042Device` handles only the reset command and reads every
 //! register as 0. That makes Linux's `i8042_command()` time out waiting for
@@ -13,8 +14,13 @@
 //! byte (CTR), self/interface tests, the output port, and 0xFE.
 //!
 //! No keyboard or mouse is attached and IRQ 1/12 are not wired: bytes sent to
-//! the devices (data-port writes with no pending controller command, and the
-//! 0xD3/0xD4 AUX commands) get no answer, which Linux reads as "no device".
+//! the devices (data-port writes with no pending controller command, 0xD4
+//! "send to mouse") get no answer, which Linux reads as "no device". The 0xD3
+//! AUX loopback is internal to a real controller, so it is echoed (with the
+//! mouse-data status bit). Linux then finds the AUX port but, getting no IRQ
+//! 12 for the echo, gives up on it after a 250 ms wait; a kernel command line
+//! with `i8042.noaux` skips that wait, and a FADT without the 8042 boot flag
+//! makes Linux skip the whole probe.
 
 use log::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
@@ -33,6 +39,7 @@ const SR_OBF: u8 = 0x01; // output buffer full: data for the host at 0x60
 const SR_SYS: u8 = 0x04; // system flag, mirrors CTR bit 2 (POST passed)
 const SR_CMD: u8 = 0x08; // last write was to the command port
 const SR_KEYLOCK: u8 = 0x10; // 1 = keyboard not inhibited by the keylock
+const SR_AUXDATA: u8 = 0x20; // the byte in the output buffer is from the mouse
 
 // Controller configuration byte (CTR) bits.
 const CTR_KBDINT: u8 = 0x01;
@@ -70,8 +77,9 @@ pub struct I8042 {
     reset_evt: EventFd,
     ctr: u8,
     outport: u8,
-    /// Byte waiting for the host at the data port (drives OBF).
-    out: Option<u8>,
+    /// Byte waiting for the host at the data port (drives OBF), and whether
+    /// it comes from the AUX (mouse) side.
+    out: Option<(u8, bool)>,
     /// Last byte handed out, returned again by a read with OBF clear as
     /// real controllers do.
     last_out: u8,
@@ -106,8 +114,10 @@ impl I8042 {
 
     fn status(&self) -> u8 {
         let mut s = SR_KEYLOCK;
-        if self.out.is_some() {
-            s |= SR_OBF;
+        match self.out {
+            Some((_, true)) => s |= SR_OBF | SR_AUXDATA,
+            Some((_, false)) => s |= SR_OBF,
+            None => {}
         }
         if self.ctr & CTR_SYS != 0 {
             s |= SR_SYS;
@@ -119,7 +129,7 @@ impl I8042 {
     }
 
     fn respond(&mut self, byte: u8) {
-        self.out = Some(byte);
+        self.out = Some((byte, false));
     }
 
     fn trigger_reset(&mut self) {
@@ -162,8 +172,11 @@ impl I8042 {
             }
             // "Write keyboard output buffer": the byte comes back as if typed.
             Some(CMD_KBD_LOOP) => self.respond(value),
+            // Loopback happens inside the controller: it comes back as if
+            // the mouse had sent it.
+            Some(CMD_AUX_LOOP) => self.out = Some((value, true)),
             // No mouse attached: the byte goes nowhere.
-            Some(CMD_AUX_LOOP) | Some(CMD_AUX_SEND) => {}
+            Some(CMD_AUX_SEND) => {}
             // No keyboard attached either.
             _ => debug!("i8042: dropping keyboard byte {value:#04x}"),
         }
@@ -178,7 +191,7 @@ impl BusDevice for I8042 {
         };
         *byte = match offset {
             I8042_DATA_OFFSET => {
-                if let Some(b) = self.out.take() {
+                if let Some((b, _)) = self.out.take() {
                     self.last_out = b;
                 }
                 self.last_out
@@ -267,6 +280,33 @@ mod tests {
         assert_eq!(status & SR_OBF, SR_OBF);
         assert_eq!(answer, SELF_TEST_OK);
         assert_eq!(rd(&mut dev, I8042_COMMAND_OFFSET) & SR_OBF, 0);
+    }
+
+    #[test]
+    fn aux_loopback_echoes_with_aux_data_status() {
+        let (mut dev, _evt) = setup();
+
+        dev.write(I8042_COMMAND_OFFSET, &[CMD_AUX_LOOP]);
+        dev.write(I8042_DATA_OFFSET, &[0x5a]);
+        let status = rd(&mut dev, I8042_COMMAND_OFFSET);
+
+        assert_eq!(status & (SR_OBF | SR_AUXDATA), SR_OBF | SR_AUXDATA);
+        assert_eq!(rd(&mut dev, I8042_DATA_OFFSET), 0x5a);
+    }
+
+    #[test]
+    fn aux_disable_and_enable_toggle_ctr_bit() {
+        let (mut dev, _evt) = setup();
+
+        dev.write(I8042_COMMAND_OFFSET, &[CMD_AUX_DISABLE]);
+        dev.write(I8042_COMMAND_OFFSET, &[CMD_READ_CTR]);
+        let disabled = rd(&mut dev, I8042_DATA_OFFSET);
+        dev.write(I8042_COMMAND_OFFSET, &[CMD_AUX_ENABLE]);
+        dev.write(I8042_COMMAND_OFFSET, &[CMD_READ_CTR]);
+        let enabled = rd(&mut dev, I8042_DATA_OFFSET);
+
+        assert_eq!(disabled & CTR_AUXDIS, CTR_AUXDIS);
+        assert_eq!(enabled & CTR_AUXDIS, 0);
     }
 
     #[test]

@@ -81,21 +81,9 @@ impl SerialEvents for UartEvents {
     }
 }
 
-/// Output sink adaptor, so the boxed trait object satisfies `Write` by value.
-struct Output(Box<dyn Write + Send>);
-
-impl Write for Output {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
 /// A 16550A UART; see the module documentation.
 pub struct Serial {
-    uart: vm_superio::Serial<EventFdTrigger, UartEvents, Output>,
+    uart: vm_superio::Serial<EventFdTrigger, UartEvents, Box<dyn Write + Send>>,
     bytes_in: u64,
     /// Set after the first output error so a dead sink does not flood the log.
     output_error_logged: bool,
@@ -118,7 +106,7 @@ impl Serial {
             bytes_lost: AtomicU64::new(0),
         };
         Serial {
-            uart: vm_superio::Serial::with_events(EventFdTrigger(interrupt), events, Output(out)),
+            uart: vm_superio::Serial::with_events(EventFdTrigger(interrupt), events, out),
             bytes_in: 0,
             output_error_logged: false,
             interrupt_error_logged: false,
