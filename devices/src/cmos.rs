@@ -348,7 +348,7 @@ impl Cmos {
         if was_set && !is_set {
             // Decode in the format the guest wrote the fields in.
             match self.decode_snapshot() {
-                Some(dt) => self.offset = unix_from_datetime(&dt) - (self.now)(),
+                Some(dt) => self.offset = unix_from_datetime(&dt).saturating_sub((self.now)()),
                 None => warn!("cmos: guest set an invalid time; keeping the old clock"),
             }
         }
