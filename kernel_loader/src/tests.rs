@@ -980,3 +980,21 @@ fn real_debian_bzimage_loads_when_present() {
     assert!({ k.setup_header.version } >= 0x020c);
     assert!(k.cmdline_max >= 255);
 }
+
+/// Loads the lab's uncompressed Debian `vmlinux` if present; skipped otherwise.
+#[test]
+fn real_debian_vmlinux_loads_when_present() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/lab/guest/vmlinux");
+    let Ok(image) = std::fs::read(path) else {
+        eprintln!("skipping: {path} not present");
+        return;
+    };
+    let mem = mem(512 * MIB);
+    let k = load_kernel(&mem, &image).unwrap();
+    eprintln!(
+        "vmlinux: {:?} entry {:#x} kernel [{:#x}, {:#x})",
+        k.protocol, k.entry_addr.0, k.kernel_start.0, k.kernel_end.0
+    );
+    assert!(k.kernel_start <= k.entry_addr && k.entry_addr < k.kernel_end);
+    assert_eq!(k.cmdline_max, 2048);
+}
