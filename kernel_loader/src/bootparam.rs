@@ -96,10 +96,11 @@ pub struct SetupHeader {
 /// Offset (relative to the start of the image / `boot_params`) of a
 /// `SetupHeader` field.
 macro_rules! hdr_off {
-    ($field:ident) => {
-        $crate::bootparam::SETUP_HEADER_OFFSET
-            + ::core::mem::offset_of!($crate::bootparam::SetupHeader, $field)
-    };
+    ($field:ident) => {{
+        const OFFSET: usize = $crate::bootparam::SETUP_HEADER_OFFSET
+            + ::core::mem::offset_of!($crate::bootparam::SetupHeader, $field);
+        OFFSET
+    }};
 }
 pub(crate) use hdr_off;
 

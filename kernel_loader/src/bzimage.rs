@@ -34,10 +34,13 @@ fn read_u16(image: &[u8], off: usize) -> Option<u16> {
     Some(u16::from_le_bytes([*b.first()?, *b.get(1)?]))
 }
 
+/// Byte range of the "HdrS" magic (`header` is followed by `version`).
+const HDRS_RANGE: core::ops::Range<usize> = hdr_off!(header)..hdr_off!(version);
+
 /// True if `image` carries either bzImage signature, so that errors about the
 /// other one are reported as a broken bzImage rather than an unknown format.
 pub(crate) fn is_bzimage(image: &[u8]) -> bool {
-    let hdrs = image.get(hdr_off!(header)..hdr_off!(header) + 4) == Some(b"HdrS".as_slice());
+    let hdrs = image.get(HDRS_RANGE) == Some(b"HdrS".as_slice());
     let flag = read_u16(image, hdr_off!(boot_flag)) == Some(BOOT_FLAG_MAGIC);
     hdrs || flag
 }
@@ -60,7 +63,7 @@ fn parse_header(image: &[u8]) -> Result<SetupHeader, Error> {
         return Err(Error::BadBootFlag { found: boot_flag });
     }
     let magic_bytes: [u8; 4] = image
-        .get(hdr_off!(header)..hdr_off!(header) + 4)
+        .get(HDRS_RANGE)
         .and_then(|b| b.try_into().ok())
         .unwrap_or([0; 4]);
     if u32::from_le_bytes(magic_bytes) != HDRS_MAGIC {
@@ -72,7 +75,7 @@ fn parse_header(image: &[u8]) -> Result<SetupHeader, Error> {
     }
 
     // The jump at 0x200 is `jmp short`; its displacement marks the header end.
-    let declared_end = 0x202 + usize::from(image.get(0x201).copied().unwrap_or(0));
+    let declared_end = usize::from(image.get(0x201).copied().unwrap_or(0)).saturating_add(0x202);
     if declared_end > len {
         return Err(Error::HeaderTruncated {
             needed: declared_end,
@@ -102,7 +105,10 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
 
     let setup_sects = hdr.setup_sects;
     let real_sects = if setup_sects == 0 { 4 } else { setup_sects };
-    let payload_offset = (usize::from(real_sects) + 1) * SECTOR;
+    // At most 256 * 512: cannot overflow.
+    let payload_offset = usize::from(real_sects)
+        .saturating_add(1)
+        .saturating_mul(SECTOR);
     let payload = image
         .get(payload_offset..)
         .filter(|p| !p.is_empty())
@@ -118,7 +124,8 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
             return Err(Error::InvalidKernelAlignment { alignment });
         }
         let pref = hdr.pref_address;
-        if pref % u64::from(alignment) != 0 {
+        // alignment is a non-zero power of two.
+        if pref & u64::from(alignment).saturating_sub(1) != 0 {
             return Err(Error::MisalignedLoadAddress {
                 addr: pref,
                 alignment,
@@ -146,13 +153,14 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
             needed_end: kernel_end,
         });
     }
-    // load_addr + payload_len <= kernel_end, which did not overflow.
-    let entry = load_addr + ENTRY_64_OFFSET;
+    // Both sums are <= kernel_end, which did not overflow, once the entry
+    // is known to lie inside the payload.
+    let entry = load_addr.saturating_add(ENTRY_64_OFFSET);
     if ENTRY_64_OFFSET >= payload_len {
         return Err(Error::EntryOutsideKernel {
             entry,
             start: load_addr,
-            end: load_addr + payload_len,
+            end: load_addr.saturating_add(payload_len),
         });
     }
 

@@ -29,14 +29,15 @@ pub fn write_cmdline<M: GuestMemory>(
             max: max_len,
         });
     }
-    let with_nul = (bytes.len() as u64) + 1;
+    let len = bytes.len() as u64;
+    let with_nul = len.saturating_add(1);
     mem::require_range(mem, "kernel command line", addr, with_nul)?;
     mem::write(mem, "kernel command line", addr, bytes)?;
-    // addr + len cannot overflow: the range check above covered it.
+    // The range check above covered addr + len: no saturation happens.
     mem::write(
         mem,
         "kernel command line",
-        GuestAddress(addr.0 + bytes.len() as u64),
+        GuestAddress(addr.0.saturating_add(len)),
         &[0],
     )
 }

@@ -33,6 +33,12 @@ const PT_NOTE: u32 = 4;
 pub(crate) const MAX_PHNUM: u16 = 64;
 /// Command line limit used for ELF kernels (Linux's COMMAND_LINE_SIZE on x86).
 pub(crate) const ELF_CMDLINE_MAX: usize = 2048;
+/// `initrd_addr_max` written into the synthesized setup header.
+const ELF_INITRD_ADDR_MAX: u32 = 0x37ff_ffff;
+const _: () = assert!(ELF_INITRD_ADDR_MAX as u64 == DEFAULT_INITRD_ADDR_MAX);
+/// `cmdline_size` written into the synthesized setup header.
+const ELF_CMDLINE_SIZE: u32 = 2048;
+const _: () = assert!(ELF_CMDLINE_SIZE as usize == ELF_CMDLINE_MAX);
 /// `kernel_alignment` written into the synthesized setup header.
 const ELF_KERNEL_ALIGNMENT: u32 = 0x100_0000;
 /// Boot protocol version claimed by the synthesized setup header (2.15).
@@ -144,7 +150,7 @@ fn parse_phdrs(image: &[u8], ehdr: &Elf64Ehdr) -> Result<Vec<Elf64Phdr>, Error> 
         len: image.len(),
     };
     // phnum <= 64 and phentsize <= 65535: the product cannot overflow.
-    let table_len = usize::from(phnum) * usize::from(phentsize);
+    let table_len = usize::from(phnum).saturating_mul(usize::from(phentsize));
     let table_start = usize::try_from(phoff).map_err(|_| out_of_file())?;
     let table_end = table_start.checked_add(table_len).ok_or_else(out_of_file)?;
     let table = image.get(table_start..table_end).ok_or_else(out_of_file)?;
@@ -169,14 +175,12 @@ fn find_pvh_note(notes: &[u8], index: usize) -> Result<Option<u64>, Error> {
         .checked_add(NOTE_HEADER)
         .and_then(|end| notes.get(off..end))
     {
-        let word = |i: usize| -> u32 {
-            hdr.get(i * 4..i * 4 + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_le_bytes)
-                .unwrap_or(0)
-        };
-        let (namesz, descsz, ntype) = (word(0), word(1), word(2));
-        let name_start = off + NOTE_HEADER;
+        let mut words = hdr
+            .chunks_exact(4)
+            .map(|b| b.try_into().map(u32::from_le_bytes).unwrap_or(0));
+        let mut word = || words.next().unwrap_or(0);
+        let (namesz, descsz, ntype) = (word(), word(), word());
+        let name_start = off.checked_add(NOTE_HEADER).ok_or_else(|| malformed(off))?;
         let name_end = name_start
             .checked_add(namesz as usize)
             .ok_or_else(|| malformed(off))?;
@@ -222,8 +226,8 @@ pub(crate) fn synthesized_setup_header() -> SetupHeader {
         loadflags: LOADED_HIGH,
         kernel_alignment: ELF_KERNEL_ALIGNMENT,
         xloadflags: XLF_KERNEL_64,
-        initrd_addr_max: DEFAULT_INITRD_ADDR_MAX as u32,
-        cmdline_size: ELF_CMDLINE_MAX as u32,
+        initrd_addr_max: ELF_INITRD_ADDR_MAX,
+        cmdline_size: ELF_CMDLINE_SIZE,
         ..SetupHeader::default()
     }
 }
@@ -291,15 +295,12 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
         let data = segment_data(image, index, ph)?;
         let paddr = ph.p_paddr;
         mem::write(mem, "kernel segment", GuestAddress(paddr), data)?;
-        // Validated above: paddr + memsz does not overflow and filesz <= memsz.
-        let bss = ph.p_memsz - ph.p_filesz;
+        // Validated above: paddr + memsz does not overflow and filesz <= memsz,
+        // so neither saturating operation saturates.
+        let bss = ph.p_memsz.saturating_sub(ph.p_filesz);
         if bss > 0 {
-            mem::zero(
-                mem,
-                "kernel segment",
-                GuestAddress(paddr + ph.p_filesz),
-                bss,
-            )?;
+            let bss_start = GuestAddress(paddr.saturating_add(ph.p_filesz));
+            mem::zero(mem, "kernel segment", bss_start, bss)?;
         }
     }
 

@@ -19,6 +19,21 @@
 //! and bounds-checked slice access; malformed images produce an [`Error`],
 //! never a panic, a huge allocation or a partially written guest.
 
+#![forbid(unsafe_code)]
+// Input reaches almost every function here: keep panicking shortcuts out of
+// non-test code (tests may unwrap freely).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic,
+        clippy::arithmetic_side_effects,
+        clippy::cast_possible_truncation
+    )
+)]
+
 pub mod bootparam;
 mod bzimage;
 mod cmdline;

@@ -66,16 +66,16 @@ pub(crate) fn zero<M: GuestMemory>(
 ) -> Result<(), Error> {
     static ZEROES: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
     let mut done: u64 = 0;
-    while done < len {
-        let chunk = (len - done).min(ZERO_CHUNK as u64);
+    while let Some(left) = len.checked_sub(done).filter(|&l| l > 0) {
+        let chunk = usize::try_from(left).map_or(ZERO_CHUNK, |l| l.min(ZERO_CHUNK));
         let at = addr.0.checked_add(done).ok_or(Error::OutOfGuestMemory {
             what,
             addr: addr.0,
             size: len,
         })?;
-        let buf = ZEROES.get(..chunk as usize).unwrap_or(&ZEROES);
+        let buf = ZEROES.get(..chunk).unwrap_or(&ZEROES);
         write(mem, what, GuestAddress(at), buf)?;
-        done += chunk;
+        done = done.saturating_add(chunk as u64);
     }
     Ok(())
 }

@@ -138,13 +138,13 @@ pub fn write_pvh_start_info<M: GuestMemory>(
     let end = memmap_addr
         .checked_add(memmap_bytes.len() as u64)
         .ok_or_else(overflow)?;
-    mem::require_range(mem, WHAT, addr, end - addr.0)?;
+    mem::require_range(mem, WHAT, addr, end.saturating_sub(addr.0))?;
 
     let info = HvmStartInfo {
         magic: XEN_HVM_START_MAGIC_VALUE,
         version: HVM_START_INFO_VERSION,
         flags: 0,
-        nr_modules: modules.len() as u32,
+        nr_modules: u32::from(!modules.is_empty()),
         modlist_paddr: if modules.is_empty() { 0 } else { modlist_addr },
         cmdline_paddr: cfg.cmdline_addr.0,
         rsdp_paddr: cfg.rsdp_addr.map_or(0, |a| a.0),

@@ -998,3 +998,9 @@ fn real_debian_vmlinux_loads_when_present() {
     assert!(k.kernel_start <= k.entry_addr && k.entry_addr < k.kernel_end);
     assert_eq!(k.cmdline_max, 2048);
 }
+
+#[test]
+fn error_is_send_sync_and_static_for_use_in_other_error_types() {
+    fn assert_bounds<T: std::error::Error + Send + Sync + 'static>() {}
+    assert_bounds::<Error>();
+}

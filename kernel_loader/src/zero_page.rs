@@ -38,21 +38,22 @@ pub struct ZeroPageConfig<'a> {
 }
 
 fn lo32(v: u64) -> u32 {
-    v as u32
+    u32::try_from(v & 0xffff_ffff).unwrap_or(0)
 }
 
 fn hi32(v: u64) -> u32 {
-    (v >> 32) as u32
+    u32::try_from(v >> 32).unwrap_or(0)
 }
 
 /// Builds the `boot_params` described by `cfg` (exposed for tests).
 pub(crate) fn build_boot_params(cfg: &ZeroPageConfig) -> Result<BootParams, Error> {
     let count = cfg.e820.len();
+    let too_many = || Error::TooManyE820Entries {
+        count,
+        max: E820_MAX_ENTRIES_ZEROPAGE,
+    };
     if count > E820_MAX_ENTRIES_ZEROPAGE {
-        return Err(Error::TooManyE820Entries {
-            count,
-            max: E820_MAX_ENTRIES_ZEROPAGE,
-        });
+        return Err(too_many());
     }
     let max = cfg.setup_header.cmdline_size as usize;
     if cfg.cmdline_size > max {
@@ -84,8 +85,7 @@ pub(crate) fn build_boot_params(cfg: &ZeroPageConfig) -> Result<BootParams, Erro
     for (slot, entry) in bp.e820_table.iter_mut().zip(cfg.e820) {
         *slot = *entry;
     }
-    // count <= 128, checked above.
-    bp.e820_entries = count as u8;
+    bp.e820_entries = u8::try_from(count).map_err(|_| too_many())?;
 
     bp.acpi_rsdp_addr = cfg.acpi_rsdp_addr.map_or(0, |a| a.0);
     Ok(bp)
