@@ -1,1 +1,18 @@
-//! The `vmm` control-socket protocol. The wire format and client arrive with the control-socket work.
+//! The `vmm` control-socket protocol: a VM control protocol over a UNIX `SOCK_SEQPACKET`
+//! socket, with fixed-size little-endian messages, versioned requests with ids, and fd passing.
+//!
+//! * [`wire`] owns the message formats: raw layouts, typed [`wire::Request`] /
+//!   [`wire::Response`] / [`wire::Event`], and validation.
+//! * [`socket`] owns the system calls: datagrams with `SCM_RIGHTS`, truncation detection, peer
+//!   credentials.
+//! * [`server`] owns the mechanics a VMM event loop needs: a [`server::Listener`] and
+//!   non-blocking [`server::Connection`]s with bounded outgoing queues.
+//! * [`client`] owns the blocking [`client::Client`] used by the `vmm` subcommands and by host
+//!   daemons.
+//!
+//! The protocol itself is described in `docs/control-protocol.md`.
+
+pub mod client;
+pub mod server;
+pub mod socket;
+pub mod wire;

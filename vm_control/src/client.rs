@@ -1,0 +1,328 @@
+//! The blocking control client used by `vmm` subcommands and host daemons.
+//!
+//! A [`Client`] has one request in flight at a time: [`Client::request`] sends it with the next
+//! non-zero id and waits for the reply carrying that id, buffering any events that arrive
+//! meanwhile for [`Client::events`]. Failures come in two families, told apart by
+//! [`ClientError::is_unreachable`]: the VMM could not be reached or stopped talking
+//! (connect/IO errors, hang-up, timeout, garbage), or the VMM answered with an error reply
+//! ([`ClientError::Vmm`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use vm_control::client::Client;
+//! use vm_control::wire::{Event, Request, Response};
+//!
+//! let mut client = Client::connect("/run/vmm/vm0.sock".as_ref())?;
+//! client.set_timeout(Some(Duration::from_secs(5)))?;
+//! client.request(Request::Pause)?;
+//! if let Response::Stats(stats) = client.request(Request::GetStats)? {
+//!     println!("{} vCPUs, up {} ns", stats.vcpu_count, stats.uptime_ns);
+//! }
+//! client.request(Request::Subscribe)?;
+//! for event in client.events() {
+//!     if event? == Event::PoweredOff {
+//!         break;
+//!     }
+//! }
+//! # Ok::<(), vm_control::client::ClientError>(())
+//! ```
+
+use std::collections::VecDeque;
+use std::io;
+use std::num::NonZeroU64;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::socket;
+use crate::wire::{
+    DecodeError, ErrorKind, ErrorReply, Event, RESPONSE_SIZE, Request, RequestId, Response,
+    ServerMessage,
+};
+
+/// Events a client buffers while waiting for a reply; older ones are dropped beyond this
+/// (counted by [`Client::events_dropped`]).
+pub const MAX_BUFFERED_EVENTS: usize = 1024;
+
+/// A client-side failure.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The control socket could not be connected.
+    #[error("cannot reach the VMM at {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// Sending or receiving failed.
+    #[error("control socket I/O failed: {0}")]
+    Io(io::Error),
+    /// The VMM closed the connection.
+    #[error("the VMM closed the control connection")]
+    Disconnected,
+    /// No reply within the timeout set by [`Client::set_timeout`].
+    #[error("timed out waiting for the VMM")]
+    Timeout,
+    /// The VMM sent a message that does not decode.
+    #[error("malformed message from the VMM: {0}")]
+    Protocol(DecodeError),
+    /// The VMM replied with an id other than the one awaited.
+    #[error("reply carries id {got}, expected {expected}")]
+    UnexpectedId {
+        /// The id awaited (0 when no request was in flight).
+        expected: u64,
+        /// The id received.
+        got: u64,
+    },
+    /// The wrong number of descriptors was given for the request.
+    #[error("request takes {expected} file descriptor(s), {given} given")]
+    FdCount {
+        /// Descriptors the request takes.
+        expected: usize,
+        /// Descriptors given.
+        given: usize,
+    },
+    /// The VMM answered with an error reply.
+    #[error("the VMM refused the request: {:?}: {}", .0.kind, io::Error::from_raw_os_error(.0.errno))]
+    Vmm(ErrorReply),
+}
+
+impl ClientError {
+    /// Whether the VMM could not be reached or stopped talking, as opposed to answering with
+    /// an error reply (or being given a bad request by the caller).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::Io(_)
+                | ClientError::Disconnected
+                | ClientError::Timeout
+                | ClientError::Protocol(_)
+                | ClientError::UnexpectedId { .. }
+        )
+    }
+
+    /// The error kind of a [`ClientError::Vmm`].
+    pub fn vmm_error_kind(&self) -> Option<ErrorKind> {
+        match self {
+            ClientError::Vmm(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+}
+
+fn io_error(e: io::Error) -> ClientError {
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => ClientError::Timeout,
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) => ClientError::Disconnected,
+        _ => ClientError::Io(e),
+    }
+}
+
+/// A blocking connection to a VMM's control socket.
+#[derive(Debug)]
+pub struct Client {
+    fd: OwnedFd,
+    last_id: u64,
+    events: VecDeque<Event>,
+    events_dropped: u64,
+}
+
+impl Client {
+    /// Connects to the control socket at `path`.
+    pub fn connect(path: &Path) -> Result<Client, ClientError> {
+        let fd = socket::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Client::from_fd(fd))
+    }
+
+    /// Uses an already-connected blocking `SOCK_SEQPACKET` socket.
+    pub fn from_fd(fd: OwnedFd) -> Client {
+        Client {
+            fd,
+            last_id: 0,
+            events: VecDeque::new(),
+            events_dropped: 0,
+        }
+    }
+
+    /// Limits how long a send or a wait for a message may block (`None`: forever). A wait
+    /// that runs out fails with [`ClientError::Timeout`].
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        let tv = match timeout {
+            None => libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+            Some(d) => libc::timeval {
+                tv_sec: d.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                // A zero timeval means "forever": round a zero duration up to 1us.
+                tv_usec: if d.is_zero() {
+                    1
+                } else {
+                    d.subsec_micros().into()
+                },
+            },
+        };
+        for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+            // SAFETY: `tv` is a valid timeval and the length passed is its exact size, as
+            // SO_RCVTIMEO/SO_SNDTIMEO expect.
+            let ret = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    (&raw const tv).cast::<libc::c_void>(),
+                    size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            if ret != 0 {
+                return Err(ClientError::Io(io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `request` and waits for its reply. An error reply becomes [`ClientError::Vmm`].
+    /// Requests that take a descriptor must use [`Client::request_with_fd`].
+    pub fn request(&mut self, request: Request) -> Result<Response, ClientError> {
+        self.transact(request, None)
+    }
+
+    /// Sends `request` with `fd` attached (e.g. `RegisterMemory`) and waits for its reply.
+    pub fn request_with_fd(
+        &mut self,
+        request: Request,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Response, ClientError> {
+        self.transact(request, Some(fd))
+    }
+
+    fn next_id(&mut self) -> RequestId {
+        self.last_id = self.last_id.wrapping_add(1);
+        match NonZeroU64::new(self.last_id) {
+            Some(id) => id,
+            None => {
+                self.last_id = 1;
+                NonZeroU64::MIN
+            }
+        }
+    }
+
+    fn transact(
+        &mut self,
+        request: Request,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Response, ClientError> {
+        let given = usize::from(fd.is_some());
+        if given != request.fds_expected() {
+            return Err(ClientError::FdCount {
+                expected: request.fds_expected(),
+                given,
+            });
+        }
+        let id = self.next_id();
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        socket::send_datagram(self.fd.as_fd(), &request.encode(id), &fds, false)
+            .map_err(io_error)?;
+        loop {
+            match self.recv_message()? {
+                ServerMessage::Event(event) => self.buffer_event(event),
+                ServerMessage::Reply { id: got, response } if got == id => {
+                    return match response {
+                        Response::Err(e) => Err(ClientError::Vmm(e)),
+                        response => Ok(response),
+                    };
+                }
+                ServerMessage::Reply { id: got, .. } => {
+                    return Err(ClientError::UnexpectedId {
+                        expected: id.get(),
+                        got: got.get(),
+                    });
+                }
+                // An error the server could not attribute can only concern our one request.
+                ServerMessage::Unattributed(e) => return Err(ClientError::Vmm(e)),
+            }
+        }
+    }
+
+    fn buffer_event(&mut self, event: Event) {
+        if self.events.len() >= MAX_BUFFERED_EVENTS {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(event);
+    }
+
+    fn recv_message(&mut self) -> Result<ServerMessage, ClientError> {
+        let mut buf = [0u8; RESPONSE_SIZE];
+        let datagram = loop {
+            match socket::recv_datagram(self.fd.as_fd(), &mut buf, 0, false) {
+                Ok(socket::Received::Datagram(d)) => break d,
+                Ok(socket::Received::HungUp) => return Err(ClientError::Disconnected),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_error(e)),
+            }
+        };
+        if datagram.len != RESPONSE_SIZE {
+            return Err(ClientError::Protocol(DecodeError::BadSize {
+                received: datagram.len,
+                expected: RESPONSE_SIZE,
+            }));
+        }
+        ServerMessage::decode(&buf).map_err(ClientError::Protocol)
+    }
+
+    /// Waits for the next event (after [`Request::Subscribe`]); buffered events come first.
+    pub fn next_event(&mut self) -> Result<Event, ClientError> {
+        if let Some(event) = self.events.pop_front() {
+            return Ok(event);
+        }
+        match self.recv_message()? {
+            ServerMessage::Event(event) => Ok(event),
+            ServerMessage::Reply { id, .. } => Err(ClientError::UnexpectedId {
+                expected: 0,
+                got: id.get(),
+            }),
+            ServerMessage::Unattributed(e) => Err(ClientError::Vmm(e)),
+        }
+    }
+
+    /// Iterates over events as they arrive; ends when the VMM closes the connection.
+    pub fn events(&mut self) -> Events<'_> {
+        Events { client: self }
+    }
+
+    /// Events dropped because more than [`MAX_BUFFERED_EVENTS`] arrived during requests.
+    pub fn events_dropped(&self) -> u64 {
+        self.events_dropped
+    }
+}
+
+impl AsFd for Client {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Iterator returned by [`Client::events`].
+#[derive(Debug)]
+pub struct Events<'a> {
+    client: &'a mut Client,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Result<Event, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.client.next_event() {
+            Err(ClientError::Disconnected) => None,
+            other => Some(other),
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! Server-side mechanics for a VMM's event loop: the listening socket and non-blocking client
+//! connections. It knows the protocol but not the VMM: it never pauses a vCPU, it only turns
+//! datagrams into [`IncomingRequest`]s and [`ServerMessage`]s into datagrams.
+//!
+//! # Contract with the event loop
+//!
+//! * Register [`Listener`] and every [`Connection`] (both are `AsFd`, non-blocking) with epoll
+//!   or poll, level-triggered, for readability; add writability for a connection while
+//!   [`Connection::wants_write`] is true, and call [`Connection::flush`] when it is writable.
+//! * On a readable listener call [`Listener::accept`] until it returns `Ok(None)`. A refused
+//!   peer is an `Err` that only needs logging.
+//! * On a readable connection call [`Connection::recv_request`] at most
+//!   [`MAX_REQUESTS_PER_WAKE`] times (or until `Ok(None)`), so a client that floods cannot
+//!   starve the others: with level-triggered polling its remaining datagrams are read on the
+//!   next round, after every other ready connection had its turn.
+//! * Bad input never produces an `Err`: it yields [`Received::Rejected`] and the error reply is
+//!   already queued. Any `Err` from a connection means "drop this connection": the peer hung
+//!   up, the socket failed, or the peer stopped reading and its [`MAX_QUEUED_MESSAGES`]-deep
+//!   outgoing queue overflowed.
+//! * [`Connection::handle_protocol_request`] answers the requests that need no VMM state
+//!   (`GetVersion`, `Subscribe`); the VMM answers the rest with [`Connection::reply`] and
+//!   broadcasts events with [`Connection::notify`].
+//!
+//! ```no_run
+//! use std::os::fd::AsFd;
+//! use vm_control::server::{Connection, Listener, Received, MAX_REQUESTS_PER_WAKE};
+//! use vm_control::wire::{Request, Response};
+//!
+//! let listener = Listener::bind("/run/vmm/vm0.sock".as_ref(), &[]).unwrap();
+//! let mut connections: Vec<Connection> = Vec::new();
+//! // ... after poll/epoll reports the listener readable:
+//! while let Ok(Some(conn)) = listener.accept() {
+//!     connections.push(conn);
+//! }
+//! // ... after poll/epoll reports a connection readable:
+//! let conn = &mut connections[0];
+//! for _ in 0..MAX_REQUESTS_PER_WAKE {
+//!     match conn.recv_request() {
+//!         Ok(Some(Received::Request(req))) => {
+//!             if conn.handle_protocol_request(&req).unwrap() {
+//!                 continue;
+//!             }
+//!             let response = match req.request {
+//!                 Request::Pause => Response::Ok, // pause the vCPUs here
+//!                 _ => Response::Ok,
+//!             };
+//!             conn.reply(req.id, response).unwrap();
+//!         }
+//!         Ok(Some(Received::Rejected(err))) => eprintln!("bad request: {err}"),
+//!         Ok(None) => break,
+//!         Err(err) => { eprintln!("dropping client: {err}"); break }
+//!     }
+//! }
+//! ```
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::socket::{self, MAX_FDS, PeerCredentials};
+use crate::wire::{
+    self, DecodeError, Event, REQUEST_SIZE, RESPONSE_SIZE, Request, RequestId, Response,
+    ServerMessage,
+};
+
+/// Messages a connection may have waiting to be sent before it is dropped as not reading.
+pub const MAX_QUEUED_MESSAGES: usize = 64;
+/// Requests an event loop should read from one connection per wake-up (see the module docs).
+pub const MAX_REQUESTS_PER_WAKE: usize = 16;
+/// Backlog of the listening socket.
+pub const LISTEN_BACKLOG: i32 = 128;
+/// Mode of the socket file: owner read/write only.
+pub const SOCKET_MODE: u32 = 0o600;
+
+/// Why [`Listener::bind`] failed.
+#[derive(Debug, Error)]
+pub enum ListenError {
+    /// Another server answers on the path.
+    #[error("{0} is in use by a running server")]
+    InUse(PathBuf),
+    /// Something other than a socket is at the path; it is left alone.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// The existing file could not be examined or probed.
+    #[error("cannot examine existing {path}: {source}")]
+    Probe {
+        /// The socket path.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// A stale socket file could not be removed.
+    #[error("cannot remove stale socket {path}: {source}")]
+    RemoveStale {
+        /// The socket path.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The socket could not be created or given its mode.
+    #[error("cannot create control socket: {0}")]
+    Socket(io::Error),
+    /// bind(2) or listen(2) failed.
+    #[error("cannot bind {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The failure.
+        source: io::Error,
+    },
+}
+
+/// Why [`Listener::accept`] produced no connection.
+#[derive(Debug, Error)]
+pub enum AcceptError {
+    /// The peer's uid is not allowed; its connection was closed. Log and carry on.
+    #[error("refused control connection from pid {pid} uid {uid}: uid not allowed")]
+    Refused {
+        /// Peer process id.
+        pid: i32,
+        /// Peer user id.
+        uid: u32,
+    },
+    /// The peer's credentials could not be read; its connection was closed.
+    #[error("cannot read control peer credentials: {0}")]
+    Credentials(io::Error),
+    /// accept(2) failed (e.g. `EMFILE`): back off before accepting again.
+    #[error("accept on control socket failed: {0}")]
+    Io(io::Error),
+}
+
+/// The listening control socket.
+///
+/// Removes its socket file when dropped, if the file is still the one it created.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    path: PathBuf,
+    allowed_uids: Vec<u32>,
+    own_uid: u32,
+    identity: (u64, u64),
+}
+
+impl Listener {
+    /// Creates a non-blocking listening socket at `path` with mode 0600.
+    ///
+    /// Connections are accepted from the server's own uid, root, and `allowed_uids`. A stale
+    /// socket file (nothing answers: `ECONNREFUSED`) is replaced; a live one is refused with
+    /// [`ListenError::InUse`], and a non-socket file with [`ListenError::NotASocket`].
+    ///
+    /// The mode is set on the socket before bind, so the file never exists with wider
+    /// permissions whatever the umask; a umask that removes owner bits is undone afterwards.
+    /// The directory holding `path` should itself not be writable by others.
+    pub fn bind(path: &Path, allowed_uids: &[u32]) -> Result<Listener, ListenError> {
+        let probe_err = |source| ListenError::Probe {
+            path: path.to_owned(),
+            source,
+        };
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(probe_err(e)),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ListenError::NotASocket(path.to_owned()));
+            }
+            Ok(_) => match socket::connect_with(path, true) {
+                Ok(_) => return Err(ListenError::InUse(path.to_owned())),
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    match fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(source) => {
+                            return Err(ListenError::RemoveStale {
+                                path: path.to_owned(),
+                                source,
+                            });
+                        }
+                    }
+                }
+                // A full backlog: someone is listening.
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    return Err(ListenError::InUse(path.to_owned()));
+                }
+                Err(e) => return Err(probe_err(e)),
+            },
+        }
+
+        let fd = socket::seqpacket_socket(true).map_err(ListenError::Socket)?;
+        // SAFETY: fchmod(2) on a descriptor we own has no memory arguments. On Linux the mode of
+        // an unbound AF_UNIX socket's inode becomes the mode of the file bind(2) creates (minus
+        // the umask), so the file is never more permissive than SOCKET_MODE.
+        if unsafe { libc::fchmod(fd.as_raw_fd(), SOCKET_MODE) } != 0 {
+            return Err(ListenError::Socket(io::Error::last_os_error()));
+        }
+        socket::bind_listen(fd.as_fd(), path, LISTEN_BACKLOG).map_err(|source| {
+            if source.raw_os_error() == Some(libc::EADDRINUSE) {
+                ListenError::InUse(path.to_owned())
+            } else {
+                ListenError::Bind {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        let bind_err = |source| ListenError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        let meta = fs::symlink_metadata(path).map_err(bind_err)?;
+        if meta.mode() & 0o7777 != SOCKET_MODE {
+            // Only reachable when the umask removed owner bits: this widens nothing beyond
+            // owner read/write.
+            fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE)).map_err(bind_err)?;
+        }
+        // SAFETY: geteuid(2) cannot fail and has no arguments.
+        let own_uid = unsafe { libc::geteuid() };
+        Ok(Listener {
+            fd,
+            path: path.to_owned(),
+            allowed_uids: allowed_uids.to_vec(),
+            own_uid,
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a peer with `uid` may connect.
+    pub fn uid_allowed(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.own_uid || self.allowed_uids.contains(&uid)
+    }
+
+    /// Accepts one pending connection: `Ok(None)` when none is pending.
+    pub fn accept(&self) -> Result<Option<Connection>, AcceptError> {
+        let fd = loop {
+            match socket::accept(self.fd.as_fd()) {
+                Ok(fd) => break fd,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.raw_os_error() == Some(libc::ECONNABORTED) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(AcceptError::Io(e)),
+            }
+        };
+        let peer = socket::peer_credentials(fd.as_fd()).map_err(AcceptError::Credentials)?;
+        if !self.uid_allowed(peer.uid) {
+            return Err(AcceptError::Refused {
+                pid: peer.pid,
+                uid: peer.uid,
+            });
+        }
+        Ok(Some(Connection::with_peer(fd, peer)))
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Ok(meta) = fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.identity
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A well-formed request read from a connection.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    /// The id to answer with.
+    pub id: RequestId,
+    /// The request.
+    pub request: Request,
+    /// The descriptor that came with it; present exactly when the request takes one.
+    pub fd: Option<OwnedFd>,
+}
+
+/// One datagram read by [`Connection::recv_request`].
+#[derive(Debug)]
+pub enum Received {
+    /// A valid request for the VMM to carry out and answer.
+    Request(IncomingRequest),
+    /// An invalid datagram. Its error reply is already queued and any descriptors that came
+    /// with it are closed; this is only for logging.
+    Rejected(DecodeError),
+}
+
+/// Why a connection must be dropped.
+#[derive(Debug, Error)]
+pub enum ConnectionError {
+    /// The peer closed the connection.
+    #[error("control client hung up")]
+    HungUp,
+    /// The peer does not read its replies and events.
+    #[error("control client not reading: {MAX_QUEUED_MESSAGES} messages queued")]
+    QueueFull,
+    /// The socket failed.
+    #[error("control socket error: {0}")]
+    Io(io::Error),
+}
+
+fn classify(e: io::Error) -> ConnectionError {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) => ConnectionError::HungUp,
+        _ => ConnectionError::Io(e),
+    }
+}
+
+/// One client connection, non-blocking, with a bounded outgoing queue.
+#[derive(Debug)]
+pub struct Connection {
+    fd: OwnedFd,
+    peer: PeerCredentials,
+    outgoing: VecDeque<Box<[u8; RESPONSE_SIZE]>>,
+    subscribed: bool,
+}
+
+impl Connection {
+    /// Wraps an already-connected `SOCK_SEQPACKET` socket (e.g. one half of a socketpair
+    /// handed to a child), making it non-blocking. No uid check is made.
+    pub fn new(fd: OwnedFd) -> io::Result<Connection> {
+        socket::set_nonblocking(fd.as_fd(), true)?;
+        let peer = socket::peer_credentials(fd.as_fd())?;
+        Ok(Connection::with_peer(fd, peer))
+    }
+
+    fn with_peer(fd: OwnedFd, peer: PeerCredentials) -> Connection {
+        Connection {
+            fd,
+            peer,
+            outgoing: VecDeque::new(),
+            subscribed: false,
+        }
+    }
+
+    /// The peer's credentials at connect time.
+    pub fn peer(&self) -> PeerCredentials {
+        self.peer
+    }
+
+    /// Whether the peer asked for events.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed
+    }
+
+    /// Marks the connection as (not) receiving events.
+    pub fn set_subscribed(&mut self, subscribed: bool) {
+        self.subscribed = subscribed;
+    }
+
+    /// Whether messages are waiting: poll for writability and call [`Connection::flush`].
+    pub fn wants_write(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
+    /// Number of messages waiting to be sent.
+    pub fn queued(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// Reads one datagram without blocking: `Ok(None)` when none is waiting.
+    ///
+    /// Invalid input (wrong size, type or version, reserved bits, id 0, missing or extra
+    /// descriptors) gives [`Received::Rejected`] with the error reply already queued.
+    pub fn recv_request(&mut self) -> Result<Option<Received>, ConnectionError> {
+        let mut buf = [0u8; REQUEST_SIZE];
+        let datagram = loop {
+            match socket::recv_datagram(self.fd.as_fd(), &mut buf, MAX_FDS, true) {
+                Ok(socket::Received::Datagram(d)) => break d,
+                Ok(socket::Received::HungUp) => return Err(ConnectionError::HungUp),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        };
+        let kept = buf.get(..datagram.len.min(REQUEST_SIZE)).unwrap_or(&[]);
+        let fds_received = datagram.fds.len() + usize::from(datagram.fds_truncated);
+        let decoded = Request::decode_with_len(kept, datagram.len).and_then(|(id, request)| {
+            wire::check_fds(&request, fds_received).map(|()| (id, request))
+        });
+        match decoded {
+            Ok((id, request)) => {
+                // check_fds guarantees at most one descriptor here.
+                let fd = datagram.fds.into_iter().next();
+                Ok(Some(Received::Request(IncomingRequest { id, request, fd })))
+            }
+            Err(error) => {
+                // Close whatever descriptors came before anything else can fail.
+                drop(datagram.fds);
+                self.send(&wire::reject(kept, &error))?;
+                Ok(Some(Received::Rejected(error)))
+            }
+        }
+    }
+
+    /// Answers the requests that need no VMM state: `GetVersion` (replies with this crate's
+    /// range) and `Subscribe` (marks the connection subscribed, replies `Ok`). Returns whether
+    /// `request` was one of them and has been answered.
+    pub fn handle_protocol_request(
+        &mut self,
+        request: &IncomingRequest,
+    ) -> Result<bool, ConnectionError> {
+        match request.request {
+            Request::GetVersion => self.reply(request.id, Response::version())?,
+            Request::Subscribe => {
+                self.subscribed = true;
+                self.reply(request.id, Response::Ok)?;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Sends the reply to request `id`.
+    pub fn reply(&mut self, id: RequestId, response: Response) -> Result<(), ConnectionError> {
+        self.send(&ServerMessage::Reply { id, response })
+    }
+
+    /// Sends `event` if the connection is subscribed; does nothing otherwise.
+    pub fn notify(&mut self, event: Event) -> Result<(), ConnectionError> {
+        if self.subscribed {
+            self.send(&ServerMessage::Event(event))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends a message without blocking, queueing it behind earlier ones if the socket is
+    /// full. Fails with [`ConnectionError::QueueFull`] when [`MAX_QUEUED_MESSAGES`] are
+    /// already waiting: the peer is not reading and should be dropped.
+    pub fn send(&mut self, message: &ServerMessage) -> Result<(), ConnectionError> {
+        if self.outgoing.len() >= MAX_QUEUED_MESSAGES {
+            return Err(ConnectionError::QueueFull);
+        }
+        self.outgoing.push_back(Box::new(message.encode()));
+        self.flush()
+    }
+
+    /// Sends queued messages until the socket is full or the queue is empty.
+    pub fn flush(&mut self) -> Result<(), ConnectionError> {
+        while let Some(front) = self.outgoing.front() {
+            match socket::send_datagram(self.fd.as_fd(), &front[..], &[], true) {
+                Ok(()) => {
+                    self.outgoing.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for Connection {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
