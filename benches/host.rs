@@ -1,0 +1,2 @@
+//! Host-side benchmarks (being written).
+fn main() {}
