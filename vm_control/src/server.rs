@@ -13,6 +13,9 @@
 //!   [`MAX_REQUESTS_PER_WAKE`] times (or until `Ok(None)`), so a client that floods cannot
 //!   starve the others: with level-triggered polling its remaining datagrams are read on the
 //!   next round, after every other ready connection had its turn.
+//! * Poll a connection for readability only while [`Connection::ready_for_requests`]: a client
+//!   that pipelines requests without reading replies is then held back by its own socket
+//!   buffer (its `send` blocks) rather than growing the VMM's memory.
 //! * Bad input never produces an `Err`: it yields [`Received::Rejected`] and the error reply is
 //!   already queued. Any `Err` from a connection means "drop this connection": the peer hung
 //!   up, the socket failed, or the peer stopped reading and its [`MAX_QUEUED_MESSAGES`]-deep
@@ -371,6 +374,14 @@ impl Connection {
     /// Number of messages waiting to be sent.
     pub fn queued(&self) -> usize {
         self.outgoing.len()
+    }
+
+    /// Whether the event loop should read requests from this connection now: false while
+    /// half the outgoing queue is used. Not polling such a connection for readability makes a
+    /// client that pipelines requests faster than it reads replies block in `send` instead of
+    /// being dropped; the other half of the queue stays free for events.
+    pub fn ready_for_requests(&self) -> bool {
+        self.outgoing.len() < MAX_QUEUED_MESSAGES / 2
     }
 
     /// Reads one datagram without blocking: `Ok(None)` when none is waiting.

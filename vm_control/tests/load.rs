@@ -53,3 +53,61 @@ fn thirty_two_clients_times_two_thousand_requests_all_answered_in_order() {
     assert_eq!(stats.rejected, 0);
     assert_eq!(stats.connections, CLIENTS as u64);
 }
+
+#[test]
+fn a_pipelining_flooder_is_throttled_not_dropped_and_does_not_starve_a_polite_client() {
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+    use std::time::Instant;
+    use vm_control::socket::{self, recv_datagram, send_datagram};
+    use vm_control::wire::{RESPONSE_SIZE, ServerMessage};
+
+    const FLOOD: u64 = 5000;
+    let dir = TempDir::new("flood");
+    let path = dir.join("vm.sock");
+    let server = TestServer::start(&path);
+
+    // The flooder writes all its requests from one thread and reads replies on another.
+    let flood_fd = Arc::new(socket::connect(&path).expect("connect"));
+    let writer_fd = flood_fd.clone();
+    let writer = std::thread::spawn(move || {
+        for n in 1..=FLOOD {
+            let id = std::num::NonZeroU64::new(n).expect("non-zero");
+            send_datagram(writer_fd.as_fd(), &Request::Resume.encode(id), &[], false)
+                .expect("flood send");
+        }
+    });
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; RESPONSE_SIZE];
+        for n in 1..=FLOOD {
+            // Read slowly at first so the server's queue for this client fills up.
+            if n < 200 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            match recv_datagram(flood_fd.as_fd(), &mut buf, 0, false).expect("flood recv") {
+                socket::Received::Datagram(_) => {}
+                socket::Received::HungUp => panic!("flooder dropped after {n} replies"),
+            }
+            match ServerMessage::decode(&buf).expect("reply") {
+                ServerMessage::Reply { id, .. } => assert_eq!(id.get(), n),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+
+    let start = Instant::now();
+    let mut polite = Client::connect(&path).expect("connect");
+    polite
+        .set_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    for _ in 0..200 {
+        polite.request(Request::GetVersion).expect("polite reply");
+    }
+    let polite_time = start.elapsed();
+    writer.join().expect("writer");
+    reader.join().expect("reader");
+    let stats = server.stop();
+    assert_eq!(stats.overflowed, 0);
+    assert_eq!(stats.requests, FLOOD + 200);
+    assert!(polite_time < Duration::from_secs(20), "{polite_time:?}");
+}

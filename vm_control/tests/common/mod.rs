@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use vm_control::server::{Connection, Listener, MAX_REQUESTS_PER_WAKE, Received};
+use vm_control::server::{Connection, ConnectionError, Listener, MAX_REQUESTS_PER_WAKE, Received};
 use vm_control::wire::{ErrorKind, Event, Request, Response, Stats};
 
 /// A directory removed when dropped.
@@ -47,16 +47,20 @@ pub struct ServeStats {
     pub rejected: u64,
     pub connections: u64,
     pub dropped: u64,
+    /// Connections dropped because their outgoing queue overflowed.
+    pub overflowed: u64,
 }
 
 /// Answers one valid request the way a toy VMM would.
-fn answer(conn: &mut Connection, id: vm_control::wire::RequestId, request: Request) -> bool {
+fn answer(
+    conn: &mut Connection,
+    id: vm_control::wire::RequestId,
+    request: Request,
+) -> Result<(), ConnectionError> {
     let response = match request {
         Request::Pause => {
             // An event for a subscriber arrives before its reply: clients must queue it.
-            if conn.notify(Event::Paused).is_err() {
-                return false;
-            }
+            conn.notify(Event::Paused)?;
             Response::Ok
         }
         Request::GetStats => Response::Stats(Box::new(Stats {
@@ -72,7 +76,7 @@ fn answer(conn: &mut Connection, id: vm_control::wire::RequestId, request: Reque
         }
         _ => Response::Ok,
     };
-    conn.reply(id, response).is_ok()
+    conn.reply(id, response)
 }
 
 /// Runs a level-triggered poll loop over `listener` and its connections until `stop` is set.
@@ -88,7 +92,11 @@ pub fn serve(listener: Listener, stop: Arc<AtomicBool>) -> ServeStats {
         for c in &conns {
             pfds.push(libc::pollfd {
                 fd: c.as_fd().as_raw_fd(),
-                events: libc::POLLIN | if c.wants_write() { libc::POLLOUT } else { 0 },
+                events: if c.ready_for_requests() {
+                    libc::POLLIN
+                } else {
+                    0
+                } | if c.wants_write() { libc::POLLOUT } else { 0 },
                 revents: 0,
             });
         }
@@ -104,26 +112,37 @@ pub fn serve(listener: Listener, stop: Arc<AtomicBool>) -> ServeStats {
                 alive[i] = false;
                 continue;
             }
-            if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0
+                || !conn.ready_for_requests()
+            {
                 continue;
             }
             for _ in 0..MAX_REQUESTS_PER_WAKE {
+                if !conn.ready_for_requests() {
+                    break;
+                }
                 match conn.recv_request() {
                     Ok(Some(Received::Request(req))) => {
                         stats.requests += 1;
-                        let ok = match conn.handle_protocol_request(&req) {
-                            Ok(true) => true,
+                        let result = match conn.handle_protocol_request(&req) {
+                            Ok(true) => Ok(()),
                             Ok(false) => answer(conn, req.id, req.request),
-                            Err(_) => false,
+                            Err(e) => Err(e),
                         };
-                        if !ok {
+                        if let Err(e) = result {
+                            if matches!(e, ConnectionError::QueueFull) {
+                                stats.overflowed += 1;
+                            }
                             alive[i] = false;
                             break;
                         }
                     }
                     Ok(Some(Received::Rejected(_))) => stats.rejected += 1,
                     Ok(None) => break,
-                    Err(_) => {
+                    Err(e) => {
+                        if matches!(e, ConnectionError::QueueFull) {
+                            stats.overflowed += 1;
+                        }
                         alive[i] = false;
                         break;
                     }
