@@ -1,2 +1,903 @@
-//! Host-side benchmarks (being written).
-fn main() {}
+//! Host benchmark: `vmm` against QEMU, side by side in one run, on the same tiny guest.
+//!
+//! `cargo bench --bench host` boots a hand-assembled guest of a few instructions (print `X`
+//! on COM1, then triple-fault or park) under both VMMs on this host's `/dev/kvm` and
+//! measures what the VMM itself costs:
+//!
+//! 1. **Start-up latency**: time from spawning the VMM to the first byte of guest serial
+//!    output on its stdout (a pipe), i.e. exec to the guest's first I/O exit, seen from
+//!    outside. Runs alternate vmm/QEMU so both see the same host load.
+//! 2. **Memory overhead**: with 256 MiB of guest RAM and a guest that prints `X` and parks
+//!    (`cli; hlt`), `/proc/PID/smaps` is read once the `X` arrives (plus a short settle):
+//!    overhead = total Rss minus the Rss of the guest RAM mapping, which is identified as the
+//!    one anonymous mapping whose size is exactly the guest RAM size. Total RSS and PSS are
+//!    reported too. The VMM is then stopped with SIGTERM.
+//! 3. **Throughput**: complete VMs (spawn, print `X`, triple fault, VMM exits) run one after
+//!    the other; VMs per second from the total wall time. Batches alternate vmm/QEMU.
+//!
+//! Both VMMs boot the same file: an ELF64 with a Xen PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`),
+//! which QEMU's `-kernel` needs and vmm also accepts (32-bit flat protected mode entry).
+//! The guest code means the same in 32-bit and 64-bit mode. The 64-bit ELF entry of vmm
+//! (no PVH note) is timed as an extra row of the start-up measurement.
+//!
+//! Environment: `BENCH_VMM` (another vmm binary; default the one Cargo built), `BENCH_RUNS` (start-up runs per VMM, default 50), `BENCH_VMS` (VMs per VMM
+//! for throughput, default 50), `BENCH_MEM_RUNS` (default 5), `BENCH_QEMU` (the QEMU binary,
+//! default `qemu-system-x86_64` on `PATH`). The bench fails loudly, with a non-zero status,
+//! when `/dev/kvm` or QEMU is missing, or when either VMM does not run the tiny guest.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the guest code is loaded and entered.
+const GUEST_LOAD_ADDR: u64 = 0x10_0000;
+/// Guest RAM for every run, in MiB.
+const GUEST_MEM_MIB: u64 = 256;
+/// The byte the guest prints first.
+const MARKER: u8 = b'X';
+/// How long one VM may take before the bench gives up on it.
+const VM_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between the guest's first byte and reading smaps, so the VMM finishes its set-up.
+const MEM_SETTLE: Duration = Duration::from_millis(300);
+/// vmm's exit status for a guest reset (triple fault).
+const VMM_RESET_STATUS: i32 = 32;
+
+fn main() {
+    let config = Config::from_env();
+    let scratch = Scratch::new();
+    let guests = Guests::write(&scratch);
+    let vmms = [Vmm::ours(&config), Vmm::qemu(&config)];
+    let vmm_elf64 = Vmm::ours_elf64(&config);
+
+    print_preface(&config, &vmms);
+    for vmm in vmms.iter().chain([&vmm_elf64]) {
+        preflight(vmm, &guests, &scratch);
+    }
+
+    let load_before = load_average();
+    let startup = measure_startup(
+        &[&vmms[0], &vmms[1], &vmm_elf64],
+        &guests,
+        &scratch,
+        &config,
+    );
+    let memory: Vec<MemoryFigures> = vmms
+        .iter()
+        .map(|vmm| measure_memory(vmm, &guests, &scratch, config.mem_runs))
+        .collect();
+    let throughput = measure_throughput(&vmms, &guests, &scratch, config.vms);
+    let load_after = load_average();
+
+    print_table(&startup, &memory, &throughput, &config);
+    println!("\nload average (1/5/15 min): before {load_before}, after {load_after}");
+}
+
+/// What to run, from the environment; checks that the host can run VMs at all.
+struct Config {
+    runs: usize,
+    vms: usize,
+    mem_runs: usize,
+    vmm_bin: PathBuf,
+    qemu_bin: PathBuf,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        require_kvm();
+        let qemu_bin = std::env::var_os("BENCH_QEMU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        let qemu_bin = find_in_path(&qemu_bin).unwrap_or_else(|| {
+            fail(&format!(
+                "QEMU ({}) IS NOT INSTALLED: the bench compares vmm against it \
+                 (apt-get install qemu-system-x86, or set BENCH_QEMU)",
+                qemu_bin.display()
+            ))
+        });
+        Config {
+            runs: env_count("BENCH_RUNS", 50),
+            vms: env_count("BENCH_VMS", 50),
+            mem_runs: env_count("BENCH_MEM_RUNS", 5),
+            vmm_bin: std::env::var_os("BENCH_VMM")
+                .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")), PathBuf::from),
+            qemu_bin,
+        }
+    }
+}
+
+/// Says loudly what is wrong and exits non-zero.
+fn fail(message: &str) -> ! {
+    eprintln!("\n!!! host bench FAILED: {message}\n");
+    let _ = std::fs::remove_dir_all(Scratch::dir());
+    std::process::exit(1);
+}
+
+fn require_kvm() {
+    if let Err(err) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        fail(&format!(
+            "THIS BENCH NEEDS /dev/kvm, WHICH CANNOT BE OPENED ({err})"
+        ));
+    }
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(value) => match value.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => fail(&format!("{name}={value}: expected a positive whole number")),
+        },
+    }
+}
+
+/// `program` itself if it names a path, else the first executable of that name on `PATH`.
+fn find_in_path(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+// ---------------------------------------------------------------------------------------
+// The tiny guests.
+
+/// Guest machine code, valid in both 32-bit protected mode and 64-bit long mode.
+mod code {
+    /// `mov dx, 0x3f8; mov al, byte; out dx, al`: one byte on COM1.
+    pub fn print(byte: u8) -> Vec<u8> {
+        vec![0x66, 0xba, 0xf8, 0x03, 0xb0, byte, 0xee]
+    }
+
+    /// `ud2` with no IDT: the #UD cannot be delivered and becomes a triple fault.
+    pub const TRIPLE_FAULT: [u8; 2] = [0x0f, 0x0b];
+
+    /// `cli; hlt; jmp back`: park forever without using the host CPU.
+    pub const PARK: [u8; 4] = [0xfa, 0xf4, 0xeb, 0xfd];
+}
+
+/// A minimal ELF64 executable: one PT_LOAD segment holding `code` at [`GUEST_LOAD_ADDR`],
+/// entered at its first byte; with `pvh`, also a PT_NOTE with the Xen PVH entry note.
+fn tiny_elf(code: &[u8], pvh: bool) -> Vec<u8> {
+    const EHDR_SIZE: u64 = 64;
+    const PHDR_SIZE: u64 = 56;
+    let note = if pvh { pvh_note() } else { Vec::new() };
+    let phnum: u16 = if pvh { 2 } else { 1 };
+    // The note first (4-byte aligned, as notes must be), then the code.
+    let note_offset = EHDR_SIZE + PHDR_SIZE * u64::from(phnum);
+    let code_offset = note_offset + note.len() as u64;
+
+    let mut elf = elf_header(phnum);
+    elf.extend(program_header(
+        1,
+        5,
+        code_offset,
+        GUEST_LOAD_ADDR,
+        code.len(),
+        1,
+    )); // PT_LOAD, R+X
+    if pvh {
+        elf.extend(program_header(4, 4, note_offset, 0, note.len(), 4)); // PT_NOTE, R
+    }
+    elf.extend_from_slice(&note);
+    elf.extend_from_slice(code);
+    elf
+}
+
+fn elf_header(phnum: u16) -> Vec<u8> {
+    let mut header = Vec::new();
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI, padding.
+    header.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    header.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
+    header.extend_from_slice(&62u16.to_le_bytes()); // e_machine: EM_X86_64
+    header.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    header.extend_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // e_entry
+    header.extend_from_slice(&64u64.to_le_bytes()); // e_phoff: right after this header
+    header.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    header.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    header.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    header.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    header.extend_from_slice(&phnum.to_le_bytes()); // e_phnum
+    header.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+    header
+}
+
+fn program_header(
+    kind: u32,
+    flags: u32,
+    offset: u64,
+    addr: u64,
+    size: usize,
+    align: u64,
+) -> Vec<u8> {
+    let size = size as u64;
+    let mut header = Vec::new();
+    header.extend_from_slice(&kind.to_le_bytes()); // p_type
+    header.extend_from_slice(&flags.to_le_bytes()); // p_flags
+    header.extend_from_slice(&offset.to_le_bytes()); // p_offset
+    header.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+    header.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+    header.extend_from_slice(&size.to_le_bytes()); // p_filesz
+    header.extend_from_slice(&size.to_le_bytes()); // p_memsz
+    header.extend_from_slice(&align.to_le_bytes()); // p_align
+    header
+}
+
+/// The Xen ELF note XEN_ELFNOTE_PHYS32_ENTRY (type 18): the 32-bit PVH entry point.
+fn pvh_note() -> Vec<u8> {
+    let entry = u32::try_from(GUEST_LOAD_ADDR).expect("the PVH entry must fit in 32 bits");
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // n_namesz: "Xen\0"
+    note.extend_from_slice(&4u32.to_le_bytes()); // n_descsz
+    note.extend_from_slice(&18u32.to_le_bytes()); // n_type
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&entry.to_le_bytes());
+    note
+}
+
+/// The guest files on disk.
+struct Guests {
+    /// Prints `X`, then triple-faults; PVH note.
+    fault: PathBuf,
+    /// Prints `X`, then parks; PVH note.
+    park: PathBuf,
+    /// Prints `X`, then triple-faults; no PVH note (vmm's 64-bit ELF entry).
+    fault_elf64: PathBuf,
+}
+
+impl Guests {
+    fn write(scratch: &Scratch) -> Guests {
+        let fault = [code::print(MARKER), code::TRIPLE_FAULT.to_vec()].concat();
+        let park = [code::print(MARKER), code::PARK.to_vec()].concat();
+        Guests {
+            fault: scratch.write("fault-pvh.elf", &tiny_elf(&fault, true)),
+            park: scratch.write("park-pvh.elf", &tiny_elf(&park, true)),
+            fault_elf64: scratch.write("fault-elf64.elf", &tiny_elf(&fault, false)),
+        }
+    }
+}
+
+/// A scratch directory, removed when dropped.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn dir() -> PathBuf {
+        std::env::temp_dir().join(format!("vmm-bench-host-{}", std::process::id()))
+    }
+
+    fn new() -> Scratch {
+        let dir = Scratch::dir();
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|err| fail(&format!("cannot create {}: {err}", dir.display())));
+        Scratch { dir }
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.join(name);
+        let written = File::create(&path).and_then(|mut file| file.write_all(bytes));
+        if let Err(err) = written {
+            fail(&format!("cannot write {}: {err}", path.display()));
+        }
+        path
+    }
+
+    fn stderr_log(&self) -> PathBuf {
+        self.dir.join("vmm-stderr.log")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The VMMs.
+
+/// One VMM and how to run the tiny guest under it.
+struct Vmm {
+    name: &'static str,
+    program: PathBuf,
+    /// Arguments before the kernel path.
+    args: Vec<String>,
+    /// Option that precedes the kernel path (`-kernel` for QEMU), if any.
+    kernel_flag: Option<&'static str>,
+    /// Whether to boot [`Guests::fault_elf64`] rather than the PVH guest.
+    elf64: bool,
+    /// The exit status that means "the guest triple-faulted".
+    reset_status: i32,
+}
+
+impl Vmm {
+    fn ours(config: &Config) -> Vmm {
+        Vmm {
+            name: "vmm",
+            program: config.vmm_bin.clone(),
+            args: [
+                "run",
+                "--mem",
+                &GUEST_MEM_MIB.to_string(),
+                "--serial",
+                "stdio",
+            ]
+            .map(String::from)
+            .to_vec(),
+            kernel_flag: None,
+            elf64: false,
+            reset_status: VMM_RESET_STATUS,
+        }
+    }
+
+    fn ours_elf64(config: &Config) -> Vmm {
+        Vmm {
+            name: "vmm (64-bit ELF entry)",
+            elf64: true,
+            ..Vmm::ours(config)
+        }
+    }
+
+    /// The leanest QEMU that runs the tiny guest: microvm (qboot firmware loads the PVH
+    /// kernel from fw_cfg), no legacy devices but the ISA serial port, no ACPI, no PCIe, no
+    /// option ROMs, no display, no default devices or config; `-no-reboot` turns the triple
+    /// fault into a clean exit (status 0).
+    fn qemu(config: &Config) -> Vmm {
+        let machine =
+            "microvm,rtc=off,pit=off,pic=off,isa-serial=on,acpi=off,pcie=off,x-option-roms=off";
+        let args = format!(
+            "-M {machine} -accel kvm -cpu host -m {GUEST_MEM_MIB} -nodefaults -no-user-config \
+             -display none -serial stdio -no-reboot"
+        );
+        Vmm {
+            name: "QEMU",
+            program: config.qemu_bin.clone(),
+            args: args.split_whitespace().map(String::from).collect(),
+            kernel_flag: Some("-kernel"),
+            elf64: false,
+            reset_status: 0,
+        }
+    }
+
+    fn command(&self, kernel: &Path) -> Command {
+        let mut command = Command::new(&self.program);
+        command.args(&self.args);
+        command.args(self.kernel_flag);
+        command.arg(kernel);
+        command
+    }
+
+    /// The guest that prints and triple-faults, in the form this VMM entry boots.
+    fn fault_guest<'a>(&self, guests: &'a Guests) -> &'a Path {
+        if self.elf64 {
+            &guests.fault_elf64
+        } else {
+            &guests.fault
+        }
+    }
+
+    fn command_line(&self, kernel: &Path) -> String {
+        let command = self.command(kernel);
+        let args = command
+            .get_args()
+            .map(|arg| arg.to_string_lossy().into_owned());
+        std::iter::once(self.program.display().to_string())
+            .chain(args)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Spawns the VMM on `kernel`: stdin empty, stdout a pipe, stderr to `stderr_log`.
+    fn spawn(&self, kernel: &Path, stderr_log: &Path) -> Result<Child, String> {
+        let stderr = File::create(stderr_log)
+            .map_err(|err| format!("cannot create {}: {err}", stderr_log.display()))?;
+        self.command(kernel)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|err| format!("cannot start {}: {err}", self.program.display()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running one VM.
+
+/// Waits until the child's stdout has a byte (or EOF) or `deadline` passes.
+fn wait_readable(stdout: &impl AsRawFd, deadline: Instant) -> Result<(), String> {
+    let mut poll_fd = libc::pollfd {
+        fd: stdout.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no guest serial output within {VM_TIMEOUT:?}"));
+        }
+        let timeout_ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `poll_fd` is a valid pollfd for the duration of the call; nfds is 1.
+        let ready = unsafe { libc::poll(&mut poll_fd, 1, timeout_ms.max(1)) };
+        match ready {
+            n if n > 0 => return Ok(()),
+            0 => continue,
+            _ => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(format!("poll on the VMM's stdout: {err}"));
+                }
+            }
+        }
+    }
+}
+
+/// Reads from the child's stdout until EOF (the VMM has exited) or the deadline.
+fn read_to_eof(
+    stdout: &mut impl ReadFd,
+    deadline: Instant,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut buffer = [0u8; 4096];
+    loop {
+        wait_readable(stdout, deadline)?;
+        match stdout.read(&mut buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&buffer[..n]),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(format!("reading the VMM's stdout: {err}")),
+        }
+    }
+}
+
+trait ReadFd: Read + AsRawFd {}
+impl<T: Read + AsRawFd> ReadFd for T {}
+
+/// Reads the first byte of guest output: `Ok(None)` at EOF (the VMM exited silently).
+fn read_first_byte(stdout: &mut impl ReadFd, deadline: Instant) -> Result<Option<u8>, String> {
+    let mut byte = [0u8; 1];
+    loop {
+        wait_readable(stdout, deadline)?;
+        match stdout.read(&mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(format!("reading the VMM's stdout: {err}")),
+        }
+    }
+}
+
+/// Describes an exit status the way a shell would.
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => format!("{status}"),
+    }
+}
+
+/// One complete VM on the triple-fault guest: returns the time from spawn to the first byte
+/// of guest output. Checks that the byte is the marker and that the VMM reports the reset.
+fn run_to_reset(vmm: &Vmm, guests: &Guests, scratch: &Scratch) -> Result<Duration, String> {
+    let log = scratch.stderr_log();
+    let start = Instant::now();
+    let mut child = vmm.spawn(vmm.fault_guest(guests), &log)?;
+    let deadline = start + VM_TIMEOUT;
+    let stdout = child.stdout.as_mut().expect("stdout was set to a pipe");
+    let first = read_first_byte(stdout, deadline);
+    let latency = start.elapsed();
+    let mut rest = Vec::new();
+    let drained = first
+        .clone()
+        .and_then(|_| read_to_eof(stdout, deadline, &mut rest));
+    if let Err(err) = drained {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(with_stderr(err, &log));
+    }
+    let status = child
+        .wait()
+        .map_err(|err| format!("waiting for {}: {err}", vmm.name))?;
+    check_reset(vmm, first, &rest, status).map_err(|err| with_stderr(err, &log))?;
+    Ok(latency)
+}
+
+fn check_reset(
+    vmm: &Vmm,
+    first: Result<Option<u8>, String>,
+    rest: &[u8],
+    status: ExitStatus,
+) -> Result<(), String> {
+    let output: Vec<u8> = first?.into_iter().chain(rest.iter().copied()).collect();
+    if output.first() != Some(&MARKER) {
+        return Err(format!(
+            "guest serial output was {:?}, expected it to start with {:?}; {}",
+            String::from_utf8_lossy(&output),
+            MARKER as char,
+            describe(status)
+        ));
+    }
+    if status.code() != Some(vmm.reset_status) {
+        return Err(format!(
+            "{} after the guest's triple fault, expected exit status {}",
+            describe(status),
+            vmm.reset_status
+        ));
+    }
+    Ok(())
+}
+
+fn with_stderr(error: String, log: &Path) -> String {
+    let stderr = std::fs::read_to_string(log).unwrap_or_default();
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        error
+    } else {
+        format!("{error}\n--- its stderr ---\n{stderr}\n------------------")
+    }
+}
+
+/// Runs each VMM once on the tiny guest; fails loudly, saying what went wrong, if one cannot.
+fn preflight(vmm: &Vmm, guests: &Guests, scratch: &Scratch) {
+    if let Err(err) = run_to_reset(vmm, guests, scratch) {
+        fail(&format!(
+            "{} DOES NOT RUN THE TINY GUEST\ncommand: {}\n{err}",
+            vmm.name,
+            vmm.command_line(vmm.fault_guest(guests))
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Start-up latency.
+
+/// Start-up latencies of one VMM, sorted.
+struct Latencies {
+    name: &'static str,
+    sorted: Vec<Duration>,
+}
+
+fn measure_startup(
+    vmms: &[&Vmm],
+    guests: &Guests,
+    scratch: &Scratch,
+    config: &Config,
+) -> Vec<Latencies> {
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(config.runs); vmms.len()];
+    for _ in 0..config.runs {
+        for (vmm, samples) in vmms.iter().zip(samples.iter_mut()) {
+            let latency = run_to_reset(vmm, guests, scratch)
+                .unwrap_or_else(|err| fail(&format!("{} start-up run: {err}", vmm.name)));
+            samples.push(latency);
+        }
+    }
+    vmms.iter()
+        .zip(samples)
+        .map(|(vmm, mut sorted)| {
+            sorted.sort();
+            Latencies {
+                name: vmm.name,
+                sorted,
+            }
+        })
+        .collect()
+}
+
+impl Latencies {
+    fn min(&self) -> f64 {
+        millis(self.sorted[0])
+    }
+
+    fn median(&self) -> f64 {
+        let n = self.sorted.len();
+        (millis(self.sorted[(n - 1) / 2]) + millis(self.sorted[n / 2])) / 2.0
+    }
+
+    /// Nearest-rank 90th percentile.
+    fn p90(&self) -> f64 {
+        let rank = (self.sorted.len() * 9).div_ceil(10);
+        millis(self.sorted[rank.max(1) - 1])
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Memory.
+
+/// One mapping of /proc/PID/smaps, with the fields the bench needs (kB).
+struct Mapping {
+    header: String,
+    anonymous: bool,
+    size_kb: u64,
+    rss_kb: u64,
+    pss_kb: u64,
+}
+
+/// Parses /proc/PID/smaps into its mappings.
+fn parse_smaps(text: &str) -> Vec<Mapping> {
+    let mut mappings: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if !first.ends_with(':') {
+            // A mapping header: "start-end perms offset dev inode [path]".
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            mappings.push(Mapping {
+                header: line.to_string(),
+                anonymous: fields.len() == 5 && fields[4] == "0",
+                size_kb: 0,
+                rss_kb: 0,
+                pss_kb: 0,
+            });
+            continue;
+        }
+        let (Some(mapping), Some(value)) = (mappings.last_mut(), fields.next()) else {
+            continue;
+        };
+        let value = value.parse().unwrap_or(0);
+        match first {
+            "Size:" => mapping.size_kb = value,
+            "Rss:" => mapping.rss_kb = value,
+            "Pss:" => mapping.pss_kb = value,
+            _ => {}
+        }
+    }
+    mappings
+}
+
+/// Memory figures for one VMM, in kB.
+#[derive(Clone, Copy, Default)]
+struct MemoryFigures {
+    overhead_kb: u64,
+    rss_kb: u64,
+    pss_kb: u64,
+    guest_rss_kb: u64,
+}
+
+/// Splits the process's memory into guest RAM (the one anonymous mapping of exactly the
+/// guest RAM size) and the rest.
+fn memory_figures(smaps: &str) -> Result<MemoryFigures, String> {
+    let mappings = parse_smaps(smaps);
+    let guest_kb = GUEST_MEM_MIB * 1024;
+    let guest: Vec<&Mapping> = mappings
+        .iter()
+        .filter(|m| m.anonymous && m.size_kb == guest_kb)
+        .collect();
+    let [guest] = guest[..] else {
+        let headers: Vec<&str> = guest.iter().map(|m| m.header.as_str()).collect();
+        return Err(format!(
+            "expected exactly one anonymous {GUEST_MEM_MIB} MiB mapping (guest RAM), found {}: {headers:?}",
+            guest.len()
+        ));
+    };
+    let rss_kb: u64 = mappings.iter().map(|m| m.rss_kb).sum();
+    Ok(MemoryFigures {
+        overhead_kb: rss_kb - guest.rss_kb,
+        rss_kb,
+        pss_kb: mappings.iter().map(|m| m.pss_kb).sum(),
+        guest_rss_kb: guest.rss_kb,
+    })
+}
+
+/// One VM on the parking guest: its memory once the guest has printed, then SIGTERM.
+fn measure_memory_once(
+    vmm: &Vmm,
+    guests: &Guests,
+    scratch: &Scratch,
+) -> Result<MemoryFigures, String> {
+    let log = scratch.stderr_log();
+    let mut child = vmm.spawn(&guests.park, &log)?;
+    let deadline = Instant::now() + VM_TIMEOUT;
+    let stdout = child.stdout.as_mut().expect("stdout was set to a pipe");
+    let figures = match read_first_byte(stdout, deadline) {
+        Ok(Some(MARKER)) => {
+            std::thread::sleep(MEM_SETTLE);
+            std::fs::read_to_string(format!("/proc/{}/smaps", child.id()))
+                .map_err(|err| format!("reading /proc/{}/smaps: {err}", child.id()))
+                .and_then(|smaps| memory_figures(&smaps))
+        }
+        Ok(other) => Err(format!(
+            "first guest output byte was {other:?}, expected 'X'"
+        )),
+        Err(err) => Err(err),
+    };
+    stop(&mut child, vmm)?;
+    figures.map_err(|err| with_stderr(err, &log))
+}
+
+/// SIGTERM, then wait (killing it if it does not go within the timeout).
+fn stop(child: &mut Child, vmm: &Vmm) -> Result<(), String> {
+    let pid = libc::pid_t::try_from(child.id()).expect("pids fit in pid_t");
+    // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + VM_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{} ignored SIGTERM for {VM_TIMEOUT:?}", vmm.name));
+            }
+            Err(err) => return Err(format!("waiting for {}: {err}", vmm.name)),
+        }
+    }
+}
+
+/// The median of `runs` measurements, field by field.
+fn measure_memory(vmm: &Vmm, guests: &Guests, scratch: &Scratch, runs: usize) -> MemoryFigures {
+    let samples: Vec<MemoryFigures> = (0..runs)
+        .map(|_| {
+            measure_memory_once(vmm, guests, scratch)
+                .unwrap_or_else(|err| fail(&format!("{} memory run: {err}", vmm.name)))
+        })
+        .collect();
+    let median = |field: fn(&MemoryFigures) -> u64| {
+        let mut values: Vec<u64> = samples.iter().map(field).collect();
+        values.sort_unstable();
+        values[values.len() / 2]
+    };
+    MemoryFigures {
+        overhead_kb: median(|m| m.overhead_kb),
+        rss_kb: median(|m| m.rss_kb),
+        pss_kb: median(|m| m.pss_kb),
+        guest_rss_kb: median(|m| m.guest_rss_kb),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Throughput.
+
+/// How many VMs one batch runs before the other VMM takes a turn.
+const THROUGHPUT_BATCH: usize = 10;
+
+/// VMs per second for each VMM: `vms` complete VMs each, in alternating batches.
+fn measure_throughput(vmms: &[Vmm], guests: &Guests, scratch: &Scratch, vms: usize) -> Vec<f64> {
+    let mut busy = vec![Duration::ZERO; vmms.len()];
+    let mut done = 0;
+    while done < vms {
+        let batch = THROUGHPUT_BATCH.min(vms - done);
+        for (vmm, busy) in vmms.iter().zip(busy.iter_mut()) {
+            let start = Instant::now();
+            for _ in 0..batch {
+                if let Err(err) = run_to_reset(vmm, guests, scratch) {
+                    fail(&format!("{} throughput run: {err}", vmm.name));
+                }
+            }
+            *busy += start.elapsed();
+        }
+        done += batch;
+    }
+    busy.iter()
+        .map(|busy| vms as f64 / busy.as_secs_f64())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Report.
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|err| format!("unknown ({err})"))
+}
+
+fn print_preface(config: &Config, vmms: &[Vmm]) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("host bench: vmm against QEMU, same tiny guest, one run");
+    println!("host: {cpus} CPUs, kernel {}", kernel_release());
+    println!(
+        "runs: start-up {} per VMM (alternating), memory {} per VMM (median), throughput {} VMs per VMM",
+        config.runs, config.mem_runs, config.vms
+    );
+    for vmm in vmms {
+        println!(
+            "{:>5}: {}",
+            vmm.name,
+            vmm.command_line(Path::new("GUEST.elf"))
+        );
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|text| text.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn print_table(
+    startup: &[Latencies],
+    memory: &[MemoryFigures],
+    throughput: &[f64],
+    config: &Config,
+) {
+    let (ours, qemu) = (&startup[0], &startup[1]);
+    println!();
+    println!("| measure | vmm | QEMU | vmm/QEMU |");
+    println!("| --- | ---: | ---: | ---: |");
+    let row = |label: &str, a: f64, b: f64, unit: &str| {
+        println!("| {label} | {a:.2} {unit} | {b:.2} {unit} | {:.2} |", a / b);
+    };
+    let n = config.runs;
+    row(
+        &format!("exec → first serial byte, min (n={n})"),
+        ours.min(),
+        qemu.min(),
+        "ms",
+    );
+    row(
+        "exec → first serial byte, median",
+        ours.median(),
+        qemu.median(),
+        "ms",
+    );
+    row(
+        "exec → first serial byte, p90",
+        ours.p90(),
+        qemu.p90(),
+        "ms",
+    );
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    let (a, b) = (memory[0], memory[1]);
+    let m = config.mem_runs;
+    row(
+        &format!("memory overhead (Rss − guest RAM Rss), median of {m}"),
+        mib(a.overhead_kb),
+        mib(b.overhead_kb),
+        "MiB",
+    );
+    row("total RSS", mib(a.rss_kb), mib(b.rss_kb), "MiB");
+    row("total PSS", mib(a.pss_kb), mib(b.pss_kb), "MiB");
+    row(
+        "(guest RAM Rss, for reference)",
+        mib(a.guest_rss_kb),
+        mib(b.guest_rss_kb),
+        "MiB",
+    );
+    row(
+        &format!("VMs started and stopped per second (n={})", config.vms),
+        throughput[0],
+        throughput[1],
+        "VM/s",
+    );
+    for extra in &startup[2..] {
+        println!(
+            "\n{}: exec → first serial byte min {:.2} ms, median {:.2} ms, p90 {:.2} ms",
+            extra.name,
+            extra.min(),
+            extra.median(),
+            extra.p90()
+        );
+    }
+    print_targets(ours, a);
+}
+
+fn print_targets(startup: &Latencies, memory: MemoryFigures) {
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    let overhead_mib = memory.overhead_kb as f64 / 1024.0;
+    println!(
+        "targets: start-up median < 3 ms: {} ({:.2} ms); memory overhead < 2 MiB: {} ({overhead_mib:.2} MiB)",
+        verdict(startup.median() < 3.0),
+        startup.median(),
+        verdict(overhead_mib < 2.0)
+    );
+}
