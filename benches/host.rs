@@ -20,10 +20,12 @@
 //! The guest code means the same in 32-bit and 64-bit mode. The 64-bit ELF entry of vmm
 //! (no PVH note) is timed as an extra row of the start-up measurement.
 //!
-//! Environment: `BENCH_VMM` (another vmm binary; default the one Cargo built), `BENCH_RUNS` (start-up runs per VMM, default 50), `BENCH_VMS` (VMs per VMM
-//! for throughput, default 50), `BENCH_MEM_RUNS` (default 5), `BENCH_QEMU` (the QEMU binary,
-//! default `qemu-system-x86_64` on `PATH`). The bench fails loudly, with a non-zero status,
-//! when `/dev/kvm` or QEMU is missing, or when either VMM does not run the tiny guest.
+//! Environment: `BENCH_RUNS` (start-up runs per VMM, default 50), `BENCH_VMS` (VMs per VMM
+//! for throughput, default 50), `BENCH_MEM_RUNS` (default 5), `BENCH_VMM` (another vmm
+//! binary; default the one Cargo built), `BENCH_QEMU` (default `qemu-system-x86_64` on
+//! `PATH`). Run without `--bench` (as `cargo test --benches` does), the defaults shrink
+//! tenfold to a smoke run. The bench fails loudly, with a non-zero status, when `/dev/kvm` or
+//! QEMU is missing, or when either VMM does not run the tiny guest.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -98,10 +100,13 @@ impl Config {
                 qemu_bin.display()
             ))
         });
+        // `cargo bench` passes --bench; without it (`cargo test --benches`) a short smoke run.
+        let full = std::env::args().any(|arg| arg == "--bench");
+        let scale = |n: usize| if full { n } else { n.div_ceil(10) };
         Config {
-            runs: env_count("BENCH_RUNS", 50),
-            vms: env_count("BENCH_VMS", 50),
-            mem_runs: env_count("BENCH_MEM_RUNS", 5),
+            runs: env_count("BENCH_RUNS", scale(50)),
+            vms: env_count("BENCH_VMS", scale(50)),
+            mem_runs: env_count("BENCH_MEM_RUNS", scale(5)),
             vmm_bin: std::env::var_os("BENCH_VMM")
                 .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_vmm")), PathBuf::from),
             qemu_bin,
