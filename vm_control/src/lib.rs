@@ -11,6 +11,18 @@
 //!   daemons.
 //!
 //! The protocol itself is described in `docs/control-protocol.md`.
+//!
+//! Everything a peer sends is handled without panicking: the library denies `unwrap`,
+//! `expect`, `panic!` and slice indexing, and every `unsafe` block carries a `SAFETY:` comment.
+
+#![deny(
+    missing_docs,
+    clippy::undocumented_unsafe_blocks,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 pub mod client;
 pub mod server;
