@@ -702,7 +702,7 @@ impl DecodeError {
 pub struct ErrorReply {
     /// What went wrong.
     pub kind: ErrorKind,
-    /// A positive errno value refining `kind`.
+    /// A positive errno value refining `kind` (a negative one is sent as its absolute value).
     pub errno: i32,
     /// Kind-specific detail (see [`ErrorKind`]).
     pub detail: u64,
@@ -976,7 +976,7 @@ fn encode_error(payload: &mut [u8; PAYLOAD_SIZE], e: &ErrorReply) {
         payload,
         &RawErrorPayload {
             kind: U32::new(e.kind as u32),
-            errno: U32::new(e.errno as u32),
+            errno: U32::new(e.errno.unsigned_abs()),
             detail: U64::new(e.detail),
             min_version: U16::new(e.min_version),
             max_version: U16::new(e.max_version),
