@@ -1,0 +1,3 @@
+//! ACPI tables.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {}
