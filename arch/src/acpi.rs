@@ -4,6 +4,7 @@
 //! - RSDP (revision 2) pointing at the XSDT; first, 16-byte aligned and inside
 //!   0xe0000..0x100000, so Linux's legacy BIOS-area scan finds it;
 //! - XSDT listing the FADT and the MADT;
+//! - FACS (empty: no global lock, no waking vector), referenced by the FADT;
 //! - FADT describing a non-hardware-reduced PC: SCI on IRQ 9, PM1a event and
 //!   control blocks at I/O 0x600/0x604 (power off), reset via I/O 0xcf9;
 //! - DSDT with just the `\_S5` sleep-type package (so Linux can power off);
@@ -150,6 +151,38 @@ impl Gas {
     }
 }
 
+/// Firmware ACPI Control Structure (§5.2.10). No checksum, 64-byte aligned.
+/// Not strictly needed for boot and S5, but a full-hardware (non-reduced)
+/// FADT is expected to point at one: ACPICA looks for the global lock and
+/// the waking vector there.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
+struct Facs {
+    signature: [u8; 4],
+    length: U32,
+    hardware_signature: U32,
+    firmware_waking_vector: U32,
+    global_lock: U32,
+    flags: U32,
+    x_firmware_waking_vector: U64,
+    version: u8,
+    reserved0: [u8; 3],
+    ospm_flags: U32,
+    reserved1: [u8; 24],
+}
+const _: () = assert!(size_of::<Facs>() == 64);
+const FACS_ALIGN: u64 = 64;
+
+fn facs() -> Vec<u8> {
+    let f = Facs {
+        signature: *b"FACS",
+        length: U32::new(size_of::<Facs>() as u32),
+        version: 2,
+        ..Default::default()
+    };
+    f.as_bytes().to_vec()
+}
+
 /// Fixed ACPI Description Table, revision 6 layout (§5.2.9, 276 bytes).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
@@ -240,10 +273,14 @@ const IAPC_8042: u16 = 1 << 1;
 /// No VGA: keeps the kernel from probing legacy VGA ports/memory.
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 
-/// Builds the FADT pointing at the DSDT at `dsdt_addr`.
-fn fadt(dsdt_addr: u64) -> Vec<u8> {
+/// Builds the FADT pointing at the DSDT at `dsdt_addr` and the FACS at
+/// `facs_addr`.
+fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     let t = Fadt {
         header: SdtHeader::new(b"FACP", size_of::<Fadt>(), 6),
+        // Same value in both fields: ACPICA warns only when they differ.
+        firmware_ctrl: U32::new(facs_addr as u32),
+        x_firmware_ctrl: U64::new(facs_addr),
         // The 32-bit field may only be used if the table is below 4 GiB,
         // which it always is; filling both satisfies old and new parsers.
         dsdt: U32::new(dsdt_addr as u32),
@@ -477,7 +514,8 @@ pub fn build_acpi_tables(base: u64, num_cpus: u8) -> Result<AcpiTables> {
     let xsdt_addr = align_up(rsdp_addr + size_of::<Rsdp>() as u64);
     let xsdt_len = size_of::<SdtHeader>() + 2 * size_of::<u64>();
     let fadt_addr = align_up(xsdt_addr + xsdt_len as u64);
-    let dsdt_addr = align_up(fadt_addr + size_of::<Fadt>() as u64);
+    let facs_addr = (fadt_addr + size_of::<Fadt>() as u64).div_ceil(FACS_ALIGN) * FACS_ALIGN;
+    let dsdt_addr = align_up(facs_addr + size_of::<Facs>() as u64);
     let dsdt_len = size_of::<SdtHeader>() + DSDT_AML.len();
     let madt_addr = align_up(dsdt_addr + dsdt_len as u64);
     let end = madt_addr + madt_len(num_cpus) as u64;
@@ -488,7 +526,8 @@ pub fn build_acpi_tables(base: u64, num_cpus: u8) -> Result<AcpiTables> {
     let tables = vec![
         table("RSDP", rsdp_addr, rsdp(xsdt_addr)),
         table("XSDT", xsdt_addr, xsdt(&[fadt_addr, madt_addr])),
-        table("FACP", fadt_addr, fadt(dsdt_addr)),
+        table("FACP", fadt_addr, fadt(dsdt_addr, facs_addr)),
+        table("FACS", facs_addr, facs()),
         table("DSDT", dsdt_addr, dsdt()),
         table("APIC", madt_addr, madt(num_cpus)),
     ];
@@ -542,6 +581,13 @@ mod tests {
     fn every_table_checksums_and_length() {
         let t = build(4);
         for table in &t.tables {
+            if table.name == "FACS" {
+                // The only table without a checksum.
+                assert_eq!((table.bytes.len(), table.addr % 64), (64, 0));
+                assert_eq!(&table.bytes[0..4], b"FACS");
+                assert_eq!(u32_at(&table.bytes, 4), 64);
+                continue;
+            }
             assert_eq!(sum(&table.bytes), 0, "{} checksum", table.name);
             if table.name != "RSDP" {
                 assert_eq!(&table.bytes[0..4], table.name.as_bytes());
@@ -593,6 +639,9 @@ mod tests {
         let dsdt = get(&t, "DSDT").addr;
         assert_eq!(f.len(), 276);
         assert_eq!(f[8], 6, "revision");
+        let facs = get(&t, "FACS").addr;
+        assert_eq!(u32_at(f, 36) as u64, facs, "FIRMWARE_CTRL");
+        assert_eq!(u64_at(f, 132), facs, "X_FIRMWARE_CTRL");
         assert_eq!(u32_at(f, 40) as u64, dsdt, "DSDT");
         assert_eq!(u16_at(f, 46), 9, "SCI_INT");
         assert_eq!(u32_at(f, 48), 0, "SMI_CMD");

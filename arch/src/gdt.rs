@@ -45,16 +45,22 @@ pub const LONG_MODE_DATA_INDEX: u8 = 3;
 pub const LONG_MODE_TSS_INDEX: u8 = 4;
 
 /// PVH boot GDT: the PVH ABI asks for flat 32-bit protected mode with CS a
-/// 4 GiB execute/read segment and DS/ES/SS 4 GiB read/write segments; any
-/// selector values are allowed. We use the conventional 0x08/0x10/0x18.
+/// 4 GiB execute/read segment, DS/ES/SS 4 GiB read/write segments, and TR
+/// "a 32-bit TSS, active, base 0, limit 0x67"; any selector values are
+/// allowed. We use the conventional 0x08/0x10/0x18.
 pub fn pvh_gdt() -> [u64; 4] {
     [
         0,
         gdt_entry(CODE32_FLAGS, 0, LIMIT_4G),
         gdt_entry(DATA_FLAGS, 0, LIMIT_4G),
-        gdt_entry(TSS_FLAGS, 0, LIMIT_4G),
+        gdt_entry(PVH_TSS_FLAGS, 0, PVH_TSS_LIMIT),
     ]
 }
+
+/// Busy 32-bit TSS, byte granular (the PVH ABI fixes the limit at 0x67).
+pub const PVH_TSS_FLAGS: u16 = 0x008b;
+/// The size of a 32-bit TSS minus one.
+pub const PVH_TSS_LIMIT: u32 = 0x67;
 
 /// Selector indices into [`pvh_gdt`].
 pub const PVH_CODE_INDEX: u8 = 1;
@@ -171,6 +177,7 @@ mod tests {
             (0x10, 0xffff_ffff, 0x3, 1)
         );
         let tr = kvm_segment_from_gdt(gdt[3], PVH_TSS_INDEX);
-        assert_eq!((tr.selector, tr.type_, tr.s), (0x18, 0xb, 0));
+        assert_eq!((tr.selector, tr.type_, tr.s, tr.present), (0x18, 0xb, 0, 1));
+        assert_eq!((tr.base, tr.limit, tr.g), (0, 0x67, 0));
     }
 }
