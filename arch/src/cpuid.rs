@@ -138,6 +138,10 @@ fn adjust_leaf1(e: &mut kvm_cpuid_entry2, cpu_id: u8, num_cpus: u8, tsc_deadline
 /// EAX[31:26] = cores per package - 1; EAX[25:14] = logical CPUs sharing this
 /// cache - 1: L1/L2 are per core (one thread, so 0), L3 is shared by all.
 fn adjust_cache_leaf(e: &mut kvm_cpuid_entry2, num_cpus: u8) {
+    // Cache type 0 (EAX[4:0]) terminates the list; leave that sub-leaf zero.
+    if e.eax & 0x1f == 0 {
+        return;
+    }
     let cores = u32::from(num_cpus.max(1)) - 1;
     let level = (e.eax >> 5) & 0x7;
     let sharing = if level >= 3 { cores } else { 0 };
@@ -240,6 +244,7 @@ mod tests {
             entry(1, 0, [0x000a_0f10, 0xff3f_0800, 0x0000_0001, LEAF1_EDX_HTT]),
             entry(4, 0, [0xfc00_4121, 0, 0, 0]), // L1d
             entry(4, 3, [0xfc00_4163, 0, 0, 0]), // L3
+            entry(4, 4, [0, 0, 0, 0]),           // end of list
             entry(6, 0, [0x6, 0, 0x9, 0]),
             entry(0xb, 0, [0, 0, 0, 0]),
             entry(0x8000_0008, 0, [0x3030, 0, 0xffff_f0ff, 0]),
@@ -319,6 +324,7 @@ mod tests {
         assert_eq!(l1d.eax & 0x3fff, 0x0121);
         let l3 = find(&e, 4, 3);
         assert_eq!((l3.eax >> 14) & 0xfff, 3);
+        assert_eq!(find(&e, 4, 4).eax, 0, "terminator untouched");
     }
 
     #[test]
