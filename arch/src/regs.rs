@@ -127,13 +127,21 @@ fn boot_msr_entries() -> Vec<kvm_msr_entry> {
         .collect()
 }
 
-/// Sets the boot MSRs (see [`BOOT_MSRS`] in the source). KVM_SET_MSRS stops at
-/// the first MSR it rejects and returns how many it set; that MSR is named in
-/// the error.
+/// Sets the boot MSRs: SYSENTER_CS/ESP/EIP, STAR, LSTAR, CSTAR,
+/// KERNEL_GS_BASE, SYSCALL_MASK and TSC to 0; IA32_MISC_ENABLE to
+/// fast-strings; MTRRdefType to "enabled, default write-back" (0x806).
+/// KVM_SET_MSRS stops at the first MSR it rejects and returns how many it
+/// set; that MSR is named in the error.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
     let entries = boot_msr_entries();
     let msrs = Msrs::from_entries(&entries).map_err(|_| Error::BuildMsrs(entries.len()))?;
     let set = vcpu.set_msrs(&msrs).map_err(Error::SetMsrs)?;
+    check_all_msrs_set(set)
+}
+
+/// Turns KVM_SET_MSRS's "how many were set" into an error naming the first
+/// MSR KVM refused.
+fn check_all_msrs_set(set: usize) -> Result<()> {
     match BOOT_MSRS.get(set) {
         None => Ok(()),
         Some(&(index, name, _)) => Err(Error::MsrRejected { index, name }),
@@ -431,6 +439,20 @@ mod tests {
         assert_eq!(get(MSR_MTRR_DEF_TYPE), 0x806);
         assert_eq!(get(MSR_IA32_MISC_ENABLE), 1);
         assert_eq!(get(MSR_LSTAR), 0);
+    }
+
+    #[test]
+    fn partial_msr_write_names_the_refused_msr() {
+        assert!(check_all_msrs_set(BOOT_MSRS.len()).is_ok());
+        let err = check_all_msrs_set(3).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::MsrRejected {
+                index: 0xc000_0081,
+                name: "STAR"
+            }
+        ));
+        assert!(err.to_string().contains("STAR (0xc0000081)"));
     }
 
     #[test]
