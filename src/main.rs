@@ -1,3 +1,115 @@
+//! `vmm`: a KVM virtual machine monitor that boots stock Linux kernels.
+//!
+//! `main` parses the command line, dispatches the subcommand and turns its outcome into
+//! the documented exit status (see [`exit`]).
+
+mod builder;
+mod cli;
+mod config;
+mod exit;
+mod logger;
+mod run_loop;
+mod terminal;
+mod vcpu;
+
+use std::error::Error;
+use std::ffi::OsString;
+
+use argh::FromArgs;
+
+use crate::cli::{Args, Command, RunArgs};
+use crate::config::{HostLimits, VmConfig};
+use crate::exit::{EXIT_USAGE, EXIT_VMM_ERROR, VmExit};
+
 fn main() {
-    println!("Hello, world!");
+    logger::init();
+    let args = match parse_args(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(code) => std::process::exit(code),
+    };
+    let code = match args.command {
+        Command::Run(run) => run_vm(&run),
+    };
+    std::process::exit(code);
+}
+
+/// Parses the command line; on `--help` or a usage error prints argh's text and returns
+/// the exit status to use.
+fn parse_args(raw: Vec<OsString>) -> Result<Args, i32> {
+    let mut strings = Vec::with_capacity(raw.len());
+    for arg in raw {
+        match arg.into_string() {
+            Ok(arg) => strings.push(arg),
+            Err(bad) => {
+                eprintln!("vmm: error: argument {bad:?} is not valid UTF-8");
+                return Err(EXIT_USAGE);
+            }
+        }
+    }
+    let command = strings.first().map(String::as_str).unwrap_or("vmm");
+    let command = command.rsplit('/').next().unwrap_or(command);
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    Args::from_args(&[command], &rest).map_err(|early| match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            0
+        }
+        Err(()) => {
+            eprintln!("{}", early.output);
+            EXIT_USAGE
+        }
+    })
+}
+
+/// `vmm run`: build the VM, run it, and map the outcome to an exit status.
+fn run_vm(args: &RunArgs) -> i32 {
+    match try_run_vm(args) {
+        Ok(exit) => {
+            match exit {
+                VmExit::PowerOff => log::info!("{exit}"),
+                VmExit::Crash => log::error!("{exit}"),
+                VmExit::Reset | VmExit::Signal(_) => log::info!("{exit}"),
+            }
+            exit.exit_code()
+        }
+        Err(err) => {
+            terminal::restore();
+            eprintln!("vmm: error: {}", error_chain(err.as_ref()));
+            EXIT_VMM_ERROR
+        }
+    }
+}
+
+fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
+    let kvm = builder::open_kvm()?;
+    let host = HostLimits {
+        memory_mib: config::host_memory_mib(),
+        max_cpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(1),
+    };
+    let config = VmConfig::from_args(args, host)?;
+    if builder::host_kvm_is_pvm() {
+        log::warn!(
+            "this host's KVM is kvm_pvm: guest kernel code runs in KVM's instruction emulator \
+             here, so a stock Linux kernel boots extremely slowly (many minutes). Use a host \
+             with hardware virtualisation, or the nested lab: tools/lab (see docs/lab.md)"
+        );
+    }
+    let vm = builder::build(&config, &kvm)?;
+    Ok(run_loop::run(vm)?)
+}
+
+/// "outer: inner: innermost", so one line carries the whole cause.
+fn error_chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // thiserror messages often embed their source already; do not say it twice.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -1,0 +1,421 @@
+//! Turns a validated [`VmConfig`] into a [`Vm`] ready to run: the list of steps that make
+//! a VM, in order. Each step either succeeds or says, in one line, what the user must fix.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arch::layout;
+use devices::{AcpiPm, Bus, BusDevice, Cmos, I8042, ResetControl, Serial};
+use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::cli::SerialOutput;
+use crate::config::VmConfig;
+
+/// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
+/// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
+const KVM_TSS_ADDRESS: usize = layout::KVM_TSS_ADDRESS as usize;
+const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// The serial port's ISA interrupt line.
+const COM1_PORT: u64 = 0x3f8;
+const COM1_GSI: u32 = 4;
+
+/// A failure while building the VM.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error(
+        "cannot open /dev/kvm: this host has no KVM (load kvm_intel or kvm_amd, and enable virtualisation in the firmware)"
+    )]
+    NoKvm,
+    #[error("no permission to open /dev/kvm: run as root or add your user to the 'kvm' group")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("this host's KVM API version is {0}, vmm needs 12")]
+    KvmApiVersion(i32),
+    #[error("KVM refused to {step}: {source}")]
+    Kvm {
+        step: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    GuestMemory {
+        mib: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("cannot read {what} {path}: {source}")]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the kernel {path}: {source}")]
+    LoadKernel {
+        path: PathBuf,
+        #[source]
+        source: kernel_loader::Error,
+    },
+    #[error("cannot load the initrd {path}: {source}")]
+    LoadInitrd {
+        path: PathBuf,
+        #[source]
+        source: kernel_loader::Error,
+    },
+    #[error("cannot set up the kernel command line: {0}")]
+    Cmdline(#[source] kernel_loader::Error),
+    #[error("cannot write the boot parameters: {0}")]
+    BootParams(#[source] kernel_loader::Error),
+    #[error("cannot set up the x86 machine: {0}")]
+    Arch(#[from] arch::Error),
+    #[error("cannot create the event descriptors: {0}")]
+    EventFd(#[source] io::Error),
+    #[error("cannot open the serial output file {path}: {source}")]
+    SerialFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot place a device on the bus: {0}")]
+    Bus(#[from] devices::BusError),
+}
+
+type Result<T> = std::result::Result<T, BuildError>;
+
+/// Event descriptors the devices write when the guest asks to stop; the run loop waits on them.
+pub struct GuestRequests {
+    pub poweroff: EventFd,
+    pub reset: EventFd,
+}
+
+/// The serial console's host side: the device, and the event that says it can take input.
+pub struct Console {
+    pub serial: Arc<Mutex<Serial>>,
+    pub input_ready: EventFd,
+    /// Whether host stdin should feed the guest (serial on stdio and stdin is a terminal).
+    pub takes_stdin: bool,
+}
+
+/// A VM ready to run: memory mapped and loaded, devices on their buses, vCPUs configured.
+pub struct Vm {
+    pub vm_fd: VmFd,
+    pub memory: GuestMemoryMmap,
+    pub vcpus: Vec<VcpuFd>,
+    pub pio_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub requests: GuestRequests,
+    pub console: Console,
+}
+
+/// Builds the VM described by `config`, step by step.
+pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
+    let vm_fd = create_vm(kvm)?;
+    let memory = create_guest_memory(&vm_fd, config.mem_bytes)?;
+    let kernel = load_kernel(&memory, config)?;
+    let initrd = load_initrd(&memory, config, &kernel)?;
+    let cmdline_max = kernel.cmdline_max.min(layout::CMDLINE_MAX_SIZE - 1);
+    kernel_loader::write_cmdline(
+        &memory,
+        GuestAddress(layout::CMDLINE_START),
+        &config.cmdline,
+        cmdline_max,
+    )
+    .map_err(BuildError::Cmdline)?;
+    let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
+    let boot_info = write_boot_info(&memory, config, &kernel, initrd, rsdp)?;
+
+    let requests = GuestRequests {
+        poweroff: new_eventfd()?,
+        reset: new_eventfd()?,
+    };
+    let console = create_console(&vm_fd, config)?;
+    let pio_bus = Arc::new(create_pio_bus(config, &requests, &console)?);
+    let mmio_bus = Arc::new(Bus::new());
+
+    let vcpus = create_vcpus(kvm, &vm_fd, config.cpus)?;
+    if let Some(boot_vcpu) = vcpus.first() {
+        set_boot_registers(&memory, boot_vcpu, &kernel, boot_info)?;
+    }
+    Ok(Vm {
+        vm_fd,
+        memory,
+        vcpus,
+        pio_bus,
+        mmio_bus,
+        requests,
+        console,
+    })
+}
+
+/// Opens /dev/kvm, telling apart "no KVM here" from "not allowed".
+pub fn open_kvm() -> Result<Kvm> {
+    let kvm = Kvm::new().map_err(|err| match err.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => BuildError::NoKvm,
+        libc::EACCES | libc::EPERM => BuildError::KvmPermission,
+        _ => BuildError::OpenKvm(err),
+    })?;
+    let version = kvm.get_api_version();
+    if version != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(BuildError::KvmApiVersion(version));
+    }
+    Ok(kvm)
+}
+
+/// Whether this host's KVM is `kvm_pvm`, which runs guest kernel code in KVM's instruction
+/// emulator: correct, but far too slow for a stock kernel to boot in useful time.
+pub fn host_kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+fn arch_err<E: Into<arch::Error>>(err: E) -> BuildError {
+    BuildError::Arch(err.into())
+}
+
+fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvm { step, source }
+}
+
+fn create_vm(kvm: &Kvm) -> Result<VmFd> {
+    let vm_fd = kvm.create_vm().map_err(kvm_step("create a VM"))?;
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_step("set the TSS address"))?;
+    vm_fd
+        .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+        .map_err(kvm_step("set the identity map address"))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_step("create the in-kernel interrupt controllers"))?;
+    // The PIT's speaker port (0x61) is served in the kernel too, so the guest's timer
+    // calibration never leaves KVM.
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm_fd
+        .create_pit2(pit)
+        .map_err(kvm_step("create the in-kernel PIT"))?;
+    Ok(vm_fd)
+}
+
+fn create_guest_memory(vm_fd: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap> {
+    let ranges = layout::guest_ram_regions(mem_bytes);
+    let memory =
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| BuildError::GuestMemory {
+            mib: mem_bytes >> 20,
+            source,
+        })?;
+    for (slot, region) in memory.iter().enumerate() {
+        let host_addr =
+            memory
+                .get_host_address(region.start_addr())
+                .map_err(|_| BuildError::Kvm {
+                    step: "map guest memory",
+                    source: kvm_ioctls::Error::new(libc::EFAULT),
+                })?;
+        let kvm_region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host_addr as u64,
+        };
+        // SAFETY: the host range [host_addr, host_addr + len) is a live mapping owned by
+        // `memory`, which the returned Vm keeps alive for as long as the VM exists.
+        unsafe { vm_fd.set_user_memory_region(kvm_region) }
+            .map_err(kvm_step("register guest memory"))?;
+    }
+    Ok(memory)
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| BuildError::ReadFile {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn load_kernel(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel> {
+    let image = read_file("the kernel", &config.kernel)?;
+    kernel_loader::load_kernel(memory, &image).map_err(|source| BuildError::LoadKernel {
+        path: config.kernel.clone(),
+        source,
+    })
+}
+
+/// Loads the initrd as high as the kernel allows in low RAM, returning (address, size).
+fn load_initrd(
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    kernel: &LoadedKernel,
+) -> Result<Option<(GuestAddress, u64)>> {
+    let Some(path) = &config.initrd else {
+        return Ok(None);
+    };
+    let initrd = read_file("the initrd", path)?;
+    let low_ram_end = layout::ram_below_4g(config.mem_bytes);
+    let highest = kernel.initrd_addr_max.min(low_ram_end.saturating_sub(1));
+    let addr =
+        kernel_loader::load_initrd(memory, &initrd, kernel.kernel_end, GuestAddress(highest))
+            .map_err(|source| BuildError::LoadInitrd {
+                path: path.clone(),
+                source,
+            })?;
+    Ok(Some((addr, initrd.len() as u64)))
+}
+
+fn e820_entries(mem_bytes: u64) -> Vec<E820Entry> {
+    layout::e820_map(mem_bytes)
+        .into_iter()
+        .map(|region| E820Entry {
+            addr: region.addr,
+            size: region.size,
+            type_: match region.kind {
+                layout::E820Kind::Ram => kernel_loader::E820_RAM,
+                layout::E820Kind::Reserved => kernel_loader::E820_RESERVED,
+                layout::E820Kind::Acpi => kernel_loader::E820_ACPI,
+            },
+        })
+        .collect()
+}
+
+/// Writes the zero page (64-bit boot protocol) or the PVH start info, returning its address.
+fn write_boot_info(
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    kernel: &LoadedKernel,
+    initrd: Option<(GuestAddress, u64)>,
+    rsdp: GuestAddress,
+) -> Result<GuestAddress> {
+    let e820 = e820_entries(config.mem_bytes);
+    let cmdline_addr = GuestAddress(layout::CMDLINE_START);
+    match kernel.protocol {
+        BootProtocol::Linux64 => {
+            let addr = GuestAddress(layout::ZERO_PAGE_START);
+            let zero_page = kernel_loader::ZeroPageConfig {
+                setup_header: kernel.setup_header,
+                cmdline_addr,
+                cmdline_size: config.cmdline.len(),
+                initrd,
+                e820: &e820,
+                acpi_rsdp_addr: Some(rsdp),
+            };
+            kernel_loader::write_zero_page(memory, addr, &zero_page)
+                .map_err(BuildError::BootParams)?;
+            Ok(addr)
+        }
+        BootProtocol::Pvh => {
+            let addr = GuestAddress(layout::PVH_INFO_START);
+            let pvh = kernel_loader::PvhConfig {
+                cmdline_addr,
+                initrd,
+                memmap: &e820,
+                rsdp_addr: Some(rsdp),
+            };
+            kernel_loader::write_pvh_start_info(memory, addr, &pvh)
+                .map_err(BuildError::BootParams)?;
+            Ok(addr)
+        }
+    }
+}
+
+fn new_eventfd() -> Result<EventFd> {
+    EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
+}
+
+fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<Console> {
+    let interrupt = new_eventfd()?;
+    vm_fd
+        .register_irqfd(&interrupt, COM1_GSI)
+        .map_err(kvm_step("route the serial interrupt"))?;
+    let input_ready = new_eventfd()?;
+    let (out, takes_stdin): (Box<dyn io::Write + Send>, bool) = match &config.serial {
+        SerialOutput::Stdio => (
+            Box::new(io::stdout()),
+            crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin())),
+        ),
+        SerialOutput::File(path) => {
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::SerialFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            (Box::new(file), false)
+        }
+    };
+    let input_ready_for_device = input_ready.try_clone().map_err(BuildError::EventFd)?;
+    let serial = Serial::new(interrupt, input_ready_for_device, out);
+    Ok(Console {
+        serial: Arc::new(Mutex::new(serial)),
+        input_ready,
+        takes_stdin,
+    })
+}
+
+fn create_pio_bus(config: &VmConfig, requests: &GuestRequests, console: &Console) -> Result<Bus> {
+    let clone = |evt: &EventFd| evt.try_clone().map_err(BuildError::EventFd);
+    let mut bus = Bus::new();
+    bus.insert(console.serial.clone(), COM1_PORT, 8)?;
+    bus.insert(shared(I8042::new(clone(&requests.reset)?)), 0x60, 5)?;
+    let cmos = Cmos::new(
+        layout::ram_below_4g(config.mem_bytes),
+        layout::ram_above_4g(config.mem_bytes),
+    );
+    bus.insert(shared(cmos), 0x70, 2)?;
+    bus.insert(
+        shared(AcpiPm::new(clone(&requests.poweroff)?)),
+        u64::from(devices::acpi_pm::PM1A_EVT_BLK_PORT),
+        8,
+    )?;
+    bus.insert(shared(ResetControl::new(clone(&requests.reset)?)), 0xcf9, 1)?;
+    Ok(bus)
+}
+
+fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {
+    Arc::new(Mutex::new(device))
+}
+
+fn create_vcpus(kvm: &Kvm, vm_fd: &VmFd, cpus: u8) -> Result<Vec<VcpuFd>> {
+    (0..cpus)
+        .map(|id| {
+            let vcpu = vm_fd
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_step("create a vCPU"))?;
+            arch::cpuid::setup_cpuid(kvm, &vcpu, id, cpus).map_err(arch_err)?;
+            arch::regs::setup_msrs(&vcpu).map_err(arch_err)?;
+            arch::regs::setup_fpu(&vcpu).map_err(arch_err)?;
+            arch::regs::setup_lapic(&vcpu).map_err(arch_err)?;
+            Ok(vcpu)
+        })
+        .collect()
+}
+
+fn set_boot_registers(
+    memory: &GuestMemoryMmap,
+    vcpu: &VcpuFd,
+    kernel: &LoadedKernel,
+    boot_info: GuestAddress,
+) -> Result<()> {
+    match kernel.protocol {
+        BootProtocol::Linux64 => {
+            arch::regs::setup_long_mode_boot(memory, vcpu, kernel.entry_addr, boot_info)
+                .map_err(arch_err)?
+        }
+        BootProtocol::Pvh => arch::regs::setup_pvh_boot(memory, vcpu, kernel.entry_addr, boot_info)
+            .map_err(arch_err)?,
+    }
+    Ok(())
+}

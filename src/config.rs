@@ -1,0 +1,196 @@
+//! A validated VM configuration. Everything the command line can get wrong is caught here,
+//! before any host resource is touched, with a message that says how to fix it.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::cli::{RunArgs, SerialOutput};
+
+/// The kernel command line used when `--params` is not given: the console on COM1, and a
+/// reboot (reported as a reset) instead of a hang when the guest kernel panics.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
+
+/// The least memory worth trying: a stock kernel needs tens of MiB to decompress itself.
+pub const MIN_MEM_MIB: u64 = 16;
+
+/// A configuration error, reported before the VM is built.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("--mem {0} MiB is too small: a Linux guest needs at least {MIN_MEM_MIB} MiB")]
+    MemoryTooSmall(u64),
+    #[error(
+        "--mem {requested} MiB is more than this host has ({host} MiB of RAM and swap); lower --mem"
+    )]
+    MemoryTooLarge { requested: u64, host: u64 },
+    #[error("--cpus must be at least 1")]
+    NoCpus,
+    #[error("--cpus {requested} is more than the {max} this host's KVM allows")]
+    TooManyCpus { requested: u32, max: u32 },
+    #[error("--params must not contain a NUL byte")]
+    CmdlineHasNul,
+}
+
+/// What `vmm run` builds.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub mem_bytes: u64,
+    pub cpus: u8,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub serial: SerialOutput,
+}
+
+/// Host limits the configuration is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    /// RAM plus swap, in MiB.
+    pub memory_mib: u64,
+    /// KVM's vCPU limit, capped at what our ACPI tables can describe.
+    pub max_cpus: u32,
+}
+
+/// The most vCPUs the MADT describes: 8-bit APIC ids, with one id left for the IOAPIC.
+pub const MAX_CPUS_ACPI: u32 = 254;
+
+impl VmConfig {
+    /// Checks `args` against the host's limits.
+    pub fn from_args(args: &RunArgs, host: HostLimits) -> Result<VmConfig, ConfigError> {
+        if args.mem < MIN_MEM_MIB {
+            return Err(ConfigError::MemoryTooSmall(args.mem));
+        }
+        if args.mem > host.memory_mib {
+            return Err(ConfigError::MemoryTooLarge {
+                requested: args.mem,
+                host: host.memory_mib,
+            });
+        }
+        if args.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        let max_cpus = host.max_cpus.min(MAX_CPUS_ACPI);
+        if args.cpus > max_cpus {
+            return Err(ConfigError::TooManyCpus {
+                requested: args.cpus,
+                max: max_cpus,
+            });
+        }
+        let cmdline = args
+            .params
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.into());
+        if cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineHasNul);
+        }
+        Ok(VmConfig {
+            // Cannot overflow: mem is at most the host's memory in MiB.
+            mem_bytes: args.mem << 20,
+            cpus: u8::try_from(args.cpus).map_err(|_| ConfigError::TooManyCpus {
+                requested: args.cpus,
+                max: max_cpus,
+            })?,
+            kernel: args.kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline,
+            serial: args.serial.clone(),
+        })
+    }
+}
+
+/// Reads the host's RAM + swap in MiB from sysinfo(2).
+pub fn host_memory_mib() -> u64 {
+    // SAFETY: sysinfo is plain old data; zeroes are a valid value to be overwritten.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid, writable sysinfo struct.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return u64::MAX;
+    }
+    let unit = u64::from(info.mem_unit.max(1));
+    let total = (info.totalram as u64).saturating_add(info.totalswap as u64);
+    total.saturating_mul(unit) >> 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: HostLimits = HostLimits {
+        memory_mib: 4096,
+        max_cpus: 1024,
+    };
+
+    fn args(mem: u64, cpus: u32) -> RunArgs {
+        RunArgs {
+            mem,
+            cpus,
+            initrd: None,
+            params: None,
+            serial: SerialOutput::Stdio,
+            kernel: PathBuf::from("bzImage"),
+        }
+    }
+
+    #[test]
+    fn valid_arguments_become_a_config_with_the_default_cmdline() {
+        let config = VmConfig::from_args(&args(256, 2), HOST).expect("valid");
+        assert_eq!(config.mem_bytes, 256 << 20);
+        assert_eq!(config.cpus, 2);
+        assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn zero_cpus_is_rejected() {
+        assert_eq!(
+            VmConfig::from_args(&args(256, 0), HOST).unwrap_err(),
+            ConfigError::NoCpus
+        );
+    }
+
+    #[test]
+    fn cpus_above_kvm_or_acpi_limit_are_rejected() {
+        let host = HostLimits {
+            memory_mib: 4096,
+            max_cpus: 8,
+        };
+        assert_eq!(
+            VmConfig::from_args(&args(256, 9), host).unwrap_err(),
+            ConfigError::TooManyCpus {
+                requested: 9,
+                max: 8
+            }
+        );
+        assert_eq!(
+            VmConfig::from_args(&args(256, 255), HOST).unwrap_err(),
+            ConfigError::TooManyCpus {
+                requested: 255,
+                max: 254
+            }
+        );
+    }
+
+    #[test]
+    fn memory_outside_the_usable_range_is_rejected() {
+        assert_eq!(
+            VmConfig::from_args(&args(8, 1), HOST).unwrap_err(),
+            ConfigError::MemoryTooSmall(8)
+        );
+        assert_eq!(
+            VmConfig::from_args(&args(u64::MAX, 1), HOST).unwrap_err(),
+            ConfigError::MemoryTooLarge {
+                requested: u64::MAX,
+                host: 4096
+            }
+        );
+    }
+
+    #[test]
+    fn cmdline_with_nul_is_rejected() {
+        let mut bad = args(256, 1);
+        bad.params = Some("console=ttyS0\0evil".into());
+        assert_eq!(
+            VmConfig::from_args(&bad, HOST).unwrap_err(),
+            ConfigError::CmdlineHasNul
+        );
+    }
+}

@@ -1,0 +1,43 @@
+//! A minimal logger for the `log` facade: one line per record on stderr, prefixed with
+//! `vmm:` and the level, so the VMM's own messages stand out from the guest console on
+//! stdout. The level comes from `VMM_LOG` (error, warn, info, debug, trace); default warn.
+
+use std::io::Write;
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+struct StderrLogger;
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // Build the line first so one write(2) carries it whole, even with the terminal
+        // in raw mode (hence the explicit \r).
+        let line = format!(
+            "vmm: {}: {}\r\n",
+            record.level().as_str().to_lowercase(),
+            record.args()
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+/// Installs the logger. Safe to call more than once; later calls only change the level.
+pub fn init() {
+    let level = std::env::var("VMM_LOG")
+        .ok()
+        .and_then(|value| value.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::Warn);
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}

@@ -1,0 +1,198 @@
+//! One thread per vCPU: `KVM_RUN`, dispatch the exit to the port or MMIO bus, repeat.
+//! A vCPU thread never decides the VM's fate alone: it reports why it stopped to the
+//! [`ExitLatch`] and the run loop ends the VM.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use devices::Bus;
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use log::{debug, error, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::exit::VmExit;
+
+/// Remembers the first reason the VM must stop and wakes the run loop. Later reasons are
+/// ignored: when the guest resets, the other vCPUs stopping is not news.
+pub struct ExitLatch {
+    reason: Mutex<Option<VmExit>>,
+    event: EventFd,
+}
+
+impl ExitLatch {
+    pub fn new(event: EventFd) -> ExitLatch {
+        ExitLatch {
+            reason: Mutex::new(None),
+            event,
+        }
+    }
+
+    /// Records `exit` unless a reason is already recorded, and wakes the run loop.
+    pub fn request(&self, exit: VmExit) {
+        let mut reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if reason.is_none() {
+            *reason = Some(exit);
+        }
+        if let Err(err) = self.event.write(1) {
+            error!("cannot wake the run loop: {err}");
+        }
+    }
+
+    /// The recorded reason, if any.
+    pub fn reason(&self) -> Option<VmExit> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The descriptor the run loop waits on.
+    pub fn event(&self) -> &EventFd {
+        &self.event
+    }
+}
+
+/// Counts of exits the VMM did not expect, shared by all vCPUs.
+#[derive(Default)]
+pub struct ExitCounters {
+    pub unhandled_pio: AtomicU64,
+    pub unhandled_mmio: AtomicU64,
+}
+
+/// Everything a vCPU thread shares with the rest of the VMM.
+pub struct VcpuContext {
+    pub pio_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub exit: Arc<ExitLatch>,
+    pub stop: Arc<AtomicBool>,
+    pub counters: Arc<ExitCounters>,
+}
+
+/// The signal that knocks a vCPU thread out of `KVM_RUN` so it sees `stop`.
+pub fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Installs the do-nothing handler for [`kick_signal`]: its only job is to make `KVM_RUN`
+/// return `EINTR`.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+}
+
+/// Starts the thread for vCPU `id`.
+pub fn spawn(id: usize, vcpu: VcpuFd, context: VcpuContext) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || run(id, vcpu, &context))
+}
+
+fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
+    while !context.stop.load(Ordering::Acquire) {
+        let outcome = match vcpu.run() {
+            Ok(exit) => handle_exit(id, exit, context),
+            Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => None,
+            Err(err) => {
+                error!("vCPU {id}: KVM_RUN failed: {err}");
+                Some(VmExit::Crash)
+            }
+        };
+        if let Some(exit) = outcome {
+            context.exit.request(exit);
+            return;
+        }
+    }
+}
+
+/// Handles one exit; `Some` means this vCPU cannot go on and the VM must stop.
+fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<VmExit> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !context.pio_bus.read(u64::from(port), data) {
+                data.fill(0xff);
+                note_unhandled(
+                    &UNHANDLED_PORTS,
+                    u64::from(port),
+                    &context.counters.unhandled_pio,
+                    "port",
+                );
+            }
+            None
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !context.pio_bus.write(u64::from(port), data) {
+                note_unhandled(
+                    &UNHANDLED_PORTS,
+                    u64::from(port),
+                    &context.counters.unhandled_pio,
+                    "port",
+                );
+            }
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !context.mmio_bus.read(addr, data) {
+                data.fill(0xff);
+                note_unhandled(
+                    &UNHANDLED_MMIO,
+                    addr,
+                    &context.counters.unhandled_mmio,
+                    "MMIO address",
+                );
+            }
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            if !context.mmio_bus.write(addr, data) {
+                note_unhandled(
+                    &UNHANDLED_MMIO,
+                    addr,
+                    &context.counters.unhandled_mmio,
+                    "MMIO address",
+                );
+            }
+            None
+        }
+        // With the in-kernel irqchip KVM handles HLT itself; should one reach us, the vCPU
+        // simply resumes after the instruction.
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => None,
+        // A triple fault: what Linux's last-resort reboot method does on purpose.
+        VcpuExit::Shutdown => Some(VmExit::Reset),
+        VcpuExit::SystemEvent(kind, _) => match kind {
+            KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
+            KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reset),
+            KVM_SYSTEM_EVENT_CRASH => Some(VmExit::Crash),
+            other => {
+                warn!("vCPU {id}: unknown system event {other}; stopping the VM");
+                Some(VmExit::Crash)
+            }
+        },
+        VcpuExit::FailEntry(reason, cpu) => {
+            error!(
+                "vCPU {id}: KVM could not enter the guest (hardware reason {reason:#x}, host CPU {cpu})"
+            );
+            Some(VmExit::Crash)
+        }
+        VcpuExit::InternalError => {
+            error!("vCPU {id}: KVM internal error (the guest did something KVM cannot emulate)");
+            Some(VmExit::Crash)
+        }
+        other => {
+            error!("vCPU {id}: unexpected exit {other:?}");
+            Some(VmExit::Crash)
+        }
+    }
+}
+
+static UNHANDLED_PORTS: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+static UNHANDLED_MMIO: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+
+/// Counts an access to an address no device claims. Guests probe for absent hardware all
+/// the time, so each address is logged once, at debug level: the log never floods.
+fn note_unhandled(seen: &Mutex<BTreeSet<u64>>, addr: u64, counter: &AtomicU64, what: &str) {
+    counter.fetch_add(1, Ordering::Relaxed);
+    let first_time = seen.lock().unwrap_or_else(|p| p.into_inner()).insert(addr);
+    if first_time {
+        debug!("guest touched {what} {addr:#x}, where no device is; reads return all ones");
+    }
+}
