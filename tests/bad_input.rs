@@ -1,0 +1,159 @@
+//! Bad input on the command line or in the kernel file: one clear line on stderr, a
+//! non-zero exit status, never a panic.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{GuestCode, Scratch, require_kvm, run_with_timeout, tiny_elf, vmm, vmm_run};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs vmm and returns (exit status, stderr), asserting it did not panic.
+fn fails_with(command: std::process::Command) -> (Option<i32>, String) {
+    let output = run_with_timeout(command, LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "vmm panicked: {stderr}");
+    assert!(
+        !output.status.success(),
+        "vmm succeeded on bad input: {stderr}"
+    );
+    (output.status.code(), stderr)
+}
+
+#[test]
+fn missing_kernel_file_is_a_vmm_error_naming_the_file() {
+    if !require_kvm() {
+        return;
+    }
+    let (code, stderr) = fails_with(vmm_run(std::path::Path::new("/nonexistent/bzImage"), &[]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("/nonexistent/bzImage"), "{stderr}");
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_rejected() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("notkernel");
+    let kernel = scratch.write("notes.txt", &b"just some text, not a kernel\n".repeat(200));
+    let (code, stderr) = fails_with(vmm_run(&kernel, &[]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot load the kernel"), "{stderr}");
+}
+
+#[test]
+fn truncated_and_empty_kernels_are_rejected() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("truncated");
+    let elf = tiny_elf(GuestCode::new().acpi_poweroff().bytes());
+    for (name, bytes) in [
+        ("empty", &elf[..0]),
+        ("header-only", &elf[..40]),
+        ("cut", &elf[..100]),
+    ] {
+        let kernel = scratch.write(name, bytes);
+        let (code, stderr) = fails_with(vmm_run(&kernel, &[]));
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains("cannot load the kernel"),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn initrd_that_does_not_fit_in_memory_is_rejected() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("bigrd");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    let initrd = scratch.write("initrd", &vec![0u8; 40 << 20]);
+    let initrd_arg = initrd.display().to_string();
+    let (code, stderr) = fails_with(vmm_run(&kernel, &["--initrd", &initrd_arg]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("initrd"), "{stderr}");
+}
+
+#[test]
+fn zero_cpus_and_too_many_cpus_are_rejected() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("cpus");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    let (code, stderr) = fails_with(vmm_run(&kernel, &["--cpus", "0"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("--cpus"), "{stderr}");
+    let (code, stderr) = fails_with(vmm_run(&kernel, &["--cpus", "100000"]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("--cpus"), "{stderr}");
+}
+
+#[test]
+fn memory_too_small_or_too_large_is_rejected() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("mem");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    for mem in ["1", "999999999"] {
+        let mut command = vmm();
+        command.args(["run", "--mem", mem]).arg(&kernel);
+        let (code, stderr) = fails_with(command);
+        assert_eq!(code, Some(1), "--mem {mem}: {stderr}");
+        assert!(stderr.contains("--mem"), "--mem {mem}: {stderr}");
+    }
+}
+
+#[test]
+fn kernel_segment_beyond_guest_memory_is_rejected() {
+    if !require_kvm() {
+        return;
+    }
+    // A segment loaded at 1 MiB that is 64 MiB long cannot fit in 32 MiB of RAM.
+    let scratch = Scratch::new("toolarge");
+    let mut elf = tiny_elf(GuestCode::new().acpi_poweroff().bytes());
+    let memsz_offset = 64 + 40;
+    elf[memsz_offset..memsz_offset + 8].copy_from_slice(&(64u64 << 20).to_le_bytes());
+    let kernel = scratch.write("guest.elf", &elf);
+    let (code, stderr) = fails_with(vmm_run(&kernel, &[]));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot load the kernel"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_with_status_2() {
+    let output = run_with_timeout(
+        {
+            let mut command = vmm();
+            command.args(["run", "--mem", "lots", "k"]);
+            command
+        },
+        LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let output = run_with_timeout(
+        {
+            let mut command = vmm();
+            command.args(["run", "--serial", "tcp:1234", "--mem", "64", "k"]);
+            command
+        },
+        LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--serial"));
+}

@@ -1,0 +1,205 @@
+//! Shared helpers for the host-native integration tests: tiny hand-assembled x86-64 guests
+//! packed into a minimal ELF64 executable, and a way to run `vmm` on one.
+//!
+//! The guests run at CPL0 in 64-bit mode, entered through vmm's ordinary ELF loader (an
+//! ELF without a PVH note gets the 64-bit Linux boot protocol), so they exercise the same
+//! path a vmlinux does. On a `kvm_pvm` host CPL0 code runs in KVM's instruction emulator,
+//! which is slow but fine for a few dozen instructions.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the tiny guest's code is loaded and entered.
+pub const GUEST_LOAD_ADDR: u64 = 0x10_0000;
+
+/// Builds guest machine code one instruction at a time.
+#[derive(Default)]
+pub struct GuestCode {
+    bytes: Vec<u8>,
+}
+
+impl GuestCode {
+    pub fn new() -> GuestCode {
+        GuestCode::default()
+    }
+
+    /// `mov dx, 0x3f8; mov al, b; out dx, al` for each byte: text on COM1.
+    pub fn print(mut self, text: &str) -> GuestCode {
+        for b in text.bytes() {
+            self.bytes
+                .extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xb0, b, 0xee]);
+        }
+        self
+    }
+
+    /// ACPI S5: `mov dx, 0x604; mov ax, (5 << 10) | (1 << 13); out dx, ax`.
+    pub fn acpi_poweroff(mut self) -> GuestCode {
+        self.bytes
+            .extend_from_slice(&[0x66, 0xba, 0x04, 0x06, 0x66, 0xb8, 0x00, 0x34, 0x66, 0xef]);
+        self
+    }
+
+    /// The keyboard controller's CPU reset: `mov al, 0xfe; out 0x64, al`.
+    pub fn i8042_reset(mut self) -> GuestCode {
+        self.bytes.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64]);
+        self
+    }
+
+    /// The PCI reset control register: `mov dx, 0xcf9; mov al, 0x06; out dx, al`.
+    pub fn cf9_reset(mut self) -> GuestCode {
+        self.bytes
+            .extend_from_slice(&[0x66, 0xba, 0xf9, 0x0c, 0xb0, 0x06, 0xee]);
+        self
+    }
+
+    /// `ud2` with no usable IDT: #UD cannot be delivered, which becomes a triple fault.
+    pub fn triple_fault(mut self) -> GuestCode {
+        self.bytes.extend_from_slice(&[0x0f, 0x0b]);
+        self
+    }
+
+    /// `cli; hlt; jmp back`: park forever without using the host CPU.
+    pub fn halt_forever(mut self) -> GuestCode {
+        self.bytes.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]);
+        self
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A minimal ELF64 executable: one PT_LOAD segment holding `code` at [`GUEST_LOAD_ADDR`],
+/// entered at its first byte.
+pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    const EHDR_SIZE: u16 = 64;
+    const PHDR_SIZE: u16 = 56;
+    let code_offset = u64::from(EHDR_SIZE + PHDR_SIZE);
+    let mut elf = Vec::new();
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI, padding.
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // e_type: ET_EXEC
+    elf.extend_from_slice(&62u16.to_le_bytes()); // e_machine: EM_X86_64
+    elf.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    elf.extend_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // e_entry
+    elf.extend_from_slice(&u64::from(EHDR_SIZE).to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    elf.extend_from_slice(&EHDR_SIZE.to_le_bytes()); // e_ehsize
+    elf.extend_from_slice(&PHDR_SIZE.to_le_bytes()); // e_phentsize
+    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shentsize
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    // The one program header: PT_LOAD, R+X.
+    elf.extend_from_slice(&1u32.to_le_bytes()); // p_type
+    elf.extend_from_slice(&5u32.to_le_bytes()); // p_flags
+    elf.extend_from_slice(&code_offset.to_le_bytes()); // p_offset
+    elf.extend_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // p_vaddr
+    elf.extend_from_slice(&GUEST_LOAD_ADDR.to_le_bytes()); // p_paddr
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    elf.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    elf.extend_from_slice(&1u64.to_le_bytes()); // p_align
+    elf.extend_from_slice(code);
+    elf
+}
+
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("vmm-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Scratch { dir }
+    }
+
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.join(name);
+        let mut file = std::fs::File::create(&path).expect("create scratch file");
+        file.write_all(bytes).expect("write scratch file");
+        path
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The vmm binary under test.
+pub fn vmm() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vmm"));
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Whether this host can run VMs; if not, says so loudly, and fails under CI, where every
+/// test must run.
+pub fn require_kvm() -> bool {
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !usable {
+        let message = "THIS TEST NEEDS /dev/kvm, WHICH THIS HOST DOES NOT HAVE (or may not open)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}; CI must be able to run every test");
+        }
+        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+    }
+    usable
+}
+
+/// Runs `command` to completion, failing the test if it takes longer than `limit`.
+pub fn run_with_timeout(mut command: Command, limit: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmm");
+    wait_with_timeout(child, limit)
+}
+
+pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        match child.try_wait().expect("wait for vmm") {
+            Some(_) => return child.wait_with_output().expect("collect vmm output"),
+            None if start.elapsed() > limit => {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("collect vmm output");
+                panic!(
+                    "vmm did not exit within {limit:?}\nstdout: {}\nstderr: {}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// `vmm run --mem 32 KERNEL` with extra arguments.
+pub fn vmm_run(kernel: &Path, extra: &[&str]) -> Command {
+    let mut command = vmm();
+    command
+        .arg("run")
+        .args(["--mem", "32"])
+        .args(extra)
+        .arg(kernel);
+    command
+}
