@@ -267,9 +267,11 @@ const FADT_PWR_BUTTON: u32 = 1 << 4;
 const FADT_SLP_BUTTON: u32 = 1 << 5;
 const FADT_RESET_REG_SUP: u32 = 1 << 10;
 // IA-PC boot architecture flags (§5.2.9.3).
-/// An i8042 keyboard controller exists (Linux's i8042 driver gives up
-/// without this bit; the controller is also how `reboot=k` resets).
-const IAPC_8042: u16 = 1 << 1;
+// Bit 1 (8042) is deliberately left clear. The VM's i8042 exists only for its reset
+// line: Linux's reboot path writes 0xFE to port 0x64 without needing the driver, and the
+// ACPI reset register comes first anyway. Advertising the controller would make Linux's
+// i8042 driver probe a keyboard and mouse that are not there, which costs boot time
+// waiting for answers that never come.
 /// No VGA: keeps the kernel from probing legacy VGA ports/memory.
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 
@@ -278,9 +280,9 @@ const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     let t = Fadt {
         header: SdtHeader::new(b"FACP", size_of::<Fadt>(), 6),
-        // Same value in both fields: ACPICA warns only when they differ.
+        // Only the 32-bit field: the FACS is below 4 GiB, and filling both makes ACPICA
+        // install (and Linux list) the same FACS twice.
         firmware_ctrl: U32::new(facs_addr as u32),
-        x_firmware_ctrl: U64::new(facs_addr),
         // The 32-bit field may only be used if the table is below 4 GiB,
         // which it always is; filling both satisfies old and new parsers.
         dsdt: U32::new(dsdt_addr as u32),
@@ -289,7 +291,7 @@ fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
         pm1a_cnt_blk: U32::new(u32::from(PM1A_CNT_BLK)),
         pm1_evt_len: PM1_EVT_LEN,
         pm1_cnt_len: PM1_CNT_LEN,
-        iapc_boot_arch: U16::new(IAPC_8042 | IAPC_VGA_NOT_PRESENT),
+        iapc_boot_arch: U16::new(IAPC_VGA_NOT_PRESENT),
         flags: U32::new(FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP),
         reset_reg: Gas::io(RESET_PORT, 8, GAS_ACCESS_BYTE),
         reset_value: RESET_VALUE,
@@ -641,7 +643,7 @@ mod tests {
         assert_eq!(f[8], 6, "revision");
         let facs = get(&t, "FACS").addr;
         assert_eq!(u32_at(f, 36) as u64, facs, "FIRMWARE_CTRL");
-        assert_eq!(u64_at(f, 132), facs, "X_FIRMWARE_CTRL");
+        assert_eq!(u64_at(f, 132), 0, "X_FIRMWARE_CTRL");
         assert_eq!(u32_at(f, 40) as u64, dsdt, "DSDT");
         assert_eq!(u16_at(f, 46), 9, "SCI_INT");
         assert_eq!(u32_at(f, 48), 0, "SMI_CMD");
@@ -653,7 +655,11 @@ mod tests {
             (4, 2, 0),
             "PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_LEN"
         );
-        assert_eq!(u16_at(f, 109), 0b110, "IAPC_BOOT_ARCH");
+        assert_eq!(
+            u16_at(f, 109),
+            0b100,
+            "IAPC_BOOT_ARCH: VGA absent, 8042 hidden"
+        );
         assert_eq!(u32_at(f, 112), 1 | 1 << 4 | 1 << 5 | 1 << 10, "flags");
         assert_eq!(
             &f[116..120],
