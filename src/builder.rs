@@ -11,6 +11,7 @@ use devices::{AcpiPm, Bus, BusDevice, Cmos, I8042, ResetControl, Serial};
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use log::debug;
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -50,7 +51,7 @@ pub enum BuildError {
     GuestMemory {
         mib: u64,
         #[source]
-        source: vm_memory::mmap::FromRangesError,
+        source: io::Error,
     },
     #[error("cannot read {what} {path}: {source}")]
     ReadFile {
@@ -119,9 +120,16 @@ pub struct Vm {
 /// Builds the VM described by `config`, step by step.
 pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
     let vm_fd = create_vm(kvm)?;
+    debug!("VM created with irqchip and PIT");
     let memory = create_guest_memory(&vm_fd, config.mem_bytes)?;
+    debug!("guest memory mapped: {} MiB", config.mem_bytes >> 20);
     let kernel = load_kernel(&memory, config)?;
+    debug!(
+        "kernel loaded: {:?} entry {:#x}",
+        kernel.protocol, kernel.entry_addr.0
+    );
     let initrd = load_initrd(&memory, config, &kernel)?;
+    debug!("initrd loaded: {initrd:x?}");
     let cmdline_max = kernel.cmdline_max.min(layout::CMDLINE_MAX_SIZE - 1);
     kernel_loader::write_cmdline(
         &memory,
@@ -145,6 +153,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
     if let Some(boot_vcpu) = vcpus.first() {
         set_boot_registers(&memory, boot_vcpu, &kernel, boot_info)?;
     }
+    debug!("{} vCPUs configured; VM ready", vcpus.len());
     Ok(Vm {
         vm_fd,
         memory,
@@ -210,7 +219,7 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
 fn create_guest_memory(vm_fd: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap> {
     let ranges = layout::guest_ram_regions(mem_bytes);
     let memory =
-        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| BuildError::GuestMemory {
+        crate::guest_ram::map_guest_ram(&ranges).map_err(|source| BuildError::GuestMemory {
             mib: mem_bytes >> 20,
             source,
         })?;

@@ -7,6 +7,7 @@ mod builder;
 mod cli;
 mod config;
 mod exit;
+mod guest_ram;
 mod logger;
 mod run_loop;
 mod terminal;
