@@ -1,8 +1,12 @@
 //! A minimal logger for the `log` facade: one line per record on stderr, prefixed with
 //! `vmm:` and the level, so the VMM's own messages stand out from the guest console on
 //! stdout. The level comes from `VMM_LOG` (error, warn, info, debug, trace); default warn.
+//! At debug and trace each line also carries the time since the logger started, which is
+//! how the VMM's own start-up steps are timed.
 
 use std::io::Write;
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
@@ -19,11 +23,17 @@ impl Log for StderrLogger {
         }
         // Build the line first so one write(2) carries it whole, even with the terminal
         // in raw mode (hence the explicit \r).
-        let line = format!(
-            "vmm: {}: {}\r\n",
-            record.level().as_str().to_lowercase(),
-            record.args()
-        );
+        let level = record.level().as_str().to_lowercase();
+        let line = if log::max_level() >= LevelFilter::Debug {
+            let elapsed = START.get().map(Instant::elapsed).unwrap_or_default();
+            format!(
+                "vmm: [{:9.3} ms] {level}: {}\r\n",
+                elapsed.as_secs_f64() * 1e3,
+                record.args()
+            )
+        } else {
+            format!("vmm: {level}: {}\r\n", record.args())
+        };
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
@@ -31,9 +41,11 @@ impl Log for StderrLogger {
 }
 
 static LOGGER: StderrLogger = StderrLogger;
+static START: OnceLock<Instant> = OnceLock::new();
 
 /// Installs the logger. Safe to call more than once; later calls only change the level.
 pub fn init() {
+    START.get_or_init(Instant::now);
     let level = std::env::var("VMM_LOG")
         .ok()
         .and_then(|value| value.parse::<LevelFilter>().ok())

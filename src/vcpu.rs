@@ -88,6 +88,7 @@ pub fn spawn(id: usize, vcpu: VcpuFd, context: VcpuContext) -> std::io::Result<J
 }
 
 fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
+    debug!("vCPU {id} entering the guest");
     while !context.stop.load(Ordering::Acquire) {
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(id, exit, context),
