@@ -62,6 +62,23 @@ impl GuestCode {
         self
     }
 
+    /// Echoes every byte the host sends to COM1 back out, polling the line-status
+    /// register, until it has echoed `stop`; then falls through to what comes next.
+    pub fn echo_until(mut self, stop: u8) -> GuestCode {
+        self.bytes.extend_from_slice(&[
+            0x66, 0xba, 0xfd, 0x03, // 0: mov dx, 0x3fd (LSR)
+            0xec, //                   4: in al, dx
+            0xa8, 0x01, //             5: test al, 1 (data ready)
+            0x74, 0xf7, //             7: jz 0
+            0x66, 0xba, 0xf8, 0x03, // 9: mov dx, 0x3f8 (RBR/THR)
+            0xec, //                  13: in al, dx
+            0xee, //                  14: out dx, al
+            0x3c, stop, //            15: cmp al, stop
+            0x75, 0xed, //            17: jne 0
+        ]);
+        self
+    }
+
     /// `cli; hlt; jmp back`: park forever without using the host CPU.
     pub fn halt_forever(mut self) -> GuestCode {
         self.bytes.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]);
