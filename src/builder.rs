@@ -86,6 +86,8 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    #[error("the kernel loader thread panicked")]
+    LoaderPanicked,
     #[error("cannot place a device on the bus: {0}")]
     Bus(#[from] devices::BusError),
 }
@@ -117,52 +119,75 @@ pub struct Vm {
     pub console: Console,
 }
 
+/// What the loader thread puts in guest memory: the kernel and where the initrd went.
+struct LoadedImages {
+    kernel: LoadedKernel,
+    initrd: Option<(GuestAddress, u64)>,
+}
+
 /// Builds the VM described by `config`, step by step.
+///
+/// Reading and copying the kernel and initrd (tens of MiB) does not depend on KVM, and
+/// creating the VM, its interrupt controllers and its vCPUs does not depend on the
+/// kernel, so the two run side by side: guest RAM is mapped first, a scoped thread loads
+/// the images into it while this thread sets up KVM, and the boot registers are written
+/// once both are done.
 pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
-    let vm_fd = create_vm(kvm)?;
-    debug!("VM created with irqchip and PIT");
-    let memory = create_guest_memory(&vm_fd, config.mem_bytes)?;
-    debug!("guest memory mapped: {} MiB", config.mem_bytes >> 20);
-    let kernel = load_kernel(&memory, config)?;
+    let memory = map_guest_memory(config.mem_bytes)?;
+    std::thread::scope(|scope| {
+        let loader = scope.spawn(|| load_images(&memory, config));
+        let vm_fd = create_vm(kvm)?;
+        register_guest_memory(&vm_fd, &memory)?;
+        debug!(
+            "VM created with irqchip, PIT and {} MiB of RAM",
+            config.mem_bytes >> 20
+        );
+        let vcpus = create_vcpus(kvm, &vm_fd, config.cpus)?;
+        let requests = GuestRequests {
+            poweroff: new_eventfd()?,
+            reset: new_eventfd()?,
+        };
+        let console = create_console(&vm_fd, config)?;
+        let pio_bus = Arc::new(create_pio_bus(config, &requests, &console)?);
+        let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
+        debug!("{} vCPUs and the devices created", vcpus.len());
+
+        let images = loader.join().map_err(|_| BuildError::LoaderPanicked)??;
+        let boot_info = write_boot_info(&memory, config, &images.kernel, images.initrd, rsdp)?;
+        if let Some(boot_vcpu) = vcpus.first() {
+            set_boot_registers(&memory, boot_vcpu, &images.kernel, boot_info)?;
+        }
+        debug!("VM ready");
+        Ok(Vm {
+            vm_fd,
+            memory: memory.clone(),
+            vcpus,
+            pio_bus,
+            mmio_bus: Arc::new(Bus::new()),
+            requests,
+            console,
+        })
+    })
+}
+
+/// Loads the kernel, the initrd and the command line into guest memory.
+fn load_images(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedImages> {
+    let kernel = load_kernel(memory, config)?;
     debug!(
         "kernel loaded: {:?} entry {:#x}",
         kernel.protocol, kernel.entry_addr.0
     );
-    let initrd = load_initrd(&memory, config, &kernel)?;
+    let initrd = load_initrd(memory, config, &kernel)?;
     debug!("initrd loaded: {initrd:x?}");
     let cmdline_max = kernel.cmdline_max.min(layout::CMDLINE_MAX_SIZE - 1);
     kernel_loader::write_cmdline(
-        &memory,
+        memory,
         GuestAddress(layout::CMDLINE_START),
         &config.cmdline,
         cmdline_max,
     )
     .map_err(BuildError::Cmdline)?;
-    let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
-    let boot_info = write_boot_info(&memory, config, &kernel, initrd, rsdp)?;
-
-    let requests = GuestRequests {
-        poweroff: new_eventfd()?,
-        reset: new_eventfd()?,
-    };
-    let console = create_console(&vm_fd, config)?;
-    let pio_bus = Arc::new(create_pio_bus(config, &requests, &console)?);
-    let mmio_bus = Arc::new(Bus::new());
-
-    let vcpus = create_vcpus(kvm, &vm_fd, config.cpus)?;
-    if let Some(boot_vcpu) = vcpus.first() {
-        set_boot_registers(&memory, boot_vcpu, &kernel, boot_info)?;
-    }
-    debug!("{} vCPUs configured; VM ready", vcpus.len());
-    Ok(Vm {
-        vm_fd,
-        memory,
-        vcpus,
-        pio_bus,
-        mmio_bus,
-        requests,
-        console,
-    })
+    Ok(LoadedImages { kernel, initrd })
 }
 
 /// Opens /dev/kvm, telling apart "no KVM here" from "not allowed".
@@ -216,13 +241,15 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd> {
     Ok(vm_fd)
 }
 
-fn create_guest_memory(vm_fd: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap> {
+fn map_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap> {
     let ranges = layout::guest_ram_regions(mem_bytes);
-    let memory =
-        crate::guest_ram::map_guest_ram(&ranges).map_err(|source| BuildError::GuestMemory {
-            mib: mem_bytes >> 20,
-            source,
-        })?;
+    crate::guest_ram::map_guest_ram(&ranges).map_err(|source| BuildError::GuestMemory {
+        mib: mem_bytes >> 20,
+        source,
+    })
+}
+
+fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in memory.iter().enumerate() {
         let host_addr =
             memory
@@ -243,7 +270,7 @@ fn create_guest_memory(vm_fd: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap> 
         unsafe { vm_fd.set_user_memory_region(kvm_region) }
             .map_err(kvm_step("register guest memory"))?;
     }
-    Ok(memory)
+    Ok(())
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {

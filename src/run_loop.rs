@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{error, warn};
+use log::{debug, error, warn};
 use thiserror::Error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -120,6 +120,7 @@ pub fn run(vm: Vm) -> Result<VmExit, RunError> {
     let result = wait_for_exit(&signals, &exit, &requests, &mut console_input);
     stop_vcpus(&stop, threads);
     drop(console_input);
+    debug!("VM exits: {counters}");
     result
 }
 

@@ -52,11 +52,43 @@ impl ExitLatch {
     }
 }
 
-/// Counts of exits the VMM did not expect, shared by all vCPUs.
-#[derive(Default)]
+/// VM exits that reached the VMM, by kind, summed over all vCPUs. Every exit to user
+/// space is the slow path, so these say where a guest spends the VMM's time.
+#[derive(Debug, Default)]
 pub struct ExitCounters {
+    pub io_in: AtomicU64,
+    pub io_out: AtomicU64,
+    pub mmio_read: AtomicU64,
+    pub mmio_write: AtomicU64,
+    /// Every other exit: interrupted runs, shutdown, system events, errors.
+    pub other: AtomicU64,
+    /// Port accesses no device claimed (a subset of io_in + io_out).
     pub unhandled_pio: AtomicU64,
+    /// MMIO accesses no device claimed (a subset of mmio_read + mmio_write).
     pub unhandled_mmio: AtomicU64,
+}
+
+impl ExitCounters {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Display for ExitCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        write!(
+            f,
+            "io_in {} io_out {} mmio_read {} mmio_write {} other {} (unhandled: pio {} mmio {})",
+            get(&self.io_in),
+            get(&self.io_out),
+            get(&self.mmio_read),
+            get(&self.mmio_write),
+            get(&self.other),
+            get(&self.unhandled_pio),
+            get(&self.unhandled_mmio)
+        )
+    }
 }
 
 /// Everything a vCPU thread shares with the rest of the VMM.
@@ -107,8 +139,10 @@ fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
 
 /// Handles one exit; `Some` means this vCPU cannot go on and the VM must stop.
 fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<VmExit> {
+    let counters = &context.counters;
     match exit {
         VcpuExit::IoIn(port, data) => {
+            ExitCounters::count(&counters.io_in);
             if !context.pio_bus.read(u64::from(port), data) {
                 data.fill(0xff);
                 note_unhandled(
@@ -121,6 +155,7 @@ fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<V
             None
         }
         VcpuExit::IoOut(port, data) => {
+            ExitCounters::count(&counters.io_out);
             if !context.pio_bus.write(u64::from(port), data) {
                 note_unhandled(
                     &UNHANDLED_PORTS,
@@ -132,6 +167,7 @@ fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<V
             None
         }
         VcpuExit::MmioRead(addr, data) => {
+            ExitCounters::count(&counters.mmio_read);
             if !context.mmio_bus.read(addr, data) {
                 data.fill(0xff);
                 note_unhandled(
@@ -144,6 +180,7 @@ fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<V
             None
         }
         VcpuExit::MmioWrite(addr, data) => {
+            ExitCounters::count(&counters.mmio_write);
             if !context.mmio_bus.write(addr, data) {
                 note_unhandled(
                     &UNHANDLED_MMIO,
@@ -156,7 +193,10 @@ fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<V
         }
         // With the in-kernel irqchip KVM handles HLT itself; should one reach us, the vCPU
         // simply resumes after the instruction.
-        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => None,
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {
+            ExitCounters::count(&counters.other);
+            None
+        }
         // A triple fault: what Linux's last-resort reboot method does on purpose.
         VcpuExit::Shutdown => Some(VmExit::Reset),
         VcpuExit::SystemEvent(kind, _) => match kind {
