@@ -44,6 +44,15 @@ pub struct RunArgs {
     #[argh(option, default = "SerialOutput::Stdio", from_str_fn(parse_serial))]
     pub serial: SerialOutput,
 
+    /// control socket to create (SOCK_SEQPACKET, mode 0600); see docs/control-protocol.md
+    #[argh(option)]
+    pub socket: Option<PathBuf>,
+
+    /// another uid allowed to use the control socket (repeatable; the VMM's own uid and
+    /// root always are)
+    #[argh(option)]
+    pub socket_allow_uid: Vec<u32>,
+
     /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one)
     #[argh(positional)]
     pub kernel: PathBuf,
@@ -93,6 +102,12 @@ mod tests {
             "quiet",
             "--serial",
             "file=/tmp/c.log",
+            "--socket",
+            "/tmp/vmm.sock",
+            "--socket-allow-uid",
+            "1000",
+            "--socket-allow-uid",
+            "1001",
             "bzImage",
         ])
         .expect("valid command line");
@@ -103,6 +118,8 @@ mod tests {
         assert_eq!(run.params.as_deref(), Some("quiet"));
         assert_eq!(run.serial, SerialOutput::File(PathBuf::from("/tmp/c.log")));
         assert_eq!(run.kernel, PathBuf::from("bzImage"));
+        assert_eq!(run.socket, Some(PathBuf::from("/tmp/vmm.sock")));
+        assert_eq!(run.socket_allow_uid, vec![1000, 1001]);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub serial: SerialOutput,
+    /// The control socket's path, if any, and the extra uids allowed to use it.
+    pub socket: Option<PathBuf>,
+    pub socket_allow_uids: Vec<u32>,
 }
 
 /// Host limits the configuration is checked against.
@@ -94,6 +97,8 @@ impl VmConfig {
             initrd: args.initrd.clone(),
             cmdline,
             serial: args.serial.clone(),
+            socket: args.socket.clone(),
+            socket_allow_uids: args.socket_allow_uid.clone(),
         })
     }
 }
@@ -127,6 +132,8 @@ mod tests {
             initrd: None,
             params: None,
             serial: SerialOutput::Stdio,
+            socket: None,
+            socket_allow_uid: Vec::new(),
             kernel: PathBuf::from("bzImage"),
         }
     }

@@ -17,6 +17,8 @@ pub enum VmExit {
     Crash,
     /// The host asked the VMM to stop with this signal (SIGTERM, SIGINT).
     Signal(i32),
+    /// A control-socket client asked the VMM to stop (`Exit`, as `vmm stop` sends).
+    Stopped,
 }
 
 /// Exit status when the VMM itself fails: bad configuration, missing host resources.
@@ -32,7 +34,7 @@ impl VmExit {
     /// The process exit status documented in the README.
     pub fn exit_code(self) -> i32 {
         match self {
-            VmExit::PowerOff => 0,
+            VmExit::PowerOff | VmExit::Stopped => 0,
             VmExit::Reset => EXIT_GUEST_RESET,
             VmExit::Crash => EXIT_GUEST_CRASH,
             VmExit::Signal(signal) => 128 + signal,
@@ -47,6 +49,7 @@ impl fmt::Display for VmExit {
             VmExit::Reset => write!(f, "guest requested a reset"),
             VmExit::Crash => write!(f, "guest crashed"),
             VmExit::Signal(signal) => write!(f, "stopped by host signal {signal}"),
+            VmExit::Stopped => write!(f, "stopped through the control socket"),
         }
     }
 }
@@ -58,6 +61,7 @@ mod tests {
     #[test]
     fn exit_codes_are_distinct_and_documented() {
         assert_eq!(VmExit::PowerOff.exit_code(), 0);
+        assert_eq!(VmExit::Stopped.exit_code(), 0);
         assert_eq!(VmExit::Reset.exit_code(), 32);
         assert_eq!(VmExit::Crash.exit_code(), 33);
         assert_eq!(VmExit::Signal(libc::SIGTERM).exit_code(), 143);

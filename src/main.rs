@@ -6,6 +6,7 @@
 mod builder;
 mod cli;
 mod config;
+mod control;
 mod exit;
 mod guest_ram;
 mod logger;
@@ -69,7 +70,7 @@ fn run_vm(args: &RunArgs) -> i32 {
             match exit {
                 VmExit::PowerOff => log::info!("{exit}"),
                 VmExit::Crash => log::error!("{exit}"),
-                VmExit::Reset | VmExit::Signal(_) => log::info!("{exit}"),
+                VmExit::Reset | VmExit::Signal(_) | VmExit::Stopped => log::info!("{exit}"),
             }
             exit.exit_code()
         }

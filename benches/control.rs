@@ -1,0 +1,2 @@
+//! Control-socket round-trip benchmark (being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The control socket's VMM side (being written).
