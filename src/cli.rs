@@ -1,6 +1,7 @@
-//! The command line: `vmm run ...` and (later) the sibling control-socket commands.
-//! Only parsing lives here; [`crate::config`] turns parsed arguments into a validated
-//! [`crate::config::VmConfig`].
+//! The command line: `vmm run ...` and the sibling control-socket commands (`vmm stop`,
+//! `vmm pause`, `vmm stats`, ...). Only parsing lives here; [`crate::config`] turns `run`'s
+//! arguments into a validated [`crate::config::VmConfig`], and [`crate::commands`] carries out
+//! the control commands.
 
 use std::path::PathBuf;
 
@@ -18,6 +19,15 @@ pub struct Args {
 #[argh(subcommand)]
 pub enum Command {
     Run(RunArgs),
+    Stop(StopArgs),
+    Pause(PauseArgs),
+    Resume(ResumeArgs),
+    Balloon(BalloonArgs),
+    Stats(StatsArgs),
+    Version(VersionArgs),
+    RegisterMemory(RegisterMemoryArgs),
+    UnregisterMemory(UnregisterMemoryArgs),
+    Events(EventsArgs),
 }
 
 /// Boot a Linux kernel (bzImage or ELF vmlinux) with its console on this terminal.
@@ -56,6 +66,151 @@ pub struct RunArgs {
     /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one)
     #[argh(positional)]
     pub kernel: PathBuf,
+}
+
+/// Stop a running VM through its control socket (the VMM exits with status 0).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stop")]
+pub struct StopArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+}
+
+/// Pause every vCPU: the guest makes no progress until `vmm resume`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "pause")]
+pub struct PauseArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+}
+
+/// Resume a VM paused with `vmm pause`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "resume")]
+pub struct ResumeArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+}
+
+/// Change the balloon: --pages N moves the target by N 4 KiB pages (negative deflates),
+/// --target MIB sets it to MIB MiB. Give exactly one of them.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "balloon")]
+pub struct BalloonArgs {
+    /// pages (4 KiB) to add to the balloon target; negative gives memory back to the guest
+    #[argh(option)]
+    pub pages: Option<i64>,
+
+    /// new absolute balloon target, in MiB
+    #[argh(option)]
+    pub target: Option<u64>,
+
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+}
+
+/// What `vmm balloon` asks for, once its options are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalloonChange {
+    /// Move the target by this many pages.
+    AdjustPages(i64),
+    /// Set the target to this many pages.
+    TargetPages(u64),
+}
+
+/// Pages per MiB (4 KiB pages).
+const PAGES_PER_MIB: u64 = (1 << 20) / vm_control::wire::PAGE_SIZE;
+
+impl BalloonArgs {
+    /// The change asked for: exactly one of --pages and --target, within the protocol's
+    /// bounds. The error is a usage message.
+    pub fn change(&self) -> Result<BalloonChange, String> {
+        let max = vm_control::wire::MAX_BALLOON_PAGES;
+        match (self.pages, self.target) {
+            (Some(pages), None) if pages.unsigned_abs() <= max => {
+                Ok(BalloonChange::AdjustPages(pages))
+            }
+            (Some(pages), None) => Err(format!(
+                "--pages {pages} is too large: at most {max} pages either way"
+            )),
+            (None, Some(mib)) => match mib.checked_mul(PAGES_PER_MIB) {
+                Some(pages) if pages <= max => Ok(BalloonChange::TargetPages(pages)),
+                _ => Err(format!(
+                    "--target {mib} is too large: at most {} MiB",
+                    max / PAGES_PER_MIB
+                )),
+            },
+            (Some(_), Some(_)) => Err("give either --pages or --target, not both".into()),
+            (None, None) => Err(
+                "say how to change the balloon: --pages N (relative, in 4 KiB pages) or \
+                 --target MIB (absolute)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// Print the VM's statistics: uptime, exits, CPU time, device counters.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "stats")]
+pub struct StatsArgs {
+    /// print one JSON object instead of a table
+    #[argh(switch)]
+    pub json: bool,
+
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+}
+
+/// Print the protocol versions the VMM accepts and the ones this client speaks.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "version")]
+pub struct VersionArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+}
+
+/// Map a file (read-write, shared) into the guest above its RAM; prints the page frame
+/// number, the slot for unregister-memory, and the guest physical address.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "register-memory")]
+pub struct RegisterMemoryArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+
+    /// the file to map: its size must be a non-zero multiple of 4096 bytes
+    #[argh(positional)]
+    pub file: PathBuf,
+}
+
+/// Remove memory added by register-memory.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "unregister-memory")]
+pub struct UnregisterMemoryArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+
+    /// the slot register-memory printed
+    #[argh(positional)]
+    pub slot: u32,
+}
+
+/// Print the VM's events (paused, resumed, powered-off, ...) one per line as they happen;
+/// exits 0 once the VM has powered off, reset or crashed.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "events")]
+pub struct EventsArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
 }
 
 /// Where the guest's COM1 output goes.
@@ -111,7 +266,9 @@ mod tests {
             "bzImage",
         ])
         .expect("valid command line");
-        let Command::Run(run) = args.command;
+        let Command::Run(run) = args.command else {
+            panic!("parsed as {:?}", args.command);
+        };
         assert_eq!(run.mem, 256);
         assert_eq!(run.cpus, 2);
         assert_eq!(run.initrd, Some(PathBuf::from("i.img")));
@@ -124,7 +281,9 @@ mod tests {
 
     #[test]
     fn run_defaults_to_one_cpu_and_stdio() {
-        let Command::Run(run) = parse(&["run", "--mem", "64", "k"]).expect("valid").command;
+        let Command::Run(run) = parse(&["run", "--mem", "64", "k"]).expect("valid").command else {
+            panic!("not a run command");
+        };
         assert_eq!(run.cpus, 1);
         assert_eq!(run.serial, SerialOutput::Stdio);
         assert_eq!(run.params, None);
@@ -143,5 +302,99 @@ mod tests {
         assert!(parse(&["run", "--mem", "64"]).is_err());
         assert!(parse(&["run", "k"]).is_err());
         assert!(parse(&["run", "--mem", "lots", "k"]).is_err());
+    }
+
+    fn balloon(args: &[&str]) -> Result<BalloonChange, String> {
+        let mut full = vec!["balloon"];
+        full.extend_from_slice(args);
+        match parse(&full)?.command {
+            Command::Balloon(balloon) => balloon.change(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn balloon_pages_is_relative_and_may_be_negative() {
+        assert_eq!(
+            balloon(&["--pages", "-256", "s.sock"]),
+            Ok(BalloonChange::AdjustPages(-256))
+        );
+        assert_eq!(
+            balloon(&["s.sock", "--pages", "512"]),
+            Ok(BalloonChange::AdjustPages(512))
+        );
+    }
+
+    #[test]
+    fn balloon_target_is_absolute_mib_converted_to_pages() {
+        assert_eq!(
+            balloon(&["--target", "64", "s.sock"]),
+            Ok(BalloonChange::TargetPages(64 * 256))
+        );
+    }
+
+    #[test]
+    fn balloon_needs_exactly_one_of_pages_and_target() {
+        let both = balloon(&["--pages", "1", "--target", "1", "s.sock"]).unwrap_err();
+        assert!(both.contains("not both"), "{both}");
+        let neither = balloon(&["s.sock"]).unwrap_err();
+        assert!(neither.contains("--pages N"), "{neither}");
+    }
+
+    #[test]
+    fn balloon_amounts_beyond_the_protocol_bounds_are_usage_errors() {
+        let pages = balloon(&["--pages", "-68719476737", "s"]).unwrap_err();
+        assert!(pages.contains("too large"), "{pages}");
+        let target = balloon(&["--target", "18446744073709551615", "s"]).unwrap_err();
+        assert!(target.contains("too large"), "{target}");
+    }
+
+    #[test]
+    fn every_control_command_takes_the_socket_path() {
+        for name in ["stop", "pause", "resume", "stats", "version", "events"] {
+            let args = parse(&[name, "/run/vmm.sock"]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let socket = match args.command {
+                Command::Stop(a) => a.socket,
+                Command::Pause(a) => a.socket,
+                Command::Resume(a) => a.socket,
+                Command::Stats(a) => a.socket,
+                Command::Version(a) => a.socket,
+                Command::Events(a) => a.socket,
+                other => panic!("{name} parsed as {other:?}"),
+            };
+            assert_eq!(socket, PathBuf::from("/run/vmm.sock"));
+            assert!(
+                parse(&[name]).is_err(),
+                "{name} without a socket must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn stats_json_is_a_switch() {
+        let Command::Stats(stats) = parse(&["stats", "--json", "s"]).expect("valid").command else {
+            panic!("not stats");
+        };
+        assert!(stats.json);
+    }
+
+    #[test]
+    fn memory_commands_take_a_file_and_a_numeric_slot() {
+        let Command::RegisterMemory(reg) = parse(&["register-memory", "s", "/dev/shm/m"])
+            .expect("valid")
+            .command
+        else {
+            panic!("not register-memory");
+        };
+        assert_eq!(reg.file, PathBuf::from("/dev/shm/m"));
+        let Command::UnregisterMemory(unreg) = parse(&["unregister-memory", "s", "3"])
+            .expect("valid")
+            .command
+        else {
+            panic!("not unregister-memory");
+        };
+        assert_eq!(unreg.slot, 3);
+        assert!(parse(&["unregister-memory", "s", "three"]).is_err());
+        assert!(parse(&["register-memory", "s"]).is_err());
     }
 }

@@ -5,6 +5,7 @@
 
 mod builder;
 mod cli;
+mod commands;
 mod config;
 mod control;
 mod exit;
@@ -31,6 +32,15 @@ fn main() {
     };
     let code = match args.command {
         Command::Run(run) => run_vm(&run),
+        Command::Stop(args) => commands::stop(&args),
+        Command::Pause(args) => commands::pause(&args),
+        Command::Resume(args) => commands::resume(&args),
+        Command::Balloon(args) => commands::balloon(&args),
+        Command::Stats(args) => commands::stats(&args),
+        Command::Version(args) => commands::version(&args),
+        Command::RegisterMemory(args) => commands::register_memory(&args),
+        Command::UnregisterMemory(args) => commands::unregister_memory(&args),
+        Command::Events(args) => commands::events(&args),
     };
     std::process::exit(code);
 }
