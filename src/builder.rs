@@ -111,6 +111,9 @@ pub struct Console {
 /// A VM ready to run: memory mapped and loaded, devices on their buses, vCPUs configured.
 pub struct Vm {
     pub vm_fd: VmFd,
+    /// KVM memory slots guest RAM uses (0..ram_slots), and how many KVM offers in all.
+    pub ram_slots: u32,
+    pub max_slots: u32,
     pub memory: GuestMemoryMmap,
     pub vcpus: Vec<VcpuFd>,
     pub pio_bus: Arc<Bus>,
@@ -160,6 +163,8 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
         debug!("VM ready");
         Ok(Vm {
             vm_fd,
+            ram_slots: u32::try_from(memory.num_regions()).unwrap_or(u32::MAX),
+            max_slots: u32::try_from(kvm.get_nr_memslots()).unwrap_or(0),
             memory: memory.clone(),
             vcpus,
             pio_bus,

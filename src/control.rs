@@ -1,1 +1,316 @@
-//! The control socket's VMM side (being written).
+//! The control socket's VMM side: accepts clients on the `--socket` listener, reads their
+//! requests (decoded and validated by `vm_control`), carries them out against the running
+//! VM, and sends replies and events — all non-blocking, from the run loop's epoll set.
+//!
+//! Fairness and bounds: at most `MAX_REQUESTS_PER_WAKE` requests are read per client per
+//! wake, so one flooding client cannot starve the others; a client whose reply queue is
+//! half full is not read until it drains it (vm_control's back-pressure); one that stops
+//! reading altogether is dropped. Nothing here ever waits on a client.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use vm_control::server::{
+    AcceptError, Connection, ConnectionError, IncomingRequest, ListenError, Listener,
+    MAX_REQUESTS_PER_WAKE, Received,
+};
+use vm_control::wire::{ErrorKind, ErrorReply, Event, Request, Response};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::exit::VmExit;
+use crate::run_loop::RunningVm;
+
+/// Epoll data values at or above this name a client connection (the key below it).
+pub const CONNECTION_TOKEN_BASE: u64 = 1 << 32;
+
+/// How long to stop accepting after accept(2) fails (e.g. out of descriptors), so a
+/// level-triggered listener cannot spin the run loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What carrying out a request asks of the run loop.
+enum Outcome {
+    Reply(Response),
+    /// Reply, then end the VM.
+    ReplyAndExit(Response, VmExit),
+    /// Reply, then tell every subscriber.
+    ReplyAndNotify(Response, Event),
+}
+
+/// The listener and its client connections.
+pub struct ControlServer {
+    listener: Listener,
+    listener_token: u64,
+    listening: bool,
+    accept_paused_until: Option<Instant>,
+    connections: BTreeMap<u64, Connection>,
+    next_key: u64,
+}
+
+impl ControlServer {
+    /// Creates the socket at `path` (mode 0600; a stale socket file is replaced, a live one
+    /// refused) and adds it to `epoll` under `listener_token`.
+    pub fn bind(
+        path: &Path,
+        allowed_uids: &[u32],
+        epoll: &Epoll,
+        listener_token: u64,
+    ) -> Result<ControlServer, ListenError> {
+        let listener = Listener::bind(path, allowed_uids)?;
+        let mut server = ControlServer {
+            listener,
+            listener_token,
+            listening: false,
+            accept_paused_until: None,
+            connections: BTreeMap::new(),
+            next_key: 0,
+        };
+        server
+            .set_listening(epoll, true)
+            .map_err(ListenError::Socket)?;
+        Ok(server)
+    }
+
+    /// How long the run loop may sleep before `tick` must run (accept back-off).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.accept_paused_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+    }
+
+    /// Re-enables accepting once a back-off has passed.
+    pub fn tick(&mut self, epoll: &Epoll) {
+        if self
+            .accept_paused_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.accept_paused_until = None;
+            if let Err(err) = self.set_listening(epoll, true) {
+                warn!("cannot resume accepting control connections: {err}");
+            }
+        }
+    }
+
+    fn set_listening(&mut self, epoll: &Epoll, on: bool) -> io::Result<()> {
+        let fd = self.listener.as_fd().as_raw_fd();
+        let event = EpollEvent::new(EventSet::IN, self.listener_token);
+        match (self.listening, on) {
+            (false, true) => epoll.ctl(ControlOperation::Add, fd, event)?,
+            (true, false) => epoll.ctl(ControlOperation::Delete, fd, event)?,
+            _ => {}
+        }
+        self.listening = on;
+        Ok(())
+    }
+
+    /// Accepts every pending client.
+    pub fn accept(&mut self, epoll: &Epoll) {
+        loop {
+            match self.listener.accept() {
+                Ok(Some(connection)) => self.add_connection(epoll, connection),
+                Ok(None) => return,
+                Err(AcceptError::Io(err)) => {
+                    warn!("control socket: accept failed, pausing for {ACCEPT_BACKOFF:?}: {err}");
+                    if self.set_listening(epoll, false).is_ok() {
+                        self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    }
+                    return;
+                }
+                // A refused peer or unreadable credentials: that connection is closed; the
+                // next one may be fine.
+                Err(err) => warn!("{err}"),
+            }
+        }
+    }
+
+    fn add_connection(&mut self, epoll: &Epoll, connection: Connection) {
+        let key = self.next_key;
+        self.next_key += 1;
+        let peer = connection.peer();
+        let event = EpollEvent::new(interest(&connection), CONNECTION_TOKEN_BASE + key);
+        if let Err(err) = epoll.ctl(ControlOperation::Add, connection.as_fd().as_raw_fd(), event) {
+            warn!("cannot watch a control connection, closing it: {err}");
+            return;
+        }
+        debug!(
+            "control client connected: pid {} uid {}",
+            peer.pid, peer.uid
+        );
+        self.connections.insert(key, connection);
+    }
+
+    /// Serves the connection behind `token`. Returns why the VM must end, if a request
+    /// asked for it.
+    pub fn serve(
+        &mut self,
+        epoll: &Epoll,
+        token: u64,
+        events: EventSet,
+        vm: &mut RunningVm,
+    ) -> Option<VmExit> {
+        let key = token.checked_sub(CONNECTION_TOKEN_BASE)?;
+        let connection = self.connections.get_mut(&key)?;
+        let mut notify = Vec::new();
+        let mut exit = None;
+        let result = serve_connection(connection, events, vm, &mut notify, &mut exit);
+        match result {
+            Ok(()) => {
+                let event = EpollEvent::new(interest(connection), token);
+                let _ = epoll.ctl(
+                    ControlOperation::Modify,
+                    connection.as_fd().as_raw_fd(),
+                    event,
+                );
+            }
+            Err(err) => {
+                debug!("closing control connection: {err}");
+                self.drop_connection(epoll, key);
+            }
+        }
+        for event in notify {
+            self.broadcast(epoll, event);
+        }
+        exit
+    }
+
+    /// Queues `event` for every subscribed client and sends what it can now.
+    pub fn broadcast(&mut self, epoll: &Epoll, event: Event) {
+        let mut dead = Vec::new();
+        for (&key, connection) in &mut self.connections {
+            if connection.notify(event).is_err() {
+                dead.push(key);
+            }
+        }
+        for key in dead {
+            self.drop_connection(epoll, key);
+        }
+    }
+
+    /// Sends what is queued, as far as the sockets take it without blocking (used just
+    /// before the VMM exits, so subscribers hear why).
+    pub fn flush_all(&mut self) {
+        for connection in self.connections.values_mut() {
+            let _ = connection.flush();
+        }
+    }
+
+    fn drop_connection(&mut self, epoll: &Epoll, key: u64) {
+        if let Some(connection) = self.connections.remove(&key) {
+            let _ = epoll.ctl(
+                ControlOperation::Delete,
+                connection.as_fd().as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+    }
+}
+
+/// Readable while the client's reply queue has room; writable while replies wait.
+fn interest(connection: &Connection) -> EventSet {
+    let mut events = EventSet::empty();
+    if connection.ready_for_requests() {
+        events |= EventSet::IN;
+    }
+    if connection.wants_write() {
+        events |= EventSet::OUT;
+    }
+    events
+}
+
+fn serve_connection(
+    connection: &mut Connection,
+    events: EventSet,
+    vm: &mut RunningVm,
+    notify: &mut Vec<Event>,
+    exit: &mut Option<VmExit>,
+) -> Result<(), ConnectionError> {
+    if events.intersects(EventSet::OUT) {
+        connection.flush()?;
+    }
+    if !events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+        return Ok(());
+    }
+    for _ in 0..MAX_REQUESTS_PER_WAKE {
+        if !connection.ready_for_requests() {
+            break;
+        }
+        let request = match connection.recv_request()? {
+            None => break,
+            // vm_control has queued the error reply and closed any fds.
+            Some(Received::Rejected(_)) => continue,
+            Some(Received::Request(request)) => request,
+        };
+        if connection.handle_protocol_request(&request)? {
+            continue;
+        }
+        let id = request.id;
+        match execute(request, vm) {
+            Outcome::Reply(response) => connection.reply(id, response)?,
+            Outcome::ReplyAndNotify(response, event) => {
+                connection.reply(id, response)?;
+                notify.push(event);
+            }
+            Outcome::ReplyAndExit(response, why) => {
+                connection.reply(id, response)?;
+                connection.flush()?;
+                *exit = Some(why);
+                break;
+            }
+        }
+    }
+    connection.flush()
+}
+
+/// Carries out one request against the running VM.
+fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
+    match request.request {
+        Request::Exit => Outcome::ReplyAndExit(Response::Ok, VmExit::Stopped),
+        Request::Pause => match vm.pause() {
+            Ok(true) => Outcome::ReplyAndNotify(Response::Ok, Event::Paused),
+            Ok(false) => Outcome::Reply(Response::Ok),
+            Err(err) => Outcome::Reply(Response::Err(ErrorReply::failed(&err))),
+        },
+        Request::Resume => match vm.resume() {
+            true => Outcome::ReplyAndNotify(Response::Ok, Event::Resumed),
+            false => Outcome::Reply(Response::Ok),
+        },
+        Request::GetStats => Outcome::Reply(Response::Stats(Box::new(vm.stats()))),
+        Request::RegisterMemory { size } => Outcome::Reply(register_memory(vm, request.fd, size)),
+        Request::UnregisterMemory { slot } => Outcome::Reply(match vm.unregister_memory(slot) {
+            Ok(()) => Response::Ok,
+            Err(err) => Response::error(ErrorKind::InvalidArgument, err.errno()),
+        }),
+        // No balloon device yet: the request is well formed, this VM just cannot do it.
+        Request::BalloonAdjust { .. } | Request::BalloonSetTarget { .. } => {
+            Outcome::Reply(Response::error(ErrorKind::Unsupported, libc::ENODEV))
+        }
+        // Answered by vm_control before `execute` is reached.
+        Request::GetVersion => Outcome::Reply(Response::version()),
+        Request::Subscribe => Outcome::Reply(Response::Ok),
+    }
+}
+
+fn register_memory(vm: &mut RunningVm, fd: Option<OwnedFd>, size: u64) -> Response {
+    // vm_control rejects a RegisterMemory without its fd (ExpectFd) before it gets here.
+    let Some(fd) = fd else {
+        return Response::error(ErrorKind::ExpectFd, libc::EBADF);
+    };
+    match vm.register_memory(fd, size) {
+        Ok((guest_addr, slot)) => Response::MemoryRegistered {
+            pfn: guest_addr / vm_control::wire::PAGE_SIZE,
+            slot,
+        },
+        Err(err) => {
+            debug!("RegisterMemory refused: {err}");
+            let kind = match err {
+                crate::memory_registry::RegistryError::LargerThanFile { .. } => {
+                    ErrorKind::InvalidArgument
+                }
+                _ => ErrorKind::Failed,
+            };
+            Response::error(kind, err.errno())
+        }
+    }
+}

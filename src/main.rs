@@ -11,6 +11,7 @@ mod control;
 mod exit;
 mod guest_ram;
 mod logger;
+mod memory_registry;
 mod run_loop;
 mod terminal;
 mod vcpu;
@@ -107,7 +108,7 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
         );
     }
     let vm = builder::build(&config, &kvm)?;
-    Ok(run_loop::run(vm)?)
+    Ok(run_loop::run(vm, &config)?)
 }
 
 /// "outer: inner: innermost", so one line carries the whole cause.

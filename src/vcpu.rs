@@ -1,11 +1,13 @@
 //! One thread per vCPU: `KVM_RUN`, dispatch the exit to the port or MMIO bus, repeat.
 //! A vCPU thread never decides the VM's fate alone: it reports why it stopped to the
-//! [`ExitLatch`] and the run loop ends the VM.
+//! [`ExitLatch`] and the run loop ends the VM. [`Vcpus`] is the run loop's handle on the
+//! threads: it pauses them (every vCPU parked outside the guest), resumes and stops them.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use devices::Bus;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
@@ -96,8 +98,156 @@ pub struct VcpuContext {
     pub pio_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub exit: Arc<ExitLatch>,
-    pub stop: Arc<AtomicBool>,
     pub counters: Arc<ExitCounters>,
+    pub control: Arc<RunControl>,
+}
+
+/// What the run loop asks of the vCPU threads: run, park (pause), or stop.
+#[derive(Default)]
+pub struct RunControl {
+    stop: AtomicBool,
+    state: Mutex<ParkState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ParkState {
+    paused: bool,
+    parked: usize,
+}
+
+impl RunControl {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ParkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Called by a vCPU thread between runs: while the VM is paused, wait here, outside
+    /// the guest, counted as parked.
+    fn park_while_paused(&self) {
+        let mut state = self.lock();
+        if !state.paused {
+            return;
+        }
+        state.parked += 1;
+        self.changed.notify_all();
+        while state.paused && !self.stopping() {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.parked -= 1;
+    }
+}
+
+/// The running vCPU threads.
+pub struct Vcpus {
+    threads: Vec<JoinHandle<()>>,
+    control: Arc<RunControl>,
+}
+
+/// How long a pause or stop waits for every vCPU to leave the guest.
+const VCPU_WAIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Vcpus {
+    /// Starts one thread per vCPU; `context` makes each thread's shared state.
+    pub fn start(
+        vcpus: Vec<VcpuFd>,
+        mut context: impl FnMut() -> VcpuContext,
+        control: Arc<RunControl>,
+    ) -> std::io::Result<Vcpus> {
+        let mut started = Vcpus {
+            threads: Vec::with_capacity(vcpus.len()),
+            control,
+        };
+        for (id, vcpu) in vcpus.into_iter().enumerate() {
+            // On failure `started` is dropped, which stops the threads already running.
+            started.threads.push(spawn(id, vcpu, context())?);
+        }
+        Ok(started)
+    }
+
+    pub fn count(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn paused(&self) -> bool {
+        self.control.lock().paused
+    }
+
+    /// Takes every vCPU out of the guest and keeps it out until [`Vcpus::resume`].
+    /// Returns once all are parked; `Err(TimedOut)` (and still running) if one never did.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.control.lock().paused = true;
+        let deadline = Instant::now() + VCPU_WAIT_TIMEOUT;
+        loop {
+            let live = self.threads.iter().filter(|t| !t.is_finished()).count();
+            if self.control.lock().parked >= live {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.resume();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "a vCPU did not leave the guest in time",
+                ));
+            }
+            self.kick();
+            let state = self.control.lock();
+            // A parking vCPU notifies; the timeout re-kicks one that missed its kick.
+            let _ = self
+                .control
+                .changed
+                .wait_timeout(state, Duration::from_millis(1));
+        }
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        self.control.lock().paused = false;
+        self.control.changed.notify_all();
+    }
+
+    /// Tells every vCPU thread to stop, kicks them out of `KVM_RUN`, and waits for them.
+    pub fn stop(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.control.stop.store(true, Ordering::Release);
+        self.resume();
+        let deadline = Instant::now() + VCPU_WAIT_TIMEOUT;
+        // A kick can land just before a thread re-enters KVM_RUN and be lost, so keep
+        // kicking until each thread is gone.
+        for handle in self.threads.drain(..) {
+            while !handle.is_finished() && Instant::now() < deadline {
+                let _ = vmm_sys_util::signal::Killable::kill(&handle, kick_signal());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.is_finished() {
+                if handle.join().is_err() {
+                    error!("a vCPU thread panicked");
+                }
+            } else {
+                warn!("a vCPU thread did not stop in time; leaving it to process exit");
+            }
+        }
+    }
+
+    fn kick(&self) {
+        for handle in &self.threads {
+            let _ = vmm_sys_util::signal::Killable::kill(handle, kick_signal());
+        }
+    }
+}
+
+impl Drop for Vcpus {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop_and_join();
+        }
+    }
 }
 
 /// The signal that knocks a vCPU thread out of `KVM_RUN` so it sees `stop`.
@@ -113,7 +263,7 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 }
 
 /// Starts the thread for vCPU `id`.
-pub fn spawn(id: usize, vcpu: VcpuFd, context: VcpuContext) -> std::io::Result<JoinHandle<()>> {
+fn spawn(id: usize, vcpu: VcpuFd, context: VcpuContext) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || run(id, vcpu, &context))
@@ -121,7 +271,11 @@ pub fn spawn(id: usize, vcpu: VcpuFd, context: VcpuContext) -> std::io::Result<J
 
 fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
     debug!("vCPU {id} entering the guest");
-    while !context.stop.load(Ordering::Acquire) {
+    loop {
+        context.control.park_while_paused();
+        if context.control.stopping() {
+            return;
+        }
         let outcome = match vcpu.run() {
             Ok(exit) => handle_exit(id, exit, context),
             Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => None,

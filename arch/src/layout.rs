@@ -338,3 +338,34 @@ mod tests {
         assert!(spans.last().unwrap().1 <= EBDA_START);
     }
 }
+
+/// Where memory that host tools add to a running guest (the control socket's
+/// `RegisterMemory`) may go: from the first 1 GiB boundary at or above the end of RAM
+/// above 4 GiB (so never in the 32-bit MMIO hole, never overlapping RAM) ...
+pub fn registered_memory_base(mem_bytes: u64) -> u64 {
+    let ram_end = MMIO_HOLE_END.saturating_add(ram_above_4g(mem_bytes));
+    ram_end.next_multiple_of(1 << 30)
+}
+
+/// ... up to 512 GiB: 39 physical address bits, the smallest any x86-64 CPU vmm runs on
+/// offers, so the guest can always reach what it is given.
+pub const REGISTERED_MEMORY_END: u64 = 1 << 39;
+
+#[cfg(test)]
+mod registered_memory_tests {
+    use super::*;
+
+    #[test]
+    fn registered_memory_starts_at_4_gib_for_small_guests() {
+        assert_eq!(registered_memory_base(256 << 20), 1 << 32);
+        assert_eq!(registered_memory_base(3 << 30), 1 << 32);
+    }
+
+    #[test]
+    fn registered_memory_starts_above_high_ram_on_a_gib_boundary() {
+        // 6 GiB: 3 GiB below the hole, 3 GiB from 4 GiB to 7 GiB.
+        assert_eq!(registered_memory_base(6 << 30), 7 << 30);
+        // 6 GiB + 1 MiB: RAM ends just past 7 GiB, so the next boundary is 8 GiB.
+        assert_eq!(registered_memory_base((6 << 30) + (1 << 20)), 8 << 30);
+    }
+}

@@ -1,0 +1,291 @@
+//! Memory host tools add to a running guest through the control socket (`RegisterMemory`):
+//! each fd is mapped into the VMM and given a guest physical range above RAM and a KVM
+//! memory slot. Unregistering gives both back for reuse: ranges are allocated first-fit
+//! over what is free, not by bumping a pointer, so a host that registers and unregisters
+//! all day never runs out of address space.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use thiserror::Error;
+
+/// Registered ranges start 2 MiB-aligned, so the host can back them with huge pages.
+const REGION_ALIGN: u64 = 2 << 20;
+
+/// Why a registration was refused.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("size {size} is larger than the file ({file_size} bytes)")]
+    LargerThanFile { size: u64, file_size: u64 },
+    #[error("cannot map the fd: {0}")]
+    Map(#[source] io::Error),
+    #[error("no free guest address range of {0} bytes")]
+    NoAddressSpace(u64),
+    #[error("no free KVM memory slot")]
+    NoSlot,
+    #[error("KVM refused the memory slot: {0}")]
+    Kvm(#[source] kvm_ioctls::Error),
+    #[error("no registered memory in slot {0}")]
+    UnknownSlot(u32),
+}
+
+impl RegistryError {
+    /// The errno a control-socket reply carries for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            RegistryError::LargerThanFile { .. } => libc::EINVAL,
+            RegistryError::Map(err) => err.raw_os_error().unwrap_or(libc::EIO),
+            RegistryError::NoAddressSpace(_) | RegistryError::NoSlot => libc::ENOSPC,
+            RegistryError::Kvm(err) => err.errno(),
+            RegistryError::UnknownSlot(_) => libc::ENOENT,
+        }
+    }
+}
+
+/// A host mapping of a registered fd, unmapped when dropped.
+struct Mapping {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; the pointer is only used to
+// tell KVM where it is and to unmap it, from whichever thread owns the registry.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    fn new(fd: &OwnedFd, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a new shared mapping of `len` bytes of a caller-provided fd at an address
+        // of the kernel's choosing; it cannot alias memory the process already uses.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping { addr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: [addr, addr + len) is the mapping made in `new`, and KVM no longer uses
+        // it: the slot is deleted before the registry drops a Mapping.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
+struct Region {
+    guest_addr: u64,
+    size: u64,
+    _mapping: Mapping,
+}
+
+/// The registered regions and the address space and slots they may use.
+pub struct MemoryRegistry {
+    base: u64,
+    end: u64,
+    first_slot: u32,
+    slot_limit: u32,
+    regions: BTreeMap<u32, Region>,
+}
+
+impl MemoryRegistry {
+    /// Regions go in [base, end) of guest physical space, in KVM slots
+    /// [first_slot, slot_limit).
+    pub fn new(base: u64, end: u64, first_slot: u32, slot_limit: u32) -> MemoryRegistry {
+        MemoryRegistry {
+            base,
+            end,
+            first_slot,
+            slot_limit,
+            regions: BTreeMap::new(),
+        }
+    }
+
+    /// Maps `size` bytes of `fd` into the guest; returns (guest address, slot).
+    pub fn register(
+        &mut self,
+        vm_fd: &VmFd,
+        fd: OwnedFd,
+        size: u64,
+    ) -> Result<(u64, u32), RegistryError> {
+        check_file_size(&fd, size)?;
+        let len = usize::try_from(size).map_err(|_| RegistryError::NoAddressSpace(size))?;
+        let slot = self.free_slot().ok_or(RegistryError::NoSlot)?;
+        let guest_addr = self
+            .free_range(size)
+            .ok_or(RegistryError::NoAddressSpace(size))?;
+        let mapping = Mapping::new(&fd, len).map_err(RegistryError::Map)?;
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: mapping.addr as u64,
+        };
+        // SAFETY: the host range is the live mapping just made; it is kept in the registry
+        // until the slot is deleted again (unregister), so KVM never sees it unmapped.
+        unsafe { vm_fd.set_user_memory_region(region) }.map_err(RegistryError::Kvm)?;
+        self.regions.insert(
+            slot,
+            Region {
+                guest_addr,
+                size,
+                _mapping: mapping,
+            },
+        );
+        Ok((guest_addr, slot))
+    }
+
+    /// Removes the region in `slot` from the guest and frees its range and slot.
+    pub fn unregister(&mut self, vm_fd: &VmFd, slot: u32) -> Result<(), RegistryError> {
+        let region = self
+            .regions
+            .get(&slot)
+            .ok_or(RegistryError::UnknownSlot(slot))?;
+        let delete = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.guest_addr,
+            memory_size: 0,
+            userspace_addr: 0,
+        };
+        // SAFETY: a zero-sized region deletes the slot; KVM stops using the mapping, which
+        // is unmapped only after this succeeds (when `region` is dropped below).
+        unsafe { vm_fd.set_user_memory_region(delete) }.map_err(RegistryError::Kvm)?;
+        self.regions.remove(&slot);
+        Ok(())
+    }
+
+    fn free_slot(&self) -> Option<u32> {
+        (self.first_slot..self.slot_limit).find(|slot| !self.regions.contains_key(slot))
+    }
+
+    /// The lowest aligned gap of `size` bytes between the registered regions.
+    fn free_range(&self, size: u64) -> Option<u64> {
+        let mut taken: Vec<(u64, u64)> = self
+            .regions
+            .values()
+            .map(|r| (r.guest_addr, r.guest_addr + r.size))
+            .collect();
+        taken.sort_unstable();
+        let mut candidate = self.base;
+        for (start, end) in taken {
+            if candidate.checked_add(size)? <= start {
+                break;
+            }
+            candidate = candidate.max(end.next_multiple_of(REGION_ALIGN));
+        }
+        (candidate.checked_add(size)? <= self.end).then_some(candidate)
+    }
+}
+
+/// A regular file (or memfd) must be at least `size` bytes: mapping past its end would
+/// hand the guest pages that fault with SIGBUS in the VMM.
+fn check_file_size(fd: &OwnedFd, size: u64) -> Result<(), RegistryError> {
+    // SAFETY: stat is plain data, filled in by fstat on a valid descriptor.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open (we own it) and `stat` is writable.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+        return Err(RegistryError::Map(io::Error::last_os_error()));
+    }
+    let file_size = u64::try_from(stat.st_size).unwrap_or(0);
+    let regular = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+    if regular && size > file_size {
+        return Err(RegistryError::LargerThanFile { size, file_size });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry_with(ranges: &[(u32, u64, u64)]) -> MemoryRegistry {
+        let mut registry = MemoryRegistry::new(1 << 32, 1 << 39, 2, 8);
+        for &(slot, guest_addr, size) in ranges {
+            let fd = memfd(4096);
+            registry.regions.insert(
+                slot,
+                Region {
+                    guest_addr,
+                    size,
+                    _mapping: Mapping::new(&fd, 4096).expect("map"),
+                },
+            );
+        }
+        registry
+    }
+
+    fn memfd(size: i64) -> OwnedFd {
+        // SAFETY: memfd_create with a valid NUL-terminated name returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"registry-test".as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: fd is new and owned by nobody else.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: fd is a valid memfd.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }, 0);
+        fd
+    }
+
+    #[test]
+    fn first_range_is_the_base() {
+        assert_eq!(registry_with(&[]).free_range(4096), Some(1 << 32));
+    }
+
+    #[test]
+    fn a_freed_gap_is_reused_before_higher_space() {
+        let mib2 = 2 << 20;
+        // [4G, 4G+2M) free (was unregistered); [4G+2M, 4G+4M) taken.
+        let registry = registry_with(&[(3, (1 << 32) + mib2, mib2)]);
+        assert_eq!(registry.free_range(mib2), Some(1 << 32));
+        // Too big for the gap: goes after the taken region.
+        assert_eq!(registry.free_range(mib2 + 4096), Some((1 << 32) + 2 * mib2));
+    }
+
+    #[test]
+    fn ranges_never_pass_the_end() {
+        let registry = MemoryRegistry::new(1 << 32, (1 << 32) + (4 << 20), 2, 8);
+        assert_eq!(registry.free_range(4 << 20), Some(1 << 32));
+        assert_eq!(registry.free_range((4 << 20) + 4096), None);
+        assert_eq!(registry.free_range(u64::MAX), None);
+    }
+
+    #[test]
+    fn slots_are_reused_lowest_first() {
+        let registry = registry_with(&[(2, 1 << 32, 4096), (4, 1 << 33, 4096)]);
+        assert_eq!(registry.free_slot(), Some(3));
+        let full = registry_with(&[
+            (2, 1 << 32, 4096),
+            (3, 1 << 33, 4096),
+            (4, 1 << 34, 4096),
+            (5, 1 << 35, 4096),
+            (6, 1 << 36, 4096),
+            (7, 1 << 37, 4096),
+        ]);
+        assert_eq!(full.free_slot(), None);
+    }
+
+    #[test]
+    fn size_beyond_the_file_is_refused() {
+        let fd = memfd(8192);
+        assert!(check_file_size(&fd, 8192).is_ok());
+        assert!(matches!(
+            check_file_size(&fd, 12288),
+            Err(RegistryError::LargerThanFile {
+                size: 12288,
+                file_size: 8192
+            })
+        ));
+    }
+}
