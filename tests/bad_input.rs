@@ -157,3 +157,93 @@ fn usage_errors_exit_with_status_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--serial"));
 }
+
+/// Whether we are root, which the tests below need to change user or mount namespace;
+/// says so loudly when not, and fails under CI, where every test must run.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() == 0 };
+    if !root {
+        let message = "THIS TEST NEEDS ROOT (to drop privileges or hide /dev/kvm)";
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}; CI must be able to run every test");
+        }
+        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+    }
+    root
+}
+
+#[test]
+fn no_permission_on_dev_kvm_says_how_to_get_it() {
+    if !require_kvm() || !is_root() {
+        return;
+    }
+    let scratch = Scratch::new("noperm");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    // The unprivileged vmm must be able to reach the kernel file, so only /dev/kvm stops it.
+    std::fs::set_permissions(
+        std::path::Path::new(&kernel).parent().expect("scratch dir"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod scratch dir");
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_vmm"))
+        .args(["run", "--mem", "32"])
+        .arg(&kernel)
+        .stdin(std::process::Stdio::null());
+    let (code, stderr) = fails_with(command);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("no permission to open /dev/kvm"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_dev_kvm_is_reported_as_no_kvm() {
+    if !require_kvm() || !is_root() {
+        return;
+    }
+    let scratch = Scratch::new("nokvm");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    // A private mount namespace with an empty /dev: this host without KVM.
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {} run --mem 32 {}",
+        env!("CARGO_BIN_EXE_vmm"),
+        kernel.display()
+    );
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null());
+    let (code, stderr) = fails_with(command);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("this host has no KVM"), "{stderr}");
+}
+
+#[test]
+fn kvm_pvm_hosts_get_a_warning_that_points_to_the_lab() {
+    if !require_kvm() || !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        return;
+    }
+    let scratch = Scratch::new("pvmwarn");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    let output = run_with_timeout(vmm_run(&kernel, &[]), LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("kvm_pvm") && stderr.contains("tools/lab"),
+        "{stderr}"
+    );
+}
