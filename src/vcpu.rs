@@ -294,55 +294,35 @@ fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
 /// Handles one exit; `Some` means this vCPU cannot go on and the VM must stop.
 fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<VmExit> {
     let counters = &context.counters;
+    let ports = Unhandled {
+        seen: &UNHANDLED_PORTS,
+        counter: &counters.unhandled_pio,
+        what: "port",
+    };
+    let mmio = Unhandled {
+        seen: &UNHANDLED_MMIO,
+        counter: &counters.unhandled_mmio,
+        what: "MMIO address",
+    };
     match exit {
         VcpuExit::IoIn(port, data) => {
             ExitCounters::count(&counters.io_in);
-            if !context.pio_bus.read(u64::from(port), data) {
-                data.fill(0xff);
-                note_unhandled(
-                    &UNHANDLED_PORTS,
-                    u64::from(port),
-                    &context.counters.unhandled_pio,
-                    "port",
-                );
-            }
+            bus_read(&context.pio_bus, u64::from(port), data, &ports);
             None
         }
         VcpuExit::IoOut(port, data) => {
             ExitCounters::count(&counters.io_out);
-            if !context.pio_bus.write(u64::from(port), data) {
-                note_unhandled(
-                    &UNHANDLED_PORTS,
-                    u64::from(port),
-                    &context.counters.unhandled_pio,
-                    "port",
-                );
-            }
+            bus_write(&context.pio_bus, u64::from(port), data, &ports);
             None
         }
         VcpuExit::MmioRead(addr, data) => {
             ExitCounters::count(&counters.mmio_read);
-            if !context.mmio_bus.read(addr, data) {
-                data.fill(0xff);
-                note_unhandled(
-                    &UNHANDLED_MMIO,
-                    addr,
-                    &context.counters.unhandled_mmio,
-                    "MMIO address",
-                );
-            }
+            bus_read(&context.mmio_bus, addr, data, &mmio);
             None
         }
         VcpuExit::MmioWrite(addr, data) => {
             ExitCounters::count(&counters.mmio_write);
-            if !context.mmio_bus.write(addr, data) {
-                note_unhandled(
-                    &UNHANDLED_MMIO,
-                    addr,
-                    &context.counters.unhandled_mmio,
-                    "MMIO address",
-                );
-            }
+            bus_write(&context.mmio_bus, addr, data, &mmio);
             None
         }
         // With the in-kernel irqchip KVM handles HLT itself; should one reach us, the vCPU
@@ -382,12 +362,43 @@ fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<V
 static UNHANDLED_PORTS: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
 static UNHANDLED_MMIO: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
 
-/// Counts an access to an address no device claims. Guests probe for absent hardware all
-/// the time, so each address is logged once, at debug level: the log never floods.
-fn note_unhandled(seen: &Mutex<BTreeSet<u64>>, addr: u64, counter: &AtomicU64, what: &str) {
-    counter.fetch_add(1, Ordering::Relaxed);
-    let first_time = seen.lock().unwrap_or_else(|p| p.into_inner()).insert(addr);
-    if first_time {
-        debug!("guest touched {what} {addr:#x}, where no device is; reads return all ones");
+/// Where accesses no device claims are accounted, for one address space.
+struct Unhandled<'a> {
+    seen: &'a Mutex<BTreeSet<u64>>,
+    counter: &'a AtomicU64,
+    what: &'static str,
+}
+
+impl Unhandled<'_> {
+    /// Counts an access to an address no device claims. Guests probe for absent hardware
+    /// all the time, so each address is logged once, at debug level: the log never floods.
+    fn note(&self, addr: u64) {
+        self.counter.fetch_add(1, Ordering::Relaxed);
+        let first_time = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr);
+        if first_time {
+            debug!(
+                "guest touched {} {addr:#x}, where no device is; reads return all ones",
+                self.what
+            );
+        }
+    }
+}
+
+/// A guest read: the device's answer, or all ones (an absent device on a real bus).
+fn bus_read(bus: &Bus, addr: u64, data: &mut [u8], unhandled: &Unhandled<'_>) {
+    if !bus.read(addr, data) {
+        data.fill(0xff);
+        unhandled.note(addr);
+    }
+}
+
+/// A guest write: to the device, or dropped.
+fn bus_write(bus: &Bus, addr: u64, data: &[u8], unhandled: &Unhandled<'_>) {
+    if !bus.write(addr, data) {
+        unhandled.note(addr);
     }
 }
