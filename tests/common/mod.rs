@@ -85,6 +85,39 @@ impl GuestCode {
         self
     }
 
+    /// `mov dx, 0x3f8; mov al, b; out dx, al; jmp back`: print `b` on COM1 forever, as
+    /// fast as the VMM takes it. Guest progress shows as a growing serial log.
+    pub fn print_forever(mut self, b: u8) -> GuestCode {
+        self.bytes.extend_from_slice(&[
+            0x66, 0xba, 0xf8, 0x03, // 0: mov dx, 0x3f8
+            0xb0, b,    //                4: mov al, b
+            0xee, //                   6: out dx, al
+            0xeb, 0xf7, //             7: jmp 0
+        ]);
+        self
+    }
+
+    /// Waits for the CMOS RTC's seconds register to change `ticks` times (about `ticks`
+    /// seconds of wall time, whatever the host's speed), polling ports 0x70/0x71.
+    pub fn wait_rtc_seconds(mut self, ticks: u8) -> GuestCode {
+        self.bytes.extend_from_slice(&[
+            0xb1, ticks, //  0: mov cl, ticks
+            0xb0, 0x00, //   2: mov al, 0 (RTC seconds)
+            0xe6, 0x70, //   4: out 0x70, al
+            0xe4, 0x71, //   6: in al, 0x71
+            0x88, 0xc3, //   8: mov bl, al
+            0xb0, 0x00, //  10: mov al, 0
+            0xe6, 0x70, //  12: out 0x70, al
+            0xe4, 0x71, //  14: in al, 0x71
+            0x38, 0xd8, //  16: cmp al, bl
+            0x74, 0xf6, //  18: je 10
+            0x88, 0xc3, //  20: mov bl, al
+            0xfe, 0xc9, //  22: dec cl
+            0x75, 0xf0, //  24: jnz 10
+        ]);
+        self
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -219,4 +252,18 @@ pub fn vmm_run(kernel: &Path, extra: &[&str]) -> Command {
         .args(extra)
         .arg(kernel);
     command
+}
+
+/// Polls `ready` every 20 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
