@@ -1,0 +1,250 @@
+//! Lab tests of the control socket with a real Linux guest (Debian's stock kernel under
+//! `vmm` inside the nested lab, tools/lab and docs/lab.md): memory registered with
+//! `vmm register-memory` while the guest runs is visible to it at the address printed,
+//! and `vmm stop` ends a running Linux guest with status 0.
+//!
+//! Each test ships a shell script into the outer VM (`tools/lab --file`) that starts
+//! `vmm run --socket /tmp/vmm.sock ... &`, drives it with the control subcommands, and
+//! exits with vmm's status. The guest kit's init runs the `guest.run=<base64>` script.
+//! The lab is slow (QEMU TCG around a nested KVM), so the tests take turns on one lock.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::Scratch;
+
+static LAB: Mutex<()> = Mutex::new(());
+
+/// How long one lab run may take before the test fails (tools/lab has its own timeout).
+const LAB_LIMIT: Duration = Duration::from_secs(900);
+const LAB_TIMEOUT_ARG: &str = "800";
+
+/// The word the host writes at the start of the registered memory, and how the guest's
+/// busybox devmem prints it.
+const PATTERN_BYTES_OCTAL: &str = r"\015\360\336\300"; // 0xc0def00d, little-endian
+const PATTERN_DEVMEM: &str = "0xC0DEF00D";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether the lab can run here; says so loudly when not, and fails under CI.
+fn require_lab() -> bool {
+    let kit = repo().join("target/lab/guest/vmlinuz");
+    let qemu = Path::new("/usr/bin/qemu-system-x86_64");
+    let ready = kit.exists() && qemu.exists();
+    if !ready {
+        let message = "THIS TEST NEEDS THE NESTED LAB: run `tools/lab kit` (tools/test does) first";
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}; CI must be able to run every test");
+        }
+        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+    }
+    ready
+}
+
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The shell prelude of every lab script: start vmm on /guest/vmlinuz with the guest
+/// running `guest_script`, its console on stdout or in `serial`, and wait (bounded) for
+/// its control socket. `$vmm` holds its pid.
+fn start_vmm(guest_script: &str, serial: &str) -> String {
+    let params = format!(
+        "console=ttyS0 guest.run={}",
+        base64(guest_script.as_bytes())
+    );
+    format!(
+        r#"rm -f /tmp/vmm.sock
+vmm run --socket /tmp/vmm.sock --serial {serial} --mem 256 --cpus 1 \
+    --initrd /guest/initrd.img --params "{params}" /guest/vmlinuz &
+vmm=$!
+i=0
+while [ ! -S /tmp/vmm.sock ]; do
+    i=$((i + 1))
+    if [ $i -gt 300 ]; then echo "lab-script: no control socket after 30 s"; kill $vmm; exit 90; fi
+    sleep 0.1
+done
+echo "lab-script: socket is up"
+"#
+    )
+}
+
+/// The shell epilogue: wait for vmm, report its status and exit with it.
+const WAIT_VMM: &str = r#"wait $vmm
+status=$?
+echo "lab-script: vmm exit=$status"
+exit $status
+"#;
+
+/// The result of one lab run.
+struct LabRun {
+    status: Option<i32>,
+    output: String,
+}
+
+/// Runs `script` with `sh` in the outer VM.
+fn run_in_lab(name: &str, script: &str) -> LabRun {
+    let _turn = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let scratch = Scratch::new(name);
+    let host_script = scratch.write("script.sh", script.as_bytes());
+    let mut command = Command::new(repo().join("tools/lab"));
+    command
+        .env("VMM_BIN", env!("CARGO_BIN_EXE_vmm"))
+        .args(["--timeout", LAB_TIMEOUT_ARG])
+        .arg("--file")
+        .arg(format!("{}=/lab-script.sh", host_script.display()))
+        .args(["--", "sh", "/lab-script.sh"]);
+    let output = common::run_with_timeout(command, LAB_LIMIT);
+    LabRun {
+        status: output.status.code(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+#[test]
+fn memory_registered_while_linux_runs_is_visible_to_the_guest_at_4_gib() {
+    if !require_lab() {
+        return;
+    }
+    // The guest polls the first word of the registered range's guest physical address
+    // (0x1_0000_0000: the first registration with 256 MiB of RAM) until the host's
+    // pattern shows up, for at most about 5 minutes.
+    let guest = format!(
+        r#"i=0
+while [ $i -lt 1500 ]; do
+    v=$(devmem 0x100000000 32 2>&1)
+    if [ "$v" = "{PATTERN_DEVMEM}" ]; then echo "guest-read: $v after $i polls"; exit 0; fi
+    i=$((i + 1))
+    sleep 0.2
+done
+echo "guest-read: gave up, last read: $v"
+exit 1
+"#
+    );
+    let script = format!(
+        r#"{start}
+dd if=/dev/zero of=/tmp/shared.mem bs=1048576 count=2 2>/dev/null
+printf '{PATTERN_BYTES_OCTAL}' | dd of=/tmp/shared.mem conv=notrunc 2>/dev/null
+vmm register-memory /tmp/vmm.sock /tmp/shared.mem
+echo "lab-script: register-memory exit=$?"
+{WAIT_VMM}"#,
+        start = start_vmm(&guest, "stdio"),
+    );
+
+    let run = run_in_lab("lab-register", &script);
+
+    assert!(
+        run.output
+            .lines()
+            .any(|line| line.starts_with("pfn 0x100000 slot ")
+                && line.ends_with(" guest physical address 0x100000000")),
+        "register-memory did not map at 4 GiB; lab output:\n{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("lab-script: register-memory exit=0"),
+        "lab output:\n{}",
+        run.output
+    );
+    assert!(
+        run.output
+            .contains(&format!("guest-read: {PATTERN_DEVMEM} after")),
+        "the guest never saw the pattern; lab output:\n{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("lab-script: vmm exit=0"),
+        "lab output:\n{}",
+        run.output
+    );
+    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+}
+
+#[test]
+fn vmm_stop_ends_a_running_linux_guest_with_status_0() {
+    if !require_lab() {
+        return;
+    }
+    // The guest announces itself, then would idle for 10 minutes: only `vmm stop` ends it
+    // within the test's time.
+    let guest = "echo guest-idling; sleep 600; echo guest-not-stopped";
+    let script = format!(
+        r#"{start}
+i=0
+until grep -q guest-idling /tmp/console.log 2>/dev/null; do
+    i=$((i + 1))
+    if [ $i -gt 3000 ]; then echo "lab-script: guest never idled"; cat /tmp/console.log; kill $vmm; exit 91; fi
+    sleep 0.1
+done
+vmm stats /tmp/vmm.sock
+vmm stop /tmp/vmm.sock
+echo "lab-script: stop exit=$?"
+wait $vmm
+status=$?
+cat /tmp/console.log
+echo "lab-script: vmm exit=$status"
+exit $status
+"#,
+        start = start_vmm(guest, "file=/tmp/console.log"),
+    );
+
+    let run = run_in_lab("lab-stop", &script);
+
+    assert!(
+        run.output.contains("guest-idling"),
+        "the guest never reached its script; lab output:\n{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("lab-script: stop exit=0"),
+        "lab output:\n{}",
+        run.output
+    );
+    assert!(
+        !run.output.contains("guest-not-stopped"),
+        "lab output:\n{}",
+        run.output
+    );
+    assert!(
+        run.output.contains("lab-script: vmm exit=0"),
+        "lab output:\n{}",
+        run.output
+    );
+    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+}
+
+#[test]
+fn scripts_start_vmm_with_the_guest_script_encoded_on_the_command_line() {
+    let prelude = start_vmm("true", "stdio");
+
+    assert!(prelude.contains(&format!("guest.run={}", base64(b"true"))));
+    assert!(prelude.contains("--socket /tmp/vmm.sock"));
+    assert_eq!(base64(b"reboot -f"), "cmVib290IC1m");
+}
