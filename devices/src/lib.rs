@@ -9,6 +9,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
 pub mod i8042;
+pub mod pci;
 pub mod reset;
 pub mod serial;
 

@@ -1,0 +1,342 @@
+//! The 256-byte configuration space of a type-0 PCI function.
+//!
+//! [`PciConfiguration`] owns the register image, which bits of it the guest
+//! may write, which are write-1-to-clear, the BARs and the capability list.
+//! Every register is modelled with two per-byte masks, so a guest access of
+//! any width at any offset is handled the same way: read-only bits keep their
+//! value, writable bits take the written value, and W1C bits are cleared where
+//! a one is written. BAR size probing falls out of this for free: the address
+//! bits below the BAR size are read-only zero, so writing all ones reads back
+//! the size mask plus the read-only type bits, exactly as hardware does.
+
+use super::PciError;
+use super::bar::{BarRegion, BarType};
+
+/// Size of the conventional configuration space reachable through mechanism #1.
+pub const CONFIG_SPACE_SIZE: usize = 256;
+
+/// Offset of the first BAR register.
+pub const BAR0_OFFSET: usize = 0x10;
+/// Number of BAR registers in a type-0 header.
+pub const NUM_BARS: usize = 6;
+
+const VENDOR_ID: usize = 0x00;
+const DEVICE_ID: usize = 0x02;
+/// Command register offset.
+pub const COMMAND: usize = 0x04;
+/// Status register offset.
+pub const STATUS: usize = 0x06;
+const REVISION_ID: usize = 0x08;
+const PROG_IF: usize = 0x09;
+const SUBCLASS: usize = 0x0a;
+const CLASS_CODE: usize = 0x0b;
+const HEADER_TYPE: usize = 0x0e;
+const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
+const SUBSYSTEM_ID: usize = 0x2e;
+const CAPABILITIES_POINTER: usize = 0x34;
+const INTERRUPT_LINE: usize = 0x3c;
+const INTERRUPT_PIN: usize = 0x3d;
+
+/// Command register: I/O space enable.
+pub const COMMAND_IO_SPACE: u16 = 1 << 0;
+/// Command register: memory space enable.
+pub const COMMAND_MEMORY_SPACE: u16 = 1 << 1;
+/// Command register: bus master enable.
+pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
+const COMMAND_PARITY_ERROR_RESPONSE: u16 = 1 << 6;
+const COMMAND_SERR_ENABLE: u16 = 1 << 8;
+/// Command register: INTx emulation disable.
+pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+const COMMAND_WRITABLE: u16 = COMMAND_IO_SPACE
+    | COMMAND_MEMORY_SPACE
+    | COMMAND_BUS_MASTER
+    | COMMAND_PARITY_ERROR_RESPONSE
+    | COMMAND_SERR_ENABLE
+    | COMMAND_INTX_DISABLE;
+
+/// Status register: a capability list is present.
+pub const STATUS_CAPABILITIES_LIST: u16 = 1 << 4;
+/// Status register error bits, all write-1-to-clear (PCI 3.0 section 6.2.3):
+/// master data parity error, signaled/received target abort, received master
+/// abort, signaled system error, detected parity error.
+const STATUS_W1C: u16 = (1 << 8) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15);
+
+/// First byte usable for capabilities: right after the standard header.
+const CAPABILITY_START: usize = 0x40;
+
+/// Identity of a PCI function, written into the read-only header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciIds {
+    /// Vendor ID.
+    pub vendor_id: u16,
+    /// Device ID.
+    pub device_id: u16,
+    /// Revision ID.
+    pub revision_id: u8,
+    /// Base class code.
+    pub class: u8,
+    /// Sub-class code.
+    pub subclass: u8,
+    /// Programming interface.
+    pub prog_if: u8,
+    /// Subsystem vendor ID.
+    pub subsystem_vendor_id: u16,
+    /// Subsystem ID.
+    pub subsystem_id: u16,
+}
+
+/// The configuration space of one type-0 function; see the module docs.
+#[derive(Clone)]
+pub struct PciConfiguration {
+    regs: [u8; CONFIG_SPACE_SIZE],
+    /// Bits the guest may change with a plain write.
+    writable: [u8; CONFIG_SPACE_SIZE],
+    /// Bits a guest write of one clears.
+    w1c: [u8; CONFIG_SPACE_SIZE],
+    bars: [Option<BarRegion>; NUM_BARS],
+    /// Offset of the last capability added, to chain the next one to it.
+    last_capability: Option<usize>,
+    /// First free byte for the next capability.
+    next_capability: usize,
+}
+
+impl std::fmt::Debug for PciConfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PciConfiguration")
+            .field("vendor_id", &self.read_u16(VENDOR_ID))
+            .field("device_id", &self.read_u16(DEVICE_ID))
+            .field("bars", &self.bars)
+            .finish()
+    }
+}
+
+impl PciConfiguration {
+    /// Creates a header for a single-function type-0 device with no BARs.
+    pub fn new(ids: PciIds) -> PciConfiguration {
+        let mut config = PciConfiguration {
+            regs: [0; CONFIG_SPACE_SIZE],
+            writable: [0; CONFIG_SPACE_SIZE],
+            w1c: [0; CONFIG_SPACE_SIZE],
+            bars: [None; NUM_BARS],
+            last_capability: None,
+            next_capability: CAPABILITY_START,
+        };
+        config.set_u16(VENDOR_ID, ids.vendor_id);
+        config.set_u16(DEVICE_ID, ids.device_id);
+        config.regs[REVISION_ID] = ids.revision_id;
+        config.regs[PROG_IF] = ids.prog_if;
+        config.regs[SUBCLASS] = ids.subclass;
+        config.regs[CLASS_CODE] = ids.class;
+        config.regs[HEADER_TYPE] = 0;
+        config.set_u16(SUBSYSTEM_VENDOR_ID, ids.subsystem_vendor_id);
+        config.set_u16(SUBSYSTEM_ID, ids.subsystem_id);
+        config.set_mask(COMMAND, &COMMAND_WRITABLE.to_le_bytes());
+        config.w1c[STATUS..STATUS + 2].copy_from_slice(&STATUS_W1C.to_le_bytes());
+        // Software uses the interrupt line byte as scratch for the IRQ it
+        // routed; it must read back what was written.
+        config.writable[INTERRUPT_LINE] = 0xff;
+        config
+    }
+
+    /// Declares the legacy interrupt pin (1 = INTA#); 0 means none.
+    pub fn set_interrupt_pin(&mut self, pin: u8) {
+        self.regs[INTERRUPT_PIN] = pin;
+    }
+
+    /// Handles a guest read of `data.len()` bytes at `offset`.
+    ///
+    /// Bytes past the end of the space read as all ones, like a master abort.
+    pub fn read(&self, offset: usize, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i)
+                .and_then(|o| self.regs.get(o))
+                .copied()
+                .unwrap_or(0xff);
+        }
+    }
+
+    /// Handles a guest write of `data` at `offset`, honouring the masks.
+    ///
+    /// Bytes past the end of the space are dropped.
+    pub fn write(&mut self, offset: usize, data: &[u8]) {
+        for (i, &value) in data.iter().enumerate() {
+            let Some(o) = offset.checked_add(i).filter(|&o| o < CONFIG_SPACE_SIZE) else {
+                return;
+            };
+            let writable = self.writable[o];
+            let cleared = self.w1c[o] & value;
+            self.regs[o] = ((self.regs[o] & !writable) | (value & writable)) & !cleared;
+        }
+    }
+
+    /// Reads a little-endian `u16` register (device-side helper).
+    pub fn read_u16(&self, offset: usize) -> u16 {
+        let mut b = [0u8; 2];
+        self.read(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    /// Reads a little-endian `u32` register (device-side helper).
+    pub fn read_u32(&self, offset: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// The command register as the guest last wrote it.
+    pub fn command(&self) -> u16 {
+        self.read_u16(COMMAND)
+    }
+
+    /// Sets status bits from the device side (e.g. an error it detected).
+    pub fn set_status_bits(&mut self, bits: u16) {
+        let status = self.read_u16(STATUS) | bits;
+        self.set_u16(STATUS, status);
+    }
+
+    /// Declares BAR `region.index` with its size and type.
+    ///
+    /// A 64-bit BAR also claims the register after it for the upper half.
+    pub fn add_bar(&mut self, region: BarRegion) -> Result<(), PciError> {
+        let index = region.index;
+        let pair = match region.bar_type {
+            BarType::Memory32 => index,
+            BarType::Memory64 => index + 1,
+        };
+        if pair >= NUM_BARS {
+            return Err(PciError::InvalidBarIndex(index));
+        }
+        if region.size < 16 || !region.size.is_power_of_two() {
+            return Err(PciError::InvalidBarSize(region.size));
+        }
+        if region.bar_type == BarType::Memory32 && region.size > 1 << 31 {
+            return Err(PciError::InvalidBarSize(region.size));
+        }
+        if self.bars[index..=pair].iter().any(Option::is_some) || self.is_upper_half(index) {
+            return Err(PciError::BarInUse(index));
+        }
+        let low_offset = BAR0_OFFSET + index * 4;
+        let mask = !(region.size - 1);
+        // Low 4 bits of a memory BAR are read-only type bits; the address
+        // bits below the size are read-only zero, which is what makes size
+        // probing work.
+        let mut type_bits: u32 = if region.prefetchable { 1 << 3 } else { 0 };
+        if region.bar_type == BarType::Memory64 {
+            type_bits |= 0b10 << 1;
+            self.set_mask(low_offset + 4, &((mask >> 32) as u32).to_le_bytes());
+        }
+        self.set_mask(low_offset, &((mask as u32) & !0xf).to_le_bytes());
+        self.set_u32(low_offset, type_bits);
+        self.bars[index] = Some(region);
+        Ok(())
+    }
+
+    /// Whether `index` is the upper half of a 64-bit BAR.
+    fn is_upper_half(&self, index: usize) -> bool {
+        index
+            .checked_sub(1)
+            .and_then(|lower| self.bars.get(lower).copied().flatten())
+            .is_some_and(|bar| bar.bar_type == BarType::Memory64)
+    }
+
+    /// The BARs declared with [`Self::add_bar`].
+    pub fn bar_regions(&self) -> Vec<BarRegion> {
+        self.bars.iter().flatten().copied().collect()
+    }
+
+    /// Programs BAR `index` with `addr` (the VMM's pre-assignment).
+    pub fn set_bar_address(&mut self, index: usize, addr: u64) -> Result<(), PciError> {
+        let region = self
+            .bars
+            .get(index)
+            .copied()
+            .flatten()
+            .ok_or(PciError::InvalidBarIndex(index))?;
+        if addr & (region.size - 1) != 0 {
+            return Err(PciError::MisalignedBar { index, addr });
+        }
+        if region.bar_type == BarType::Memory32 && addr > u64::from(u32::MAX) {
+            return Err(PciError::MisalignedBar { index, addr });
+        }
+        let low_offset = BAR0_OFFSET + index * 4;
+        let type_bits = self.read_u32(low_offset) & 0xf;
+        self.set_u32(low_offset, (addr as u32 & !0xf) | type_bits);
+        if region.bar_type == BarType::Memory64 {
+            self.set_u32(low_offset + 4, (addr >> 32) as u32);
+        }
+        Ok(())
+    }
+
+    /// The address BAR `index` currently decodes, as the guest programmed it.
+    pub fn bar_address(&self, index: usize) -> Option<u64> {
+        let region = self.bars.get(index).copied().flatten()?;
+        let low_offset = BAR0_OFFSET + index * 4;
+        let low = u64::from(self.read_u32(low_offset) & !0xf);
+        let high = match region.bar_type {
+            BarType::Memory32 => 0,
+            BarType::Memory64 => u64::from(self.read_u32(low_offset + 4)),
+        };
+        Some((high << 32) | low)
+    }
+
+    /// Appends a capability and returns its offset.
+    ///
+    /// `body` is everything after the ID and next-pointer bytes.
+    /// `writable` gives, for each byte of `body`, the bits the guest may
+    /// change; it may be shorter than `body` (the rest is read-only).
+    pub fn add_capability(
+        &mut self,
+        id: u8,
+        body: &[u8],
+        writable: &[u8],
+    ) -> Result<usize, PciError> {
+        let offset = self.next_capability;
+        let len = body.len() + 2;
+        let end = offset
+            .checked_add(len)
+            .filter(|&end| end <= CONFIG_SPACE_SIZE && writable.len() <= body.len())
+            .ok_or(PciError::CapabilitySpaceFull)?;
+        self.regs[offset] = id;
+        self.regs[offset + 1] = 0;
+        self.regs[offset + 2..end].copy_from_slice(body);
+        self.set_mask(offset + 2, writable);
+        match self.last_capability {
+            // `offset` < 256 was checked above.
+            None => self.regs[CAPABILITIES_POINTER] = offset as u8,
+            Some(last) => self.regs[last + 1] = offset as u8,
+        }
+        self.last_capability = Some(offset);
+        // Capabilities are dword aligned (PCI 3.0 section 6.7).
+        self.next_capability = (end + 3) & !3;
+        self.set_status_bits(STATUS_CAPABILITIES_LIST);
+        Ok(offset)
+    }
+
+    /// Overwrites bytes from the device side, ignoring the guest masks.
+    ///
+    /// Panics never: out-of-range bytes are dropped.
+    pub fn set_bytes(&mut self, offset: usize, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            if let Some(r) = offset.checked_add(i).and_then(|o| self.regs.get_mut(o)) {
+                *r = b;
+            }
+        }
+    }
+
+    fn set_mask(&mut self, offset: usize, mask: &[u8]) {
+        for (i, &m) in mask.iter().enumerate() {
+            if let Some(w) = offset.checked_add(i).and_then(|o| self.writable.get_mut(o)) {
+                *w = m;
+            }
+        }
+    }
+
+    fn set_u16(&mut self, offset: usize, value: u16) {
+        self.set_bytes(offset, &value.to_le_bytes());
+    }
+
+    fn set_u32(&mut self, offset: usize, value: u32) {
+        self.set_bytes(offset, &value.to_le_bytes());
+    }
+}
