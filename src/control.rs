@@ -22,7 +22,7 @@ use vm_control::wire::{ErrorKind, ErrorReply, Event, Request, Response};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::exit::VmExit;
-use crate::run_loop::RunningVm;
+use crate::running_vm::RunningVm;
 
 /// Epoll data values at or above this name a client connection (the key below it).
 pub const CONNECTION_TOKEN_BASE: u64 = 1 << 32;

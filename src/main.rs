@@ -7,12 +7,15 @@ mod builder;
 mod cli;
 mod commands;
 mod config;
+mod console_input;
 mod control;
 mod exit;
 mod guest_ram;
 mod logger;
 mod memory_registry;
 mod run_loop;
+mod running_vm;
+mod signal_fd;
 mod terminal;
 mod vcpu;
 
