@@ -310,7 +310,8 @@ fn try_register_memory(args: &RegisterMemoryArgs, out: &mut dyn Write) -> Result
 
 /// Registered memory must be a non-zero whole number of pages, at most the protocol's limit.
 fn check_memory_size(size: u64) -> Result<(), String> {
-    if size == 0 || size % PAGE_SIZE != 0 {
+    // PAGE_SIZE is a power of two.
+    if size == 0 || size & (PAGE_SIZE - 1) != 0 {
         Err(format!(
             "the file is {size} bytes; registered memory must be a non-zero multiple of \
              {PAGE_SIZE} bytes (resize it, e.g. truncate -s 2M FILE)"
