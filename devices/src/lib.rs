@@ -12,6 +12,7 @@ pub mod i8042;
 pub mod pci;
 pub mod reset;
 pub mod serial;
+pub mod virtio;
 
 pub use acpi_pm::{
     ACPI_PM_LEN, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK_PORT, PM1A_EVT_BLK_PORT,

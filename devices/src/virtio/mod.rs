@@ -1,0 +1,116 @@
+//! Virtio devices: the split virtqueue, the modern PCI transport and the
+//! device models behind it.
+//!
+//! This module owns the contract between a transport and a device model:
+//! the [`VirtioDevice`] trait (the device-specific part: type, features,
+//! config space, activation with queues and reset) and the [`Interrupt`]
+//! trait a running device uses to tell the driver about used buffers,
+//! configuration changes and fatal errors. Device models know neither PCI
+//! nor KVM: notifications arrive on [`EventFd`]s and interrupts leave
+//! through [`Interrupt`].
+
+use std::sync::Arc;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub mod pci_interrupt;
+pub mod pci_transport;
+pub mod queue;
+pub mod rng;
+
+pub use rng::Rng;
+
+pub use pci_transport::{PciInterrupt, QueueNotifier, VirtioPciDevice, VirtioPciError};
+pub use queue::{Descriptor, DescriptorChain, Queue, QueueError, VIRTIO_MSI_NO_VECTOR};
+
+/// Device status: the guest noticed the device.
+pub const VIRTIO_CONFIG_S_ACKNOWLEDGE: u8 = 1;
+/// Device status: the guest knows how to drive it.
+pub const VIRTIO_CONFIG_S_DRIVER: u8 = 2;
+/// Device status: the driver is ready.
+pub const VIRTIO_CONFIG_S_DRIVER_OK: u8 = 4;
+/// Device status: feature negotiation is complete.
+pub const VIRTIO_CONFIG_S_FEATURES_OK: u8 = 8;
+/// Device status: the device hit an error it cannot recover from.
+pub const VIRTIO_CONFIG_S_NEEDS_RESET: u8 = 0x40;
+/// Device status: the driver gave up on the device.
+pub const VIRTIO_CONFIG_S_FAILED: u8 = 0x80;
+
+/// Feature bit: the driver supports indirect descriptors.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+/// Feature bit: `used_event`/`avail_event` notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+/// Feature bit: virtio 1.x compliance (mandatory for modern PCI).
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// Device type of an entropy source.
+pub const VIRTIO_ID_RNG: u32 = 4;
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not enable a queue the device needs.
+    #[error("queue {0} is required but not enabled")]
+    MissingQueue(usize),
+    /// The worker thread or its event loop could not be set up.
+    #[error("cannot start device worker: {0}")]
+    Worker(#[source] std::io::Error),
+}
+
+/// A queue handed to a device on activation.
+#[derive(Debug)]
+pub struct ActiveQueue {
+    /// Queue index as the driver numbers it.
+    pub index: usize,
+    /// The validated queue.
+    pub queue: Queue,
+    /// Signalled when the driver notifies the queue.
+    pub notify: EventFd,
+}
+
+/// How a running device reaches the driver. Implemented by each transport.
+pub trait Interrupt: Send + Sync {
+    /// Used buffers were added to queue `queue_index`.
+    fn signal_used_queue(&self, queue_index: usize);
+    /// The device configuration space changed.
+    fn signal_config_changed(&self);
+    /// The device hit an unrecoverable error (e.g. an invalid descriptor
+    /// chain): sets DEVICE_NEEDS_RESET and sends a configuration interrupt.
+    fn set_needs_reset(&self);
+}
+
+/// The device-specific half of a virtio device.
+pub trait VirtioDevice: Send {
+    /// Virtio device type (e.g. [`VIRTIO_ID_RNG`]).
+    fn device_type(&self) -> u32;
+
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Device-specific feature bits; the transport adds the ring and
+    /// version bits it implements.
+    fn features(&self) -> u64;
+
+    /// The features the driver accepted at FEATURES_OK (a subset of the
+    /// offered ones).
+    fn ack_features(&mut self, features: u64);
+
+    /// Reads the device configuration space; out-of-range bytes read as 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// Writes the device configuration space; out-of-range bytes are
+    /// dropped.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+
+    /// Starts the device once the driver set DRIVER_OK.
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError>;
+
+    /// Stops the device (joins any worker) and forgets all driver state.
+    fn reset(&mut self);
+}

@@ -1,0 +1,427 @@
+//! The modern (virtio 1.x) PCI transport.
+//!
+//! [`VirtioPciDevice`] wraps a [`VirtioDevice`] as a PCI function: vendor
+//! 0x1af4, device 0x1040 + type, revision 1. It owns the configuration space
+//! with the virtio vendor capabilities and the MSI-X capability, BAR 0 with
+//! the common config, ISR, device config, notify and MSI-X regions, the
+//! feature negotiation and device status state machine, the queues until
+//! activation, and one notify [`EventFd`] per queue the VMM can register as
+//! an ioeventfd. Register layouts follow virtio 1.2 section 4.1.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::pci::msix::{MSIX_CAPABILITY_ID, MsixConfig};
+use crate::pci::{BarRegion, BarType, PciConfiguration, PciDevice, PciError, PciIds};
+
+pub use super::pci_interrupt::PciInterrupt;
+use super::{ActiveQueue, Interrupt, Queue, VirtioDevice};
+use common::CommonConfig;
+
+mod common;
+
+/// PCI vendor ID of virtio devices.
+pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
+/// Device ID of a modern device of type 0.
+pub const VIRTIO_PCI_DEVICE_ID_BASE: u16 = 0x1040;
+/// Subsystem ID (non-transitional devices use 0x40 or higher, 4.1.2.1).
+pub const VIRTIO_PCI_SUBSYSTEM_ID: u16 = 0x1100;
+
+/// The one BAR, a 64-bit memory BAR holding every region below.
+pub const VIRTIO_BAR: usize = 0;
+/// Size of [`VIRTIO_BAR`].
+pub const VIRTIO_BAR_SIZE: u64 = 0x8000;
+/// Common configuration structure.
+pub const COMMON_CONFIG_OFFSET: u64 = 0x0000;
+/// Size reserved for it.
+pub const COMMON_CONFIG_SIZE: u64 = 0x1000;
+/// ISR status byte.
+pub const ISR_OFFSET: u64 = 0x1000;
+/// Size reserved for it.
+pub const ISR_SIZE: u64 = 0x1000;
+/// Device-specific configuration.
+pub const DEVICE_CONFIG_OFFSET: u64 = 0x2000;
+/// Size reserved for it.
+pub const DEVICE_CONFIG_SIZE: u64 = 0x1000;
+/// Queue notify addresses: queue `n` at `NOTIFY_OFFSET + n * multiplier`.
+pub const NOTIFY_OFFSET: u64 = 0x3000;
+/// Size reserved for them.
+pub const NOTIFY_SIZE: u64 = 0x1000;
+/// Bytes between two queues' notify addresses.
+pub const NOTIFY_OFF_MULTIPLIER: u32 = 4;
+/// MSI-X table.
+pub const MSIX_TABLE_OFFSET: u64 = 0x4000;
+/// MSI-X pending bit array.
+pub const MSIX_PBA_OFFSET: u64 = 0x6000;
+/// Most vectors that fit between table and PBA.
+const MAX_VECTORS: usize = ((MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) / 16) as usize;
+
+/// Vendor-specific capability ID used by virtio.
+const PCI_CAP_ID_VNDR: u8 = 0x09;
+const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
+const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
+const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
+const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
+
+/// Why the transport could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioPciError {
+    /// Configuration space or BAR set-up failed.
+    #[error("PCI set-up: {0}")]
+    Pci(#[from] PciError),
+    /// MSI-X set-up failed.
+    #[error("MSI-X set-up: {0}")]
+    Msix(#[from] crate::pci::MsixError),
+    /// An eventfd could not be created or cloned.
+    #[error("eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    /// The device declares no queues or more than the vector table holds.
+    #[error("device has {0} queues")]
+    QueueCount(usize),
+}
+
+/// Where the VMM should register a queue's ioeventfd.
+#[derive(Debug)]
+pub struct QueueNotifier {
+    /// Queue index.
+    pub queue: usize,
+    /// Guest-physical notify address (valid once BAR 0 is assigned).
+    pub addr: u64,
+    /// Width of the driver's notify write (a 16-bit queue index).
+    pub len: u64,
+    /// Clone of the queue's notify eventfd.
+    pub eventfd: EventFd,
+}
+
+/// A virtio device behind the modern PCI transport; see the module docs.
+pub struct VirtioPciDevice {
+    config: PciConfiguration,
+    msix_cap_offset: usize,
+    msix: Arc<Mutex<MsixConfig>>,
+    interrupt: Arc<PciInterrupt>,
+    common: CommonConfig,
+    device: Box<dyn VirtioDevice>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<EventFd>,
+    mem: Arc<GuestMemoryMmap>,
+    bar_addr: Option<u64>,
+}
+
+impl std::fmt::Debug for VirtioPciDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioPciDevice")
+            .field("device_type", &self.device.device_type())
+            .field("common", &self.common)
+            .field("bar_addr", &self.bar_addr)
+            .finish()
+    }
+}
+
+/// Builds a virtio vendor capability body (after ID and next pointer).
+fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec<u8> {
+    let cap_len: u8 = if extra.is_some() { 20 } else { 16 };
+    // Offsets and lengths are the BAR layout constants above, all < 4 GiB.
+    let mut body = vec![cap_len, cfg_type, VIRTIO_BAR as u8, 0, 0, 0];
+    body.extend_from_slice(&(offset as u32).to_le_bytes());
+    body.extend_from_slice(&(length as u32).to_le_bytes());
+    if let Some(extra) = extra {
+        body.extend_from_slice(&extra.to_le_bytes());
+    }
+    body
+}
+
+fn class_for(device_type: u32) -> (u8, u8) {
+    match device_type {
+        1 => (0x02, 0x00), // network controller
+        2 => (0x01, 0x80), // mass storage, other
+        _ => (0xff, 0x00), // unclassified
+    }
+}
+
+impl VirtioPciDevice {
+    /// Wraps `device`; guest memory is what its queues will live in.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: Arc<GuestMemoryMmap>,
+    ) -> Result<VirtioPciDevice, VirtioPciError> {
+        let num_queues = device.queue_max_sizes().len();
+        if num_queues == 0 || num_queues >= MAX_VECTORS {
+            return Err(VirtioPciError::QueueCount(num_queues));
+        }
+        let device_type = device.device_type();
+        let (class, subclass) = class_for(device_type);
+        let mut config = PciConfiguration::new(PciIds {
+            vendor_id: VIRTIO_PCI_VENDOR_ID,
+            // Device types are small; anything that would not fit is not a
+            // virtio device we model.
+            device_id: VIRTIO_PCI_DEVICE_ID_BASE.wrapping_add(device_type as u16),
+            revision_id: 1,
+            class,
+            subclass,
+            prog_if: 0,
+            subsystem_vendor_id: VIRTIO_PCI_VENDOR_ID,
+            subsystem_id: VIRTIO_PCI_SUBSYSTEM_ID,
+        });
+        config.set_interrupt_pin(1);
+        config.add_bar(BarRegion {
+            index: VIRTIO_BAR,
+            size: VIRTIO_BAR_SIZE,
+            bar_type: BarType::Memory64,
+            prefetchable: false,
+        })?;
+        let caps = [
+            virtio_cap(
+                VIRTIO_PCI_CAP_COMMON_CFG,
+                COMMON_CONFIG_OFFSET,
+                COMMON_CONFIG_SIZE,
+                None,
+            ),
+            virtio_cap(VIRTIO_PCI_CAP_ISR_CFG, ISR_OFFSET, ISR_SIZE, None),
+            virtio_cap(
+                VIRTIO_PCI_CAP_DEVICE_CFG,
+                DEVICE_CONFIG_OFFSET,
+                DEVICE_CONFIG_SIZE,
+                None,
+            ),
+            virtio_cap(
+                VIRTIO_PCI_CAP_NOTIFY_CFG,
+                NOTIFY_OFFSET,
+                NOTIFY_SIZE,
+                Some(NOTIFY_OFF_MULTIPLIER),
+            ),
+        ];
+        for body in caps {
+            config.add_capability(PCI_CAP_ID_VNDR, &body, &[])?;
+        }
+        // One vector per queue plus one for configuration changes.
+        let vectors =
+            u16::try_from(num_queues + 1).map_err(|_| VirtioPciError::QueueCount(num_queues))?;
+        let msix = MsixConfig::new(vectors)?;
+        let body = msix.capability_body(
+            VIRTIO_BAR as u8,
+            MSIX_TABLE_OFFSET as u32,
+            MSIX_PBA_OFFSET as u32,
+        );
+        let msix_cap_offset = config.add_capability(
+            MSIX_CAPABILITY_ID,
+            &body,
+            &MsixConfig::capability_writable_mask(),
+        )?;
+        let msix = Arc::new(Mutex::new(msix));
+        let intx = EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?;
+        let interrupt = Arc::new(PciInterrupt::new(msix.clone(), intx, num_queues));
+        let queues: Vec<Queue> = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max))
+            .collect();
+        let queue_evts = (0..num_queues)
+            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VirtioPciDevice {
+            config,
+            msix_cap_offset,
+            msix,
+            interrupt,
+            common: CommonConfig::default(),
+            device,
+            queues,
+            queue_evts,
+            mem,
+            bar_addr: None,
+        })
+    }
+
+    /// The MSI-X state: per-vector eventfds for irqfd, the messages the
+    /// guest programmed, and the route-change hook.
+    pub fn msix(&self) -> Arc<Mutex<MsixConfig>> {
+        self.msix.clone()
+    }
+
+    /// The interrupt state (INTx eventfd, ISR, vector assignment).
+    pub fn interrupt(&self) -> Arc<PciInterrupt> {
+        self.interrupt.clone()
+    }
+
+    /// Where to register each queue's ioeventfd; `None` before BAR 0 is
+    /// assigned.
+    pub fn queue_notifiers(&self) -> Result<Option<Vec<QueueNotifier>>, VirtioPciError> {
+        let Some(bar) = self.bar_addr else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for (queue, evt) in self.queue_evts.iter().enumerate() {
+            out.push(QueueNotifier {
+                queue,
+                addr: bar + NOTIFY_OFFSET + queue as u64 * u64::from(NOTIFY_OFF_MULTIPLIER),
+                len: 2,
+                eventfd: evt.try_clone().map_err(VirtioPciError::EventFd)?,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// Notifies queue `index`, as a driver write to its notify address does.
+    pub fn notify_queue(&self, index: usize) {
+        match self.queue_evts.get(index) {
+            Some(evt) => {
+                if let Err(e) = evt.write(1) {
+                    log::warn!("virtio-pci: cannot notify queue {index}: {e}");
+                }
+            }
+            None => log::debug!("virtio-pci: notify of missing queue {index}"),
+        }
+    }
+
+    /// The device status as the driver reads it.
+    pub fn device_status(&self) -> u8 {
+        self.common.status(&self.interrupt)
+    }
+
+    fn device_config_access(&mut self, offset: u64, read: Option<&mut [u8]>, write: &[u8]) {
+        match read {
+            Some(data) => self.device.read_config(offset, data),
+            None => self.device.write_config(offset, write),
+        }
+    }
+
+    /// Starts the device with the enabled queues, or flags NEEDS_RESET.
+    fn activate(&mut self) -> bool {
+        let features = self.common.driver_features;
+        let mut active = Vec::new();
+        for (index, queue) in self.queues.iter_mut().enumerate() {
+            if !queue.ready {
+                continue;
+            }
+            queue.event_idx = features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
+            queue.indirect = features & (1 << super::VIRTIO_RING_F_INDIRECT_DESC) != 0;
+            let notify = self.queue_evts.get(index).map(EventFd::try_clone);
+            match (queue.validate(&self.mem), notify) {
+                (Ok(()), Some(Ok(notify))) => active.push(ActiveQueue {
+                    index,
+                    queue: queue.clone(),
+                    notify,
+                }),
+                (Err(e), _) => {
+                    log::warn!("virtio-pci: queue {index} rejected: {e}");
+                    return false;
+                }
+                (_, _) => return false,
+            }
+        }
+        let interrupt: Arc<dyn Interrupt> = self.interrupt.clone();
+        match self.device.activate(self.mem.clone(), interrupt, active) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("virtio-pci: activation failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Device reset (status 0): stops the device and forgets all driver
+    /// state except PCI-level configuration (BARs, MSI-X table).
+    fn reset(&mut self) {
+        self.device.reset();
+        for queue in &mut self.queues {
+            queue.reset();
+        }
+        self.common = CommonConfig::default();
+        self.interrupt.reset();
+        // Drop notifications that arrived for the old queues.
+        for evt in &self.queue_evts {
+            let _ = evt.read();
+        }
+    }
+
+    fn msix_control_touched(&self, offset: usize, len: usize) -> bool {
+        let control = self.msix_cap_offset + 2;
+        offset < control + 2 && control < offset + len
+    }
+
+    fn bar_access(&mut self, offset: u64, read: Option<&mut [u8]>, write: &[u8]) {
+        let in_region = |base: u64, size: u64| offset.checked_sub(base).filter(|o| *o < size);
+        if let Some(o) = in_region(COMMON_CONFIG_OFFSET, COMMON_CONFIG_SIZE) {
+            match read {
+                Some(data) => self.common_read(o, data),
+                None => self.common_write(o, write),
+            }
+        } else if let Some(o) = in_region(ISR_OFFSET, ISR_SIZE) {
+            if let Some(data) = read {
+                data.fill(0);
+                if let (0, Some(b)) = (o, data.first_mut()) {
+                    *b = self.interrupt.read_and_clear_isr();
+                }
+            }
+        } else if let Some(o) = in_region(DEVICE_CONFIG_OFFSET, DEVICE_CONFIG_SIZE) {
+            self.device_config_access(o, read, write);
+        } else if let Some(o) = in_region(NOTIFY_OFFSET, NOTIFY_SIZE) {
+            match read {
+                Some(data) => data.fill(0),
+                None => self.notify_queue((o / u64::from(NOTIFY_OFF_MULTIPLIER)) as usize),
+            }
+        } else {
+            self.msix_access(offset, read, write);
+        }
+    }
+
+    fn msix_access(&mut self, offset: u64, read: Option<&mut [u8]>, write: &[u8]) {
+        let mut msix = self.msix.lock().unwrap_or_else(PoisonError::into_inner);
+        let table = offset
+            .checked_sub(MSIX_TABLE_OFFSET)
+            .filter(|o| *o < msix.table_size());
+        let pba = offset
+            .checked_sub(MSIX_PBA_OFFSET)
+            .filter(|o| *o < msix.pba_size());
+        match (read, table, pba) {
+            (Some(data), Some(o), _) => msix.read_table(o, data),
+            (Some(data), None, Some(o)) => msix.read_pba(o, data),
+            (Some(data), None, None) => data.fill(0),
+            (None, Some(o), _) => msix.write_table(o, write),
+            (None, _, _) => {}
+        }
+    }
+}
+
+impl PciDevice for VirtioPciDevice {
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+
+    fn config_write(&mut self, offset: usize, data: &[u8]) {
+        self.config.write(offset, data);
+        if self.msix_control_touched(offset, data.len()) {
+            let control = self.config.read_u16(self.msix_cap_offset + 2);
+            self.msix
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .set_control(control);
+        }
+    }
+
+    fn bar_regions(&self) -> Vec<BarRegion> {
+        self.config.bar_regions()
+    }
+
+    fn assign_bar(&mut self, index: usize, addr: u64) -> Result<(), PciError> {
+        self.config.set_bar_address(index, addr)?;
+        self.bar_addr = Some(addr);
+        Ok(())
+    }
+
+    fn bar_read(&mut self, index: usize, offset: u64, data: &mut [u8]) {
+        if index != VIRTIO_BAR {
+            data.fill(0xff);
+            return;
+        }
+        self.bar_access(offset, Some(data), &[]);
+    }
+
+    fn bar_write(&mut self, index: usize, offset: u64, data: &[u8]) {
+        if index == VIRTIO_BAR {
+            self.bar_access(offset, None, data);
+        }
+    }
+}
