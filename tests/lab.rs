@@ -5,107 +5,32 @@
 //! base64-encoded as `guest.run=` on the kernel command line, prints
 //! `vmm-guest: run exit=S`, and powers off with `poweroff -f`.
 //!
-//! The lab is slow (QEMU TCG around a nested KVM), so the tests take turns on one lock.
+//! The lab is slow (QEMU TCG around a nested KVM), so the tests take turns (common::lab).
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Mutex;
-use std::time::Duration;
-
-static LAB: Mutex<()> = Mutex::new(());
-
-/// How long one lab run may take before the test fails (tools/lab has its own timeout).
-const LAB_LIMIT: Duration = Duration::from_secs(900);
-const LAB_TIMEOUT_ARG: &str = "800";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Whether the lab can run here; says so loudly when not, and fails under CI.
-fn require_lab() -> bool {
-    let kit = repo().join("target/lab/guest/vmlinuz");
-    let qemu = std::path::Path::new("/usr/bin/qemu-system-x86_64");
-    let ready = kit.exists() && qemu.exists();
-    if !ready {
-        let message = "THIS TEST NEEDS THE NESTED LAB: run `tools/lab kit` (tools/test does) first";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}; CI must be able to run every test");
-        }
-        eprintln!("\n!!! SKIPPED: {message} !!!\n");
-    }
-    ready
-}
-
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// The result of one lab run.
-struct LabRun {
-    status: Option<i32>,
-    output: String,
-}
-
-impl LabRun {
-    /// The `vmm-guest: cpus=N memtotal_kb=M` line's numbers.
-    fn guest_report(&self) -> Option<(u32, u64)> {
-        let line = self
-            .output
-            .lines()
-            .find(|l| l.contains("vmm-guest: cpus="))?;
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|word| word.strip_prefix(name))
-                .map(|value| value.trim().to_string())
-        };
-        Some((
-            field("cpus=")?.parse().ok()?,
-            field("memtotal_kb=")?.parse().ok()?,
-        ))
-    }
-}
+use common::lab::{self, LabRun, base64, guest_params, require_lab};
 
 /// Boots `kernel` (a path inside the lab, e.g. /guest/vmlinuz) under vmm in the lab with
 /// the guest running `script`.
 fn boot_in_lab(kernel: &str, mem_mib: u32, cpus: u32, script: &str) -> LabRun {
-    let _turn = LAB.lock().unwrap_or_else(|p| p.into_inner());
-    let params = format!("console=ttyS0 guest.run={}", base64(script.as_bytes()));
-    let mut command = Command::new(repo().join("tools/lab"));
-    command
-        .env("VMM_BIN", env!("CARGO_BIN_EXE_vmm"))
-        .args(["--timeout", LAB_TIMEOUT_ARG, "--", "vmm", "run"])
-        .args(["--mem", &mem_mib.to_string(), "--cpus", &cpus.to_string()])
-        .args(["--initrd", "/guest/initrd.img", "--params", &params, kernel]);
-    let output = common::run_with_timeout(command, LAB_LIMIT);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    LabRun {
-        status: output.status.code(),
-        output: text,
-    }
+    let command: Vec<String> = [
+        "vmm",
+        "run",
+        "--mem",
+        &mem_mib.to_string(),
+        "--cpus",
+        &cpus.to_string(),
+        "--initrd",
+        "/guest/initrd.img",
+        "--params",
+        &guest_params(script),
+        kernel,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    lab::run(&[], &command)
 }
 
 #[test]

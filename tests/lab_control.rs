@@ -10,72 +10,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
-use std::time::Duration;
-
 use common::Scratch;
-
-static LAB: Mutex<()> = Mutex::new(());
-
-/// How long one lab run may take before the test fails (tools/lab has its own timeout).
-const LAB_LIMIT: Duration = Duration::from_secs(900);
-const LAB_TIMEOUT_ARG: &str = "800";
+use common::lab::{self, LabRun, guest_params, require_lab};
 
 /// The word the host writes at the start of the registered memory, and how the guest's
 /// busybox devmem prints it.
 const PATTERN_BYTES_OCTAL: &str = r"\015\360\336\300"; // 0xc0def00d, little-endian
 const PATTERN_DEVMEM: &str = "0xC0DEF00D";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Whether the lab can run here; says so loudly when not, and fails under CI.
-fn require_lab() -> bool {
-    let kit = repo().join("target/lab/guest/vmlinuz");
-    let qemu = Path::new("/usr/bin/qemu-system-x86_64");
-    let ready = kit.exists() && qemu.exists();
-    if !ready {
-        let message = "THIS TEST NEEDS THE NESTED LAB: run `tools/lab kit` (tools/test does) first";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}; CI must be able to run every test");
-        }
-        eprintln!("\n!!! SKIPPED: {message} !!!\n");
-    }
-    ready
-}
-
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The shell prelude of every lab script: start vmm on /guest/vmlinuz with the guest
 /// running `guest_script`, its console on stdout or in `serial`, and wait (bounded) for
 /// its control socket. `$vmm` holds its pid.
 fn start_vmm(guest_script: &str, serial: &str) -> String {
-    let params = format!(
-        "console=ttyS0 guest.run={}",
-        base64(guest_script.as_bytes())
-    );
+    let params = guest_params(guest_script);
     format!(
         r#"rm -f /tmp/vmm.sock
 vmm run --socket /tmp/vmm.sock --serial {serial} --mem 256 --cpus 1 \
@@ -99,33 +46,15 @@ echo "lab-script: vmm exit=$status"
 exit $status
 "#;
 
-/// The result of one lab run.
-struct LabRun {
-    status: Option<i32>,
-    output: String,
-}
-
 /// Runs `script` with `sh` in the outer VM.
 fn run_in_lab(name: &str, script: &str) -> LabRun {
-    let _turn = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let scratch = Scratch::new(name);
     let host_script = scratch.write("script.sh", script.as_bytes());
-    let mut command = Command::new(repo().join("tools/lab"));
-    command
-        .env("VMM_BIN", env!("CARGO_BIN_EXE_vmm"))
-        .args(["--timeout", LAB_TIMEOUT_ARG])
-        .arg("--file")
-        .arg(format!("{}=/lab-script.sh", host_script.display()))
-        .args(["--", "sh", "/lab-script.sh"]);
-    let output = common::run_with_timeout(command, LAB_LIMIT);
-    LabRun {
-        status: output.status.code(),
-        output: format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
+    let file = format!("{}=/lab-script.sh", host_script.display());
+    lab::run(
+        &["--file".to_string(), file],
+        &["sh".to_string(), "/lab-script.sh".to_string()],
+    )
 }
 
 #[test]
@@ -244,7 +173,6 @@ exit $status
 fn scripts_start_vmm_with_the_guest_script_encoded_on_the_command_line() {
     let prelude = start_vmm("true", "stdio");
 
-    assert!(prelude.contains(&format!("guest.run={}", base64(b"true"))));
+    assert!(prelude.contains(&guest_params("true")));
     assert!(prelude.contains("--socket /tmp/vmm.sock"));
-    assert_eq!(base64(b"reboot -f"), "cmVib290IC1m");
 }
