@@ -209,6 +209,11 @@ impl Driver {
         self.wr(c + 0x18, u64::from(qsize), 2);
         self.wr(c + 0x1a, 1, 2);
         assert_eq!(self.rd(c + 0x1a, 2), 1);
+        // Fresh rings, as vring_create_virtqueue allocates zeroed ones.
+        self.avail_idx = 0;
+        for addr in [AVAIL, USED] {
+            self.mem.write_obj(0u32, GuestAddress(addr)).unwrap();
+        }
         // Linux writes 64-bit addresses as two 32-bit halves.
         for (off, addr) in [(0x20, DESC), (0x28, AVAIL), (0x30, USED)] {
             self.wr(c + off, addr & 0xffff_ffff, 4);
@@ -216,10 +221,6 @@ impl Driver {
         }
         self.wr(c + 0x1c, 1, 2);
         self.set_status(S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
-        self.avail_idx = 0;
-        for addr in [AVAIL, USED] {
-            self.mem.write_obj(0u32, GuestAddress(addr)).unwrap();
-        }
     }
 
     fn notify_addr(&self) -> u64 {
