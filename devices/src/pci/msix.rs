@@ -303,7 +303,7 @@ impl MsixConfig {
             let bit0 = offset.saturating_add(i as u64).saturating_mul(8);
             *byte = (0..8u64)
                 .filter(|b| {
-                    usize::try_from(bit0 + b)
+                    usize::try_from(bit0.saturating_add(*b))
                         .ok()
                         .and_then(|v| self.pending.get(v))
                         .copied()
