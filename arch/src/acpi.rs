@@ -7,7 +7,8 @@
 //! - FACS (empty: no global lock, no waking vector), referenced by the FADT;
 //! - FADT describing a non-hardware-reduced PC: SCI on IRQ 9, PM1a event and
 //!   control blocks at I/O 0x600/0x604 (power off), reset via I/O 0xcf9;
-//! - DSDT with just the `\_S5` sleep-type package (so Linux can power off);
+//! - DSDT with the `\_S5` sleep-type package (so Linux can power off) and the PCI root
+//!   bridge (so Linux scans PCI bus 0);
 //! - MADT with one local APIC per vCPU, the I/O APIC and the SCI override.
 //!
 //! Devices the VMM must provide to match: a PM1 block at 0x600 (status/enable,
@@ -303,28 +304,56 @@ fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     finish(t.as_bytes().to_vec())
 }
 
-/// The DSDT's AML body: `Name (\_S5, Package (4) { 5, 5, 0, 0 })`.
+/// The DSDT's AML body:
 ///
-/// ```text
-/// 08                 NameOp
-/// 5C 5F 53 35 5F     NameString "\_S5_" (root prefix + NameSeg)
-/// 12                 PackageOp
-/// 08                 PkgLength: 8 bytes, counting itself through the end
-/// 04                 NumElements 4
-/// 0A 05              BytePrefix 5   SLP_TYPa for PM1a_CNT
-/// 0A 05              BytePrefix 5   SLP_TYPb (no PM1b; kept equal)
-/// 00                 ZeroOp         reserved
-/// 00                 ZeroOp         reserved
-/// ```
-pub const DSDT_AML: [u8; 15] = [
-    0x08, 0x5c, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00,
-];
+/// - `Name (\_S5, Package (4) { 5, 5, 0, 0 })`: the sleep type for S5 (power off), written
+///   with SLP_EN to PM1a_CNT; the value 5 is what devices::acpi_pm acts on.
+/// - `Device (\_SB.PCI0)`: the PCI root bridge (`PNP0A03`). With ACPI on, Linux scans
+///   only the root bridges the DSDT declares, so without it no PCI device is ever found.
+///   Its `_CRS` gives bus numbers 0-255, the configuration ports 0xCF8-0xCFF, the rest of
+///   the I/O space, and the 32-bit MMIO window where the VMM places BARs
+///   ([`MMIO_HOLE_START`](crate::layout::MMIO_HOLE_START) up to the IOAPIC).
+pub fn dsdt_aml() -> Vec<u8> {
+    use crate::aml::{self, AddressSpace};
+    let s5 = aml::name(
+        b"\\_S5_",
+        &aml::package(&[
+            aml::integer(5),
+            aml::integer(5),
+            aml::integer(0),
+            aml::integer(0),
+        ]),
+    );
+    // Type-specific flags 3 for I/O: the window covers ISA and non-ISA ranges.
+    let crs = aml::resource_template(&[
+        aml::word_address_space(AddressSpace::BusNumber, 0, 0, 0xff),
+        aml::io_port(0xcf8, 8),
+        aml::word_address_space(AddressSpace::Io, 3, 0x0000, 0x0cf7),
+        aml::word_address_space(AddressSpace::Io, 3, 0x0d00, 0xffff),
+        aml::dword_memory(
+            crate::layout::MMIO_HOLE_START as u32,
+            (crate::layout::IOAPIC_ADDR - 1) as u32,
+        ),
+    ]);
+    let pci0_body = [
+        aml::name(b"_HID", &aml::eisa_id(b"PNP0A03")),
+        aml::name(b"_UID", &aml::integer(0)),
+        aml::name(b"_BBN", &aml::integer(0)),
+        aml::name(b"_SEG", &aml::integer(0)),
+        aml::name(b"_CRS", &crs),
+    ]
+    .concat();
+    // \_SB.PCI0: root prefix, dual-name prefix, two NameSegs.
+    let pci0 = aml::device(b"\\\x2e_SB_PCI0", &pci0_body);
+    [s5, pci0].concat()
+}
 
 /// Builds the DSDT. Revision 2 means AML integers are 64-bit.
 fn dsdt() -> Vec<u8> {
-    let len = size_of::<SdtHeader>() + DSDT_AML.len();
+    let body = dsdt_aml();
+    let len = size_of::<SdtHeader>() + body.len();
     let mut bytes = SdtHeader::new(b"DSDT", len, 2).as_bytes().to_vec();
-    bytes.extend_from_slice(&DSDT_AML);
+    bytes.extend_from_slice(&body);
     finish(bytes)
 }
 
@@ -518,7 +547,7 @@ pub fn build_acpi_tables(base: u64, num_cpus: u8) -> Result<AcpiTables> {
     let fadt_addr = align_up(xsdt_addr + xsdt_len as u64);
     let facs_addr = (fadt_addr + size_of::<Fadt>() as u64).div_ceil(FACS_ALIGN) * FACS_ALIGN;
     let dsdt_addr = align_up(facs_addr + size_of::<Facs>() as u64);
-    let dsdt_len = size_of::<SdtHeader>() + DSDT_AML.len();
+    let dsdt_len = size_of::<SdtHeader>() + dsdt_aml().len();
     let madt_addr = align_up(dsdt_addr + dsdt_len as u64);
     let end = madt_addr + madt_len(num_cpus) as u64;
     if end > HIMEM_START {
@@ -685,6 +714,26 @@ mod tests {
             0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 5, 0x0a, 5, 0, 0,
         ];
         assert!(d.windows(s5.len()).any(|w| w == s5));
+    }
+
+    #[test]
+    fn dsdt_declares_the_pci_root_bridge_with_its_windows() {
+        let t = build(1);
+        let d = &get(&t, "DSDT").bytes;
+        let contains = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
+        // Device (\_SB.PCI0) and its _HID PNP0A03.
+        assert!(contains(&[0x5b, 0x82]));
+        assert!(contains(b"\\\x2e_SB_PCI0"));
+        assert!(contains(&[
+            b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03
+        ]));
+        // The BAR window: 0xC0000000..=0xFEBFFFFF.
+        assert!(contains(&crate::aml::dword_memory(
+            0xc000_0000,
+            0xfebf_ffff
+        )));
+        // The config ports.
+        assert!(contains(&crate::aml::io_port(0xcf8, 8)));
     }
 
     /// Walks the MADT's variable-length entries: (type, bytes).

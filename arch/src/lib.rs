@@ -18,6 +18,7 @@
 compile_error!("the arch crate only supports x86_64 hosts and guests");
 
 pub mod acpi;
+pub mod aml;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
