@@ -353,3 +353,77 @@ mod tests {
         }
     }
 }
+
+/// A window onto part of another device's register range: accesses at `offset` in the
+/// window reach the device at `offset + skip`. For ranges that real chipsets interleave,
+/// such as PCI configuration mechanism #1 (0xCF8 address, 0xCFC-0xCFF data) around the
+/// reset control register at 0xCF9.
+pub struct BusWindow {
+    device: Arc<Mutex<dyn BusDevice>>,
+    skip: u64,
+}
+
+impl BusWindow {
+    pub fn new(device: Arc<Mutex<dyn BusDevice>>, skip: u64) -> BusWindow {
+        BusWindow { device, skip }
+    }
+}
+
+impl BusDevice for BusWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let mut device = self.device.lock().unwrap_or_else(|p| p.into_inner());
+        device.read(offset.saturating_add(self.skip), data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut device = self.device.lock().unwrap_or_else(|p| p.into_inner());
+        device.write(offset.saturating_add(self.skip), data);
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    /// Remembers the offset of the last access.
+    struct Recorder(u64);
+
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            self.0 = offset;
+            data.fill(0x5a);
+        }
+        fn write(&mut self, offset: u64, _data: &[u8]) {
+            self.0 = offset;
+        }
+    }
+
+    #[test]
+    fn window_shifts_offsets_into_the_device() {
+        let recorder = Arc::new(Mutex::new(Recorder(u64::MAX)));
+        let mut bus = Bus::new();
+        bus.insert(recorder.clone(), 0xcf8, 1)
+            .expect("address register");
+        bus.insert(
+            Arc::new(Mutex::new(BusWindow::new(recorder.clone(), 4))),
+            0xcfc,
+            4,
+        )
+        .expect("data window");
+
+        let mut data = [0u8; 2];
+        assert!(bus.read(0xcfe, &mut data));
+        assert_eq!(
+            recorder.lock().expect("lock").0,
+            6,
+            "0xcfe is offset 6 of 0xcf8"
+        );
+        assert_eq!(data, [0x5a, 0x5a]);
+        assert!(bus.write(0xcf8, &[0; 4]));
+        assert_eq!(recorder.lock().expect("lock").0, 0);
+        assert!(
+            !bus.write(0xcf9, &[6]),
+            "0xcf9 stays free for the reset register"
+        );
+    }
+}
