@@ -7,22 +7,30 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arch::layout;
-use devices::{AcpiPm, Bus, BusDevice, Cmos, I8042, ResetControl, Serial};
+use devices::pci::{
+    self, BarAllocator, MsixRouteUpdate, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciDevice, PciRoot,
+};
+use devices::virtio::{Rng, VirtioDevice, VirtioPciDevice};
+use devices::{AcpiPm, Bus, BusDevice, BusWindow, Cmos, I8042, ResetControl, Serial};
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use log::debug;
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
+use log::{debug, warn};
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::cli::SerialOutput;
 use crate::config::VmConfig;
+use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
 /// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
 const KVM_TSS_ADDRESS: usize = layout::KVM_TSS_ADDRESS as usize;
 const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// Where the data window of PCI configuration mechanism #1 starts, from 0xCF8.
+const PCI_CONFIG_DATA_OFFSET: u64 = 4;
 
 /// The serial port's ISA interrupt line.
 const COM1_PORT: u64 = 0x3f8;
@@ -88,6 +96,8 @@ pub enum BuildError {
     },
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
+    #[error("cannot set up a device: {0}")]
+    Device(String),
     #[error("cannot place a device on the bus: {0}")]
     Bus(#[from] devices::BusError),
 }
@@ -110,7 +120,7 @@ pub struct Console {
 
 /// A VM ready to run: memory mapped and loaded, devices on their buses, vCPUs configured.
 pub struct Vm {
-    pub vm_fd: VmFd,
+    pub vm_fd: Arc<VmFd>,
     /// KVM memory slots guest RAM uses (0..ram_slots), and how many KVM offers in all.
     pub ram_slots: u32,
     pub max_slots: u32,
@@ -139,7 +149,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
     let memory = map_guest_memory(config.mem_bytes)?;
     std::thread::scope(|scope| {
         let loader = scope.spawn(|| load_images(&memory, config));
-        let vm_fd = create_vm(kvm)?;
+        let vm_fd = Arc::new(create_vm(kvm)?);
         register_guest_memory(&vm_fd, &memory)?;
         debug!(
             "VM created with irqchip, PIT and {} MiB of RAM",
@@ -151,7 +161,9 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             reset: new_eventfd()?,
         };
         let console = create_console(&vm_fd, config)?;
-        let pio_bus = Arc::new(create_pio_bus(config, &requests, &console)?);
+        let mut mmio_bus = Bus::new();
+        let pci_root = create_pci(config, &vm_fd, &memory, &mut mmio_bus)?;
+        let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
 
@@ -168,7 +180,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             memory: memory.clone(),
             vcpus,
             pio_bus,
-            mmio_bus: Arc::new(Bus::new()),
+            mmio_bus: Arc::new(mmio_bus),
             requests,
             console,
         })
@@ -406,7 +418,12 @@ fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<Console> {
     })
 }
 
-fn create_pio_bus(config: &VmConfig, requests: &GuestRequests, console: &Console) -> Result<Bus> {
+fn create_pio_bus(
+    config: &VmConfig,
+    requests: &GuestRequests,
+    console: &Console,
+    pci_root: PciRoot,
+) -> Result<Bus> {
     let clone = |evt: &EventFd| evt.try_clone().map_err(BuildError::EventFd);
     let mut bus = Bus::new();
     bus.insert(console.serial.clone(), COM1_PORT, 8)?;
@@ -422,7 +439,114 @@ fn create_pio_bus(config: &VmConfig, requests: &GuestRequests, console: &Console
         8,
     )?;
     bus.insert(shared(ResetControl::new(clone(&requests.reset)?)), 0xcf9, 1)?;
+    // Configuration mechanism #1 shares its ports with the reset register, as on real
+    // chipsets: dword accesses at 0xCF8 are the address register, 0xCF9 is the reset
+    // control register, and 0xCFC-0xCFF are the data window.
+    let pci_root = shared(pci_root);
+    bus.insert(pci_root.clone(), PCI_CONFIG_IO_BASE, 1)?;
+    bus.insert(
+        shared(BusWindow::new(pci_root, PCI_CONFIG_DATA_OFFSET)),
+        PCI_CONFIG_IO_BASE + PCI_CONFIG_DATA_OFFSET,
+        PCI_CONFIG_IO_LEN - PCI_CONFIG_DATA_OFFSET,
+    )?;
     Ok(bus)
+}
+
+/// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for.
+fn create_pci(
+    config: &VmConfig,
+    vm_fd: &Arc<VmFd>,
+    memory: &GuestMemoryMmap,
+    mmio_bus: &mut Bus,
+) -> Result<PciRoot> {
+    let mut pci = PciWiring {
+        root: PciRoot::new(),
+        bars: BarAllocator::default(),
+        router: Arc::new(Mutex::new(GsiRouter::new(vm_fd.clone()))),
+        next_gsi: FIRST_MSI_GSI,
+        vm_fd,
+        memory,
+        mmio_bus,
+    };
+    if config.rng {
+        pci.add_virtio(Box::new(Rng::new()))?;
+    }
+    Ok(pci.root)
+}
+
+/// What adding a virtio device to PCI bus 0 touches.
+struct PciWiring<'a> {
+    root: PciRoot,
+    bars: BarAllocator,
+    router: Arc<Mutex<GsiRouter>>,
+    next_gsi: u32,
+    vm_fd: &'a Arc<VmFd>,
+    memory: &'a GuestMemoryMmap,
+    mmio_bus: &'a mut Bus,
+}
+
+impl PciWiring<'_> {
+    /// Puts `device` on the bus behind the virtio-pci transport: BARs on the MMIO bus,
+    /// queue notifications as ioeventfds (no exit to the VMM), MSI-X vectors as irqfds
+    /// on their own GSIs, routed as the guest programs them.
+    fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<()> {
+        let transport = VirtioPciDevice::new(device, Arc::new(self.memory.clone()))
+            .map_err(|err| BuildError::Device(err.to_string()))?;
+        let transport = Arc::new(Mutex::new(transport));
+        let pci_device: Arc<Mutex<dyn PciDevice>> = transport.clone();
+        let address = self
+            .root
+            .add_device(pci_device.clone())
+            .map_err(|err| BuildError::Device(err.to_string()))?;
+        for bar in pci::allocate_bars(&pci_device, &mut self.bars)
+            .map_err(|err| BuildError::Device(err.to_string()))?
+        {
+            self.mmio_bus.insert(bar.bus_device, bar.base, bar.size)?;
+        }
+        let transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+        let notifiers = transport
+            .queue_notifiers()
+            .map_err(|err| BuildError::Device(err.to_string()))?
+            .unwrap_or_default();
+        for notifier in notifiers {
+            self.vm_fd
+                .register_ioevent(
+                    &notifier.eventfd,
+                    &IoEventAddress::Mmio(notifier.addr),
+                    NoDatamatch,
+                )
+                .map_err(kvm_step("register a queue notification"))?;
+        }
+        self.wire_msix(&transport)?;
+        debug!("virtio device at PCI {address:?}");
+        Ok(())
+    }
+
+    fn wire_msix(&mut self, transport: &VirtioPciDevice) -> Result<()> {
+        let msix = transport.msix();
+        let mut msix = msix.lock().unwrap_or_else(|p| p.into_inner());
+        let first_gsi = self.next_gsi;
+        for vector in 0..msix.num_vectors() {
+            if let Some(eventfd) = msix.eventfd(vector) {
+                self.vm_fd
+                    .register_irqfd(eventfd, first_gsi + u32::from(vector))
+                    .map_err(kvm_step("route a device interrupt"))?;
+            }
+        }
+        self.next_gsi += u32::from(msix.num_vectors());
+        let router = self.router.clone();
+        msix.set_route_handler(Box::new(move |update: MsixRouteUpdate| {
+            let gsi = first_gsi + u32::from(update.vector);
+            let mut router = router.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(err) = router.set_msi(gsi, update.message.address, update.message.data) {
+                warn!(
+                    "cannot route MSI-X vector {} (GSI {gsi}): {err}",
+                    update.vector
+                );
+            }
+        }));
+        Ok(())
+    }
 }
 
 fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {

@@ -54,6 +54,10 @@ pub struct RunArgs {
     #[argh(option, default = "SerialOutput::Stdio", from_str_fn(parse_serial))]
     pub serial: SerialOutput,
 
+    /// give the guest a virtio-rng device fed from the host's getrandom(2)
+    #[argh(switch)]
+    pub rng: bool,
+
     /// control socket to create (SOCK_SEQPACKET, mode 0600); see docs/control-protocol.md
     #[argh(option)]
     pub socket: Option<PathBuf>,
@@ -62,6 +66,10 @@ pub struct RunArgs {
     /// root always are)
     #[argh(option)]
     pub socket_allow_uid: Vec<u32>,
+
+    /// run without the seccomp sandbox (for debugging a missing policy entry; logged)
+    #[argh(switch)]
+    pub disable_sandbox: bool,
 
     /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one)
     #[argh(positional)]

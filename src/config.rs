@@ -40,9 +40,13 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub serial: SerialOutput,
+    /// Whether the guest gets a virtio-rng device.
+    pub rng: bool,
     /// The control socket's path, if any, and the extra uids allowed to use it.
     pub socket: Option<PathBuf>,
     pub socket_allow_uids: Vec<u32>,
+    /// Whether every thread runs under its seccomp policy (off with `--disable-sandbox`).
+    pub sandbox: bool,
 }
 
 /// Host limits the configuration is checked against.
@@ -97,8 +101,10 @@ impl VmConfig {
             initrd: args.initrd.clone(),
             cmdline,
             serial: args.serial.clone(),
+            rng: args.rng,
             socket: args.socket.clone(),
             socket_allow_uids: args.socket_allow_uid.clone(),
+            sandbox: !args.disable_sandbox,
         })
     }
 }
@@ -132,8 +138,10 @@ mod tests {
             initrd: None,
             params: None,
             serial: SerialOutput::Stdio,
+            rng: false,
             socket: None,
             socket_allow_uid: Vec::new(),
+            disable_sandbox: false,
             kernel: PathBuf::from("bzImage"),
         }
     }

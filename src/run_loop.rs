@@ -38,6 +38,8 @@ pub enum RunError {
     ControlSocket(#[source] vm_control::server::ListenError),
     #[error("waiting for events failed: {0}")]
     Wait(#[source] io::Error),
+    #[error("cannot start the sandbox: {0}")]
+    Sandbox(#[source] seccomp::SeccompError),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
@@ -104,6 +106,7 @@ pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
 
     let counters = Arc::new(ExitCounters::default());
     let run_control = Arc::new(RunControl::default());
+    crate::sandbox::prepare(config.sandbox).map_err(RunError::Sandbox)?;
     let vcpus = Vcpus::start(
         vm.vcpus,
         || VcpuContext {
@@ -116,6 +119,9 @@ pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
         run_control.clone(),
     )
     .map_err(RunError::SpawnVcpu)?;
+    // After the vCPU threads exist, so they keep their own policy instead of inheriting
+    // this one; before the run loop reads any guest request or control message.
+    crate::sandbox::enter_main().map_err(RunError::Sandbox)?;
 
     let registry = MemoryRegistry::new(
         arch::layout::registered_memory_base(config.mem_bytes),

@@ -18,7 +18,7 @@ use crate::vcpu::{ExitCounters, Vcpus};
 
 /// The running VM as the control socket sees it: what requests act on and report.
 pub struct RunningVm {
-    pub vm_fd: VmFd,
+    pub vm_fd: Arc<VmFd>,
     /// Guest RAM (the vCPUs run on it; the stats report its size).
     pub memory: GuestMemoryMmap,
     pub vcpus: Vcpus,

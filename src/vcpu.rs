@@ -270,6 +270,8 @@ fn spawn(id: usize, vcpu: VcpuFd, context: VcpuContext) -> std::io::Result<JoinH
 }
 
 fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
+    // Confined before the first KVM_RUN: nothing the guest does reaches an unfiltered vCPU.
+    crate::sandbox::enter_vcpu(id);
     debug!("vCPU {id} entering the guest");
     loop {
         context.control.park_while_paused();

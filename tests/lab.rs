@@ -14,22 +14,33 @@ use common::lab::{self, LabRun, base64, guest_params, require_lab};
 /// Boots `kernel` (a path inside the lab, e.g. /guest/vmlinuz) under vmm in the lab with
 /// the guest running `script`.
 fn boot_in_lab(kernel: &str, mem_mib: u32, cpus: u32, script: &str) -> LabRun {
-    let command: Vec<String> = [
-        "vmm",
-        "run",
-        "--mem",
-        &mem_mib.to_string(),
-        "--cpus",
-        &cpus.to_string(),
-        "--initrd",
-        "/guest/initrd.img",
-        "--params",
-        &guest_params(script),
-        kernel,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    boot_in_lab_with(&[], kernel, mem_mib, cpus, script)
+}
+
+/// [`boot_in_lab`] with extra `vmm run` options.
+fn boot_in_lab_with(
+    options: &[&str],
+    kernel: &str,
+    mem_mib: u32,
+    cpus: u32,
+    script: &str,
+) -> LabRun {
+    let command: Vec<String> = ["vmm", "run"]
+        .iter()
+        .chain(options)
+        .chain(&[
+            "--mem",
+            &mem_mib.to_string(),
+            "--cpus",
+            &cpus.to_string(),
+            "--initrd",
+            "/guest/initrd.img",
+            "--params",
+            &guest_params(script),
+            kernel,
+        ])
+        .map(|s| s.to_string())
+        .collect();
     lab::run(&[], &command)
 }
 
@@ -96,6 +107,40 @@ fn elf_vmlinux_boots_through_its_pvh_entry() {
         .guest_report()
         .unwrap_or_else(|| panic!("no vmm-guest report line; lab output:\n{}", run.output));
     assert_eq!(cpus, 1);
+    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+}
+
+#[test]
+fn virtio_rng_feeds_the_guests_hwrng_over_pci_with_msix() {
+    if !require_lab() {
+        return;
+    }
+    let script = "echo pci: $(ls /sys/bus/pci/devices); \
+        echo rng_current: $(cat /sys/class/misc/hw_random/rng_current); \
+        echo hwrng_bytes: $(dd if=/dev/hwrng bs=64 count=4 2>/dev/null | wc -c); \
+        grep -q 'PCI-MSI.*virtio0-input' /proc/interrupts && echo msix: yes";
+    let run = boot_in_lab_with(&["--rng"], "/guest/vmlinuz", 256, 1, script);
+
+    let line = |prefix: &str| {
+        run.output
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no '{prefix}' line; lab output:\n{}", run.output))
+            .to_string()
+    };
+    assert_eq!(
+        line("pci:"),
+        "0000:00:00.0 0000:00:01.0",
+        "host bridge and the rng"
+    );
+    assert_eq!(line("rng_current:"), "virtio_rng.0");
+    assert_eq!(
+        line("hwrng_bytes:"),
+        "256",
+        "the guest read 256 bytes of host entropy"
+    );
+    assert_eq!(line("msix:"), "yes", "the device interrupts through MSI-X");
     assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
 }
 
