@@ -40,13 +40,19 @@ enum Outcome {
     ReplyAndNotify(Response, Event),
 }
 
+/// A client connection and the epoll interest currently registered for it.
+struct Watched {
+    connection: Connection,
+    interest: EventSet,
+}
+
 /// The listener and its client connections.
 pub struct ControlServer {
     listener: Listener,
     listener_token: u64,
     listening: bool,
     accept_paused_until: Option<Instant>,
-    connections: BTreeMap<u64, Connection>,
+    connections: BTreeMap<u64, Watched>,
     next_key: u64,
 }
 
@@ -129,7 +135,8 @@ impl ControlServer {
         let key = self.next_key;
         self.next_key += 1;
         let peer = connection.peer();
-        let event = EpollEvent::new(interest(&connection), CONNECTION_TOKEN_BASE + key);
+        let interest = interest(&connection);
+        let event = EpollEvent::new(interest, CONNECTION_TOKEN_BASE + key);
         if let Err(err) = epoll.ctl(ControlOperation::Add, connection.as_fd().as_raw_fd(), event) {
             warn!("cannot watch a control connection, closing it: {err}");
             return;
@@ -138,7 +145,13 @@ impl ControlServer {
             "control client connected: pid {} uid {}",
             peer.pid, peer.uid
         );
-        self.connections.insert(key, connection);
+        self.connections.insert(
+            key,
+            Watched {
+                connection,
+                interest,
+            },
+        );
     }
 
     /// Serves the connection behind `token`. Returns why the VM must end, if a request
@@ -151,19 +164,12 @@ impl ControlServer {
         vm: &mut RunningVm,
     ) -> Option<VmExit> {
         let key = token.checked_sub(CONNECTION_TOKEN_BASE)?;
-        let connection = self.connections.get_mut(&key)?;
+        let watched = self.connections.get_mut(&key)?;
         let mut notify = Vec::new();
         let mut exit = None;
-        let result = serve_connection(connection, events, vm, &mut notify, &mut exit);
+        let result = serve_connection(&mut watched.connection, events, vm, &mut notify, &mut exit);
         match result {
-            Ok(()) => {
-                let event = EpollEvent::new(interest(connection), token);
-                let _ = epoll.ctl(
-                    ControlOperation::Modify,
-                    connection.as_fd().as_raw_fd(),
-                    event,
-                );
-            }
+            Ok(()) => rewatch(epoll, key, watched),
             Err(err) => {
                 debug!("closing control connection: {err}");
                 self.drop_connection(epoll, key);
@@ -178,9 +184,11 @@ impl ControlServer {
     /// Queues `event` for every subscribed client and sends what it can now.
     pub fn broadcast(&mut self, epoll: &Epoll, event: Event) {
         let mut dead = Vec::new();
-        for (&key, connection) in &mut self.connections {
-            if connection.notify(event).is_err() {
-                dead.push(key);
+        for (&key, watched) in &mut self.connections {
+            match watched.connection.notify(event) {
+                // What did not fit in the socket now waits for it to become writable.
+                Ok(()) => rewatch(epoll, key, watched),
+                Err(_) => dead.push(key),
             }
         }
         for key in dead {
@@ -191,19 +199,33 @@ impl ControlServer {
     /// Sends what is queued, as far as the sockets take it without blocking (used just
     /// before the VMM exits, so subscribers hear why).
     pub fn flush_all(&mut self) {
-        for connection in self.connections.values_mut() {
-            let _ = connection.flush();
+        for watched in self.connections.values_mut() {
+            let _ = watched.connection.flush();
         }
     }
 
     fn drop_connection(&mut self, epoll: &Epoll, key: u64) {
-        if let Some(connection) = self.connections.remove(&key) {
+        if let Some(watched) = self.connections.remove(&key) {
             let _ = epoll.ctl(
                 ControlOperation::Delete,
-                connection.as_fd().as_raw_fd(),
+                watched.connection.as_fd().as_raw_fd(),
                 EpollEvent::default(),
             );
         }
+    }
+}
+
+/// Brings the epoll registration in line with what the connection now wants; a no-op
+/// (no system call) when that has not changed, which is the common case.
+fn rewatch(epoll: &Epoll, key: u64, watched: &mut Watched) {
+    let wanted = interest(&watched.connection);
+    if wanted == watched.interest {
+        return;
+    }
+    let event = EpollEvent::new(wanted, CONNECTION_TOKEN_BASE + key);
+    let fd = watched.connection.as_fd().as_raw_fd();
+    if epoll.ctl(ControlOperation::Modify, fd, event).is_ok() {
+        watched.interest = wanted;
     }
 }
 
