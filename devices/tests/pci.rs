@@ -117,7 +117,7 @@ fn config_address_reads_back_like_linux_type1_probe_expects() {
 #[test]
 fn host_bridge_sits_at_slot_zero_and_device_at_slot_one() {
     let bus = io_bus();
-    assert_eq!(read(&bus, 0, 0, 4), 0x1237_8086);
+    assert_eq!(read(&bus, 0, 0, 4), 0x0d57_8086);
     assert_eq!(read(&bus, 0, 0x08, 4) >> 16, 0x0600);
     assert_eq!(read(&bus, 1, 0, 4), 0x5678_1234);
     assert_eq!(read(&bus, 1, 0x2c, 4), 0xef01_abcd);
