@@ -55,7 +55,7 @@ impl Driver {
     fn new() -> Driver {
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let dev = Arc::new(Mutex::new(
-            VirtioPciDevice::new(Box::new(Rng::new()), mem.clone()).unwrap(),
+            VirtioPciDevice::new(Box::new(Rng::new().unwrap()), mem.clone()).unwrap(),
         ));
         let mut root = PciRoot::new();
         let dyn_dev: Arc<Mutex<dyn PciDevice>> = dev.clone();
