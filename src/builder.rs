@@ -16,6 +16,7 @@ use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use log::{debug, warn};
+use seccomp::ThreadKind;
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -469,7 +470,11 @@ fn create_pci(
         mmio_bus,
     };
     if config.rng {
-        pci.add_virtio(Box::new(Rng::new()))?;
+        let rng = Rng::with_worker_start(|| {
+            crate::sandbox::enter_device_worker(ThreadKind::VirtioRng, "virtio-rng")
+        })
+        .map_err(|err| BuildError::Device(format!("cannot start the virtio-rng worker: {err}")))?;
+        pci.add_virtio(Box::new(rng))?;
     }
     Ok(pci.root)
 }

@@ -112,6 +112,8 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
              with hardware virtualisation, or the nested lab: tools/lab (see docs/lab.md)"
         );
     }
+    // Before the build: device workers are created during it and confine themselves.
+    sandbox::prepare(&config)?;
     let vm = builder::build(&config, &kvm)?;
     Ok(run_loop::run(vm, &config)?)
 }

@@ -106,7 +106,6 @@ pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
 
     let counters = Arc::new(ExitCounters::default());
     let run_control = Arc::new(RunControl::default());
-    crate::sandbox::prepare(config).map_err(RunError::Sandbox)?;
     let vcpus = Vcpus::start(
         vm.vcpus,
         || VcpuContext {

@@ -9,11 +9,13 @@
 //!   the vCPU threads do not inherit that policy.
 //! - Each vCPU thread calls [`enter_vcpu`] first thing, before its first `KVM_RUN`:
 //!   `seccomp/policies/vcpu.json`.
-//! - Device workers call [`enter_device_worker`] at their start (the virtio-rng worker:
-//!   `seccomp/policies/virtio_rng.json`); none is wired into the VMM yet.
+//! - Device workers call [`enter_device_worker`] first thing (the virtio-rng worker:
+//!   `seccomp/policies/virtio_rng.json`). Workers are created with their device, while the
+//!   VM is built on the still-unfiltered main thread, and park until the driver activates
+//!   the device; a worker spawned later from a vCPU thread would inherit the vCPU policy.
+//!   That is why [`prepare`] runs before the VM is built.
 //!
-//! `--disable-sandbox` skips all of it and says so in the log. So, for now, does `--rng`:
-//! its worker is started from a vCPU thread and would inherit the vCPU policy.
+//! `--disable-sandbox` skips all of it and says so in the log.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,17 +31,6 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Readies the sandbox for this run: with `enabled`, installs the `SIGSYS` reporter that
 /// every filtered thread relies on. Call before the first filtered thread starts.
 pub fn prepare(config: &VmConfig) -> Result<(), SeccompError> {
-    if config.rng && config.sandbox {
-        // The virtio-rng device starts its worker from the vCPU thread that activates
-        // it, so the worker would inherit the vCPU policy on top of its own; until the
-        // worker is started and confined as `enter_device_worker` intends, `--rng` runs
-        // without the sandbox rather than be killed by it.
-        warn!(
-            "sandbox disabled: --rng's virtio-rng worker is not confined yet, so this VM \
-             runs without seccomp filters"
-        );
-        return Ok(());
-    }
     if !config.sandbox {
         warn!(
             "sandbox disabled (--disable-sandbox): no thread runs under a seccomp filter; \
@@ -49,8 +40,10 @@ pub fn prepare(config: &VmConfig) -> Result<(), SeccompError> {
     }
     seccomp::install_sigsys_handler()?;
     ENABLED.store(true, Ordering::Release);
-    info!("sandbox on: every vCPU thread and the run loop run under a seccomp filter");
-    start_rng_stand_in_for_test();
+    info!(
+        "sandbox on: every vCPU thread, device worker and the run loop run under a seccomp \
+         filter"
+    );
     Ok(())
 }
 
@@ -89,20 +82,4 @@ fn exit_unconfined(err: &SeccompError) -> ! {
     eprintln!("vmm: error: {err}");
     crate::terminal::restore();
     std::process::exit(EXIT_VMM_ERROR);
-}
-
-/// Test-only: no virtio-rng worker runs in the VMM yet, so when the sandbox test hook
-/// names `virtio-rng`, a stand-in thread installs that policy (and the hook makes it break
-/// it), proving the worker policy's violation report end to end.
-fn start_rng_stand_in_for_test() {
-    let wanted = std::env::var(seccomp::TEST_VIOLATION_ENV);
-    if wanted.as_deref() != Ok(ThreadKind::VirtioRng.name()) {
-        return;
-    }
-    let spawned = std::thread::Builder::new()
-        .name("virtio-rng".into())
-        .spawn(|| enter_device_worker(ThreadKind::VirtioRng, "virtio-rng"));
-    if let Err(err) = spawned {
-        error!("cannot start the virtio-rng stand-in thread: {err}");
-    }
 }
