@@ -186,25 +186,11 @@ fn fail(message: &str) -> ! {
 }
 
 fn require_kvm() {
-    if let Err(err) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        fail(&format!(
-            "THIS BENCH NEEDS /dev/kvm, WHICH CANNOT BE OPENED ({err})"
-        ));
-    }
+    common::kvm_usable().unwrap_or_else(|err| fail(&err));
 }
 
 fn env_count(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Err(_) => default,
-        Ok(value) => match value.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => fail(&format!("{name}={value}: expected a positive whole number")),
-        },
-    }
+    common::env_count(name, default).unwrap_or_else(|err| fail(&err))
 }
 
 /// A scratch directory for the guest, the sockets and the logs; removed when dropped.

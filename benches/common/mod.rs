@@ -109,3 +109,24 @@ pub fn load_average() -> String {
         })
         .unwrap_or_else(|err| format!("unknown ({err})"))
 }
+
+/// Whether this host's /dev/kvm can be opened; the message says loudly why not.
+pub fn kvm_usable() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|err| format!("THIS BENCH NEEDS /dev/kvm, WHICH CANNOT BE OPENED ({err})"))
+}
+
+/// A positive count from the environment variable `name`, or `default` when it is unset.
+pub fn env_count(name: &str, default: usize) -> Result<usize, String> {
+    match std::env::var(name) {
+        Err(_) => Ok(default),
+        Ok(value) => match value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{name}={value}: expected a positive whole number")),
+        },
+    }
+}
