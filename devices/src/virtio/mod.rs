@@ -18,8 +18,10 @@ pub mod pci_interrupt;
 pub mod pci_transport;
 pub mod queue;
 pub mod rng;
+pub mod worker;
 
 pub use rng::Rng;
+pub use worker::{ActiveDevice, DeviceWorker, ServedQueue};
 
 pub use pci_transport::{PciInterrupt, QueueNotifier, VirtioPciDevice, VirtioPciError};
 pub use queue::{Descriptor, DescriptorChain, Queue, QueueError, VIRTIO_MSI_NO_VECTOR};

@@ -1,0 +1,375 @@
+//! The worker thread behind a virtio device, and the serving of one queue on it.
+//!
+//! A [`DeviceWorker`] is created with its device, while the VM is built, and parks until
+//! the driver activates the device. Activation and reset happen on a vCPU thread in the
+//! middle of a register write; they only hand the worker an [`ActiveDevice`] (the queues
+//! and whatever else the device serves) or take it back, and wait until the worker has
+//! done so. No thread is ever created then. That is what lets a sandboxed VMM confine each
+//! worker with its own seccomp policy (the `start` hook of [`DeviceWorker::spawn`] runs
+//! first thing on the thread): a thread spawned from a vCPU thread would inherit the vCPU's
+//! filter as well. And because a reset waits for the worker to let go, a reset really stops
+//! the device.
+//!
+//! [`ServedQueue`] is the common part of serving a queue: drain its notification, serve
+//! every available chain, interrupt the driver if it asked, and on a malformed queue report
+//! DEVICE_NEEDS_RESET once and leave the queue alone until reset.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::{ActiveQueue, DescriptorChain, Interrupt, Queue, QueueError};
+
+/// Epoll token of the command mailbox; device tokens are `u32`, so they never collide.
+const COMMAND_TOKEN: u64 = u64::MAX;
+/// How long a command waits for the worker before giving up on it. Devices bound the work
+/// one event may do, so a healthy worker answers in far less.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events taken from epoll per wake.
+const EVENTS_PER_WAKE: usize = 16;
+
+/// The part of a device that runs on its worker while the device is active.
+pub trait ActiveDevice: Send {
+    /// The descriptors to watch while active, each with the token [`handle_event`] gets.
+    /// They must stay open as long as this value lives.
+    ///
+    /// [`handle_event`]: ActiveDevice::handle_event
+    fn event_sources(&self) -> Vec<(RawFd, u32)>;
+
+    /// Called once on activation, before any event: the driver may have posted buffers
+    /// before the notification that DRIVER_OK's queue setup implies.
+    fn start(&mut self);
+
+    /// The descriptor registered under `token` is readable.
+    fn handle_event(&mut self, token: u32);
+}
+
+/// What the device asks of its worker.
+enum Command {
+    /// Serve this device.
+    Activate(Box<dyn ActiveDevice>),
+    /// Drop the active device (reset).
+    Deactivate,
+    /// Return (device dropped).
+    Exit,
+}
+
+/// The mailbox between the device and its worker: one command at a time, a wake-up eventfd
+/// the worker sleeps on, and a count of commands done that the sender waits for.
+struct Link {
+    command: Mutex<Option<Command>>,
+    wake: EventFd,
+    done: Mutex<u64>,
+    done_changed: Condvar,
+}
+
+/// A device's worker thread; see the module docs. Dropping it stops the thread.
+pub struct DeviceWorker {
+    name: String,
+    link: Arc<Link>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DeviceWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceWorker")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceWorker {
+    /// Starts the parked worker thread `name`; `start` runs first thing on it, before it
+    /// can ever see guest memory (the VMM installs the worker's seccomp policy there).
+    pub fn spawn(name: &str, start: impl FnOnce() + Send + 'static) -> io::Result<DeviceWorker> {
+        let link = Arc::new(Link {
+            command: Mutex::new(None),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+            done: Mutex::new(0),
+            done_changed: Condvar::new(),
+        });
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            link.wake.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, COMMAND_TOKEN),
+        )?;
+        let worker_link = link.clone();
+        let thread_name = name.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                start();
+                run(&thread_name, &worker_link, &epoll);
+            })?;
+        Ok(DeviceWorker {
+            name: name.to_owned(),
+            link,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `device` to the worker, replacing any active one, and waits until the worker
+    /// serves it.
+    pub fn activate(&self, device: Box<dyn ActiveDevice>) -> io::Result<()> {
+        self.send(Command::Activate(device))
+    }
+
+    /// Takes the active device back (dropping it on the worker) and waits until the worker
+    /// has let go of it.
+    pub fn deactivate(&self) -> io::Result<()> {
+        self.send(Command::Deactivate)
+    }
+
+    /// Hands `command` to the worker and waits until it has been carried out.
+    fn send(&self, command: Command) -> io::Result<()> {
+        let alive = self.thread.as_ref().is_some_and(|t| !t.is_finished());
+        if !alive {
+            return Err(io::Error::other(format!(
+                "the {} worker is gone",
+                self.name
+            )));
+        }
+        let before = *lock(&self.link.done);
+        *lock(&self.link.command) = Some(command);
+        self.link.wake.write(1)?;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let mut done = lock(&self.link.done);
+        while *done == before {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the {} worker did not answer", self.name),
+                ));
+            }
+            done = self
+                .link
+                .done_changed
+                .wait_timeout(done, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DeviceWorker {
+    fn drop(&mut self) {
+        if let Err(err) = self.send(Command::Exit) {
+            log::error!("{}: cannot stop the worker: {err}", self.name);
+            return;
+        }
+        if self.thread.take().is_some_and(|t| t.join().is_err()) {
+            log::error!("{}: worker panicked", self.name);
+        }
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning: every value behind these locks stays consistent
+/// between statements, so a panic elsewhere cannot leave it half-updated.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The worker's loop: sleeps until a command or an event of the active device comes.
+fn run(name: &str, link: &Link, epoll: &Epoll) {
+    let mut active: Option<Box<dyn ActiveDevice>> = None;
+    let mut events = [EpollEvent::default(); EVENTS_PER_WAKE];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("{name}: epoll failed, worker exits: {e}");
+                return;
+            }
+        };
+        for event in events.iter().take(n) {
+            if event.data() == COMMAND_TOKEN {
+                let _ = link.wake.read();
+                let command = lock(&link.command).take();
+                let exit = matches!(command, Some(Command::Exit));
+                if let Some(command) = command {
+                    obey(name, command, &mut active, epoll);
+                }
+                *lock(&link.done) += 1;
+                link.done_changed.notify_all();
+                if exit {
+                    return;
+                }
+            } else if let (Some(device), Ok(token)) = (active.as_mut(), u32::try_from(event.data()))
+            {
+                device.handle_event(token);
+            }
+        }
+    }
+}
+
+/// Carries out `command`: any active device is unwatched and dropped first.
+fn obey(name: &str, command: Command, active: &mut Option<Box<dyn ActiveDevice>>, epoll: &Epoll) {
+    if let Some(old) = active.take() {
+        for (fd, _) in old.event_sources() {
+            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+    }
+    let Command::Activate(mut device) = command else {
+        return;
+    };
+    let mut watched = Vec::new();
+    for (fd, token) in device.event_sources() {
+        let event = EpollEvent::new(EventSet::IN, u64::from(token));
+        if let Err(err) = epoll.ctl(ControlOperation::Add, fd, event) {
+            log::error!("{name}: cannot watch an event source, device stays inactive: {err}");
+            for fd in watched {
+                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+            return;
+        }
+        watched.push(fd);
+    }
+    device.start();
+    *active = Some(device);
+}
+
+/// One queue of an active device, with what serving it needs; see the module docs.
+#[derive(Debug)]
+pub struct ServedQueue {
+    /// Queue index as the driver numbers it (also the interrupt it signals).
+    pub index: usize,
+    /// The validated queue.
+    pub queue: Queue,
+    /// Signalled when the driver notifies the queue.
+    pub notify: EventFd,
+    /// A malformed queue is not touched again until reset.
+    broken: bool,
+}
+
+impl ServedQueue {
+    /// Wraps a queue the transport handed over at activation.
+    pub fn new(active: ActiveQueue) -> ServedQueue {
+        ServedQueue {
+            index: active.index,
+            queue: active.queue,
+            notify: active.notify,
+            broken: false,
+        }
+    }
+
+    /// Whether the queue was found malformed (and NEEDS_RESET reported).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Consumes a pending notification.
+    pub fn clear_notification(&self) {
+        let _ = self.notify.read();
+    }
+
+    /// Serves every available chain with `serve`, which returns the bytes it wrote into
+    /// the chain; then interrupts the driver if it wants. A malformed queue is reported to
+    /// the driver as NEEDS_RESET (logged with `device`) and left alone until reset.
+    pub fn serve(
+        &mut self,
+        device: &str,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn Interrupt,
+        mut serve: impl FnMut(&DescriptorChain) -> u32,
+    ) {
+        if self.broken {
+            return;
+        }
+        let result = self.drain(mem, &mut serve);
+        if let Err(e) = &result {
+            self.mark_broken(device, interrupt, e);
+        }
+        self.interrupt_if_wanted(device, mem, interrupt);
+    }
+
+    /// Returns chain `head` with `len` bytes written, outside of [`ServedQueue::serve`]
+    /// (for devices that hold on to a chain, like the balloon's statistics queue), and
+    /// interrupts the driver if it wants.
+    pub fn complete(
+        &mut self,
+        device: &str,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn Interrupt,
+        head: u16,
+        len: u32,
+    ) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.queue.add_used(mem, head, len) {
+            self.mark_broken(device, interrupt, &e);
+        }
+        self.interrupt_if_wanted(device, mem, interrupt);
+    }
+
+    /// Takes the next available chain, or `None` when there is none or the queue is
+    /// malformed (then reported as NEEDS_RESET).
+    pub fn pop(
+        &mut self,
+        device: &str,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn Interrupt,
+    ) -> Option<DescriptorChain> {
+        if self.broken {
+            return None;
+        }
+        match self.queue.pop(mem) {
+            Ok(chain) => chain,
+            Err(e) => {
+                self.mark_broken(device, interrupt, &e);
+                None
+            }
+        }
+    }
+
+    fn drain(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        serve: &mut impl FnMut(&DescriptorChain) -> u32,
+    ) -> Result<(), QueueError> {
+        loop {
+            while let Some(chain) = self.queue.pop(mem)? {
+                let written = serve(&chain);
+                self.queue.add_used(mem, chain.head, written)?;
+            }
+            if !self.queue.enable_notification(mem)? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn mark_broken(&mut self, device: &str, interrupt: &dyn Interrupt, error: &QueueError) {
+        log::warn!(
+            "{device}: invalid queue {}, device needs reset: {error}",
+            self.index
+        );
+        self.broken = true;
+        interrupt.set_needs_reset();
+    }
+
+    fn interrupt_if_wanted(
+        &mut self,
+        device: &str,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn Interrupt,
+    ) {
+        match self.queue.needs_notification(mem) {
+            Ok(true) => interrupt.signal_used_queue(self.index),
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "{device}: cannot read queue {} notification state: {e}",
+                self.index
+            ),
+        }
+    }
+}
