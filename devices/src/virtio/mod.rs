@@ -14,6 +14,8 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod balloon;
+pub mod block;
 pub mod pci_interrupt;
 pub mod pci_transport;
 pub mod queue;
@@ -46,8 +48,12 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Feature bit: virtio 1.x compliance (mandatory for modern PCI).
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 
+/// Device type of a block device.
+pub const VIRTIO_ID_BLOCK: u32 = 2;
 /// Device type of an entropy source.
 pub const VIRTIO_ID_RNG: u32 = 4;
+/// Device type of a memory balloon.
+pub const VIRTIO_ID_BALLOON: u32 = 5;
 
 /// Why a device could not be activated.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,1 @@
+//! virtio-balloon (device type 5): guest memory the host can reclaim.
