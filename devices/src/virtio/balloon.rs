@@ -1,1 +1,867 @@
 //! virtio-balloon (device type 5): guest memory the host can reclaim.
+//!
+//! [`Balloon`] owns the balloon's configuration space (the host's target in `num_pages`,
+//! the driver's progress in `actual`), its three queues and the giving back of inflated
+//! pages, served on its [`DeviceWorker`]:
+//!
+//! - inflate (queue 0): chains of little-endian u32 page frame numbers (4 KiB pages). Each
+//!   page that lies inside a guest RAM region handed over at activation is discarded with
+//!   `madvise(MADV_DONTNEED)`; guest RAM is private anonymous memory, so the host frees it
+//!   and a later guest access faults in a zero page. Runs of contiguous frames are
+//!   discarded with one call. Nothing outside those regions is ever touched, so memory the
+//!   VMM maps into the guest later (and which is not in that `GuestMemoryMmap`) is safe.
+//! - deflate (queue 1): only consumed; a discarded page needs nothing to come back.
+//! - statistics (queue 2, with `VIRTIO_BALLOON_F_STATS_VQ`): the driver posts one buffer
+//!   of statistics and the device keeps it; returning it asks the driver to refresh it.
+//!
+//! The host side talks to the device through a [`BalloonHandle`]: it sets the target
+//! (which raises a configuration interrupt while the driver runs), reads the target and
+//! actual sizes and the latest statistics, and watches [`BalloonHandle::changed`].
+//! Nothing the handle does waits for the worker, and neither does a configuration access
+//! on a vCPU thread.
+//!
+//! Whatever the guest puts in a queue is untrusted: frame numbers outside guest RAM,
+//! truncated arrays and odd statistics are skipped and logged (at a bounded rate, so a
+//! guest cannot flood the host log); malformed rings are reported as DEVICE_NEEDS_RESET by
+//! [`ServedQueue`].
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{
+    Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::worker::{ActiveDevice, DeviceWorker, ServedQueue, lock};
+use super::{
+    ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BALLOON, VirtioDevice,
+};
+
+/// Feature bit: the device has a statistics queue.
+pub const VIRTIO_BALLOON_F_STATS_VQ: u32 = 1;
+/// Feature bit: the driver may deflate the balloon when the guest runs out of memory.
+pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u32 = 2;
+
+/// The page size balloon frame numbers count in, whatever the guest's own page size.
+pub const BALLOON_PAGE_SIZE: u64 = 4096;
+const PAGE_SHIFT: u32 = 12;
+
+/// Size of each queue.
+pub const BALLOON_QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 3] = [BALLOON_QUEUE_SIZE; 3];
+
+/// Queue indexes, which are also the epoll tokens of their notifications.
+const INFLATE_QUEUE: usize = 0;
+const DEFLATE_QUEUE: usize = 1;
+const STATS_QUEUE: usize = 2;
+/// Epoll token of the host's "refresh the statistics" request.
+const STATS_REQUEST_TOKEN: u32 = 3;
+
+/// Most frame numbers read from one inflate chain. Linux sends 256; the bound keeps the
+/// work of one chain (and so a reset, which waits for the worker) small whatever the
+/// guest posts. Frames beyond it are left in the guest's balloon but not reclaimed.
+pub const MAX_PFNS_PER_CHAIN: usize = 1 << 16;
+const PFN_SIZE: usize = 4;
+
+/// Bytes of one statistics entry: u16 tag, u64 value, packed.
+const STAT_ENTRY_SIZE: usize = 10;
+/// Most statistics bytes read from one buffer: far more than every tag the spec defines.
+const MAX_STATS_BYTES: usize = 64 * STAT_ENTRY_SIZE;
+
+/// Configuration space layout (virtio 1.2 section 5.5.4).
+const CONFIG_NUM_PAGES: usize = 0;
+const CONFIG_ACTUAL: usize = 4;
+/// `num_pages`, `actual`, `free_page_hint_cmd_id`, `poison_val`; the last two stay zero
+/// because free page hinting and page poisoning are not offered.
+const CONFIG_SIZE: usize = 16;
+
+const LOG_NAME: &str = "virtio-balloon";
+/// Warnings about guest data allowed per [`LOG_WINDOW`].
+const LOG_BURST: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the host side asked of the balloon that it cannot do.
+#[derive(Debug, thiserror::Error)]
+pub enum BalloonError {
+    /// The target exceeds guest RAM (or the 32-bit `num_pages` field).
+    #[error("balloon target of {requested} pages exceeds the limit of {max} pages")]
+    TargetTooLarge {
+        /// Pages asked for.
+        requested: u64,
+        /// Largest target accepted.
+        max: u64,
+    },
+}
+
+/// Guest memory statistics (virtio 1.2 section 5.5.6.3); a field is `None` when the
+/// driver did not report it. Memory amounts are in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BalloonStats {
+    /// Memory swapped in (tag 0).
+    pub swap_in: Option<u64>,
+    /// Memory swapped out (tag 1).
+    pub swap_out: Option<u64>,
+    /// Major page faults (tag 2).
+    pub major_faults: Option<u64>,
+    /// Minor page faults (tag 3).
+    pub minor_faults: Option<u64>,
+    /// Memory not used at all (tag 4).
+    pub free_memory: Option<u64>,
+    /// Memory the guest can use (tag 5).
+    pub total_memory: Option<u64>,
+    /// Memory available for new work without swapping (tag 6).
+    pub available_memory: Option<u64>,
+    /// Memory in the guest's disk caches (tag 7).
+    pub disk_caches: Option<u64>,
+    /// Successful huge page allocations (tag 8).
+    pub hugetlb_allocations: Option<u64>,
+    /// Failed huge page allocations (tag 9).
+    pub hugetlb_failures: Option<u64>,
+}
+
+impl BalloonStats {
+    /// Records one entry; tags this device does not know are ignored (newer drivers send
+    /// more than virtio 1.2 defines).
+    fn record(&mut self, tag: u16, value: u64) {
+        let field = match tag {
+            0 => &mut self.swap_in,
+            1 => &mut self.swap_out,
+            2 => &mut self.major_faults,
+            3 => &mut self.minor_faults,
+            4 => &mut self.free_memory,
+            5 => &mut self.total_memory,
+            6 => &mut self.available_memory,
+            7 => &mut self.disk_caches,
+            8 => &mut self.hugetlb_allocations,
+            9 => &mut self.hugetlb_failures,
+            _ => return,
+        };
+        *field = Some(value);
+    }
+}
+
+/// Parses a statistics buffer: packed little-endian (u16 tag, u64 value) entries. A
+/// trailing partial entry is ignored; its length is returned for the log.
+fn parse_stats(bytes: &[u8]) -> (BalloonStats, usize) {
+    let mut stats = BalloonStats::default();
+    let entries = bytes.chunks_exact(STAT_ENTRY_SIZE);
+    let leftover = entries.remainder().len();
+    for entry in entries {
+        if let Some((tag, value)) = entry.split_first_chunk::<2>()
+            && let Ok(value) = <[u8; 8]>::try_from(value)
+        {
+            stats.record(u16::from_le_bytes(*tag), u64::from_le_bytes(value));
+        }
+    }
+    (stats, leftover)
+}
+
+/// State shared by the device, its worker and the handles. Only atomics and short locks:
+/// the vCPU thread and the VMM's main thread never wait for the worker.
+struct Shared {
+    /// Guest RAM in balloon pages; the largest target accepted.
+    guest_pages: u64,
+    /// `num_pages`: the host's target.
+    target: AtomicU32,
+    /// `actual`: what the driver last reported.
+    actual: AtomicU32,
+    /// Written whenever the target or actual changes.
+    changed: EventFd,
+    /// Written by [`BalloonHandle::request_stats`]; watched by the worker.
+    stats_request: EventFd,
+    /// The last statistics the driver sent since reset.
+    stats: Mutex<Option<BalloonStats>>,
+    /// The driver's interrupt while the device is active, for configuration changes.
+    interrupt: Mutex<Option<Arc<dyn Interrupt>>>,
+}
+
+impl Shared {
+    fn signal_changed(&self) {
+        // A nonblocking eventfd write fails only if the counter is about to overflow, and
+        // then the fd is readable anyway.
+        let _ = self.changed.write(1);
+    }
+
+    fn set_actual(&self, pages: u32) {
+        if self.actual.swap(pages, Ordering::AcqRel) != pages {
+            self.signal_changed();
+        }
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("guest_pages", &self.guest_pages)
+            .field("target", &self.target)
+            .field("actual", &self.actual)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The host's side of the balloon; see the module docs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BalloonHandle {
+    shared: Arc<Shared>,
+}
+
+impl BalloonHandle {
+    /// Sets the balloon's target to `pages` (4 KiB each) and, if the driver is running,
+    /// tells it the configuration changed. An inactive device just keeps the target: the
+    /// driver reads it when it starts.
+    pub fn set_target(&self, pages: u64) -> Result<(), BalloonError> {
+        let max = self.shared.guest_pages.min(u64::from(u32::MAX));
+        let target = u32::try_from(pages).ok().filter(|_| pages <= max).ok_or(
+            BalloonError::TargetTooLarge {
+                requested: pages,
+                max,
+            },
+        )?;
+        if self.shared.target.swap(target, Ordering::AcqRel) == target {
+            return Ok(());
+        }
+        self.shared.signal_changed();
+        // The target is stored before the slot is looked at, and activation fills the slot
+        // before the driver can read the configuration: either the driver sees the new
+        // target when it starts, or it gets the interrupt. The interrupt is raised with
+        // the slot unlocked, so no transport lock is ever taken under it.
+        let interrupt = lock(&self.shared.interrupt).clone();
+        if let Some(interrupt) = interrupt {
+            interrupt.signal_config_changed();
+        }
+        Ok(())
+    }
+
+    /// The current target, in 4 KiB pages.
+    pub fn target_pages(&self) -> u64 {
+        u64::from(self.shared.target.load(Ordering::Acquire))
+    }
+
+    /// The balloon size the driver last reported (`actual`), in 4 KiB pages; 0 after reset.
+    pub fn actual_pages(&self) -> u64 {
+        u64::from(self.shared.actual.load(Ordering::Acquire))
+    }
+
+    /// A nonblocking eventfd that becomes readable whenever the target or the actual size
+    /// changed. Reading it clears it, so a burst of changes reads as one; the reader then
+    /// looks at [`target_pages`](Self::target_pages) and
+    /// [`actual_pages`](Self::actual_pages).
+    pub fn changed(&self) -> &EventFd {
+        &self.shared.changed
+    }
+
+    /// Asks the driver to refresh its statistics by returning the buffer it left with the
+    /// device. Does nothing visible if the driver has no buffer posted (no statistics
+    /// queue, or a refresh already under way); the result shows in
+    /// [`latest_stats`](Self::latest_stats) once the driver posts it back.
+    pub fn request_stats(&self) {
+        let _ = self.shared.stats_request.write(1);
+    }
+
+    /// The statistics the driver last sent since the device was reset, if any.
+    pub fn latest_stats(&self) -> Option<BalloonStats> {
+        *lock(&self.shared.stats)
+    }
+}
+
+/// The virtio-balloon device; see the module docs.
+#[derive(Debug)]
+pub struct Balloon {
+    shared: Arc<Shared>,
+    acked_features: u64,
+    worker: DeviceWorker,
+}
+
+impl Balloon {
+    /// Creates an inactive balloon for a guest with `guest_pages` 4 KiB pages of RAM
+    /// (targets above it are refused) and its parked worker thread `worker_name`;
+    /// `worker_start` runs first thing on that thread, before it can ever see guest memory
+    /// (the VMM installs the worker's seccomp policy there).
+    pub fn new(
+        guest_pages: u64,
+        worker_name: &str,
+        worker_start: impl FnOnce() + Send + 'static,
+    ) -> io::Result<Balloon> {
+        let shared = Arc::new(Shared {
+            guest_pages,
+            target: AtomicU32::new(0),
+            actual: AtomicU32::new(0),
+            changed: EventFd::new(EFD_NONBLOCK)?,
+            stats_request: EventFd::new(EFD_NONBLOCK)?,
+            stats: Mutex::new(None),
+            interrupt: Mutex::new(None),
+        });
+        Ok(Balloon {
+            shared,
+            acked_features: 0,
+            worker: DeviceWorker::spawn(worker_name, worker_start)?,
+        })
+    }
+
+    /// A handle for the host side.
+    pub fn handle(&self) -> BalloonHandle {
+        BalloonHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    fn config_bytes(&self) -> [u8; CONFIG_SIZE] {
+        let mut config = [0u8; CONFIG_SIZE];
+        let target = self.shared.target.load(Ordering::Acquire).to_le_bytes();
+        let actual = self.shared.actual.load(Ordering::Acquire).to_le_bytes();
+        config[CONFIG_NUM_PAGES..CONFIG_NUM_PAGES + 4].copy_from_slice(&target);
+        config[CONFIG_ACTUAL..CONFIG_ACTUAL + 4].copy_from_slice(&actual);
+        config
+    }
+}
+
+impl VirtioDevice for Balloon {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BALLOON
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        // The transport has a fixed queue count, so the statistics queue is always there
+        // and only used when the driver negotiated and enabled it.
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        // Not VIRTIO_BALLOON_F_MUST_TELL_HOST: deflating needs nothing from the host, so
+        // the driver may reuse deflated pages at once.
+        (1 << VIRTIO_BALLOON_F_STATS_VQ) | (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM)
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = config_index(offset, i)
+                .and_then(|at| config.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `actual` is the driver's to write; a partial write changes just its bytes.
+        let mut actual = self.shared.actual.load(Ordering::Acquire).to_le_bytes();
+        let mut touched = false;
+        for (i, byte) in data.iter().enumerate() {
+            let slot = config_index(offset, i)
+                .and_then(|at| at.checked_sub(CONFIG_ACTUAL))
+                .and_then(|at| actual.get_mut(at));
+            if let Some(slot) = slot {
+                *slot = *byte;
+                touched = true;
+            }
+        }
+        if touched {
+            self.shared.set_actual(u32::from_le_bytes(actual));
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        let mut slots: [Option<ActiveQueue>; 3] = [None, None, None];
+        for queue in queues {
+            if let Some(slot) = slots.get_mut(queue.index) {
+                *slot = Some(queue);
+            }
+        }
+        let [inflate, deflate, stats] = slots;
+        let inflate = inflate.ok_or(ActivateError::MissingQueue(INFLATE_QUEUE))?;
+        let deflate = deflate.ok_or(ActivateError::MissingQueue(DEFLATE_QUEUE))?;
+        let stats_negotiated = self.acked_features & (1 << VIRTIO_BALLOON_F_STATS_VQ) != 0;
+        let stats = stats.filter(|_| stats_negotiated).map(ServedQueue::new);
+        let active = ActiveBalloon {
+            mem,
+            interrupt: interrupt.clone(),
+            shared: self.shared.clone(),
+            inflate: ServedQueue::new(inflate),
+            deflate: ServedQueue::new(deflate),
+            stats,
+            stats_broken: false,
+            held_stats: None,
+            scratch: Vec::new(),
+            log: LogBudget::new(),
+        };
+        self.worker
+            .activate(Box::new(active))
+            .map_err(ActivateError::Worker)?;
+        *lock(&self.shared.interrupt) = Some(interrupt);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        // No configuration interrupt may follow the reset.
+        *lock(&self.shared.interrupt) = None;
+        if let Err(err) = self.worker.deactivate() {
+            log::error!("{LOG_NAME}: reset did not reach the worker: {err}");
+        }
+        self.acked_features = 0;
+        // `actual` and the statistics describe the driver, which is gone; the target is
+        // the host's wish and stays, so a rebooted guest inflates to it again.
+        self.shared.set_actual(0);
+        *lock(&self.shared.stats) = None;
+    }
+}
+
+/// Index into the configuration space of byte `i` of an access at `offset`, if it can be
+/// one.
+fn config_index(offset: u64, i: usize) -> Option<usize> {
+    usize::try_from(offset).ok()?.checked_add(i)
+}
+
+/// Limits warnings about guest data to [`LOG_BURST`] per [`LOG_WINDOW`], counting the
+/// rest.
+struct LogBudget {
+    window_start: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new() -> LogBudget {
+        LogBudget {
+            window_start: Instant::now(),
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, message: fmt::Arguments<'_>) {
+        if self.window_start.elapsed() >= LOG_WINDOW {
+            if self.suppressed > 0 {
+                log::warn!(
+                    "{LOG_NAME}: {} similar warnings suppressed",
+                    self.suppressed
+                );
+            }
+            *self = LogBudget::new();
+        }
+        if self.used < LOG_BURST {
+            self.used += 1;
+            log::warn!("{LOG_NAME}: {message}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// The device while the driver drives it, on the worker.
+struct ActiveBalloon {
+    mem: Arc<GuestMemoryMmap>,
+    interrupt: Arc<dyn Interrupt>,
+    shared: Arc<Shared>,
+    inflate: ServedQueue,
+    deflate: ServedQueue,
+    stats: Option<ServedQueue>,
+    /// The statistics queue failed outside of [`ServedQueue`]'s own checks.
+    stats_broken: bool,
+    /// Head of the statistics chain the device holds until the host wants fresh numbers.
+    held_stats: Option<u16>,
+    /// Reused buffer for the bytes of one chain.
+    scratch: Vec<u8>,
+    log: LogBudget,
+}
+
+impl ActiveBalloon {
+    fn serve_inflate(&mut self) {
+        let Self {
+            mem,
+            interrupt,
+            inflate,
+            scratch,
+            log,
+            ..
+        } = self;
+        inflate.serve(LOG_NAME, mem, &**interrupt, |chain| {
+            inflate_chain(mem, chain, scratch, log);
+            0
+        });
+    }
+
+    fn serve_deflate(&mut self) {
+        // Discarded pages come back as zero pages on the guest's next touch, so there is
+        // nothing to undo: the chains are only returned.
+        self.deflate
+            .serve(LOG_NAME, &self.mem, &*self.interrupt, |_chain| 0);
+    }
+
+    /// Takes every statistics buffer the driver posted, keeping the newest.
+    fn serve_stats(&mut self) {
+        let Self {
+            mem,
+            interrupt,
+            shared,
+            stats,
+            stats_broken,
+            held_stats,
+            scratch,
+            log,
+            ..
+        } = self;
+        let Some(queue) = stats.as_mut().filter(|_| !*stats_broken) else {
+            return;
+        };
+        loop {
+            while let Some(chain) = queue.pop(LOG_NAME, mem, &**interrupt) {
+                read_stats(mem, &chain, shared, scratch, log);
+                // A driver keeps one buffer posted; an extra one goes straight back
+                // rather than being held forever.
+                if let Some(older) = held_stats.replace(chain.head) {
+                    queue.complete(LOG_NAME, mem, &**interrupt, older, 0);
+                }
+            }
+            if queue.is_broken() {
+                return;
+            }
+            // Publishes avail_event when EVENT_IDX is on; without it the driver would stop
+            // notifying after its first buffer.
+            match queue.queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(e) => {
+                    log::warn!("{LOG_NAME}: invalid statistics queue, device needs reset: {e}");
+                    *stats_broken = true;
+                    interrupt.set_needs_reset();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands the held statistics buffer back, which the driver takes as a request to
+    /// refresh it.
+    fn return_stats_buffer(&mut self) {
+        let _ = self.shared.stats_request.read();
+        if self.stats_broken {
+            return;
+        }
+        if let (Some(queue), Some(head)) = (self.stats.as_mut(), self.held_stats.take()) {
+            queue.complete(LOG_NAME, &self.mem, &*self.interrupt, head, 0);
+        }
+    }
+}
+
+impl ActiveDevice for ActiveBalloon {
+    fn event_sources(&self) -> Vec<(RawFd, u32)> {
+        let mut sources = vec![
+            (self.inflate.notify.as_raw_fd(), INFLATE_QUEUE as u32),
+            (self.deflate.notify.as_raw_fd(), DEFLATE_QUEUE as u32),
+        ];
+        if let Some(stats) = &self.stats {
+            sources.push((stats.notify.as_raw_fd(), STATS_QUEUE as u32));
+            sources.push((self.shared.stats_request.as_raw_fd(), STATS_REQUEST_TOKEN));
+        }
+        sources
+    }
+
+    fn start(&mut self) {
+        // A request made before the driver started is answered by the buffer it posts now.
+        let _ = self.shared.stats_request.read();
+        self.serve_inflate();
+        self.serve_deflate();
+        self.serve_stats();
+    }
+
+    fn handle_event(&mut self, token: u32) {
+        match token {
+            t if t == INFLATE_QUEUE as u32 => {
+                self.inflate.clear_notification();
+                self.serve_inflate();
+            }
+            t if t == DEFLATE_QUEUE as u32 => {
+                self.deflate.clear_notification();
+                self.serve_deflate();
+            }
+            t if t == STATS_QUEUE as u32 => {
+                if let Some(stats) = &self.stats {
+                    stats.clear_notification();
+                }
+                self.serve_stats();
+            }
+            STATS_REQUEST_TOKEN => self.return_stats_buffer(),
+            _ => {}
+        }
+    }
+}
+
+/// Copies the chain's device-readable bytes into `buf`, at most `max`. Returns whether
+/// the chain held more (or could not be read whole).
+fn gather_readable(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> bool {
+    buf.clear();
+    for desc in chain.descriptors.iter().filter(|d| !d.writable) {
+        let room = max.saturating_sub(buf.len());
+        let len = usize::try_from(desc.len).unwrap_or(usize::MAX);
+        let take = len.min(room);
+        let start = buf.len();
+        buf.resize(start + take, 0);
+        let Some(dest) = buf.get_mut(start..) else {
+            return true;
+        };
+        if mem.read_slice(dest, desc.addr).is_err() {
+            buf.truncate(start);
+            return true;
+        }
+        if take < len {
+            return true;
+        }
+    }
+    false
+}
+
+/// What came of one inflate chain, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct InflateOutcome {
+    /// Pages given back to the host.
+    released: u64,
+    /// Pages not (wholly) inside guest RAM.
+    outside: u64,
+    /// Pages madvise refused.
+    failed: u64,
+}
+
+/// Gives back the pages an inflate chain lists, then logs anything odd about it.
+fn inflate_chain(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain,
+    scratch: &mut Vec<u8>,
+    log: &mut LogBudget,
+) {
+    let truncated = gather_readable(mem, chain, MAX_PFNS_PER_CHAIN * PFN_SIZE, scratch);
+    let pfns = scratch.chunks_exact(PFN_SIZE);
+    let leftover = pfns.remainder().len();
+    let pfns = pfns.filter_map(|b| <[u8; PFN_SIZE]>::try_from(b).ok().map(u32::from_le_bytes));
+    let outcome = release_pfns(mem, pfns);
+    if truncated || leftover != 0 || outcome.outside != 0 || outcome.failed != 0 {
+        log.warn(format_args!(
+            "inflate chain {}: {} pages outside guest RAM, {} not released, \
+             {leftover} trailing bytes, truncated: {truncated}",
+            chain.head, outcome.outside, outcome.failed
+        ));
+    }
+}
+
+/// Gives back the pages `pfns` name, one madvise per run of contiguous frames.
+fn release_pfns(mem: &GuestMemoryMmap, pfns: impl Iterator<Item = u32>) -> InflateOutcome {
+    let mut outcome = InflateOutcome::default();
+    // The current run: first frame and length in pages.
+    let mut run: Option<(u64, u64)> = None;
+    for pfn in pfns.map(u64::from) {
+        run = match run {
+            Some((first, len)) if first + len == pfn => Some((first, len + 1)),
+            Some((first, len)) => {
+                release_run(mem, first, len, &mut outcome);
+                Some((pfn, 1))
+            }
+            None => Some((pfn, 1)),
+        };
+    }
+    if let Some((first, len)) = run {
+        release_run(mem, first, len, &mut outcome);
+    }
+    outcome
+}
+
+/// Gives back the `pages` pages from frame `first` that lie wholly inside a guest RAM
+/// region, a piece per region; counts the rest as outside.
+fn release_run(mem: &GuestMemoryMmap, first: u64, pages: u64, outcome: &mut InflateOutcome) {
+    // Frames are u32 and runs at most MAX_PFNS_PER_CHAIN long: no overflow below 2^45.
+    let start = first << PAGE_SHIFT;
+    let end = (first + pages) << PAGE_SHIFT;
+    let mut inside = 0;
+    for region in mem.iter() {
+        let Some((offset, len)) = page_span_in_region(region, start, end) else {
+            continue;
+        };
+        let len_pages = len >> PAGE_SHIFT;
+        inside += len_pages;
+        match discard(region, offset, len) {
+            Ok(()) => outcome.released += len_pages,
+            Err(_) => outcome.failed += len_pages,
+        }
+    }
+    outcome.outside += pages - inside;
+}
+
+/// The whole balloon pages of guest range `start..end` inside `region`, as an offset into
+/// the region and a length, or `None` if there are none.
+fn page_span_in_region<R: GuestMemoryRegion>(
+    region: &R,
+    start: u64,
+    end: u64,
+) -> Option<(u64, u64)> {
+    let region_start = region.start_addr().0;
+    let region_end = region_start.saturating_add(region.len());
+    // `start` and `end` are page aligned; clipping to an unaligned region edge leaves
+    // a page partly outside the region, which must not be discarded.
+    let lo = start
+        .max(region_start)
+        .checked_next_multiple_of(BALLOON_PAGE_SIZE)?;
+    let hi = end.min(region_end) & !(BALLOON_PAGE_SIZE - 1);
+    (lo < hi).then(|| (lo - region_start, hi - lo))
+}
+
+/// Discards `len` bytes at `offset` in `region` with `madvise(MADV_DONTNEED)`.
+fn discard<R: GuestMemoryRegion>(region: &R, offset: u64, len: u64) -> io::Result<()> {
+    let in_region = offset
+        .checked_add(len)
+        .is_some_and(|end| len > 0 && end <= region.len());
+    if !in_region {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let host = region
+        .get_host_address(MemoryRegionAddress(offset))
+        .map_err(io::Error::other)?;
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: `host` is the host address of byte `offset` of `region` (vm-memory checked
+    // that offset is inside it), and we checked `offset + len <= region.len()` above, so
+    // `host..host + len` lies inside the region's mapping, which lives as long as the
+    // `GuestMemoryMmap` our caller borrows. madvise does not unmap anything: with
+    // MADV_DONTNEED the pages of this private anonymous guest RAM read as zero on their
+    // next access, which is what the guest asked for by putting them in the balloon. No
+    // Rust reference points into guest memory (it is only accessed volatilely), so no
+    // Rust-visible value changes under anyone's feet. No other memory is touched.
+    let ret = unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Parses a statistics buffer the driver posted and publishes the numbers.
+fn read_stats(
+    mem: &GuestMemoryMmap,
+    chain: &DescriptorChain,
+    shared: &Shared,
+    scratch: &mut Vec<u8>,
+    log: &mut LogBudget,
+) {
+    let truncated = gather_readable(mem, chain, MAX_STATS_BYTES, scratch);
+    let (stats, leftover) = parse_stats(scratch);
+    if truncated || leftover != 0 {
+        log.warn(format_args!(
+            "statistics buffer {}: {leftover} trailing bytes, truncated: {truncated}",
+            chain.head
+        ));
+    }
+    *lock(&shared.stats) = Some(stats);
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::GuestAddress;
+
+    use super::*;
+
+    fn fill(mem: &GuestMemoryMmap, addr: u64, len: usize) {
+        mem.write_slice(&vec![0xAA; len], GuestAddress(addr))
+            .unwrap();
+    }
+
+    fn is_zero(mem: &GuestMemoryMmap, addr: u64, len: usize) -> bool {
+        let mut buf = vec![0xFF; len];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf.iter().all(|b| *b == 0)
+    }
+
+    #[test]
+    fn a_run_across_two_regions_is_released_in_both() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x2000),
+            (GuestAddress(0x2000), 0x2000),
+        ])
+        .unwrap();
+        fill(&mem, 0, 0x4000);
+        let outcome = release_pfns(&mem, [0, 1, 2, 3].into_iter());
+        assert_eq!(
+            outcome,
+            InflateOutcome {
+                released: 4,
+                ..Default::default()
+            }
+        );
+        assert!(is_zero(&mem, 0, 0x4000));
+    }
+
+    #[test]
+    fn pages_in_gaps_or_past_the_end_are_counted_outside() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x2000),
+            (GuestAddress(0x4000), 0x1000),
+        ])
+        .unwrap();
+        let outcome = release_pfns(&mem, [0, 1, 2, 3, 4, 5, u32::MAX].into_iter());
+        assert_eq!(
+            outcome,
+            InflateOutcome {
+                released: 3,
+                outside: 4,
+                failed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_page_straddling_an_unaligned_region_end_is_not_released() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2800)]).unwrap();
+        fill(&mem, 0, 0x2800);
+        let outcome = release_pfns(&mem, [1, 2].into_iter());
+        assert_eq!(
+            outcome,
+            InflateOutcome {
+                released: 1,
+                outside: 1,
+                failed: 0
+            }
+        );
+        assert!(is_zero(&mem, 0x1000, 0x1000));
+        assert!(!is_zero(&mem, 0x2000, 0x800));
+    }
+
+    #[test]
+    fn stats_parse_known_tags_and_drop_the_rest() {
+        let mut bytes = Vec::new();
+        for (tag, value) in [(4u16, 100u64), (42, 7), (9, 3), (4, 200)] {
+            bytes.extend_from_slice(&tag.to_le_bytes());
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        bytes.extend_from_slice(&[5, 0, 1]);
+        let (stats, leftover) = parse_stats(&bytes);
+        assert_eq!(leftover, 3);
+        assert_eq!(
+            stats,
+            BalloonStats {
+                free_memory: Some(200),
+                hugetlb_failures: Some(3),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn config_index_never_overflows() {
+        assert_eq!(config_index(u64::MAX, 1), None);
+        assert_eq!(config_index(4, 2), Some(6));
+    }
+}
