@@ -1,1 +1,864 @@
 //! virtio-blk (device type 2): a raw disk image as a guest block device.
+//!
+//! [`Block`] owns one open, flock-ed raw image (a regular file or a host block device), its
+//! configuration space and feature bits, and one request queue served on its
+//! [`DeviceWorker`]. Requests follow virtio 1.2 section 5.2.6: a 16-byte header in the
+//! device-readable part of the chain, data, and a status byte that is the last
+//! device-writable byte. Data moves with one `preadv`/`pwritev` per request straight between
+//! the image and guest memory, with no bounce buffer.
+//!
+//! Everything a request carries is untrusted. A request that is well-formed but wrong (out of
+//! range, not whole sectors, a write to a read-only disk) is answered with IOERR; one that
+//! cannot be answered at all (no status byte, header cut short) is handed back with nothing
+//! written. Host I/O failures fail only the request that hit them. Both kinds are counted in
+//! [`BlockCounters`] and logged at a rate the guest cannot turn into a flood; the device keeps
+//! serving either way. A malformed queue is [`ServedQueue`]'s business (DEVICE_NEEDS_RESET).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
+    VolatileSlice,
+};
+
+use super::worker::{ActiveDevice, DeviceWorker, ServedQueue};
+use super::{
+    ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BLOCK, VirtioDevice,
+};
+
+/// Size of the single request queue.
+pub const BLOCK_QUEUE_SIZE: u16 = 256;
+/// Sector size of the virtio-blk protocol; also the block size we advertise.
+pub const SECTOR_SIZE: u64 = 512;
+/// Most data segments per request we advertise: the queue size less the header and status
+/// descriptors, as QEMU does.
+pub const SEG_MAX: u32 = BLOCK_QUEUE_SIZE as u32 - 2;
+
+/// Feature bit: `seg_max` is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+/// Feature bit: the disk is read-only.
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+/// Feature bit: `blk_size` is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+/// Feature bit: the device has a volatile cache and honours FLUSH.
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+
+/// Request type: read sectors into the guest.
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Request type: write guest data to sectors.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Request type: make completed writes durable.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Request type: read the 20-byte device id string.
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+/// Request status: success.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// Request status: the request failed.
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// Request status: unsupported request type.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Length of the device id GET_ID returns (no NUL terminator at full length).
+pub const VIRTIO_BLK_ID_BYTES: usize = 20;
+
+const QUEUE_SIZES: [u16; 1] = [BLOCK_QUEUE_SIZE];
+/// Bytes of the request header: type u32, reserved u32, sector u64.
+const HEADER_LEN: usize = 16;
+/// Bytes of configuration space we fill in (capacity to blk_size); later fields read as 0.
+const CONFIG_LEN: usize = 24;
+/// Linux rejects `preadv`/`pwritev` with more iovecs than this (UIO_MAXIOV).
+const MAX_IOVECS: usize = 1024;
+/// Problems of one kind logged before we only log every [`LOG_EVERY`]th.
+const LOG_FIRST: u64 = 10;
+/// Once past [`LOG_FIRST`], one problem in this many is logged.
+const LOG_EVERY: u64 = 1000;
+
+/// Why a disk image could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// `open(2)` (or `fstat`) failed.
+    #[error("cannot open disk image {}: {source}", path.display())]
+    Open {
+        /// The image.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process (or another disk of this VM) holds a conflicting lock on the image.
+    #[error("disk image {} is in use by another process", path.display())]
+    InUse {
+        /// The image.
+        path: PathBuf,
+    },
+    /// `flock(2)` failed for a reason other than a conflicting lock.
+    #[error("cannot lock disk image {}: {source}", path.display())]
+    Lock {
+        /// The image.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The path names something other than a regular file or a block device.
+    #[error("disk image {} is not a regular file or block device", path.display())]
+    NotADisk {
+        /// The image.
+        path: PathBuf,
+    },
+    /// The image's size could not be determined.
+    #[error("cannot get the size of disk image {}: {source}", path.display())]
+    Size {
+        /// The image.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The worker thread could not be started.
+    #[error("cannot start the worker of disk image {}: {source}", path.display())]
+    Worker {
+        /// The image.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What a disk has done since it was opened; shared with whoever wants to watch it. Every
+/// request the device completes is counted in exactly one of the `*_requests` fields or in
+/// `invalid_requests`.
+#[derive(Debug, Default)]
+pub struct BlockCounters {
+    /// IN requests that passed validation (successful or not).
+    pub read_requests: AtomicU64,
+    /// OUT requests that passed validation (successful or not).
+    pub write_requests: AtomicU64,
+    /// FLUSH requests.
+    pub flush_requests: AtomicU64,
+    /// Bytes the guest read successfully.
+    pub bytes_read: AtomicU64,
+    /// Bytes the guest wrote successfully.
+    pub bytes_written: AtomicU64,
+    /// Requests that failed because host I/O failed (EIO, ENOSPC, the image shrank...).
+    pub io_errors: AtomicU64,
+    /// Requests refused because of the guest: malformed (no status byte, short header),
+    /// out of range, not whole sectors, writes to a read-only disk, unsupported types.
+    pub invalid_requests: AtomicU64,
+}
+
+/// The I/O a disk needs from its image: the seam between the request logic and the host.
+/// Each call is one attempt that may transfer fewer bytes than asked; callers loop.
+trait DiskBackend: Send + Sync + fmt::Debug {
+    /// Reads into `bufs` (in order) from byte `offset` of the image.
+    fn read_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<usize>;
+    /// Writes `bufs` (in order) at byte `offset` of the image.
+    fn write_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<usize>;
+    /// Makes completed writes durable.
+    fn flush(&self) -> io::Result<()>;
+}
+
+impl DiskBackend for File {
+    fn read_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<usize> {
+        // The guards keep the slices' memory mapped (they matter for Xen-style mappings)
+        // until the syscall has returned.
+        let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard_mut).collect();
+        let iovecs: Vec<libc::iovec> = guards
+            .iter()
+            .map(|g| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: g.len(),
+            })
+            .collect();
+        let (count, offset) = syscall_args(&iovecs, offset)?;
+        // SAFETY: every iovec describes `len` writable bytes of guest memory that the
+        // VolatileSlices (and the guards) keep mapped for the whole call; `iovecs` outlives
+        // the call and `count` is its length. The kernel writes only inside those iovecs.
+        // Guest memory is shared with the guest, which may race with us, but it is never
+        // Rust-owned data, so no Rust reference is invalidated.
+        let n = unsafe { libc::preadv(self.as_raw_fd(), iovecs.as_ptr(), count, offset) };
+        syscall_result(n)
+    }
+
+    fn write_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<usize> {
+        let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard).collect();
+        let iovecs: Vec<libc::iovec> = guards
+            .iter()
+            .map(|g| libc::iovec {
+                iov_base: g.as_ptr().cast_mut().cast(),
+                iov_len: g.len(),
+            })
+            .collect();
+        let (count, offset) = syscall_args(&iovecs, offset)?;
+        // SAFETY: every iovec describes `len` readable bytes of guest memory that the
+        // VolatileSlices (and the guards) keep mapped for the whole call; `iovecs` outlives
+        // the call and `count` is its length. pwritev only reads through them.
+        let n = unsafe { libc::pwritev(self.as_raw_fd(), iovecs.as_ptr(), count, offset) };
+        syscall_result(n)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        // fdatasync: the data and whatever metadata is needed to read it back (the size).
+        self.sync_data()
+    }
+}
+
+/// Converts the iovec count and file offset to what the vectored syscalls take.
+fn syscall_args(iovecs: &[libc::iovec], offset: u64) -> io::Result<(libc::c_int, libc::off_t)> {
+    let count = libc::c_int::try_from(iovecs.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok((count, offset))
+}
+
+/// Turns a `ssize_t` syscall return into bytes transferred or the errno.
+fn syscall_result(n: libc::ssize_t) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Counts problems of one kind so that logging them stays bounded whatever the guest does:
+/// the first [`LOG_FIRST`], then one in [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct LogLimiter(AtomicU64);
+
+impl LogLimiter {
+    /// Counts one problem; returns its number when it should be logged.
+    fn admit(&self) -> Option<u64> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        (n <= LOG_FIRST || n % LOG_EVERY == 0).then_some(n)
+    }
+}
+
+/// The open image and what serving requests on it needs; shared by [`Block`] and its active
+/// worker side, so it outlives resets.
+#[derive(Debug)]
+struct Disk {
+    name: String,
+    backend: Box<dyn DiskBackend>,
+    /// Bytes the guest can reach: the image size rounded down to whole sectors.
+    capacity: u64,
+    read_only: bool,
+    id: [u8; VIRTIO_BLK_ID_BYTES],
+    counters: Arc<BlockCounters>,
+    guest_problems: LogLimiter,
+    host_problems: LogLimiter,
+}
+
+/// The guest bytes a request's data lives in, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    addr: GuestAddress,
+    len: u32,
+}
+
+/// A request whose header and status byte were found.
+#[derive(Debug)]
+struct Request {
+    kind: u32,
+    sector: u64,
+    /// Device-readable bytes after the header (OUT data).
+    readable: Vec<Span>,
+    /// Device-writable bytes before the status byte (IN and GET_ID data).
+    writable: Vec<Span>,
+    status: GuestAddress,
+}
+
+/// Why a request cannot be answered at all.
+#[derive(Debug, thiserror::Error)]
+enum Malformed {
+    #[error("request has no device-writable status byte")]
+    NoStatus,
+    #[error("request header is {0} bytes, not {HEADER_LEN}")]
+    ShortHeader(usize),
+    #[error("guest memory: {0}")]
+    Memory(#[from] GuestMemoryError),
+}
+
+/// Why a request that could be answered failed (status IOERR).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The guest asked for something invalid.
+    #[error("{0}")]
+    Guest(String),
+    /// The host could not do what the guest rightly asked.
+    #[error("{0}")]
+    Host(io::Error),
+}
+
+/// How a request was answered: its status and the data bytes written into the chain.
+struct Outcome {
+    status: u8,
+    written: u64,
+}
+
+impl Disk {
+    /// Serves one chain; returns the bytes written into it (for the used ring).
+    fn serve(&self, mem: &GuestMemoryMmap, chain: &DescriptorChain, write_through: bool) -> u32 {
+        let request = match parse(mem, chain) {
+            Ok(request) => request,
+            Err(e) => {
+                self.guest_problem(format_args!("request {} ignored: {e}", chain.head));
+                return 0;
+            }
+        };
+        let outcome = self.execute(mem, &request, write_through);
+        if let Err(e) = mem.write_obj(outcome.status, request.status) {
+            // Cannot happen for a validated chain; if it does, nothing was answered.
+            self.guest_problem(format_args!("cannot write status: {e}"));
+            return 0;
+        }
+        // Data plus the status byte; a huge read saturates, which still tells the driver
+        // the truth that at least that many bytes were written.
+        u32::try_from(outcome.written.saturating_add(1)).unwrap_or(u32::MAX)
+    }
+
+    /// Carries out a parsed request.
+    fn execute(&self, mem: &GuestMemoryMmap, request: &Request, write_through: bool) -> Outcome {
+        let c = &self.counters;
+        let result = match request.kind {
+            VIRTIO_BLK_T_IN => self
+                .check_range(request.sector, &request.writable)
+                .and_then(|offset| {
+                    c.read_requests.fetch_add(1, Ordering::Relaxed);
+                    self.read(mem, offset, &request.writable)
+                }),
+            VIRTIO_BLK_T_OUT => self
+                .check_writable()
+                .and_then(|()| self.check_range(request.sector, &request.readable))
+                .and_then(|offset| {
+                    c.write_requests.fetch_add(1, Ordering::Relaxed);
+                    self.write(mem, offset, &request.readable, write_through)
+                }),
+            VIRTIO_BLK_T_FLUSH => {
+                c.flush_requests.fetch_add(1, Ordering::Relaxed);
+                self.flush().map(|()| 0)
+            }
+            VIRTIO_BLK_T_GET_ID => self.get_id(mem, &request.writable),
+            other => {
+                c.invalid_requests.fetch_add(1, Ordering::Relaxed);
+                self.guest_problem(format_args!("unsupported request type {other}"));
+                return Outcome {
+                    status: VIRTIO_BLK_S_UNSUPP,
+                    written: 0,
+                };
+            }
+        };
+        match result {
+            Ok(written) => Outcome {
+                status: VIRTIO_BLK_S_OK,
+                written,
+            },
+            Err(failure) => {
+                self.count_failure(request, &failure);
+                Outcome {
+                    status: VIRTIO_BLK_S_IOERR,
+                    written: 0,
+                }
+            }
+        }
+    }
+
+    fn count_failure(&self, request: &Request, failure: &Failure) {
+        let (counter, limiter) = match failure {
+            Failure::Guest(_) => (&self.counters.invalid_requests, &self.guest_problems),
+            Failure::Host(_) => (&self.counters.io_errors, &self.host_problems),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = limiter.admit() {
+            log::warn!(
+                "{}: request type {} at sector {} failed ({n} so far): {failure}",
+                self.name,
+                request.kind,
+                request.sector
+            );
+        }
+    }
+
+    fn guest_problem(&self, what: fmt::Arguments<'_>) {
+        self.counters
+            .invalid_requests
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.guest_problems.admit() {
+            log::warn!("{}: {what} ({n} guest problems so far)", self.name);
+        }
+    }
+
+    fn check_writable(&self) -> Result<(), Failure> {
+        if self.read_only {
+            return Err(Failure::Guest("write to a read-only disk".into()));
+        }
+        Ok(())
+    }
+
+    /// Checks that `data` covers whole sectors inside the disk from `sector` on; returns the
+    /// byte offset. Everything is guest-controlled, so no step may overflow.
+    fn check_range(&self, sector: u64, data: &[Span]) -> Result<u64, Failure> {
+        let len = total_len(data);
+        if len % SECTOR_SIZE != 0 {
+            return Err(Failure::Guest(format!(
+                "data length {len} is not a multiple of {SECTOR_SIZE}"
+            )));
+        }
+        let in_range = sector
+            .checked_mul(SECTOR_SIZE)
+            .and_then(|offset| Some((offset, offset.checked_add(len)?)))
+            .filter(|&(_, end)| end <= self.capacity);
+        let Some((offset, _)) = in_range else {
+            return Err(Failure::Guest(format!(
+                "{len} bytes at sector {sector} are beyond the capacity of {} bytes",
+                self.capacity
+            )));
+        };
+        Ok(offset)
+    }
+
+    fn read(&self, mem: &GuestMemoryMmap, offset: u64, data: &[Span]) -> Result<u64, Failure> {
+        let slices = guest_slices(mem, data)?;
+        transfer(&slices, offset, |bufs, at| {
+            self.backend.read_vectored_at(bufs, at)
+        })
+        .map_err(Failure::Host)?;
+        let len = total_len(data);
+        self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
+        Ok(len)
+    }
+
+    fn write(
+        &self,
+        mem: &GuestMemoryMmap,
+        offset: u64,
+        data: &[Span],
+        write_through: bool,
+    ) -> Result<u64, Failure> {
+        let slices = guest_slices(mem, data)?;
+        transfer(&slices, offset, |bufs, at| {
+            self.backend.write_vectored_at(bufs, at)
+        })
+        .map_err(Failure::Host)?;
+        // A driver that did not take FLUSH expects no volatile cache: make each write
+        // durable before completing it (virtio 1.2 section 5.2.6.2).
+        if write_through {
+            self.backend.flush().map_err(Failure::Host)?;
+        }
+        self.counters
+            .bytes_written
+            .fetch_add(total_len(data), Ordering::Relaxed);
+        Ok(0)
+    }
+
+    fn flush(&self) -> Result<(), Failure> {
+        // A read-only disk has nothing to make durable; FLUSH is still a valid request.
+        if self.read_only {
+            return Ok(());
+        }
+        self.backend.flush().map_err(Failure::Host)
+    }
+
+    /// Writes as much of the id as fits in the data buffers (virtio 1.2 section 5.2.6).
+    fn get_id(&self, mem: &GuestMemoryMmap, data: &[Span]) -> Result<u64, Failure> {
+        let mut rest: &[u8] = &self.id;
+        let mut written = 0u64;
+        for span in data {
+            let take = rest.len().min(span.len as usize);
+            let (now, later) = rest.split_at(take);
+            mem.write_slice(now, span.addr)
+                .map_err(|e| Failure::Guest(format!("cannot write the id: {e}")))?;
+            written += take as u64;
+            rest = later;
+        }
+        Ok(written)
+    }
+}
+
+/// Finds the header, data and status byte of `chain`. The header may be split across
+/// descriptors and zero-length descriptors carry nothing, so both ends are found by bytes,
+/// not by descriptors: the header is the first 16 readable bytes, the status the last
+/// writable byte.
+fn parse(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Result<Request, Malformed> {
+    let mut writable: Vec<Span> = chain
+        .writable()
+        .filter(|d| d.len > 0)
+        .map(|d| Span {
+            addr: d.addr,
+            len: d.len,
+        })
+        .collect();
+    let last = writable.last_mut().ok_or(Malformed::NoStatus)?;
+    last.len -= 1; // len > 0 by the filter.
+    // The queue checked that addr + len does not wrap.
+    let status = last.addr.unchecked_add(u64::from(last.len));
+    if last.len == 0 {
+        writable.pop();
+    }
+
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    let mut readable = Vec::new();
+    for d in chain.descriptors.iter().filter(|d| !d.writable) {
+        let take = (HEADER_LEN - got).min(d.len as usize);
+        if let Some(part) = header.get_mut(got..got + take) {
+            mem.read_slice(part, d.addr)?;
+        }
+        got += take;
+        // take <= HEADER_LEN, so it fits in u32 and d.len - take does not underflow.
+        let take = take as u32;
+        if take < d.len {
+            readable.push(Span {
+                addr: d.addr.unchecked_add(u64::from(take)),
+                len: d.len - take,
+            });
+        }
+    }
+    if got < HEADER_LEN {
+        return Err(Malformed::ShortHeader(got));
+    }
+    let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
+    Ok(Request {
+        kind: u32::from_le_bytes([t0, t1, t2, t3]),
+        sector: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+        readable,
+        writable,
+        status,
+    })
+}
+
+fn total_len(spans: &[Span]) -> u64 {
+    // At most a few thousand u32s: no u64 overflow.
+    spans.iter().map(|s| u64::from(s.len)).sum()
+}
+
+/// The host view of `spans`. A span crossing from one memory region into the next (they
+/// are adjacent, or the queue would have rejected it) becomes one slice per region.
+fn guest_slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    spans: &[Span],
+) -> Result<Vec<VolatileSlice<'m>>, Failure> {
+    let mut slices = Vec::with_capacity(spans.len());
+    for span in spans {
+        for slice in GuestMemoryBackend::get_slices(mem, span.addr, span.len as usize) {
+            let slice = slice.map_err(|e| Failure::Guest(format!("guest memory: {e}")))?;
+            slices.push(slice);
+        }
+    }
+    Ok(slices)
+}
+
+/// Moves all of `bufs` from/to the image at `offset` with `op`, which may transfer less than
+/// asked: retries on EINTR, continues after short transfers, and fails on a transfer of 0
+/// bytes (end of file for reads: the image shrank under us).
+fn transfer(
+    bufs: &[VolatileSlice<'_>],
+    mut offset: u64,
+    mut op: impl FnMut(&[VolatileSlice<'_>], u64) -> io::Result<usize>,
+) -> io::Result<()> {
+    let mut pending: Vec<VolatileSlice<'_>> =
+        bufs.iter().filter(|b| !b.is_empty()).copied().collect();
+    let mut first = 0;
+    while first < pending.len() {
+        let batch = pending
+            .get(first..pending.len().min(first + MAX_IOVECS))
+            .unwrap_or_default();
+        let done = match op(batch, offset) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("image ends before byte {offset}"),
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        offset = offset
+            .checked_add(done as u64)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        first = advance(&mut pending, first, done)?;
+    }
+    Ok(())
+}
+
+/// Consumes `done` bytes of `bufs[first..]`; returns the index of the first buffer with
+/// bytes left (shortened in place).
+fn advance(bufs: &mut [VolatileSlice<'_>], mut first: usize, mut done: usize) -> io::Result<usize> {
+    while done > 0 {
+        let Some(buf) = bufs.get_mut(first) else {
+            return Err(io::Error::other("I/O transferred more than asked"));
+        };
+        if done < buf.len() {
+            *buf = buf.offset(done).map_err(io::Error::other)?;
+            return Ok(first);
+        }
+        done -= buf.len();
+        first += 1;
+    }
+    Ok(first)
+}
+
+/// The id GET_ID returns: the image's device and inode numbers in hex, which tell images
+/// on one host apart and stay the same across VM restarts (as crosvm and Firecracker do).
+fn disk_id(dev: u64, ino: u64) -> [u8; VIRTIO_BLK_ID_BYTES] {
+    // 8 + 12 hex digits: the low 32 bits of st_dev (major and minor of any common device)
+    // and the low 48 bits of the inode number.
+    let text = format!("{:08x}{:012x}", dev & 0xffff_ffff, ino & 0xffff_ffff_ffff);
+    let mut id = [0u8; VIRTIO_BLK_ID_BYTES];
+    for (dst, src) in id.iter_mut().zip(text.bytes()) {
+        *dst = src;
+    }
+    id
+}
+
+/// The virtio-blk device; see the module docs.
+#[derive(Debug)]
+pub struct Block {
+    disk: Arc<Disk>,
+    acked_features: u64,
+    config: [u8; CONFIG_LEN],
+    worker: DeviceWorker,
+}
+
+impl Block {
+    /// Opens the raw image at `path` (read-only if `read_only`) and starts its parked worker.
+    ///
+    /// `worker_name` names the worker thread and prefixes log lines ("virtio-blk0");
+    /// `worker_start` runs first thing on the worker thread, before it can ever see guest
+    /// memory (the VMM installs the worker's seccomp policy there).
+    pub fn open(
+        path: &Path,
+        read_only: bool,
+        worker_name: &str,
+        worker_start: impl FnOnce() + Send + 'static,
+    ) -> Result<Block, BlockError> {
+        let file = open_image(path, read_only)?;
+        let meta = file.metadata().map_err(|source| BlockError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let size = (&file)
+            .seek(SeekFrom::End(0))
+            .map_err(|source| BlockError::Size {
+                path: path.to_owned(),
+                source,
+            })?;
+        if size % SECTOR_SIZE != 0 {
+            log::warn!(
+                "{worker_name}: {} is {size} bytes, not whole {SECTOR_SIZE}-byte sectors; \
+                 the last {} bytes are not visible to the guest",
+                path.display(),
+                size % SECTOR_SIZE
+            );
+        }
+        let disk = Disk {
+            name: worker_name.to_owned(),
+            backend: Box::new(file),
+            capacity: size - size % SECTOR_SIZE,
+            read_only,
+            id: disk_id(meta.dev(), meta.ino()),
+            counters: Arc::default(),
+            guest_problems: LogLimiter::default(),
+            host_problems: LogLimiter::default(),
+        };
+        let worker = DeviceWorker::spawn(worker_name, worker_start).map_err(|source| {
+            BlockError::Worker {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Ok(Block::with_disk(disk, worker))
+    }
+
+    fn with_disk(disk: Disk, worker: DeviceWorker) -> Block {
+        Block {
+            config: config_space(disk.capacity),
+            disk: Arc::new(disk),
+            acked_features: 0,
+            worker,
+        }
+    }
+
+    /// Bytes the guest sees: the image size rounded down to whole sectors.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.disk.capacity
+    }
+
+    /// The disk's counters, live.
+    pub fn counters(&self) -> Arc<BlockCounters> {
+        self.disk.counters.clone()
+    }
+}
+
+/// Opens and locks the image; it must be a regular file or a block device.
+fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
+    let open_error = |source| BlockError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // Look before opening: opening a FIFO would block until a writer comes.
+    let is_disk = |t: std::fs::FileType| t.is_file() || t.is_block_device();
+    if !is_disk(std::fs::metadata(path).map_err(open_error)?.file_type()) {
+        return Err(BlockError::NotADisk {
+            path: path.to_owned(),
+        });
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(open_error)?;
+    // Check again what we actually opened: the path may have changed meanwhile.
+    if !is_disk(file.metadata().map_err(open_error)?.file_type()) {
+        return Err(BlockError::NotADisk {
+            path: path.to_owned(),
+        });
+    }
+    // Two writers, or a writer under a reader, would corrupt what the guests see.
+    let operation = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    } | libc::LOCK_NB;
+    // SAFETY: flock only takes a descriptor we own (open until `file` drops) and flags.
+    if unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
+        let source = io::Error::last_os_error();
+        return Err(if source.kind() == io::ErrorKind::WouldBlock {
+            BlockError::InUse {
+                path: path.to_owned(),
+            }
+        } else {
+            BlockError::Lock {
+                path: path.to_owned(),
+                source,
+            }
+        });
+    }
+    Ok(file)
+}
+
+/// virtio_blk_config (virtio 1.2 section 5.2.4), little-endian, up to blk_size.
+fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
+    let mut config = [0u8; CONFIG_LEN];
+    let sectors = capacity / SECTOR_SIZE;
+    let fields: [(usize, &[u8]); 3] = [
+        (0, &sectors.to_le_bytes()),
+        // size_max (8) stays 0: VIRTIO_BLK_F_SIZE_MAX is not offered; neither is geometry (16).
+        (12, &SEG_MAX.to_le_bytes()),
+        (20, &(SECTOR_SIZE as u32).to_le_bytes()),
+    ];
+    for (offset, bytes) in fields {
+        if let Some(dst) = config.get_mut(offset..offset + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+    }
+    config
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let mut features =
+            1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_BLK_SIZE | 1 << VIRTIO_BLK_F_FLUSH;
+        if self.disk.read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| self.config.get(at).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // Nothing is writable: `writeback` exists only with VIRTIO_BLK_F_CONFIG_WCE.
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        let requests = queues
+            .into_iter()
+            .find(|q| q.index == 0)
+            .ok_or(ActivateError::MissingQueue(0))?;
+        let active = ActiveBlock {
+            disk: self.disk.clone(),
+            mem,
+            interrupt,
+            requests: ServedQueue::new(requests),
+            write_through: self.acked_features & (1 << VIRTIO_BLK_F_FLUSH) == 0,
+        };
+        self.worker
+            .activate(Box::new(active))
+            .map_err(ActivateError::Worker)
+    }
+
+    fn reset(&mut self) {
+        if let Err(err) = self.worker.deactivate() {
+            log::error!("{}: reset did not reach the worker: {err}", self.disk.name);
+        }
+        self.acked_features = 0;
+    }
+}
+
+/// The device while the driver drives it, on the worker.
+struct ActiveBlock {
+    disk: Arc<Disk>,
+    mem: Arc<GuestMemoryMmap>,
+    interrupt: Arc<dyn Interrupt>,
+    requests: ServedQueue,
+    /// The driver did not negotiate FLUSH: every write is made durable before completion.
+    write_through: bool,
+}
+
+impl ActiveBlock {
+    fn serve(&mut self) {
+        let (disk, mem, write_through) = (&*self.disk, &*self.mem, self.write_through);
+        self.requests
+            .serve(&disk.name, mem, &*self.interrupt, |chain| {
+                disk.serve(mem, chain, write_through)
+            });
+    }
+}
+
+impl ActiveDevice for ActiveBlock {
+    fn event_sources(&self) -> Vec<(RawFd, u32)> {
+        vec![(self.requests.notify.as_raw_fd(), 0)]
+    }
+
+    fn start(&mut self) {
+        self.serve();
+    }
+
+    fn handle_event(&mut self, _token: u32) {
+        self.requests.clear_notification();
+        self.serve();
+    }
+}
