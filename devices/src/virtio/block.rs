@@ -235,7 +235,7 @@ impl LogLimiter {
     /// Counts one problem; returns its number when it should be logged.
     fn admit(&self) -> Option<u64> {
         let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        (n <= LOG_FIRST || n % LOG_EVERY == 0).then_some(n)
+        (n <= LOG_FIRST || n.checked_rem(LOG_EVERY) == Some(0)).then_some(n)
     }
 }
 
@@ -404,7 +404,7 @@ impl Disk {
     /// byte offset. Everything is guest-controlled, so no step may overflow.
     fn check_range(&self, sector: u64, data: &[Span]) -> Result<u64, Failure> {
         let len = total_len(data);
-        if len % SECTOR_SIZE != 0 {
+        if sector_tail(len) != 0 {
             return Err(Failure::Guest(format!(
                 "data length {len} is not a multiple of {SECTOR_SIZE}"
             )));
@@ -532,6 +532,11 @@ fn parse(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Result<Request, Malf
     })
 }
 
+/// Bytes of `len` past the last whole sector.
+fn sector_tail(len: u64) -> u64 {
+    len & (SECTOR_SIZE - 1)
+}
+
 fn total_len(spans: &[Span]) -> u64 {
     // At most a few thousand u32s: no u64 overflow.
     spans.iter().map(|s| u64::from(s.len)).sum()
@@ -649,18 +654,19 @@ impl Block {
                 path: path.to_owned(),
                 source,
             })?;
-        if size % SECTOR_SIZE != 0 {
+        let tail = sector_tail(size);
+        if tail != 0 {
             log::warn!(
                 "{worker_name}: {} is {size} bytes, not whole {SECTOR_SIZE}-byte sectors; \
                  the last {} bytes are not visible to the guest",
                 path.display(),
-                size % SECTOR_SIZE
+                tail
             );
         }
         let disk = Disk {
             name: worker_name.to_owned(),
             backend: Box::new(file),
-            capacity: size - size % SECTOR_SIZE,
+            capacity: size - tail,
             read_only,
             id: disk_id(meta.dev(), meta.ino()),
             counters: Arc::default(),
