@@ -868,3 +868,363 @@ impl ActiveDevice for ActiveBlock {
         self.serve();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The request logic against a fake image (host errors, short transfers, what calls the
+    //! image sees) and against a real file in guest memory made of two regions; the device
+    //! as a whole is tested in `devices/tests/virtio_block.rs`.
+
+    use std::sync::Mutex;
+
+    use super::super::Descriptor;
+    use super::*;
+
+    /// What the fake image was asked to do: per transfer, the slice lengths and the offset.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Call {
+        Read(Vec<usize>, u64),
+        Write(Vec<usize>, u64),
+        Flush,
+    }
+
+    /// An in-memory image that can fail its next call, transfers at most `max_per_call`
+    /// bytes per call (0: no limit), and records every call.
+    #[derive(Debug, Default)]
+    struct FakeImage {
+        data: Mutex<Vec<u8>>,
+        fail_next: Mutex<Option<i32>>,
+        max_per_call: usize,
+        calls: Mutex<Vec<Call>>,
+    }
+
+    impl FakeImage {
+        fn failing_next(&self, errno: i32) {
+            *self.fail_next.lock().unwrap() = Some(errno);
+        }
+
+        fn take_failure(&self) -> io::Result<()> {
+            match self.fail_next.lock().unwrap().take() {
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                None => Ok(()),
+            }
+        }
+
+        fn limit(&self, len: usize) -> usize {
+            if self.max_per_call == 0 {
+                len
+            } else {
+                len.min(self.max_per_call)
+            }
+        }
+
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    fn lens(bufs: &[VolatileSlice<'_>]) -> Vec<usize> {
+        bufs.iter().map(VolatileSlice::len).collect()
+    }
+
+    impl DiskBackend for Arc<FakeImage> {
+        fn read_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<usize> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(Call::Read(lens(bufs), offset));
+            self.take_failure()?;
+            let data = self.data.lock().unwrap();
+            let mut at = (offset as usize).min(data.len());
+            let mut left = self.limit(lens(bufs).iter().sum());
+            let mut done = 0;
+            for buf in bufs {
+                let n = buf.len().min(left).min(data.len() - at);
+                buf.subslice(0, n).unwrap().copy_from(&data[at..at + n]);
+                (at, left, done) = (at + n, left - n, done + n);
+            }
+            Ok(done)
+        }
+
+        fn write_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<usize> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(Call::Write(lens(bufs), offset));
+            self.take_failure()?;
+            let mut data = self.data.lock().unwrap();
+            let mut at = offset as usize;
+            let mut left = self.limit(lens(bufs).iter().sum());
+            for buf in bufs {
+                let n = buf.len().min(left);
+                if data.len() < at + n {
+                    data.resize(at + n, 0);
+                }
+                buf.subslice(0, n).unwrap().copy_to(&mut data[at..at + n]);
+                (at, left) = (at + n, left - n);
+            }
+            Ok(at - offset as usize)
+        }
+
+        fn flush(&self) -> io::Result<()> {
+            self.calls.lock().unwrap().push(Call::Flush);
+            self.take_failure()
+        }
+    }
+
+    fn disk(backend: impl DiskBackend + 'static, capacity: u64, read_only: bool) -> Disk {
+        Disk {
+            name: "virtio-blk-unit".into(),
+            backend: Box::new(backend),
+            capacity,
+            read_only,
+            id: disk_id(1, 2),
+            counters: Arc::default(),
+            guest_problems: LogLimiter::default(),
+            host_problems: LogLimiter::default(),
+        }
+    }
+
+    fn fake(sectors: usize, max_per_call: usize) -> Arc<FakeImage> {
+        Arc::new(FakeImage {
+            data: Mutex::new((0..sectors * 512).map(|i| (i % 253) as u8).collect()),
+            max_per_call,
+            ..FakeImage::default()
+        })
+    }
+
+    fn memory(regions: &[(u64, usize)]) -> GuestMemoryMmap {
+        let ranges: Vec<_> = regions.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
+        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+    }
+
+    const HDR: u64 = 0x1000;
+    const STATUS: u64 = 0x1100;
+    const BUF: u64 = 0x2000;
+
+    fn desc(addr: u64, len: u32, writable: bool) -> Descriptor {
+        Descriptor {
+            addr: GuestAddress(addr),
+            len,
+            writable,
+        }
+    }
+
+    /// Serves a request of `kind` at `sector` with `data` between header and status;
+    /// returns (status, used length).
+    fn serve(
+        disk: &Disk,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[Descriptor],
+        write_through: bool,
+    ) -> (u8, u32) {
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&header, GuestAddress(HDR)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let mut descriptors = vec![desc(HDR, 16, false)];
+        descriptors.extend_from_slice(data);
+        descriptors.push(desc(STATUS, 1, true));
+        let chain = DescriptorChain {
+            head: 0,
+            descriptors,
+        };
+        let used = disk.serve(mem, &chain, write_through);
+        (mem.read_obj(GuestAddress(STATUS)).unwrap(), used)
+    }
+
+    fn guest_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf
+    }
+
+    #[test]
+    fn host_errors_fail_only_their_request() {
+        let image = fake(8, 0);
+        let disk = disk(image.clone(), 8 * 512, false);
+        let mem = memory(&[(0, 1 << 20)]);
+        let read = [desc(BUF, 512, true)];
+        let write = [desc(BUF, 512, false)];
+
+        image.failing_next(libc::EIO);
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_IN, 1, &read, false).0, 1);
+        assert_eq!(
+            serve(&disk, &mem, VIRTIO_BLK_T_IN, 1, &read, false),
+            (0, 513)
+        );
+        assert_eq!(
+            guest_bytes(&mem, BUF, 512),
+            image.data.lock().unwrap()[512..1024]
+        );
+
+        image.failing_next(libc::ENOSPC);
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_OUT, 2, &write, false).0, 1);
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_OUT, 2, &write, false).0, 0);
+
+        image.failing_next(libc::EIO);
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_FLUSH, 0, &[], false).0, 1);
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_FLUSH, 0, &[], false).0, 0);
+
+        let c = &disk.counters;
+        assert_eq!(c.io_errors.load(Ordering::Relaxed), 3);
+        assert_eq!(c.invalid_requests.load(Ordering::Relaxed), 0);
+        assert_eq!(c.read_requests.load(Ordering::Relaxed), 2);
+        assert_eq!(c.bytes_read.load(Ordering::Relaxed), 512);
+        assert_eq!(c.bytes_written.load(Ordering::Relaxed), 512);
+    }
+
+    #[test]
+    fn read_only_disk_never_asks_the_image_to_write_or_sync() {
+        let image = fake(8, 0);
+        let disk = disk(image.clone(), 8 * 512, true);
+        let mem = memory(&[(0, 1 << 20)]);
+        let write = [desc(BUF, 512, false)];
+        assert_eq!(
+            serve(&disk, &mem, VIRTIO_BLK_T_OUT, 0, &write, true),
+            (1, 1)
+        );
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_FLUSH, 0, &[], true).0, 0);
+        assert_eq!(image.calls(), []);
+    }
+
+    #[test]
+    fn short_transfers_and_eintr_are_retried_to_completion() {
+        let image = fake(8, 100);
+        let disk = disk(image.clone(), 8 * 512, false);
+        let mem = memory(&[(0, 1 << 20)]);
+        let read = [desc(BUF, 512, true), desc(BUF + 0x1000, 512, true)];
+        image.failing_next(libc::EINTR);
+        assert_eq!(
+            serve(&disk, &mem, VIRTIO_BLK_T_IN, 4, &read, false),
+            (0, 1025)
+        );
+        let expected = image.data.lock().unwrap()[4 * 512..6 * 512].to_vec();
+        assert_eq!(guest_bytes(&mem, BUF, 512), expected[..512]);
+        assert_eq!(guest_bytes(&mem, BUF + 0x1000, 512), expected[512..]);
+        let calls = image.calls();
+        // One interrupted call, then 100 bytes at a time at advancing offsets.
+        assert_eq!(calls.len(), 1 + 11);
+        assert_eq!(calls[1], Call::Read(vec![512, 512], 4 * 512));
+        assert_eq!(calls[2], Call::Read(vec![412, 512], 4 * 512 + 100));
+        assert_eq!(calls[6], Call::Read(vec![12, 512], 4 * 512 + 500));
+        assert_eq!(calls[7], Call::Read(vec![424], 4 * 512 + 600));
+
+        // The same for writes.
+        mem.write_slice(&[9; 512], GuestAddress(BUF)).unwrap();
+        let write = [desc(BUF, 512, false)];
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_OUT, 0, &write, false).0, 0);
+        assert_eq!(image.data.lock().unwrap()[..512], [9; 512]);
+    }
+
+    #[test]
+    fn a_transfer_that_makes_no_progress_fails() {
+        // The image ends at sector 2 although the disk claims 8: reads hit EOF.
+        let image = fake(2, 0);
+        let disk = disk(image.clone(), 8 * 512, false);
+        let mem = memory(&[(0, 1 << 20)]);
+        let read = [desc(BUF, 2048, true)];
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_IN, 0, &read, false), (1, 1));
+        assert_eq!(disk.counters.io_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn write_through_syncs_each_write_when_flush_is_not_negotiated() {
+        let image = fake(8, 0);
+        let disk = disk(image.clone(), 8 * 512, false);
+        let mem = memory(&[(0, 1 << 20)]);
+        let write = [desc(BUF, 512, false)];
+        serve(&disk, &mem, VIRTIO_BLK_T_OUT, 1, &write, false);
+        assert_eq!(image.calls(), [Call::Write(vec![512], 512)]);
+        serve(&disk, &mem, VIRTIO_BLK_T_OUT, 1, &write, true);
+        assert_eq!(
+            image.calls()[1..],
+            [Call::Write(vec![512], 512), Call::Flush]
+        );
+    }
+
+    #[test]
+    fn chains_longer_than_iov_max_are_split_into_several_calls() {
+        let image = fake(2048, 0);
+        let disk = disk(image.clone(), 2048 * 512, false);
+        let mem = memory(&[(0, 1 << 20)]);
+        // 1100 readable sectors, all from the same guest buffer.
+        let write = vec![desc(BUF, 512, false); 1100];
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_OUT, 0, &write, false).0, 0);
+        let calls = image.calls();
+        assert_eq!(
+            calls,
+            [
+                Call::Write(vec![512; 1024], 0),
+                Call::Write(vec![512; 76], 1024 * 512)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_buffer_across_two_memory_regions_is_split_not_refused() {
+        // A real file, so preadv/pwritev themselves see the two iovecs.
+        let path = std::env::temp_dir().join(format!("vmm-block-unit-{}.img", std::process::id()));
+        let contents: Vec<u8> = (0..8 * 512).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&path, &contents).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let disk = disk(file, 8 * 512, false);
+        let boundary = 0x1_0000;
+        let mem = memory(&[(0, boundary), (boundary as u64, boundary)]);
+        let across = boundary as u64 - 0x100;
+        assert_eq!(mem.num_regions(), 2);
+
+        let read = [desc(across, 1024, true)];
+        assert_eq!(
+            serve(&disk, &mem, VIRTIO_BLK_T_IN, 2, &read, false),
+            (0, 1025)
+        );
+        assert_eq!(guest_bytes(&mem, across, 1024), contents[1024..2048]);
+
+        mem.write_slice(&[0xab; 1024], GuestAddress(across))
+            .unwrap();
+        let write = [desc(across, 1024, false)];
+        assert_eq!(serve(&disk, &mem, VIRTIO_BLK_T_OUT, 5, &write, false).0, 0);
+        let on_disk = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(on_disk[5 * 512..7 * 512], [0xab; 1024]);
+        assert_eq!(on_disk[..5 * 512], contents[..5 * 512]);
+    }
+
+    #[test]
+    fn guest_slices_follow_region_boundaries() {
+        let mem = memory(&[(0, 0x1000), (0x1000, 0x1000)]);
+        let spans = [
+            Span {
+                addr: GuestAddress(0xf00),
+                len: 0x200,
+            },
+            Span {
+                addr: GuestAddress(0x1800),
+                len: 0x10,
+            },
+        ];
+        let slices = guest_slices(&mem, &spans).unwrap();
+        assert_eq!(lens(&slices), [0x100, 0x100, 0x10]);
+    }
+
+    #[test]
+    fn log_limiter_admits_the_first_few_then_one_in_a_thousand() {
+        let limiter = LogLimiter::default();
+        let admitted: Vec<u64> = (0..3500).filter_map(|_| limiter.admit()).collect();
+        assert_eq!(admitted, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1000, 2000, 3000]);
+    }
+
+    #[test]
+    fn id_is_twenty_hex_digits_of_device_and_inode() {
+        assert_eq!(&disk_id(0x803, 0x1234), b"00000803000000001234");
+        assert_eq!(&disk_id(u64::MAX, u64::MAX), b"ffffffffffffffffffff");
+    }
+}
