@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{DATA, MEM_SIZE, TestDevice, ro, wait_for, wo};
 use devices::virtio::balloon::{
-    Balloon, BalloonError, BalloonHandle, BalloonStats, VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
-    VIRTIO_BALLOON_F_STATS_VQ,
+    Balloon, BalloonError, BalloonHandle, BalloonStats, MAX_PFNS_PER_CHAIN,
+    VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use devices::virtio::{
     ActivateError, ActiveQueue, Interrupt, Queue, VIRTIO_ID_BALLOON, VirtioDevice,
@@ -282,6 +282,18 @@ fn odd_and_empty_chains_are_returned_and_the_device_keeps_serving() {
     inflate(&mut t, &[BALLOON_PFN + 2], 5);
     assert!(page_is(&t.mem, BALLOON_PFN + 2, 0));
     assert!(!t.interrupt.needs_reset.load(Ordering::SeqCst));
+}
+
+#[test]
+fn frames_past_the_per_chain_limit_are_not_released() {
+    let (mut t, _handle) = active(0);
+    fill_page(&t.mem, BALLOON_PFN, 0xAA);
+    fill_page(&t.mem, BALLOON_PFN + 1, 0xAA);
+    let mut pfns = vec![BALLOON_PFN; MAX_PFNS_PER_CHAIN];
+    pfns.push(BALLOON_PFN + 1);
+    inflate(&mut t, &pfns, 1);
+    assert!(page_is(&t.mem, BALLOON_PFN, 0));
+    assert!(page_is(&t.mem, BALLOON_PFN + 1, 0xAA));
 }
 
 #[test]

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::{
-    Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+    Address, Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -55,23 +55,26 @@ const PAGE_SHIFT: u32 = 12;
 pub const BALLOON_QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 3] = [BALLOON_QUEUE_SIZE; 3];
 
-/// Queue indexes, which are also the epoll tokens of their notifications.
+/// Queue indexes.
 const INFLATE_QUEUE: usize = 0;
 const DEFLATE_QUEUE: usize = 1;
 const STATS_QUEUE: usize = 2;
-/// Epoll token of the host's "refresh the statistics" request.
+/// Epoll tokens: each queue's notification, and the host's "refresh the statistics".
+const INFLATE_TOKEN: u32 = 0;
+const DEFLATE_TOKEN: u32 = 1;
+const STATS_TOKEN: u32 = 2;
 const STATS_REQUEST_TOKEN: u32 = 3;
 
-/// Most frame numbers read from one inflate chain. Linux sends 256; the bound keeps the
-/// work of one chain (and so a reset, which waits for the worker) small whatever the
-/// guest posts. Frames beyond it are left in the guest's balloon but not reclaimed.
-pub const MAX_PFNS_PER_CHAIN: usize = 1 << 16;
+/// Most frame numbers read from one inflate chain. Linux and FreeBSD send 256; the bound
+/// keeps the work of one chain (and so a reset, which waits for the worker) small whatever
+/// the guest posts. Frames beyond it stay in the guest's balloon but are not reclaimed.
+pub const MAX_PFNS_PER_CHAIN: usize = 4096;
 const PFN_SIZE: usize = 4;
 
 /// Bytes of one statistics entry: u16 tag, u64 value, packed.
 const STAT_ENTRY_SIZE: usize = 10;
-/// Most statistics bytes read from one buffer: far more than every tag the spec defines.
-const MAX_STATS_BYTES: usize = 64 * STAT_ENTRY_SIZE;
+/// Most statistics entries read from one buffer: far more than the spec defines tags.
+const MAX_STAT_ENTRIES: usize = 64;
 
 /// Configuration space layout (virtio 1.2 section 5.5.4).
 const CONFIG_NUM_PAGES: usize = 0;
@@ -143,22 +146,6 @@ impl BalloonStats {
         };
         *field = Some(value);
     }
-}
-
-/// Parses a statistics buffer: packed little-endian (u16 tag, u64 value) entries. A
-/// trailing partial entry is ignored; its length is returned for the log.
-fn parse_stats(bytes: &[u8]) -> (BalloonStats, usize) {
-    let mut stats = BalloonStats::default();
-    let entries = bytes.chunks_exact(STAT_ENTRY_SIZE);
-    let leftover = entries.remainder().len();
-    for entry in entries {
-        if let Some((tag, value)) = entry.split_first_chunk::<2>()
-            && let Ok(value) = <[u8; 8]>::try_from(value)
-        {
-            stats.record(u16::from_le_bytes(*tag), u64::from_le_bytes(value));
-        }
-    }
-    (stats, leftover)
 }
 
 /// State shared by the device, its worker and the handles. Only atomics and short locks:
@@ -375,13 +362,15 @@ impl VirtioDevice for Balloon {
         interrupt: Arc<dyn Interrupt>,
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError> {
-        let mut slots: [Option<ActiveQueue>; 3] = [None, None, None];
+        let (mut inflate, mut deflate, mut stats) = (None, None, None);
         for queue in queues {
-            if let Some(slot) = slots.get_mut(queue.index) {
-                *slot = Some(queue);
+            match queue.index {
+                INFLATE_QUEUE => inflate = Some(queue),
+                DEFLATE_QUEUE => deflate = Some(queue),
+                STATS_QUEUE => stats = Some(queue),
+                _ => {}
             }
         }
-        let [inflate, deflate, stats] = slots;
         let inflate = inflate.ok_or(ActivateError::MissingQueue(INFLATE_QUEUE))?;
         let deflate = deflate.ok_or(ActivateError::MissingQueue(DEFLATE_QUEUE))?;
         let stats_negotiated = self.acked_features & (1 << VIRTIO_BALLOON_F_STATS_VQ) != 0;
@@ -395,7 +384,6 @@ impl VirtioDevice for Balloon {
             stats,
             stats_broken: false,
             held_stats: None,
-            scratch: Vec::new(),
             log: LogBudget::new(),
         };
         self.worker
@@ -473,8 +461,6 @@ struct ActiveBalloon {
     stats_broken: bool,
     /// Head of the statistics chain the device holds until the host wants fresh numbers.
     held_stats: Option<u16>,
-    /// Reused buffer for the bytes of one chain.
-    scratch: Vec<u8>,
     log: LogBudget,
 }
 
@@ -484,12 +470,11 @@ impl ActiveBalloon {
             mem,
             interrupt,
             inflate,
-            scratch,
             log,
             ..
         } = self;
         inflate.serve(LOG_NAME, mem, &**interrupt, |chain| {
-            inflate_chain(mem, chain, scratch, log);
+            inflate_chain(mem, chain, log);
             0
         });
     }
@@ -510,7 +495,6 @@ impl ActiveBalloon {
             stats,
             stats_broken,
             held_stats,
-            scratch,
             log,
             ..
         } = self;
@@ -519,7 +503,7 @@ impl ActiveBalloon {
         };
         loop {
             while let Some(chain) = queue.pop(LOG_NAME, mem, &**interrupt) {
-                read_stats(mem, &chain, shared, scratch, log);
+                read_stats(mem, &chain, shared, log);
                 // A driver keeps one buffer posted; an extra one goes straight back
                 // rather than being held forever.
                 if let Some(older) = held_stats.replace(chain.head) {
@@ -560,11 +544,11 @@ impl ActiveBalloon {
 impl ActiveDevice for ActiveBalloon {
     fn event_sources(&self) -> Vec<(RawFd, u32)> {
         let mut sources = vec![
-            (self.inflate.notify.as_raw_fd(), INFLATE_QUEUE as u32),
-            (self.deflate.notify.as_raw_fd(), DEFLATE_QUEUE as u32),
+            (self.inflate.notify.as_raw_fd(), INFLATE_TOKEN),
+            (self.deflate.notify.as_raw_fd(), DEFLATE_TOKEN),
         ];
         if let Some(stats) = &self.stats {
-            sources.push((stats.notify.as_raw_fd(), STATS_QUEUE as u32));
+            sources.push((stats.notify.as_raw_fd(), STATS_TOKEN));
             sources.push((self.shared.stats_request.as_raw_fd(), STATS_REQUEST_TOKEN));
         }
         sources
@@ -580,15 +564,15 @@ impl ActiveDevice for ActiveBalloon {
 
     fn handle_event(&mut self, token: u32) {
         match token {
-            t if t == INFLATE_QUEUE as u32 => {
+            INFLATE_TOKEN => {
                 self.inflate.clear_notification();
                 self.serve_inflate();
             }
-            t if t == DEFLATE_QUEUE as u32 => {
+            DEFLATE_TOKEN => {
                 self.deflate.clear_notification();
                 self.serve_deflate();
             }
-            t if t == STATS_QUEUE as u32 => {
+            STATS_TOKEN => {
                 if let Some(stats) = &self.stats {
                     stats.clear_notification();
                 }
@@ -600,33 +584,96 @@ impl ActiveDevice for ActiveBalloon {
     }
 }
 
-/// Copies the chain's device-readable bytes into `buf`, at most `max`. Returns whether
-/// the chain held more (or could not be read whole).
-fn gather_readable(
+/// Bytes of guest memory read at a time from a chain: 256 frame numbers, what Linux
+/// puts in one inflate chain.
+const READ_CHUNK: usize = 1024;
+
+/// Feeds the chain's device-readable bytes, in order and as one stream, to `sink` in
+/// chunks of at most [`READ_CHUNK`] until `sink` returns false. Reads through a buffer on
+/// the stack: serving a chain allocates nothing, however much the guest posts. Returns
+/// false if guest memory could not be read (the queue validated the buffers, so only a
+/// bug gets there).
+fn stream_readable(
     mem: &GuestMemoryMmap,
     chain: &DescriptorChain,
-    max: usize,
-    buf: &mut Vec<u8>,
+    mut sink: impl FnMut(&[u8]) -> bool,
 ) -> bool {
-    buf.clear();
+    let mut chunk = [0u8; READ_CHUNK];
     for desc in chain.descriptors.iter().filter(|d| !d.writable) {
-        let room = max.saturating_sub(buf.len());
-        let len = usize::try_from(desc.len).unwrap_or(usize::MAX);
-        let take = len.min(room);
-        let start = buf.len();
-        buf.resize(start + take, 0);
-        let Some(dest) = buf.get_mut(start..) else {
-            return true;
-        };
-        if mem.read_slice(dest, desc.addr).is_err() {
-            buf.truncate(start);
-            return true;
-        }
-        if take < len {
-            return true;
+        let mut done: u32 = 0;
+        while done < desc.len {
+            // At most READ_CHUNK, so the casts are lossless.
+            let want = (desc.len - done).min(READ_CHUNK as u32);
+            let (Some(buf), Some(addr)) = (
+                chunk.get_mut(..want as usize),
+                desc.addr.checked_add(u64::from(done)),
+            ) else {
+                return false;
+            };
+            if mem.read_slice(buf, addr).is_err() {
+                return false;
+            }
+            if !sink(buf) {
+                return true;
+            }
+            done += want;
         }
     }
-    false
+    true
+}
+
+/// Cuts a byte stream into `N`-byte records, whatever the chunk boundaries (a driver may
+/// split an array across buffers anywhere).
+struct Records<const N: usize> {
+    partial: [u8; N],
+    filled: usize,
+}
+
+impl<const N: usize> Records<N> {
+    fn new() -> Records<N> {
+        Records {
+            partial: [0; N],
+            filled: 0,
+        }
+    }
+
+    /// Hands every record completed by `bytes` to `each`, until it returns false; keeps
+    /// the bytes of a record not yet complete. Returns false if `each` did.
+    fn feed(&mut self, bytes: &[u8], mut each: impl FnMut([u8; N]) -> bool) -> bool {
+        let mut bytes = bytes;
+        if self.filled > 0 {
+            // Complete the record begun in an earlier chunk first.
+            let take = (N - self.filled).min(bytes.len());
+            let (head, rest) = bytes.split_at(take);
+            self.partial[self.filled..self.filled + take].copy_from_slice(head);
+            self.filled += take;
+            bytes = rest;
+            if self.filled < N {
+                return true;
+            }
+            self.filled = 0;
+            if !each(self.partial) {
+                return false;
+            }
+        }
+        let records = bytes.chunks_exact(N);
+        let rest = records.remainder();
+        for record in records {
+            if let Ok(record) = <[u8; N]>::try_from(record)
+                && !each(record)
+            {
+                return false;
+            }
+        }
+        self.partial[..rest.len()].copy_from_slice(rest);
+        self.filled = rest.len();
+        true
+    }
+
+    /// Bytes of an incomplete record at the end of the stream.
+    fn leftover(&self) -> usize {
+        self.filled
+    }
 }
 
 /// What came of one inflate chain, for the log.
@@ -638,54 +685,80 @@ struct InflateOutcome {
     outside: u64,
     /// Pages madvise refused.
     failed: u64,
+    /// Why madvise refused, the last time it did.
+    errno: Option<i32>,
 }
 
 /// Gives back the pages an inflate chain lists, then logs anything odd about it.
-fn inflate_chain(
-    mem: &GuestMemoryMmap,
-    chain: &DescriptorChain,
-    scratch: &mut Vec<u8>,
-    log: &mut LogBudget,
-) {
-    let truncated = gather_readable(mem, chain, MAX_PFNS_PER_CHAIN * PFN_SIZE, scratch);
-    let pfns = scratch.chunks_exact(PFN_SIZE);
-    let leftover = pfns.remainder().len();
-    let pfns = pfns.filter_map(|b| <[u8; PFN_SIZE]>::try_from(b).ok().map(u32::from_le_bytes));
-    let outcome = release_pfns(mem, pfns);
-    if truncated || leftover != 0 || outcome.outside != 0 || outcome.failed != 0 {
+fn inflate_chain(mem: &GuestMemoryMmap, chain: &DescriptorChain, log: &mut LogBudget) {
+    let mut pfns = Records::<PFN_SIZE>::new();
+    let mut release = Release::new(mem);
+    let mut count = 0;
+    let mut truncated = false;
+    let readable = stream_readable(mem, chain, |bytes| {
+        pfns.feed(bytes, |pfn| {
+            if count == MAX_PFNS_PER_CHAIN {
+                truncated = true;
+                return false;
+            }
+            count += 1;
+            release.push(u32::from_le_bytes(pfn));
+            true
+        })
+    });
+    let outcome = release.finish();
+    let leftover = pfns.leftover();
+    if !readable || truncated || leftover != 0 || outcome.outside != 0 || outcome.failed != 0 {
         log.warn(format_args!(
-            "inflate chain {}: {} pages outside guest RAM, {} not released, \
-             {leftover} trailing bytes, truncated: {truncated}",
-            chain.head, outcome.outside, outcome.failed
+            "inflate chain {}: {} pages outside guest RAM, {} not released (errno {:?}), \
+             {leftover} trailing bytes, truncated: {truncated}, readable: {readable}",
+            chain.head, outcome.outside, outcome.failed, outcome.errno
         ));
     }
 }
 
-/// Gives back the pages `pfns` name, one madvise per run of contiguous frames.
-fn release_pfns(mem: &GuestMemoryMmap, pfns: impl Iterator<Item = u32>) -> InflateOutcome {
-    let mut outcome = InflateOutcome::default();
-    // The current run: first frame and length in pages.
-    let mut run: Option<(u64, u64)> = None;
-    for pfn in pfns.map(u64::from) {
-        run = match run {
+/// Gives back pages as their frame numbers come, one madvise per run of contiguous
+/// frames (Linux often sends hundreds in a row).
+struct Release<'m> {
+    mem: &'m GuestMemoryMmap,
+    /// The current run: first frame and length in pages.
+    run: Option<(u64, u64)>,
+    outcome: InflateOutcome,
+}
+
+impl<'m> Release<'m> {
+    fn new(mem: &'m GuestMemoryMmap) -> Release<'m> {
+        Release {
+            mem,
+            run: None,
+            outcome: InflateOutcome::default(),
+        }
+    }
+
+    fn push(&mut self, pfn: u32) {
+        let pfn = u64::from(pfn);
+        self.run = match self.run {
             Some((first, len)) if first + len == pfn => Some((first, len + 1)),
             Some((first, len)) => {
-                release_run(mem, first, len, &mut outcome);
+                release_run(self.mem, first, len, &mut self.outcome);
                 Some((pfn, 1))
             }
             None => Some((pfn, 1)),
         };
     }
-    if let Some((first, len)) = run {
-        release_run(mem, first, len, &mut outcome);
+
+    fn finish(mut self) -> InflateOutcome {
+        if let Some((first, len)) = self.run.take() {
+            release_run(self.mem, first, len, &mut self.outcome);
+        }
+        self.outcome
     }
-    outcome
 }
 
 /// Gives back the `pages` pages from frame `first` that lie wholly inside a guest RAM
 /// region, a piece per region; counts the rest as outside.
 fn release_run(mem: &GuestMemoryMmap, first: u64, pages: u64, outcome: &mut InflateOutcome) {
-    // Frames are u32 and runs at most MAX_PFNS_PER_CHAIN long: no overflow below 2^45.
+    // A run holds consecutive u32 frames, so `first + pages <= 2^32` and `end <= 2^44`.
     let start = first << PAGE_SHIFT;
     let end = (first + pages) << PAGE_SHIFT;
     let mut inside = 0;
@@ -697,7 +770,10 @@ fn release_run(mem: &GuestMemoryMmap, first: u64, pages: u64, outcome: &mut Infl
         inside += len_pages;
         match discard(region, offset, len) {
             Ok(()) => outcome.released += len_pages,
-            Err(_) => outcome.failed += len_pages,
+            Err(e) => {
+                outcome.failed += len_pages;
+                outcome.errno = e.raw_os_error();
+            }
         }
     }
     outcome.outside += pages - inside;
@@ -722,6 +798,10 @@ fn page_span_in_region<R: GuestMemoryRegion>(
 }
 
 /// Discards `len` bytes at `offset` in `region` with `madvise(MADV_DONTNEED)`.
+///
+/// Inside a transparent huge page this splits its mapping and frees the host memory once
+/// all of the huge page is discarded (or the kernel's deferred split runs); the guest
+/// sees zero pages either way.
 fn discard<R: GuestMemoryRegion>(region: &R, offset: u64, len: u64) -> io::Result<()> {
     let in_region = offset
         .checked_add(len)
@@ -733,10 +813,12 @@ fn discard<R: GuestMemoryRegion>(region: &R, offset: u64, len: u64) -> io::Resul
         .get_host_address(MemoryRegionAddress(offset))
         .map_err(io::Error::other)?;
     let len = usize::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: `host` is the host address of byte `offset` of `region` (vm-memory checked
-    // that offset is inside it), and we checked `offset + len <= region.len()` above, so
-    // `host..host + len` lies inside the region's mapping, which lives as long as the
-    // `GuestMemoryMmap` our caller borrows. madvise does not unmap anything: with
+    // SAFETY: `region` is a guest RAM region of the `GuestMemoryMmap` handed over at
+    // activation, and `host` the host address of its byte `offset` (vm-memory checked
+    // that offset is inside it). We checked `offset + len <= region.len()` above, and a
+    // region's length is that of its mapping, so `host..host + len` lies inside the
+    // mapping, which lives as long as the memory our caller borrows. madvise does not
+    // unmap anything: with
     // MADV_DONTNEED the pages of this private anonymous guest RAM read as zero on their
     // next access, which is what the guest asked for by putting them in the balloon. No
     // Rust reference points into guest memory (it is only accessed volatilely), so no
@@ -749,19 +831,35 @@ fn discard<R: GuestMemoryRegion>(region: &R, offset: u64, len: u64) -> io::Resul
     }
 }
 
-/// Parses a statistics buffer the driver posted and publishes the numbers.
+/// Parses a statistics buffer the driver posted and publishes the numbers: packed
+/// little-endian (u16 tag, u64 value) entries. A trailing partial entry is ignored.
 fn read_stats(
     mem: &GuestMemoryMmap,
     chain: &DescriptorChain,
     shared: &Shared,
-    scratch: &mut Vec<u8>,
     log: &mut LogBudget,
 ) {
-    let truncated = gather_readable(mem, chain, MAX_STATS_BYTES, scratch);
-    let (stats, leftover) = parse_stats(scratch);
-    if truncated || leftover != 0 {
+    let mut entries = Records::<STAT_ENTRY_SIZE>::new();
+    let mut stats = BalloonStats::default();
+    let mut count = 0;
+    let mut truncated = false;
+    let readable = stream_readable(mem, chain, |bytes| {
+        entries.feed(bytes, |entry| {
+            if count == MAX_STAT_ENTRIES {
+                truncated = true;
+                return false;
+            }
+            count += 1;
+            let [t0, t1, v @ ..] = entry;
+            stats.record(u16::from_le_bytes([t0, t1]), u64::from_le_bytes(v));
+            true
+        })
+    });
+    let leftover = entries.leftover();
+    if !readable || truncated || leftover != 0 {
         log.warn(format_args!(
-            "statistics buffer {}: {leftover} trailing bytes, truncated: {truncated}",
+            "statistics buffer {}: {leftover} trailing bytes, truncated: {truncated}, \
+             readable: {readable}",
             chain.head
         ));
     }
@@ -785,6 +883,14 @@ mod tests {
         buf.iter().all(|b| *b == 0)
     }
 
+    fn release_pfns(mem: &GuestMemoryMmap, pfns: &[u32]) -> InflateOutcome {
+        let mut release = Release::new(mem);
+        for pfn in pfns {
+            release.push(*pfn);
+        }
+        release.finish()
+    }
+
     #[test]
     fn a_run_across_two_regions_is_released_in_both() {
         let mem = GuestMemoryMmap::from_ranges(&[
@@ -793,7 +899,7 @@ mod tests {
         ])
         .unwrap();
         fill(&mem, 0, 0x4000);
-        let outcome = release_pfns(&mem, [0, 1, 2, 3].into_iter());
+        let outcome = release_pfns(&mem, &[0, 1, 2, 3]);
         assert_eq!(
             outcome,
             InflateOutcome {
@@ -811,13 +917,13 @@ mod tests {
             (GuestAddress(0x4000), 0x1000),
         ])
         .unwrap();
-        let outcome = release_pfns(&mem, [0, 1, 2, 3, 4, 5, u32::MAX].into_iter());
+        let outcome = release_pfns(&mem, &[0, 1, 2, 3, 4, 5, u32::MAX]);
         assert_eq!(
             outcome,
             InflateOutcome {
                 released: 3,
                 outside: 4,
-                failed: 0
+                ..Default::default()
             }
         );
     }
@@ -826,13 +932,13 @@ mod tests {
     fn a_page_straddling_an_unaligned_region_end_is_not_released() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2800)]).unwrap();
         fill(&mem, 0, 0x2800);
-        let outcome = release_pfns(&mem, [1, 2].into_iter());
+        let outcome = release_pfns(&mem, &[1, 2]);
         assert_eq!(
             outcome,
             InflateOutcome {
                 released: 1,
                 outside: 1,
-                failed: 0
+                ..Default::default()
             }
         );
         assert!(is_zero(&mem, 0x1000, 0x1000));
@@ -840,15 +946,41 @@ mod tests {
     }
 
     #[test]
-    fn stats_parse_known_tags_and_drop_the_rest() {
-        let mut bytes = Vec::new();
-        for (tag, value) in [(4u16, 100u64), (42, 7), (9, 3), (4, 200)] {
-            bytes.extend_from_slice(&tag.to_le_bytes());
-            bytes.extend_from_slice(&value.to_le_bytes());
+    fn records_are_cut_across_any_chunk_boundary() {
+        let bytes: Vec<u8> = (0u8..23).collect();
+        for split in 0..bytes.len() {
+            let mut records = Records::<5>::new();
+            let mut seen = Vec::new();
+            let (a, b) = bytes.split_at(split);
+            for chunk in [a, b, &[][..]] {
+                assert!(records.feed(chunk, |r| {
+                    seen.push(r);
+                    true
+                }));
+            }
+            assert_eq!(seen.len(), 4, "split at {split}");
+            assert_eq!(seen.concat(), bytes[..20]);
+            assert_eq!(records.leftover(), 3);
         }
-        bytes.extend_from_slice(&[5, 0, 1]);
-        let (stats, leftover) = parse_stats(&bytes);
-        assert_eq!(leftover, 3);
+    }
+
+    #[test]
+    fn records_stop_when_asked() {
+        let mut records = Records::<2>::new();
+        let mut seen = 0;
+        assert!(!records.feed(&[0; 10], |_| {
+            seen += 1;
+            seen < 3
+        }));
+        assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn stats_keep_known_tags_and_the_last_of_a_repeated_one() {
+        let mut stats = BalloonStats::default();
+        for (tag, value) in [(4u16, 100u64), (42, 7), (9, 3), (4, 200)] {
+            stats.record(tag, value);
+        }
         assert_eq!(
             stats,
             BalloonStats {
