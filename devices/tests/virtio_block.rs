@@ -272,6 +272,9 @@ fn unknown_request_type_is_unsupported() {
     assert_eq!((st, len), (VIRTIO_BLK_S_UNSUPP, 1));
     let (st, _) = request(&mut t, 0xdead_beef, 0, &[]);
     assert_eq!(st, VIRTIO_BLK_S_UNSUPP);
+    let counters = t.device.counters();
+    assert_eq!(counters.invalid_requests.load(Ordering::Relaxed), 2);
+    assert_eq!(counters.io_errors.load(Ordering::Relaxed), 0);
 }
 
 #[test]

@@ -134,16 +134,17 @@ pub enum BlockError {
     },
 }
 
-/// What a disk has done since it was opened; shared with whoever wants to watch it. Every
-/// request the device completes is counted in exactly one of the `*_requests` fields or in
-/// `invalid_requests`.
+/// What a disk has done since it was opened, live; shared with whoever wants to watch it
+/// (the VMM's stats). Request counters count requests the device tried to carry out, so a
+/// read that the host failed counts in both `read_requests` and `io_errors`, while one
+/// refused for the guest's fault counts only in `invalid_requests`.
 #[derive(Debug, Default)]
 pub struct BlockCounters {
-    /// IN requests that passed validation (successful or not).
+    /// IN requests that passed validation and went to the image (successful or not).
     pub read_requests: AtomicU64,
-    /// OUT requests that passed validation (successful or not).
+    /// OUT requests that passed validation and went to the image (successful or not).
     pub write_requests: AtomicU64,
-    /// FLUSH requests.
+    /// FLUSH requests (on a read-only disk they succeed without touching the image).
     pub flush_requests: AtomicU64,
     /// Bytes the guest read successfully.
     pub bytes_read: AtomicU64,
@@ -345,7 +346,6 @@ impl Disk {
             }
             VIRTIO_BLK_T_GET_ID => self.get_id(mem, &request.writable),
             other => {
-                c.invalid_requests.fetch_add(1, Ordering::Relaxed);
                 self.guest_problem(format_args!("unsupported request type {other}"));
                 return Outcome {
                     status: VIRTIO_BLK_S_UNSUPP,
@@ -445,8 +445,8 @@ impl Disk {
             self.backend.write_vectored_at(bufs, at)
         })
         .map_err(Failure::Host)?;
-        // A driver that did not take FLUSH expects no volatile cache: make each write
-        // durable before completing it (virtio 1.2 section 5.2.6.2).
+        // A driver that did not take FLUSH has no way to ask for durability and so treats
+        // the disk as write-through (Linux does): each write must be durable on completion.
         if write_through {
             self.backend.flush().map_err(Failure::Host)?;
         }
