@@ -6,10 +6,12 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// (policy file, the filter's name inside it, the Rust constant it becomes).
-const POLICIES: [(&str, &str, &str); 3] = [
+const POLICIES: [(&str, &str, &str); 5] = [
     ("vcpu.json", "vcpu", "VCPU"),
     ("main.json", "main", "MAIN"),
     ("virtio_rng.json", "virtio_rng", "VIRTIO_RNG"),
+    ("virtio_block.json", "virtio_block", "VIRTIO_BLOCK"),
+    ("virtio_balloon.json", "virtio_balloon", "VIRTIO_BALLOON"),
 ];
 
 fn main() {

@@ -10,6 +10,8 @@ use arch::layout;
 use devices::pci::{
     self, BarAllocator, MsixRouteUpdate, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciDevice, PciRoot,
 };
+use devices::virtio::balloon::{Balloon, BalloonHandle};
+use devices::virtio::block::{Block, BlockCounters, BlockError};
 use devices::virtio::{Rng, VirtioDevice, VirtioPciDevice};
 use devices::{AcpiPm, Bus, BusDevice, BusWindow, Cmos, I8042, ResetControl, Serial};
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
@@ -97,6 +99,12 @@ pub enum BuildError {
     },
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
+    #[error("--disk {path}: {source}")]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: BlockError,
+    },
     #[error("cannot set up a device: {0}")]
     Device(String),
     #[error("cannot place a device on the bus: {0}")]
@@ -131,6 +139,16 @@ pub struct Vm {
     pub mmio_bus: Arc<Bus>,
     pub requests: GuestRequests,
     pub console: Console,
+    pub virtio: VirtioHandles,
+}
+
+/// What the control socket keeps of the virtio devices once they run.
+#[derive(Default)]
+pub struct VirtioHandles {
+    /// The balloon's target and size, with `--balloon`.
+    pub balloon: Option<BalloonHandle>,
+    /// Each `--disk`'s counters, in `--disk` order.
+    pub disks: Vec<Arc<BlockCounters>>,
 }
 
 /// What the loader thread puts in guest memory: the kernel and where the initrd went.
@@ -163,7 +181,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
         };
         let console = create_console(&vm_fd, config)?;
         let mut mmio_bus = Bus::new();
-        let pci_root = create_pci(config, &vm_fd, &memory, &mut mmio_bus)?;
+        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mut mmio_bus)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -184,6 +202,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             mmio_bus: Arc::new(mmio_bus),
             requests,
             console,
+            virtio,
         })
     })
 }
@@ -453,13 +472,14 @@ fn create_pio_bus(
     Ok(bus)
 }
 
-/// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for.
+/// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
+/// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added.
 fn create_pci(
     config: &VmConfig,
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &mut Bus,
-) -> Result<PciRoot> {
+) -> Result<(PciRoot, VirtioHandles)> {
     let mut pci = PciWiring {
         root: PciRoot::new(),
         bars: BarAllocator::default(),
@@ -469,6 +489,26 @@ fn create_pci(
         memory,
         mmio_bus,
     };
+    let mut handles = VirtioHandles::default();
+    for (index, disk) in config.disks.iter().enumerate() {
+        let name = format!("virtio-blk{index}");
+        let label = name.clone();
+        let block = Block::open(&disk.path, disk.read_only, &name, move || {
+            crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label)
+        })
+        .map_err(|source| BuildError::Disk {
+            path: disk.path.clone(),
+            source,
+        })?;
+        debug!(
+            "{name}: {} ({} bytes{})",
+            disk.path.display(),
+            block.capacity_bytes(),
+            if disk.read_only { ", read-only" } else { "" }
+        );
+        handles.disks.push(block.counters());
+        pci.add_virtio(Box::new(block))?;
+    }
     if config.rng {
         let rng = Rng::with_worker_start(|| {
             crate::sandbox::enter_device_worker(ThreadKind::VirtioRng, "virtio-rng")
@@ -476,7 +516,19 @@ fn create_pci(
         .map_err(|err| BuildError::Device(format!("cannot start the virtio-rng worker: {err}")))?;
         pci.add_virtio(Box::new(rng))?;
     }
-    Ok(pci.root)
+    if config.balloon {
+        let balloon = Balloon::new(
+            config.mem_bytes / vm_control::wire::PAGE_SIZE,
+            "virtio-balloon",
+            || crate::sandbox::enter_device_worker(ThreadKind::VirtioBalloon, "virtio-balloon"),
+        )
+        .map_err(|err| {
+            BuildError::Device(format!("cannot start the virtio-balloon worker: {err}"))
+        })?;
+        handles.balloon = Some(balloon.handle());
+        pci.add_virtio(Box::new(balloon))?;
+    }
+    Ok((pci.root, handles))
 }
 
 /// What adding a virtio device to PCI bus 0 touches.

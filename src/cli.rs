@@ -58,6 +58,15 @@ pub struct RunArgs {
     #[argh(switch)]
     pub rng: bool,
 
+    /// a raw disk image for the guest as virtio-blk, PATH or PATH,ro (repeatable; the
+    /// first is /dev/vda)
+    #[argh(option, from_str_fn(parse_disk))]
+    pub disk: Vec<DiskSpec>,
+
+    /// give the guest a virtio-balloon device, driven with `vmm balloon`
+    #[argh(switch)]
+    pub balloon: bool,
+
     /// control socket to create (SOCK_SEQPACKET, mode 0600); see docs/control-protocol.md
     #[argh(option)]
     pub socket: Option<PathBuf>,
@@ -243,6 +252,38 @@ fn parse_serial(value: &str) -> Result<SerialOutput, String> {
     }
 }
 
+/// One `--disk`: an image path and whether the guest may write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// Parses `PATH[,ro]` (`,rw` is accepted as the explicit default).
+fn parse_disk(value: &str) -> Result<DiskSpec, String> {
+    let mut parts = value.split(',');
+    let path = parts.next().unwrap_or_default();
+    if path.is_empty() {
+        return Err(format!("--disk '{value}' has no path: use PATH or PATH,ro"));
+    }
+    let mut read_only = false;
+    for option in parts {
+        match option {
+            "ro" => read_only = true,
+            "rw" => read_only = false,
+            _ => {
+                return Err(format!(
+                    "unknown --disk option '{option}' in '{value}': use PATH or PATH,ro"
+                ));
+            }
+        }
+    }
+    Ok(DiskSpec {
+        path: PathBuf::from(path),
+        read_only,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +312,11 @@ mod tests {
             "1000",
             "--socket-allow-uid",
             "1001",
+            "--disk",
+            "root.img",
+            "--disk",
+            "/srv/data.img,ro",
+            "--balloon",
             "bzImage",
         ])
         .expect("valid command line");
@@ -285,6 +331,28 @@ mod tests {
         assert_eq!(run.kernel, PathBuf::from("bzImage"));
         assert_eq!(run.socket, Some(PathBuf::from("/tmp/vmm.sock")));
         assert_eq!(run.socket_allow_uid, vec![1000, 1001]);
+        assert_eq!(
+            run.disk,
+            vec![
+                DiskSpec {
+                    path: PathBuf::from("root.img"),
+                    read_only: false
+                },
+                DiskSpec {
+                    path: PathBuf::from("/srv/data.img"),
+                    read_only: true
+                },
+            ]
+        );
+        assert!(run.balloon);
+    }
+
+    #[test]
+    fn malformed_disk_options_are_refused_with_the_expected_form() {
+        for bad in ["", ",ro", "a.img,readonly", "a.img,ro,x"] {
+            let err = parse(&["run", "--mem", "64", "--disk", bad, "k"]).unwrap_err();
+            assert!(err.contains("PATH or PATH,ro"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -427,6 +427,12 @@ fn counter_name(counter: u32) -> Option<&'static str> {
         counter_id::BYTES_IN => "bytes_in",
         counter_id::BYTES_OUT => "bytes_out",
         counter_id::BYTES_DROPPED => "bytes_dropped",
+        counter_id::REQUESTS => "requests",
+        counter_id::IO_ERRORS => "io_errors",
+        counter_id::GUEST_MEMORY_FREE => "guest_memory_free",
+        counter_id::GUEST_MEMORY_TOTAL => "guest_memory_total",
+        counter_id::GUEST_MEMORY_AVAILABLE => "guest_memory_available",
+        counter_id::FLUSHES => "flushes",
         _ => return None,
     })
 }
@@ -503,7 +509,7 @@ fn stats_table(stats: &Stats) -> String {
     } else {
         let _ = write!(
             t,
-            "{:<12}{:>4}  {:<16}{:>16}",
+            "{:<12}{:>4}  {:<24}{:>16}",
             "device", "id", "counter", "value"
         );
         for d in stats.devices.as_slice() {
@@ -515,7 +521,7 @@ fn stats_table(stats: &Stats) -> String {
                 .unwrap_or_else(|| format!("counter {}", d.counter));
             let _ = write!(
                 t,
-                "\n{kind:<12}{:>4}  {counter:<16}{:>16}",
+                "\n{kind:<12}{:>4}  {counter:<24}{:>16}",
                 d.device_id, d.value
             );
         }
@@ -682,8 +688,8 @@ mod tests {
             "exits other             17",
             "max rss                 22 KiB",
             "major faults            24",
-            "serial         0  bytes_out                     42",
-            "kind 99        0  counter 77                     5",
+            "serial         0  bytes_out                             42",
+            "kind 99        0  counter 77                             5",
         ] {
             assert!(table.contains(expected), "missing {expected:?} in\n{table}");
         }

@@ -5,11 +5,15 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::cli::{RunArgs, SerialOutput};
+use crate::cli::{DiskSpec, RunArgs, SerialOutput};
 
 /// The kernel command line used when `--params` is not given: the console on COM1, and a
 /// reboot (reported as a reset) instead of a hang when the guest kernel panics.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
+
+/// Most `--disk`s: every virtio device takes one slot of PCI bus 0, which has 31 after
+/// the host bridge, and a few stay free for the other devices.
+pub const MAX_DISKS: usize = 24;
 
 /// The least memory worth trying: a stock kernel needs tens of MiB to decompress itself.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -29,6 +33,10 @@ pub enum ConfigError {
     TooManyCpus { requested: u32, max: u32 },
     #[error("--params must not contain a NUL byte")]
     CmdlineHasNul,
+    #[error("{0} --disk options given; at most {MAX_DISKS} disks are supported")]
+    TooManyDisks(usize),
+    #[error("--disk {0} is given twice; a disk image can back only one guest disk")]
+    DuplicateDisk(PathBuf),
 }
 
 /// What `vmm run` builds.
@@ -42,6 +50,10 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Whether the guest gets a virtio-rng device.
     pub rng: bool,
+    /// The guest's disks, in `/dev/vda`, `/dev/vdb`, ... order.
+    pub disks: Vec<DiskSpec>,
+    /// Whether the guest gets a virtio-balloon device.
+    pub balloon: bool,
     /// The control socket's path, if any, and the extra uids allowed to use it.
     pub socket: Option<PathBuf>,
     pub socket_allow_uids: Vec<u32>,
@@ -90,6 +102,7 @@ impl VmConfig {
         if cmdline.contains('\0') {
             return Err(ConfigError::CmdlineHasNul);
         }
+        check_disks(&args.disk)?;
         Ok(VmConfig {
             // Cannot overflow: mem is at most the host's memory in MiB.
             mem_bytes: args.mem << 20,
@@ -102,11 +115,27 @@ impl VmConfig {
             cmdline,
             serial: args.serial.clone(),
             rng: args.rng,
+            disks: args.disk.clone(),
+            balloon: args.balloon,
             socket: args.socket.clone(),
             socket_allow_uids: args.socket_allow_uid.clone(),
             sandbox: !args.disable_sandbox,
         })
     }
+}
+
+/// Refuses more disks than PCI bus 0 has room for, and one image given twice (the second
+/// would only fail later, on the first one's lock, with a less useful message).
+fn check_disks(disks: &[DiskSpec]) -> Result<(), ConfigError> {
+    if disks.len() > MAX_DISKS {
+        return Err(ConfigError::TooManyDisks(disks.len()));
+    }
+    for (i, disk) in disks.iter().enumerate() {
+        if disks[..i].iter().any(|earlier| earlier.path == disk.path) {
+            return Err(ConfigError::DuplicateDisk(disk.path.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the host's RAM + swap in MiB from sysinfo(2).
@@ -139,6 +168,8 @@ mod tests {
             params: None,
             serial: SerialOutput::Stdio,
             rng: false,
+            disk: Vec::new(),
+            balloon: false,
             socket: None,
             socket_allow_uid: Vec::new(),
             disable_sandbox: false,
@@ -206,6 +237,26 @@ mod tests {
         assert_eq!(
             VmConfig::from_args(&bad, HOST).unwrap_err(),
             ConfigError::CmdlineHasNul
+        );
+    }
+
+    #[test]
+    fn the_same_disk_twice_or_too_many_disks_are_rejected() {
+        let disk = |path: &str| DiskSpec {
+            path: PathBuf::from(path),
+            read_only: true,
+        };
+        let mut twice = args(256, 1);
+        twice.disk = vec![disk("a.img"), disk("b.img"), disk("a.img")];
+        assert_eq!(
+            VmConfig::from_args(&twice, HOST).unwrap_err(),
+            ConfigError::DuplicateDisk(PathBuf::from("a.img"))
+        );
+        let mut many = args(256, 1);
+        many.disk = (0..=MAX_DISKS).map(|i| disk(&format!("{i}.img"))).collect();
+        assert_eq!(
+            VmConfig::from_args(&many, HOST).unwrap_err(),
+            ConfigError::TooManyDisks(MAX_DISKS + 1)
         );
     }
 }

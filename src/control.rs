@@ -22,7 +22,7 @@ use vm_control::wire::{ErrorKind, ErrorReply, Event, Request, Response};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::exit::VmExit;
-use crate::running_vm::RunningVm;
+use crate::running_vm::{BalloonRequestError, RunningVm};
 
 /// Epoll data values at or above this name a client connection (the key below it).
 pub const CONNECTION_TOKEN_BASE: u64 = 1 << 32;
@@ -304,13 +304,31 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
             Ok(()) => Response::Ok,
             Err(err) => Response::error(ErrorKind::InvalidArgument, err.errno()),
         }),
-        // No balloon device yet: the request is well formed, this VM just cannot do it.
-        Request::BalloonAdjust { .. } | Request::BalloonSetTarget { .. } => {
-            Outcome::Reply(Response::error(ErrorKind::Unsupported, libc::ENODEV))
+        // The run loop reports the new target to subscribers (BalloonChanged) when the
+        // balloon says it changed.
+        Request::BalloonAdjust { delta_pages } => {
+            Outcome::Reply(balloon_reply(vm.adjust_balloon(delta_pages)))
+        }
+        Request::BalloonSetTarget { pages } => {
+            Outcome::Reply(balloon_reply(vm.set_balloon_target(pages)))
         }
         // Answered by vm_control before `execute` is reached.
         Request::GetVersion => Outcome::Reply(Response::version()),
         Request::Subscribe => Outcome::Reply(Response::Ok),
+    }
+}
+
+fn balloon_reply(result: Result<(), BalloonRequestError>) -> Response {
+    match result {
+        Ok(()) => Response::Ok,
+        Err(err) => {
+            debug!("balloon request refused: {err}");
+            let kind = match err {
+                BalloonRequestError::NoBalloon => ErrorKind::Unsupported,
+                BalloonRequestError::Refused(_) => ErrorKind::InvalidArgument,
+            };
+            Response::error(kind, err.errno())
+        }
     }
 }
 

@@ -57,10 +57,11 @@ enum Token {
     Stdin,
     ConsoleReady,
     ControlListener,
+    BalloonChanged,
 }
 
 impl Token {
-    const ALL: [Token; 7] = [
+    const ALL: [Token; 8] = [
         Token::Signal,
         Token::VcpuExit,
         Token::PowerOff,
@@ -68,6 +69,7 @@ impl Token {
         Token::Stdin,
         Token::ConsoleReady,
         Token::ControlListener,
+        Token::BalloonChanged,
     ];
 
     fn from_data(data: u64) -> Option<Token> {
@@ -135,6 +137,7 @@ pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
         counters,
         serial: vm.console.serial.clone(),
         registry,
+        virtio: vm.virtio,
         started: Instant::now(),
     };
     let mut run_loop = RunLoop {
@@ -197,6 +200,9 @@ impl RunLoop<'_> {
             self.watch(libc::STDIN_FILENO, Token::Stdin)?;
             self.watch(self.console.ready_fd(), Token::ConsoleReady)?;
         }
+        if let Some(balloon) = &vm.virtio.balloon {
+            self.watch(balloon.changed().as_raw_fd(), Token::BalloonChanged)?;
+        }
 
         let mut events = vec![EpollEvent::default(); 32];
         loop {
@@ -218,6 +224,25 @@ impl RunLoop<'_> {
                     return Ok(exit);
                 }
             }
+        }
+    }
+
+    /// Tells subscribers the balloon's current target and size, once per wake however many
+    /// changes the wake stands for.
+    fn report_balloon_change(&mut self, vm: &RunningVm) {
+        if let Some(balloon) = &vm.virtio.balloon {
+            let _ = balloon.changed().read();
+        }
+        let (target_pages, actual_pages) = vm.balloon_pages();
+        debug!("balloon: target {target_pages} pages, holds {actual_pages}");
+        if let Some(control) = self.control.as_mut() {
+            control.broadcast(
+                &self.epoll,
+                Event::BalloonChanged {
+                    target_pages,
+                    actual_pages,
+                },
+            );
         }
     }
 
@@ -253,6 +278,10 @@ impl RunLoop<'_> {
                 self.console.on_guest_ready();
                 self.console
                     .update_interest(&self.epoll, Token::Stdin as u64);
+                None
+            }
+            Some(Token::BalloonChanged) => {
+                self.report_balloon_change(vm);
                 None
             }
             Some(Token::ControlListener) => {

@@ -1,5 +1,5 @@
 //! The running VM as the control socket sees it: the handle requests act on (pause,
-//! resume, memory registration) and the source of the statistics it reports.
+//! resume, memory registration, the balloon) and the source of the statistics it reports.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -13,6 +13,7 @@ use vm_control::wire::{
 };
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::builder::VirtioHandles;
 use crate::memory_registry::{MemoryRegistry, RegistryError};
 use crate::vcpu::{ExitCounters, Vcpus};
 
@@ -25,7 +26,27 @@ pub struct RunningVm {
     pub counters: Arc<ExitCounters>,
     pub serial: Arc<Mutex<devices::Serial>>,
     pub registry: MemoryRegistry,
+    pub virtio: VirtioHandles,
     pub started: Instant,
+}
+
+/// Why a balloon request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BalloonRequestError {
+    #[error("this VM has no balloon device (start it with --balloon)")]
+    NoBalloon,
+    #[error(transparent)]
+    Refused(#[from] devices::virtio::balloon::BalloonError),
+}
+
+impl BalloonRequestError {
+    /// The errno a control client gets.
+    pub fn errno(&self) -> i32 {
+        match self {
+            BalloonRequestError::NoBalloon => libc::ENODEV,
+            BalloonRequestError::Refused(_) => libc::EINVAL,
+        }
+    }
 }
 
 impl RunningVm {
@@ -53,6 +74,37 @@ impl RunningVm {
         self.registry.unregister(&self.vm_fd, slot)
     }
 
+    /// Sets the balloon target to `pages`.
+    pub fn set_balloon_target(&self, pages: u64) -> Result<(), BalloonRequestError> {
+        let balloon = self
+            .virtio
+            .balloon
+            .as_ref()
+            .ok_or(BalloonRequestError::NoBalloon)?;
+        Ok(balloon.set_target(pages)?)
+    }
+
+    /// Moves the balloon target by `delta_pages`; a target that would fall below zero
+    /// becomes 0 (deflate completely).
+    pub fn adjust_balloon(&self, delta_pages: i64) -> Result<(), BalloonRequestError> {
+        let balloon = self
+            .virtio
+            .balloon
+            .as_ref()
+            .ok_or(BalloonRequestError::NoBalloon)?;
+        // vm_control bounds |delta_pages| and every target by 2^36 pages: no overflow.
+        let target = balloon.target_pages().saturating_add_signed(delta_pages);
+        Ok(balloon.set_target(target)?)
+    }
+
+    /// The balloon's (target, actual) pages; zeros without a balloon.
+    pub fn balloon_pages(&self) -> (u64, u64) {
+        self.virtio
+            .balloon
+            .as_ref()
+            .map_or((0, 0), |b| (b.target_pages(), b.actual_pages()))
+    }
+
     pub fn stats(&self) -> Stats {
         let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
         let counters = &self.counters;
@@ -60,8 +112,8 @@ impl RunningVm {
             uptime_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
             vcpu_count: u32::try_from(self.vcpus.count()).unwrap_or(u32::MAX),
             guest_memory_bytes: self.memory.iter().map(GuestMemoryRegion::len).sum(),
-            balloon_target_pages: 0,
-            balloon_actual_pages: 0,
+            balloon_target_pages: self.balloon_pages().0,
+            balloon_actual_pages: self.balloon_pages().1,
             exits: VmExits {
                 io: get(&counters.io_in) + get(&counters.io_out),
                 mmio: get(&counters.mmio_read) + get(&counters.mmio_write),
@@ -73,21 +125,85 @@ impl RunningVm {
         }
     }
 
+    /// Every device's counters, as many as the reply holds: the serial port, each disk,
+    /// then the balloon's guest memory figures. Asks the guest for fresh balloon statistics
+    /// for the next call.
     fn device_counters(&self) -> DeviceCounters {
-        let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         let mut counters = DeviceCounters::default();
-        for (counter, value) in [
-            (counter_id::BYTES_OUT, serial.bytes_out()),
-            (counter_id::BYTES_IN, serial.bytes_in()),
-            (counter_id::BYTES_DROPPED, serial.bytes_lost()),
-        ] {
-            // Three counters cannot fill the bounded list.
+        let mut push = |device_kind, device_id, counter, value| {
+            // A full list drops the rest; the protocol documents the bound.
             let _ = counters.push(DeviceCounter {
-                device_kind: device_kind::SERIAL,
-                device_id: 0,
+                device_kind,
+                device_id,
                 counter,
                 value,
             });
+        };
+        {
+            let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+            push(
+                device_kind::SERIAL,
+                0,
+                counter_id::BYTES_OUT,
+                serial.bytes_out(),
+            );
+            push(
+                device_kind::SERIAL,
+                0,
+                counter_id::BYTES_IN,
+                serial.bytes_in(),
+            );
+            push(
+                device_kind::SERIAL,
+                0,
+                counter_id::BYTES_DROPPED,
+                serial.bytes_lost(),
+            );
+        }
+        for (id, disk) in self.virtio.disks.iter().enumerate() {
+            let id = u16::try_from(id).unwrap_or(u16::MAX);
+            let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+            let requests =
+                get(&disk.read_requests) + get(&disk.write_requests) + get(&disk.flush_requests);
+            push(device_kind::BLOCK, id, counter_id::REQUESTS, requests);
+            push(
+                device_kind::BLOCK,
+                id,
+                counter_id::BYTES_IN,
+                get(&disk.bytes_read),
+            );
+            push(
+                device_kind::BLOCK,
+                id,
+                counter_id::BYTES_OUT,
+                get(&disk.bytes_written),
+            );
+            push(
+                device_kind::BLOCK,
+                id,
+                counter_id::FLUSHES,
+                get(&disk.flush_requests),
+            );
+            push(
+                device_kind::BLOCK,
+                id,
+                counter_id::IO_ERRORS,
+                get(&disk.io_errors),
+            );
+        }
+        if let Some(balloon) = &self.virtio.balloon {
+            if let Some(guest) = balloon.latest_stats() {
+                for (counter, value) in [
+                    (counter_id::GUEST_MEMORY_FREE, guest.free_memory),
+                    (counter_id::GUEST_MEMORY_TOTAL, guest.total_memory),
+                    (counter_id::GUEST_MEMORY_AVAILABLE, guest.available_memory),
+                ] {
+                    if let Some(value) = value {
+                        push(device_kind::BALLOON, 0, counter, value);
+                    }
+                }
+            }
+            balloon.request_stats();
         }
         counters
     }

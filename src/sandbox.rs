@@ -9,8 +9,8 @@
 //!   the vCPU threads do not inherit that policy.
 //! - Each vCPU thread calls [`enter_vcpu`] first thing, before its first `KVM_RUN`:
 //!   `seccomp/policies/vcpu.json`.
-//! - Device workers call [`enter_device_worker`] first thing (the virtio-rng worker:
-//!   `seccomp/policies/virtio_rng.json`). Workers are created with their device, while the
+//! - Device workers call [`enter_device_worker`] first thing (`virtio_rng.json`,
+//!   `virtio_block.json` for each disk's worker, `virtio_balloon.json`). Workers are created with their device, while the
 //!   VM is built on the still-unfiltered main thread, and park until the driver activates
 //!   the device; a worker spawned later from a vCPU thread would inherit the vCPU policy.
 //!   That is why [`prepare`] runs before the VM is built.
@@ -63,7 +63,6 @@ pub fn enter_vcpu(id: usize) {
 /// Confines a device worker thread to `kind`'s policy; the integrator calls this at the
 /// worker's start, before it reads a queue. Like [`enter_vcpu`], a worker that cannot be
 /// confined ends the process.
-#[allow(dead_code)] // No device worker is wired into the VMM yet.
 pub fn enter_device_worker(kind: ThreadKind, label: &str) {
     if let Err(err) = enter(kind, label) {
         exit_unconfined(&err);

@@ -10,52 +10,12 @@
 
 mod common;
 
-use common::Scratch;
-use common::lab::{self, LabRun, guest_params, require_lab};
+use common::lab::{LabRun, WAIT_VMM, guest_params, require_lab, run_in_lab, start_vmm};
 
 /// The word the host writes at the start of the registered memory, and how the guest's
 /// busybox devmem prints it.
 const PATTERN_BYTES_OCTAL: &str = r"\015\360\336\300"; // 0xc0def00d, little-endian
 const PATTERN_DEVMEM: &str = "0xC0DEF00D";
-
-/// The shell prelude of every lab script: start vmm on /guest/vmlinuz with the guest
-/// running `guest_script`, its console on stdout or in `serial`, and wait (bounded) for
-/// its control socket. `$vmm` holds its pid.
-fn start_vmm(guest_script: &str, serial: &str) -> String {
-    let params = guest_params(guest_script);
-    format!(
-        r#"rm -f /tmp/vmm.sock
-vmm run --socket /tmp/vmm.sock --serial {serial} --mem 256 --cpus 1 \
-    --initrd /guest/initrd.img --params "{params}" /guest/vmlinuz &
-vmm=$!
-i=0
-while [ ! -S /tmp/vmm.sock ]; do
-    i=$((i + 1))
-    if [ $i -gt 300 ]; then echo "lab-script: no control socket after 30 s"; kill $vmm; exit 90; fi
-    sleep 0.1
-done
-echo "lab-script: socket is up"
-"#
-    )
-}
-
-/// The shell epilogue: wait for vmm, report its status and exit with it.
-const WAIT_VMM: &str = r#"wait $vmm
-status=$?
-echo "lab-script: vmm exit=$status"
-exit $status
-"#;
-
-/// Runs `script` with `sh` in the outer VM.
-fn run_in_lab(name: &str, script: &str) -> LabRun {
-    let scratch = Scratch::new(name);
-    let host_script = scratch.write("script.sh", script.as_bytes());
-    let file = format!("{}=/lab-script.sh", host_script.display());
-    lab::run(
-        &["--file".to_string(), file],
-        &["sh".to_string(), "/lab-script.sh".to_string()],
-    )
-}
 
 #[test]
 fn memory_registered_while_linux_runs_is_visible_to_the_guest_at_4_gib() {
@@ -84,7 +44,7 @@ printf '{PATTERN_BYTES_OCTAL}' | dd of=/tmp/shared.mem conv=notrunc 2>/dev/null
 vmm register-memory /tmp/vmm.sock /tmp/shared.mem
 echo "lab-script: register-memory exit=$?"
 {WAIT_VMM}"#,
-        start = start_vmm(&guest, "stdio"),
+        start = start_vmm(&[], 256, &guest, "stdio"),
     );
 
     let run = run_in_lab("lab-register", &script);
@@ -136,7 +96,7 @@ cat /tmp/console.log
 echo "lab-script: vmm exit=$status"
 exit $status
 "#,
-        start = start_vmm(guest, "file=/tmp/console.log"),
+        start = start_vmm(&[], 256, guest, "file=/tmp/console.log"),
     );
 
     let run = run_in_lab("lab-stop", &script);
@@ -171,8 +131,9 @@ fn assert_vmm_exited_0(run: &LabRun) {
 
 #[test]
 fn scripts_start_vmm_with_the_guest_script_encoded_on_the_command_line() {
-    let prelude = start_vmm("true", "stdio");
+    let prelude = start_vmm(&["--balloon"], 512, "true", "stdio");
 
     assert!(prelude.contains(&guest_params("true")));
     assert!(prelude.contains("--socket /tmp/vmm.sock"));
+    assert!(prelude.contains("--balloon --mem 512 "));
 }

@@ -50,11 +50,23 @@ pub enum ThreadKind {
     Main,
     /// The virtio-rng device's worker: `epoll_wait`, eventfds, `getrandom`.
     VirtioRng,
+    /// A virtio-blk device's worker: `epoll_wait`, eventfds, `preadv`/`pwritev` on its
+    /// image, `fdatasync`.
+    VirtioBlock,
+    /// The virtio-balloon device's worker: `epoll_wait`, eventfds, `madvise(MADV_DONTNEED)`
+    /// on guest RAM.
+    VirtioBalloon,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vcpu, ThreadKind::Main, ThreadKind::VirtioRng];
+    pub const ALL: [ThreadKind; 5] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Main,
+        ThreadKind::VirtioRng,
+        ThreadKind::VirtioBlock,
+        ThreadKind::VirtioBalloon,
+    ];
 
     /// The name used in log lines and by the test hook.
     pub fn name(self) -> &'static str {
@@ -62,6 +74,8 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::Main => "main",
             ThreadKind::VirtioRng => "virtio-rng",
+            ThreadKind::VirtioBlock => "virtio-blk",
+            ThreadKind::VirtioBalloon => "virtio-balloon",
         }
     }
 
@@ -71,6 +85,8 @@ impl ThreadKind {
             ThreadKind::Vcpu => "policies/vcpu.json",
             ThreadKind::Main => "policies/main.json",
             ThreadKind::VirtioRng => "policies/virtio_rng.json",
+            ThreadKind::VirtioBlock => "policies/virtio_block.json",
+            ThreadKind::VirtioBalloon => "policies/virtio_balloon.json",
         }
     }
 
@@ -79,6 +95,8 @@ impl ThreadKind {
             ThreadKind::Vcpu => policies::VCPU,
             ThreadKind::Main => policies::MAIN,
             ThreadKind::VirtioRng => policies::VIRTIO_RNG,
+            ThreadKind::VirtioBlock => policies::VIRTIO_BLOCK,
+            ThreadKind::VirtioBalloon => policies::VIRTIO_BALLOON,
         };
         raw.iter()
             .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })

@@ -84,6 +84,46 @@ impl LabRun {
     }
 }
 
+/// The shell prelude of a lab script: start vmm on /guest/vmlinuz with `options`, `mem_mib`
+/// of RAM, the guest running `guest_script`, its console on stdout or in `serial`, and wait
+/// (bounded) for its control socket /tmp/vmm.sock. `$vmm` holds its pid.
+pub fn start_vmm(options: &[&str], mem_mib: u32, guest_script: &str, serial: &str) -> String {
+    let params = guest_params(guest_script);
+    let options: String = options.iter().map(|o| format!("{o} ")).collect();
+    format!(
+        r#"rm -f /tmp/vmm.sock
+vmm run --socket /tmp/vmm.sock --serial {serial} {options}--mem {mem_mib} --cpus 1 \
+    --initrd /guest/initrd.img --params "{params}" /guest/vmlinuz &
+vmm=$!
+i=0
+while [ ! -S /tmp/vmm.sock ]; do
+    i=$((i + 1))
+    if [ $i -gt 300 ]; then echo "lab-script: no control socket after 30 s"; kill $vmm; exit 90; fi
+    sleep 0.1
+done
+echo "lab-script: socket is up"
+"#
+    )
+}
+
+/// The shell epilogue of a lab script: wait for vmm, report its status and exit with it.
+pub const WAIT_VMM: &str = r#"wait $vmm
+status=$?
+echo "lab-script: vmm exit=$status"
+exit $status
+"#;
+
+/// Runs `script` with `sh` in the outer VM.
+pub fn run_in_lab(name: &str, script: &str) -> LabRun {
+    let scratch = super::Scratch::new(name);
+    let host_script = scratch.write("script.sh", script.as_bytes());
+    let file = format!("{}=/lab-script.sh", host_script.display());
+    run(
+        &["--file".to_string(), file],
+        &["sh".to_string(), "/lab-script.sh".to_string()],
+    )
+}
+
 /// Runs `tools/lab [extra] -- command...` with the vmm under test, waiting its turn.
 pub fn run(lab_args: &[String], command: &[String]) -> LabRun {
     let _turn = LAB.lock().unwrap_or_else(|p| p.into_inner());

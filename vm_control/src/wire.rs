@@ -355,6 +355,19 @@ pub mod counter_id {
     pub const BYTES_OUT: u32 = 5;
     /// Bytes dropped (e.g. a full FIFO).
     pub const BYTES_DROPPED: u32 = 6;
+    /// Requests the device served (e.g. block reads, writes and flushes).
+    pub const REQUESTS: u32 = 7;
+    /// Requests that failed on the host side (e.g. an I/O error on a disk image).
+    pub const IO_ERRORS: u32 = 8;
+    /// Free guest memory in bytes, as the guest last reported it (balloon statistics).
+    pub const GUEST_MEMORY_FREE: u32 = 9;
+    /// Total guest memory in bytes, as the guest last reported it (balloon statistics).
+    pub const GUEST_MEMORY_TOTAL: u32 = 10;
+    /// Guest memory available to start new applications, in bytes, as the guest last
+    /// reported it (balloon statistics; Linux's MemAvailable).
+    pub const GUEST_MEMORY_AVAILABLE: u32 = 11;
+    /// Cache flushes the device carried out (a disk's `fdatasync` on the guest's FLUSH).
+    pub const FLUSHES: u32 = 12;
 }
 
 /// A request from a client to the VMM.

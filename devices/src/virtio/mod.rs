@@ -22,6 +22,8 @@ pub mod queue;
 pub mod rng;
 pub mod worker;
 
+pub use balloon::{Balloon, BalloonHandle};
+pub use block::{Block, BlockCounters};
 pub use rng::Rng;
 pub use worker::{ActiveDevice, DeviceWorker, ServedQueue};
 
