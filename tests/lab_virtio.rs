@@ -36,7 +36,8 @@ fn guest_reads_writes_and_flushes_disks_and_a_read_only_disk_refuses_writes() {
         return;
     }
     // /dev/vda: 64 MiB whose first 4 MiB are a host-written random pattern; the guest
-    // checks it, then writes its own 2 MiB pattern at 8 MiB and syncs. /dev/vdb: 8 MiB,
+    // checks it, then writes its own 2 MiB pattern at 8 MiB and fsyncs the device (which
+    // Linux turns into a FLUSH). /dev/vdb: 8 MiB,
     // read-only, holding a marker the guest must not be able to change.
     let guest = r#"echo pci: $(ls /sys/bus/pci/devices)
 echo virtio: $(for d in /sys/bus/virtio/devices/*; do cat $d/device; done)
@@ -45,8 +46,7 @@ echo vdb-ro: $(cat /sys/block/vdb/ro)
 echo guest-read: $(dd if=/dev/vda bs=1M count=4 2>/dev/null | sha256sum | cut -d' ' -f1)
 dd if=/dev/urandom of=/tmp/w bs=1M count=2 2>/dev/null
 echo guest-wrote: $(sha256sum /tmp/w | cut -d' ' -f1)
-dd if=/tmp/w of=/dev/vda bs=1M seek=8 2>/dev/null
-sync
+dd if=/tmp/w of=/dev/vda bs=1M seek=8 conv=fsync 2>/dev/null
 echo guest-synced
 if dd if=/tmp/w of=/dev/vdb bs=4096 count=1 oflag=direct 2>/dev/null; then echo ro-write: accepted; else echo ro-write: refused; fi
 echo ro-read: $(dd if=/dev/vdb bs=16 count=1 2>/dev/null)
@@ -203,6 +203,10 @@ vmm stop /tmp/vmm.sock
         kib("deflated-guest-avail-kb"),
     );
     let (rss_before, rss_inflated) = (kib("before-host-rss-kb"), kib("inflated-host-rss-kb"));
+    eprintln!(
+        "guest MemAvailable KiB: {avail_before} -> {avail_inflated} -> {avail_deflated}; \
+         vmm RSS KiB: {rss_before} -> {rss_inflated}"
+    );
     assert_eq!(line(&run, "lab-script: inflate exit="), "0");
     assert_eq!(line(&run, "lab-script: deflate exit="), "0");
     // 256 MiB is 262144 KiB; allow for what the guest's own allocations move meanwhile.
