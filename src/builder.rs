@@ -99,12 +99,8 @@ pub enum BuildError {
     },
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
-    #[error("--disk {path}: {source}")]
-    Disk {
-        path: PathBuf,
-        #[source]
-        source: BlockError,
-    },
+    #[error("--disk: {0}")]
+    Disk(#[source] BlockError),
     #[error("cannot set up a device: {0}")]
     Device(String),
     #[error("cannot place a device on the bus: {0}")]
@@ -496,10 +492,7 @@ fn create_pci(
         let block = Block::open(&disk.path, disk.read_only, &name, move || {
             crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label)
         })
-        .map_err(|source| BuildError::Disk {
-            path: disk.path.clone(),
-            source,
-        })?;
+        .map_err(BuildError::Disk)?;
         debug!(
             "{name}: {} ({} bytes{})",
             disk.path.display(),

@@ -83,6 +83,83 @@ fn initrd_that_does_not_fit_in_memory_is_rejected() {
 }
 
 #[test]
+fn disks_that_cannot_be_used_are_rejected_naming_the_image() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("bad-disk");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    let missing = scratch.path("missing.img");
+    let directory = scratch.path("a-directory");
+    std::fs::create_dir_all(&directory).expect("create directory");
+    for (disk, expected) in [
+        (&missing, "cannot open disk image"),
+        (&directory, "is not a regular file or block device"),
+    ] {
+        let disk_arg = disk.display().to_string();
+        let (code, stderr) = fails_with(vmm_run(&kernel, &["--disk", &disk_arg]));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains(&disk_arg), "{stderr}");
+    }
+    let (code, stderr) = fails_with(vmm_run(&kernel, &["--disk", "x.img,readonly"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("PATH or PATH,ro"), "{stderr}");
+}
+
+#[test]
+fn a_disk_in_use_by_another_vmm_is_refused_and_the_first_keeps_it() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("disk-in-use");
+    let parked = scratch.write(
+        "parked.elf",
+        &tiny_elf(GuestCode::new().print("up\n").halt_forever().bytes()),
+    );
+    let quick = scratch.write(
+        "quick.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    let image = scratch.write("shared.img", &[0u8; 4096]);
+    let image_arg = image.display().to_string();
+    let mut first = vmm_run(&parked, &["--disk", &image_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the first vmm");
+    // The image is locked before the guest prints.
+    let mut up = [0u8; 3];
+    std::io::Read::read_exact(first.stdout.as_mut().expect("stdout"), &mut up)
+        .expect("the first guest starts");
+
+    let (code, stderr) = fails_with(vmm_run(&quick, &["--disk", &image_arg]));
+    // A read-only user shares the lock with readers only: also refused.
+    let ro_arg = format!("{image_arg},ro");
+    let (ro_code, ro_stderr) = fails_with(vmm_run(&quick, &["--disk", &ro_arg]));
+    let first_alive = matches!(first.try_wait(), Ok(None));
+    let _ = first.kill();
+    let _ = first.wait();
+
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "disk image {image_arg} is in use by another process"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(ro_code, Some(1), "{ro_stderr}");
+    assert!(
+        ro_stderr.contains("is in use by another process"),
+        "{ro_stderr}"
+    );
+    assert!(first_alive, "the first vmm kept running");
+}
+
+#[test]
 fn zero_cpus_and_too_many_cpus_are_rejected() {
     if !require_kvm() {
         return;

@@ -62,13 +62,20 @@ struct Vm {
 impl Vm {
     /// Starts the guest `code` and waits for the control socket to appear.
     fn start(name: &str, code: GuestCode) -> Vm {
+        Vm::start_with(name, code, &[])
+    }
+
+    /// [`Vm::start`] with extra `vmm run` options.
+    fn start_with(name: &str, code: GuestCode, options: &[&str]) -> Vm {
         let scratch = Scratch::new(name);
         let kernel = scratch.write("guest.elf", &tiny_elf(code.bytes()));
         let socket = scratch.path("vmm.sock");
         let log = scratch.path("console.log");
         let serial = format!("file={}", log.display());
         let socket_arg = socket.display().to_string();
-        let mut command = vmm_run(&kernel, &["--serial", &serial, "--socket", &socket_arg]);
+        let mut args = vec!["--serial", &serial, "--socket", &socket_arg];
+        args.extend_from_slice(options);
+        let mut command = vmm_run(&kernel, &args);
         let child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -341,6 +348,50 @@ fn balloon_is_refused_with_enodev_and_exit_1_while_there_is_no_balloon_device() 
             describe(output)
         );
     }
+}
+
+#[test]
+fn balloon_target_is_set_reported_in_stats_and_announced_to_subscribers() {
+    if !require_kvm() {
+        return;
+    }
+    // The tiny guest has no balloon driver: the target is the host's wish, recorded and
+    // announced even before a driver takes the balloon up.
+    let vm = Vm::start_with("balloon-target", parked_guest(), &["--balloon"]);
+    let mut events = vmm();
+    events
+        .arg("events")
+        .arg(&vm.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let events = events.spawn().expect("spawn vmm events");
+    std::thread::sleep(Duration::from_millis(500));
+
+    vm.ctl_ok("balloon", &["--target", "8"]);
+    vm.ctl_ok("balloon", &["--pages", "-1024"]);
+    let too_big = vm.ctl("balloon", &["--target", "64"]);
+    let stats = vm.ctl_ok("stats", &["--json"]);
+    vm.ctl_ok("stop", &[]);
+    let events = common::wait_with_timeout(events, VM_LIMIT);
+
+    let stats = json::parse(&stdout_of(&stats)).expect("stats --json parses");
+    assert_eq!(stats.num(&["balloon_target_pages"]), Some(1024));
+    assert_eq!(stats.num(&["balloon_actual_pages"]), Some(0));
+    assert_eq!(too_big.status.code(), Some(1), "{}", describe(&too_big));
+    assert_eq!(
+        stderr_of(&too_big).trim_end(),
+        "vmm: error: the VMM refused: invalid argument (Invalid argument)",
+        "a target above the guest's 32 MiB"
+    );
+    let announced = stdout_of(&events);
+    assert!(
+        announced.contains("balloon-changed target=2048 actual=0\n"),
+        "{announced}"
+    );
+    assert!(
+        announced.ends_with("balloon-changed target=1024 actual=0\n"),
+        "{announced}"
+    );
 }
 
 #[test]

@@ -90,10 +90,31 @@ fn a_disallowed_syscall_in_a_device_worker_stops_the_vmm_naming_thread_and_sysca
     if !require_kvm() {
         return;
     }
-    // The virtio-rng worker confines itself when the device is built, before the guest
-    // can reach it; the hook makes it break its policy right after.
+    // Device workers confine themselves when their device is built, before the guest can
+    // reach it; the hook makes them break their policy right after.
     let output = run_with_violation_in("virtio-rng", &["--rng"]);
     assert_stopped_by_sandbox(&output, &["virtio-rng"], "virtio-rng");
+}
+
+#[test]
+fn a_disallowed_syscall_in_a_disk_worker_stops_the_vmm_naming_thread_and_syscall() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-disk-worker");
+    let disk = scratch.write("disk.img", &[0u8; 4096]);
+    let disk = disk.display().to_string();
+    let output = run_with_violation_in("virtio-blk", &["--disk", &disk]);
+    assert_stopped_by_sandbox(&output, &["virtio-blk0"], "virtio-blk");
+}
+
+#[test]
+fn a_disallowed_syscall_in_the_balloon_worker_stops_the_vmm_naming_thread_and_syscall() {
+    if !require_kvm() {
+        return;
+    }
+    let output = run_with_violation_in("virtio-balloon", &["--balloon"]);
+    assert_stopped_by_sandbox(&output, &["virtio-balloon"], "virtio-balloon");
 }
 
 #[test]
@@ -185,7 +206,22 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     let kernel = parked_kernel(&scratch);
     let socket = scratch.path("vmm.sock");
     let socket_arg = socket.display().to_string();
-    let child = vmm_run(&kernel, &["--cpus", "3", "--rng", "--socket", &socket_arg])
+    let disk = scratch.write("disk.img", &[0u8; 8192]);
+    let disk_ro = scratch.write("disk-ro.img", &[0u8; 8192]);
+    let disk_ro_arg = format!("{},ro", disk_ro.display());
+    let options = [
+        "--cpus",
+        "3",
+        "--rng",
+        "--balloon",
+        "--disk",
+        &disk.display().to_string(),
+        "--disk",
+        &disk_ro_arg,
+        "--socket",
+        &socket_arg,
+    ];
+    let child = vmm_run(&kernel, &options)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -205,8 +241,9 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         modes.len(),
-        5,
-        "the main thread, three vCPU threads and the virtio-rng worker: {names:?}"
+        8,
+        "the main thread, three vCPU threads and the rng, two disk and balloon workers: \
+         {names:?}"
     );
     for (name, mode) in &modes {
         assert_eq!(
@@ -214,7 +251,16 @@ fn every_thread_of_a_running_vmm_is_filtered() {
             "thread {name} is not under a seccomp filter (Seccomp: {mode}); all: {modes:?}"
         );
     }
-    for thread in ["vcpu0", "vcpu1", "vcpu2", "virtio-rng"] {
+    let expected = [
+        "vcpu0",
+        "vcpu1",
+        "vcpu2",
+        "virtio-rng",
+        "virtio-blk0",
+        "virtio-blk1",
+        "virtio-balloon",
+    ];
+    for thread in expected {
         assert!(names.contains(&thread), "{thread} missing from {names:?}");
     }
 
