@@ -11,8 +11,10 @@
 //! the device.
 //!
 //! [`ServedQueue`] is the common part of serving a queue: drain its notification, serve
-//! every available chain, interrupt the driver if it asked, and on a malformed queue report
-//! DEVICE_NEEDS_RESET once and leave the queue alone until reset.
+//! the available chains, interrupt the driver if it asked, and on a malformed queue report
+//! DEVICE_NEEDS_RESET once and leave the queue alone until reset. It serves at most
+//! [`MAX_CHAINS_PER_WAKE`] chains at a time and then notifies itself, so the worker gets
+//! back to its other events (a reset, another queue) however busy the guest keeps it.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -33,6 +35,10 @@ const COMMAND_TOKEN: u64 = u64::MAX;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events taken from epoll per wake.
 const EVENTS_PER_WAKE: usize = 16;
+/// Most chains [`ServedQueue::serve`] serves before it lets the worker look at its other
+/// events (a reset command among them). A guest that keeps a queue full would otherwise
+/// keep the worker draining past the command timeout, and a reset would not stop it.
+pub const MAX_CHAINS_PER_WAKE: usize = 64;
 
 /// The part of a device that runs on its worker while the device is active.
 pub trait ActiveDevice: Send {
@@ -272,9 +278,11 @@ impl ServedQueue {
         let _ = self.notify.read();
     }
 
-    /// Serves every available chain with `serve`, which returns the bytes it wrote into
-    /// the chain; then interrupts the driver if it wants. A malformed queue is reported to
-    /// the driver as NEEDS_RESET (logged with `device`) and left alone until reset.
+    /// Serves the available chains with `serve`, which returns the bytes it wrote into
+    /// the chain; then interrupts the driver if it wants. After [`MAX_CHAINS_PER_WAKE`]
+    /// chains it stops and signals its own notification, to be woken for the rest once the
+    /// worker has seen its other events. A malformed queue is reported to the driver as
+    /// NEEDS_RESET (logged with `device`) and left alone until reset.
     pub fn serve(
         &mut self,
         device: &str,
@@ -337,10 +345,19 @@ impl ServedQueue {
         mem: &GuestMemoryMmap,
         serve: &mut impl FnMut(&DescriptorChain) -> u32,
     ) -> Result<(), QueueError> {
+        let mut budget = MAX_CHAINS_PER_WAKE;
         loop {
             while let Some(chain) = self.queue.pop(mem)? {
                 let written = serve(&chain);
                 self.queue.add_used(mem, chain.head, written)?;
+                budget -= 1;
+                if budget == 0 {
+                    // More may be waiting: come back to it after the other events. If
+                    // the write fails the eventfd's counter is saturated, which wakes us
+                    // just the same.
+                    let _ = self.notify.write(1);
+                    return Ok(());
+                }
             }
             if !self.queue.enable_notification(mem)? {
                 return Ok(());

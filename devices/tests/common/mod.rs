@@ -19,7 +19,8 @@ pub const F_WRITE: u16 = 2;
 /// Descriptor flag: buffer holds an indirect table.
 pub const F_INDIRECT: u16 = 4;
 
-/// Size of each test queue.
+/// Size of each test queue, unless a test asks for another with
+/// [`TestDevice::inactive_sized`].
 pub const QSIZE: u16 = 16;
 /// Guest memory of the test VM.
 pub const MEM_SIZE: usize = 16 << 20;
@@ -91,6 +92,8 @@ pub fn wo(addr: u64, len: u32) -> Buf {
 /// The driver side of one split queue.
 pub struct DriverQueue {
     pub index: usize,
+    /// Entries in the queue.
+    pub size: u16,
     pub desc: u64,
     pub avail: u64,
     pub used: u64,
@@ -100,10 +103,11 @@ pub struct DriverQueue {
 }
 
 impl DriverQueue {
-    fn new(index: usize) -> DriverQueue {
+    fn new(index: usize, size: u16) -> DriverQueue {
         let base = ring_base(index);
         DriverQueue {
             index,
+            size,
             desc: base,
             avail: base + 0x1000,
             used: base + 0x2000,
@@ -115,8 +119,8 @@ impl DriverQueue {
 
     /// The device's view of this queue, as the transport hands it over at DRIVER_OK.
     fn active(&self, mem: &GuestMemoryMmap, event_idx: bool) -> ActiveQueue {
-        let mut queue = Queue::new(QSIZE);
-        queue.size = QSIZE;
+        let mut queue = Queue::new(self.size);
+        queue.size = self.size;
         queue.desc_table = self.desc;
         queue.avail_ring = self.avail;
         queue.used_ring = self.used;
@@ -152,24 +156,24 @@ impl DriverQueue {
 
     /// Writes `bufs` as a chain in free descriptors and returns its head (not yet posted).
     pub fn add_chain(&mut self, mem: &GuestMemoryMmap, bufs: &[Buf]) -> u16 {
-        assert!(!bufs.is_empty() && bufs.len() <= usize::from(QSIZE));
+        assert!(!bufs.is_empty() && bufs.len() <= usize::from(self.size));
         let head = self.next_desc;
         for (n, buf) in bufs.iter().enumerate() {
-            let i = (head + n as u16) % QSIZE;
+            let i = (head + n as u16) % self.size;
             let last = n + 1 == bufs.len();
             let mut flags = if buf.writable { F_WRITE } else { 0 };
             if !last {
                 flags |= F_NEXT;
             }
-            self.write_desc(mem, i, buf.addr, buf.len, flags, (i + 1) % QSIZE);
+            self.write_desc(mem, i, buf.addr, buf.len, flags, (i + 1) % self.size);
         }
-        self.next_desc = (head + bufs.len() as u16) % QSIZE;
+        self.next_desc = (head + bufs.len() as u16) % self.size;
         head
     }
 
     /// Makes chain `head` available (without notifying).
     pub fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
-        let slot = u64::from(self.avail_idx % QSIZE);
+        let slot = u64::from(self.avail_idx % self.size);
         mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
             .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -202,7 +206,7 @@ impl DriverQueue {
 
     /// Used element `i`: (chain head, bytes written).
     pub fn used_elem(&self, mem: &GuestMemoryMmap, i: u16) -> (u32, u32) {
-        let at = self.used + 4 + 8 * u64::from(i % QSIZE);
+        let at = self.used + 4 + 8 * u64::from(i % self.size);
         let id = mem.read_obj(GuestAddress(at)).unwrap();
         let len = mem.read_obj(GuestAddress(at + 4)).unwrap();
         (id, len)
@@ -229,9 +233,15 @@ impl<D: VirtioDevice> TestDevice<D> {
     /// Lays out the queues without activating the device, so a test can post buffers
     /// first; [`TestDevice::start`] activates it.
     pub fn inactive(device: D) -> TestDevice<D> {
+        TestDevice::inactive_sized(device, QSIZE)
+    }
+
+    /// [`TestDevice::inactive`] with queues of `size` entries (at most 256: the rings of
+    /// consecutive queues are 64 KiB apart).
+    pub fn inactive_sized(device: D, size: u16) -> TestDevice<D> {
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let queues = (0..device.queue_max_sizes().len())
-            .map(DriverQueue::new)
+            .map(|index| DriverQueue::new(index, size))
             .collect();
         TestDevice {
             device,
