@@ -228,6 +228,23 @@ vmm stop /tmp/vmm.sock
         "deflating gave the guest back only {guest_regained} KiB; lab output:\n{}",
         run.output
     );
+    // The statistics queue: the guest's own view of its memory, in bytes.
+    let guest_total = run
+        .output
+        .lines()
+        .find(|l| l.starts_with("balloon") && l.contains(" guest_memory_total "))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no balloon statistics in stats; lab output:\n{}",
+                run.output
+            )
+        });
+    assert!(
+        (400 << 20..=512 << 20).contains(&guest_total),
+        "the guest reported {guest_total} bytes of total memory"
+    );
     let events: u32 = line(&run, "balloon-events:").parse().unwrap_or(0);
     assert!(
         events >= 2,
