@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod balloon;
 pub mod block;
+pub mod net;
 pub mod pci_interrupt;
 pub mod pci_transport;
 pub mod queue;
@@ -50,6 +51,8 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Feature bit: virtio 1.x compliance (mandatory for modern PCI).
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 
+/// Device type of a network card.
+pub const VIRTIO_ID_NET: u32 = 1;
 /// Device type of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 /// Device type of an entropy source.

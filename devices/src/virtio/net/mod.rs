@@ -1,0 +1,1042 @@
+//! virtio-net (device type 1): a guest NIC whose frames come from and go to a packet
+//! backend on the host, normally a tap ([`tap::Tap`]).
+//!
+//! [`Net`] owns the backend, the MAC address and link status in its configuration space,
+//! the feature negotiation (checksum and segmentation offloads as far as the backend can
+//! pass them through, mergeable receive buffers), and two queues served on its
+//! [`DeviceWorker`]: receive (0) and transmit (1). No control queue, no multiqueue.
+//!
+//! Every frame on either queue is preceded by the 12-byte virtio 1.x `virtio_net_hdr`. The
+//! backend speaks the same header (a tap with `IFF_VNET_HDR` and a 12-byte header size), so
+//! frames move with one `readv`/`writev` per frame straight between the backend and guest
+//! memory, without a bounce buffer, and the offload metadata passes through unchanged.
+//!
+//! The worker sleeps in epoll; nothing polls. Transmit is driven by the TX queue's
+//! notifications; when the backend cannot take a frame (EAGAIN) the frame is kept and sent
+//! once the backend is writable again. Receive is driven by the backend becoming readable
+//! while the guest has posted enough buffers for a frame; when it has not, the device stops
+//! watching the backend, so frames wait in the backend's own queue (and the host kernel, not
+//! vmm, drops when that is full), until the guest posts buffers and notifies. The backend
+//! sits in a small epoll set of its own, whose descriptor the worker watches: that is how
+//! the device switches its interest between readable and writable, which the worker's
+//! readable-only event sources cannot express.
+//!
+//! Chains are untrusted. A malformed chain (a TX chain too short, too long or with
+//! device-writable buffers; an RX chain with device-readable buffers or too small for the
+//! header) is handed back unused, counted in [`NetCounters::invalid_chains`] and logged at a
+//! rate the guest cannot turn into a flood; a malformed queue is [`ServedQueue`]'s business
+//! (DEVICE_NEEDS_RESET). The device keeps serving either way.
+
+pub mod tap;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::worker::{ActiveDevice, DeviceWorker, MAX_CHAINS_PER_WAKE, ServedQueue};
+use super::{ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_NET, VirtioDevice};
+
+/// Feature bit: the device takes frames with a partial checksum (guest→host).
+pub const VIRTIO_NET_F_CSUM: u32 = 0;
+/// Feature bit: the driver takes frames with a partial checksum (host→guest).
+pub const VIRTIO_NET_F_GUEST_CSUM: u32 = 1;
+/// Feature bit: the configuration space holds the MAC address.
+pub const VIRTIO_NET_F_MAC: u32 = 5;
+/// Feature bit: the driver takes TCPv4 segmentation offload frames.
+pub const VIRTIO_NET_F_GUEST_TSO4: u32 = 7;
+/// Feature bit: the driver takes TCPv6 segmentation offload frames.
+pub const VIRTIO_NET_F_GUEST_TSO6: u32 = 8;
+/// Feature bit: the driver takes UDP fragmentation offload frames.
+pub const VIRTIO_NET_F_GUEST_UFO: u32 = 10;
+/// Feature bit: the device takes TCPv4 segmentation offload frames.
+pub const VIRTIO_NET_F_HOST_TSO4: u32 = 11;
+/// Feature bit: the device takes TCPv6 segmentation offload frames.
+pub const VIRTIO_NET_F_HOST_TSO6: u32 = 12;
+/// Feature bit: the device takes UDP fragmentation offload frames.
+pub const VIRTIO_NET_F_HOST_UFO: u32 = 14;
+/// Feature bit: a received frame may span several receive buffers.
+pub const VIRTIO_NET_F_MRG_RXBUF: u32 = 15;
+/// Feature bit: the configuration space holds the link status.
+pub const VIRTIO_NET_F_STATUS: u32 = 16;
+/// Link status bit: the link is up.
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// Size of each queue.
+pub const NET_QUEUE_SIZE: u16 = 256;
+/// Index of the receive queue.
+pub const RX_QUEUE: usize = 0;
+/// Index of the transmit queue.
+pub const TX_QUEUE: usize = 1;
+/// Bytes of the virtio 1.x `virtio_net_hdr` (with `num_buffers`) in front of every frame.
+pub const VNET_HDR_LEN: usize = 12;
+/// Largest frame either way: a 64 KiB GSO frame with its Ethernet header (as Firecracker).
+pub const MAX_FRAME_LEN: usize = 65550;
+/// Largest packet either way: header and frame.
+pub const MAX_PACKET_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
+/// Offset of `num_buffers` in the header.
+const NUM_BUFFERS_OFFSET: usize = 10;
+/// Shortest frame worth sending: an Ethernet header.
+const ETH_HLEN: usize = 14;
+/// Largest frame without segmentation offloads: MTU 1500 with a VLAN tag.
+const MAX_PLAIN_FRAME_LEN: usize = 1518;
+/// Linux rejects `readv`/`writev` with more iovecs than this (UIO_MAXIOV).
+const MAX_IOVECS: usize = 1024;
+/// Most frames received per wake, so the worker gets back to its other events; the
+/// backend's readiness is level-triggered and brings it back for the rest.
+const MAX_FRAMES_PER_WAKE: usize = 64;
+/// Bytes of configuration space: mac (6) and status (2).
+const CONFIG_LEN: usize = 8;
+const QUEUE_SIZES: [u16; 2] = [NET_QUEUE_SIZE, NET_QUEUE_SIZE];
+/// Problems of one kind logged before we only log every [`LOG_EVERY`]th.
+const LOG_FIRST: u64 = 10;
+/// Once past [`LOG_FIRST`], one problem in this many is logged.
+const LOG_EVERY: u64 = 1000;
+
+/// Worker event tokens.
+const RX_TOKEN: u32 = 0;
+const TX_TOKEN: u32 = 1;
+const BACKEND_TOKEN: u32 = 2;
+
+/// Offloads as pairs of feature bits (the driver takes them, the device takes them) and
+/// the `TUN_F_*` flag that lets the backend hand the guest such frames.
+const OFFLOADS: [(u32, u32, u32); 4] = [
+    (VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_CSUM, libc::TUN_F_CSUM),
+    (
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_HOST_TSO4,
+        libc::TUN_F_TSO4,
+    ),
+    (
+        VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_HOST_TSO6,
+        libc::TUN_F_TSO6,
+    ),
+    (
+        VIRTIO_NET_F_GUEST_UFO,
+        VIRTIO_NET_F_HOST_UFO,
+        libc::TUN_F_UFO,
+    ),
+];
+
+/// Where frames come from and go to: something that moves one whole packet (the 12-byte
+/// virtio-net header, then the Ethernet frame) per call. A tap is one; so is a
+/// `SOCK_SEQPACKET` socket (tests use a socketpair). The descriptor must be pollable; the
+/// device makes it non-blocking.
+pub trait PacketBackend: AsRawFd + Send + Sync {
+    /// Reads one packet into `bufs`, in order, and returns its length. `WouldBlock` when
+    /// none is waiting.
+    fn read_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+
+    /// Writes one packet gathered from `bufs`. `WouldBlock` when the backend cannot take
+    /// one now; it becomes writable once it can.
+    fn write_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize>;
+
+    /// The offloads (`TUN_F_*`) the backend can pass through both ways; the device offers
+    /// the matching features. None by default.
+    fn offloads(&self) -> u32 {
+        0
+    }
+
+    /// Which offloads (`TUN_F_*`) the guest accepts in the frames it receives.
+    fn set_offload(&self, _flags: u32) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The length of the virtio-net header in front of each frame.
+    fn set_vnet_hdr_size(&self, _size: usize) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Any packet-oriented descriptor (a `SOCK_SEQPACKET` or `SOCK_DGRAM` socket), with no
+/// offloads. A packet longer than the buffers is cut short by the kernel.
+impl PacketBackend for OwnedFd {
+    fn read_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        readv_slices(self.as_raw_fd(), bufs)
+    }
+
+    fn write_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+        writev_slices(self.as_raw_fd(), bufs)
+    }
+}
+
+/// `readv(2)` straight into guest memory.
+pub(crate) fn readv_slices(fd: RawFd, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    // The guards keep the slices' memory mapped until the syscall has returned.
+    let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard_mut).collect();
+    let iovecs: Vec<libc::iovec> = guards
+        .iter()
+        .map(|g| libc::iovec {
+            iov_base: g.as_ptr().cast(),
+            iov_len: g.len(),
+        })
+        .collect();
+    let count = iovec_count(&iovecs)?;
+    // SAFETY: every iovec describes `len` writable bytes of guest memory that the
+    // VolatileSlices (and the guards) keep mapped for the whole call; `iovecs` outlives the
+    // call and `count` is its length. The kernel writes only inside those iovecs. Guest
+    // memory may race with the guest, but it is never Rust-owned data.
+    let n = unsafe { libc::readv(fd, iovecs.as_ptr(), count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `writev(2)` straight from guest memory.
+pub(crate) fn writev_slices(fd: RawFd, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard).collect();
+    let iovecs: Vec<libc::iovec> = guards
+        .iter()
+        .map(|g| libc::iovec {
+            iov_base: g.as_ptr().cast_mut().cast(),
+            iov_len: g.len(),
+        })
+        .collect();
+    let count = iovec_count(&iovecs)?;
+    // SAFETY: every iovec describes `len` readable bytes of guest memory that the
+    // VolatileSlices (and the guards) keep mapped for the whole call; `iovecs` outlives the
+    // call and `count` is its length. writev only reads through them.
+    let n = unsafe { libc::writev(fd, iovecs.as_ptr(), count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+fn iovec_count(iovecs: &[libc::iovec]) -> io::Result<libc::c_int> {
+    if iovecs.len() > MAX_IOVECS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    libc::c_int::try_from(iovecs.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Sets `O_NONBLOCK` on `fd`: the worker must never sleep anywhere but in epoll.
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL takes no pointer; `fd` is open (its owner is borrowed by the caller).
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL takes an int; same descriptor.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Why a network device could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The backend could not be set up (non-blocking, header size, offloads, epoll).
+    #[error("{name}: cannot set up the packet backend: {source}")]
+    Backend {
+        /// The device (worker name).
+        name: String,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The worker thread could not be started.
+    #[error("{name}: cannot start the worker: {source}")]
+    Worker {
+        /// The device (worker name).
+        name: String,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What a NIC has done since it was created, live; shared with whoever wants to watch it
+/// (the VMM's stats). Byte counts are frame bytes, without the virtio-net header.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// Frames delivered to the guest.
+    pub rx_packets: AtomicU64,
+    /// Bytes of the frames delivered to the guest.
+    pub rx_bytes: AtomicU64,
+    /// Frames the guest sent that the backend took.
+    pub tx_packets: AtomicU64,
+    /// Bytes of the frames the guest sent that the backend took.
+    pub tx_bytes: AtomicU64,
+    /// Frames read from the backend that the guest did not get: the read failed (a tap
+    /// drops a frame that does not fit the buffers offered) or the packet was shorter than
+    /// the header. Frames waiting for guest buffers are not dropped and not counted.
+    pub rx_dropped: AtomicU64,
+    /// Well-formed frames from the guest the backend refused (any error but "try again",
+    /// which is retried once the backend is writable), or took only part of.
+    pub tx_dropped: AtomicU64,
+    /// Chains of either queue handed back unused because they were malformed (see the
+    /// module docs). A malformed queue is reported as DEVICE_NEEDS_RESET instead.
+    pub invalid_chains: AtomicU64,
+}
+
+/// Counts problems of one kind so that logging them stays bounded whatever the guest does:
+/// the first [`LOG_FIRST`], then one in [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct LogLimiter(AtomicU64);
+
+impl LogLimiter {
+    /// Counts one problem; returns its number when it should be logged.
+    fn admit(&self) -> Option<u64> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        (n <= LOG_FIRST || n.checked_rem(LOG_EVERY) == Some(0)).then_some(n)
+    }
+}
+
+/// What outlives activations: the backend and its epoll set, counters, log limits.
+struct Shared {
+    name: String,
+    backend: Box<dyn PacketBackend>,
+    /// Holds only the backend, with the interest the active device wants.
+    backend_events: Epoll,
+    counters: Arc<NetCounters>,
+    guest_problems: LogLimiter,
+    host_problems: LogLimiter,
+}
+
+impl Shared {
+    fn guest_problem(&self, what: fmt::Arguments<'_>) {
+        if let Some(n) = self.guest_problems.admit() {
+            log::warn!("{}: {what} ({n} guest problems so far)", self.name);
+        }
+    }
+
+    fn host_problem(&self, what: fmt::Arguments<'_>) {
+        if let Some(n) = self.host_problems.admit() {
+            log::warn!("{}: {what} ({n} host problems so far)", self.name);
+        }
+    }
+
+    fn count(&self, counter: fn(&NetCounters) -> &AtomicU64, n: u64) {
+        counter(&self.counters).fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The virtio-net device; see the module docs.
+pub struct Net {
+    shared: Arc<Shared>,
+    config: [u8; CONFIG_LEN],
+    acked_features: u64,
+    worker: DeviceWorker,
+}
+
+impl fmt::Debug for Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Net")
+            .field("name", &self.shared.name)
+            .field("mac", &&self.config[..6])
+            .field("acked_features", &self.acked_features)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// Creates the device over `backend` with MAC address `mac`, and starts its parked
+    /// worker. The backend is made non-blocking, told the header length and, until a
+    /// driver accepts offloads, told to hand over only complete frames.
+    ///
+    /// `worker_name` names the worker thread and prefixes log lines ("virtio-net0");
+    /// `worker_start` runs first thing on the worker thread, before it can ever see guest
+    /// memory (the VMM installs the worker's seccomp policy there).
+    pub fn new(
+        backend: impl PacketBackend + 'static,
+        mac: [u8; 6],
+        worker_name: &str,
+        worker_start: impl FnOnce() + Send + 'static,
+    ) -> Result<Net, NetError> {
+        let backend_error = |source| NetError::Backend {
+            name: worker_name.to_owned(),
+            source,
+        };
+        let fd = backend.as_raw_fd();
+        set_nonblocking(fd).map_err(backend_error)?;
+        backend
+            .set_vnet_hdr_size(VNET_HDR_LEN)
+            .map_err(backend_error)?;
+        backend.set_offload(0).map_err(backend_error)?;
+        let backend_events = Epoll::new().map_err(backend_error)?;
+        // Registered with no interest: the active device turns on what it needs.
+        backend_events
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::empty(), 0),
+            )
+            .map_err(backend_error)?;
+        let worker =
+            DeviceWorker::spawn(worker_name, worker_start).map_err(|source| NetError::Worker {
+                name: worker_name.to_owned(),
+                source,
+            })?;
+        Ok(Net {
+            shared: Arc::new(Shared {
+                name: worker_name.to_owned(),
+                backend: Box::new(backend),
+                backend_events,
+                counters: Arc::default(),
+                guest_problems: LogLimiter::default(),
+                host_problems: LogLimiter::default(),
+            }),
+            config: config_space(mac),
+            acked_features: 0,
+            worker,
+        })
+    }
+
+    /// The device's counters, live.
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.shared.counters.clone()
+    }
+
+    /// The MAC address the guest sees.
+    pub fn mac(&self) -> [u8; 6] {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&self.config[..6]);
+        mac
+    }
+}
+
+/// virtio_net_config (virtio 1.2 section 5.1.4) up to `status`, little-endian.
+fn config_space(mac: [u8; 6]) -> [u8; CONFIG_LEN] {
+    let mut config = [0u8; CONFIG_LEN];
+    config[..6].copy_from_slice(&mac);
+    config[6..].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+    config
+}
+
+/// The `TUN_F_*` flags for the receive offloads the driver accepted in `features`.
+fn tun_offloads(features: u64) -> u32 {
+    OFFLOADS
+        .iter()
+        .filter(|(guest, _, _)| features & (1 << guest) != 0)
+        .fold(0, |flags, (_, _, tun)| flags | tun)
+}
+
+/// Receive space the device gathers before it reads a frame: room for the largest frame
+/// the driver's accepted offloads allow.
+fn rx_space_needed(features: u64) -> usize {
+    let gso = [
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_GUEST_UFO,
+    ];
+    if gso.iter().any(|bit| features & (1 << bit) != 0) {
+        MAX_PACKET_LEN
+    } else {
+        VNET_HDR_LEN + MAX_PLAIN_FRAME_LEN
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        let backend = self.shared.backend.offloads();
+        let offloads = OFFLOADS
+            .iter()
+            .filter(|(_, _, tun)| backend & tun == *tun)
+            .fold(0u64, |bits, (guest, host, _)| bits | 1 << guest | 1 << host);
+        1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS | 1 << VIRTIO_NET_F_MRG_RXBUF | offloads
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        // The backend learns the accepted offloads when the device starts, on the worker:
+        // until then it is not read from anyway.
+        self.acked_features = features & self.features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| self.config.get(at).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // Nothing is writable: the MAC is the driver's to read only in virtio 1.x.
+    }
+
+    fn activate(
+        &mut self,
+        mem: Arc<GuestMemoryMmap>,
+        interrupt: Arc<dyn Interrupt>,
+        queues: Vec<ActiveQueue>,
+    ) -> Result<(), ActivateError> {
+        let mut rx = None;
+        let mut tx = None;
+        for queue in queues {
+            match queue.index {
+                RX_QUEUE => rx = Some(queue),
+                TX_QUEUE => tx = Some(queue),
+                _ => {}
+            }
+        }
+        let rx = rx.ok_or(ActivateError::MissingQueue(RX_QUEUE))?;
+        let tx = tx.ok_or(ActivateError::MissingQueue(TX_QUEUE))?;
+        let active = ActiveNet {
+            shared: self.shared.clone(),
+            mem,
+            interrupt,
+            rx: ServedQueue::new(rx),
+            tx: ServedQueue::new(tx),
+            mrg_rxbuf: self.acked_features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+            offloads: tun_offloads(self.acked_features),
+            rx_needed: rx_space_needed(self.acked_features),
+            stash: VecDeque::new(),
+            stash_space: 0,
+            rx_starved: false,
+            tx_pending: None,
+            interest: None,
+            backend_gone: false,
+        };
+        self.worker
+            .activate(Box::new(active))
+            .map_err(ActivateError::Worker)
+    }
+
+    fn reset(&mut self) {
+        if let Err(err) = self.worker.deactivate() {
+            log::error!(
+                "{}: reset did not reach the worker: {err}",
+                self.shared.name
+            );
+        }
+        self.acked_features = 0;
+    }
+}
+
+/// A receive chain taken from the queue and not used yet: its writable bytes, in order,
+/// trimmed to [`MAX_PACKET_LEN`] (no packet needs more).
+#[derive(Debug)]
+struct RxBuffer {
+    head: u16,
+    spans: Vec<(GuestAddress, u32)>,
+    space: usize,
+}
+
+/// How one attempt to transmit a chain ended.
+enum Transmit {
+    /// Hand the chain back (sent, dropped or rejected, all counted).
+    Done,
+    /// The backend cannot take it now; keep it and retry when the backend is writable.
+    Blocked,
+}
+
+/// The device while the driver drives it, on the worker.
+struct ActiveNet {
+    shared: Arc<Shared>,
+    mem: Arc<GuestMemoryMmap>,
+    interrupt: Arc<dyn Interrupt>,
+    rx: ServedQueue,
+    tx: ServedQueue,
+    mrg_rxbuf: bool,
+    /// The receive offloads the driver accepted, as `TUN_F_*`.
+    offloads: u32,
+    /// Receive space to gather before reading a frame (with MRG_RXBUF).
+    rx_needed: usize,
+    /// Receive chains popped but not used yet, in queue order: the queue cannot take a
+    /// chain back, so the ones a frame did not need wait here for the next frame.
+    stash: VecDeque<RxBuffer>,
+    /// Total `space` of `stash`.
+    stash_space: usize,
+    /// Waiting for the guest to post receive buffers: the backend is not watched for input.
+    rx_starved: bool,
+    /// A frame the backend could not take yet (EAGAIN), sent before any other.
+    tx_pending: Option<DescriptorChain>,
+    /// The interest registered for the backend, `None` until the first registration.
+    interest: Option<EventSet>,
+    /// The backend reported an error or hang-up and is no longer watched.
+    backend_gone: bool,
+}
+
+impl ActiveNet {
+    /// Transmits what the TX queue holds, up to [`MAX_CHAINS_PER_WAKE`] chains (then it
+    /// notifies itself to come back for the rest), or until the backend is full.
+    fn process_tx(&mut self) {
+        for _ in 0..MAX_CHAINS_PER_WAKE {
+            let chain = match self.tx_pending.take() {
+                Some(chain) => chain,
+                None => match self.next_tx_chain() {
+                    Some(chain) => chain,
+                    None => return,
+                },
+            };
+            match self.transmit(&chain) {
+                Transmit::Done => {
+                    let (name, mem) = (&self.shared.name, &*self.mem);
+                    self.tx.complete(name, mem, &*self.interrupt, chain.head, 0);
+                }
+                Transmit::Blocked => {
+                    self.tx_pending = Some(chain);
+                    return;
+                }
+            }
+        }
+        // More may be waiting. If the write fails the counter is saturated, which wakes
+        // us just the same.
+        let _ = self.tx.notify.write(1);
+    }
+
+    /// The next TX chain, re-arming the queue's notification before reporting none.
+    fn next_tx_chain(&mut self) -> Option<DescriptorChain> {
+        loop {
+            if let Some(chain) = self.tx.pop(&self.shared.name, &self.mem, &*self.interrupt) {
+                return Some(chain);
+            }
+            if self.tx.is_broken() || !self.rearm(TX_QUEUE) {
+                return None;
+            }
+        }
+    }
+
+    /// Publishes that the device sleeps on queue `index`; returns whether the driver posted
+    /// more meanwhile (so the caller must look again).
+    fn rearm(&mut self, index: usize) -> bool {
+        let queue = if index == RX_QUEUE {
+            &mut self.rx
+        } else {
+            &mut self.tx
+        };
+        match queue.queue.enable_notification(&self.mem) {
+            Ok(more) => more,
+            Err(e) => {
+                self.shared
+                    .host_problem(format_args!("cannot re-arm queue {index}: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Sends one TX chain to the backend as one packet, header included.
+    fn transmit(&self, chain: &DescriptorChain) -> Transmit {
+        let shared = &*self.shared;
+        let len = match check_tx_chain(chain) {
+            Ok(len) => len,
+            Err(why) => {
+                self.invalid_chain(TX_QUEUE, chain.head, &why);
+                return Transmit::Done;
+            }
+        };
+        let spans = chain.descriptors.iter().map(|d| (d.addr, d.len));
+        let slices = match guest_slices(&self.mem, spans) {
+            Ok(slices) if slices.len() <= MAX_IOVECS => slices,
+            Ok(slices) => {
+                let why = format!("{} buffers, more than {MAX_IOVECS}", slices.len());
+                self.invalid_chain(TX_QUEUE, chain.head, &why);
+                return Transmit::Done;
+            }
+            Err(e) => {
+                self.invalid_chain(TX_QUEUE, chain.head, &e.to_string());
+                return Transmit::Done;
+            }
+        };
+        loop {
+            match shared.backend.write_packet(&slices) {
+                Ok(n) if n == len => {
+                    shared.count(|c| &c.tx_packets, 1);
+                    shared.count(|c| &c.tx_bytes, (len - VNET_HDR_LEN) as u64);
+                }
+                Ok(n) => {
+                    shared.count(|c| &c.tx_dropped, 1);
+                    shared.host_problem(format_args!("backend took {n} of {len} bytes"));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Transmit::Blocked,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    shared.count(|c| &c.tx_dropped, 1);
+                    shared.host_problem(format_args!("backend refused a {len}-byte packet: {e}"));
+                }
+            }
+            return Transmit::Done;
+        }
+    }
+
+    /// Receives frames while the backend has some and the guest has room, up to
+    /// [`MAX_FRAMES_PER_WAKE`].
+    fn process_rx(&mut self) {
+        for _ in 0..MAX_FRAMES_PER_WAKE {
+            if self.backend_gone {
+                return;
+            }
+            if !self.gather_rx_buffers() {
+                self.rx_starved = true;
+                return;
+            }
+            self.rx_starved = false;
+            if !self.receive_frame() {
+                return;
+            }
+        }
+    }
+
+    /// Pops receive chains until the stash can take a frame. Returns false when the guest
+    /// has not posted enough (the queue's notification is then armed).
+    fn gather_rx_buffers(&mut self) -> bool {
+        let mut budget = MAX_CHAINS_PER_WAKE;
+        while !self.stash_ready() {
+            if budget == 0 {
+                // The guest keeps posting chains we cannot use: come back after the other
+                // events rather than spin here.
+                let _ = self.rx.notify.write(1);
+                return false;
+            }
+            budget -= 1;
+            match self.rx.pop(&self.shared.name, &self.mem, &*self.interrupt) {
+                Some(chain) => self.stash_rx_chain(chain),
+                None if self.rx.is_broken() => return false,
+                None if self.rearm(RX_QUEUE) => {}
+                // The guest cannot post more than the ring holds: use what we have.
+                None => return self.stash.len() >= usize::from(self.rx.queue.size),
+            }
+        }
+        true
+    }
+
+    /// Whether the stash can take the next frame: with MRG_RXBUF, room for the largest one
+    /// the driver accepts; without, one chain (the driver sized it).
+    fn stash_ready(&self) -> bool {
+        if self.mrg_rxbuf {
+            self.stash_space >= self.rx_needed
+        } else {
+            !self.stash.is_empty()
+        }
+    }
+
+    /// Checks a popped RX chain and stashes it, or hands it back as invalid.
+    fn stash_rx_chain(&mut self, chain: DescriptorChain) {
+        if chain.descriptors.iter().any(|d| !d.writable) {
+            self.invalid_chain(
+                RX_QUEUE,
+                chain.head,
+                "receive chain has device-readable buffers",
+            );
+            self.reject_rx(chain.head);
+            return;
+        }
+        let mut spans = Vec::new();
+        let mut space = 0usize;
+        for d in chain.descriptors.iter().filter(|d| d.len > 0) {
+            let left = MAX_PACKET_LEN - space;
+            if left == 0 {
+                break;
+            }
+            let take = (d.len as usize).min(left);
+            // take <= d.len, a u32.
+            spans.push((d.addr, take as u32));
+            space += take;
+        }
+        if space < VNET_HDR_LEN {
+            let why = format!("receive chain of {space} bytes cannot hold the header");
+            self.invalid_chain(RX_QUEUE, chain.head, &why);
+            self.reject_rx(chain.head);
+            return;
+        }
+        self.stash_space += space;
+        self.stash.push_back(RxBuffer {
+            head: chain.head,
+            spans,
+            space,
+        });
+    }
+
+    /// Reads one frame into the stash and hands the chains it filled to the guest. Returns
+    /// false when the backend had none (or the stash is unusable).
+    fn receive_frame(&mut self) -> bool {
+        let chains = if self.mrg_rxbuf { self.stash.len() } else { 1 };
+        let spans = self
+            .stash
+            .iter()
+            .take(chains)
+            .flat_map(|b| b.spans.iter().copied());
+        let result = match guest_slices(&self.mem, spans) {
+            Ok(mut slices) => {
+                // Only a pathological stash gets here; reading into less is still right.
+                slices.truncate(MAX_IOVECS);
+                self.shared.backend.read_packet(&slices)
+            }
+            Err(e) => {
+                self.shared
+                    .host_problem(format_args!("receive buffers unusable: {e}"));
+                return false;
+            }
+        };
+        match result {
+            Ok(n) => {
+                self.deliver(n);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                self.shared.count(|c| &c.rx_dropped, 1);
+                self.shared
+                    .host_problem(format_args!("reading a frame from the backend failed: {e}"));
+                true
+            }
+        }
+    }
+
+    /// Hands the guest the `n`-byte packet just read into the front of the stash: the
+    /// chains it filled, in order, with `num_buffers` set in its header.
+    fn deliver(&mut self, n: usize) {
+        if n < VNET_HDR_LEN {
+            // Nothing was written that the guest will look at: the chains stay stashed.
+            self.shared.count(|c| &c.rx_dropped, 1);
+            self.shared
+                .host_problem(format_args!("backend packet of {n} bytes has no header"));
+            return;
+        }
+        let mut used: Vec<(u16, u32)> = Vec::new();
+        let mut first_spans = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let Some(buffer) = self.stash.pop_front() else {
+                break; // The read could not have filled more than the stash.
+            };
+            self.stash_space -= buffer.space;
+            let take = buffer.space.min(left);
+            left -= take;
+            // take <= space <= MAX_PACKET_LEN.
+            used.push((buffer.head, take as u32));
+            if first_spans.is_empty() {
+                first_spans = buffer.spans;
+            }
+        }
+        // At most the queue size (256) chains.
+        let count = u16::try_from(used.len()).unwrap_or(u16::MAX);
+        if let Err(e) = write_at(
+            &self.mem,
+            &first_spans,
+            NUM_BUFFERS_OFFSET,
+            &count.to_le_bytes(),
+        ) {
+            self.shared
+                .host_problem(format_args!("cannot set num_buffers: {e}"));
+        }
+        self.complete_rx(&used);
+        self.shared.count(|c| &c.rx_packets, 1);
+        self.shared
+            .count(|c| &c.rx_bytes, (n - VNET_HDR_LEN) as u64);
+    }
+
+    /// Returns the chains of one frame to the guest, interrupting (if it wants) only once
+    /// all are in the used ring.
+    fn complete_rx(&mut self, used: &[(u16, u32)]) {
+        let Some((&(last_head, last_len), rest)) = used.split_last() else {
+            return;
+        };
+        let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
+        if self.rx.is_broken() {
+            return;
+        }
+        for &(head, len) in rest {
+            if self.rx.queue.add_used(mem, head, len).is_err() {
+                // Let ServedQueue fail the same way, so it records the queue as broken and
+                // reports NEEDS_RESET.
+                self.rx.complete(name, mem, interrupt, head, len);
+                return;
+            }
+        }
+        self.rx.complete(name, mem, interrupt, last_head, last_len);
+    }
+
+    /// Hands chain `head` of queue `index` back unused and counts it as invalid.
+    fn invalid_chain(&self, index: usize, head: u16, why: &str) {
+        self.shared.count(|c| &c.invalid_chains, 1);
+        self.shared
+            .guest_problem(format_args!("queue {index}: chain {head} rejected: {why}"));
+    }
+
+    /// Hands back an invalid RX chain right away (TX chains go back through
+    /// [`ActiveNet::process_tx`]).
+    fn reject_rx(&mut self, head: u16) {
+        let (name, mem) = (&self.shared.name, &*self.mem);
+        self.rx.complete(name, mem, &*self.interrupt, head, 0);
+    }
+
+    /// What the backend is ready for, without waiting.
+    fn backend_readiness(&self) -> EventSet {
+        let mut events = [EpollEvent::default(); 1];
+        match self.shared.backend_events.wait(0, &mut events) {
+            Ok(1) => EventSet::from_bits_truncate(events[0].events()),
+            _ => EventSet::empty(),
+        }
+    }
+
+    /// Stops watching a backend that failed: it would report the failure forever.
+    fn backend_failed(&mut self, ready: EventSet) {
+        log::error!(
+            "{}: the backend failed ({ready:?}); no more frames are received",
+            self.shared.name
+        );
+        let fd = self.shared.backend.as_raw_fd();
+        let _ = self
+            .shared
+            .backend_events
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        self.backend_gone = true;
+        self.interest = None;
+    }
+
+    /// Registers the backend interest the state calls for: input unless the guest has no
+    /// room, output while a frame waits for the backend.
+    fn update_interest(&mut self) {
+        if self.backend_gone {
+            return;
+        }
+        let mut want = EventSet::empty();
+        if !self.rx_starved {
+            want |= EventSet::IN;
+        }
+        if self.tx_pending.is_some() {
+            want |= EventSet::OUT;
+        }
+        if self.interest == Some(want) {
+            return;
+        }
+        let fd = self.shared.backend.as_raw_fd();
+        let events = &self.shared.backend_events;
+        let mut result = events.ctl(ControlOperation::Modify, fd, EpollEvent::new(want, 0));
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+            // An earlier activation dropped a failed backend; try it again.
+            result = events.ctl(ControlOperation::Add, fd, EpollEvent::new(want, 0));
+        }
+        match result {
+            Ok(()) => self.interest = Some(want),
+            Err(e) => log::error!("{}: cannot watch the backend: {e}", self.shared.name),
+        }
+    }
+}
+
+impl ActiveDevice for ActiveNet {
+    fn event_sources(&self) -> Vec<(RawFd, u32)> {
+        vec![
+            (self.rx.notify.as_raw_fd(), RX_TOKEN),
+            (self.tx.notify.as_raw_fd(), TX_TOKEN),
+            (self.shared.backend_events.as_raw_fd(), BACKEND_TOKEN),
+        ]
+    }
+
+    fn start(&mut self) {
+        if let Err(e) = self.shared.backend.set_offload(self.offloads) {
+            log::error!(
+                "{}: cannot set the backend's offloads to {:#x}: {e}",
+                self.shared.name,
+                self.offloads
+            );
+        }
+        self.process_tx();
+        self.process_rx();
+        self.update_interest();
+    }
+
+    fn handle_event(&mut self, token: u32) {
+        match token {
+            RX_TOKEN => {
+                self.rx.clear_notification();
+                // Buffers only matter while we wait for them; otherwise the backend's
+                // readiness drives receiving.
+                if self.rx_starved {
+                    self.process_rx();
+                }
+            }
+            TX_TOKEN => {
+                self.tx.clear_notification();
+                self.process_tx();
+            }
+            BACKEND_TOKEN => {
+                let ready = self.backend_readiness();
+                if ready.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                    self.backend_failed(ready);
+                } else {
+                    if ready.contains(EventSet::OUT) {
+                        self.process_tx();
+                    }
+                    if ready.contains(EventSet::IN) {
+                        self.process_rx();
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.update_interest();
+    }
+}
+
+/// Checks a TX chain: device-readable only, an Ethernet frame behind the header, no more
+/// than [`MAX_PACKET_LEN`]. Returns the packet length.
+fn check_tx_chain(chain: &DescriptorChain) -> Result<usize, String> {
+    if chain.writable().next().is_some() {
+        return Err("transmit chain has device-writable buffers".into());
+    }
+    // At most 1024 descriptors of u32 lengths: no u64 overflow.
+    let len: u64 = chain.descriptors.iter().map(|d| u64::from(d.len)).sum();
+    if len < (VNET_HDR_LEN + ETH_HLEN) as u64 {
+        return Err(format!(
+            "transmit chain of {len} bytes is shorter than the header and an Ethernet header"
+        ));
+    }
+    if len > MAX_PACKET_LEN as u64 {
+        return Err(format!(
+            "transmit chain of {len} bytes is longer than {MAX_PACKET_LEN}"
+        ));
+    }
+    // len <= MAX_PACKET_LEN.
+    Ok(len as usize)
+}
+
+/// The host view of guest `spans`, one slice per memory region a span touches; zero-length
+/// spans are left out.
+fn guest_slices(
+    mem: &GuestMemoryMmap,
+    spans: impl Iterator<Item = (GuestAddress, u32)>,
+) -> Result<Vec<VolatileSlice<'_>>, vm_memory::GuestMemoryError> {
+    let mut slices = Vec::new();
+    for (addr, len) in spans.filter(|&(_, len)| len > 0) {
+        for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
+            slices.push(slice?);
+        }
+    }
+    Ok(slices)
+}
+
+/// Writes `bytes` at byte `offset` of the guest buffer made of `spans`.
+fn write_at(
+    mem: &GuestMemoryMmap,
+    spans: &[(GuestAddress, u32)],
+    mut offset: usize,
+    bytes: &[u8],
+) -> Result<(), vm_memory::GuestMemoryError> {
+    let mut bytes = bytes;
+    for &(addr, len) in spans {
+        let len = len as usize;
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let take = bytes.len().min(len - offset);
+        let (now, later) = bytes.split_at(take);
+        // offset < len, a u32: the queue checked that addr + len does not wrap.
+        mem.write_slice(now, addr.unchecked_add(offset as u64))?;
+        bytes = later;
+        offset = 0;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(vm_memory::GuestMemoryError::PartialBuffer {
+        expected: bytes.len(),
+        completed: 0,
+    })
+}
