@@ -320,6 +320,25 @@ fn without_mrg_rxbuf_num_buffers_is_one_and_each_frame_takes_one_chain() {
 }
 
 #[test]
+fn a_frame_that_does_not_fit_is_dropped_and_counted_and_the_buffer_kept() {
+    let mut r = rig(0);
+    let head = r.post_rx(&[wo(RX_BUFS, 512)]);
+    r.peer_send(&packet(20, 1000));
+    wait_for("the drop", || r.counter(|c| &c.rx_dropped) == 1);
+    assert_eq!(r.t.queues[RX_QUEUE].used_idx(r.mem()), 0);
+    let p = packet(21, 100);
+    r.peer_send(&p);
+    r.t.wait_used(RX_QUEUE, 1);
+    let mem = r.t.mem.clone();
+    assert_eq!(
+        r.t.queues[RX_QUEUE].used_elem(&mem, 0),
+        (u32::from(head), p.len() as u32)
+    );
+    assert_eq!(frame(&r.guest_bytes(RX_BUFS, p.len())), frame(&p));
+    assert_eq!(r.counter(|c| &c.rx_packets), 1);
+}
+
+#[test]
 fn with_mrg_rxbuf_a_frame_bigger_than_one_buffer_spans_several() {
     let mut r = rig(MRG);
     // Without receive offloads the device gathers room for a 1518-byte frame: two chains.

@@ -154,11 +154,11 @@ pub trait PacketBackend: AsRawFd + Send + Sync {
     }
 }
 
-/// Any packet-oriented descriptor (a `SOCK_SEQPACKET` or `SOCK_DGRAM` socket), with no
-/// offloads. A packet longer than the buffers is cut short by the kernel.
+/// A packet-oriented socket (`SOCK_SEQPACKET` or `SOCK_DGRAM`), with no offloads. Like a
+/// tap, it reports the full length of a packet longer than the buffers (MSG_TRUNC).
 impl PacketBackend for OwnedFd {
     fn read_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        readv_slices(self.as_raw_fd(), bufs)
+        recvmsg_slices(self.as_raw_fd(), bufs)
     }
 
     fn write_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
@@ -183,6 +183,29 @@ pub(crate) fn readv_slices(fd: RawFd, bufs: &[VolatileSlice<'_>]) -> io::Result<
     // call and `count` is its length. The kernel writes only inside those iovecs. Guest
     // memory may race with the guest, but it is never Rust-owned data.
     let n = unsafe { libc::readv(fd, iovecs.as_ptr(), count) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// `recvmsg(2)` with MSG_TRUNC straight into guest memory: returns the packet's full
+/// length even when the buffers held less.
+fn recvmsg_slices(fd: RawFd, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
+    let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard_mut).collect();
+    let mut iovecs: Vec<libc::iovec> = guards
+        .iter()
+        .map(|g| libc::iovec {
+            iov_base: g.as_ptr().cast(),
+            iov_len: g.len(),
+        })
+        .collect();
+    iovec_count(&iovecs)?;
+    // SAFETY: msghdr is plain old data; all-zero (no name, no control data) is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovecs.as_mut_ptr();
+    msg.msg_iovlen = iovecs.len();
+    // SAFETY: `msg` points to `iovecs`, each describing `len` writable bytes of guest
+    // memory the VolatileSlices (and guards) keep mapped for the call; both outlive it.
+    // The kernel writes only inside the iovecs and into `msg`'s flags.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
@@ -759,11 +782,12 @@ impl ActiveNet {
             .iter()
             .take(chains)
             .flat_map(|b| b.spans.iter().copied());
-        let result = match guest_slices(&self.mem, spans) {
+        let (result, capacity) = match guest_slices(&self.mem, spans) {
             Ok(mut slices) => {
                 // Only a pathological stash gets here; reading into less is still right.
                 slices.truncate(MAX_IOVECS);
-                self.shared.backend.read_packet(&slices)
+                let capacity: usize = slices.iter().map(VolatileSlice::len).sum();
+                (self.shared.backend.read_packet(&slices), capacity)
             }
             Err(e) => {
                 self.shared
@@ -772,6 +796,15 @@ impl ActiveNet {
             }
         };
         match result {
+            Ok(n) if n > capacity => {
+                // A tap cuts a frame that does not fit short but reports its full length:
+                // the guest must not see the stump. The chains stay stashed.
+                self.shared.count(|c| &c.rx_dropped, 1);
+                self.shared.host_problem(format_args!(
+                    "a {n}-byte packet did not fit the {capacity} bytes of receive buffers"
+                ));
+                true
+            }
             Ok(n) => {
                 self.deliver(n);
                 true
