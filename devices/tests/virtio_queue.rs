@@ -183,3 +183,30 @@ fn a_queue_that_was_never_enabled_refuses_work() {
     q.size = 0;
     assert!(matches!(q.pop(&mem), Err(QueueError::NotReady)));
 }
+
+#[test]
+fn a_batch_of_used_chains_is_published_with_one_index_update() {
+    let (mem, mut q) = setup(false);
+    for i in 0..3 {
+        desc(&mem, i, 0x8000 + 0x100 * i, 0x100, 2, 0);
+    }
+    publish(&mem, 3);
+    let heads: Vec<u16> = (0..3)
+        .map(|_| q.pop(&mem).unwrap().expect("a chain").head)
+        .collect();
+
+    q.add_used_batch(&mem, &[(heads[0], 10), (heads[1], 20), (heads[2], 30)])
+        .unwrap();
+
+    let used_idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    assert_eq!(used_idx, 3);
+    for (i, (head, len)) in [(0u32, 10u32), (1, 20), (2, 30)].into_iter().enumerate() {
+        let at = USED + 4 + 8 * i as u64;
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(at)).unwrap(), head);
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(at + 4)).unwrap(), len);
+    }
+    assert!(
+        q.needs_notification(&mem).unwrap(),
+        "one interrupt covers the batch"
+    );
+}

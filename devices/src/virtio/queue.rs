@@ -273,17 +273,32 @@ impl Queue {
         head: u16,
         len: u32,
     ) -> Result<(), QueueError> {
+        self.add_used_batch(mem, &[(head, len)])
+    }
+
+    /// Returns several chains, as `(head, len)`, and publishes them with one `used.idx`
+    /// store, so the driver sees all or none of them: a received frame spread over several
+    /// buffers (VIRTIO_NET_F_MRG_RXBUF) must not show up one buffer at a time.
+    pub fn add_used_batch(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        used: &[(u16, u32)],
+    ) -> Result<(), QueueError> {
         self.check_usable()?;
-        let slot = u64::from(self.next_used & (self.size - 1));
-        let mut elem = [0u8; 8];
-        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        elem[4..].copy_from_slice(&len.to_le_bytes());
-        mem.write_obj(
-            elem,
-            GuestAddress(self.used_ring.wrapping_add(4 + 8 * slot)),
-        )?;
-        self.next_used = self.next_used.wrapping_add(1);
-        // The element must be visible before the index that publishes it.
+        let mut next_used = self.next_used;
+        for &(head, len) in used {
+            let slot = u64::from(next_used & (self.size - 1));
+            let mut elem = [0u8; 8];
+            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[4..].copy_from_slice(&len.to_le_bytes());
+            mem.write_obj(
+                elem,
+                GuestAddress(self.used_ring.wrapping_add(4 + 8 * slot)),
+            )?;
+            next_used = next_used.wrapping_add(1);
+        }
+        self.next_used = next_used;
+        // The elements must be visible before the index that publishes them.
         mem.store(
             self.next_used.to_le(),
             GuestAddress(self.used_ring.wrapping_add(2)),

@@ -311,10 +311,22 @@ impl ServedQueue {
         head: u16,
         len: u32,
     ) {
-        if self.broken {
+        self.complete_batch(device, mem, interrupt, &[(head, len)]);
+    }
+
+    /// Returns several chains, as `(head, len)`, published together (see
+    /// [`Queue::add_used_batch`]), then interrupts the driver once if it wants.
+    pub fn complete_batch(
+        &mut self,
+        device: &str,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn Interrupt,
+        used: &[(u16, u32)],
+    ) {
+        if self.broken || used.is_empty() {
             return;
         }
-        if let Err(e) = self.queue.add_used(mem, head, len) {
+        if let Err(e) = self.queue.add_used_batch(mem, used) {
             self.mark_broken(device, interrupt, &e);
         }
         self.interrupt_if_wanted(device, mem, interrupt);

@@ -863,25 +863,11 @@ impl ActiveNet {
             .count(|c| &c.rx_bytes, (n - VNET_HDR_LEN) as u64);
     }
 
-    /// Returns the chains of one frame to the guest, interrupting (if it wants) only once
-    /// all are in the used ring.
+    /// Returns the chains of one frame to the guest, published together (the driver must
+    /// never see part of a frame) and with one interrupt, if it wants one.
     fn complete_rx(&mut self, used: &[(u16, u32)]) {
-        let Some((&(last_head, last_len), rest)) = used.split_last() else {
-            return;
-        };
         let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
-        if self.rx.is_broken() {
-            return;
-        }
-        for &(head, len) in rest {
-            if self.rx.queue.add_used(mem, head, len).is_err() {
-                // Let ServedQueue fail the same way, so it records the queue as broken and
-                // reports NEEDS_RESET.
-                self.rx.complete(name, mem, interrupt, head, len);
-                return;
-            }
-        }
-        self.rx.complete(name, mem, interrupt, last_head, last_len);
+        self.rx.complete_batch(name, mem, interrupt, used);
     }
 
     /// Hands chain `head` of queue `index` back unused and counts it as invalid.
