@@ -6,12 +6,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// (policy file, the filter's name inside it, the Rust constant it becomes).
-const POLICIES: [(&str, &str, &str); 5] = [
+const POLICIES: [(&str, &str, &str); 6] = [
     ("vcpu.json", "vcpu", "VCPU"),
     ("main.json", "main", "MAIN"),
     ("virtio_rng.json", "virtio_rng", "VIRTIO_RNG"),
     ("virtio_block.json", "virtio_block", "VIRTIO_BLOCK"),
     ("virtio_balloon.json", "virtio_balloon", "VIRTIO_BALLOON"),
+    ("virtio_net.json", "virtio_net", "VIRTIO_NET"),
 ];
 
 fn main() {

@@ -12,6 +12,8 @@ use devices::pci::{
 };
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
+use devices::virtio::net::tap::{Tap, TapError};
+use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::{Rng, VirtioDevice, VirtioPciDevice};
 use devices::{AcpiPm, Bus, BusDevice, BusWindow, Cmos, I8042, ResetControl, Serial};
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
@@ -23,8 +25,8 @@ use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::cli::SerialOutput;
-use crate::config::VmConfig;
+use crate::cli::{NetBackend, SerialOutput};
+use crate::config::{NetConfig, VmConfig};
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
@@ -101,6 +103,10 @@ pub enum BuildError {
     LoaderPanicked,
     #[error("--disk: {0}")]
     Disk(#[source] BlockError),
+    #[error("--net: {0}")]
+    Tap(#[source] TapError),
+    #[error("--net: {0}")]
+    Net(#[source] NetError),
     #[error("cannot set up a device: {0}")]
     Device(String),
     #[error("cannot place a device on the bus: {0}")]
@@ -145,6 +151,8 @@ pub struct VirtioHandles {
     pub balloon: Option<BalloonHandle>,
     /// Each `--disk`'s counters, in `--disk` order.
     pub disks: Vec<Arc<BlockCounters>>,
+    /// Each `--net`'s counters, in `--net` order.
+    pub nets: Vec<Arc<NetCounters>>,
 }
 
 /// What the loader thread puts in guest memory: the kernel and where the initrd went.
@@ -469,7 +477,8 @@ fn create_pio_bus(
 }
 
 /// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
-/// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added.
+/// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added;
+/// then the network interfaces in `--net` order (`eth0`, ...), the rng and the balloon.
 fn create_pci(
     config: &VmConfig,
     vm_fd: &Arc<VmFd>,
@@ -502,6 +511,11 @@ fn create_pci(
         handles.disks.push(block.counters());
         pci.add_virtio(Box::new(block))?;
     }
+    for (index, net) in config.nets.iter().enumerate() {
+        let device = create_net(index, net)?;
+        handles.nets.push(device.counters());
+        pci.add_virtio(Box::new(device))?;
+    }
     if config.rng {
         let rng = Rng::with_worker_start(|| {
             crate::sandbox::enter_device_worker(ThreadKind::VirtioRng, "virtio-rng")
@@ -522,6 +536,31 @@ fn create_pci(
         pci.add_virtio(Box::new(balloon))?;
     }
     Ok((pci.root, handles))
+}
+
+/// Interface `index`: its tap (attached, or created, addressed and brought up) behind a
+/// virtio-net device whose worker confines itself to the net policy.
+fn create_net(index: usize, net: &NetConfig) -> Result<Net> {
+    let tap = match &net.backend {
+        NetBackend::Tap(name) => Tap::open(name).map_err(BuildError::Tap)?,
+        NetBackend::HostIp { addr, netmask } => {
+            let tap = Tap::create("").map_err(BuildError::Tap)?;
+            tap.set_ipv4(*addr, *netmask).map_err(BuildError::Tap)?;
+            tap.up().map_err(BuildError::Tap)?;
+            tap
+        }
+    };
+    let name = format!("virtio-net{index}");
+    debug!(
+        "{name}: tap {} with MAC {}",
+        tap.name(),
+        crate::config::format_mac(&net.mac)
+    );
+    let label = name.clone();
+    Net::new(tap, net.mac, &name, move || {
+        crate::sandbox::enter_device_worker(ThreadKind::VirtioNet, &label)
+    })
+    .map_err(BuildError::Net)
 }
 
 /// What adding a virtio device to PCI bus 0 touches.

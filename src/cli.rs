@@ -3,6 +3,7 @@
 //! arguments into a validated [`crate::config::VmConfig`], and [`crate::commands`] carries out
 //! the control commands.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use argh::FromArgs;
@@ -66,6 +67,16 @@ pub struct RunArgs {
     /// give the guest a virtio-balloon device, driven with `vmm balloon`
     #[argh(switch)]
     pub balloon: bool,
+
+    /// a virtio-net interface on a tap (repeatable): tap=NAME[,mac=MAC] attaches an
+    /// existing tap, host-ip=ADDR,netmask=MASK[,mac=MAC] creates one with that address
+    #[argh(option, from_str_fn(parse_net))]
+    pub net: Vec<NetSpec>,
+
+    /// the VM's name (default "vmm"): interfaces without mac= get a MAC derived from it,
+    /// so give VMs that share a network different names
+    #[argh(option, default = "String::from(\"vmm\")")]
+    pub name: String,
 
     /// control socket to create (SOCK_SEQPACKET, mode 0600); see docs/control-protocol.md
     #[argh(option)]
@@ -284,6 +295,103 @@ fn parse_disk(value: &str) -> Result<DiskSpec, String> {
     })
 }
 
+/// One `--net`: where the interface's frames go, and its MAC if given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    pub backend: NetBackend,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The host side of a `--net` interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// An existing tap interface, by name.
+    Tap(String),
+    /// A new tap the VMM creates, gives this address and brings up.
+    HostIp { addr: Ipv4Addr, netmask: Ipv4Addr },
+}
+
+const NET_FORMS: &str = "use tap=NAME[,mac=MAC] or host-ip=ADDR,netmask=MASK[,mac=MAC]";
+
+/// Parses `tap=NAME[,mac=MAC]` or `host-ip=ADDR,netmask=MASK[,mac=MAC]`.
+fn parse_net(value: &str) -> Result<NetSpec, String> {
+    let (mut tap, mut host_ip, mut netmask, mut mac) = (None, None, None, None);
+    for field in value.split(',') {
+        let Some((key, val)) = field.split_once('=') else {
+            return Err(format!(
+                "--net '{value}': '{field}' is not KEY=VALUE; {NET_FORMS}"
+            ));
+        };
+        let slot = match key {
+            "tap" => &mut tap,
+            "host-ip" => &mut host_ip,
+            "netmask" => &mut netmask,
+            "mac" => &mut mac,
+            _ => return Err(format!("--net '{value}': unknown key '{key}'; {NET_FORMS}")),
+        };
+        if slot.replace(val).is_some() {
+            return Err(format!("--net '{value}': '{key}' given twice"));
+        }
+    }
+    let mac = mac.map(parse_mac).transpose()?;
+    let backend = match (tap, host_ip, netmask) {
+        (Some(name), None, None) if !name.is_empty() => NetBackend::Tap(name.to_string()),
+        (None, Some(addr), Some(mask)) => NetBackend::HostIp {
+            addr: parse_ipv4("host-ip", addr)?,
+            netmask: parse_netmask(mask)?,
+        },
+        _ => return Err(format!("--net '{value}': {NET_FORMS}")),
+    };
+    Ok(NetSpec { backend, mac })
+}
+
+fn parse_ipv4(what: &str, value: &str) -> Result<Ipv4Addr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("--net {what}={value} is not an IPv4 address like 192.168.10.1"))
+}
+
+/// A netmask: an IPv4 address whose one bits are contiguous from the top.
+fn parse_netmask(value: &str) -> Result<Ipv4Addr, String> {
+    let mask = parse_ipv4("netmask", value)?;
+    let bits = u32::from(mask);
+    if bits.leading_ones() + bits.trailing_zeros() != 32 {
+        return Err(format!(
+            "--net netmask={value} is not a netmask (its one bits must be contiguous, like 255.255.255.0)"
+        ));
+    }
+    Ok(mask)
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`: six two-digit hex bytes, unicast, not all zero.
+pub fn parse_mac(value: &str) -> Result<[u8; 6], String> {
+    let malformed = || format!("--net mac={value} is not a MAC address like 52:54:00:12:34:56");
+    let mut mac = [0u8; 6];
+    let mut parts = value.split(':');
+    for byte in &mut mac {
+        let part = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .ok_or_else(malformed)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| malformed())?;
+    }
+    if parts.next().is_some() {
+        return Err(malformed());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "--net mac={value} is a multicast address; an interface needs a unicast one \
+             (even first byte)"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err(format!(
+            "--net mac={value}: the all-zero address is not usable"
+        ));
+    }
+    Ok(mac)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +425,12 @@ mod tests {
             "--disk",
             "/srv/data.img,ro",
             "--balloon",
+            "--net",
+            "tap=tap0",
+            "--net",
+            "host-ip=192.168.10.1,netmask=255.255.255.0,mac=52:54:00:12:34:56",
+            "--name",
+            "web1",
             "bzImage",
         ])
         .expect("valid command line");
@@ -345,6 +459,48 @@ mod tests {
             ]
         );
         assert!(run.balloon);
+        assert_eq!(
+            run.net,
+            vec![
+                NetSpec {
+                    backend: NetBackend::Tap("tap0".into()),
+                    mac: None
+                },
+                NetSpec {
+                    backend: NetBackend::HostIp {
+                        addr: Ipv4Addr::new(192, 168, 10, 1),
+                        netmask: Ipv4Addr::new(255, 255, 255, 0)
+                    },
+                    mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56])
+                },
+            ]
+        );
+        assert_eq!(run.name, "web1");
+    }
+
+    #[test]
+    fn malformed_net_options_are_refused_saying_what_is_wrong() {
+        for (bad, says) in [
+            ("", "KEY=VALUE"),
+            ("tap=", "tap=NAME"),
+            ("tap=t0,host-ip=10.0.0.1,netmask=255.0.0.0", "tap=NAME"),
+            ("host-ip=10.0.0.1", "tap=NAME"),
+            ("tap=t0,speed=10", "unknown key 'speed'"),
+            ("tap=t0,tap=t1", "given twice"),
+            (
+                "host-ip=10.0.0.300,netmask=255.0.0.0",
+                "not an IPv4 address",
+            ),
+            ("host-ip=10.0.0.1,netmask=255.0.255.0", "not a netmask"),
+            ("tap=t0,mac=52:54:00:12:34", "not a MAC address"),
+            ("tap=t0,mac=52:54:00:12:34:5g", "not a MAC address"),
+            ("tap=t0,mac=52:54:00:12:34:56:78", "not a MAC address"),
+            ("tap=t0,mac=01:00:5e:00:00:01", "multicast"),
+            ("tap=t0,mac=00:00:00:00:00:00", "all-zero"),
+        ] {
+            let err = parse(&["run", "--mem", "64", "--net", bad, "k"]).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -433,6 +433,10 @@ fn counter_name(counter: u32) -> Option<&'static str> {
         counter_id::GUEST_MEMORY_TOTAL => "guest_memory_total",
         counter_id::GUEST_MEMORY_AVAILABLE => "guest_memory_available",
         counter_id::FLUSHES => "flushes",
+        counter_id::PACKETS_IN => "packets_in",
+        counter_id::PACKETS_OUT => "packets_out",
+        counter_id::PACKETS_DROPPED => "packets_dropped",
+        counter_id::INVALID_CHAINS => "invalid_chains",
         _ => return None,
     })
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::cli::{DiskSpec, RunArgs, SerialOutput};
+use crate::cli::{DiskSpec, NetBackend, NetSpec, RunArgs, SerialOutput};
 
 /// The kernel command line used when `--params` is not given: the console on COM1, and a
 /// reboot (reported as a reset) instead of a hang when the guest kernel panics.
@@ -14,6 +14,9 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
 /// Most `--disk`s: every virtio device takes one slot of PCI bus 0, which has 31 after
 /// the host bridge, and a few stay free for the other devices.
 pub const MAX_DISKS: usize = 24;
+
+/// Most `--net`s, for the same reason as [`MAX_DISKS`].
+pub const MAX_NETS: usize = 4;
 
 /// The least memory worth trying: a stock kernel needs tens of MiB to decompress itself.
 pub const MIN_MEM_MIB: u64 = 16;
@@ -37,6 +40,14 @@ pub enum ConfigError {
     TooManyDisks(usize),
     #[error("--disk {0} is given twice; a disk image can back only one guest disk")]
     DuplicateDisk(PathBuf),
+    #[error("{0} --net options given; at most {MAX_NETS} interfaces are supported")]
+    TooManyNets(usize),
+    #[error("--net tap={0} is given twice; a tap can back only one interface")]
+    DuplicateTap(String),
+    #[error("MAC address {0} is used by two --net interfaces")]
+    DuplicateMac(String),
+    #[error("--name must be 1 to 64 printable characters")]
+    BadName,
 }
 
 /// What `vmm run` builds.
@@ -54,11 +65,21 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// Whether the guest gets a virtio-balloon device.
     pub balloon: bool,
+    /// The guest's network interfaces, in `eth0`, `eth1`, ... order, each with its MAC
+    /// (given or derived from the VM name).
+    pub nets: Vec<NetConfig>,
     /// The control socket's path, if any, and the extra uids allowed to use it.
     pub socket: Option<PathBuf>,
     pub socket_allow_uids: Vec<u32>,
     /// Whether every thread runs under its seccomp policy (off with `--disable-sandbox`).
     pub sandbox: bool,
+}
+
+/// One network interface: its host side and its MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub backend: NetBackend,
+    pub mac: [u8; 6],
 }
 
 /// Host limits the configuration is checked against.
@@ -103,6 +124,10 @@ impl VmConfig {
             return Err(ConfigError::CmdlineHasNul);
         }
         check_disks(&args.disk)?;
+        if args.name.is_empty() || args.name.len() > 64 || args.name.chars().any(char::is_control) {
+            return Err(ConfigError::BadName);
+        }
+        let nets = net_configs(&args.net, &args.name)?;
         Ok(VmConfig {
             // Cannot overflow: mem is at most the host's memory in MiB.
             mem_bytes: args.mem << 20,
@@ -117,6 +142,7 @@ impl VmConfig {
             rng: args.rng,
             disks: args.disk.clone(),
             balloon: args.balloon,
+            nets,
             socket: args.socket.clone(),
             socket_allow_uids: args.socket_allow_uid.clone(),
             sandbox: !args.disable_sandbox,
@@ -136,6 +162,59 @@ fn check_disks(disks: &[DiskSpec]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Gives every `--net` its MAC (the one given, or one derived from the VM name and the
+/// interface's index), and refuses too many interfaces, a tap or a MAC used twice.
+fn net_configs(nets: &[NetSpec], vm_name: &str) -> Result<Vec<NetConfig>, ConfigError> {
+    if nets.len() > MAX_NETS {
+        return Err(ConfigError::TooManyNets(nets.len()));
+    }
+    let configs: Vec<NetConfig> = nets
+        .iter()
+        .enumerate()
+        .map(|(index, net)| NetConfig {
+            backend: net.backend.clone(),
+            mac: net.mac.unwrap_or_else(|| derived_mac(vm_name, index)),
+        })
+        .collect();
+    for (i, net) in configs.iter().enumerate() {
+        let earlier = &configs[..i];
+        if let NetBackend::Tap(name) = &net.backend {
+            if earlier.iter().any(|e| e.backend == net.backend) {
+                return Err(ConfigError::DuplicateTap(name.clone()));
+            }
+        }
+        if earlier.iter().any(|e| e.mac == net.mac) {
+            return Err(ConfigError::DuplicateMac(format_mac(&net.mac)));
+        }
+    }
+    Ok(configs)
+}
+
+/// A MAC for interface `index` of the VM called `vm_name`: the same on every run, so the
+/// guest keeps its address (and DHCP lease) across restarts. FNV-1a of the name and index,
+/// with the locally-administered bit set and the multicast bit clear, so it never collides
+/// with a vendor-assigned address.
+pub fn derived_mac(vm_name: &str, index: usize) -> [u8; 6] {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash = FNV_OFFSET;
+    let index = u64::try_from(index).unwrap_or(u64::MAX).to_le_bytes();
+    for byte in vm_name.bytes().chain([0]).chain(index) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    let b = hash.to_le_bytes();
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Reads the host's RAM + swap in MiB from sysinfo(2).
@@ -170,6 +249,8 @@ mod tests {
             rng: false,
             disk: Vec::new(),
             balloon: false,
+            net: Vec::new(),
+            name: "vmm".into(),
             socket: None,
             socket_allow_uid: Vec::new(),
             disable_sandbox: false,
@@ -258,5 +339,60 @@ mod tests {
             VmConfig::from_args(&many, HOST).unwrap_err(),
             ConfigError::TooManyDisks(MAX_DISKS + 1)
         );
+    }
+
+    #[test]
+    fn derived_macs_are_stable_local_unicast_and_differ_by_name_and_index() {
+        let mac = derived_mac("web1", 0);
+        assert_eq!(mac, derived_mac("web1", 0), "same name and index, same MAC");
+        assert_eq!(
+            mac[0] & 0x03,
+            0x02,
+            "locally administered unicast: {mac:02x?}"
+        );
+        assert_ne!(mac, derived_mac("web1", 1));
+        assert_ne!(mac, derived_mac("web2", 0));
+        // Pinned: a change of algorithm would change every VM's MAC on upgrade.
+        assert_eq!(
+            format_mac(&derived_mac("vmm", 0)),
+            format_mac(&PINNED_VMM_0)
+        );
+    }
+
+    /// `derived_mac("vmm", 0)` as first computed; it must never change.
+    const PINNED_VMM_0: [u8; 6] = [0xca, 0xb9, 0xa5, 0x55, 0x66, 0x5e];
+
+    #[test]
+    fn a_tap_or_mac_used_twice_and_too_many_interfaces_are_rejected() {
+        let tap = |name: &str, mac| NetSpec {
+            backend: NetBackend::Tap(name.into()),
+            mac,
+        };
+        let mut twice = args(256, 1);
+        twice.net = vec![tap("t0", None), tap("t0", None)];
+        assert_eq!(
+            VmConfig::from_args(&twice, HOST).unwrap_err(),
+            ConfigError::DuplicateTap("t0".into())
+        );
+        let mut same_mac = args(256, 1);
+        let mac = Some([2, 0, 0, 0, 0, 1]);
+        same_mac.net = vec![tap("t0", mac), tap("t1", mac)];
+        assert_eq!(
+            VmConfig::from_args(&same_mac, HOST).unwrap_err(),
+            ConfigError::DuplicateMac("02:00:00:00:00:01".into())
+        );
+        let mut many = args(256, 1);
+        many.net = (0..=MAX_NETS)
+            .map(|i| tap(&format!("t{i}"), None))
+            .collect();
+        assert_eq!(
+            VmConfig::from_args(&many, HOST).unwrap_err(),
+            ConfigError::TooManyNets(MAX_NETS + 1)
+        );
+        let mut ok = args(256, 1);
+        ok.net = vec![tap("t0", None), tap("t1", None)];
+        let config = VmConfig::from_args(&ok, HOST).expect("valid");
+        assert_eq!(config.nets[0].mac, derived_mac("vmm", 0));
+        assert_eq!(config.nets[1].mac, derived_mac("vmm", 1));
     }
 }

@@ -126,7 +126,7 @@ impl RunningVm {
     }
 
     /// Every device's counters, as many as the reply holds: the serial port, each disk,
-    /// then the balloon's guest memory figures. Asks the guest for fresh balloon statistics
+    /// each network interface, then the balloon's guest memory figures. Asks the guest for fresh balloon statistics
     /// for the next call.
     fn device_counters(&self) -> DeviceCounters {
         let mut counters = DeviceCounters::default();
@@ -189,6 +189,42 @@ impl RunningVm {
                 id,
                 counter_id::IO_ERRORS,
                 get(&disk.io_errors),
+            );
+        }
+        for (id, net) in self.virtio.nets.iter().enumerate() {
+            let id = u16::try_from(id).unwrap_or(u16::MAX);
+            let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+            let dropped = get(&net.rx_dropped) + get(&net.tx_dropped);
+            push(
+                device_kind::NET,
+                id,
+                counter_id::PACKETS_IN,
+                get(&net.rx_packets),
+            );
+            push(
+                device_kind::NET,
+                id,
+                counter_id::BYTES_IN,
+                get(&net.rx_bytes),
+            );
+            push(
+                device_kind::NET,
+                id,
+                counter_id::PACKETS_OUT,
+                get(&net.tx_packets),
+            );
+            push(
+                device_kind::NET,
+                id,
+                counter_id::BYTES_OUT,
+                get(&net.tx_bytes),
+            );
+            push(device_kind::NET, id, counter_id::PACKETS_DROPPED, dropped);
+            push(
+                device_kind::NET,
+                id,
+                counter_id::INVALID_CHAINS,
+                get(&net.invalid_chains),
             );
         }
         if let Some(balloon) = &self.virtio.balloon {

@@ -160,6 +160,44 @@ fn a_disk_in_use_by_another_vmm_is_refused_and_the_first_keeps_it() {
 }
 
 #[test]
+fn a_tap_that_does_not_exist_is_one_clear_error() {
+    if !require_kvm() || !common::require_tun() {
+        return;
+    }
+    let scratch = Scratch::new("no-tap");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    let (code, stderr) = fails_with(vmm_run(&kernel, &["--net", "tap=vmm-no-such-tap"]));
+    assert_eq!(code, Some(1), "{stderr}");
+    let error = stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        error,
+        "vmm: error: --net: tap vmm-no-such-tap does not exist (create it first, e.g. \
+         `ip tuntap add vmm-no-such-tap mode tap`)",
+        "{stderr}"
+    );
+}
+
+#[test]
+fn malformed_net_options_are_usage_errors() {
+    let scratch = Scratch::new("bad-net");
+    let kernel = scratch.path("unused.elf");
+    for bad in [
+        "tap=t0,mac=52:54:00:zz:00:01",
+        "tap=t0,mac=01:00:00:00:00:01",
+        "host-ip=10.0.0.1,netmask=255.0.255.0",
+        "host-ip=300.0.0.1,netmask=255.0.0.0",
+        "bridge=br0",
+    ] {
+        let (code, stderr) = fails_with(vmm_run(&kernel, &["--net", bad]));
+        assert_eq!(code, Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--net"), "{bad}: {stderr}");
+    }
+}
+
+#[test]
 fn zero_cpus_and_too_many_cpus_are_rejected() {
     if !require_kvm() {
         return;

@@ -118,6 +118,18 @@ fn a_disallowed_syscall_in_the_balloon_worker_stops_the_vmm_naming_thread_and_sy
 }
 
 #[test]
+fn a_disallowed_syscall_in_a_network_worker_stops_the_vmm_naming_thread_and_syscall() {
+    if !require_kvm() || !common::require_tun() {
+        return;
+    }
+    let output = run_with_violation_in(
+        "virtio-net",
+        &["--net", "host-ip=10.213.0.1,netmask=255.255.255.0"],
+    );
+    assert_stopped_by_sandbox(&output, &["virtio-net0"], "virtio-net");
+}
+
+#[test]
 fn disable_sandbox_runs_unfiltered_and_says_so_in_the_log() {
     if !require_kvm() {
         return;
@@ -199,7 +211,7 @@ fn ctl(subcommand: &str, socket: &Path) -> Output {
 
 #[test]
 fn every_thread_of_a_running_vmm_is_filtered() {
-    if !require_kvm() {
+    if !require_kvm() || !common::require_tun() {
         return;
     }
     let scratch = Scratch::new("sandbox-threads");
@@ -218,6 +230,8 @@ fn every_thread_of_a_running_vmm_is_filtered() {
         &disk.display().to_string(),
         "--disk",
         &disk_ro_arg,
+        "--net",
+        "host-ip=10.213.1.1,netmask=255.255.255.0",
         "--socket",
         &socket_arg,
     ];
@@ -241,9 +255,9 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         modes.len(),
-        8,
-        "the main thread, three vCPU threads and the rng, two disk and balloon workers: \
-         {names:?}"
+        9,
+        "the main thread, three vCPU threads and the rng, two disk, net and balloon \
+         workers: {names:?}"
     );
     for (name, mode) in &modes {
         assert_eq!(
@@ -258,6 +272,7 @@ fn every_thread_of_a_running_vmm_is_filtered() {
         "virtio-rng",
         "virtio-blk0",
         "virtio-blk1",
+        "virtio-net0",
         "virtio-balloon",
     ];
     for thread in expected {

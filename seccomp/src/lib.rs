@@ -56,16 +56,20 @@ pub enum ThreadKind {
     /// The virtio-balloon device's worker: `epoll_wait`, eventfds, `madvise(MADV_DONTNEED)`
     /// on guest RAM.
     VirtioBalloon,
+    /// A virtio-net device's worker: `epoll_wait`, eventfds, `readv`/`writev` on its tap,
+    /// `ioctl(TUNSETOFFLOAD)`.
+    VirtioNet,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::VirtioRng,
         ThreadKind::VirtioBlock,
         ThreadKind::VirtioBalloon,
+        ThreadKind::VirtioNet,
     ];
 
     /// The name used in log lines and by the test hook.
@@ -76,6 +80,7 @@ impl ThreadKind {
             ThreadKind::VirtioRng => "virtio-rng",
             ThreadKind::VirtioBlock => "virtio-blk",
             ThreadKind::VirtioBalloon => "virtio-balloon",
+            ThreadKind::VirtioNet => "virtio-net",
         }
     }
 
@@ -87,6 +92,7 @@ impl ThreadKind {
             ThreadKind::VirtioRng => "policies/virtio_rng.json",
             ThreadKind::VirtioBlock => "policies/virtio_block.json",
             ThreadKind::VirtioBalloon => "policies/virtio_balloon.json",
+            ThreadKind::VirtioNet => "policies/virtio_net.json",
         }
     }
 
@@ -97,6 +103,7 @@ impl ThreadKind {
             ThreadKind::VirtioRng => policies::VIRTIO_RNG,
             ThreadKind::VirtioBlock => policies::VIRTIO_BLOCK,
             ThreadKind::VirtioBalloon => policies::VIRTIO_BALLOON,
+            ThreadKind::VirtioNet => policies::VIRTIO_NET,
         };
         raw.iter()
             .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })

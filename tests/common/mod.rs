@@ -198,6 +198,31 @@ pub fn vmm() -> Command {
     command
 }
 
+/// Whether this host can give a VM a tap interface (`/dev/net/tun`, and the privilege to
+/// create one); if not, says so loudly, and fails under CI, where every test must run.
+pub fn require_tun() -> bool {
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .is_ok()
+        && euid_is_root();
+    if !usable {
+        let message = "THIS TEST NEEDS /dev/net/tun AND ROOT (CAP_NET_ADMIN) TO CREATE A TAP";
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}; CI must be able to run every test");
+        }
+        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+    }
+    usable
+}
+
+/// Whether the test runs as root.
+fn euid_is_root() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Whether this host can run VMs; if not, says so loudly, and fails under CI, where every
 /// test must run.
 pub fn require_kvm() -> bool {

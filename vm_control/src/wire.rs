@@ -368,6 +368,14 @@ pub mod counter_id {
     pub const GUEST_MEMORY_AVAILABLE: u32 = 11;
     /// Cache flushes the device carried out (a disk's `fdatasync` on the guest's FLUSH).
     pub const FLUSHES: u32 = 12;
+    /// Packets the device received from the host side and delivered to the guest.
+    pub const PACKETS_IN: u32 = 13;
+    /// Packets the guest sent that the device passed to the host side.
+    pub const PACKETS_OUT: u32 = 14;
+    /// Packets dropped, either way (e.g. a frame larger than the guest's buffers).
+    pub const PACKETS_DROPPED: u32 = 15;
+    /// Chains the guest posted malformed, rejected without touching the host side.
+    pub const INVALID_CHAINS: u32 = 16;
 }
 
 /// A request from a client to the VMM.
