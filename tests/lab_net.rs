@@ -1,0 +1,131 @@
+//! Lab tests of virtio-net with Debian's stock kernel and its own virtio_net module
+//! (tools/lab, docs/lab.md): `vmm run --net host-ip=...` creates a tap in the outer VM, the
+//! guest's eth0 comes up with the configured MAC, the guest and the outer VM ping each
+//! other, and 64 MiB go each way over TCP (busybox `nc`) intact.
+//!
+//! The lab script starts `vmm run --socket ...` in the background with the guest console in
+//! a file, and the two sides meet through markers the guest prints there.
+
+mod common;
+
+use common::lab::{LabRun, require_lab, run_in_lab, start_vmm};
+
+/// The value after `prefix` on the first output line that starts with it.
+fn line<'a>(run: &'a LabRun, prefix: &str) -> &'a str {
+    run.output
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no '{prefix}' line; lab output:\n{}", run.output))
+}
+
+const HOST_IP: &str = "10.0.2.1";
+const GUEST_IP: &str = "10.0.2.2";
+const GUEST_MAC: &str = "52:54:00:12:34:56";
+/// 64 MiB, the size of each transfer.
+const BYTES: u64 = 64 << 20;
+
+#[test]
+fn guest_and_host_ping_each_other_and_move_64_mib_each_way_over_tcp() {
+    if !require_lab() {
+        return;
+    }
+    // The guest: bring eth0 up, ping the host, send 64 MiB to the host's listener, then
+    // receive 64 MiB from the host, and report checksums. busybox nc ends a connection
+    // when its own stdin ends, so each receiver reads from a `sleep` that outlasts the
+    // transfer, and the receiving side waits for all the bytes.
+    let guest = format!(
+        r#"echo guest-mac: $(cat /sys/class/net/eth0/address)
+ifconfig eth0 {GUEST_IP} netmask 255.255.255.0 up
+echo guest-ping: $(ping -c 3 -W 5 {HOST_IP} >/dev/null 2>&1 && echo ok || echo failed)
+echo guest-net-up
+dd if=/dev/urandom of=/tmp/out bs=1M count=64 2>/dev/null
+echo guest-sent-sum: $(sha256sum /tmp/out | cut -d' ' -f1)
+nc {HOST_IP} 5001 < /tmp/out
+rm /tmp/out
+(sleep 900 | nc -l -p 5002 > /tmp/in) &
+echo guest-listening
+i=0
+while [ "$(wc -c < /tmp/in)" -lt {BYTES} ] && [ $i -lt 3000 ]; do i=$((i + 1)); sleep 0.1; done
+echo guest-received-sum: $(sha256sum /tmp/in | cut -d' ' -f1)
+echo guest-received-bytes: $(wc -c < /tmp/in)
+"#
+    );
+    let script = format!(
+        r#"(sleep 900 | nc -l -p 5001 > /tmp/from-guest) &
+{start}
+echo host-tap: $(ls /sys/class/net | grep '^vmm')
+wait_for() {{
+    i=0
+    until grep -q "$1" /tmp/console.log 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt 6000 ]; then echo "lab-script: no $1"; cat /tmp/console.log; kill $vmm; exit 91; fi
+        sleep 0.1
+    done
+}}
+wait_for guest-net-up
+echo host-ping: $(ping -c 3 -W 5 {GUEST_IP} >/dev/null 2>&1 && echo ok || echo failed)
+i=0
+while [ "$(wc -c < /tmp/from-guest)" -lt {BYTES} ] && [ $i -lt 3000 ]; do i=$((i + 1)); sleep 0.1; done
+echo host-received-sum: $(sha256sum /tmp/from-guest | cut -d' ' -f1)
+echo host-received-bytes: $(wc -c < /tmp/from-guest)
+dd if=/dev/urandom of=/tmp/to-guest bs=1M count=64 2>/dev/null
+echo host-sent-sum: $(sha256sum /tmp/to-guest | cut -d' ' -f1)
+wait_for guest-listening
+sleep 1
+nc {GUEST_IP} 5002 < /tmp/to-guest
+wait_for guest-received-bytes
+vmm stats /tmp/vmm.sock
+vmm stop /tmp/vmm.sock
+wait $vmm
+status=$?
+cat /tmp/console.log
+echo "lab-script: vmm exit=$status"
+exit $status
+"#,
+        start = start_vmm(
+            &[
+                "--net",
+                &format!("host-ip={HOST_IP},netmask=255.255.255.0,mac={GUEST_MAC}"),
+            ],
+            512,
+            &guest,
+            "file=/tmp/console.log"
+        ),
+    );
+
+    let run = run_in_lab("lab-net", &script);
+    let output = &run.output;
+
+    assert_eq!(line(&run, "guest-mac:"), GUEST_MAC, "{output}");
+    assert!(
+        line(&run, "host-tap:").starts_with("vmm"),
+        "vmm created a tap; lab output:\n{}",
+        run.output
+    );
+    assert_eq!(line(&run, "guest-ping:"), "ok", "guest pings the host: {output}");
+    assert_eq!(line(&run, "host-ping:"), "ok", "host pings the guest: {output}");
+    let mib64 = BYTES.to_string();
+    assert_eq!(line(&run, "host-received-bytes:"), mib64, "{output}");
+    assert_eq!(
+        line(&run, "host-received-sum:"),
+        line(&run, "guest-sent-sum:"),
+        "guest to host arrived intact: {output}"
+    );
+    assert_eq!(line(&run, "guest-received-bytes:"), mib64, "{output}");
+    assert_eq!(
+        line(&run, "guest-received-sum:"),
+        line(&run, "host-sent-sum:"),
+        "host to guest arrived intact: {output}"
+    );
+    let packets_in = run
+        .output
+        .lines()
+        .find(|l| l.starts_with("net") && l.contains(" packets_in "))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no net counters in stats; lab output:\n{}", run.output));
+    assert!(packets_in > 1000, "{packets_in} packets reached the guest: {output}");
+    assert_eq!(line(&run, "lab-script: vmm exit="), "0", "{output}");
+    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+}
