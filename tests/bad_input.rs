@@ -181,6 +181,39 @@ fn a_tap_that_does_not_exist_is_one_clear_error() {
 }
 
 #[test]
+fn creating_a_tap_without_cap_net_admin_is_one_clear_error() {
+    if !require_kvm() || !common::require_tun() {
+        return;
+    }
+    let scratch = Scratch::new("tap-no-cap");
+    let kernel = scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    );
+    // Root without CAP_NET_ADMIN: /dev/kvm and /dev/net/tun open, the tap cannot be made.
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(["--inh-caps=-net_admin", "--bounding-set=-net_admin", "--"])
+        .arg(env!("CARGO_BIN_EXE_vmm"))
+        .args([
+            "run",
+            "--mem",
+            "32",
+            "--net",
+            "host-ip=10.213.2.1,netmask=255.255.255.0",
+        ])
+        .arg(&kernel)
+        .stdin(std::process::Stdio::null());
+    let (code, stderr) = fails_with(command);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last().unwrap_or_default(),
+        "vmm: error: --net: no permission to create a tap (vmm%d): needs CAP_NET_ADMIN",
+        "{stderr}"
+    );
+}
+
+#[test]
 fn malformed_net_options_are_usage_errors() {
     let scratch = Scratch::new("bad-net");
     let kernel = scratch.path("unused.elf");

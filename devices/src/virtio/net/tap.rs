@@ -63,6 +63,12 @@ pub enum TapError {
         /// The tap.
         name: String,
     },
+    /// The kernel refused to create a tap for us.
+    #[error("no permission to create a tap ({name}): needs CAP_NET_ADMIN")]
+    CreatePermissionDenied {
+        /// The name or pattern asked for.
+        name: String,
+    },
     /// Another process has it attached.
     #[error("tap {name} is busy: another process has it open")]
     Busy {
@@ -144,6 +150,9 @@ impl Tap {
         ifr.ifr_ifru.ifru_flags = (TAP_FLAGS | libc::IFF_TUN_EXCL) as libc::c_short;
         set_iff(&file, &mut ifr).map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) => TapError::Exists {
+                name: pattern.into(),
+            },
+            Some(libc::EPERM | libc::EACCES) => TapError::CreatePermissionDenied {
                 name: pattern.into(),
             },
             _ => attach_error(pattern, e),
