@@ -28,6 +28,8 @@ use vm_memory::{
     VolatileSlice,
 };
 
+use super::log_limit::LogLimiter;
+use super::read_config_bytes;
 use super::worker::{ActiveDevice, DeviceWorker, ServedQueue};
 use super::{
     ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BLOCK, VirtioDevice,
@@ -76,10 +78,6 @@ const HEADER_LEN: usize = 16;
 const CONFIG_LEN: usize = 24;
 /// Linux rejects `preadv`/`pwritev` with more iovecs than this (UIO_MAXIOV).
 const MAX_IOVECS: usize = 1024;
-/// Problems of one kind logged before we only log every [`LOG_EVERY`]th.
-const LOG_FIRST: u64 = 10;
-/// Once past [`LOG_FIRST`], one problem in this many is logged.
-const LOG_EVERY: u64 = 1000;
 
 /// Why a disk image could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -225,19 +223,6 @@ fn syscall_args(iovecs: &[libc::iovec], offset: u64) -> io::Result<(libc::c_int,
 /// Turns a `ssize_t` syscall return into bytes transferred or the errno.
 fn syscall_result(n: libc::ssize_t) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// Counts problems of one kind so that logging them stays bounded whatever the guest does:
-/// the first [`LOG_FIRST`], then one in [`LOG_EVERY`].
-#[derive(Debug, Default)]
-struct LogLimiter(AtomicU64);
-
-impl LogLimiter {
-    /// Counts one problem; returns its number when it should be logged.
-    fn admit(&self) -> Option<u64> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        (n <= LOG_FIRST || n.checked_rem(LOG_EVERY) == Some(0)).then_some(n)
-    }
 }
 
 /// The open image and what serving requests on it needs; shared by [`Block`] and its active
@@ -791,13 +776,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| self.config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
@@ -1213,13 +1192,6 @@ mod tests {
         ];
         let slices = guest_slices(&mem, &spans).unwrap();
         assert_eq!(lens(&slices), [0x100, 0x100, 0x10]);
-    }
-
-    #[test]
-    fn log_limiter_admits_the_first_few_then_one_in_a_thousand() {
-        let limiter = LogLimiter::default();
-        let admitted: Vec<u64> = (0..3500).filter_map(|_| limiter.admit()).collect();
-        assert_eq!(admitted, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1000, 2000, 3000]);
     }
 
     #[test]

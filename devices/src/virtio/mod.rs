@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod balloon;
 pub mod block;
+pub mod log_limit;
 pub mod net;
 pub mod pci_interrupt;
 pub mod pci_transport;
@@ -59,6 +60,18 @@ pub const VIRTIO_ID_BLOCK: u32 = 2;
 pub const VIRTIO_ID_RNG: u32 = 4;
 /// Device type of a memory balloon.
 pub const VIRTIO_ID_BALLOON: u32 = 5;
+
+/// Reads `data.len()` bytes at `offset` of a device configuration space held as `config`;
+/// bytes past its end read as 0, as the transport's contract asks.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
+}
 
 /// Why a device could not be activated.
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::log_limit::LogLimiter;
+use super::read_config_bytes;
 use super::worker::{ActiveDevice, DeviceWorker, MAX_CHAINS_PER_WAKE, ServedQueue};
 use super::{ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_NET, VirtioDevice};
 
@@ -93,10 +95,6 @@ const MAX_FRAMES_PER_WAKE: usize = 64;
 /// Bytes of configuration space: mac (6) and status (2).
 const CONFIG_LEN: usize = 8;
 const QUEUE_SIZES: [u16; 2] = [NET_QUEUE_SIZE, NET_QUEUE_SIZE];
-/// Problems of one kind logged before we only log every [`LOG_EVERY`]th.
-const LOG_FIRST: u64 = 10;
-/// Once past [`LOG_FIRST`], one problem in this many is logged.
-const LOG_EVERY: u64 = 1000;
 
 /// Worker event tokens.
 const RX_TOKEN: u32 = 0;
@@ -295,19 +293,6 @@ pub struct NetCounters {
     pub invalid_chains: AtomicU64,
 }
 
-/// Counts problems of one kind so that logging them stays bounded whatever the guest does:
-/// the first [`LOG_FIRST`], then one in [`LOG_EVERY`].
-#[derive(Debug, Default)]
-struct LogLimiter(AtomicU64);
-
-impl LogLimiter {
-    /// Counts one problem; returns its number when it should be logged.
-    fn admit(&self) -> Option<u64> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        (n <= LOG_FIRST || n.checked_rem(LOG_EVERY) == Some(0)).then_some(n)
-    }
-}
-
 /// What outlives activations: the backend and its epoll set, counters, log limits.
 struct Shared {
     name: String,
@@ -477,13 +462,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|at| usize::try_from(at).ok())
-                .and_then(|at| self.config.get(at).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
