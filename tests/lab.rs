@@ -121,26 +121,22 @@ fn virtio_rng_feeds_the_guests_hwrng_over_pci_with_msix() {
         grep -q 'PCI-MSI.*virtio0-input' /proc/interrupts && echo msix: yes";
     let run = boot_in_lab_with(&["--rng"], "/guest/vmlinuz", 256, 1, script);
 
-    let line = |prefix: &str| {
-        run.output
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no '{prefix}' line; lab output:\n{}", run.output))
-            .to_string()
-    };
     assert_eq!(
-        line("pci:"),
+        run.value("pci:"),
         "0000:00:00.0 0000:00:01.0",
         "host bridge and the rng"
     );
-    assert_eq!(line("rng_current:"), "virtio_rng.0");
+    assert_eq!(run.value("rng_current:"), "virtio_rng.0");
     assert_eq!(
-        line("hwrng_bytes:"),
+        run.value("hwrng_bytes:"),
         "256",
         "the guest read 256 bytes of host entropy"
     );
-    assert_eq!(line("msix:"), "yes", "the device interrupts through MSI-X");
+    assert_eq!(
+        run.value("msix:"),
+        "yes",
+        "the device interrupts through MSI-X"
+    );
     assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
 }
 

@@ -8,16 +8,7 @@
 
 mod common;
 
-use common::lab::{LabRun, require_lab, run_in_lab, start_vmm};
-
-/// The value after `prefix` on the first output line that starts with it.
-fn line<'a>(run: &'a LabRun, prefix: &str) -> &'a str {
-    run.output
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no '{prefix}' line; lab output:\n{}", run.output))
-}
+use common::lab::{require_lab, run_in_lab, start_vmm};
 
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_IP: &str = "10.0.2.2";
@@ -49,6 +40,8 @@ i=0
 while [ "$(wc -c < /tmp/in)" -lt {BYTES} ] && [ $i -lt 3000 ]; do i=$((i + 1)); sleep 0.1; done
 echo guest-received-sum: $(sha256sum /tmp/in | cut -d' ' -f1)
 echo guest-received-bytes: $(wc -c < /tmp/in)
+echo guest-done
+sleep 600
 "#
     );
     let script = format!(
@@ -74,7 +67,8 @@ echo host-sent-sum: $(sha256sum /tmp/to-guest | cut -d' ' -f1)
 wait_for guest-listening
 sleep 1
 nc {GUEST_IP} 5002 < /tmp/to-guest
-wait_for guest-received-bytes
+wait_for guest-done
+# The guest idles once done, so the VM is still there to be asked.
 vmm stats /tmp/vmm.sock
 vmm stop /tmp/vmm.sock
 wait $vmm
@@ -97,35 +91,40 @@ exit $status
     let run = run_in_lab("lab-net", &script);
     let output = &run.output;
 
-    assert_eq!(line(&run, "guest-mac:"), GUEST_MAC, "{output}");
+    assert_eq!(run.value("guest-mac:"), GUEST_MAC, "{output}");
     assert!(
-        line(&run, "host-tap:").starts_with("vmm"),
+        run.value("host-tap:").starts_with("vmm"),
         "vmm created a tap; lab output:\n{}",
         run.output
     );
-    assert_eq!(line(&run, "guest-ping:"), "ok", "guest pings the host: {output}");
-    assert_eq!(line(&run, "host-ping:"), "ok", "host pings the guest: {output}");
-    let mib64 = BYTES.to_string();
-    assert_eq!(line(&run, "host-received-bytes:"), mib64, "{output}");
     assert_eq!(
-        line(&run, "host-received-sum:"),
-        line(&run, "guest-sent-sum:"),
+        run.value("guest-ping:"),
+        "ok",
+        "guest pings the host: {output}"
+    );
+    assert_eq!(
+        run.value("host-ping:"),
+        "ok",
+        "host pings the guest: {output}"
+    );
+    let mib64 = BYTES.to_string();
+    assert_eq!(run.value("host-received-bytes:"), mib64, "{output}");
+    assert_eq!(
+        run.value("host-received-sum:"),
+        run.value("guest-sent-sum:"),
         "guest to host arrived intact: {output}"
     );
-    assert_eq!(line(&run, "guest-received-bytes:"), mib64, "{output}");
+    assert_eq!(run.value("guest-received-bytes:"), mib64, "{output}");
     assert_eq!(
-        line(&run, "guest-received-sum:"),
-        line(&run, "host-sent-sum:"),
+        run.value("guest-received-sum:"),
+        run.value("host-sent-sum:"),
         "host to guest arrived intact: {output}"
     );
-    let packets_in = run
-        .output
-        .lines()
-        .find(|l| l.starts_with("net") && l.contains(" packets_in "))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no net counters in stats; lab output:\n{}", run.output));
-    assert!(packets_in > 1000, "{packets_in} packets reached the guest: {output}");
-    assert_eq!(line(&run, "lab-script: vmm exit="), "0", "{output}");
+    let packets_in = run.stats_counter("net", "packets_in");
+    assert!(
+        packets_in > 1000,
+        "{packets_in} packets reached the guest: {output}"
+    );
+    assert_eq!(run.value("lab-script: vmm exit="), "0", "{output}");
     assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
 }

@@ -10,25 +10,7 @@
 
 mod common;
 
-use common::lab::{LabRun, WAIT_VMM, require_lab, run_in_lab, start_vmm};
-
-/// The value after `prefix` on the first output line that starts with it.
-fn line<'a>(run: &'a LabRun, prefix: &str) -> &'a str {
-    run.output
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no '{prefix}' line; lab output:\n{}", run.output))
-}
-
-/// Every value after `prefix`, in output order.
-fn lines<'a>(run: &'a LabRun, prefix: &str) -> Vec<&'a str> {
-    run.output
-        .lines()
-        .filter_map(|l| l.strip_prefix(prefix))
-        .map(str::trim)
-        .collect()
-}
+use common::lab::{WAIT_VMM, require_lab, run_in_lab, start_vmm};
 
 #[test]
 fn guest_reads_writes_and_flushes_disks_and_a_read_only_disk_refuses_writes() {
@@ -50,6 +32,8 @@ dd if=/tmp/w of=/dev/vda bs=1M seek=8 conv=fsync 2>/dev/null
 echo guest-synced
 if dd if=/tmp/w of=/dev/vdb bs=4096 count=1 oflag=direct 2>/dev/null; then echo ro-write: accepted; else echo ro-write: refused; fi
 echo ro-read: $(dd if=/dev/vdb bs=16 count=1 2>/dev/null)
+echo guest-done
+sleep 600
 "#;
     let script = format!(
         r#"dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 2>/dev/null
@@ -61,12 +45,14 @@ printf 'read-only-marker' | dd of=/tmp/ro.img conv=notrunc 2>/dev/null
 ro_before=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
 {start}
 i=0
-until grep -q guest-synced /tmp/console.log 2>/dev/null; do
+until grep -q guest-done /tmp/console.log 2>/dev/null; do
     i=$((i + 1))
-    if [ $i -gt 3000 ]; then echo "lab-script: guest never synced"; cat /tmp/console.log; kill $vmm; exit 91; fi
+    if [ $i -gt 6000 ]; then echo "lab-script: guest never finished"; cat /tmp/console.log; kill $vmm; exit 91; fi
     sleep 0.1
 done
+# The guest idles once done, so the VM is still there to be asked.
 vmm stats /tmp/vmm.sock
+vmm stop /tmp/vmm.sock
 wait $vmm
 status=$?
 cat /tmp/console.log
@@ -86,40 +72,33 @@ exit $status
     let run = run_in_lab("lab-disk", &script);
 
     assert_eq!(
-        line(&run, "pci:"),
+        run.value("pci:"),
         "0000:00:00.0 0000:00:01.0 0000:00:02.0",
         "host bridge and two disks"
     );
     assert_eq!(
-        line(&run, "virtio:"),
+        run.value("virtio:"),
         "0x0002 0x0002",
         "two virtio-blk devices"
     );
-    assert_eq!(line(&run, "vda-sectors:"), (64 * 2048).to_string());
-    assert_eq!(line(&run, "vdb-ro:"), "1", "the guest sees vdb read-only");
+    assert_eq!(run.value("vda-sectors:"), (64 * 2048).to_string());
+    assert_eq!(run.value("vdb-ro:"), "1", "the guest sees vdb read-only");
     assert_eq!(
-        line(&run, "guest-read:"),
-        line(&run, "host-pattern:"),
+        run.value("guest-read:"),
+        run.value("host-pattern:"),
         "the guest read the host's pattern"
     );
     assert_eq!(
-        line(&run, "host-read-back:"),
-        line(&run, "guest-wrote:"),
+        run.value("host-read-back:"),
+        run.value("guest-wrote:"),
         "the host file holds what the guest wrote"
     );
-    assert_eq!(line(&run, "ro-write:"), "refused");
-    assert_eq!(line(&run, "ro-read:"), "read-only-marker");
-    assert_eq!(line(&run, "host-ro-unchanged:"), "yes");
-    let flushes = run
-        .output
-        .lines()
-        .find(|l| l.starts_with("block") && l.contains(" flushes "))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no block flushes counter; lab output:\n{}", run.output));
+    assert_eq!(run.value("ro-write:"), "refused");
+    assert_eq!(run.value("ro-read:"), "read-only-marker");
+    assert_eq!(run.value("host-ro-unchanged:"), "yes");
     assert!(
-        flushes >= 1,
-        "sync reached the device as a flush: {flushes}"
+        run.stats_counter("block", "flushes") >= 1,
+        "the guest's fsync reached the device as a flush"
     );
     assert!(
         run.output.contains("lab-script: vmm exit=0"),
@@ -193,7 +172,7 @@ vmm stop /tmp/vmm.sock
     let run = run_in_lab("lab-balloon", &script);
 
     let kib = |name: &str| -> i64 {
-        line(&run, &format!("{name}:"))
+        run.value(&format!("{name}:"))
             .parse()
             .unwrap_or_else(|_| panic!("{name} is not a number; lab output:\n{}", run.output))
     };
@@ -207,8 +186,8 @@ vmm stop /tmp/vmm.sock
         "guest MemAvailable KiB: {avail_before} -> {avail_inflated} -> {avail_deflated}; \
          vmm RSS KiB: {rss_before} -> {rss_inflated}"
     );
-    assert_eq!(line(&run, "lab-script: inflate exit="), "0");
-    assert_eq!(line(&run, "lab-script: deflate exit="), "0");
+    assert_eq!(run.value("lab-script: inflate exit="), "0");
+    assert_eq!(run.value("lab-script: deflate exit="), "0");
     // 256 MiB is 262144 KiB; allow for what the guest's own allocations move meanwhile.
     let guest_lost = avail_before - avail_inflated;
     assert!(
@@ -229,27 +208,16 @@ vmm stop /tmp/vmm.sock
         run.output
     );
     // The statistics queue: the guest's own view of its memory, in bytes.
-    let guest_total = run
-        .output
-        .lines()
-        .find(|l| l.starts_with("balloon") && l.contains(" guest_memory_total "))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no balloon statistics in stats; lab output:\n{}",
-                run.output
-            )
-        });
+    let guest_total = run.stats_counter("balloon", "guest_memory_total");
     assert!(
         (400 << 20..=512 << 20).contains(&guest_total),
         "the guest reported {guest_total} bytes of total memory"
     );
-    let events: u32 = line(&run, "balloon-events:").parse().unwrap_or(0);
+    let events: u32 = run.value("balloon-events:").parse().unwrap_or(0);
     assert!(
         events >= 2,
         "subscribers saw {events} BalloonChanged events"
     );
-    assert_eq!(lines(&run, "lab-script: vmm exit=").last(), Some(&"0"));
+    assert_eq!(run.values("lab-script: vmm exit=").last(), Some(&"0"));
     assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
 }

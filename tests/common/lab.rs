@@ -66,6 +66,41 @@ pub struct LabRun {
 }
 
 impl LabRun {
+    /// The value after `prefix` on the first output line that starts with it; panics with
+    /// the whole output when there is none.
+    pub fn value(&self, prefix: &str) -> &str {
+        self.values(prefix)
+            .first()
+            .copied()
+            .unwrap_or_else(|| panic!("no '{prefix}' line; lab output:\n{}", self.output))
+    }
+
+    /// The values after `prefix` on every output line that starts with it, in order.
+    pub fn values(&self, prefix: &str) -> Vec<&str> {
+        self.output
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .collect()
+    }
+
+    /// A device counter from `vmm stats`'s table (`KIND ID COUNTER VALUE`), for the first
+    /// device of `kind`; panics with the whole output when there is none.
+    pub fn stats_counter(&self, kind: &str, counter: &str) -> u64 {
+        self.output
+            .lines()
+            .find_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                [k, _, c, v] if k == kind && c == counter => v.parse().ok(),
+                _ => None,
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {kind} {counter} counter in stats; lab output:\n{}",
+                    self.output
+                )
+            })
+    }
+
     /// The numbers of the guest init's `vmm-guest: cpus=N memtotal_kb=M` line.
     pub fn guest_report(&self) -> Option<(u32, u64)> {
         let line = self
