@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -106,7 +106,7 @@ impl RunningVm {
     }
 
     pub fn stats(&self) -> Stats {
-        let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let counters = &self.counters;
         Stats {
             uptime_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
@@ -126,118 +126,77 @@ impl RunningVm {
     }
 
     /// Every device's counters, as many as the reply holds: the serial port, each disk,
-    /// each network interface, then the balloon's guest memory figures. Asks the guest for fresh balloon statistics
-    /// for the next call.
+    /// each network interface, then the balloon's guest memory figures. Asks the guest for
+    /// fresh balloon statistics for the next call.
     fn device_counters(&self) -> DeviceCounters {
         let mut counters = DeviceCounters::default();
-        let mut push = |device_kind, device_id, counter, value| {
-            // A full list drops the rest; the protocol documents the bound.
-            let _ = counters.push(DeviceCounter {
-                device_kind,
-                device_id,
-                counter,
-                value,
-            });
+        let mut push = |device_kind, device_id: usize, values: &[(u32, u64)]| {
+            let device_id = u16::try_from(device_id).unwrap_or(u16::MAX);
+            for &(counter, value) in values {
+                // A full list drops the rest; the protocol documents the bound.
+                let _ = counters.push(DeviceCounter {
+                    device_kind,
+                    device_id,
+                    counter,
+                    value,
+                });
+            }
         };
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         {
             let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
             push(
                 device_kind::SERIAL,
                 0,
-                counter_id::BYTES_OUT,
-                serial.bytes_out(),
-            );
-            push(
-                device_kind::SERIAL,
-                0,
-                counter_id::BYTES_IN,
-                serial.bytes_in(),
-            );
-            push(
-                device_kind::SERIAL,
-                0,
-                counter_id::BYTES_DROPPED,
-                serial.bytes_lost(),
+                &[
+                    (counter_id::BYTES_OUT, serial.bytes_out()),
+                    (counter_id::BYTES_IN, serial.bytes_in()),
+                    (counter_id::BYTES_DROPPED, serial.bytes_lost()),
+                ],
             );
         }
         for (id, disk) in self.virtio.disks.iter().enumerate() {
-            let id = u16::try_from(id).unwrap_or(u16::MAX);
-            let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
             let requests =
                 get(&disk.read_requests) + get(&disk.write_requests) + get(&disk.flush_requests);
-            push(device_kind::BLOCK, id, counter_id::REQUESTS, requests);
             push(
                 device_kind::BLOCK,
                 id,
-                counter_id::BYTES_IN,
-                get(&disk.bytes_read),
-            );
-            push(
-                device_kind::BLOCK,
-                id,
-                counter_id::BYTES_OUT,
-                get(&disk.bytes_written),
-            );
-            push(
-                device_kind::BLOCK,
-                id,
-                counter_id::FLUSHES,
-                get(&disk.flush_requests),
-            );
-            push(
-                device_kind::BLOCK,
-                id,
-                counter_id::IO_ERRORS,
-                get(&disk.io_errors),
+                &[
+                    (counter_id::REQUESTS, requests),
+                    (counter_id::BYTES_IN, get(&disk.bytes_read)),
+                    (counter_id::BYTES_OUT, get(&disk.bytes_written)),
+                    (counter_id::FLUSHES, get(&disk.flush_requests)),
+                    (counter_id::IO_ERRORS, get(&disk.io_errors)),
+                ],
             );
         }
         for (id, net) in self.virtio.nets.iter().enumerate() {
-            let id = u16::try_from(id).unwrap_or(u16::MAX);
-            let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
             let dropped = get(&net.rx_dropped) + get(&net.tx_dropped);
             push(
                 device_kind::NET,
                 id,
-                counter_id::PACKETS_IN,
-                get(&net.rx_packets),
-            );
-            push(
-                device_kind::NET,
-                id,
-                counter_id::BYTES_IN,
-                get(&net.rx_bytes),
-            );
-            push(
-                device_kind::NET,
-                id,
-                counter_id::PACKETS_OUT,
-                get(&net.tx_packets),
-            );
-            push(
-                device_kind::NET,
-                id,
-                counter_id::BYTES_OUT,
-                get(&net.tx_bytes),
-            );
-            push(device_kind::NET, id, counter_id::PACKETS_DROPPED, dropped);
-            push(
-                device_kind::NET,
-                id,
-                counter_id::INVALID_CHAINS,
-                get(&net.invalid_chains),
+                &[
+                    (counter_id::PACKETS_IN, get(&net.rx_packets)),
+                    (counter_id::BYTES_IN, get(&net.rx_bytes)),
+                    (counter_id::PACKETS_OUT, get(&net.tx_packets)),
+                    (counter_id::BYTES_OUT, get(&net.tx_bytes)),
+                    (counter_id::PACKETS_DROPPED, dropped),
+                    (counter_id::INVALID_CHAINS, get(&net.invalid_chains)),
+                ],
             );
         }
         if let Some(balloon) = &self.virtio.balloon {
             if let Some(guest) = balloon.latest_stats() {
-                for (counter, value) in [
+                let figures = [
                     (counter_id::GUEST_MEMORY_FREE, guest.free_memory),
                     (counter_id::GUEST_MEMORY_TOTAL, guest.total_memory),
                     (counter_id::GUEST_MEMORY_AVAILABLE, guest.available_memory),
-                ] {
-                    if let Some(value) = value {
-                        push(device_kind::BALLOON, 0, counter, value);
-                    }
-                }
+                ];
+                let known: Vec<(u32, u64)> = figures
+                    .into_iter()
+                    .filter_map(|(counter, value)| Some((counter, value?)))
+                    .collect();
+                push(device_kind::BALLOON, 0, &known);
             }
             balloon.request_stats();
         }
