@@ -17,7 +17,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use vm_memory::{
 
 use super::log_limit::LogLimiter;
 use super::read_config_bytes;
-use super::worker::{ActiveDevice, DeviceWorker, ServedQueue};
+use super::worker::{DeviceWorker, ServedQueue, SingleQueueDevice};
 use super::{
     ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BLOCK, VirtioDevice,
 };
@@ -823,28 +823,17 @@ struct ActiveBlock {
     write_through: bool,
 }
 
-impl ActiveBlock {
+impl SingleQueueDevice for ActiveBlock {
+    fn queue(&self) -> &ServedQueue {
+        &self.requests
+    }
+
     fn serve(&mut self) {
         let (disk, mem, write_through) = (&*self.disk, &*self.mem, self.write_through);
         self.requests
             .serve(&disk.name, mem, &*self.interrupt, |chain| {
                 disk.serve(mem, chain, write_through)
             });
-    }
-}
-
-impl ActiveDevice for ActiveBlock {
-    fn event_sources(&self) -> Vec<(RawFd, u32)> {
-        vec![(self.requests.notify.as_raw_fd(), 0)]
-    }
-
-    fn start(&mut self) {
-        self.serve();
-    }
-
-    fn handle_event(&mut self, _token: u32) {
-        self.requests.clear_notification();
-        self.serve();
     }
 }
 

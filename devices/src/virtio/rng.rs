@@ -6,12 +6,11 @@
 //! the worker) stays quick even if the guest posts gigabytes.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::worker::{ActiveDevice, DeviceWorker, ServedQueue};
+use super::worker::{DeviceWorker, ServedQueue, SingleQueueDevice};
 use super::{ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_RNG, VirtioDevice};
 
 /// Size of the single request queue.
@@ -98,28 +97,17 @@ struct ActiveRng {
     requests: ServedQueue,
 }
 
-impl ActiveRng {
+impl SingleQueueDevice for ActiveRng {
+    fn queue(&self) -> &ServedQueue {
+        &self.requests
+    }
+
     fn serve(&mut self) {
         let mem = &*self.mem;
         self.requests
             .serve(LOG_NAME, mem, &*self.interrupt, |chain| {
                 fill_chain(mem, chain)
             });
-    }
-}
-
-impl ActiveDevice for ActiveRng {
-    fn event_sources(&self) -> Vec<(RawFd, u32)> {
-        vec![(self.requests.notify.as_raw_fd(), 0)]
-    }
-
-    fn start(&mut self) {
-        self.serve();
-    }
-
-    fn handle_event(&mut self, _token: u32) {
-        self.requests.clear_notification();
-        self.serve();
     }
 }
 

@@ -15,6 +15,8 @@
 //! DEVICE_NEEDS_RESET once and leave the queue alone until reset. It serves at most
 //! [`MAX_CHAINS_PER_WAKE`] chains at a time and then notifies itself, so the worker gets
 //! back to its other events (a reset, another queue) however busy the guest keeps it.
+//! A device with a single queue implements [`SingleQueueDevice`] and gets its
+//! [`ActiveDevice`] side from it.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -54,6 +56,31 @@ pub trait ActiveDevice: Send {
 
     /// The descriptor registered under `token` is readable.
     fn handle_event(&mut self, token: u32);
+}
+
+/// A device with one queue, served whenever it is notified (and once on activation): all
+/// such a device has to say is how to serve its queue; [`ActiveDevice`] follows.
+pub trait SingleQueueDevice: Send {
+    /// The queue the device serves.
+    fn queue(&self) -> &ServedQueue;
+
+    /// Serves what the driver made available.
+    fn serve(&mut self);
+}
+
+impl<T: SingleQueueDevice> ActiveDevice for T {
+    fn event_sources(&self) -> Vec<(RawFd, u32)> {
+        vec![(self.queue().notify.as_raw_fd(), 0)]
+    }
+
+    fn start(&mut self) {
+        self.serve();
+    }
+
+    fn handle_event(&mut self, _token: u32) {
+        self.queue().clear_notification();
+        self.serve();
+    }
 }
 
 /// What the device asks of its worker.
