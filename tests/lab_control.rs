@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::lab::{LabRun, WAIT_VMM, guest_params, require_lab, run_in_lab, start_vmm};
+use common::lab::{WAIT_VMM, guest_params, require_lab, run_in_lab, start_vmm};
 
 /// The word the host writes at the start of the registered memory, and how the guest's
 /// busybox devmem prints it.
@@ -68,7 +68,7 @@ echo "lab-script: register-memory exit=$?"
         "the guest never saw the pattern; lab output:\n{}",
         run.output
     );
-    assert_vmm_exited_0(&run);
+    run.assert_vmm_exited_0();
 }
 
 #[test]
@@ -116,17 +116,7 @@ exit $status
         "lab output:\n{}",
         run.output
     );
-    assert_vmm_exited_0(&run);
-}
-
-/// The lab script's vmm exited 0, and so did the script.
-fn assert_vmm_exited_0(run: &LabRun) {
-    assert!(
-        run.output.contains("lab-script: vmm exit=0"),
-        "lab output:\n{}",
-        run.output
-    );
-    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+    run.assert_vmm_exited_0();
 }
 
 #[test]

@@ -100,12 +100,7 @@ exit $status
         run.stats_counter("block", "flushes") >= 1,
         "the guest's fsync reached the device as a flush"
     );
-    assert!(
-        run.output.contains("lab-script: vmm exit=0"),
-        "lab output:\n{}",
-        run.output
-    );
-    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+    run.assert_vmm_exited_0();
 }
 
 #[test]

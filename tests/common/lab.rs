@@ -88,6 +88,16 @@ impl LabRun {
             .collect()
     }
 
+    /// Asserts the lab script reported `vmm exit=0` and exited 0 itself.
+    pub fn assert_vmm_exited_0(&self) {
+        assert!(
+            self.output.contains("lab-script: vmm exit=0"),
+            "lab output:\n{}",
+            self.output
+        );
+        assert_eq!(self.status, Some(0), "lab output:\n{}", self.output);
+    }
+
     /// A device counter from `vmm stats`'s table (`KIND ID COUNTER VALUE`), for the first
     /// device of `kind`; panics with the whole output when there is none.
     pub fn stats_counter(&self, kind: &str, counter: &str) -> u64 {
