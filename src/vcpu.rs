@@ -279,6 +279,10 @@ fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
             return;
         }
         let outcome = match vcpu.run() {
+            Ok(VcpuExit::Shutdown) => {
+                report_triple_fault(id, &vcpu);
+                Some(VmExit::Reset)
+            }
             Ok(exit) => handle_exit(id, exit, context),
             Err(err) if err.errno() == libc::EINTR || err.errno() == libc::EAGAIN => None,
             Err(err) => {
@@ -333,7 +337,7 @@ fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<V
             ExitCounters::count(&counters.other);
             None
         }
-        // A triple fault: what Linux's last-resort reboot method does on purpose.
+        // Taken in `run`, which reports the vCPU's state first.
         VcpuExit::Shutdown => Some(VmExit::Reset),
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
@@ -359,6 +363,41 @@ fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<V
             Some(VmExit::Crash)
         }
     }
+}
+
+/// Logs where vCPU `id` was when it triple-faulted (KVM_EXIT_SHUTDOWN). Linux does this on
+/// purpose only as its last-resort reboot method; any other triple fault is a guest (or
+/// hypervisor) failure that leaves no oops, and these registers are all there is to go on.
+/// On AMD, KVM puts the vCPU through INIT before it reports the shutdown (the VMCB is
+/// undefined after one), so there the registers show the reset vector instead.
+fn report_triple_fault(id: usize, vcpu: &VcpuFd) {
+    const RESET_VECTOR_CS: u16 = 0xf000;
+    const RESET_VECTOR_IP: u64 = 0xfff0;
+    let state = match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) if s.cs.selector == RESET_VECTOR_CS && r.rip == RESET_VECTOR_IP => {
+            "KVM has already reset the vCPU (as on AMD hosts), so where it faulted is lost"
+                .to_string()
+        }
+        (Ok(r), Ok(s)) => format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} \
+             cr4={:#x} efer={:#x} idt={:#x}+{:#x} gdt={:#x}+{:#x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            s.cs.selector,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit
+        ),
+        (Err(err), _) | (_, Err(err)) => format!("registers unavailable: {err}"),
+    };
+    warn!("vCPU {id}: triple fault (KVM_EXIT_SHUTDOWN), the VM resets: {state}");
 }
 
 static UNHANDLED_PORTS: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{GuestCode, Scratch, require_kvm, run_with_timeout, tiny_elf, vmm_run};
+use common::{
+    GUEST_LOAD_ADDR, GuestCode, Scratch, require_kvm, run_with_timeout, tiny_elf, vmm_run,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -101,13 +103,25 @@ fn triple_fault_exits_with_the_reset_code() {
         return;
     }
     let scratch = Scratch::new("triple");
-    let code = GuestCode::new().print("faulting\n").triple_fault();
+    let before = GuestCode::new().print("faulting\n");
+    let fault_rip = GUEST_LOAD_ADDR + before.bytes().len() as u64;
+    let code = before.triple_fault();
     let kernel = scratch.write("guest.elf", &tiny_elf(code.bytes()));
 
     let output = run_with_timeout(vmm_run(&kernel, &[]), LIMIT);
 
     assert_eq!(output.status.code(), Some(32), "{}", describe(&output));
     assert!(stdout_of(&output).contains("faulting"));
+    // A triple fault leaves no trace in the guest: the VMM says where the vCPU was (the
+    // faulting ud2), unless KVM reset the vCPU first, as it does on AMD.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("vCPU 0: triple fault")
+            && (stderr.contains(&format!(" rip={fault_rip:#x} "))
+                || stderr.contains("KVM has already reset the vCPU")),
+        "{}",
+        describe(&output)
+    );
 }
 
 #[test]
