@@ -4,7 +4,7 @@
 //! At debug and trace each line also carries the time since the logger started, which is
 //! how the VMM's own start-up steps are timed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -21,18 +21,18 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        // Build the line first so one write(2) carries it whole, even with the terminal
-        // in raw mode (hence the explicit \r).
+        // Build the line first so one write(2) carries it whole.
         let level = record.level().as_str().to_lowercase();
+        let end = LINE_END.get().copied().unwrap_or("\n");
         let line = if log::max_level() >= LevelFilter::Debug {
             let elapsed = START.get().map(Instant::elapsed).unwrap_or_default();
             format!(
-                "vmm: [{:9.3} ms] {level}: {}\r\n",
+                "vmm: [{:9.3} ms] {level}: {}{end}",
                 elapsed.as_secs_f64() * 1e3,
                 record.args()
             )
         } else {
-            format!("vmm: {level}: {}\r\n", record.args())
+            format!("vmm: {level}: {}{end}", record.args())
         };
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -42,10 +42,20 @@ impl Log for StderrLogger {
 
 static LOGGER: StderrLogger = StderrLogger;
 static START: OnceLock<Instant> = OnceLock::new();
+/// `\r\n` when stderr is a terminal, which `vmm run` puts in raw mode (no `\n` to `\r\n`
+/// translation) while the guest console is attached; `\n` into files and pipes.
+static LINE_END: OnceLock<&'static str> = OnceLock::new();
 
 /// Installs the logger. Safe to call more than once; later calls only change the level.
 pub fn init() {
     START.get_or_init(Instant::now);
+    LINE_END.get_or_init(|| {
+        if std::io::stderr().is_terminal() {
+            "\r\n"
+        } else {
+            "\n"
+        }
+    });
     let level = std::env::var("VMM_LOG")
         .ok()
         .and_then(|value| value.parse::<LevelFilter>().ok())

@@ -122,6 +122,8 @@ fn triple_fault_exits_with_the_reset_code() {
         "{}",
         describe(&output)
     );
+    // Into a pipe or a log file, lines end in a plain newline (no raw-terminal \r).
+    assert!(!stderr.contains('\r'), "{}", describe(&output));
 }
 
 #[test]
