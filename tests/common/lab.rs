@@ -178,11 +178,12 @@ const OUTER_VM_DIED: &str = "lab: outer VM ended";
 
 /// Runs `tools/lab [extra] -- command...` with the vmm under test, waiting its turn.
 ///
-/// The outer VM (nested SVM under QEMU's TCG) occasionally dies or freezes mid-run,
-/// taking the test's command with it; that is the lab failing, not the code under test, so
-/// such a run (tools/lab reports the outer VM ended, or its timeout hit) is tried once
-/// more, loudly. A second failure, or any failure of the command itself, is reported as it
-/// is.
+/// The outer VM (nested SVM under QEMU's TCG) sometimes dies or freezes mid-run, taking the
+/// test's command with it: TCG lets an interrupt in right after `VMRUN`, where the outer
+/// kernel still runs on the inner guest's GS base, and the outer kernel oopses (docs/lab.md,
+/// "Known lab artefacts"). That is the lab failing, not the code under test, so such a run
+/// (tools/lab reports the outer VM ended, or its timeout hit) is tried once more, loudly. A
+/// second failure, or any failure of the command itself, is reported as it is.
 pub fn run(lab_args: &[String], command: &[String]) -> LabRun {
     let _turn = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let first = run_once(lab_args, command);
