@@ -117,8 +117,12 @@ impl RunningVm {
             exits: VmExits {
                 io: get(&counters.io_in) + get(&counters.io_out),
                 mmio: get(&counters.mmio_read) + get(&counters.mmio_write),
+                hlt: get(&counters.hlt),
+                shutdown: get(&counters.shutdown),
+                system_event: get(&counters.system_event),
+                fail_entry: get(&counters.fail_entry),
+                internal_error: get(&counters.internal_error),
                 other: get(&counters.other),
-                ..VmExits::default()
             },
             rusage: process_usage(),
             devices: self.device_counters(),

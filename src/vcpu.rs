@@ -62,7 +62,17 @@ pub struct ExitCounters {
     pub io_out: AtomicU64,
     pub mmio_read: AtomicU64,
     pub mmio_write: AtomicU64,
-    /// Every other exit: interrupted runs, shutdown, system events, errors.
+    /// HLT exits (rare: with the in-kernel irqchip KVM handles HLT itself).
+    pub hlt: AtomicU64,
+    /// Triple faults (KVM_EXIT_SHUTDOWN). Like the three below, it ends the VM.
+    pub shutdown: AtomicU64,
+    /// Reset, power-off and crash requests (KVM_EXIT_SYSTEM_EVENT).
+    pub system_event: AtomicU64,
+    /// VM entries the CPU refused (KVM_EXIT_FAIL_ENTRY).
+    pub fail_entry: AtomicU64,
+    /// Guest actions KVM could not handle (KVM_EXIT_INTERNAL_ERROR).
+    pub internal_error: AtomicU64,
+    /// Every other exit: interrupt windows, interrupted runs, unexpected reasons.
     pub other: AtomicU64,
     /// Port accesses no device claimed (a subset of io_in + io_out).
     pub unhandled_pio: AtomicU64,
@@ -81,11 +91,17 @@ impl std::fmt::Display for ExitCounters {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         write!(
             f,
-            "io_in {} io_out {} mmio_read {} mmio_write {} other {} (unhandled: pio {} mmio {})",
+            "io_in {} io_out {} mmio_read {} mmio_write {} hlt {} shutdown {} system_event {} \
+             fail_entry {} internal_error {} other {} (unhandled: pio {} mmio {})",
             get(&self.io_in),
             get(&self.io_out),
             get(&self.mmio_read),
             get(&self.mmio_write),
+            get(&self.hlt),
+            get(&self.shutdown),
+            get(&self.system_event),
+            get(&self.fail_entry),
+            get(&self.internal_error),
             get(&self.other),
             get(&self.unhandled_pio),
             get(&self.unhandled_mmio)
@@ -280,6 +296,7 @@ fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
         }
         let outcome = match vcpu.run() {
             Ok(VcpuExit::Shutdown) => {
+                ExitCounters::count(&context.counters.shutdown);
                 report_triple_fault(id, &vcpu);
                 Some(VmExit::Reset)
             }
@@ -333,32 +350,42 @@ fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<V
         }
         // With the in-kernel irqchip KVM handles HLT itself; should one reach us, the vCPU
         // simply resumes after the instruction.
-        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {
+        VcpuExit::Hlt => {
+            ExitCounters::count(&counters.hlt);
+            None
+        }
+        VcpuExit::IrqWindowOpen | VcpuExit::Intr => {
             ExitCounters::count(&counters.other);
             None
         }
-        // Taken in `run`, which reports the vCPU's state first.
+        // Taken (and counted) in `run`, which reports the vCPU's state first.
         VcpuExit::Shutdown => Some(VmExit::Reset),
-        VcpuExit::SystemEvent(kind, _) => match kind {
-            KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
-            KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reset),
-            KVM_SYSTEM_EVENT_CRASH => Some(VmExit::Crash),
-            other => {
-                warn!("vCPU {id}: unknown system event {other}; stopping the VM");
-                Some(VmExit::Crash)
+        VcpuExit::SystemEvent(kind, _) => {
+            ExitCounters::count(&counters.system_event);
+            match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
+                KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reset),
+                KVM_SYSTEM_EVENT_CRASH => Some(VmExit::Crash),
+                other => {
+                    warn!("vCPU {id}: unknown system event {other}; stopping the VM");
+                    Some(VmExit::Crash)
+                }
             }
-        },
+        }
         VcpuExit::FailEntry(reason, cpu) => {
+            ExitCounters::count(&counters.fail_entry);
             error!(
                 "vCPU {id}: KVM could not enter the guest (hardware reason {reason:#x}, host CPU {cpu})"
             );
             Some(VmExit::Crash)
         }
         VcpuExit::InternalError => {
+            ExitCounters::count(&counters.internal_error);
             error!("vCPU {id}: KVM internal error (the guest did something KVM cannot emulate)");
             Some(VmExit::Crash)
         }
         other => {
+            ExitCounters::count(&counters.other);
             error!("vCPU {id}: unexpected exit {other:?}");
             Some(VmExit::Crash)
         }

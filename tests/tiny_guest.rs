@@ -108,7 +108,9 @@ fn triple_fault_exits_with_the_reset_code() {
     let code = before.triple_fault();
     let kernel = scratch.write("guest.elf", &tiny_elf(code.bytes()));
 
-    let output = run_with_timeout(vmm_run(&kernel, &[]), LIMIT);
+    let mut vmm = vmm_run(&kernel, &[]);
+    vmm.env("VMM_LOG", "debug");
+    let output = run_with_timeout(vmm, LIMIT);
 
     assert_eq!(output.status.code(), Some(32), "{}", describe(&output));
     assert!(stdout_of(&output).contains("faulting"));
@@ -124,6 +126,8 @@ fn triple_fault_exits_with_the_reset_code() {
     );
     // Into a pipe or a log file, lines end in a plain newline (no raw-terminal \r).
     assert!(!stderr.contains('\r'), "{}", describe(&output));
+    // The exit tally logged at the end counts it.
+    assert!(stderr.contains(" shutdown 1 "), "{}", describe(&output));
 }
 
 #[test]
