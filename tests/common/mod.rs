@@ -251,22 +251,68 @@ pub fn run_with_timeout(mut command: Command, limit: Duration) -> Output {
     wait_with_timeout(child, limit)
 }
 
+/// Waits for `child` to exit, failing the test if it takes longer than `limit`.
+///
+/// Its piped stdout and stderr are read while it runs: a child that writes more than a pipe
+/// holds (64 KiB; an outer-kernel oops in the lab prints more) would otherwise block on the
+/// write and never exit, nor reach a timeout of its own.
 pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+    let stdout = PipeReader::start(child.stdout.take());
+    let stderr = PipeReader::start(child.stderr.take());
     let start = Instant::now();
     loop {
         match child.try_wait().expect("wait for vmm") {
-            Some(_) => return child.wait_with_output().expect("collect vmm output"),
+            Some(status) => {
+                return Output {
+                    status,
+                    stdout: stdout.finish(),
+                    stderr: stderr.finish(),
+                };
+            }
             None if start.elapsed() > limit => {
                 let _ = child.kill();
-                let output = child.wait_with_output().expect("collect vmm output");
+                let _ = child.wait();
                 panic!(
                     "vmm did not exit within {limit:?}\nstdout: {}\nstderr: {}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
+                    String::from_utf8_lossy(&stdout.finish()),
+                    String::from_utf8_lossy(&stderr.finish())
                 );
             }
             None => std::thread::sleep(Duration::from_millis(20)),
         }
+    }
+}
+
+/// Reads one of a child's pipes to its end on a thread of its own, keeping what it read.
+struct PipeReader {
+    read: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl PipeReader {
+    fn start(pipe: Option<impl std::io::Read + Send + 'static>) -> PipeReader {
+        let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (done_tx, done) = std::sync::mpsc::channel();
+        if let Some(mut pipe) = pipe {
+            let sink = read.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend_from_slice(&chunk[..n]);
+                }
+                let _ = done_tx.send(());
+            });
+        }
+        PipeReader { read, done }
+    }
+
+    /// What was read, once the pipe has ended or after a few seconds: a grandchild that
+    /// outlives the child (QEMU, say) may hold the pipe open.
+    fn finish(&self) -> Vec<u8> {
+        let _ = self.done.recv_timeout(Duration::from_secs(5));
+        self.read.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
