@@ -11,7 +11,10 @@ use std::time::Duration;
 #[test]
 fn a_child_printing_more_than_a_pipe_holds_exits_and_is_read_whole() {
     let mut child = Command::new("sh");
-    child.args(["-c", "head -c 1048576 /dev/zero; head -c 300000 /dev/zero >&2; exit 3"]);
+    child.args([
+        "-c",
+        "head -c 1048576 /dev/zero; head -c 300000 /dev/zero >&2; exit 3",
+    ]);
     let output = common::run_with_timeout(child, Duration::from_secs(60));
     assert_eq!(output.status.code(), Some(3));
     assert_eq!(output.stdout.len(), 1_048_576);
