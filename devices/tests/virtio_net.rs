@@ -319,6 +319,56 @@ fn without_mrg_rxbuf_num_buffers_is_one_and_each_frame_takes_one_chain() {
     );
 }
 
+/// The guest queued `count` frames before kicking once: they all go out, and the guest is
+/// interrupted once for the burst, not once per frame.
+#[test]
+fn a_burst_of_transmits_costs_the_guest_one_interrupt() {
+    let mut r = rig(MRG);
+    let count = 8u16;
+    let packets: Vec<Vec<u8>> = (0..count).map(|i| packet(i as u8, 200)).collect();
+    let mem = r.t.mem.clone();
+    for (i, p) in packets.iter().enumerate() {
+        let at = TX_BUFS + i as u64 * 0x1000;
+        mem.write_slice(p, GuestAddress(at)).unwrap();
+        let queue = &mut r.t.queues[TX_QUEUE];
+        let head = queue.add_chain(&mem, &[ro(at, p.len() as u32)]);
+        queue.publish(&mem, head);
+    }
+    r.t.queues[TX_QUEUE].kick();
+    r.t.wait_used(TX_QUEUE, count);
+    for p in &packets {
+        assert_eq!(&r.peer_recv(Duration::from_secs(5)).unwrap(), p);
+    }
+    assert_eq!(r.t.interrupt.used_count(TX_QUEUE), 1);
+}
+
+/// Frames wait in the backend until the guest posts buffers for all of them at once: they
+/// all land, and the guest is interrupted once for the burst, not once per frame.
+#[test]
+fn a_burst_of_received_frames_costs_the_guest_one_interrupt() {
+    let mut r = rig(0);
+    let count = 8u16;
+    let packets: Vec<Vec<u8>> = (0..count).map(|i| packet(i as u8, 300)).collect();
+    for p in &packets {
+        r.peer_send(p);
+    }
+    // Let the device see the frames and find no buffers for them.
+    std::thread::sleep(Duration::from_millis(50));
+    let mem = r.t.mem.clone();
+    for i in 0..count {
+        let queue = &mut r.t.queues[RX_QUEUE];
+        let head = queue.add_chain(&mem, &[wo(RX_BUFS + u64::from(i) * 0x1000, 2048)]);
+        queue.publish(&mem, head);
+    }
+    r.t.queues[RX_QUEUE].kick();
+    r.t.wait_used(RX_QUEUE, count);
+    for (i, p) in packets.iter().enumerate() {
+        let got = r.guest_bytes(RX_BUFS + i as u64 * 0x1000, p.len());
+        assert_eq!(frame(&got), frame(p));
+    }
+    assert_eq!(r.t.interrupt.used_count(RX_QUEUE), 1);
+}
+
 #[test]
 fn a_frame_that_does_not_fit_is_dropped_and_counted_and_the_buffer_kept() {
     let mut r = rig(0);

@@ -353,10 +353,28 @@ impl ServedQueue {
         if self.broken || used.is_empty() {
             return;
         }
+        self.publish_batch(device, mem, interrupt, used);
+        self.interrupt_if_wanted(device, mem, interrupt);
+    }
+
+    /// Returns several chains, as `(head, len)`, published together (see
+    /// [`Queue::add_used_batch`]), without interrupting the driver: a device that returns
+    /// chains one by one in a loop calls [`ServedQueue::interrupt_if_wanted`] once after
+    /// it, so a burst costs the guest at most one interrupt (as vhost-net and Firecracker
+    /// do), while the driver still sees each chain as soon as it is done.
+    pub fn publish_batch(
+        &mut self,
+        device: &str,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn Interrupt,
+        used: &[(u16, u32)],
+    ) {
+        if self.broken || used.is_empty() {
+            return;
+        }
         if let Err(e) = self.queue.add_used_batch(mem, used) {
             self.mark_broken(device, interrupt, &e);
         }
-        self.interrupt_if_wanted(device, mem, interrupt);
     }
 
     /// Takes the next available chain, or `None` when there is none or the queue is
@@ -413,7 +431,9 @@ impl ServedQueue {
         interrupt.set_needs_reset();
     }
 
-    fn interrupt_if_wanted(
+    /// Interrupts the driver if chains were returned since the last interrupt and its
+    /// suppression state (EVENT_IDX's used_event, or the NO_INTERRUPT flag) asks for one.
+    pub fn interrupt_if_wanted(
         &mut self,
         device: &str,
         mem: &GuestMemoryMmap,

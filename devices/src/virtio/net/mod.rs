@@ -21,6 +21,11 @@
 //! the device switches its interest between readable and writable, which the worker's
 //! readable-only event sources cannot express.
 //!
+//! Each wake-up serves a burst (up to [`MAX_CHAINS_PER_WAKE`] transmits, up to
+//! [`MAX_FRAMES_PER_WAKE`] received frames) and interrupts the guest at most once for it,
+//! as vhost-net and Firecracker do: a received frame is published as soon as it is
+//! written, but the driver's interrupt suppression is consulted once, after the burst.
+//!
 //! Chains are untrusted. A malformed chain (a TX chain too short, too long or with
 //! device-writable buffers; an RX chain with device-readable buffers or too small for the
 //! header) is handed back unused, counted in [`NetCounters::invalid_chains`] and logged at a
@@ -499,6 +504,7 @@ impl VirtioDevice for Net {
             stash_space: 0,
             rx_starved: false,
             tx_pending: None,
+            tx_sent: Vec::with_capacity(MAX_CHAINS_PER_WAKE),
             interest: None,
             backend_gone: false,
         };
@@ -556,6 +562,8 @@ struct ActiveNet {
     rx_starved: bool,
     /// A frame the backend could not take yet (EAGAIN), sent before any other.
     tx_pending: Option<DescriptorChain>,
+    /// The TX chains one burst sent, kept between bursts for its allocation.
+    tx_sent: Vec<(u16, u32)>,
     /// The interest registered for the backend, `None` until the first registration.
     interest: Option<EventSet>,
     /// The backend reported an error or hang-up and is no longer watched.
@@ -564,30 +572,43 @@ struct ActiveNet {
 
 impl ActiveNet {
     /// Transmits what the TX queue holds, up to [`MAX_CHAINS_PER_WAKE`] chains (then it
-    /// notifies itself to come back for the rest), or until the backend is full.
+    /// notifies itself to come back for the rest), or until the backend is full. The sent
+    /// chains go back to the driver together, with at most one interrupt.
     fn process_tx(&mut self) {
+        let mut sent = std::mem::take(&mut self.tx_sent);
+        let budget_spent = self.transmit_burst(&mut sent);
+        let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
+        self.tx.complete_batch(name, mem, interrupt, &sent);
+        sent.clear();
+        self.tx_sent = sent;
+        if budget_spent {
+            // More may be waiting. If the write fails the counter is saturated, which
+            // wakes us just the same.
+            let _ = self.tx.notify.write(1);
+        }
+    }
+
+    /// Sends TX chains until the queue is empty, the backend is full or
+    /// [`MAX_CHAINS_PER_WAKE`] chains went, adding each finished one to `sent` as
+    /// `(head, 0)`. Returns whether it stopped for the budget.
+    fn transmit_burst(&mut self, sent: &mut Vec<(u16, u32)>) -> bool {
         for _ in 0..MAX_CHAINS_PER_WAKE {
             let chain = match self.tx_pending.take() {
                 Some(chain) => chain,
                 None => match self.next_tx_chain() {
                     Some(chain) => chain,
-                    None => return,
+                    None => return false,
                 },
             };
             match self.transmit(&chain) {
-                Transmit::Done => {
-                    let (name, mem) = (&self.shared.name, &*self.mem);
-                    self.tx.complete(name, mem, &*self.interrupt, chain.head, 0);
-                }
+                Transmit::Done => sent.push((chain.head, 0)),
                 Transmit::Blocked => {
                     self.tx_pending = Some(chain);
-                    return;
+                    return false;
                 }
             }
         }
-        // More may be waiting. If the write fails the counter is saturated, which wakes
-        // us just the same.
-        let _ = self.tx.notify.write(1);
+        true
     }
 
     /// The next TX chain, re-arming the queue's notification before reporting none.
@@ -665,8 +686,15 @@ impl ActiveNet {
     }
 
     /// Receives frames while the backend has some and the guest has room, up to
-    /// [`MAX_FRAMES_PER_WAKE`].
+    /// [`MAX_FRAMES_PER_WAKE`]; each frame's chains reach the driver as soon as it is
+    /// written, and the burst costs at most one interrupt.
     fn process_rx(&mut self) {
+        self.receive_burst();
+        let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
+        self.rx.interrupt_if_wanted(name, mem, interrupt);
+    }
+
+    fn receive_burst(&mut self) {
         for _ in 0..MAX_FRAMES_PER_WAKE {
             if self.backend_gone {
                 return;
@@ -843,10 +871,10 @@ impl ActiveNet {
     }
 
     /// Returns the chains of one frame to the guest, published together (the driver must
-    /// never see part of a frame) and with one interrupt, if it wants one.
+    /// never see part of a frame); [`ActiveNet::process_rx`] interrupts after the burst.
     fn complete_rx(&mut self, used: &[(u16, u32)]) {
         let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
-        self.rx.complete_batch(name, mem, interrupt, used);
+        self.rx.publish_batch(name, mem, interrupt, used);
     }
 
     /// Hands chain `head` of queue `index` back unused and counts it as invalid.
@@ -857,10 +885,9 @@ impl ActiveNet {
     }
 
     /// Hands back an invalid RX chain right away (TX chains go back through
-    /// [`ActiveNet::process_tx`]).
+    /// [`ActiveNet::process_tx`]); [`ActiveNet::process_rx`] interrupts after the burst.
     fn reject_rx(&mut self, head: u16) {
-        let (name, mem) = (&self.shared.name, &*self.mem);
-        self.rx.complete(name, mem, &*self.interrupt, head, 0);
+        self.complete_rx(&[(head, 0)]);
     }
 
     /// What the backend is ready for, without waiting.
