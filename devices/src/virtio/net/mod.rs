@@ -22,7 +22,7 @@
 //! readable-only event sources cannot express.
 //!
 //! Each wake-up serves a burst (up to [`MAX_CHAINS_PER_WAKE`] transmits, up to
-//! [`MAX_FRAMES_PER_WAKE`] received frames) and interrupts the guest at most once for it,
+//! `MAX_FRAMES_PER_WAKE` received frames) and interrupts the guest at most once for it,
 //! as vhost-net and Firecracker do: a received frame is published as soon as it is
 //! written, but the driver's interrupt suppression is consulted once, after the burst.
 //!
