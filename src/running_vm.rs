@@ -186,6 +186,7 @@ impl RunningVm {
                     (counter_id::BYTES_OUT, get(&net.tx_bytes)),
                     (counter_id::PACKETS_DROPPED, dropped),
                     (counter_id::INVALID_CHAINS, get(&net.invalid_chains)),
+                    (counter_id::INTERRUPTS, get(&net.interrupts)),
                 ],
             );
         }

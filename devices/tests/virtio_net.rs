@@ -340,6 +340,7 @@ fn a_burst_of_transmits_costs_the_guest_one_interrupt() {
         assert_eq!(&r.peer_recv(Duration::from_secs(5)).unwrap(), p);
     }
     assert_eq!(r.t.interrupt.used_count(TX_QUEUE), 1);
+    assert_eq!(r.counter(|c| &c.interrupts), 1, "the stats count it");
 }
 
 /// Frames wait in the backend until the guest posts buffers for all of them at once: they
@@ -367,6 +368,7 @@ fn a_burst_of_received_frames_costs_the_guest_one_interrupt() {
         assert_eq!(frame(&got), frame(p));
     }
     assert_eq!(r.t.interrupt.used_count(RX_QUEUE), 1);
+    assert_eq!(r.counter(|c| &c.interrupts), 1, "the stats count it");
 }
 
 #[test]

@@ -432,20 +432,27 @@ impl ServedQueue {
     }
 
     /// Interrupts the driver if chains were returned since the last interrupt and its
-    /// suppression state (EVENT_IDX's used_event, or the NO_INTERRUPT flag) asks for one.
+    /// suppression state (EVENT_IDX's used_event, or the NO_INTERRUPT flag) asks for one;
+    /// returns whether it did.
     pub fn interrupt_if_wanted(
         &mut self,
         device: &str,
         mem: &GuestMemoryMmap,
         interrupt: &dyn Interrupt,
-    ) {
+    ) -> bool {
         match self.queue.needs_notification(mem) {
-            Ok(true) => interrupt.signal_used_queue(self.index),
-            Ok(false) => {}
-            Err(e) => log::warn!(
-                "{device}: cannot read queue {} notification state: {e}",
-                self.index
-            ),
+            Ok(true) => {
+                interrupt.signal_used_queue(self.index);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                log::warn!(
+                    "{device}: cannot read queue {} notification state: {e}",
+                    self.index
+                );
+                false
+            }
         }
     }
 }

@@ -296,6 +296,9 @@ pub struct NetCounters {
     /// Chains of either queue handed back unused because they were malformed (see the
     /// module docs). A malformed queue is reported as DEVICE_NEEDS_RESET instead.
     pub invalid_chains: AtomicU64,
+    /// Interrupts raised for either queue: at most one per burst of frames, and fewer as
+    /// the driver suppresses them (EVENT_IDX).
+    pub interrupts: AtomicU64,
 }
 
 /// What outlives activations: the backend and its epoll set, counters, log limits.
@@ -578,7 +581,10 @@ impl ActiveNet {
         let mut sent = std::mem::take(&mut self.tx_sent);
         let budget_spent = self.transmit_burst(&mut sent);
         let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
-        self.tx.complete_batch(name, mem, interrupt, &sent);
+        self.tx.publish_batch(name, mem, interrupt, &sent);
+        if !sent.is_empty() && self.tx.interrupt_if_wanted(name, mem, interrupt) {
+            self.shared.count(|c| &c.interrupts, 1);
+        }
         sent.clear();
         self.tx_sent = sent;
         if budget_spent {
@@ -691,7 +697,9 @@ impl ActiveNet {
     fn process_rx(&mut self) {
         self.receive_burst();
         let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
-        self.rx.interrupt_if_wanted(name, mem, interrupt);
+        if self.rx.interrupt_if_wanted(name, mem, interrupt) {
+            self.shared.count(|c| &c.interrupts, 1);
+        }
     }
 
     fn receive_burst(&mut self) {
