@@ -15,7 +15,7 @@ use devices::virtio::balloon::{
     VIRTIO_BALLOON_F_DEFLATE_ON_OOM, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use devices::virtio::{
-    ActivateError, ActiveQueue, Interrupt, Queue, VIRTIO_ID_BALLOON, VirtioDevice,
+    ActivateError, ActiveQueue, Interrupt, Queue, QueueStatus, VIRTIO_ID_BALLOON, VirtioDevice,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -384,6 +384,43 @@ fn stats_are_parsed_held_and_handed_back_on_request() {
     t.wait_used(STATS, 2);
 }
 
+/// The status of the statistics queue shows the buffer the device holds (taken, not used)
+/// until the host asks for fresh numbers.
+#[test]
+fn the_stats_queue_status_shows_the_held_buffer() {
+    let (mut t, handle) = active(STATS_VQ);
+    let len = write_stats(&t.mem, DATA, &[(4, 1 << 20)]);
+    t.queues[STATS].send(&t.mem, &[ro(DATA, len)]);
+    let held = t.queues[STATS].wait_status(&t.mem, "the buffer taken", |s| {
+        s.device_avail == 1 && s.notifications == 1
+    });
+    assert_eq!(
+        (held.device_used, held.interrupts, held.broken),
+        (0, 0, false)
+    );
+    handle.request_stats();
+    let returned = t.queues[STATS].wait_status(&t.mem, "the buffer returned", |s| {
+        s.device_used == 1 && s.interrupts == 1
+    });
+    assert_eq!(returned.device_avail, 1);
+    assert_eq!(t.interrupt.used_count(STATS), 1);
+}
+
+#[test]
+fn a_malformed_stats_queue_shows_broken_and_the_others_do_not() {
+    let (mut t, _handle) = active(STATS_VQ);
+    // Descriptor 0 points at itself: a loop.
+    t.queues[STATS].write_desc(&t.mem, 0, DATA, 16, common::F_NEXT, 0);
+    t.queues[STATS].post(&t.mem, 0);
+    t.wait_needs_reset();
+    assert!(t.queues[STATS].snapshot(&t.mem).broken);
+    assert!(!t.queues[INFLATE].snapshot(&t.mem).broken);
+    // The other queues are served, and their statuses follow.
+    inflate(&mut t, &[BALLOON_PFN], 1);
+    let s = t.queues[INFLATE].wait_status(&t.mem, "the inflate chain used", |s| s.device_used == 1);
+    assert_eq!((s.device_avail, s.notifications), (1, 1));
+}
+
 #[test]
 fn stats_with_unknown_tags_and_a_truncated_entry_keep_what_they_can() {
     let (mut t, handle) = active(STATS_VQ);
@@ -529,6 +566,7 @@ fn inflate_and_deflate_queues_are_required() {
         index: INFLATE,
         queue,
         notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+        status: Arc::new(QueueStatus::new()),
     };
     let err = b.activate(mem, interrupt, vec![inflate_only]).unwrap_err();
     assert!(matches!(err, ActivateError::MissingQueue(1)));

@@ -138,6 +138,22 @@ fn guest_reads_what_the_host_wrote_into_two_buffers() {
 }
 
 #[test]
+fn the_queue_status_counts_each_request_its_kick_and_its_interrupt() {
+    let image = Image::patterned(16);
+    let mut t = TestDevice::activate(image.open(false), DRIVER_FEATURES);
+    for sector in 0..3 {
+        let (st, _) = request(&mut t, VIRTIO_BLK_T_IN, sector, &[wo(BUF, 512)]);
+        assert_eq!(st, VIRTIO_BLK_S_OK);
+    }
+    // Without EVENT_IDX or NO_INTERRUPT every completion interrupts.
+    let s = t.queues[0].wait_status(&t.mem, "3 requests and 3 interrupts", |s| {
+        s.device_used == 3 && s.interrupts == 3
+    });
+    assert_eq!((s.device_avail, s.notifications, s.broken), (3, 3, false));
+    assert_eq!(t.interrupt.used_count(0), 3);
+}
+
+#[test]
 fn guest_write_lands_in_the_image() {
     let image = Image::patterned(8);
     let mut t = TestDevice::activate(image.open(false), DRIVER_FEATURES);

@@ -371,6 +371,42 @@ fn a_burst_of_received_frames_costs_the_guest_one_interrupt() {
     assert_eq!(r.counter(|c| &c.interrupts), 1, "the stats count it");
 }
 
+/// The statuses the VMM reads follow both queues: chains taken, chains used (a receive
+/// buffer waiting for a frame is taken but not used), kicks and interrupts.
+#[test]
+fn queue_statuses_follow_transmits_and_receives() {
+    let mut r = rig(0);
+    let mem = r.t.mem.clone();
+    for i in 0..3u16 {
+        let at = TX_BUFS + u64::from(i) * 0x1000;
+        let p = packet(i as u8, 100);
+        mem.write_slice(&p, GuestAddress(at)).unwrap();
+        let queue = &mut r.t.queues[TX_QUEUE];
+        let head = queue.add_chain(&mem, &[ro(at, p.len() as u32)]);
+        queue.publish(&mem, head);
+    }
+    r.t.queues[TX_QUEUE].kick();
+    let tx = r.t.queues[TX_QUEUE].wait_status(&mem, "3 frames sent and an interrupt", |s| {
+        s.device_used == 3 && s.interrupts == 1
+    });
+    assert_eq!(
+        (tx.device_avail, tx.notifications, tx.broken),
+        (3, 1, false)
+    );
+    assert_eq!(r.t.interrupt.used_count(TX_QUEUE), 1);
+
+    // Two receive buffers, one frame: the second buffer waits in the device.
+    r.post_rx(&[wo(RX_BUFS, 2048)]);
+    r.post_rx(&[wo(RX_BUFS + 0x1_0000, 2048)]);
+    r.peer_send(&packet(9, 64));
+    let rx = r.t.queues[RX_QUEUE].wait_status(&mem, "1 frame received, 1 buffer held", |s| {
+        (s.device_avail, s.device_used, s.notifications, s.interrupts) == (2, 1, 2, 1)
+    });
+    assert!(!rx.broken);
+    assert_eq!(r.t.interrupt.used_count(RX_QUEUE), 1);
+    assert_eq!(r.t.queues[TX_QUEUE].snapshot(&mem), tx, "TX did not move");
+}
+
 #[test]
 fn a_frame_that_does_not_fit_is_dropped_and_counted_and_the_buffer_kept() {
     let mut r = rig(0);
@@ -587,6 +623,9 @@ fn a_descriptor_loop_on_tx_needs_reset_and_the_device_survives() {
     let mut r = rig(MRG);
     post_loop(&mut r, TX_QUEUE, 0);
     r.t.wait_needs_reset();
+    // The status says which queue it was.
+    assert!(r.t.queues[TX_QUEUE].snapshot(r.mem()).broken);
+    assert!(!r.t.queues[RX_QUEUE].snapshot(r.mem()).broken);
     // The device still answers its other queue and a reset.
     r.post_rx(&[wo(RX_BUFS + 0x1_0000, 2048)]);
     r.peer_send(&packet(11, 64));
@@ -599,6 +638,8 @@ fn a_descriptor_loop_on_rx_needs_reset_and_the_device_survives() {
     let mut r = rig(MRG);
     post_loop(&mut r, RX_QUEUE, common::F_WRITE);
     r.t.wait_needs_reset();
+    assert!(r.t.queues[RX_QUEUE].snapshot(r.mem()).broken);
+    assert!(!r.t.queues[TX_QUEUE].snapshot(r.mem()).broken);
     // Frames from the network wait; transmit still works.
     r.peer_send(&packet(12, 64));
     let p = packet(13, 64);

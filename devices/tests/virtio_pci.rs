@@ -2,13 +2,14 @@
 //! driver that follows Linux's virtio_pci_modern step by step through the
 //! port-I/O (config mechanism #1) and MMIO buses, plus the malicious-guest
 //! cases: every bad chain must end in NEEDS_RESET or a failed request, never
-//! in a panic or a hang.
+//! in a panic or a hang. Also the queue status the VMM reads through the
+//! transport, as an operator would use it on a stalled queue.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::pci::{BarAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciDevice, PciRoot};
-use devices::virtio::{Rng, VirtioPciDevice};
+use devices::virtio::{QueueSnapshot, Rng, VirtioPciDevice};
 use devices::{Bus, pci};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -239,6 +240,12 @@ impl Driver {
 
     /// Makes chain `head` available and notifies queue 0.
     fn post(&mut self, head: u16, qsize: u16) {
+        self.publish(head, qsize);
+        self.kick();
+    }
+
+    /// Makes chain `head` available without notifying.
+    fn publish(&mut self, head: u16, qsize: u16) {
         let slot = u64::from(self.avail_idx % qsize);
         self.mem
             .write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
@@ -247,7 +254,38 @@ impl Driver {
         self.mem
             .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
             .unwrap();
+    }
+
+    /// Notifies queue 0 through its notify address.
+    fn kick(&self) {
         self.wr(self.notify_addr(), 0, 2);
+    }
+
+    /// Queue 0's status as the VMM's control thread reads it.
+    fn queue_status(&self) -> QueueSnapshot {
+        let statuses = self.dev.lock().unwrap().queue_statuses();
+        assert_eq!(statuses.len(), 1, "one status per queue");
+        statuses[0].snapshot(&self.mem)
+    }
+
+    /// Waits up to 5 s until queue 0's status satisfies `cond`; returns it.
+    fn wait_status(
+        &self,
+        what: &str,
+        mut cond: impl FnMut(&QueueSnapshot) -> bool,
+    ) -> QueueSnapshot {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.queue_status();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     fn used_idx(&self) -> u16 {
@@ -530,4 +568,142 @@ fn queue_setup_is_frozen_after_driver_ok() {
     d.wr(c + 0x18, 4, 2);
     assert_eq!(d.rd(c + 0x20, 8), DESC);
     assert_eq!(d.rd(c + 0x18, 2), u64::from(QSIZE));
+}
+
+/// Where the driver keeps `used_event` in the available ring (EVENT_IDX).
+fn used_event_addr(qsize: u16) -> GuestAddress {
+    GuestAddress(AVAIL + 4 + 2 * u64::from(qsize))
+}
+
+#[test]
+fn queue_status_shows_three_served_chains_with_their_kick_and_interrupt() {
+    let mut d = ready_driver();
+    let before = d.queue_status();
+    assert!(before.active && !before.broken);
+    assert_eq!((before.size, before.event_idx), (QSIZE, true));
+    // The driver wants an interrupt once the device used entry 2.
+    d.mem.write_obj(2u16, used_event_addr(QSIZE)).unwrap();
+    for i in 0..3u16 {
+        d.write_desc(DESC, i.into(), BUF + 0x100 * u64::from(i), 16, F_WRITE, 0);
+        d.publish(i, QSIZE);
+    }
+    d.kick();
+    let s = d.wait_status("3 chains used and an interrupt", |s| {
+        s.device_used == 3 && s.interrupts >= 1
+    });
+    assert_eq!(d.used_idx(), 3);
+    assert_eq!(
+        s,
+        QueueSnapshot {
+            active: true,
+            size: QSIZE,
+            event_idx: true,
+            broken: false,
+            driver_avail: 3,
+            device_avail: 3,
+            device_used: 3,
+            used_event: 2,
+            // One kick for the three chains, one interrupt for the one serve.
+            notifications: 1,
+            interrupts: 1,
+        }
+    );
+    wait_for("MSI-X vector 1", || d.vector_fired(1));
+}
+
+#[test]
+fn queue_status_tells_a_missed_kick_from_a_guest_that_stopped_posting() {
+    let mut d = ready_driver();
+    d.write_desc(DESC, 0, BUF, 16, F_WRITE, 0);
+    d.post(0, QSIZE);
+    let idle = d.wait_status("the first chain used", |s| s.device_used == 1);
+    // Nothing more posted: the driver's index is where the device's is.
+    assert_eq!((idle.driver_avail, idle.device_avail), (1, 1));
+
+    // A chain made available without the kick the device needs to see it.
+    d.write_desc(DESC, 1, BUF + 0x100, 16, F_WRITE, 0);
+    d.publish(1, QSIZE);
+    std::thread::sleep(Duration::from_millis(50));
+    let missed = d.queue_status();
+    assert_eq!(
+        (missed.driver_avail, missed.device_avail, missed.device_used),
+        (2, 1, 1),
+        "the driver one ahead of a sleeping device"
+    );
+    assert_eq!(missed.notifications, 1);
+    assert_eq!(d.used_idx(), 1);
+
+    // The kick, late, gets the chain served.
+    d.kick();
+    let served = d.wait_status("the second chain used", |s| s.device_used == 2);
+    assert_eq!((served.driver_avail, served.device_avail), (2, 2));
+    assert_eq!(served.notifications, 2);
+}
+
+#[test]
+fn queue_status_shows_a_malformed_queue_as_broken_until_reset() {
+    let mut d = ready_driver();
+    // Descriptor 0 points at itself: a loop.
+    d.write_desc(DESC, 0, BUF, 8, F_WRITE | F_NEXT, 0);
+    d.post(0, QSIZE);
+    wait_for("NEEDS_RESET", || d.status() & S_NEEDS_RESET != 0);
+    let s = d.wait_status("broken", |s| s.broken);
+    assert!(s.active);
+    assert_eq!(
+        (s.driver_avail, s.device_avail, s.device_used),
+        (1, 1, 0),
+        "the bad chain was taken and never used"
+    );
+    d.init(QSIZE, FEATURES);
+    let s = d.queue_status();
+    assert!(s.active && !s.broken, "{s:?}");
+}
+
+#[test]
+fn after_reset_queue_status_is_inactive_and_keeps_the_counters() {
+    let mut d = ready_driver();
+    d.write_desc(DESC, 0, BUF, 16, F_WRITE, 0);
+    d.post(0, QSIZE);
+    let served = d.wait_status("a used chain and its interrupt", |s| {
+        s.device_used == 1 && s.interrupts == 1
+    });
+    assert_eq!(served.notifications, 1);
+    let statuses = d.dev.lock().unwrap().queue_statuses();
+
+    d.set_status(0);
+    assert_eq!(
+        statuses[0].snapshot(&d.mem),
+        QueueSnapshot {
+            notifications: 1,
+            interrupts: 1,
+            ..QueueSnapshot::default()
+        },
+        "inactive, with the counters of the VM's life"
+    );
+
+    // The same status comes back to life with the device, its indices from 0 again.
+    d.init(QSIZE, FEATURES);
+    assert!(Arc::ptr_eq(
+        &statuses[0],
+        &d.dev.lock().unwrap().queue_statuses()[0]
+    ));
+    let s = statuses[0].snapshot(&d.mem);
+    assert!(s.active, "{s:?}");
+    assert_eq!(
+        (s.size, s.driver_avail, s.device_avail, s.device_used),
+        (QSIZE, 0, 0, 0)
+    );
+    d.write_desc(DESC, 0, BUF, 16, F_WRITE, 0);
+    d.post(0, QSIZE);
+    let s = d.wait_status("a used chain after reset", |s| s.device_used == 1);
+    assert_eq!((s.notifications, s.driver_avail), (2, 1));
+}
+
+#[test]
+fn a_queue_the_transport_rejected_never_shows_active() {
+    let mut d = Driver::new();
+    d.probe();
+    d.init(12, FEATURES);
+    assert_ne!(d.status() & S_NEEDS_RESET, 0);
+    assert_eq!(d.queue_status(), QueueSnapshot::default());
 }

@@ -374,7 +374,16 @@ impl VirtioDevice for Balloon {
         let inflate = inflate.ok_or(ActivateError::MissingQueue(INFLATE_QUEUE))?;
         let deflate = deflate.ok_or(ActivateError::MissingQueue(DEFLATE_QUEUE))?;
         let stats_negotiated = self.acked_features & (1 << VIRTIO_BALLOON_F_STATS_VQ) != 0;
-        let stats = stats.filter(|_| stats_negotiated).map(ServedQueue::new);
+        let stats = match stats {
+            Some(queue) if stats_negotiated => Some(ServedQueue::new(queue)),
+            Some(queue) => {
+                // Enabled without the feature that gives it a meaning: nothing serves it,
+                // so its status must not say the device runs on it.
+                queue.status.deactivated();
+                None
+            }
+            None => None,
+        };
         let active = ActiveBalloon {
             mem,
             interrupt: interrupt.clone(),
@@ -382,7 +391,6 @@ impl VirtioDevice for Balloon {
             inflate: ServedQueue::new(inflate),
             deflate: ServedQueue::new(deflate),
             stats,
-            stats_broken: false,
             held_stats: None,
             log: LogBudget::new(),
         };
@@ -457,8 +465,6 @@ struct ActiveBalloon {
     inflate: ServedQueue,
     deflate: ServedQueue,
     stats: Option<ServedQueue>,
-    /// The statistics queue failed outside of [`ServedQueue`]'s own checks.
-    stats_broken: bool,
     /// Head of the statistics chain the device holds until the host wants fresh numbers.
     held_stats: Option<u16>,
     log: LogBudget,
@@ -493,12 +499,11 @@ impl ActiveBalloon {
             interrupt,
             shared,
             stats,
-            stats_broken,
             held_stats,
             log,
             ..
         } = self;
-        let Some(queue) = stats.as_mut().filter(|_| !*stats_broken) else {
+        let Some(queue) = stats.as_mut() else {
             return;
         };
         loop {
@@ -510,20 +515,10 @@ impl ActiveBalloon {
                     queue.complete(LOG_NAME, mem, &**interrupt, older, 0);
                 }
             }
-            if queue.is_broken() {
-                return;
-            }
             // Publishes avail_event when EVENT_IDX is on; without it the driver would stop
-            // notifying after its first buffer.
-            match queue.queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => return,
-                Err(e) => {
-                    log::warn!("{LOG_NAME}: invalid statistics queue, device needs reset: {e}");
-                    *stats_broken = true;
-                    interrupt.set_needs_reset();
-                    return;
-                }
+            // notifying after its first buffer. False on a broken queue too.
+            if !queue.enable_notification(LOG_NAME, mem, &**interrupt) {
+                return;
             }
         }
     }
@@ -532,9 +527,7 @@ impl ActiveBalloon {
     /// refresh it.
     fn return_stats_buffer(&mut self) {
         let _ = self.shared.stats_request.read();
-        if self.stats_broken {
-            return;
-        }
+        // A broken queue takes nothing back: `complete` leaves it alone.
         if let (Some(queue), Some(head)) = (self.stats.as_mut(), self.held_stats.take()) {
             queue.complete(LOG_NAME, &self.mem, &*self.interrupt, head, 0);
         }
@@ -870,6 +863,7 @@ fn read_stats(
 mod tests {
     use vm_memory::GuestAddress;
 
+    use super::super::{Queue, QueueStatus};
     use super::*;
 
     fn fill(mem: &GuestMemoryMmap, addr: u64, len: usize) {
@@ -989,6 +983,53 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+
+    /// Takes nothing: activation here never gets as far as serving.
+    struct NoInterrupt;
+
+    impl Interrupt for NoInterrupt {
+        fn signal_used_queue(&self, _queue_index: usize) {}
+        fn signal_config_changed(&self) {}
+        fn set_needs_reset(&self) {}
+    }
+
+    #[test]
+    fn a_stats_queue_enabled_without_the_feature_reads_inactive() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+        let queues: Vec<ActiveQueue> = [INFLATE_QUEUE, DEFLATE_QUEUE, STATS_QUEUE]
+            .into_iter()
+            .map(|index| {
+                let base = 0x1_0000 * (index as u64 + 1);
+                let mut queue = Queue::new(16);
+                queue.desc_table = base;
+                queue.avail_ring = base + 0x1000;
+                queue.used_ring = base + 0x2000;
+                queue.ready = true;
+                let status = Arc::new(QueueStatus::new());
+                // As the transport does before handing the queues over.
+                status.activated(&queue);
+                ActiveQueue {
+                    index,
+                    queue,
+                    notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+                    status,
+                }
+            })
+            .collect();
+        let statuses: Vec<_> = queues.iter().map(|q| q.status.clone()).collect();
+        let mut balloon = Balloon::new(256, "test-balloon-status", || {}).unwrap();
+        balloon.ack_features(0);
+        balloon
+            .activate(mem.clone(), Arc::new(NoInterrupt), queues)
+            .unwrap();
+        let active: Vec<bool> = statuses.iter().map(|s| s.snapshot(&mem).active).collect();
+        assert_eq!(
+            active,
+            [true, true, false],
+            "nothing serves the statistics queue"
+        );
+        balloon.reset();
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! trait a running device uses to tell the driver about used buffers,
 //! configuration changes and fatal errors. Device models know neither PCI
 //! nor KVM: notifications arrive on [`EventFd`]s and interrupts leave
-//! through [`Interrupt`].
+//! through [`Interrupt`]. Each queue's live state, for the VMM to inspect, is a
+//! [`QueueStatus`] the transport hands the device with the queue.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ pub mod net;
 pub mod pci_interrupt;
 pub mod pci_transport;
 pub mod queue;
+pub mod queue_status;
 pub mod rng;
 pub mod worker;
 
@@ -31,6 +33,7 @@ pub use worker::{ActiveDevice, DeviceWorker, ServedQueue};
 
 pub use pci_transport::{PciInterrupt, QueueNotifier, VirtioPciDevice, VirtioPciError};
 pub use queue::{Descriptor, DescriptorChain, Queue, QueueError, VIRTIO_MSI_NO_VECTOR};
+pub use queue_status::{QueueSnapshot, QueueStatus};
 
 /// Device status: the guest noticed the device.
 pub const VIRTIO_CONFIG_S_ACKNOWLEDGE: u8 = 1;
@@ -93,6 +96,9 @@ pub struct ActiveQueue {
     pub queue: Queue,
     /// Signalled when the driver notifies the queue.
     pub notify: EventFd,
+    /// The queue's live status, kept up to date by whoever serves the queue (see
+    /// [`ServedQueue`]); the transport owns it and the control thread reads it.
+    pub status: Arc<QueueStatus>,
 }
 
 /// How a running device reaches the driver. Implemented by each transport.

@@ -5,8 +5,10 @@
 //! with the virtio vendor capabilities and the MSI-X capability, BAR 0 with
 //! the common config, ISR, device config, notify and MSI-X regions, the
 //! feature negotiation and device status state machine, the queues until
-//! activation, and one notify [`EventFd`] per queue the VMM can register as
-//! an ioeventfd. Register layouts follow virtio 1.2 section 4.1.
+//! activation, one notify [`EventFd`] per queue the VMM can register as
+//! an ioeventfd, and one [`QueueStatus`] per queue, for the device's whole
+//! life, that the VMM reads to see how each queue is doing. Register layouts
+//! follow virtio 1.2 section 4.1.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -17,7 +19,7 @@ use crate::pci::msix::{MSIX_CAPABILITY_ID, MsixConfig};
 use crate::pci::{BarRegion, BarType, PciConfiguration, PciDevice, PciError, PciIds};
 
 pub use super::pci_interrupt::PciInterrupt;
-use super::{ActiveQueue, Interrupt, Queue, VirtioDevice};
+use super::{ActiveQueue, Interrupt, Queue, QueueStatus, VirtioDevice};
 use common::CommonConfig;
 
 mod common;
@@ -105,6 +107,8 @@ pub struct VirtioPciDevice {
     device: Box<dyn VirtioDevice>,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
+    /// One per queue, handed to the device with the queue at each activation.
+    queue_statuses: Vec<Arc<QueueStatus>>,
     mem: Arc<GuestMemoryMmap>,
     bar_addr: Option<u64>,
 }
@@ -220,6 +224,9 @@ impl VirtioPciDevice {
         let queue_evts = (0..num_queues)
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
+        let queue_statuses = (0..num_queues)
+            .map(|_| Arc::new(QueueStatus::new()))
+            .collect();
         Ok(VirtioPciDevice {
             config,
             msix_cap_offset,
@@ -229,6 +236,7 @@ impl VirtioPciDevice {
             device,
             queues,
             queue_evts,
+            queue_statuses,
             mem,
             bar_addr: None,
         })
@@ -261,6 +269,12 @@ impl VirtioPciDevice {
             });
         }
         Ok(Some(out))
+    }
+
+    /// The live status of each queue, in queue index order: the same ones for the
+    /// device's whole life, so the VMM can take them once and read them from any thread.
+    pub fn queue_statuses(&self) -> Vec<Arc<QueueStatus>> {
+        self.queue_statuses.clone()
     }
 
     /// Notifies queue `index`, as a driver write to its notify address does.
@@ -298,24 +312,35 @@ impl VirtioPciDevice {
             queue.event_idx = features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
             queue.indirect = features & (1 << super::VIRTIO_RING_F_INDIRECT_DESC) != 0;
             let notify = self.queue_evts.get(index).map(EventFd::try_clone);
-            match (queue.validate(&self.mem), notify) {
-                (Ok(()), Some(Ok(notify))) => active.push(ActiveQueue {
+            let status = self.queue_statuses.get(index);
+            match (queue.validate(&self.mem), notify, status) {
+                (Ok(()), Some(Ok(notify)), Some(status)) => active.push(ActiveQueue {
                     index,
                     queue: queue.clone(),
                     notify,
+                    status: status.clone(),
                 }),
-                (Err(e), _) => {
+                (Err(e), _, _) => {
                     log::warn!("virtio-pci: queue {index} rejected: {e}");
                     return false;
                 }
-                (_, _) => return false,
+                (_, _, _) => return false,
             }
         }
+        // Recorded only once every queue passed, and before the device (whose worker
+        // updates the statuses from then on) gets them.
+        for queue in &active {
+            queue.status.activated(&queue.queue);
+        }
+        let statuses: Vec<Arc<QueueStatus>> = active.iter().map(|q| q.status.clone()).collect();
         let interrupt: Arc<dyn Interrupt> = self.interrupt.clone();
         match self.device.activate(self.mem.clone(), interrupt, active) {
             Ok(()) => true,
             Err(e) => {
                 log::warn!("virtio-pci: activation failed: {e}");
+                for status in statuses {
+                    status.deactivated();
+                }
                 false
             }
         }
@@ -327,6 +352,12 @@ impl VirtioPciDevice {
         self.device.reset();
         for queue in &mut self.queues {
             queue.reset();
+        }
+        // After the device reset: its worker has let go of the queues and no longer
+        // updates their statuses (unless the reset never reached it, which the device
+        // logs as an error; then a late update may still land here).
+        for status in &self.queue_statuses {
+            status.deactivated();
         }
         self.common = CommonConfig::default();
         self.interrupt.reset();

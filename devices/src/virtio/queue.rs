@@ -195,6 +195,16 @@ impl Queue {
         self.max_size
     }
 
+    /// Index of the next avail entry the device takes.
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// Index of the next used entry the device fills: the `used.idx` it published.
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+
     /// Returns the queue to its state after device reset.
     pub fn reset(&mut self) {
         *self = Queue::new(self.max_size);

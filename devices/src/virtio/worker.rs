@@ -17,6 +17,11 @@
 //! back to its other events (a reset, another queue) however busy the guest keeps it.
 //! A device with a single queue implements [`SingleQueueDevice`] and gets its
 //! [`ActiveDevice`] side from it.
+//!
+//! [`ServedQueue`] also keeps the queue's [`QueueStatus`] up to date (the chains it takes
+//! and publishes, the notifications it consumes, the interrupts it raises, a malformed
+//! queue), which is why devices take chains, publish them, consume notifications, re-arm
+//! and interrupt through it rather than through its [`Queue`].
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -28,7 +33,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::{ActiveQueue, DescriptorChain, Interrupt, Queue, QueueError};
+use super::{ActiveQueue, DescriptorChain, Interrupt, Queue, QueueError, QueueStatus};
 
 /// Epoll token of the command mailbox; device tokens are `u32`, so they never collide.
 const COMMAND_TOKEN: u64 = u64::MAX;
@@ -282,6 +287,8 @@ pub struct ServedQueue {
     pub notify: EventFd,
     /// A malformed queue is not touched again until reset.
     broken: bool,
+    /// The live status the control thread reads; updated as the queue is served.
+    status: Arc<QueueStatus>,
 }
 
 impl ServedQueue {
@@ -292,6 +299,7 @@ impl ServedQueue {
             queue: active.queue,
             notify: active.notify,
             broken: false,
+            status: active.status,
         }
     }
 
@@ -300,9 +308,14 @@ impl ServedQueue {
         self.broken
     }
 
-    /// Consumes a pending notification.
+    /// Consumes the pending notifications and counts them in the queue's status: the
+    /// eventfd sums its writes, so its value is the number of notifications since the last
+    /// read. That includes the ones the device sends itself to come back to a busy queue
+    /// after [`MAX_CHAINS_PER_WAKE`] chains: they cannot be told apart from the driver's.
     pub fn clear_notification(&self) {
-        let _ = self.notify.read();
+        if let Ok(count) = self.notify.read() {
+            self.status.add_notifications(count);
+        }
     }
 
     /// Serves the available chains with `serve`, which returns the bytes it wrote into
@@ -372,9 +385,24 @@ impl ServedQueue {
         if self.broken || used.is_empty() {
             return;
         }
-        if let Err(e) = self.queue.add_used_batch(mem, used) {
+        if let Err(e) = self.give_back(mem, used) {
             self.mark_broken(device, interrupt, &e);
         }
+    }
+
+    /// [`Queue::pop`], recording the device's new avail index in the status.
+    fn take(&mut self, mem: &GuestMemoryMmap) -> Result<Option<DescriptorChain>, QueueError> {
+        let popped = self.queue.pop(mem);
+        // Recorded whatever the outcome: an invalid chain was consumed too.
+        self.status.set_device_avail(self.queue.next_avail());
+        popped
+    }
+
+    /// [`Queue::add_used_batch`], recording the published used index in the status.
+    fn give_back(&mut self, mem: &GuestMemoryMmap, used: &[(u16, u32)]) -> Result<(), QueueError> {
+        self.queue.add_used_batch(mem, used)?;
+        self.status.set_device_used(self.queue.next_used());
+        Ok(())
     }
 
     /// Takes the next available chain, or `None` when there is none or the queue is
@@ -388,7 +416,7 @@ impl ServedQueue {
         if self.broken {
             return None;
         }
-        match self.queue.pop(mem) {
+        match self.take(mem) {
             Ok(chain) => chain,
             Err(e) => {
                 self.mark_broken(device, interrupt, &e);
@@ -404,9 +432,9 @@ impl ServedQueue {
     ) -> Result<(), QueueError> {
         let mut budget = MAX_CHAINS_PER_WAKE;
         loop {
-            while let Some(chain) = self.queue.pop(mem)? {
+            while let Some(chain) = self.take(mem)? {
                 let written = serve(&chain);
-                self.queue.add_used(mem, chain.head, written)?;
+                self.give_back(mem, &[(chain.head, written)])?;
                 budget -= 1;
                 if budget == 0 {
                     // More may be waiting: come back to it after the other events. If
@@ -428,7 +456,30 @@ impl ServedQueue {
             self.index
         );
         self.broken = true;
+        self.status.set_broken();
         interrupt.set_needs_reset();
+    }
+
+    /// Publishes that the device goes idle on the queue (`avail_event` with EVENT_IDX) and
+    /// returns whether the driver posted more meanwhile, so the caller must look again
+    /// before it sleeps (see [`Queue::enable_notification`]). A malformed queue is reported
+    /// as NEEDS_RESET (logged with `device`) and reads as nothing more.
+    pub fn enable_notification(
+        &mut self,
+        device: &str,
+        mem: &GuestMemoryMmap,
+        interrupt: &dyn Interrupt,
+    ) -> bool {
+        if self.broken {
+            return false;
+        }
+        match self.queue.enable_notification(mem) {
+            Ok(more) => more,
+            Err(e) => {
+                self.mark_broken(device, interrupt, &e);
+                false
+            }
+        }
     }
 
     /// Interrupts the driver if chains were returned since the last interrupt and its
@@ -443,6 +494,7 @@ impl ServedQueue {
         match self.queue.needs_notification(mem) {
             Ok(true) => {
                 interrupt.signal_used_queue(self.index);
+                self.status.add_interrupt();
                 true
             }
             Ok(false) => false,

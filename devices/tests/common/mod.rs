@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use devices::virtio::{ActiveQueue, Interrupt, Queue, VirtioDevice};
+use devices::virtio::{ActiveQueue, Interrupt, Queue, QueueSnapshot, QueueStatus, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -98,6 +98,10 @@ pub struct DriverQueue {
     pub avail: u64,
     pub used: u64,
     pub notify: EventFd,
+    /// The status the device updates as it serves the queue. Only a transport marks it
+    /// active (and records the size), so here those read as inactive; the device's indices
+    /// and counters are live all the same.
+    pub status: Arc<QueueStatus>,
     avail_idx: u16,
     next_desc: u16,
 }
@@ -112,6 +116,7 @@ impl DriverQueue {
             avail: base + 0x1000,
             used: base + 0x2000,
             notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            status: Arc::new(QueueStatus::new()),
             avail_idx: 0,
             next_desc: 0,
         }
@@ -132,6 +137,35 @@ impl DriverQueue {
             index: self.index,
             queue,
             notify: self.notify.try_clone().unwrap(),
+            status: self.status.clone(),
+        }
+    }
+
+    /// What the queue's status says now.
+    pub fn snapshot(&self, mem: &GuestMemoryMmap) -> QueueSnapshot {
+        self.status.snapshot(mem)
+    }
+
+    /// Waits up to 5 s until the queue's status satisfies `cond` and returns it; the worker
+    /// updates it right after the guest-visible effect a test may have waited for.
+    pub fn wait_status(
+        &self,
+        mem: &GuestMemoryMmap,
+        what: &str,
+        mut cond: impl FnMut(&QueueSnapshot) -> bool,
+    ) -> QueueSnapshot {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let snapshot = self.snapshot(mem);
+            if cond(&snapshot) {
+                return snapshot;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for queue {} to show {what}: {snapshot:?}",
+                self.index
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
