@@ -7,6 +7,12 @@
 //! (connect/IO errors, hang-up, timeout, garbage), or the VMM answered with an error reply
 //! ([`ClientError::Vmm`]).
 //!
+//! The client writes requests in [`PROTOCOL_VERSION`]. When the VMM refuses that version
+//! as too new, the refusal carries the range it speaks: the client then re-sends the request
+//! once in the newest version both speak, and keeps using that version on the connection
+//! ([`Client::version`]). A request the negotiated version does not have fails with
+//! [`ClientError::VersionTooOld`] without being sent.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use vm_control::client::Client;
@@ -38,8 +44,8 @@ use thiserror::Error;
 
 use crate::socket;
 use crate::wire::{
-    DecodeError, ErrorKind, ErrorReply, Event, RESPONSE_SIZE, Request, RequestId, Response,
-    ServerMessage,
+    DecodeError, ErrorKind, ErrorReply, Event, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    RESPONSE_SIZE, Request, RequestId, Response, ServerMessage,
 };
 
 /// Events a client buffers while waiting for a reply; older ones are dropped beyond this
@@ -85,6 +91,14 @@ pub enum ClientError {
         /// Descriptors given.
         given: usize,
     },
+    /// The request needs a newer protocol version than the VMM speaks.
+    #[error("the VMM speaks protocol version {vmm_max} at most; this request needs {needed}")]
+    VersionTooOld {
+        /// The oldest version that has the request.
+        needed: u16,
+        /// The newest version the VMM speaks.
+        vmm_max: u16,
+    },
     /// The VMM answered with an error reply.
     #[error("the VMM refused the request: {:?}: {}", .0.kind, io::Error::from_raw_os_error(.0.errno))]
     Vmm(ErrorReply),
@@ -126,6 +140,8 @@ fn io_error(e: io::Error) -> ClientError {
 #[derive(Debug)]
 pub struct Client {
     fd: OwnedFd,
+    /// The protocol version requests are written in.
+    version: u16,
     last_id: u64,
     events: VecDeque<Event>,
     events_dropped: u64,
@@ -145,6 +161,7 @@ impl Client {
     pub fn from_fd(fd: OwnedFd) -> Client {
         Client {
             fd,
+            version: PROTOCOL_VERSION,
             last_id: 0,
             events: VecDeque::new(),
             events_dropped: 0,
@@ -203,6 +220,12 @@ impl Client {
         self.transact(request, Some(fd))
     }
 
+    /// The protocol version requests are written in: [`PROTOCOL_VERSION`], or an older one
+    /// the VMM asked for.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
     fn next_id(&mut self) -> RequestId {
         self.last_id = self.last_id.wrapping_add(1);
         match NonZeroU64::new(self.last_id) {
@@ -226,10 +249,45 @@ impl Client {
                 given,
             });
         }
-        let id = self.next_id();
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        socket::send_datagram(self.fd.as_fd(), &request.encode(id), &fds, false)
-            .map_err(io_error)?;
+        match self.send_and_wait(&request, &fds) {
+            Err(ClientError::Vmm(e)) if self.fall_back(&e) => self.send_and_wait(&request, &fds),
+            result => result,
+        }
+    }
+
+    /// Adopts the newest version the VMM speaks when `refusal` says it does not speak ours
+    /// and that version is one we speak; returns whether it did (the request is worth
+    /// sending again).
+    fn fall_back(&mut self, refusal: &ErrorReply) -> bool {
+        let usable = refusal.kind == ErrorKind::UnsupportedVersion
+            && (MIN_PROTOCOL_VERSION..self.version).contains(&refusal.max_version)
+            && refusal.min_version <= refusal.max_version;
+        if usable {
+            self.version = refusal.max_version;
+        }
+        usable
+    }
+
+    fn send_and_wait(
+        &mut self,
+        request: &Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Response, ClientError> {
+        if request.min_version() > self.version {
+            return Err(ClientError::VersionTooOld {
+                needed: request.min_version(),
+                vmm_max: self.version,
+            });
+        }
+        let id = self.next_id();
+        socket::send_datagram(
+            self.fd.as_fd(),
+            &request.encode_in(id, self.version),
+            fds,
+            false,
+        )
+        .map_err(io_error)?;
         loop {
             match self.recv_message()? {
                 ServerMessage::Event(event) => self.buffer_event(event),

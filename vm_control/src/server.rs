@@ -287,6 +287,8 @@ impl Drop for Listener {
 pub struct IncomingRequest {
     /// The id to answer with.
     pub id: RequestId,
+    /// The protocol version the request was written in; its reply is written in it too.
+    pub version: u16,
     /// The request.
     pub request: Request,
     /// The descriptor that came with it; present exactly when the request takes one.
@@ -331,6 +333,11 @@ pub struct Connection {
     peer: PeerCredentials,
     outgoing: VecDeque<Box<[u8; RESPONSE_SIZE]>>,
     subscribed: bool,
+    /// The version replies are written in: that of the datagram read last (requests are
+    /// answered before the next one is read).
+    reply_version: u16,
+    /// The version events are written in: that of the `Subscribe`.
+    event_version: u16,
 }
 
 impl Connection {
@@ -348,6 +355,8 @@ impl Connection {
             peer,
             outgoing: VecDeque::new(),
             subscribed: false,
+            reply_version: wire::PROTOCOL_VERSION,
+            event_version: wire::PROTOCOL_VERSION,
         }
     }
 
@@ -400,6 +409,7 @@ impl Connection {
             }
         };
         let kept = buf.get(..datagram.len.min(REQUEST_SIZE)).unwrap_or(&[]);
+        self.reply_version = wire::reply_version(kept);
         let fds_received = datagram.fds.len() + usize::from(datagram.fds_truncated);
         let decoded = Request::decode_with_len(kept, datagram.len).and_then(|(id, request)| {
             wire::check_fds(&request, fds_received).map(|()| (id, request))
@@ -408,7 +418,12 @@ impl Connection {
             Ok((id, request)) => {
                 // check_fds guarantees at most one descriptor here.
                 let fd = datagram.fds.into_iter().next();
-                Ok(Some(Received::Request(IncomingRequest { id, request, fd })))
+                Ok(Some(Received::Request(IncomingRequest {
+                    id,
+                    version: self.reply_version,
+                    request,
+                    fd,
+                })))
             }
             Err(error) => {
                 // Close whatever descriptors came before anything else can fail.
@@ -420,8 +435,8 @@ impl Connection {
     }
 
     /// Answers the requests that need no VMM state: `GetVersion` (replies with this crate's
-    /// range) and `Subscribe` (marks the connection subscribed, replies `Ok`). Returns whether
-    /// `request` was one of them and has been answered.
+    /// range) and `Subscribe` (marks the connection subscribed, in the request's version,
+    /// and replies `Ok`). Returns whether `request` was one of them and has been answered.
     pub fn handle_protocol_request(
         &mut self,
         request: &IncomingRequest,
@@ -430,6 +445,7 @@ impl Connection {
             Request::GetVersion => self.reply(request.id, Response::version())?,
             Request::Subscribe => {
                 self.subscribed = true;
+                self.event_version = request.version;
                 self.reply(request.id, Response::Ok)?;
             }
             _ => return Ok(false),
@@ -437,7 +453,7 @@ impl Connection {
         Ok(true)
     }
 
-    /// Sends the reply to request `id`.
+    /// Sends the reply to request `id`, the request read last, in its protocol version.
     pub fn reply(&mut self, id: RequestId, response: Response) -> Result<(), ConnectionError> {
         self.send(&ServerMessage::Reply { id, response })
     }
@@ -458,7 +474,12 @@ impl Connection {
         if self.outgoing.len() >= MAX_QUEUED_MESSAGES {
             return Err(ConnectionError::QueueFull);
         }
-        self.outgoing.push_back(Box::new(message.encode()));
+        let version = match message {
+            ServerMessage::Event(_) => self.event_version,
+            _ => self.reply_version,
+        };
+        self.outgoing
+            .push_back(Box::new(message.encode_in(version)));
         self.flush()
     }
 

@@ -33,12 +33,15 @@ use thiserror::Error;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-/// The protocol version this crate speaks when it sends.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks when it sends, unless the peer needs an older one.
+///
+/// Version 2 added [`Request::GetQueues`] and its [`Response::Queues`] reply, and device
+/// kind [`device_kind::RNG`]; every message of version 1 means the same in version 2.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this crate accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The newest protocol version this crate accepts.
-pub const MAX_PROTOCOL_VERSION: u16 = 1;
+pub const MAX_PROTOCOL_VERSION: u16 = 2;
 
 /// Size in bytes of every request datagram.
 pub const REQUEST_SIZE: usize = 64;
@@ -58,6 +61,8 @@ pub const MAX_REGISTER_MEMORY_SIZE: u64 = 1 << 40;
 pub const MAX_DEVICE_COUNTERS: usize = 48;
 /// Number of VM-exit kinds [`VmExits`] counts.
 pub const VM_EXIT_KINDS: usize = 8;
+/// Maximum number of queues one [`Response::Queues`] reply describes.
+pub const MAX_QUEUE_STATUSES: usize = 24;
 
 /// A client-chosen request id. Zero is reserved for events, so ids are never zero.
 pub type RequestId = NonZeroU64;
@@ -84,6 +89,8 @@ pub mod request_type {
     pub const GET_STATS: u16 = 9;
     /// [`Request::Subscribe`](super::Request::Subscribe).
     pub const SUBSCRIBE: u16 = 10;
+    /// [`Request::GetQueues`](super::Request::GetQueues); protocol version 2 and later.
+    pub const GET_QUEUES: u16 = 11;
 }
 
 /// Response type numbers (offset 2 of a server message). Stable: never renumbered.
@@ -100,6 +107,8 @@ pub mod response_type {
     pub const STATS: u16 = 5;
     /// [`ServerMessage::Event`](super::ServerMessage::Event); always carries id 0.
     pub const EVENT: u16 = 6;
+    /// [`Response::Queues`](super::Response::Queues); protocol version 2 and later.
+    pub const QUEUES: u16 = 7;
 }
 
 /// The header every message starts with. Its layout is the same in every protocol version.
@@ -232,6 +241,52 @@ pub struct RawStatsPayload {
     pub devices: [RawDeviceCounter; MAX_DEVICE_COUNTERS],
 }
 
+/// One queue in a [`RawQueuesPayload`] (offsets relative to the entry).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+#[repr(C)]
+pub struct RawQueueStatus {
+    /// Device kind, from [`device_kind`] (offset +0).
+    pub device_kind: U16,
+    /// Instance number among devices of that kind (offset +2).
+    pub device_id: U16,
+    /// Queue index as the driver numbers it (offset +4).
+    pub queue: U16,
+    /// Queue size the driver set; 0 while inactive (offset +6).
+    pub size: U16,
+    /// [`queue_state`] bits (offset +8).
+    pub state: U32,
+    /// Must be zero (offset +12).
+    pub reserved: U32,
+    /// The driver's `avail.idx`, read from guest memory when the reply was built (offset +16).
+    pub driver_avail: U16,
+    /// Index of the next available entry the device will take (offset +18).
+    pub device_avail: U16,
+    /// The `used.idx` the device published (offset +20).
+    pub device_used: U16,
+    /// The driver's `used_event` with EVENT_IDX, else 0 (offset +22).
+    pub used_event: U16,
+    /// Notifications the device consumed, since the VM started (offset +24).
+    pub notifications: U64,
+    /// Interrupts the device raised for the queue, since the VM started (offset +32).
+    pub interrupts: U64,
+}
+
+/// Payload of [`Response::Queues`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct RawQueuesPayload {
+    /// Number of valid entries in `queues`, at most [`MAX_QUEUE_STATUSES`] (offset 16).
+    pub count: U32,
+    /// Must be zero (offsets 20..32).
+    pub reserved0: [u8; 12],
+    /// The queues (offsets 32..992); entries past the count must be zero.
+    pub queues: [RawQueueStatus; MAX_QUEUE_STATUSES],
+    /// Must be zero (offsets 992..1024).
+    pub reserved: [u8; 32],
+}
+
 /// Payload of [`ServerMessage::Event`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -258,6 +313,8 @@ const _: () = assert!(size_of::<RawVersionPayload>() == PAYLOAD_SIZE);
 const _: () = assert!(size_of::<RawDeviceCounter>() == 16);
 const _: () = assert!(size_of::<RawStatsPayload>() == PAYLOAD_SIZE);
 const _: () = assert!(size_of::<RawEventPayload>() == PAYLOAD_SIZE);
+const _: () = assert!(size_of::<RawQueueStatus>() == 40);
+const _: () = assert!(size_of::<RawQueuesPayload>() == PAYLOAD_SIZE);
 const _: () = assert!(align_of::<RawRequest>() == 1 && align_of::<RawResponse>() == 1);
 
 /// Error kinds carried by [`Response::Err`]. A closed set with stable numbers.
@@ -339,6 +396,20 @@ pub mod device_kind {
     pub const BLOCK: u16 = 6;
     /// Virtio net.
     pub const NET: u16 = 7;
+    /// Virtio entropy source; protocol version 2 and later.
+    pub const RNG: u16 = 8;
+}
+
+/// Bits of a queue's [`QueueStatus`] state (`state` in the wire entry). Stable.
+pub mod queue_state {
+    /// The device is running on the queue (the driver set it up and the device started).
+    pub const ACTIVE: u32 = 1;
+    /// The driver negotiated EVENT_IDX (`used_event` is meaningful).
+    pub const EVENT_IDX: u32 = 2;
+    /// The device found the queue malformed and asked for a reset (DEVICE_NEEDS_RESET).
+    pub const BROKEN: u32 = 4;
+    /// Every bit defined so far.
+    pub const ALL: u32 = ACTIVE | EVENT_IDX | BROKEN;
 }
 
 /// Counter numbers used in [`DeviceCounter::counter`]. Stable: never renumbered.
@@ -416,7 +487,11 @@ pub enum Request {
     /// Ask for statistics; answered by [`Response::Stats`].
     GetStats,
     /// Receive [`Event`]s on this connection from now on; answered by [`Response::Ok`].
+    /// Events are written in the protocol version of this request.
     Subscribe,
+    /// Ask for the state of every virtqueue; answered by [`Response::Queues`]. Protocol
+    /// version 2 and later.
+    GetQueues,
 }
 
 impl Request {
@@ -434,6 +509,15 @@ impl Request {
             Request::UnregisterMemory { .. } => UNREGISTER_MEMORY,
             Request::GetStats => GET_STATS,
             Request::Subscribe => SUBSCRIBE,
+            Request::GetQueues => GET_QUEUES,
+        }
+    }
+
+    /// The oldest protocol version that has this request.
+    pub fn min_version(&self) -> u16 {
+        match self {
+            Request::GetQueues => 2,
+            _ => 1,
         }
     }
 
@@ -447,6 +531,12 @@ impl Request {
 
     /// Encodes the request with id `id` in [`PROTOCOL_VERSION`].
     pub fn encode(&self, id: RequestId) -> [u8; REQUEST_SIZE] {
+        self.encode_in(id, PROTOCOL_VERSION)
+    }
+
+    /// Encodes the request with id `id` in protocol `version` (see [`Request::min_version`]:
+    /// a request older versions do not have is still written, and a server refuses it).
+    pub fn encode_in(&self, id: RequestId, version: u16) -> [u8; REQUEST_SIZE] {
         let arg = match *self {
             Request::BalloonAdjust { delta_pages } => delta_pages as u64,
             Request::BalloonSetTarget { pages } => pages,
@@ -456,7 +546,7 @@ impl Request {
         };
         let raw = RawRequest {
             header: RawHeader {
-                version: U16::new(PROTOCOL_VERSION),
+                version: U16::new(version),
                 kind: U16::new(self.type_number()),
                 flags: U32::ZERO,
                 id: U64::new(id.get()),
@@ -521,6 +611,7 @@ impl Request {
             request_type::RESUME => no_arg(Request::Resume)?,
             request_type::GET_STATS => no_arg(Request::GetStats)?,
             request_type::SUBSCRIBE => no_arg(Request::Subscribe)?,
+            request_type::GET_QUEUES if version >= 2 => no_arg(Request::GetQueues)?,
             request_type::BALLOON_ADJUST => {
                 let delta_pages = arg as i64;
                 if delta_pages.unsigned_abs() > MAX_BALLOON_PAGES {
@@ -597,6 +688,16 @@ pub fn reject(datagram: &[u8], error: &DecodeError) -> ServerMessage {
             response: Response::Err(reply),
         },
         None => ServerMessage::Unattributed(reply),
+    }
+}
+
+/// The version a server answers a datagram in: the datagram's own when it is one the server
+/// speaks, else the newest it speaks (a client newer than the server reads that; an older
+/// client sent a version the server speaks).
+pub fn reply_version(datagram: &[u8]) -> u16 {
+    match RawHeader::read_from_prefix(datagram) {
+        Ok((header, _)) if version_supported(header.version.get()) => header.version.get(),
+        _ => MAX_PROTOCOL_VERSION,
     }
 }
 
@@ -910,6 +1011,96 @@ pub struct Stats {
     pub devices: DeviceCounters,
 }
 
+/// The state of one virtqueue, as [`Request::GetQueues`] reports it.
+///
+/// `driver_avail - device_avail` (wrapping) is how many chains the driver made available
+/// that the device has not taken yet: more than 0 for long, while the device is idle, is a
+/// missed notification. `device_avail - device_used` is how many the device holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStatus {
+    /// Device kind, from [`device_kind`].
+    pub device_kind: u16,
+    /// Instance number among devices of that kind.
+    pub device_id: u16,
+    /// Queue index as the driver numbers it.
+    pub queue: u16,
+    /// Queue size the driver set; 0 while inactive.
+    pub size: u16,
+    /// [`queue_state`] bits.
+    pub state: u32,
+    /// The driver's `avail.idx` in guest memory.
+    pub driver_avail: u16,
+    /// Index of the next available entry the device will take.
+    pub device_avail: u16,
+    /// The `used.idx` the device published.
+    pub device_used: u16,
+    /// The driver's `used_event` with EVENT_IDX, else 0.
+    pub used_event: u16,
+    /// Notifications the device consumed, since the VM started.
+    pub notifications: u64,
+    /// Interrupts the device raised for the queue, since the VM started.
+    pub interrupts: u64,
+}
+
+impl QueueStatus {
+    /// Chains the driver made available that the device has not taken yet.
+    pub fn waiting(&self) -> u16 {
+        self.driver_avail.wrapping_sub(self.device_avail)
+    }
+
+    /// Chains the device took and has not returned yet.
+    pub fn in_flight(&self) -> u16 {
+        self.device_avail.wrapping_sub(self.device_used)
+    }
+}
+
+/// At most [`MAX_QUEUE_STATUSES`] queue states: a bounded list, so a reply always fits its
+/// message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStatuses {
+    len: usize,
+    entries: [QueueStatus; MAX_QUEUE_STATUSES],
+}
+
+impl Default for QueueStatuses {
+    fn default() -> Self {
+        QueueStatuses {
+            len: 0,
+            entries: [QueueStatus::default(); MAX_QUEUE_STATUSES],
+        }
+    }
+}
+
+/// [`QueueStatuses::push`] found the list full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("a reply describes at most {MAX_QUEUE_STATUSES} queues")]
+pub struct QueuesFull;
+
+impl QueueStatuses {
+    /// Appends a queue's state, or reports that all [`MAX_QUEUE_STATUSES`] slots are used.
+    pub fn push(&mut self, status: QueueStatus) -> Result<(), QueuesFull> {
+        let slot = self.entries.get_mut(self.len).ok_or(QueuesFull)?;
+        *slot = status;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The queue states pushed so far.
+    pub fn as_slice(&self) -> &[QueueStatus] {
+        self.entries.get(..self.len).unwrap_or(&[])
+    }
+
+    /// Number of queues.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no queues.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// A reply to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
@@ -933,6 +1124,8 @@ pub enum Response {
     },
     /// Answer to `GetStats` (boxed: it is much larger than the other replies).
     Stats(Box<Stats>),
+    /// Answer to `GetQueues` (boxed, like `Stats`). Protocol version 2 and later.
+    Queues(Box<QueueStatuses>),
 }
 
 impl Response {
@@ -1006,6 +1199,35 @@ fn encode_error(payload: &mut [u8; PAYLOAD_SIZE], e: &ErrorReply) {
     );
 }
 
+fn encode_queues(payload: &mut [u8; PAYLOAD_SIZE], q: &QueueStatuses) {
+    let mut queues = [RawQueueStatus::default(); MAX_QUEUE_STATUSES];
+    for (raw, s) in queues.iter_mut().zip(q.as_slice()) {
+        *raw = RawQueueStatus {
+            device_kind: U16::new(s.device_kind),
+            device_id: U16::new(s.device_id),
+            queue: U16::new(s.queue),
+            size: U16::new(s.size),
+            state: U32::new(s.state),
+            reserved: U32::ZERO,
+            driver_avail: U16::new(s.driver_avail),
+            device_avail: U16::new(s.device_avail),
+            device_used: U16::new(s.device_used),
+            used_event: U16::new(s.used_event),
+            notifications: U64::new(s.notifications),
+            interrupts: U64::new(s.interrupts),
+        };
+    }
+    put(
+        payload,
+        &RawQueuesPayload {
+            count: U32::new(q.len() as u32),
+            reserved0: [0; 12],
+            queues,
+            reserved: [0; 32],
+        },
+    );
+}
+
 fn encode_stats(payload: &mut [u8; PAYLOAD_SIZE], s: &Stats) {
     let mut devices = [RawDeviceCounter::default(); MAX_DEVICE_COUNTERS];
     for (raw, c) in devices.iter_mut().zip(s.devices.as_slice()) {
@@ -1040,6 +1262,12 @@ fn encode_stats(payload: &mut [u8; PAYLOAD_SIZE], s: &Stats) {
 impl ServerMessage {
     /// Encodes the message in [`PROTOCOL_VERSION`].
     pub fn encode(&self) -> [u8; RESPONSE_SIZE] {
+        self.encode_in(PROTOCOL_VERSION)
+    }
+
+    /// Encodes the message in protocol `version`: a server answers each request in the
+    /// version it was written in, and sends events in the version of the `Subscribe`.
+    pub fn encode_in(&self, version: u16) -> [u8; RESPONSE_SIZE] {
         let mut payload = [0u8; PAYLOAD_SIZE];
         let (kind, id) = match self {
             ServerMessage::Reply { id, response } => {
@@ -1075,6 +1303,10 @@ impl ServerMessage {
                         encode_stats(&mut payload, s);
                         response_type::STATS
                     }
+                    Response::Queues(q) => {
+                        encode_queues(&mut payload, q);
+                        response_type::QUEUES
+                    }
                 };
                 (kind, id.get())
             }
@@ -1109,7 +1341,7 @@ impl ServerMessage {
         };
         let raw = RawResponse {
             header: RawHeader {
-                version: U16::new(PROTOCOL_VERSION),
+                version: U16::new(version),
                 kind: U16::new(kind),
                 flags: U32::ZERO,
                 id: U64::new(id),
@@ -1181,6 +1413,9 @@ impl ServerMessage {
                 })
             }
             response_type::STATS => reply(Response::Stats(Box::new(decode_stats(p)?))),
+            response_type::QUEUES if version >= 2 => {
+                reply(Response::Queues(Box::new(decode_queues(p)?)))
+            }
             response_type::EVENT => {
                 if id != 0 {
                     return Err(DecodeError::EventWithId { id });
@@ -1227,6 +1462,49 @@ fn read_payload<T: FromBytes>(payload: &[u8]) -> Result<T, DecodeError> {
         received: payload.len() + HEADER_SIZE,
         expected: RESPONSE_SIZE,
     })
+}
+
+fn decode_queues(payload: &[u8]) -> Result<QueueStatuses, DecodeError> {
+    let q = read_payload::<RawQueuesPayload>(payload)?;
+    check_reserved(&q.reserved0, 20)?;
+    check_reserved(&q.reserved, 992)?;
+    let count = q.count.get() as usize;
+    if count > MAX_QUEUE_STATUSES {
+        return Err(DecodeError::InvalidArgument(
+            "queue count exceeds MAX_QUEUE_STATUSES",
+        ));
+    }
+    let mut queues = QueueStatuses::default();
+    for (i, raw) in q.queues.iter().enumerate() {
+        let base = 32 + 40 * i;
+        if i >= count {
+            check_reserved(raw.as_bytes(), base)?;
+            continue;
+        }
+        if raw.reserved.get() != 0 {
+            return Err(DecodeError::ReservedNonZero { offset: base + 12 });
+        }
+        let state = raw.state.get();
+        if state & !queue_state::ALL != 0 {
+            return Err(DecodeError::ReservedNonZero { offset: base + 8 });
+        }
+        queues
+            .push(QueueStatus {
+                device_kind: raw.device_kind.get(),
+                device_id: raw.device_id.get(),
+                queue: raw.queue.get(),
+                size: raw.size.get(),
+                state,
+                driver_avail: raw.driver_avail.get(),
+                device_avail: raw.device_avail.get(),
+                device_used: raw.device_used.get(),
+                used_event: raw.used_event.get(),
+                notifications: raw.notifications.get(),
+                interrupts: raw.interrupts.get(),
+            })
+            .map_err(|_| DecodeError::InvalidArgument("too many queues"))?;
+    }
+    Ok(queues)
 }
 
 fn decode_stats(payload: &[u8]) -> Result<Stats, DecodeError> {

@@ -36,9 +36,11 @@ fn seeds_requests() -> Vec<Vec<u8>> {
         Request::UnregisterMemory { slot: 3 },
         Request::GetStats,
         Request::Subscribe,
+        Request::GetQueues,
     ]
     .iter()
-    .map(|r| r.encode(id).to_vec())
+    // Each in every version that has it, so mutations start from both.
+    .flat_map(|r| (r.min_version()..=MAX_PROTOCOL_VERSION).map(|v| r.encode_in(id, v).to_vec()))
     .collect()
 }
 
@@ -52,6 +54,22 @@ fn seeds_server_messages() -> Vec<Vec<u8>> {
             device_id: 0,
             counter: 5,
             value: 10,
+        })
+        .expect("room");
+    let mut queues = QueueStatuses::default();
+    queues
+        .push(QueueStatus {
+            device_kind: device_kind::NET,
+            device_id: 0,
+            queue: 1,
+            size: 256,
+            state: queue_state::ACTIVE | queue_state::EVENT_IDX,
+            driver_avail: 7,
+            device_avail: 6,
+            device_used: 5,
+            used_event: 4,
+            notifications: 3,
+            interrupts: 2,
         })
         .expect("room");
     [
@@ -83,7 +101,15 @@ fn seeds_server_messages() -> Vec<Vec<u8>> {
         ServerMessage::Event(Event::Crashed),
     ]
     .iter()
-    .map(|m| m.encode().to_vec())
+    .flat_map(|m| (MIN_PROTOCOL_VERSION..=MAX_PROTOCOL_VERSION).map(|v| m.encode_in(v).to_vec()))
+    .chain(std::iter::once(
+        ServerMessage::Reply {
+            id,
+            response: Response::Queues(Box::new(queues)),
+        }
+        .encode_in(2)
+        .to_vec(),
+    ))
     .collect()
 }
 
@@ -135,10 +161,18 @@ fn request_decoder_survives_300k_mutated_datagrams_and_accepts_only_canonical_on
         match Request::decode(&bytes) {
             Ok((id, request)) => {
                 accepted += 1;
-                let mut canonical = request.encode(id).to_vec();
+                // Every supported version is accepted: canonical in the datagram's own.
+                let version = u16::from_le_bytes([bytes[0], bytes[1]]);
+                let mut canonical = request.encode_in(id, version).to_vec();
                 if request == Request::GetVersion {
                     // Accepted at any version; the rest must still match.
                     canonical[0..2].copy_from_slice(&bytes[0..2]);
+                } else {
+                    assert!(
+                        (MIN_PROTOCOL_VERSION..=MAX_PROTOCOL_VERSION).contains(&version)
+                            && version >= request.min_version(),
+                        "{request:?} accepted in version {version}"
+                    );
                 }
                 assert_eq!(canonical, bytes, "non-canonical accepted: {request:?}");
                 for fds in 0..3 {
@@ -165,8 +199,9 @@ fn server_message_decoder_survives_100k_mutated_datagrams_and_accepts_only_canon
         let bytes = mutate(&mut rng, seed, RESPONSE_SIZE + 64);
         if let Ok(message) = ServerMessage::decode(&bytes) {
             accepted += 1;
+            let version = u16::from_le_bytes([bytes[0], bytes[1]]);
             assert_eq!(
-                message.encode().to_vec(),
+                message.encode_in(version).to_vec(),
                 bytes,
                 "non-canonical: {message:?}"
             );

@@ -28,25 +28,66 @@ fn id(n: u64) -> RequestId {
     NonZeroU64::new(n).expect("non-zero test id")
 }
 
-/// Asserts that `request` with id `n` encodes to exactly `hex` and decodes back.
+/// The version field of a golden message.
+fn golden_version(bytes: &[u8]) -> u16 {
+    u16::from_le_bytes([bytes[0], bytes[1]])
+}
+
+/// Every later version writes a message of an earlier one the same, but for the version.
+fn in_later_versions(bytes: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    (golden_version(bytes) + 1..=MAX_PROTOCOL_VERSION).map(|v| {
+        let mut later = bytes.to_vec();
+        later[0..2].copy_from_slice(&v.to_le_bytes());
+        later
+    })
+}
+
+/// Asserts that `request` with id `n` encodes to exactly `hex` in the golden's version (and
+/// the same but for the version field in every later one), and decodes back.
 fn check_request(request: Request, n: u64, hex: &str) {
     let expected = golden(hex, REQUEST_SIZE);
+    let version = golden_version(&expected);
     assert_eq!(
-        request.encode(id(n)).to_vec(),
+        request.encode_in(id(n), version).to_vec(),
         expected,
         "{request:?} encoding"
     );
     assert_eq!(Request::decode(&expected), Ok((id(n), request)));
+    for later in in_later_versions(&expected) {
+        assert_eq!(
+            request.encode_in(id(n), golden_version(&later)).to_vec(),
+            later
+        );
+        assert_eq!(Request::decode(&later), Ok((id(n), request)));
+    }
 }
 
 /// Asserts that `message` encodes to exactly `hex` and decodes back.
 fn check_server_message(message: ServerMessage, hex: &str) {
     let expected = golden(hex, RESPONSE_SIZE);
-    assert_eq!(message.encode().to_vec(), expected, "{message:?} encoding");
-    assert_eq!(ServerMessage::decode(&expected), Ok(message));
+    let version = golden_version(&expected);
+    assert_eq!(
+        message.encode_in(version).to_vec(),
+        expected,
+        "{message:?} encoding"
+    );
+    assert_eq!(ServerMessage::decode(&expected), Ok(message.clone()));
+    for later in in_later_versions(&expected) {
+        assert_eq!(message.encode_in(golden_version(&later)).to_vec(), later);
+        assert_eq!(ServerMessage::decode(&later), Ok(message.clone()));
+    }
 }
 
 //                    version type  flags    id                arg
+#[test]
+fn golden_get_queues_request_version_2() {
+    check_request(
+        Request::GetQueues,
+        0x0b,
+        "0200 0b00 00000000 0b00000000000000",
+    );
+}
+
 #[test]
 fn golden_get_version_request() {
     check_request(
@@ -139,13 +180,13 @@ fn golden_ok_response() {
 
 #[test]
 fn golden_err_response_carries_kind_errno_detail_and_version_range() {
-    //       header                               kind     errno    detail           min  max
+    //       header                               kind     errno    detail           min  max (this crate: 1..=2)
     check_server_message(
         ServerMessage::Reply {
             id: id(3),
             response: Response::Err(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 65)),
         },
-        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0100",
+        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0200",
     );
 }
 
@@ -153,7 +194,7 @@ fn golden_err_response_carries_kind_errno_detail_and_version_range() {
 fn golden_unattributed_err_has_id_zero() {
     check_server_message(
         ServerMessage::Unattributed(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 3)),
-        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0100",
+        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0200",
     );
 }
 
@@ -308,7 +349,7 @@ fn decode_with_len_reports_the_real_size_of_a_truncated_datagram() {
 
 #[test]
 fn decode_rejects_unknown_types() {
-    for kind in [0u16, 11, 0x100, 0xffff] {
+    for kind in [0u16, 12, 0x100, 0xffff] {
         let mut bytes = valid_pause();
         bytes[2..4].copy_from_slice(&kind.to_le_bytes());
         assert_eq!(
@@ -320,7 +361,7 @@ fn decode_rejects_unknown_types() {
 
 #[test]
 fn decode_rejects_unsupported_versions_before_checking_size() {
-    for version in [0u16, 2, 0xffff] {
+    for version in [0u16, 3, 0xffff] {
         let mut bytes = valid_pause();
         bytes[0..2].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
@@ -662,4 +703,39 @@ fn device_counters_hold_at_most_the_maximum() {
     }
     assert_eq!(counters.push(DeviceCounter::default()), Err(CountersFull));
     assert_eq!(counters.len(), MAX_DEVICE_COUNTERS);
+}
+
+#[test]
+fn golden_queues_response_version_2() {
+    let mut queues = QueueStatuses::default();
+    for (queue, driver_avail) in [(0u16, 0x0102u16), (1, 0x0304)] {
+        queues
+            .push(QueueStatus {
+                device_kind: device_kind::NET,
+                device_id: 1,
+                queue,
+                size: 256,
+                state: queue_state::ACTIVE | queue_state::EVENT_IDX,
+                driver_avail,
+                device_avail: 0x0100,
+                device_used: 0x00ff,
+                used_event: 0x00fe,
+                notifications: 0x1122_3344,
+                interrupts: 0x55,
+            })
+            .expect("room");
+    }
+    check_server_message(
+        ServerMessage::Reply {
+            id: id(3),
+            response: Response::Queues(Box::new(queues)),
+        },
+        // header; count 2, 12 reserved bytes; then two 40-byte entries:
+        // kind id queue size state reserved driver_avail device_avail device_used used_event
+        // notifications interrupts
+        "0200 0700 00000000 0300000000000000 \
+         02000000 000000000000000000000000 \
+         0700 0100 0000 0001 03000000 00000000 0201 0001 ff00 fe00 4433221100000000 5500000000000000 \
+         0700 0100 0100 0001 03000000 00000000 0403 0001 ff00 fe00 4433221100000000 5500000000000000",
+    );
 }

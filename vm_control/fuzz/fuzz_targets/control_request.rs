@@ -33,7 +33,9 @@ fuzz_target!(|data: &[u8]| {
     let expected = Request::decode(datagram);
     match &expected {
         Ok((id, request)) => {
-            let mut canonical = request.encode(*id);
+            // Accepted in every supported version: canonical in the datagram's own.
+            let version = u16::from_le_bytes([datagram[0], datagram[1]]);
+            let mut canonical = request.encode_in(*id, version);
             if *request == Request::GetVersion {
                 canonical[..2].copy_from_slice(&datagram[..2]);
             }
