@@ -14,6 +14,7 @@ use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
 use devices::virtio::net::tap::{Tap, TapError};
 use devices::virtio::net::{Net, NetCounters, NetError};
+use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::{Rng, VirtioDevice, VirtioPciDevice};
 use devices::{AcpiPm, Bus, BusDevice, BusWindow, Cmos, I8042, ResetControl, Serial};
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
@@ -22,6 +23,7 @@ use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use log::{debug, warn};
 use seccomp::ThreadKind;
 use thiserror::Error;
+use vm_control::wire::device_kind;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -153,6 +155,18 @@ pub struct VirtioHandles {
     pub disks: Vec<Arc<BlockCounters>>,
     /// Each `--net`'s counters, in `--net` order.
     pub nets: Vec<Arc<NetCounters>>,
+    /// Every virtio device's queues, in PCI order, for `GetQueues`.
+    pub queues: Vec<DeviceQueues>,
+}
+
+/// One virtio device's live queue states, with the numbers the protocol names it by.
+pub struct DeviceQueues {
+    /// `vm_control::wire::device_kind` number.
+    pub device_kind: u16,
+    /// Instance among devices of that kind.
+    pub device_id: u16,
+    /// One per queue, in queue index order.
+    pub queues: Vec<Arc<QueueStatus>>,
 }
 
 /// What the loader thread puts in guest memory: the kernel and where the initrd went.
@@ -509,19 +523,22 @@ fn create_pci(
             if disk.read_only { ", read-only" } else { "" }
         );
         handles.disks.push(block.counters());
-        pci.add_virtio(Box::new(block))?;
+        let queues = pci.add_virtio(Box::new(block))?;
+        handles.add_queues(device_kind::BLOCK, index, queues);
     }
     for (index, net) in config.nets.iter().enumerate() {
         let device = create_net(index, net)?;
         handles.nets.push(device.counters());
-        pci.add_virtio(Box::new(device))?;
+        let queues = pci.add_virtio(Box::new(device))?;
+        handles.add_queues(device_kind::NET, index, queues);
     }
     if config.rng {
         let rng = Rng::with_worker_start(|| {
             crate::sandbox::enter_device_worker(ThreadKind::VirtioRng, "virtio-rng")
         })
         .map_err(|err| BuildError::Device(format!("cannot start the virtio-rng worker: {err}")))?;
-        pci.add_virtio(Box::new(rng))?;
+        let queues = pci.add_virtio(Box::new(rng))?;
+        handles.add_queues(device_kind::RNG, 0, queues);
     }
     if config.balloon {
         let balloon = Balloon::new(
@@ -533,9 +550,21 @@ fn create_pci(
             BuildError::Device(format!("cannot start the virtio-balloon worker: {err}"))
         })?;
         handles.balloon = Some(balloon.handle());
-        pci.add_virtio(Box::new(balloon))?;
+        let queues = pci.add_virtio(Box::new(balloon))?;
+        handles.add_queues(device_kind::BALLOON, 0, queues);
     }
     Ok((pci.root, handles))
+}
+
+impl VirtioHandles {
+    fn add_queues(&mut self, device_kind: u16, index: usize, queues: Vec<Arc<QueueStatus>>) {
+        self.queues.push(DeviceQueues {
+            device_kind,
+            // The command line cannot name 65536 devices of one kind.
+            device_id: u16::try_from(index).unwrap_or(u16::MAX),
+            queues,
+        });
+    }
 }
 
 /// Interface `index`: its tap (attached, or created, addressed and brought up) behind a
@@ -577,8 +606,9 @@ struct PciWiring<'a> {
 impl PciWiring<'_> {
     /// Puts `device` on the bus behind the virtio-pci transport: BARs on the MMIO bus,
     /// queue notifications as ioeventfds (no exit to the VMM), MSI-X vectors as irqfds
-    /// on their own GSIs, routed as the guest programs them.
-    fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<()> {
+    /// on their own GSIs, routed as the guest programs them. Returns the device's live
+    /// queue states.
+    fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<Vec<Arc<QueueStatus>>> {
         let transport = VirtioPciDevice::new(device, Arc::new(self.memory.clone()))
             .map_err(|err| BuildError::Device(err.to_string()))?;
         let transport = Arc::new(Mutex::new(transport));
@@ -608,7 +638,7 @@ impl PciWiring<'_> {
         }
         self.wire_msix(&transport)?;
         debug!("virtio device at PCI {address:?}");
-        Ok(())
+        Ok(transport.queue_statuses())
     }
 
     fn wire_msix(&mut self, transport: &VirtioPciDevice) -> Result<()> {

@@ -25,6 +25,7 @@ pub enum Command {
     Resume(ResumeArgs),
     Balloon(BalloonArgs),
     Stats(StatsArgs),
+    Queues(QueuesArgs),
     Version(VersionArgs),
     RegisterMemory(RegisterMemoryArgs),
     UnregisterMemory(UnregisterMemoryArgs),
@@ -187,6 +188,20 @@ impl BalloonArgs {
 #[argh(subcommand, name = "stats")]
 pub struct StatsArgs {
     /// print one JSON object instead of a table
+    #[argh(switch)]
+    pub json: bool,
+
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+}
+
+/// Print the state of every virtqueue: what the guest made available, what the device took
+/// and returned, notifications and interrupts (to tell a stalled device from a stalled guest).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "queues")]
+pub struct QueuesArgs {
+    /// print one JSON array instead of a table
     #[argh(switch)]
     pub json: bool,
 
@@ -583,13 +598,16 @@ mod tests {
 
     #[test]
     fn every_control_command_takes_the_socket_path() {
-        for name in ["stop", "pause", "resume", "stats", "version", "events"] {
+        for name in [
+            "stop", "pause", "resume", "stats", "queues", "version", "events",
+        ] {
             let args = parse(&[name, "/run/vmm.sock"]).unwrap_or_else(|e| panic!("{name}: {e}"));
             let socket = match args.command {
                 Command::Stop(a) => a.socket,
                 Command::Pause(a) => a.socket,
                 Command::Resume(a) => a.socket,
                 Command::Stats(a) => a.socket,
+                Command::Queues(a) => a.socket,
                 Command::Version(a) => a.socket,
                 Command::Events(a) => a.socket,
                 other => panic!("{name} parsed as {other:?}"),

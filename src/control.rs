@@ -299,6 +299,7 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
             false => Outcome::Reply(Response::Ok),
         },
         Request::GetStats => Outcome::Reply(Response::Stats(Box::new(vm.stats()))),
+        Request::GetQueues => Outcome::Reply(Response::Queues(Box::new(vm.queue_statuses()))),
         Request::RegisterMemory { size } => Outcome::Reply(register_memory(vm, request.fd, size)),
         Request::UnregisterMemory { slot } => Outcome::Reply(match vm.unregister_memory(slot) {
             Ok(()) => Response::Ok,

@@ -43,6 +43,7 @@ fn main() {
         Command::Resume(args) => commands::resume(&args),
         Command::Balloon(args) => commands::balloon(&args),
         Command::Stats(args) => commands::stats(&args),
+        Command::Queues(args) => commands::queues(&args),
         Command::Version(args) => commands::version(&args),
         Command::RegisterMemory(args) => commands::register_memory(&args),
         Command::UnregisterMemory(args) => commands::unregister_memory(&args),

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 use vm_control::wire::{
-    DeviceCounter, DeviceCounters, ProcessUsage, Stats, VmExits, counter_id, device_kind,
+    DeviceCounter, DeviceCounters, ProcessUsage, QueueStatus, QueueStatuses, Stats, VmExits,
+    counter_id, device_kind, queue_state,
 };
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -127,6 +128,40 @@ impl RunningVm {
             rusage: process_usage(),
             devices: self.device_counters(),
         }
+    }
+
+    /// Every virtio queue's state, as many as the reply holds (in PCI order: disks, network
+    /// interfaces, rng, balloon), with the driver's indices read from guest memory now.
+    pub fn queue_statuses(&self) -> QueueStatuses {
+        let mut statuses = QueueStatuses::default();
+        for device in &self.virtio.queues {
+            for (index, status) in device.queues.iter().enumerate() {
+                let now = status.snapshot(&self.memory);
+                let state = [
+                    (now.active, queue_state::ACTIVE),
+                    (now.event_idx, queue_state::EVENT_IDX),
+                    (now.broken, queue_state::BROKEN),
+                ]
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |bits, (_, bit)| bits | bit);
+                // A full list drops the rest; the protocol documents the bound.
+                let _ = statuses.push(QueueStatus {
+                    device_kind: device.device_kind,
+                    device_id: device.device_id,
+                    queue: u16::try_from(index).unwrap_or(u16::MAX),
+                    size: now.size,
+                    state,
+                    driver_avail: now.driver_avail,
+                    device_avail: now.device_avail,
+                    device_used: now.device_used,
+                    used_event: now.used_event,
+                    notifications: now.notifications,
+                    interrupts: now.interrupts,
+                });
+            }
+        }
+        statuses
     }
 
     /// Every device's counters, as many as the reply holds: the serial port, each disk,

@@ -315,6 +315,47 @@ fn stats_counters_grow_as_the_guest_runs_and_json_parses() {
     }
 }
 
+/// A tiny guest has no virtio driver: the rng's one queue is listed, inactive, untouched;
+/// a VM without virtio devices has no queues at all.
+#[test]
+fn queues_lists_each_virtio_queue_and_json_parses() {
+    if !require_kvm() {
+        return;
+    }
+    let vm = Vm::start_with("queues", parked_guest(), &["--rng"]);
+
+    let json = vm.ctl_ok("queues", &["--json"]);
+    let table = stdout_of(&vm.ctl_ok("queues", &[]));
+
+    let json = json::parse(stdout_of(&json).trim()).expect("queues --json is JSON");
+    let queues = json.as_array().expect("an array of queues");
+    assert_eq!(queues.len(), 1, "{json}");
+    let rng = &queues[0];
+    assert_eq!(rng.get("kind").and_then(json::Value::as_str), Some("rng"));
+    assert_eq!(
+        rng.get("active").and_then(json::Value::as_bool),
+        Some(false)
+    );
+    for field in [
+        "queue",
+        "size",
+        "driver_avail",
+        "device_avail",
+        "waiting",
+        "notifications",
+    ] {
+        assert_eq!(rng.num(&[field]), Some(0), "{field} in {json}");
+    }
+    assert!(
+        table.contains("rng") && table.contains("inactive"),
+        "{table}"
+    );
+
+    let bare = Vm::start("queues-none", parked_guest());
+    let none = stdout_of(&bare.ctl_ok("queues", &[]));
+    assert_eq!(none.trim(), "no virtio queues");
+}
+
 #[test]
 fn version_prints_the_vmm_range_and_the_client_version() {
     if !require_kvm() {
@@ -325,8 +366,8 @@ fn version_prints_the_vmm_range_and_the_client_version() {
     let output = vm.ctl_ok("version", &[]);
 
     let text = stdout_of(&output);
-    assert!(text.contains("VMM protocol versions 1..=1"), "{text}");
-    assert!(text.contains("client protocol version 1"), "{text}");
+    assert!(text.contains("VMM protocol versions 1..=2"), "{text}");
+    assert!(text.contains("client protocol version 2"), "{text}");
 }
 
 #[test]
@@ -482,12 +523,13 @@ fn every_subcommand_says_cannot_reach_when_nobody_serves_the_socket() {
     let socket = scratch.path("nobody.sock");
     let memory = scratch.write("page.mem", &[0u8; 4096]);
     let memory = memory.display().to_string();
-    let commands: [(&str, &[&str]); 9] = [
+    let commands: [(&str, &[&str]); 10] = [
         ("stop", &[]),
         ("pause", &[]),
         ("resume", &[]),
         ("balloon", &["--pages", "1"]),
         ("stats", &[]),
+        ("queues", &[]),
         ("version", &[]),
         ("register-memory", &[&memory]),
         ("unregister-memory", &["0"]),

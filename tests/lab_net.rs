@@ -69,6 +69,7 @@ sleep 1
 nc {GUEST_IP} 5002 < /tmp/to-guest
 wait_for guest-done
 # The guest idles once done, so the VM is still there to be asked.
+echo "queues-json: $(vmm queues --json /tmp/vmm.sock)"
 vmm stats /tmp/vmm.sock
 vmm stop /tmp/vmm.sock
 wait $vmm
@@ -133,6 +134,41 @@ exit $status
         interrupts > 0 && interrupts < packets / 2,
         "{interrupts} interrupts for {packets} packets: {output}"
     );
+    check_idle_net_queues(&run, output);
     assert_eq!(run.value("lab-script: vmm exit="), "0", "{output}");
     assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+}
+
+/// What `vmm queues` says of the NIC once the transfers are over and the guest idles: both
+/// queues active with EVENT_IDX, kicked and interrupting; nothing waits on or is held by
+/// the TX queue, whose used index counts every frame sent.
+fn check_idle_net_queues(run: &common::lab::LabRun, output: &str) {
+    let queues: serde_json::Value =
+        serde_json::from_str(run.value("queues-json:")).unwrap_or_else(|e| panic!("{e}: {output}"));
+    let net: Vec<&serde_json::Value> = queues
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {output}"))
+        .iter()
+        .filter(|q| q["kind"] == "net")
+        .collect();
+    assert_eq!(net.len(), 2, "RX and TX: {output}");
+    for q in &net {
+        assert_eq!(q["active"], true, "{q}");
+        assert_eq!(q["event_idx"], true, "{q}");
+        assert_eq!(q["broken"], false, "{q}");
+        assert!(q["notifications"].as_u64() > Some(0), "{q}");
+        assert!(q["interrupts"].as_u64() > Some(0), "{q}");
+    }
+    let tx = net
+        .iter()
+        .find(|q| q["queue"] == 1)
+        .unwrap_or_else(|| panic!("no TX queue: {output}"));
+    assert_eq!(tx["waiting"], 0, "{tx}");
+    assert_eq!(tx["in_flight"], 0, "{tx}");
+    let packets_out = run.stats_counter("net", "packets_out");
+    assert_eq!(
+        tx["device_used"].as_u64(),
+        Some(packets_out % 65536),
+        "every frame sent went back through the used ring: {tx}"
+    );
 }
