@@ -331,16 +331,20 @@ fn no_permission_on_dev_kvm_says_how_to_get_it() {
         "guest.elf",
         &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
     );
-    // The unprivileged vmm must be able to reach the kernel file, so only /dev/kvm stops it.
+    // The unprivileged vmm must be able to reach the kernel file and itself, so only
+    // /dev/kvm stops it: the build directory may sit where uid 65534 cannot go (a 0700
+    // home), so it runs a copy of vmm from the world-traversable scratch directory.
     std::fs::set_permissions(
         std::path::Path::new(&kernel).parent().expect("scratch dir"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod scratch dir");
+    let vmm = scratch.path("vmm");
+    std::fs::copy(env!("CARGO_BIN_EXE_vmm"), &vmm).expect("copy vmm");
     let mut command = std::process::Command::new("setpriv");
     command
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_vmm"))
+        .arg(&vmm)
         .args(["run", "--mem", "32"])
         .arg(&kernel)
         .stdin(std::process::Stdio::null());

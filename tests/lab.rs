@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::lab::{self, LabRun, base64, guest_params, require_lab};
+use common::lab::{
+    self, KNOWN_GUEST_LOG_LINES, LabRun, base64, guest_log_alarms, guest_params, require_lab,
+};
 
 /// Boots `kernel` (a path inside the lab, e.g. /guest/vmlinuz) under vmm in the lab with
 /// the guest running `script`.
@@ -138,6 +140,93 @@ fn virtio_rng_feeds_the_guests_hwrng_over_pci_with_msix() {
         "the device interrupts through MSI-X"
     );
     assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+}
+
+/// The evidence behind every entry of the known guest log lines: the same kernel under
+/// QEMU (`-enable-kvm -cpu host`, the lab's reference VMM) in the same lab prints it too,
+/// so it is the lab's and not vmm's. When a new Debian kernel or a new lab stops printing
+/// a line, this fails and the entry goes.
+#[test]
+fn qemu_prints_every_known_guest_log_line_too() {
+    if !require_lab() {
+        return;
+    }
+    let command: Vec<String> = [
+        "qemu-system-x86_64",
+        "-enable-kvm",
+        "-cpu",
+        "host",
+        "-M",
+        "pc",
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-net",
+        "none",
+        "-kernel",
+        "/guest/vmlinuz",
+        "-initrd",
+        "/guest/initrd.img",
+        "-append",
+        &guest_params("true"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run = lab::run_allowing_known_lines(&[], &command);
+
+    assert!(
+        run.output.contains("vmm-guest: run exit=0"),
+        "QEMU's guest never ran its script; lab output:\n{}",
+        run.output
+    );
+    for known in KNOWN_GUEST_LOG_LINES {
+        assert!(
+            run.output.contains(known.text),
+            "QEMU no longer prints {:?}: drop it from KNOWN_GUEST_LOG_LINES; lab output:\n{}",
+            known.text,
+            run.output
+        );
+    }
+}
+
+#[test]
+fn guest_log_alarms_flag_bugs_and_warnings_but_not_known_lab_artefacts() {
+    let known_warning = "\
+[    1.40] ------------[ cut here ]------------
+[    1.40] XSAVE consistency problem: size 832 != kernel_size 576
+[    1.40] WARNING: CPU: 0 PID: 0 at arch/x86/kernel/fpu/xstate.c:606 fpu__init_system_xstate+0x85a/0xb19
+[    1.40] Call Trace:
+[    1.40]  <TASK>
+[    1.40] ---[ end trace 0000000000000000 ]---
+[    1.41] Speculative Return Stack Overflow: WARNING: See https://kernel.org/doc/html/latest/admin-guide/hw-vuln/srso.html
+";
+    assert_eq!(guest_log_alarms(known_warning), Vec::<String>::new());
+
+    let other_warning = "\
+[    2.00] ------------[ cut here ]------------
+[    2.00] WARNING: CPU: 1 PID: 7 at drivers/virtio/virtio_ring.c:2100 vring_interrupt+0x1/0x2
+[    2.00] Call Trace:
+[    2.00] ---[ end trace 0000000000000000 ]---
+";
+    assert_eq!(
+        guest_log_alarms(other_warning),
+        vec![
+            "[    2.00] WARNING: CPU: 1 PID: 7 at drivers/virtio/virtio_ring.c:2100 vring_interrupt+0x1/0x2",
+            "[    2.00] Call Trace:",
+        ]
+    );
+    for line in [
+        "[    3.00] BUG: kernel NULL pointer dereference, address: 0000000000000008",
+        "[    3.00] Oops: 0000 [#1] PREEMPT SMP NOPTI",
+        "[   30.00] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]",
+        "[  242.00] INFO: task sh:1 blocked for more than 120 seconds.",
+    ] {
+        assert_eq!(guest_log_alarms(line), vec![line.to_string()], "{line}");
+    }
 }
 
 #[test]

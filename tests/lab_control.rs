@@ -81,22 +81,12 @@ fn vmm_stop_ends_a_running_linux_guest_with_status_0() {
     let guest = "echo guest-idling; sleep 600; echo guest-not-stopped";
     let script = format!(
         r#"{start}
-i=0
-until grep -q guest-idling /tmp/console.log 2>/dev/null; do
-    i=$((i + 1))
-    if [ $i -gt 3000 ]; then echo "lab-script: guest never idled"; cat /tmp/console.log; kill $vmm; exit 91; fi
-    sleep 0.1
-done
+wait_for guest-idling
 vmm stats /tmp/vmm.sock
 vmm stop /tmp/vmm.sock
 echo "lab-script: stop exit=$?"
-wait $vmm
-status=$?
-cat /tmp/console.log
-echo "lab-script: vmm exit=$status"
-exit $status
-"#,
-        start = start_vmm(&[], 256, guest, "file=/tmp/console.log"),
+{WAIT_VMM}"#,
+        start = start_vmm(&[], 256, guest, "file"),
     );
 
     let run = run_in_lab("lab-stop", &script);

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::lab::{require_lab, run_in_lab, start_vmm};
+use common::lab::{WAIT_VMM, require_lab, run_in_lab, start_vmm};
 
 const HOST_IP: &str = "10.0.2.1";
 const GUEST_IP: &str = "10.0.2.2";
@@ -25,6 +25,7 @@ fn guest_and_host_ping_each_other_and_move_64_mib_each_way_over_tcp() {
     // receive 64 MiB from the host, and report checksums. busybox nc ends a connection
     // when its own stdin ends, so each receiver reads from a `sleep` that outlasts the
     // transfer, and the receiving side waits for all the bytes.
+    let wait_listening_5002 = wait_listening(5002, "guest");
     let guest = format!(
         r#"echo guest-mac: $(cat /sys/class/net/eth0/address)
 ifconfig eth0 {GUEST_IP} netmask 255.255.255.0 up
@@ -34,7 +35,9 @@ dd if=/dev/urandom of=/tmp/out bs=1M count=64 2>/dev/null
 echo guest-sent-sum: $(sha256sum /tmp/out | cut -d' ' -f1)
 nc {HOST_IP} 5001 < /tmp/out
 rm /tmp/out
+: > /tmp/in
 (sleep 900 | nc -l -p 5002 > /tmp/in) &
+{wait_listening_5002}
 echo guest-listening
 i=0
 while [ "$(wc -c < /tmp/in)" -lt {BYTES} ] && [ $i -lt 3000 ]; do i=$((i + 1)); sleep 0.1; done
@@ -45,17 +48,11 @@ sleep 600
 "#
     );
     let script = format!(
-        r#"(sleep 900 | nc -l -p 5001 > /tmp/from-guest) &
+        r#": > /tmp/from-guest
+(sleep 900 | nc -l -p 5001 > /tmp/from-guest) &
+{wait_listening_5001}
 {start}
 echo host-tap: $(ls /sys/class/net | grep '^vmm')
-wait_for() {{
-    i=0
-    until grep -q "$1" /tmp/console.log 2>/dev/null; do
-        i=$((i + 1))
-        if [ $i -gt 6000 ]; then echo "lab-script: no $1"; cat /tmp/console.log; kill $vmm; exit 91; fi
-        sleep 0.1
-    done
-}}
 wait_for guest-net-up
 echo host-ping: $(ping -c 3 -W 5 {GUEST_IP} >/dev/null 2>&1 && echo ok || echo failed)
 i=0
@@ -65,19 +62,14 @@ echo host-received-bytes: $(wc -c < /tmp/from-guest)
 dd if=/dev/urandom of=/tmp/to-guest bs=1M count=64 2>/dev/null
 echo host-sent-sum: $(sha256sum /tmp/to-guest | cut -d' ' -f1)
 wait_for guest-listening
-sleep 1
 nc {GUEST_IP} 5002 < /tmp/to-guest
 wait_for guest-done
 # The guest idles once done, so the VM is still there to be asked.
 echo "queues-json: $(vmm queues --json /tmp/vmm.sock)"
 vmm stats /tmp/vmm.sock
 vmm stop /tmp/vmm.sock
-wait $vmm
-status=$?
-cat /tmp/console.log
-echo "lab-script: vmm exit=$status"
-exit $status
-"#,
+{WAIT_VMM}"#,
+        wait_listening_5001 = wait_listening(5001, "host"),
         start = start_vmm(
             &[
                 "--net",
@@ -85,7 +77,7 @@ exit $status
             ],
             512,
             &guest,
-            "file=/tmp/console.log"
+            "file"
         ),
     );
 
@@ -137,6 +129,20 @@ exit $status
     check_idle_net_queues(&run, output);
     assert_eq!(run.value("lab-script: vmm exit="), "0", "{output}");
     assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+}
+
+/// Shell that waits (at most 30 s) until a TCP socket listens on `port`, as
+/// /proc/net/tcp or tcp6 shows it (state 0A), so that nobody connects before the listener
+/// is there.
+fn wait_listening(port: u16, who: &str) -> String {
+    format!(
+        r#"i=0
+until grep -qs ':{port:04X} [0-9A-F]*:0000 0A ' /proc/net/tcp /proc/net/tcp6; do
+    i=$((i + 1))
+    if [ $i -gt 300 ]; then echo "{who}: nothing listens on port {port}"; break; fi
+    sleep 0.1
+done"#
+    )
 }
 
 /// What `vmm queues` says of the NIC once the transfers are over and the guest idles: both

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::lab::{WAIT_VMM, require_lab, run_in_lab, start_vmm};
+use common::lab::{CONSOLE_FILE, WAIT_VMM, require_lab, run_in_lab, start_vmm};
 
 #[test]
 fn guest_reads_writes_and_flushes_disks_and_a_read_only_disk_refuses_writes() {
@@ -44,18 +44,12 @@ dd if=/dev/zero of=/tmp/ro.img bs=1M count=8 2>/dev/null
 printf 'read-only-marker' | dd of=/tmp/ro.img conv=notrunc 2>/dev/null
 ro_before=$(sha256sum /tmp/ro.img | cut -d' ' -f1)
 {start}
-i=0
-until grep -q guest-done /tmp/console.log 2>/dev/null; do
-    i=$((i + 1))
-    if [ $i -gt 6000 ]; then echo "lab-script: guest never finished"; cat /tmp/console.log; kill $vmm; exit 91; fi
-    sleep 0.1
-done
+wait_for guest-done
 # The guest idles once done, so the VM is still there to be asked.
 vmm stats /tmp/vmm.sock
 vmm stop /tmp/vmm.sock
 wait $vmm
 status=$?
-cat /tmp/console.log
 echo host-read-back: $(dd if=/tmp/disk.img bs=1M skip=8 count=2 2>/dev/null | sha256sum | cut -d' ' -f1)
 echo host-ro-unchanged: $([ "$(sha256sum /tmp/ro.img | cut -d' ' -f1)" = "$ro_before" ] && echo yes || echo no)
 echo "lab-script: vmm exit=$status"
@@ -65,7 +59,7 @@ exit $status
             &["--disk", "/tmp/disk.img", "--disk", "/tmp/ro.img,ro"],
             256,
             guest,
-            "file=/tmp/console.log"
+            "file"
         ),
     );
 
@@ -121,19 +115,22 @@ while [ $i -lt 1200 ]; do
     sleep 0.5
 done
 "#;
-    // `snapshot NAME`: after the guest has settled, print the guest's latest MemAvailable
-    // and vmm's RSS, both in KiB.
+    // `snapshot NAME`: once the guest has reported its MemAvailable twice more (so the
+    // figure is one taken after the balloon settled), print the latest one and vmm's RSS,
+    // both in KiB.
     let script = format!(
         r#"{start}
-i=0
-until grep -q guest-filled /tmp/console.log 2>/dev/null; do
-    i=$((i + 1))
-    if [ $i -gt 3000 ]; then echo "lab-script: guest never filled"; cat /tmp/console.log; kill $vmm; exit 91; fi
-    sleep 0.1
-done
+wait_for guest-filled
+reports() {{ grep -c meminfo {CONSOLE_FILE}; }}
 snapshot() {{
-    sleep 3
-    echo "$1-guest-avail-kb: $(grep meminfo /tmp/console.log | tail -n 1 | cut -d' ' -f2)"
+    seen=$(reports)
+    i=0
+    until [ "$(reports)" -ge $((seen + 2)) ]; do
+        i=$((i + 1))
+        if [ $i -gt 600 ]; then echo "lab-script: the guest stopped reporting"; kill $vmm; exit 93; fi
+        sleep 0.1
+    done
+    echo "$1-guest-avail-kb: $(grep meminfo {CONSOLE_FILE} | tail -n 1 | cut -d' ' -f2)"
     echo "$1-host-rss-kb: $(grep VmRSS /proc/$vmm/status | tr -s ' ' | cut -d' ' -f2)"
 }}
 # Waits until the balloon holds $1 pages (vmm stats), for at most 5 minutes.
@@ -145,8 +142,16 @@ wait_actual() {{
         sleep 0.5
     done
 }}
+# The subscriber is in place once it has seen the events of a pause and a resume.
 vmm events /tmp/vmm.sock > /tmp/events.log 2>&1 &
 events=$!
+i=0
+until grep -q resumed /tmp/events.log; do
+    i=$((i + 1))
+    if [ $i -gt 300 ]; then echo "lab-script: vmm events never subscribed"; kill $vmm; exit 94; fi
+    vmm pause /tmp/vmm.sock && vmm resume /tmp/vmm.sock
+    sleep 0.1
+done
 snapshot before
 vmm balloon --target 256 /tmp/vmm.sock
 echo "lab-script: inflate exit=$?"
@@ -161,7 +166,7 @@ kill $events
 echo "balloon-events: $(grep -c balloon-changed /tmp/events.log)"
 vmm stop /tmp/vmm.sock
 {WAIT_VMM}"#,
-        start = start_vmm(&["--balloon"], 512, guest, "file=/tmp/console.log"),
+        start = start_vmm(&["--balloon"], 512, guest, "file"),
     );
 
     let run = run_in_lab("lab-balloon", &script);
