@@ -484,6 +484,9 @@ pub fn events(args: &EventsArgs) -> i32 {
 fn try_events(args: &EventsArgs, out: &mut dyn Write) -> Result<(), CommandError> {
     let mut vmm = Vmm::connect(&args.socket)?;
     vmm.request_ok(Request::Subscribe)?;
+    // From here on no event is missed: a script can wait for this line (VMM_LOG=info)
+    // before making the VM do what it wants to watch.
+    log::info!("subscribed to events on {}", vmm.path.display());
     // Events come whenever the VM does something: wait for them without a limit.
     vmm.client.set_timeout(None).map_err(|e| vmm.error(e))?;
     loop {

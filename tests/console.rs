@@ -4,10 +4,10 @@
 mod common;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{GuestCode, Scratch, require_kvm, tiny_elf, vmm_run, wait_with_timeout};
 
@@ -63,31 +63,11 @@ fn typed_keys_reach_the_guest_and_the_terminal_is_restored() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = command.spawn().expect("spawn vmm");
-    let mut stdout = child.stdout.take().expect("piped stdout");
-
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 64];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut typed = false;
-    while !String::from_utf8_lossy(&seen).contains("hello-q") {
-        assert!(
-            Instant::now() < deadline,
-            "guest output so far: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        if !typed && String::from_utf8_lossy(&seen).contains("ready") {
-            // In raw mode the newline-free keys go through at once, unbuffered.
-            master.write_all(b"hello-q").expect("type on the terminal");
-            typed = true;
-        }
-        let n = stdout.read(&mut buf).expect("read guest output");
-        assert!(
-            n > 0,
-            "vmm closed stdout early; output: {:?}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let stdout = common::PipeReader::start(child.stdout.take());
+    // In raw mode the newline-free keys go through at once, unbuffered.
+    stdout.wait_for("ready", Duration::from_secs(60));
+    master.write_all(b"hello-q").expect("type on the terminal");
+    stdout.wait_for("hello-q", Duration::from_secs(60));
     let output = wait_with_timeout(child, Duration::from_secs(60));
 
     assert_eq!(

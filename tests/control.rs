@@ -167,6 +167,46 @@ impl Drop for Vm {
 
 /// A guest that prints, then halts with interrupts off: it stays up, doing nothing, until
 /// the VMM is told to stop.
+/// `vmm events SOCKET`, started and known to be subscribed: it logs (at info) that it
+/// is once the VMM has accepted its Subscribe, and nothing the test does after that can
+/// be missed.
+struct Subscriber {
+    child: Child,
+    stdout: common::PipeReader,
+    stderr: common::PipeReader,
+}
+
+impl Subscriber {
+    fn start(socket: &Path) -> Subscriber {
+        let mut child = vmm()
+            .arg("events")
+            .arg(socket)
+            .env("VMM_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm events");
+        let stdout = common::PipeReader::start(child.stdout.take());
+        let stderr = common::PipeReader::start(child.stderr.take());
+        stderr.wait_for("subscribed to events", SOCKET_LIMIT);
+        Subscriber {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits (bounded) for `vmm events` to exit; its status and all it printed.
+    fn finish(self) -> Output {
+        let status = common::wait_with_timeout(self.child, VM_LIMIT).status;
+        Output {
+            status,
+            stdout: self.stdout.finish(),
+            stderr: self.stderr.finish(),
+        }
+    }
+}
+
 fn parked_guest() -> GuestCode {
     GuestCode::new().print("parked\n").halt_forever()
 }
@@ -399,21 +439,14 @@ fn balloon_target_is_set_reported_in_stats_and_announced_to_subscribers() {
     // The tiny guest has no balloon driver: the target is the host's wish, recorded and
     // announced even before a driver takes the balloon up.
     let vm = Vm::start_with("balloon-target", parked_guest(), &["--balloon"]);
-    let mut events = vmm();
-    events
-        .arg("events")
-        .arg(&vm.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let events = events.spawn().expect("spawn vmm events");
-    std::thread::sleep(Duration::from_millis(500));
+    let events = Subscriber::start(&vm.socket);
 
     vm.ctl_ok("balloon", &["--target", "8"]);
     vm.ctl_ok("balloon", &["--pages", "-1024"]);
     let too_big = vm.ctl("balloon", &["--target", "64"]);
     let stats = vm.ctl_ok("stats", &["--json"]);
     vm.ctl_ok("stop", &[]);
-    let events = common::wait_with_timeout(events, VM_LIMIT);
+    let events = events.finish();
 
     let stats = json::parse(&stdout_of(&stats)).expect("stats --json parses");
     assert_eq!(stats.num(&["balloon_target_pages"]), Some(1024));
@@ -566,19 +599,11 @@ fn events_prints_pause_resume_and_power_off_then_exits_0() {
             .wait_rtc_seconds(6)
             .acpi_poweroff(),
     );
-    let mut events = vmm();
-    events
-        .arg("events")
-        .arg(&vm.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let events = events.spawn().expect("spawn vmm events");
-    // Nothing shows that the subscription is in place: give it time to connect.
-    std::thread::sleep(Duration::from_millis(500));
+    let events = Subscriber::start(&vm.socket);
 
     vm.ctl_ok("pause", &[]);
     vm.ctl_ok("resume", &[]);
-    let events = common::wait_with_timeout(events, VM_LIMIT);
+    let events = events.finish();
     let run = vm.wait();
 
     assert_eq!(run.status.code(), Some(0), "vmm run: {}", describe(&run));
@@ -597,17 +622,10 @@ fn events_fails_when_the_vmm_stops_without_a_guest_event() {
         return;
     }
     let vm = Vm::start("events-stop", parked_guest());
-    let mut events = vmm();
-    events
-        .arg("events")
-        .arg(&vm.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let events = events.spawn().expect("spawn vmm events");
-    std::thread::sleep(Duration::from_millis(500));
+    let events = Subscriber::start(&vm.socket);
 
     vm.ctl_ok("stop", &[]);
-    let events = common::wait_with_timeout(events, VM_LIMIT);
+    let events = events.finish();
 
     assert_eq!(events.status.code(), Some(1), "{}", describe(&events));
     assert!(

@@ -250,6 +250,25 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     // it does after starting the vCPUs.
     let stats = ctl("stats", &socket);
     assert_eq!(stats.status.code(), Some(0), "{}", describe(&stats));
+    let expected = [
+        "vcpu0",
+        "vcpu1",
+        "vcpu2",
+        "virtio-rng",
+        "virtio-blk0",
+        "virtio-blk1",
+        "virtio-net0",
+        "virtio-balloon",
+    ];
+    // Each vCPU thread names itself and installs its filter when it first runs, which a
+    // busy host may not have scheduled yet: wait (bounded) until every thread has.
+    common::wait_until(LIMIT, || {
+        let modes = seccomp_modes(pid);
+        modes.iter().all(|(_, mode)| mode == "2")
+            && expected
+                .iter()
+                .all(|t| modes.iter().any(|(name, _)| name == t))
+    });
 
     let modes = seccomp_modes(pid);
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
@@ -265,16 +284,6 @@ fn every_thread_of_a_running_vmm_is_filtered() {
             "thread {name} is not under a seccomp filter (Seccomp: {mode}); all: {modes:?}"
         );
     }
-    let expected = [
-        "vcpu0",
-        "vcpu1",
-        "vcpu2",
-        "virtio-rng",
-        "virtio-blk0",
-        "virtio-blk1",
-        "virtio-net0",
-        "virtio-balloon",
-    ];
     for thread in expected {
         assert!(names.contains(&thread), "{thread} missing from {names:?}");
     }

@@ -146,14 +146,8 @@ fn sigterm_stops_a_running_vm_with_128_plus_signal() {
         .expect("spawn vmm");
 
     // Wait until the guest has run (its output arrived), then ask the VMM to stop.
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 64];
-    while !String::from_utf8_lossy(&seen).contains("parked") {
-        let n = std::io::Read::read(&mut stdout, &mut buf).expect("read guest output");
-        assert!(n > 0, "vmm closed stdout before the guest printed");
-        seen.extend_from_slice(&buf[..n]);
-    }
+    let stdout = common::PipeReader::start(child.stdout.take());
+    stdout.wait_for("parked", LIMIT);
     // SAFETY: sending a signal to our own child process by pid.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);

@@ -28,10 +28,7 @@ pub fn require_lab() -> bool {
     let ready = kit.exists() && qemu.exists();
     if !ready {
         let message = "THIS TEST NEEDS THE NESTED LAB: run `tools/lab kit` (tools/test does) first";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}; CI must be able to run every test");
-        }
-        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+        super::skip(message);
     }
     ready
 }

@@ -167,10 +167,19 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// A new, empty directory: its name has the process id and a counter, and whatever
+    /// a killed earlier run with the same pid left there is removed first.
     pub fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("vmm-test-{}-{name}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vmm-test-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create scratch dir");
         Scratch { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
@@ -192,10 +201,43 @@ impl Drop for Scratch {
 }
 
 /// The vmm binary under test.
+///
+/// The caller's `VMM_LOG` and test hooks are not passed on: the tests assert exact
+/// stderr lines, and set what they need themselves.
 pub fn vmm() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmm"));
-    command.stdin(Stdio::null());
     command
+        .stdin(Stdio::null())
+        .env_remove("VMM_LOG")
+        .env_remove("VMM_SANDBOX_TEST_VIOLATION");
+    command
+}
+
+/// Says loudly that a test cannot run here, on stderr itself (libtest would swallow an
+/// `eprintln!` of a passing test), and fails the test under CI, where every test must run.
+pub fn skip(message: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}; CI must be able to run every test");
+    }
+    let _ = writeln!(std::io::stderr().lock(), "\n!!! SKIPPED: {message} !!!\n");
+}
+
+/// A copy of the vmm binary in `dir`, executable by every user: for tests that run vmm
+/// under another uid, which may not be able to reach the build directory (a clone in a
+/// 0700 home). Copied by a child process, so no thread of this test process holds the
+/// copy open for writing when a parallel test forks (exec would fail with ETXTBSY).
+pub fn vmm_copy_for_other_users(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let copy = dir.join("vmm");
+    let copied = Command::new("cp")
+        .arg(env!("CARGO_BIN_EXE_vmm"))
+        .arg(&copy)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp vmm: {copied}");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod vmm");
+    copy
 }
 
 /// Whether this host can give a VM a tap interface (`/dev/net/tun`, and the privilege to
@@ -209,10 +251,7 @@ pub fn require_tun() -> bool {
         && euid_is_root();
     if !usable {
         let message = "THIS TEST NEEDS /dev/net/tun AND ROOT (CAP_NET_ADMIN) TO CREATE A TAP";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}; CI must be able to run every test");
-        }
-        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+        skip(message);
     }
     usable
 }
@@ -233,10 +272,7 @@ pub fn require_kvm() -> bool {
         .is_ok();
     if !usable {
         let message = "THIS TEST NEEDS /dev/kvm, WHICH THIS HOST DOES NOT HAVE (or may not open)";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}; CI must be able to run every test");
-        }
-        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+        skip(message);
     }
     usable
 }
@@ -270,8 +306,7 @@ pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
                 };
             }
             None if start.elapsed() > limit => {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop(&mut child);
                 panic!(
                     "vmm did not exit within {limit:?}\nstdout: {}\nstderr: {}",
                     String::from_utf8_lossy(&stdout.finish()),
@@ -283,14 +318,16 @@ pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
     }
 }
 
-/// Reads one of a child's pipes to its end on a thread of its own, keeping what it read.
-struct PipeReader {
+/// Reads one of a child's pipes to its end on a thread of its own, keeping what it read:
+/// a test can wait for text with a bound ([`PipeReader::wait_for`]) instead of a blocking
+/// read that hangs when the child stops writing but stays alive.
+pub struct PipeReader {
     read: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     done: std::sync::mpsc::Receiver<()>,
 }
 
 impl PipeReader {
-    fn start(pipe: Option<impl std::io::Read + Send + 'static>) -> PipeReader {
+    pub fn start(pipe: Option<impl std::io::Read + Send + 'static>) -> PipeReader {
         let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (done_tx, done) = std::sync::mpsc::channel();
         if let Some(mut pipe) = pipe {
@@ -308,12 +345,46 @@ impl PipeReader {
         PipeReader { read, done }
     }
 
+    /// What has been read so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.read.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Waits until what was read contains `marker`, failing the test with what arrived if
+    /// it does not within `limit`.
+    pub fn wait_for(&self, marker: &str, limit: Duration) -> String {
+        if !wait_until(limit, || self.text().contains(marker)) {
+            panic!(
+                "no {marker:?} within {limit:?}; read so far: {:?}",
+                self.text()
+            );
+        }
+        self.text()
+    }
+
     /// What was read, once the pipe has ended or after a few seconds: a grandchild that
     /// outlives the child (QEMU, say) may hold the pipe open.
-    fn finish(&self) -> Vec<u8> {
+    pub fn finish(&self) -> Vec<u8> {
         let _ = self.done.recv_timeout(Duration::from_secs(5));
         self.read.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// Ends a child that overstayed: SIGTERM first, so that tools/lab can take its QEMU down
+/// with it (QEMU runs in a session of its own and would otherwise go on loading the
+/// cores under the tests that follow), then SIGKILL after a grace period.
+fn stop(child: &mut Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid, which is not yet reaped (so not reused).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        if wait_until(Duration::from_secs(15), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        }) {
+            return;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// `vmm run --mem 32 KERNEL` with extra arguments.

@@ -109,5 +109,7 @@ fn a_pipelining_flooder_is_throttled_not_dropped_and_does_not_starve_a_polite_cl
     let stats = server.stop();
     assert_eq!(stats.overflowed, 0);
     assert_eq!(stats.requests, FLOOD + 200);
-    assert!(polite_time < Duration::from_secs(20), "{polite_time:?}");
+    // Starvation would mean no progress at all; the bound is loose because the suite
+    // shares two cores with other test threads (and, in CI, with the lab's QEMU).
+    assert!(polite_time < Duration::from_secs(60), "{polite_time:?}");
 }

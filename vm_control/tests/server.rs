@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::num::NonZeroU64;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -449,15 +450,23 @@ fn peer_with_other_uid_is_refused_and_closed() {
         if std::env::var_os("CI").is_some() {
             panic!("{message}; CI must be able to run every test");
         }
-        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+        let _ = writeln!(std::io::stderr().lock(), "\n!!! SKIPPED: {message} !!!\n");
         return;
     }
     let dir = TempDir::new("refuse");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     // The other uid runs a copy of this test binary from the world-traversable temporary
     // directory: the build directory may sit where uid 65534 cannot go (a 0700 home).
+    // Copied by cp, a child process, so that no thread of this process holds the copy
+    // open for writing when another test forks (the exec would fail with ETXTBSY).
     let exe = dir.join("helper");
-    std::fs::copy(std::env::current_exe().expect("exe"), &exe).expect("copy test binary");
+    let copied = std::process::Command::new("cp")
+        .arg(std::env::current_exe().expect("exe"))
+        .arg(&exe)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp: {copied}");
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let path = dir.join("vm.sock");
     let listener = Listener::bind(&path, &[]).expect("bind");
     // Let the other uid reach the socket so the uid check (not the file mode) is tested.
@@ -475,9 +484,19 @@ fn peer_with_other_uid_is_refused_and_closed() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn child");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let refused = loop {
         match listener.accept() {
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("the uid 65534 helper ended ({status}) without connecting");
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the uid 65534 helper never connected"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
             Ok(Some(conn)) => panic!("accepted uid {}", conn.peer().uid),
             Err(e) => break e,
         }
