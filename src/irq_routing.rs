@@ -35,10 +35,22 @@ impl GsiRouter {
     }
 
     /// Routes `gsi` to the MSI message (`address`, `data`) and installs the table.
+    /// A route that is already installed costs nothing.
     pub fn set_msi(&mut self, gsi: u32, address: u64, data: u32) -> Result<(), kvm_ioctls::Error> {
-        self.msi.insert(gsi, (address, data));
-        let table = routing_table(&self.msi)?;
-        self.vm_fd.set_gsi_routing(&table)
+        if self.msi.get(&gsi) == Some(&(address, data)) {
+            return Ok(());
+        }
+        let previous = self.msi.insert(gsi, (address, data));
+        let installed =
+            routing_table(&self.msi).and_then(|table| self.vm_fd.set_gsi_routing(&table));
+        if installed.is_err() {
+            // KVM kept the old table: remember that one, so a retry is not skipped.
+            match previous {
+                Some(route) => self.msi.insert(gsi, route),
+                None => self.msi.remove(&gsi),
+            };
+        }
+        installed
     }
 }
 

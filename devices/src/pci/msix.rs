@@ -9,6 +9,13 @@
 //! with a KVM irqfd routed to the vector's [`MsiMessage`], and is told of
 //! every change to a message through the handler set with
 //! [`MsixConfig::set_route_handler`].
+//!
+//! The handler hears only of changes that matter to delivery: a vector
+//! becoming deliverable or masked, or a deliverable vector's message
+//! changing. A guest that rewrites a masked entry byte by byte (the table
+//! takes any width), or the same values over and over, costs no route
+//! update; each update is a `KVM_SET_GSI_ROUTING` of the whole table on the
+//! writing vCPU.
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -124,6 +131,9 @@ pub struct MsixConfig {
     function_masked: bool,
     eventfds: Vec<EventFd>,
     route_handler: Option<MsixRouteHandler>,
+    /// What the handler was last told of each vector: its message, or `None`
+    /// while masked (`None` too before the first announcement).
+    announced: Vec<Option<Option<MsiMessage>>>,
 }
 
 impl std::fmt::Debug for MsixConfig {
@@ -152,6 +162,7 @@ impl MsixConfig {
             function_masked: false,
             eventfds,
             route_handler: None,
+            announced: vec![None; usize::from(vectors)],
         })
     }
 
@@ -188,9 +199,11 @@ impl MsixConfig {
         [0, ((CONTROL_ENABLE | CONTROL_FUNCTION_MASK) >> 8) as u8]
     }
 
-    /// Installs the handler told of every message/mask change.
+    /// Installs the handler told of every change that matters to delivery
+    /// (see the module docs), starting with every vector's current state.
     pub fn set_route_handler(&mut self, handler: MsixRouteHandler) {
         self.route_handler = Some(handler);
+        self.announced.fill(None);
         self.announce_all();
     }
 
@@ -339,6 +352,16 @@ impl MsixConfig {
             return;
         };
         let masked = !self.enabled || self.masked(vector);
+        // While masked the message cannot be delivered, so only the masking
+        // itself is news; once deliverable, the message is.
+        let state = (!masked).then_some(message);
+        let Some(last) = self.announced.get_mut(usize::from(vector)) else {
+            return;
+        };
+        if *last == Some(state) {
+            return;
+        }
+        *last = Some(state);
         if let Some(handler) = self.route_handler.as_mut() {
             handler(MsixRouteUpdate {
                 vector,
@@ -352,5 +375,88 @@ impl MsixConfig {
         for vector in 0..self.num_vectors() {
             self.announce(vector);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A table of `vectors` whose route updates are recorded.
+    fn recorded(vectors: u16) -> (MsixConfig, Arc<Mutex<Vec<MsixRouteUpdate>>>) {
+        let mut msix = MsixConfig::new(vectors).expect("msix");
+        let updates = Arc::new(Mutex::new(Vec::new()));
+        let sink = updates.clone();
+        msix.set_route_handler(Box::new(move |u| sink.lock().expect("lock").push(u)));
+        updates.lock().expect("lock").clear();
+        (msix, updates)
+    }
+
+    fn entry_bytes(address: u64, data: u32, masked: bool) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&address.to_le_bytes());
+        b[8..12].copy_from_slice(&data.to_le_bytes());
+        b[12..16].copy_from_slice(&u32::from(masked).to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn a_masked_entry_written_byte_by_byte_updates_no_route_until_unmasked() {
+        let (mut msix, updates) = recorded(2);
+        msix.set_control(CONTROL_ENABLE);
+        let bytes = entry_bytes(0xfee0_0000, 0x41, true);
+        for (i, b) in bytes.iter().enumerate() {
+            msix.write_table(16 + i as u64, &[*b]);
+        }
+        assert!(updates.lock().expect("lock").is_empty());
+
+        msix.write_table(16 + 12, &0u32.to_le_bytes());
+        let got = updates.lock().expect("lock").clone();
+        assert_eq!(
+            got,
+            vec![MsixRouteUpdate {
+                vector: 1,
+                message: MsiMessage {
+                    address: 0xfee0_0000,
+                    data: 0x41
+                },
+                masked: false
+            }]
+        );
+    }
+
+    #[test]
+    fn rewriting_the_same_entry_or_control_updates_no_route() {
+        let (mut msix, updates) = recorded(4);
+        msix.write_table(0, &entry_bytes(0xfee0_0000, 0x30, false));
+        msix.set_control(CONTROL_ENABLE);
+        assert_eq!(
+            updates.lock().expect("lock").len(),
+            1,
+            "vector 0 became deliverable"
+        );
+        for _ in 0..100 {
+            msix.write_table(0, &entry_bytes(0xfee0_0000, 0x30, false));
+            msix.set_control(CONTROL_ENABLE);
+        }
+        assert_eq!(updates.lock().expect("lock").len(), 1);
+    }
+
+    #[test]
+    fn a_deliverable_vectors_new_message_and_its_masking_are_announced() {
+        let (mut msix, updates) = recorded(1);
+        msix.write_table(0, &entry_bytes(0xfee0_0000, 0x30, false));
+        msix.set_control(CONTROL_ENABLE);
+        msix.write_table(8, &0x31u32.to_le_bytes());
+        msix.set_control(CONTROL_ENABLE | CONTROL_FUNCTION_MASK);
+        let got: Vec<(u32, bool)> = updates
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|u| (u.message.data, u.masked))
+            .collect();
+        assert_eq!(got, vec![(0x30, false), (0x31, false), (0x31, true)]);
     }
 }
