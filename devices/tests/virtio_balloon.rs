@@ -530,6 +530,9 @@ impl VirtioDevice for WithoutStatsQueue {
     fn reset(&mut self) {
         self.0.reset();
     }
+    fn quiesced(&self) -> bool {
+        self.0.quiesced()
+    }
 }
 
 #[test]

@@ -401,12 +401,14 @@ impl VirtioDevice for Balloon {
         Ok(())
     }
 
+    fn quiesced(&self) -> bool {
+        self.worker.idle()
+    }
+
     fn reset(&mut self) {
         // No configuration interrupt may follow the reset.
         *lock(&self.shared.interrupt) = None;
-        if let Err(err) = self.worker.deactivate() {
-            log::error!("{LOG_NAME}: reset did not reach the worker: {err}");
-        }
+        self.worker.deactivate_for_reset();
         self.acked_features = 0;
         // `actual` and the statistics describe the driver, which is gone; the target is
         // the host's wish and stays, so a rebooted guest inflates to it again.

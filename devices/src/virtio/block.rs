@@ -805,10 +805,12 @@ impl VirtioDevice for Block {
             .map_err(ActivateError::Worker)
     }
 
+    fn quiesced(&self) -> bool {
+        self.worker.idle()
+    }
+
     fn reset(&mut self) {
-        if let Err(err) = self.worker.deactivate() {
-            log::error!("{}: reset did not reach the worker: {err}", self.disk.name);
-        }
+        self.worker.deactivate_for_reset();
         self.acked_features = 0;
     }
 }

@@ -143,6 +143,14 @@ pub trait VirtioDevice: Send {
         queues: Vec<ActiveQueue>,
     ) -> Result<(), ActivateError>;
 
-    /// Stops the device (joins any worker) and forgets all driver state.
+    /// Stops the device and forgets all driver state. A device whose worker is in the
+    /// middle of a request may not have let go of its queues when this returns:
+    /// [`VirtioDevice::quiesced`] says when it has.
     fn reset(&mut self);
+
+    /// Whether the device holds nothing of its last activation any more (its worker has
+    /// dropped the queues and the guest memory): until then the transport keeps a reset
+    /// pending and the driver, which waits for the device status to read 0 before it
+    /// reuses the rings, waits.
+    fn quiesced(&self) -> bool;
 }

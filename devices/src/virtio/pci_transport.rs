@@ -111,6 +111,10 @@ pub struct VirtioPciDevice {
     queue_statuses: Vec<Arc<QueueStatus>>,
     mem: Arc<GuestMemoryMmap>,
     bar_addr: Option<u64>,
+    /// The driver reset the device, but its worker had not let go of the queues yet: the
+    /// reset completes (and the status reads 0) once it has. Until then the driver's writes
+    /// are ignored and the status reads as it did.
+    reset_pending: bool,
 }
 
 impl std::fmt::Debug for VirtioPciDevice {
@@ -239,6 +243,7 @@ impl VirtioPciDevice {
             queue_statuses,
             mem,
             bar_addr: None,
+            reset_pending: false,
         })
     }
 
@@ -291,7 +296,13 @@ impl VirtioPciDevice {
 
     /// The device status as the driver reads it.
     pub fn device_status(&self) -> u8 {
-        self.common.status(&self.interrupt)
+        let status = self.common.status(&self.interrupt);
+        // A pending reset never reads as done, even from a device that was not running.
+        if self.reset_pending {
+            status.max(1)
+        } else {
+            status
+        }
     }
 
     fn device_config_access(&mut self, offset: u64, read: Option<&mut [u8]>, write: &[u8]) {
@@ -347,9 +358,35 @@ impl VirtioPciDevice {
     }
 
     /// Device reset (status 0): stops the device and forgets all driver
-    /// state except PCI-level configuration (BARs, MSI-X table).
+    /// state except PCI-level configuration (BARs, MSI-X table). A device
+    /// whose worker is still busy with a request keeps the reset pending
+    /// until it lets go (see [`Self::poll_pending_reset`]): the driver must
+    /// not reuse the rings while a worker may still complete chains into them,
+    /// and it waits for the status to read 0 before it does (virtio 1.2
+    /// section 4.1.4.3.2).
     fn reset(&mut self) {
+        if self.reset_pending {
+            return;
+        }
         self.device.reset();
+        if self.device.quiesced() {
+            self.finish_reset();
+        } else {
+            self.reset_pending = true;
+        }
+    }
+
+    /// Completes a pending reset once the device has let go; returns whether a reset is
+    /// still pending.
+    fn poll_pending_reset(&mut self) -> bool {
+        if self.reset_pending && self.device.quiesced() {
+            self.reset_pending = false;
+            self.finish_reset();
+        }
+        self.reset_pending
+    }
+
+    fn finish_reset(&mut self) {
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -373,6 +410,10 @@ impl VirtioPciDevice {
     }
 
     fn bar_access(&mut self, offset: u64, read: Option<&mut [u8]>, write: &[u8]) {
+        if self.poll_pending_reset() && read.is_none() {
+            // Nothing the driver writes may reach a device that has not stopped yet.
+            return;
+        }
         let in_region = |base: u64, size: u64| offset.checked_sub(base).filter(|o| *o < size);
         if let Some(o) = in_region(COMMON_CONFIG_OFFSET, COMMON_CONFIG_SIZE) {
             match read {

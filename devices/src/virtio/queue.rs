@@ -132,6 +132,16 @@ pub struct DescriptorChain {
 }
 
 impl DescriptorChain {
+    /// The bytes of all its buffers, readable and writable.
+    pub fn len(&self) -> u64 {
+        self.descriptors.iter().map(|d| u64::from(d.len)).sum()
+    }
+
+    /// Whether its buffers hold no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The device-writable buffers.
     pub fn writable(&self) -> impl Iterator<Item = &Descriptor> {
         self.descriptors.iter().filter(|d| d.writable)

@@ -83,10 +83,12 @@ impl VirtioDevice for Rng {
             .map_err(ActivateError::Worker)
     }
 
+    fn quiesced(&self) -> bool {
+        self.worker.idle()
+    }
+
     fn reset(&mut self) {
-        if let Err(err) = self.worker.deactivate() {
-            log::error!("{LOG_NAME}: reset did not reach the worker: {err}");
-        }
+        self.worker.deactivate_for_reset();
     }
 }
 

@@ -7,13 +7,15 @@
 //! done so. No thread is ever created then. That is what lets a sandboxed VMM confine each
 //! worker with its own seccomp policy (the `start` hook of [`DeviceWorker::spawn`] runs
 //! first thing on the thread): a thread spawned from a vCPU thread would inherit the vCPU's
-//! filter as well. And because a reset waits for the worker to let go, a reset really stops
-//! the device.
+//! filter as well. And because a reset is not done until the worker has let go (the
+//! transport reports it pending until [`DeviceWorker::idle`]), a reset really stops the
+//! device before the driver may reuse its rings.
 //!
 //! [`ServedQueue`] is the common part of serving a queue: drain its notification, serve
 //! the available chains, interrupt the driver if it asked, and on a malformed queue report
 //! DEVICE_NEEDS_RESET once and leave the queue alone until reset. It serves at most
-//! [`MAX_CHAINS_PER_WAKE`] chains at a time and then notifies itself, so the worker gets
+//! [`MAX_CHAINS_PER_WAKE`] chains or [`MAX_BYTES_PER_WAKE`] bytes at a time and then
+//! notifies itself, so the worker gets
 //! back to its other events (a reset, another queue) however busy the guest keeps it.
 //! A device with a single queue implements [`SingleQueueDevice`] and gets its
 //! [`ActiveDevice`] side from it.
@@ -40,12 +42,22 @@ const COMMAND_TOKEN: u64 = u64::MAX;
 /// How long a command waits for the worker before giving up on it. Devices bound the work
 /// one event may do, so a healthy worker answers in far less.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reset waits on the vCPU thread for the worker to let go. A worker still busy
+/// after that lets go later, by itself: the transport keeps the reset pending (the driver
+/// reads a non-zero device status) until [`DeviceWorker::idle`] says it has.
+const DEACTIVATE_WAIT: Duration = Duration::from_millis(500);
 /// Events taken from epoll per wake.
 const EVENTS_PER_WAKE: usize = 16;
 /// Most chains [`ServedQueue::serve`] serves before it lets the worker look at its other
 /// events (a reset command among them). A guest that keeps a queue full would otherwise
 /// keep the worker draining past the command timeout, and a reset would not stop it.
 pub const MAX_CHAINS_PER_WAKE: usize = 64;
+/// Most bytes of chains (the sum of their buffers' lengths) [`ServedQueue::serve`] serves
+/// before it lets the worker look at its other events, for the same reason: 64 chains of
+/// whole-disk reads would otherwise fit in one turn. A turn always serves at least one
+/// chain; what one chain may hold is the device's to bound (virtio-blk's `seg_max` and
+/// `size_max`).
+pub const MAX_BYTES_PER_WAKE: u64 = 16 << 20;
 
 /// The part of a device that runs on its worker while the device is active.
 pub trait ActiveDevice: Send {
@@ -98,10 +110,13 @@ enum Command {
     Exit,
 }
 
-/// The mailbox between the device and its worker: one command at a time, a wake-up eventfd
-/// the worker sleeps on, and a count of commands done that the sender waits for.
+/// The mailbox between the device and its worker: one command at a time with its sequence
+/// number, a wake-up eventfd the worker sleeps on, and the sequence number of the last
+/// command carried out, which the sender waits for. A command sent before the worker took
+/// the previous one replaces it (each command drops the active device first, so the last
+/// one is all that matters), and carrying it out answers for both.
 struct Link {
-    command: Mutex<Option<Command>>,
+    command: Mutex<(Option<Command>, u64)>,
     wake: EventFd,
     done: Mutex<u64>,
     done_changed: Condvar,
@@ -127,7 +142,7 @@ impl DeviceWorker {
     /// can ever see guest memory (the VMM installs the worker's seccomp policy there).
     pub fn spawn(name: &str, start: impl FnOnce() + Send + 'static) -> io::Result<DeviceWorker> {
         let link = Arc::new(Link {
-            command: Mutex::new(None),
+            command: Mutex::new((None, 0)),
             wake: EventFd::new(EFD_NONBLOCK)?,
             done: Mutex::new(0),
             done_changed: Condvar::new(),
@@ -156,17 +171,42 @@ impl DeviceWorker {
     /// Hands `device` to the worker, replacing any active one, and waits until the worker
     /// serves it.
     pub fn activate(&self, device: Box<dyn ActiveDevice>) -> io::Result<()> {
-        self.send(Command::Activate(device))
+        self.send(Command::Activate(device), COMMAND_TIMEOUT)
     }
 
-    /// Takes the active device back (dropping it on the worker) and waits until the worker
-    /// has let go of it.
+    /// Takes the active device back (dropping it on the worker) and waits a little for the
+    /// worker to let go of it. A worker in the middle of a long request answers
+    /// [`io::ErrorKind::TimedOut`] and lets go as soon as it is done: [`DeviceWorker::idle`]
+    /// says when.
     pub fn deactivate(&self) -> io::Result<()> {
-        self.send(Command::Deactivate)
+        self.send(Command::Deactivate, DEACTIVATE_WAIT)
     }
 
-    /// Hands `command` to the worker and waits until it has been carried out.
-    fn send(&self, command: Command) -> io::Result<()> {
+    /// [`DeviceWorker::deactivate`] for a device reset: a worker still busy is normal (the
+    /// reset stays pending until [`DeviceWorker::idle`]), a worker that is gone is logged.
+    pub fn deactivate_for_reset(&self) {
+        match self.deactivate() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                log::debug!(
+                    "{}: reset waits for the worker to finish a request",
+                    self.name
+                );
+            }
+            Err(e) => log::error!("{}: reset did not reach the worker: {e}", self.name),
+        }
+    }
+
+    /// Whether the worker has carried out every command sent to it (so after
+    /// [`DeviceWorker::deactivate`], whether it has let go of the device), or is gone.
+    pub fn idle(&self) -> bool {
+        let sent = lock(&self.link.command).1;
+        *lock(&self.link.done) >= sent || self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Hands `command` to the worker and waits (at most `wait`) until it has been carried
+    /// out.
+    fn send(&self, command: Command, wait: Duration) -> io::Result<()> {
         let alive = self.thread.as_ref().is_some_and(|t| !t.is_finished());
         if !alive {
             return Err(io::Error::other(format!(
@@ -174,12 +214,16 @@ impl DeviceWorker {
                 self.name
             )));
         }
-        let before = *lock(&self.link.done);
-        *lock(&self.link.command) = Some(command);
+        let seq = {
+            let mut mailbox = lock(&self.link.command);
+            mailbox.1 += 1;
+            mailbox.0 = Some(command);
+            mailbox.1
+        };
         self.link.wake.write(1)?;
-        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let deadline = Instant::now() + wait;
         let mut done = lock(&self.link.done);
-        while *done == before {
+        while *done < seq {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
@@ -200,7 +244,7 @@ impl DeviceWorker {
 
 impl Drop for DeviceWorker {
     fn drop(&mut self) {
-        if let Err(err) = self.send(Command::Exit) {
+        if let Err(err) = self.send(Command::Exit, COMMAND_TIMEOUT) {
             log::error!("{}: cannot stop the worker: {err}", self.name);
             return;
         }
@@ -232,12 +276,17 @@ fn run(name: &str, link: &Link, epoll: &Epoll) {
         for event in events.iter().take(n) {
             if event.data() == COMMAND_TOKEN {
                 let _ = link.wake.read();
-                let command = lock(&link.command).take();
+                let (command, seq) = {
+                    let mut mailbox = lock(&link.command);
+                    (mailbox.0.take(), mailbox.1)
+                };
                 let exit = matches!(command, Some(Command::Exit));
                 if let Some(command) = command {
                     obey(name, command, &mut active, epoll);
                 }
-                *lock(&link.done) += 1;
+                let mut done = lock(&link.done);
+                *done = (*done).max(seq);
+                drop(done);
                 link.done_changed.notify_all();
                 if exit {
                     return;
@@ -430,13 +479,15 @@ impl ServedQueue {
         mem: &GuestMemoryMmap,
         serve: &mut impl FnMut(&DescriptorChain) -> u32,
     ) -> Result<(), QueueError> {
-        let mut budget = MAX_CHAINS_PER_WAKE;
+        let mut chains = MAX_CHAINS_PER_WAKE;
+        let mut bytes = MAX_BYTES_PER_WAKE;
         loop {
             while let Some(chain) = self.take(mem)? {
                 let written = serve(&chain);
                 self.give_back(mem, &[(chain.head, written)])?;
-                budget -= 1;
-                if budget == 0 {
+                chains -= 1;
+                bytes = bytes.saturating_sub(chain.len());
+                if chains == 0 || bytes == 0 {
                     // More may be waiting: come back to it after the other events. If
                     // the write fails the eventfd's counter is saturated, which wakes us
                     // just the same.

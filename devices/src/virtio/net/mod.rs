@@ -516,13 +516,12 @@ impl VirtioDevice for Net {
             .map_err(ActivateError::Worker)
     }
 
+    fn quiesced(&self) -> bool {
+        self.worker.idle()
+    }
+
     fn reset(&mut self) {
-        if let Err(err) = self.worker.deactivate() {
-            log::error!(
-                "{}: reset did not reach the worker: {err}",
-                self.shared.name
-            );
-        }
+        self.worker.deactivate_for_reset();
         self.acked_features = 0;
     }
 }

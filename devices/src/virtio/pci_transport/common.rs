@@ -122,7 +122,7 @@ impl VirtioPciDevice {
         );
         // Queue count is bounded by the vector table size at construction.
         put(NUM_QUEUES, &(self.queues.len() as u16).to_le_bytes());
-        put(DEVICE_STATUS, &[c.status(&self.interrupt)]);
+        put(DEVICE_STATUS, &[self.device_status()]);
         put(CONFIG_GENERATION, &[c.config_generation]);
         put(QUEUE_SELECT, &c.queue_select.to_le_bytes());
         let index = usize::from(c.queue_select);
