@@ -15,8 +15,9 @@ use common::{Buf, DATA, TestDevice, ro, wo};
 use devices::virtio::VirtioDevice;
 use devices::virtio::block::{
     Block, BlockError, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
-    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -28,8 +29,10 @@ const STATUS: u64 = DATA + 0x100;
 /// Data buffers.
 const BUF: u64 = DATA + 0x1_0000;
 /// Features a Linux driver acknowledges.
-const DRIVER_FEATURES: u64 =
-    1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_BLK_SIZE | 1 << VIRTIO_BLK_F_FLUSH;
+const DRIVER_FEATURES: u64 = 1 << VIRTIO_BLK_F_SIZE_MAX
+    | 1 << VIRTIO_BLK_F_SEG_MAX
+    | 1 << VIRTIO_BLK_F_BLK_SIZE
+    | 1 << VIRTIO_BLK_F_FLUSH;
 
 /// A disk image under the temp dir, removed on drop.
 struct Image {
@@ -102,6 +105,39 @@ fn request(t: &mut TestDevice<Block>, kind: u32, sector: u64, data: &[Buf]) -> (
     chain.push(wo(STATUS, 1));
     let before = t.queues[0].used_idx(&t.mem);
     let head = t.queues[0].send(&t.mem, &chain);
+    t.wait_used(0, before + 1);
+    let (id, len) = t.queues[0].used_elem(&t.mem, before);
+    assert_eq!(id, u32::from(head), "completed a different chain");
+    (status(&t.mem), len)
+}
+
+/// [`request`] with the header, `data` and the status in one indirect table, as Linux
+/// sends requests with many segments.
+fn indirect_request(t: &mut TestDevice<Block>, kind: u32, sector: u64, data: &[Buf]) -> (u8, u32) {
+    const TABLE: u64 = DATA + 0x80_0000;
+    write_header(&t.mem, HDR, kind, sector);
+    t.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    let mut bufs = vec![ro(HDR, 16)];
+    bufs.extend_from_slice(data);
+    bufs.push(wo(STATUS, 1));
+    for (i, buf) in bufs.iter().enumerate() {
+        let last = i + 1 == bufs.len();
+        let flags =
+            if buf.writable { common::F_WRITE } else { 0 } | if last { 0 } else { common::F_NEXT };
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&buf.addr.to_le_bytes());
+        d[8..12].copy_from_slice(&buf.len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..].copy_from_slice(&u16::try_from(i + 1).unwrap().to_le_bytes());
+        t.mem
+            .write_obj(d, GuestAddress(TABLE + 16 * i as u64))
+            .unwrap();
+    }
+    let table_len = u32::try_from(16 * bufs.len()).unwrap();
+    let before = t.queues[0].used_idx(&t.mem);
+    let head = t.queues[0].add_chain(&t.mem, &[ro(TABLE, table_len)]);
+    t.queues[0].write_desc(&t.mem, head, TABLE, table_len, common::F_INDIRECT, 0);
+    t.queues[0].post(&t.mem, head);
     t.wait_used(0, before + 1);
     let (id, len) = t.queues[0].used_elem(&t.mem, before);
     assert_eq!(id, u32::from(head), "completed a different chain");
@@ -280,6 +316,33 @@ fn data_that_is_not_whole_sectors_fails() {
 }
 
 #[test]
+fn requests_beyond_seg_max_or_size_max_fail_without_touching_the_image() {
+    // 3 MiB of disk; the guest memory holds 16 MiB.
+    let image = Image::patterned(6 * 1024);
+    let mut t = TestDevice::activate(image.open(false), DRIVER_FEATURES);
+    // One 2 MiB segment: more than size_max (1 MiB), though well inside the disk.
+    let (st, len) = request(&mut t, VIRTIO_BLK_T_IN, 0, &[wo(BUF, 2 << 20)]);
+    assert_eq!((st, len), (VIRTIO_BLK_S_IOERR, 1));
+    let (st, _) = request(&mut t, VIRTIO_BLK_T_OUT, 0, &[ro(BUF, 2 << 20)]);
+    assert_eq!(st, VIRTIO_BLK_S_IOERR);
+    // 255 one-sector segments (an indirect table: the ring has only 16 descriptors) are
+    // more than seg_max (254); 254 of them are fine.
+    let many: Vec<_> = (0..255).map(|i| wo(BUF + 512 * i, 512)).collect();
+    let (st, _) = indirect_request(&mut t, VIRTIO_BLK_T_IN, 0, &many);
+    assert_eq!(st, VIRTIO_BLK_S_IOERR);
+    let (st, len) = indirect_request(&mut t, VIRTIO_BLK_T_IN, 0, &many[..254]);
+    assert_eq!((st, len), (VIRTIO_BLK_S_OK, 254 * 512 + 1));
+    // Exactly size_max is fine.
+    let (st, _) = request(&mut t, VIRTIO_BLK_T_IN, 0, &[wo(BUF, 1 << 20)]);
+    assert_eq!(st, VIRTIO_BLK_S_OK);
+    assert_eq!(image.contents(), pattern(0, 6 * 1024 * SECTOR));
+    assert_eq!(
+        t.device.counters().invalid_requests.load(Ordering::Relaxed),
+        3
+    );
+}
+
+#[test]
 fn unknown_request_type_is_unsupported() {
     let image = Image::patterned(8);
     let mut t = TestDevice::activate(image.open(false), DRIVER_FEATURES);
@@ -381,6 +444,7 @@ fn config_space_describes_the_disk() {
     assert_eq!(block.queue_max_sizes(), [256]);
     let features = block.features();
     for bit in [
+        VIRTIO_BLK_F_SIZE_MAX,
         VIRTIO_BLK_F_SEG_MAX,
         VIRTIO_BLK_F_BLK_SIZE,
         VIRTIO_BLK_F_FLUSH,
@@ -390,6 +454,7 @@ fn config_space_describes_the_disk() {
     assert_eq!(features & 1 << VIRTIO_BLK_F_RO, 0);
 
     assert_eq!(read_config(&block, 0, 8), 8u64.to_le_bytes());
+    assert_eq!(read_config(&block, 8, 4), (1u32 << 20).to_le_bytes());
     assert_eq!(read_config(&block, 12, 4), 254u32.to_le_bytes());
     assert_eq!(read_config(&block, 20, 4), 512u32.to_le_bytes());
     // Byte-wise access and the upper half of capacity.

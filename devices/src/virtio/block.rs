@@ -40,9 +40,16 @@ pub const BLOCK_QUEUE_SIZE: u16 = 256;
 /// Sector size of the virtio-blk protocol; also the block size we advertise.
 pub const SECTOR_SIZE: u64 = 512;
 /// Most data segments per request we advertise: the queue size less the header and status
-/// descriptors, as QEMU does.
+/// descriptors, as QEMU does. A request with more is refused (IOERR).
 pub const SEG_MAX: u32 = BLOCK_QUEUE_SIZE as u32 - 2;
+/// Most bytes per data segment we advertise (`size_max`). With [`SEG_MAX`] it bounds what
+/// one request can make the worker read or write (254 MiB), so that a guest cannot hold the
+/// worker in one whole-disk transfer; a request with a longer segment is refused (IOERR).
+/// Linux splits its requests to fit, at no cost: its segments are pages.
+pub const SIZE_MAX: u32 = 1 << 20;
 
+/// Feature bit: `size_max` is valid.
+pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
 /// Feature bit: `seg_max` is valid.
 pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
 /// Feature bit: the disk is read-only.
@@ -388,6 +395,18 @@ impl Disk {
     /// Checks that `data` covers whole sectors inside the disk from `sector` on; returns the
     /// byte offset. Everything is guest-controlled, so no step may overflow.
     fn check_range(&self, sector: u64, data: &[Span]) -> Result<u64, Failure> {
+        if data.len() > SEG_MAX as usize {
+            return Err(Failure::Guest(format!(
+                "{} data segments, more than seg_max {SEG_MAX}",
+                data.len()
+            )));
+        }
+        if let Some(long) = data.iter().find(|s| s.len > SIZE_MAX) {
+            return Err(Failure::Guest(format!(
+                "a data segment of {} bytes, more than size_max {SIZE_MAX}",
+                long.len
+            )));
+        }
         let len = total_len(data);
         if sector_tail(len) != 0 {
             return Err(Failure::Guest(format!(
@@ -739,10 +758,11 @@ fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
 fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
     let mut config = [0u8; CONFIG_LEN];
     let sectors = capacity / SECTOR_SIZE;
-    let fields: [(usize, &[u8]); 3] = [
+    let fields: [(usize, &[u8]); 4] = [
         (0, &sectors.to_le_bytes()),
-        // size_max (8) stays 0: VIRTIO_BLK_F_SIZE_MAX is not offered; neither is geometry (16).
+        (8, &SIZE_MAX.to_le_bytes()),
         (12, &SEG_MAX.to_le_bytes()),
+        // geometry (16) stays 0: VIRTIO_BLK_F_GEOMETRY is not offered.
         (20, &(SECTOR_SIZE as u32).to_le_bytes()),
     ];
     for (offset, bytes) in fields {
@@ -763,8 +783,10 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut features =
-            1 << VIRTIO_BLK_F_SEG_MAX | 1 << VIRTIO_BLK_F_BLK_SIZE | 1 << VIRTIO_BLK_F_FLUSH;
+        let mut features = 1 << VIRTIO_BLK_F_SIZE_MAX
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH;
         if self.disk.read_only {
             features |= 1 << VIRTIO_BLK_F_RO;
         }
