@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod lab;
 
 use std::io::Write;
