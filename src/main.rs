@@ -10,6 +10,7 @@ mod config;
 mod console_input;
 mod control;
 mod exit;
+mod fd_budget;
 mod guest_ram;
 mod irq_routing;
 mod logger;

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use common::hostile::{ParkedVm, memfd, raise_own_fd_limit};
 use common::require_kvm;
-use vm_control::client::Client;
-use vm_control::wire::{Request, Response};
+use vm_control::client::{Client, ClientError};
+use vm_control::server::MAX_CONNECTIONS;
+use vm_control::wire::{ErrorKind, Request, Response};
 
 /// Pause/resume pairs sent while subscribers do not read: 300 events each, well past
 /// what a socket buffer and the 64-message outgoing queue hold.
@@ -95,5 +96,59 @@ fn registering_a_thousand_and_more_regions_does_not_stop_the_vmm() {
 
     assert!(registered >= 1018, "only {registered} regions registered");
     vm.assert_alive_and_answering();
+    assert_eq!(vm.stop().status.code(), Some(0));
+}
+
+/// The VMM's descriptor limit in the connection-cap test: room for the cap and headroom,
+/// far too little for a hoarder's 200 connections without the cap.
+const TIGHT_FD_LIMIT: u64 = 160;
+
+/// Whether `result` is the documented refusal of a connection past the cap.
+fn refused_at_capacity(result: &Result<Response, ClientError>) -> bool {
+    matches!(result, Err(ClientError::Vmm(e)) if e.kind == ErrorKind::Failed && e.errno == libc::EUSERS)
+}
+
+#[test]
+fn a_hoarder_past_the_connection_cap_is_refused_and_register_memory_still_works() {
+    if !require_kvm() {
+        return;
+    }
+    assert!(
+        raise_own_fd_limit() > 1000,
+        "the test needs 1000 descriptors of its own"
+    );
+    let mut vm = ParkedVm::start_limited("hostile-cap", &[], Some(TIGHT_FD_LIMIT));
+
+    let mut hoard: Vec<Client> = (0..200)
+        .filter_map(|_| Client::connect(&vm.socket).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A slot freed meanwhile (the start-up probe's connection closing late) is taken too.
+    hoard.extend((0..8).filter_map(|_| Client::connect(&vm.socket).ok()));
+    std::thread::sleep(Duration::from_millis(200));
+    vm.assert_running("while a hoarder connected 208 times");
+    let mut late = Client::connect(&vm.socket).expect("connect (the kernel accepts it)");
+    late.set_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let refused = late.request(Request::GetVersion);
+    let fds_while_hoarding = vm.fd_count();
+    hoard.truncate(MAX_CONNECTIONS / 2);
+    let page = memfd(4096);
+    let mut supervisor = vm.admitted_client();
+    let registered =
+        supervisor.request_with_fd(Request::RegisterMemory { size: 4096 }, page.as_fd());
+
+    assert!(refused_at_capacity(&refused), "past the cap: {refused:?}");
+    assert!(
+        fds_while_hoarding < MAX_CONNECTIONS + 40,
+        "the VMM holds {fds_while_hoarding} descriptors for {MAX_CONNECTIONS} connections"
+    );
+    if !matches!(registered, Ok(Response::MemoryRegistered { .. })) {
+        vm.fail(&format!(
+            "register-memory after the hoarder let go: {registered:?}"
+        ));
+    }
+    vm.assert_alive_and_answering();
+    drop(hoard);
     assert_eq!(vm.stop().status.code(), Some(0));
 }

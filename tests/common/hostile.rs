@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vm_control::client::Client;
+use vm_control::client::{Client, ClientError};
 use vm_control::wire::{Request, Response};
 
 use super::{GuestCode, Scratch, tiny_elf, vmm_run, wait_with_timeout};
@@ -26,6 +26,11 @@ impl ParkedVm {
     /// Starts the VM with `extra` options (never `--disable-sandbox` here) and waits until
     /// its socket answers.
     pub fn start(name: &str, extra: &[&str]) -> ParkedVm {
+        ParkedVm::start_limited(name, extra, None)
+    }
+
+    /// [`ParkedVm::start`] with the VMM's `RLIMIT_NOFILE` (soft and hard) set to `fd_limit`.
+    pub fn start_limited(name: &str, extra: &[&str], fd_limit: Option<u64>) -> ParkedVm {
         let scratch = Scratch::new(name);
         let kernel = scratch.write(
             "guest.elf",
@@ -35,7 +40,25 @@ impl ParkedVm {
         let socket_arg = socket.display().to_string();
         let mut args = vec!["--socket", socket_arg.as_str()];
         args.extend_from_slice(extra);
-        let child = vmm_run(&kernel, &args)
+        let mut command = vmm_run(&kernel, &args);
+        if let Some(limit) = fd_limit {
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: the closure runs in the child between fork and exec and only calls
+            // setrlimit(2), which is async-signal-safe, on a value copied into it.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -80,6 +103,25 @@ impl ParkedVm {
         }
     }
 
+    /// A client the VMM admitted and answered `GetVersion`: retried for up to 5 s while
+    /// it refuses for capacity (`EUSERS`: it has not yet read the hang-ups of clients that
+    /// just left).
+    pub fn admitted_client(&mut self) -> Client {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut client = self.connect_when_ready();
+            match client.request(Request::GetVersion) {
+                Ok(Response::Version { .. }) => return client,
+                Err(ClientError::Vmm(e))
+                    if e.errno == libc::EUSERS && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => self.fail(&format!("GetVersion: {other:?}")),
+            }
+        }
+    }
+
     /// Panics, with how the VMM exited, if it is no longer running.
     pub fn assert_running(&mut self, context: &str) {
         if !self.running() {
@@ -100,14 +142,7 @@ impl ParkedVm {
     /// Asserts the VMM is alive and a new client gets version and stats answered.
     pub fn assert_alive_and_answering(&mut self) {
         self.assert_running("before the final check");
-        let mut client = self.connect_when_ready();
-        assert!(
-            matches!(
-                client.request(Request::GetVersion),
-                Ok(Response::Version { .. })
-            ),
-            "no version reply"
-        );
+        let mut client = self.admitted_client();
         assert!(
             matches!(client.request(Request::GetStats), Ok(Response::Stats(_))),
             "no stats reply"

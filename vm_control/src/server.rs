@@ -67,14 +67,20 @@ use thiserror::Error;
 
 use crate::socket::{self, MAX_FDS, PeerCredentials};
 use crate::wire::{
-    self, DecodeError, Event, REQUEST_SIZE, RESPONSE_SIZE, Request, RequestId, Response,
-    ServerMessage,
+    self, DecodeError, ErrorKind, ErrorReply, Event, REQUEST_SIZE, RESPONSE_SIZE, Request,
+    RequestId, Response, ServerMessage,
 };
 
 /// Messages a connection may have waiting to be sent before it is dropped as not reading.
 pub const MAX_QUEUED_MESSAGES: usize = 64;
 /// Requests an event loop should read from one connection per wake-up (see the module docs).
 pub const MAX_REQUESTS_PER_WAKE: usize = 16;
+/// Client connections a server keeps open at once. Each costs the VMM a descriptor and up
+/// to [`MAX_QUEUED_MESSAGES`] KiB of queued messages; 64 is twice what a busy host's
+/// supervisor, monitoring and a few operators need, and bounds what one uid's client can
+/// hold to 64 descriptors and 4 MiB. A connection beyond it is answered with
+/// [`refusal_at_capacity`] and closed (see [`refuse`]).
+pub const MAX_CONNECTIONS: usize = 64;
 /// Backlog of the listening socket.
 pub const LISTEN_BACKLOG: i32 = 128;
 /// Mode of the socket file: owner read/write only.
@@ -280,6 +286,25 @@ impl Drop for Listener {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+/// The error a connection beyond [`MAX_CONNECTIONS`] gets before it is closed: `Failed`
+/// with `EUSERS` ("too many users"), unattributed (id 0).
+pub fn refusal_at_capacity() -> ErrorReply {
+    ErrorReply::new(ErrorKind::Failed, libc::EUSERS, MAX_CONNECTIONS as u64)
+}
+
+/// Refuses a connection the server has no room for: sends it [`refusal_at_capacity`]
+/// without blocking (a client that already sent its request reads it as the answer; see
+/// `Client`) and closes it.
+pub fn refuse(connection: Connection) {
+    let message = ServerMessage::Unattributed(refusal_at_capacity());
+    let _ = socket::send_datagram(
+        connection.fd.as_fd(),
+        &message.encode_in(wire::MAX_PROTOCOL_VERSION),
+        &[],
+        true,
+    );
 }
 
 /// A well-formed request read from a connection.
