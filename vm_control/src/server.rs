@@ -65,6 +65,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::acl;
 use crate::socket::{self, MAX_FDS, PeerCredentials};
 use crate::wire::{
     self, DecodeError, ErrorKind, ErrorReply, Event, REQUEST_SIZE, RESPONSE_SIZE, Request,
@@ -114,6 +115,20 @@ pub enum ListenError {
     /// The socket could not be created or given its mode.
     #[error("cannot create control socket: {0}")]
     Socket(io::Error),
+    /// The access ACL admitting `--socket-allow-uid` uids could not be set (e.g. the
+    /// filesystem has no POSIX ACLs); the socket file is removed again.
+    #[error(
+        "cannot admit uids {uids:?} to {path} with a POSIX ACL: {source} (put the socket on a \
+         filesystem with POSIX ACLs, e.g. tmpfs or ext4)"
+    )]
+    Acl {
+        /// The socket path.
+        path: PathBuf,
+        /// The uids to admit.
+        uids: Vec<u32>,
+        /// The failure.
+        source: io::Error,
+    },
     /// bind(2) or listen(2) failed.
     #[error("cannot bind {path}: {source}")]
     Bind {
@@ -158,7 +173,9 @@ pub struct Listener {
 impl Listener {
     /// Creates a non-blocking listening socket at `path` with mode 0600.
     ///
-    /// Connections are accepted from the server's own uid, root, and `allowed_uids`. A stale
+    /// Connections are accepted from the server's own uid, root, and `allowed_uids`, which
+    /// get read/write on the socket file through its POSIX access ACL (connect(2) needs
+    /// it; the mode stays owner-only) and are checked again with `SO_PEERCRED`. A stale
     /// socket file (nothing answers: `ECONNREFUSED`) is replaced; a live one is refused with
     /// [`ListenError::InUse`], and a non-socket file with [`ListenError::NotASocket`].
     ///
@@ -227,6 +244,21 @@ impl Listener {
         }
         // SAFETY: geteuid(2) cannot fail and has no arguments.
         let own_uid = unsafe { libc::geteuid() };
+        let others: Vec<u32> = allowed_uids
+            .iter()
+            .copied()
+            .filter(|&uid| uid != 0 && uid != own_uid)
+            .collect();
+        if !others.is_empty()
+            && let Err(source) = acl::grant_read_write(path, &others)
+        {
+            let _ = fs::remove_file(path);
+            return Err(ListenError::Acl {
+                path: path.to_owned(),
+                uids: others,
+                source,
+            });
+        }
         Ok(Listener {
             fd,
             path: path.to_owned(),
