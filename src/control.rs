@@ -326,6 +326,9 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
         Request::GetStats => Outcome::Reply(Response::Stats(Box::new(vm.stats()))),
         Request::GetQueues => Outcome::Reply(Response::Queues(Box::new(vm.queue_statuses()))),
         Request::RegisterMemory { size } => Outcome::Reply(register_memory(vm, request.fd, size)),
+        Request::ListMemory { from_slot } => {
+            Outcome::Reply(Response::MemoryList(Box::new(vm.list_memory(from_slot))))
+        }
         Request::UnregisterMemory { slot } => Outcome::Reply(match vm.unregister_memory(slot) {
             Ok(()) => Response::Ok,
             Err(err) => Response::error(ErrorKind::InvalidArgument, err.errno()),

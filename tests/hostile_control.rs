@@ -72,8 +72,11 @@ fn nine_hundred_open_connections_do_not_stop_the_vmm() {
     assert_eq!(vm.stop().status.code(), Some(0));
 }
 
+/// The documented bound on registered regions (README, docs/control-protocol.md).
+const MAX_REGISTERED_REGIONS: usize = 1024;
+
 #[test]
-fn registering_a_thousand_and_more_regions_does_not_stop_the_vmm() {
+fn registering_past_the_region_bound_is_refused_and_the_vmm_lists_them_all() {
     if !require_kvm() {
         return;
     }
@@ -82,19 +85,33 @@ fn registering_a_thousand_and_more_regions_does_not_stop_the_vmm() {
     let page = memfd(4096);
 
     let mut registered = 0;
-    for _ in 0..1100 {
+    let mut refusal = None;
+    for _ in 0..MAX_REGISTERED_REGIONS + 50 {
         match client.request_with_fd(Request::RegisterMemory { size: 4096 }, page.as_fd()) {
             Ok(Response::MemoryRegistered { .. }) => registered += 1,
-            // A documented bound refused it: the VMM is still there to say so.
             Ok(other) => panic!("unexpected reply {other:?}"),
-            Err(err) if err.vmm_error_kind().is_some() => break,
-            Err(err) => {
-                vm.fail(&format!("register-memory #{registered}: {err}"));
+            Err(ClientError::Vmm(e)) => {
+                refusal = Some(e);
+                break;
             }
+            Err(err) => vm.fail(&format!("register-memory #{registered}: {err}")),
         }
     }
+    drop(client);
+    let listed = vm.list_memory_json();
 
-    assert!(registered >= 1018, "only {registered} regions registered");
+    assert_eq!(registered, MAX_REGISTERED_REGIONS, "regions registered");
+    let refusal = refusal.expect("the region past the bound is refused");
+    assert_eq!(
+        (refusal.kind, refusal.errno),
+        (ErrorKind::Failed, libc::ENOSPC),
+        "{refusal:?}"
+    );
+    assert_eq!(
+        listed.matches("\"slot\"").count(),
+        MAX_REGISTERED_REGIONS,
+        "list-memory pages through every region of the departed client"
+    );
     vm.assert_alive_and_answering();
     assert_eq!(vm.stop().status.code(), Some(0));
 }

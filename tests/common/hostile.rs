@@ -174,6 +174,21 @@ impl ParkedVm {
         }
     }
 
+    /// What `vmm list-memory --json SOCKET` prints; fails the test unless it exits 0.
+    pub fn list_memory_json(&mut self) -> String {
+        let mut command = super::vmm();
+        command.arg("list-memory").arg("--json").arg(&self.socket);
+        let output = super::run_with_timeout(command, Duration::from_secs(30));
+        if output.status.code() != Some(0) {
+            self.fail(&format!(
+                "vmm list-memory: {:?} {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Resident set size of the VMM, KiB (`VmRSS` in `/proc/PID/status`).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

@@ -167,12 +167,15 @@ fn unknown_type_gets_invalid_type_reply() {
 fn bad_version_gets_unsupported_version_reply_with_the_supported_range() {
     let (mut conn, client) = pair();
     let mut bytes = Request::Pause.encode(id(8));
-    bytes[0] = 3;
+    let unsupported = MAX_PROTOCOL_VERSION + 1;
+    bytes[0..2].copy_from_slice(&unsupported.to_le_bytes());
     send_datagram(client.as_fd(), &bytes, &[], false).expect("send");
     let reply = expect_rejected(
         &mut conn,
         &client,
-        DecodeError::UnsupportedVersion { version: 3 },
+        DecodeError::UnsupportedVersion {
+            version: unsupported,
+        },
     );
     let ServerMessage::Reply {
         id: got,
@@ -656,7 +659,7 @@ fn get_queues_exists_from_version_2_only() {
     );
     send_datagram(
         client.as_fd(),
-        &Request::GetQueues.encode(id(5)),
+        &Request::GetQueues.encode_in(id(5), 2),
         &[],
         false,
     )
