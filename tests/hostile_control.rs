@@ -169,3 +169,35 @@ fn a_hoarder_past_the_connection_cap_is_refused_and_register_memory_still_works(
     drop(hoard);
     assert_eq!(vm.stop().status.code(), Some(0));
 }
+
+#[test]
+fn repeated_pause_and_resume_send_one_event_each_and_exit_sends_none() {
+    if !require_kvm() {
+        return;
+    }
+    let vm = ParkedVm::start("events-documented", &[]);
+    let mut subscriber = vm.connect_when_ready();
+    assert_eq!(
+        subscriber.request(Request::Subscribe).expect("subscribe"),
+        Response::Ok
+    );
+    let mut driver = vm.connect_when_ready();
+
+    for request in [
+        Request::Pause,
+        Request::Pause,
+        Request::Resume,
+        Request::Resume,
+    ] {
+        assert_eq!(driver.request(request).expect("request"), Response::Ok);
+    }
+    assert_eq!(driver.request(Request::Exit).expect("exit"), Response::Ok);
+    let events: Vec<_> = subscriber.events().collect();
+
+    assert_eq!(
+        format!("{events:?}"),
+        "[Ok(Paused), Ok(Resumed)]",
+        "one event per change of state, none for Exit, then the connection ends"
+    );
+    assert_eq!(vm.stop().status.code(), Some(0));
+}

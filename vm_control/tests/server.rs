@@ -784,3 +784,25 @@ fn the_client_falls_back_to_an_older_vmms_version_and_refuses_newer_requests_its
     // Pause twice (refused in 2, then in 1), Resume once; GetQueues never sent.
     assert_eq!(server.join().expect("server"), 3);
 }
+
+#[test]
+fn a_second_subscribe_switches_the_event_version() {
+    let (mut conn, client) = pair();
+    for (n, version) in [(1u64, 1u16), (2, 3)] {
+        let bytes = Request::Subscribe.encode_in(id(n), version);
+        send_datagram(client.as_fd(), &bytes, &[], false).expect("send");
+        let Received::Request(request) = recv(&mut conn) else {
+            panic!("Subscribe rejected");
+        };
+        assert!(conn.handle_protocol_request(&request).expect("answered"));
+        assert_eq!(
+            read_raw(&client)[0..2],
+            version.to_le_bytes(),
+            "reply version"
+        );
+    }
+
+    conn.notify(Event::Paused).expect("notify");
+
+    assert_eq!(read_raw(&client)[0..2], 3u16.to_le_bytes(), "event version");
+}

@@ -854,3 +854,19 @@ fn full_queue_and_counter_lists_say_how_many_they_left_out_from_version_3() {
         Err(DecodeError::ReservedNonZero { offset: 20 })
     );
 }
+
+#[test]
+fn a_datagram_too_short_for_a_header_is_answered_in_the_version_it_names() {
+    assert_eq!(reply_version(&[1, 0, 1, 0, 0]), 1);
+    assert_eq!(reply_version(&[2, 0]), 2);
+    assert_eq!(
+        reply_version(&[9, 0, 1]),
+        MAX_PROTOCOL_VERSION,
+        "unsupported"
+    );
+    assert_eq!(
+        reply_version(&[1]),
+        MAX_PROTOCOL_VERSION,
+        "no version to read"
+    );
+}

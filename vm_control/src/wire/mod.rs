@@ -724,9 +724,14 @@ pub fn reject(datagram: &[u8], error: &DecodeError) -> ServerMessage {
 /// The version a server answers a datagram in: the datagram's own when it is one the server
 /// speaks, else the newest it speaks (a client newer than the server reads that; an older
 /// client sent a version the server speaks).
+///
+/// The version is read from the first two bytes even of a datagram too short for a
+/// header, so a short version-1 datagram is answered in version 1.
 pub fn reply_version(datagram: &[u8]) -> u16 {
-    match RawHeader::read_from_prefix(datagram) {
-        Ok((header, _)) if version_supported(header.version.get()) => header.version.get(),
+    match datagram {
+        [lo, hi, ..] if version_supported(u16::from_le_bytes([*lo, *hi])) => {
+            u16::from_le_bytes([*lo, *hi])
+        }
         _ => MAX_PROTOCOL_VERSION,
     }
 }
