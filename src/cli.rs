@@ -29,6 +29,7 @@ pub enum Command {
     Version(VersionArgs),
     RegisterMemory(RegisterMemoryArgs),
     UnregisterMemory(UnregisterMemoryArgs),
+    ListMemory(ListMemoryArgs),
     Events(EventsArgs),
 }
 
@@ -244,6 +245,20 @@ pub struct UnregisterMemoryArgs {
     /// the slot register-memory printed
     #[argh(positional)]
     pub slot: u32,
+}
+
+/// List the memory registered with register-memory (slot, guest physical address, size),
+/// also regions whose client has gone.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list-memory")]
+pub struct ListMemoryArgs {
+    /// print one JSON array instead of a table
+    #[argh(switch)]
+    pub json: bool,
+
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
 }
 
 /// Print the VM's events (paused, resumed, powered-off, ...) one per line as they happen;
@@ -599,7 +614,14 @@ mod tests {
     #[test]
     fn every_control_command_takes_the_socket_path() {
         for name in [
-            "stop", "pause", "resume", "stats", "queues", "version", "events",
+            "stop",
+            "pause",
+            "resume",
+            "stats",
+            "queues",
+            "version",
+            "events",
+            "list-memory",
         ] {
             let args = parse(&[name, "/run/vmm.sock"]).unwrap_or_else(|e| panic!("{name}: {e}"));
             let socket = match args.command {
@@ -610,6 +632,7 @@ mod tests {
                 Command::Queues(a) => a.socket,
                 Command::Version(a) => a.socket,
                 Command::Events(a) => a.socket,
+                Command::ListMemory(a) => a.socket,
                 other => panic!("{name} parsed as {other:?}"),
             };
             assert_eq!(socket, PathBuf::from("/run/vmm.sock"));

@@ -1,5 +1,6 @@
 //! The control-socket subcommands: `vmm stop`, `pause`, `resume`, `balloon`, `stats`,
-//! `version`, `register-memory`, `unregister-memory` and `events`.
+//! `version`, `register-memory`, `unregister-memory`, `list-memory` (in `list_memory`) and
+//! `events`.
 //!
 //! This module owns what those commands do and print: each connects to a running VMM's
 //! control socket with [`vm_control::client::Client`], sends one request (or subscribes),
@@ -26,6 +27,9 @@ use crate::cli::{
     StatsArgs, StopArgs, UnregisterMemoryArgs, VersionArgs,
 };
 use crate::exit::{EXIT_USAGE, EXIT_VMM_ERROR};
+
+mod list_memory;
+pub use list_memory::list_memory;
 
 /// How long a command waits for the VMM to answer, so a wedged VMM never hangs it.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -255,6 +259,28 @@ fn try_stats(args: &StatsArgs, out: &mut dyn Write) -> Result<(), CommandError> 
         stats_table(&stats)
     };
     writeln!(out, "{text}")?;
+    print_omitted(out, args.json, stats.devices.omitted(), "device counters")
+}
+
+/// The note under a table whose reply was full (protocol version 3 says how much it left
+/// out): on stdout after a table, on stderr after JSON so the JSON stays one value.
+fn omitted_note(omitted: u32, what: &str) -> Option<String> {
+    (omitted > 0).then(|| format!("note: {omitted} more {what} did not fit the VMM's reply"))
+}
+
+fn print_omitted(
+    out: &mut dyn Write,
+    json: bool,
+    omitted: u32,
+    what: &str,
+) -> Result<(), CommandError> {
+    if let Some(note) = omitted_note(omitted, what) {
+        if json {
+            eprintln!("vmm: {note}");
+        } else {
+            writeln!(out, "{note}")?;
+        }
+    }
     Ok(())
 }
 
@@ -275,7 +301,7 @@ fn try_queues(args: &QueuesArgs, out: &mut dyn Write) -> Result<(), CommandError
         queues_table(&queues)
     };
     writeln!(out, "{text}")?;
-    Ok(())
+    print_omitted(out, args.json, queues.omitted(), "queues")
 }
 
 /// A queue's state bits as words: "active,event_idx", "broken", "inactive".
@@ -801,6 +827,21 @@ mod tests {
              \"devices\":[{\"kind\":\"serial\",\"kind_id\":1,\"id\":0,\"counter\":\"bytes_out\",\
              \"counter_id\":5,\"value\":42},{\"kind\":\"unknown\",\"kind_id\":99,\"id\":0,\
              \"counter\":\"unknown\",\"counter_id\":77,\"value\":5}]}"
+        );
+    }
+
+    #[test]
+    fn a_full_reply_gets_a_note_saying_how_much_it_left_out() {
+        assert_eq!(
+            omitted_note(3, "queues").as_deref(),
+            Some("note: 3 more queues did not fit the VMM's reply")
+        );
+        assert_eq!(omitted_note(0, "queues"), None);
+        let mut out = Vec::new();
+        print_omitted(&mut out, false, 2, "device counters").expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "note: 2 more device counters did not fit the VMM's reply\n"
         );
     }
 

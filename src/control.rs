@@ -5,7 +5,10 @@
 //! Fairness and bounds: at most `MAX_REQUESTS_PER_WAKE` requests are read per client per
 //! wake, so one flooding client cannot starve the others; a client whose reply queue is
 //! half full is not read until it drains it (vm_control's back-pressure); one that stops
-//! reading altogether is dropped. Nothing here ever waits on a client.
+//! reading altogether is dropped. Nothing here ever waits on a client. At most
+//! `MAX_CONNECTIONS` clients are connected at once: one more is told so (`Failed`,
+//! `EUSERS`) and closed as soon as it is accepted, so the backlog never fills and the
+//! loop never spins on a readable listener.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use vm_control::server::{
     AcceptError, Connection, ConnectionError, IncomingRequest, ListenError, Listener,
-    MAX_REQUESTS_PER_WAKE, Received,
+    MAX_CONNECTIONS, MAX_REQUESTS_PER_WAKE, Received,
 };
 use vm_control::wire::{ErrorKind, ErrorReply, Event, Request, Response};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -54,6 +57,8 @@ pub struct ControlServer {
     accept_paused_until: Option<Instant>,
     connections: BTreeMap<u64, Watched>,
     next_key: u64,
+    /// Whether the refusals since the server was last below capacity have been logged.
+    refusals_logged: bool,
 }
 
 impl ControlServer {
@@ -73,6 +78,7 @@ impl ControlServer {
             accept_paused_until: None,
             connections: BTreeMap::new(),
             next_key: 0,
+            refusals_logged: false,
         };
         server
             .set_listening(epoll, true)
@@ -115,6 +121,9 @@ impl ControlServer {
     pub fn accept(&mut self, epoll: &Epoll) {
         loop {
             match self.listener.accept() {
+                Ok(Some(connection)) if self.connections.len() >= MAX_CONNECTIONS => {
+                    self.refuse(connection);
+                }
                 Ok(Some(connection)) => self.add_connection(epoll, connection),
                 Ok(None) => return,
                 Err(AcceptError::Io(err)) => {
@@ -129,6 +138,21 @@ impl ControlServer {
                 Err(err) => warn!("{err}"),
             }
         }
+    }
+
+    /// Turns away a client while `MAX_CONNECTIONS` are connected; logged once per spell at
+    /// capacity, so a client that reconnects in a loop cannot flood the log.
+    fn refuse(&mut self, connection: Connection) {
+        let peer = connection.peer();
+        if !self.refusals_logged {
+            warn!(
+                "control socket: {MAX_CONNECTIONS} clients connected, refusing more \
+                 (first refused: pid {} uid {})",
+                peer.pid, peer.uid
+            );
+            self.refusals_logged = true;
+        }
+        vm_control::server::refuse(connection);
     }
 
     fn add_connection(&mut self, epoll: &Epoll, connection: Connection) {
@@ -205,6 +229,7 @@ impl ControlServer {
     }
 
     fn drop_connection(&mut self, epoll: &Epoll, key: u64) {
+        self.refusals_logged = false;
         if let Some(watched) = self.connections.remove(&key) {
             let _ = epoll.ctl(
                 ControlOperation::Delete,
@@ -301,6 +326,9 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
         Request::GetStats => Outcome::Reply(Response::Stats(Box::new(vm.stats()))),
         Request::GetQueues => Outcome::Reply(Response::Queues(Box::new(vm.queue_statuses()))),
         Request::RegisterMemory { size } => Outcome::Reply(register_memory(vm, request.fd, size)),
+        Request::ListMemory { from_slot } => {
+            Outcome::Reply(Response::MemoryList(Box::new(vm.list_memory(from_slot))))
+        }
         Request::UnregisterMemory { slot } => Outcome::Reply(match vm.unregister_memory(slot) {
             Ok(()) => Response::Ok,
             Err(err) => Response::error(ErrorKind::InvalidArgument, err.errno()),

@@ -10,6 +10,7 @@ mod config;
 mod console_input;
 mod control;
 mod exit;
+mod fd_budget;
 mod guest_ram;
 mod irq_routing;
 mod logger;
@@ -47,6 +48,7 @@ fn main() {
         Command::Version(args) => commands::version(&args),
         Command::RegisterMemory(args) => commands::register_memory(&args),
         Command::UnregisterMemory(args) => commands::unregister_memory(&args),
+        Command::ListMemory(args) => commands::list_memory(&args),
         Command::Events(args) => commands::events(&args),
     };
     std::process::exit(code);

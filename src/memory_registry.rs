@@ -11,9 +11,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
+use vm_control::wire::{MemoryList, RegisteredRegion};
 
 /// Registered ranges start 2 MiB-aligned, so the host can back them with huge pages.
 const REGION_ALIGN: u64 = 2 << 20;
+
+/// Most regions registered at once. Each costs a KVM memory slot (KVM's limit is far
+/// higher, ~32,000), a host mapping and a little heap; 1,024 is far more than shared-memory
+/// devices need and keeps `ListMemory` to 25 pages. One more is refused with `ENOSPC`.
+pub const MAX_REGISTERED_REGIONS: usize = 1024;
 
 /// Why a registration was refused.
 #[derive(Debug, Error)]
@@ -26,6 +32,8 @@ pub enum RegistryError {
     NoAddressSpace(u64),
     #[error("no free KVM memory slot")]
     NoSlot,
+    #[error("{MAX_REGISTERED_REGIONS} regions are registered already, the most a VM takes")]
+    TooMany,
     #[error("KVM refused the memory slot: {0}")]
     Kvm(#[source] kvm_ioctls::Error),
     #[error("no registered memory in slot {0}")]
@@ -38,7 +46,9 @@ impl RegistryError {
         match self {
             RegistryError::LargerThanFile { .. } => libc::EINVAL,
             RegistryError::Map(err) => err.raw_os_error().unwrap_or(libc::EIO),
-            RegistryError::NoAddressSpace(_) | RegistryError::NoSlot => libc::ENOSPC,
+            RegistryError::NoAddressSpace(_) | RegistryError::NoSlot | RegistryError::TooMany => {
+                libc::ENOSPC
+            }
             RegistryError::Kvm(err) => err.errno(),
             RegistryError::UnknownSlot(_) => libc::ENOENT,
         }
@@ -119,6 +129,9 @@ impl MemoryRegistry {
         fd: OwnedFd,
         size: u64,
     ) -> Result<(u64, u32), RegistryError> {
+        if self.regions.len() >= MAX_REGISTERED_REGIONS {
+            return Err(RegistryError::TooMany);
+        }
         check_file_size(&fd, size)?;
         let len = usize::try_from(size).map_err(|_| RegistryError::NoAddressSpace(size))?;
         let slot = self.free_slot().ok_or(RegistryError::NoSlot)?;
@@ -165,6 +178,24 @@ impl MemoryRegistry {
         unsafe { vm_fd.set_user_memory_region(delete) }.map_err(RegistryError::Kvm)?;
         self.regions.remove(&slot);
         Ok(())
+    }
+
+    /// The regions in slots from `from_slot` on, as many as one reply holds, and how many
+    /// are registered in all.
+    pub fn list(&self, from_slot: u32) -> MemoryList {
+        let mut list = MemoryList::default();
+        list.total = u32::try_from(self.regions.len()).unwrap_or(u32::MAX);
+        for (&slot, region) in self.regions.range(from_slot..) {
+            let entry = RegisteredRegion {
+                slot,
+                guest_addr: region.guest_addr,
+                size: region.size,
+            };
+            if list.push(entry).is_err() {
+                break;
+            }
+        }
+        list
     }
 
     fn free_slot(&self) -> Option<u32> {

@@ -34,6 +34,8 @@ pub enum RunError {
     },
     #[error("cannot start a vCPU thread: {0}")]
     SpawnVcpu(#[source] io::Error),
+    #[error(transparent)]
+    FdBudget(#[from] crate::fd_budget::FdBudgetError),
     #[error("cannot create the control socket: {0}")]
     ControlSocket(#[source] vm_control::server::ListenError),
     #[error("waiting for events failed: {0}")]
@@ -94,15 +96,18 @@ pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
     // The socket exists before the guest runs, so a supervisor that sees it can drive
     // the VM from its first instruction.
     let control = match &config.socket {
-        Some(path) => Some(
+        Some(path) => Some({
+            let limit = crate::fd_budget::ensure_control_headroom()?;
+            debug!("descriptor limit {limit}: room for every control connection");
+
             ControlServer::bind(
                 path,
                 &config.socket_allow_uids,
                 &epoll,
                 Token::ControlListener as u64,
             )
-            .map_err(RunError::ControlSocket)?,
-        ),
+            .map_err(RunError::ControlSocket)?
+        }),
         None => None,
     };
 

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 use vm_control::wire::{
-    DeviceCounter, DeviceCounters, ProcessUsage, QueueStatus, QueueStatuses, Stats, VmExits,
-    counter_id, device_kind, queue_state,
+    DeviceCounter, DeviceCounters, MemoryList, ProcessUsage, QueueStatus, QueueStatuses, Stats,
+    VmExits, counter_id, device_kind, queue_state,
 };
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -69,6 +69,11 @@ impl RunningVm {
 
     pub fn register_memory(&mut self, fd: OwnedFd, size: u64) -> Result<(u64, u32), RegistryError> {
         self.registry.register(&self.vm_fd, fd, size)
+    }
+
+    /// The registered regions from `from_slot` on (see `MemoryRegistry::list`).
+    pub fn list_memory(&self, from_slot: u32) -> MemoryList {
+        self.registry.list(from_slot)
     }
 
     pub fn unregister_memory(&mut self, slot: u32) -> Result<(), RegistryError> {

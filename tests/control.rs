@@ -406,8 +406,8 @@ fn version_prints_the_vmm_range_and_the_client_version() {
     let output = vm.ctl_ok("version", &[]);
 
     let text = stdout_of(&output);
-    assert!(text.contains("VMM protocol versions 1..=2"), "{text}");
-    assert!(text.contains("client protocol version 2"), "{text}");
+    assert!(text.contains("VMM protocol versions 1..=3"), "{text}");
+    assert!(text.contains("client protocol version 3"), "{text}");
 }
 
 #[test]
@@ -556,7 +556,7 @@ fn every_subcommand_says_cannot_reach_when_nobody_serves_the_socket() {
     let socket = scratch.path("nobody.sock");
     let memory = scratch.write("page.mem", &[0u8; 4096]);
     let memory = memory.display().to_string();
-    let commands: [(&str, &[&str]); 10] = [
+    let commands: [(&str, &[&str]); 11] = [
         ("stop", &[]),
         ("pause", &[]),
         ("resume", &[]),
@@ -566,6 +566,7 @@ fn every_subcommand_says_cannot_reach_when_nobody_serves_the_socket() {
         ("version", &[]),
         ("register-memory", &[&memory]),
         ("unregister-memory", &["0"]),
+        ("list-memory", &[]),
         ("events", &[]),
     ];
 

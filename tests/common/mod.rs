@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod lab;
 
 use std::io::Write;
@@ -254,6 +255,20 @@ pub fn require_tun() -> bool {
         skip(message);
     }
     usable
+}
+
+/// Whether the test runs as root (to act as other uids); if not, says so loudly, and fails
+/// under CI, where every test must run.
+pub fn require_root() -> bool {
+    let root = euid_is_root();
+    if !root {
+        let message = "THIS TEST NEEDS ROOT, TO RUN CLIENTS AS OTHER UIDS";
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}; CI must be able to run every test");
+        }
+        eprintln!("\n!!! SKIPPED: {message} !!!\n");
+    }
+    root
 }
 
 /// Whether the test runs as root.

@@ -287,7 +287,7 @@ impl Client {
             fds,
             false,
         )
-        .map_err(io_error)?;
+        .map_err(|err| self.send_failure(err))?;
         loop {
             match self.recv_message()? {
                 ServerMessage::Event(event) => self.buffer_event(event),
@@ -309,6 +309,38 @@ impl Client {
         }
     }
 
+    /// What a failed send means: a VMM that refused the connection (e.g. it holds
+    /// `MAX_CONNECTIONS` already) answered with an error and closed it, so the send fails
+    /// with `EPIPE` while that error waits to be read; anything else is an I/O error.
+    fn send_failure(&mut self, err: io::Error) -> ClientError {
+        if matches!(
+            err.raw_os_error(),
+            Some(libc::EPIPE) | Some(libc::ECONNRESET)
+        ) {
+            let mut buf = [0u8; RESPONSE_SIZE];
+            if self.recv_left_behind(&mut buf) == Some(RESPONSE_SIZE)
+                && let Ok(ServerMessage::Unattributed(refusal)) = ServerMessage::decode(&buf)
+            {
+                return ClientError::Vmm(refusal);
+            }
+        }
+        io_error(err)
+    }
+
+    /// After the VMM closed the connection: reads, without blocking, a datagram it sent
+    /// before closing, past the one `ECONNRESET` the kernel reports first when the VMM
+    /// closed with our request unread. Returns the datagram's size.
+    fn recv_left_behind(&mut self, buf: &mut [u8; RESPONSE_SIZE]) -> Option<usize> {
+        for _ in 0..2 {
+            match socket::recv_datagram(self.fd.as_fd(), buf, 0, true) {
+                Ok(socket::Received::Datagram(d)) => return Some(d.len),
+                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => continue,
+                _ => return None,
+            }
+        }
+        None
+    }
+
     fn buffer_event(&mut self, event: Event) {
         if self.events.len() >= MAX_BUFFERED_EVENTS {
             self.events.pop_front();
@@ -319,17 +351,24 @@ impl Client {
 
     fn recv_message(&mut self) -> Result<ServerMessage, ClientError> {
         let mut buf = [0u8; RESPONSE_SIZE];
-        let datagram = loop {
+        let len = loop {
             match socket::recv_datagram(self.fd.as_fd(), &mut buf, 0, false) {
-                Ok(socket::Received::Datagram(d)) => break d,
+                Ok(socket::Received::Datagram(d)) => break d.len,
                 Ok(socket::Received::HungUp) => return Err(ClientError::Disconnected),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The VMM closed with a request of ours unread; what it sent before is
+                // still readable (e.g. the refusal of a connection past its capacity).
+                Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                    break self
+                        .recv_left_behind(&mut buf)
+                        .ok_or(ClientError::Disconnected)?;
+                }
                 Err(e) => return Err(io_error(e)),
             }
         };
-        if datagram.len != RESPONSE_SIZE {
+        if len != RESPONSE_SIZE {
             return Err(ClientError::Protocol(DecodeError::BadSize {
-                received: datagram.len,
+                received: len,
                 expected: RESPONSE_SIZE,
             }));
         }

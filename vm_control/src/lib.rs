@@ -24,6 +24,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod acl;
 pub mod client;
 pub mod server;
 pub mod socket;

@@ -65,16 +65,23 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::acl;
 use crate::socket::{self, MAX_FDS, PeerCredentials};
 use crate::wire::{
-    self, DecodeError, Event, REQUEST_SIZE, RESPONSE_SIZE, Request, RequestId, Response,
-    ServerMessage,
+    self, DecodeError, ErrorKind, ErrorReply, Event, REQUEST_SIZE, RESPONSE_SIZE, Request,
+    RequestId, Response, ServerMessage,
 };
 
 /// Messages a connection may have waiting to be sent before it is dropped as not reading.
 pub const MAX_QUEUED_MESSAGES: usize = 64;
 /// Requests an event loop should read from one connection per wake-up (see the module docs).
 pub const MAX_REQUESTS_PER_WAKE: usize = 16;
+/// Client connections a server keeps open at once. Each costs the VMM a descriptor and up
+/// to [`MAX_QUEUED_MESSAGES`] KiB of queued messages; 64 is twice what a busy host's
+/// supervisor, monitoring and a few operators need, and bounds what one uid's client can
+/// hold to 64 descriptors and 4 MiB. A connection beyond it is answered with
+/// [`refusal_at_capacity`] and closed (see [`refuse`]).
+pub const MAX_CONNECTIONS: usize = 64;
 /// Backlog of the listening socket.
 pub const LISTEN_BACKLOG: i32 = 128;
 /// Mode of the socket file: owner read/write only.
@@ -108,6 +115,20 @@ pub enum ListenError {
     /// The socket could not be created or given its mode.
     #[error("cannot create control socket: {0}")]
     Socket(io::Error),
+    /// The access ACL admitting `--socket-allow-uid` uids could not be set (e.g. the
+    /// filesystem has no POSIX ACLs); the socket file is removed again.
+    #[error(
+        "cannot admit uids {uids:?} to {path} with a POSIX ACL: {source} (put the socket on a \
+         filesystem with POSIX ACLs, e.g. tmpfs or ext4)"
+    )]
+    Acl {
+        /// The socket path.
+        path: PathBuf,
+        /// The uids to admit.
+        uids: Vec<u32>,
+        /// The failure.
+        source: io::Error,
+    },
     /// bind(2) or listen(2) failed.
     #[error("cannot bind {path}: {source}")]
     Bind {
@@ -152,7 +173,9 @@ pub struct Listener {
 impl Listener {
     /// Creates a non-blocking listening socket at `path` with mode 0600.
     ///
-    /// Connections are accepted from the server's own uid, root, and `allowed_uids`. A stale
+    /// Connections are accepted from the server's own uid, root, and `allowed_uids`, which
+    /// get read/write on the socket file through its POSIX access ACL (connect(2) needs
+    /// it; the mode stays owner-only) and are checked again with `SO_PEERCRED`. A stale
     /// socket file (nothing answers: `ECONNREFUSED`) is replaced; a live one is refused with
     /// [`ListenError::InUse`], and a non-socket file with [`ListenError::NotASocket`].
     ///
@@ -221,6 +244,21 @@ impl Listener {
         }
         // SAFETY: geteuid(2) cannot fail and has no arguments.
         let own_uid = unsafe { libc::geteuid() };
+        let others: Vec<u32> = allowed_uids
+            .iter()
+            .copied()
+            .filter(|&uid| uid != 0 && uid != own_uid)
+            .collect();
+        if !others.is_empty()
+            && let Err(source) = acl::grant_read_write(path, &others)
+        {
+            let _ = fs::remove_file(path);
+            return Err(ListenError::Acl {
+                path: path.to_owned(),
+                uids: others,
+                source,
+            });
+        }
         Ok(Listener {
             fd,
             path: path.to_owned(),
@@ -280,6 +318,25 @@ impl Drop for Listener {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+/// The error a connection beyond [`MAX_CONNECTIONS`] gets before it is closed: `Failed`
+/// with `EUSERS` ("too many users"), unattributed (id 0).
+pub fn refusal_at_capacity() -> ErrorReply {
+    ErrorReply::new(ErrorKind::Failed, libc::EUSERS, MAX_CONNECTIONS as u64)
+}
+
+/// Refuses a connection the server has no room for: sends it [`refusal_at_capacity`]
+/// without blocking (a client that already sent its request reads it as the answer; see
+/// `Client`) and closes it.
+pub fn refuse(connection: Connection) {
+    let message = ServerMessage::Unattributed(refusal_at_capacity());
+    let _ = socket::send_datagram(
+        connection.fd.as_fd(),
+        &message.encode_in(wire::MAX_PROTOCOL_VERSION),
+        &[],
+        true,
+    );
 }
 
 /// A well-formed request read from a connection.

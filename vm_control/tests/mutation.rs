@@ -37,6 +37,7 @@ fn seeds_requests() -> Vec<Vec<u8>> {
         Request::GetStats,
         Request::Subscribe,
         Request::GetQueues,
+        Request::ListMemory { from_slot: 2 },
     ]
     .iter()
     // Each in every version that has it, so mutations start from both.
@@ -54,6 +55,15 @@ fn seeds_server_messages() -> Vec<Vec<u8>> {
             device_id: 0,
             counter: 5,
             value: 10,
+        })
+        .expect("room");
+    let mut memory = MemoryList::default();
+    memory.total = 2;
+    memory
+        .push(RegisteredRegion {
+            slot: 2,
+            guest_addr: 1 << 32,
+            size: 4096,
         })
         .expect("room");
     let mut queues = QueueStatuses::default();
@@ -108,6 +118,14 @@ fn seeds_server_messages() -> Vec<Vec<u8>> {
             response: Response::Queues(Box::new(queues)),
         }
         .encode_in(2)
+        .to_vec(),
+    ))
+    .chain(std::iter::once(
+        ServerMessage::Reply {
+            id,
+            response: Response::MemoryList(Box::new(memory)),
+        }
+        .encode_in(3)
         .to_vec(),
     ))
     .collect()

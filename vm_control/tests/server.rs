@@ -168,12 +168,15 @@ fn unknown_type_gets_invalid_type_reply() {
 fn bad_version_gets_unsupported_version_reply_with_the_supported_range() {
     let (mut conn, client) = pair();
     let mut bytes = Request::Pause.encode(id(8));
-    bytes[0] = 3;
+    let unsupported = MAX_PROTOCOL_VERSION + 1;
+    bytes[0..2].copy_from_slice(&unsupported.to_le_bytes());
     send_datagram(client.as_fd(), &bytes, &[], false).expect("send");
     let reply = expect_rejected(
         &mut conn,
         &client,
-        DecodeError::UnsupportedVersion { version: 3 },
+        DecodeError::UnsupportedVersion {
+            version: unsupported,
+        },
     );
     let ServerMessage::Reply {
         id: got,
@@ -683,7 +686,7 @@ fn get_queues_exists_from_version_2_only() {
     );
     send_datagram(
         client.as_fd(),
-        &Request::GetQueues.encode(id(5)),
+        &Request::GetQueues.encode_in(id(5), 2),
         &[],
         false,
     )
@@ -807,4 +810,26 @@ fn the_client_falls_back_to_an_older_vmms_version_and_refuses_newer_requests_its
     drop(client);
     // Pause twice (refused in 2, then in 1), Resume once; GetQueues never sent.
     assert_eq!(server.join().expect("server"), 3);
+}
+
+#[test]
+fn a_second_subscribe_switches_the_event_version() {
+    let (mut conn, client) = pair();
+    for (n, version) in [(1u64, 1u16), (2, 3)] {
+        let bytes = Request::Subscribe.encode_in(id(n), version);
+        send_datagram(client.as_fd(), &bytes, &[], false).expect("send");
+        let Received::Request(request) = recv(&mut conn) else {
+            panic!("Subscribe rejected");
+        };
+        assert!(conn.handle_protocol_request(&request).expect("answered"));
+        assert_eq!(
+            read_raw(&client)[0..2],
+            version.to_le_bytes(),
+            "reply version"
+        );
+    }
+
+    conn.notify(Event::Paused).expect("notify");
+
+    assert_eq!(read_raw(&client)[0..2], 3u16.to_le_bytes(), "event version");
 }

@@ -89,6 +89,32 @@ fn golden_get_queues_request_version_2() {
 }
 
 #[test]
+fn golden_list_memory_request_version_3() {
+    check_request(
+        Request::ListMemory { from_slot: 0x29 },
+        0x0c,
+        "0300 0c00 00000000 0c00000000000000 2900000000000000",
+    );
+}
+
+#[test]
+fn list_memory_exists_from_version_3_only_and_its_slot_fits_u32() {
+    let v2 = Request::ListMemory { from_slot: 0 }.encode_in(id(1), 2);
+    assert_eq!(
+        Request::decode(&v2),
+        Err(DecodeError::InvalidType {
+            kind: request_type::LIST_MEMORY
+        })
+    );
+    let mut too_big = Request::ListMemory { from_slot: 0 }.encode_in(id(1), 3);
+    too_big[16..24].copy_from_slice(&(1u64 << 32).to_le_bytes());
+    assert!(matches!(
+        Request::decode(&too_big),
+        Err(DecodeError::InvalidArgument(_))
+    ));
+}
+
+#[test]
 fn golden_get_version_request() {
     check_request(
         Request::GetVersion,
@@ -180,13 +206,13 @@ fn golden_ok_response() {
 
 #[test]
 fn golden_err_response_carries_kind_errno_detail_and_version_range() {
-    //       header                               kind     errno    detail           min  max (this crate: 1..=2)
+    //       header                               kind     errno    detail           min  max (this crate: 1..=3)
     check_server_message(
         ServerMessage::Reply {
             id: id(3),
             response: Response::Err(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 65)),
         },
-        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0200",
+        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0300",
     );
 }
 
@@ -194,7 +220,7 @@ fn golden_err_response_carries_kind_errno_detail_and_version_range() {
 fn golden_unattributed_err_has_id_zero() {
     check_server_message(
         ServerMessage::Unattributed(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 3)),
-        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0200",
+        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0300",
     );
 }
 
@@ -349,7 +375,7 @@ fn decode_with_len_reports_the_real_size_of_a_truncated_datagram() {
 
 #[test]
 fn decode_rejects_unknown_types() {
-    for kind in [0u16, 12, 0x100, 0xffff] {
+    for kind in [0u16, 13, 0x100, 0xffff] {
         let mut bytes = valid_pause();
         bytes[2..4].copy_from_slice(&kind.to_le_bytes());
         assert_eq!(
@@ -361,7 +387,7 @@ fn decode_rejects_unknown_types() {
 
 #[test]
 fn decode_rejects_unsupported_versions_before_checking_size() {
-    for version in [0u16, 3, 0xffff] {
+    for version in [0u16, MAX_PROTOCOL_VERSION + 1, 0xffff] {
         let mut bytes = valid_pause();
         bytes[0..2].copy_from_slice(&version.to_le_bytes());
         assert_eq!(
@@ -737,5 +763,110 @@ fn golden_queues_response_version_2() {
          02000000 000000000000000000000000 \
          0700 0100 0000 0001 03000000 00000000 0201 0001 ff00 fe00 4433221100000000 5500000000000000 \
          0700 0100 0100 0001 03000000 00000000 0403 0001 ff00 fe00 4433221100000000 5500000000000000",
+    );
+}
+
+#[test]
+fn golden_memory_list_response_version_3_says_the_total() {
+    let mut list = MemoryList::default();
+    list.total = 50;
+    list.push(RegisteredRegion {
+        slot: 2,
+        guest_addr: 0x1_0000_0000,
+        size: 0x20_0000,
+    })
+    .expect("room");
+    check_server_message(
+        ServerMessage::Reply {
+            id: id(4),
+            response: Response::MemoryList(Box::new(list)),
+        },
+        // header; total 50, count 1, 8 reserved bytes; one entry: slot, reserved,
+        // guest address, size
+        "0300 0800 00000000 0400000000000000 32000000 01000000 0000000000000000 \
+         02000000 00000000 0000000001000000 0000200000000000",
+    );
+    assert!(list.truncated());
+}
+
+#[test]
+fn a_memory_list_whose_count_exceeds_its_total_is_refused() {
+    let mut list = MemoryList::default();
+    list.total = 1;
+    list.push(RegisteredRegion::default()).expect("room");
+    let mut bytes = ServerMessage::Reply {
+        id: id(1),
+        response: Response::MemoryList(Box::new(list)),
+    }
+    .encode_in(3);
+    bytes[16..20].copy_from_slice(&0u32.to_le_bytes());
+    assert!(matches!(
+        ServerMessage::decode(&bytes),
+        Err(DecodeError::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn full_queue_and_counter_lists_say_how_many_they_left_out_from_version_3() {
+    let mut queues = QueueStatuses::default();
+    let mut counters = DeviceCounters::default();
+    for _ in 0..MAX_QUEUE_STATUSES + 3 {
+        let _ = queues.push(QueueStatus::default());
+    }
+    for _ in 0..MAX_DEVICE_COUNTERS + 5 {
+        let _ = counters.push(DeviceCounter::default());
+    }
+    let stats = Stats {
+        devices: counters,
+        ..Stats::default()
+    };
+    let queues_reply = ServerMessage::Reply {
+        id: id(1),
+        response: Response::Queues(Box::new(queues)),
+    };
+    let stats_reply = ServerMessage::Reply {
+        id: id(1),
+        response: Response::Stats(Box::new(stats)),
+    };
+
+    let (q3, s3) = (queues_reply.encode_in(3), stats_reply.encode_in(3));
+    let (q2, s2) = (queues_reply.encode_in(2), stats_reply.encode_in(2));
+
+    assert_eq!((queues.omitted(), counters.omitted()), (3, 5));
+    assert_eq!(
+        q3[20..24],
+        3u32.to_le_bytes(),
+        "queues omitted at offset 20"
+    );
+    assert_eq!(
+        s3[160..164],
+        5u32.to_le_bytes(),
+        "counters omitted at offset 160"
+    );
+    assert_eq!(ServerMessage::decode(&q3), Ok(queues_reply.clone()));
+    assert_eq!(ServerMessage::decode(&s3), Ok(stats_reply.clone()));
+    assert_eq!(q2[20..24], [0; 4], "version 2 has no field for it");
+    assert_eq!(s2[160..164], [0; 4], "version 2 has no field for it");
+    let mut bad_v2 = q2;
+    bad_v2[20] = 1;
+    assert_eq!(
+        ServerMessage::decode(&bad_v2),
+        Err(DecodeError::ReservedNonZero { offset: 20 })
+    );
+}
+
+#[test]
+fn a_datagram_too_short_for_a_header_is_answered_in_the_version_it_names() {
+    assert_eq!(reply_version(&[1, 0, 1, 0, 0]), 1);
+    assert_eq!(reply_version(&[2, 0]), 2);
+    assert_eq!(
+        reply_version(&[9, 0, 1]),
+        MAX_PROTOCOL_VERSION,
+        "unsupported"
+    );
+    assert_eq!(
+        reply_version(&[1]),
+        MAX_PROTOCOL_VERSION,
+        "no version to read"
     );
 }

@@ -107,6 +107,11 @@ pub struct VirtioPciDevice {
     device: Box<dyn VirtioDevice>,
     queues: Vec<Queue>,
     queue_evts: Vec<EventFd>,
+    /// A clone of each queue's notify eventfd made while the VM is built, handed to the
+    /// device at the next activation and remade at reset (when the old worker has closed
+    /// its clone), so a guest's (re)activation never needs a free descriptor a control
+    /// client may have used up.
+    notify_spares: Vec<Option<EventFd>>,
     /// One per queue, handed to the device with the queue at each activation.
     queue_statuses: Vec<Arc<QueueStatus>>,
     mem: Arc<GuestMemoryMmap>,
@@ -231,6 +236,10 @@ impl VirtioPciDevice {
         let queue_statuses = (0..num_queues)
             .map(|_| Arc::new(QueueStatus::new()))
             .collect();
+        let notify_spares = queue_evts
+            .iter()
+            .map(|evt| evt.try_clone().map(Some).map_err(VirtioPciError::EventFd))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(VirtioPciDevice {
             config,
             msix_cap_offset,
@@ -240,6 +249,7 @@ impl VirtioPciDevice {
             device,
             queues,
             queue_evts,
+            notify_spares,
             queue_statuses,
             mem,
             bar_addr: None,
@@ -322,7 +332,11 @@ impl VirtioPciDevice {
             }
             queue.event_idx = features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
             queue.indirect = features & (1 << super::VIRTIO_RING_F_INDIRECT_DESC) != 0;
-            let notify = self.queue_evts.get(index).map(EventFd::try_clone);
+            let spare = self.notify_spares.get_mut(index).and_then(Option::take);
+            let notify = match spare {
+                Some(evt) => Some(Ok(evt)),
+                None => self.queue_evts.get(index).map(EventFd::try_clone),
+            };
             let status = self.queue_statuses.get(index);
             match (queue.validate(&self.mem), notify, status) {
                 (Ok(()), Some(Ok(notify)), Some(status)) => active.push(ActiveQueue {
@@ -395,6 +409,12 @@ impl VirtioPciDevice {
         // logs as an error; then a late update may still land here).
         for status in &self.queue_statuses {
             status.deactivated();
+        }
+        // The worker closed its clones: remake the spares now, reusing those descriptors.
+        for (spare, evt) in self.notify_spares.iter_mut().zip(&self.queue_evts) {
+            if spare.is_none() {
+                *spare = evt.try_clone().ok();
+            }
         }
         self.common = CommonConfig::default();
         self.interrupt.reset();

@@ -30,6 +30,12 @@
 use std::num::NonZeroU64;
 
 use thiserror::Error;
+
+mod memory_list;
+pub use memory_list::{
+    MAX_MEMORY_LIST_ENTRIES, MemoryList, MemoryListFull, RawMemoryEntry, RawMemoryListPayload,
+    RegisteredRegion,
+};
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -37,11 +43,13 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 ///
 /// Version 2 added [`Request::GetQueues`] and its [`Response::Queues`] reply, and device
 /// kind [`device_kind::RNG`]; every message of version 1 means the same in version 2.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 added [`Request::ListMemory`] and its [`Response::MemoryList`] reply, and the
+/// counts of device counters and queues a full `Stats` or `Queues` reply left out.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this crate accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The newest protocol version this crate accepts.
-pub const MAX_PROTOCOL_VERSION: u16 = 2;
+pub const MAX_PROTOCOL_VERSION: u16 = 3;
 
 /// Size in bytes of every request datagram.
 pub const REQUEST_SIZE: usize = 64;
@@ -91,6 +99,8 @@ pub mod request_type {
     pub const SUBSCRIBE: u16 = 10;
     /// [`Request::GetQueues`](super::Request::GetQueues); protocol version 2 and later.
     pub const GET_QUEUES: u16 = 11;
+    /// [`Request::ListMemory`](super::Request::ListMemory) (version 3).
+    pub const LIST_MEMORY: u16 = 12;
 }
 
 /// Response type numbers (offset 2 of a server message). Stable: never renumbered.
@@ -109,6 +119,8 @@ pub mod response_type {
     pub const EVENT: u16 = 6;
     /// [`Response::Queues`](super::Response::Queues); protocol version 2 and later.
     pub const QUEUES: u16 = 7;
+    /// [`Response::MemoryList`](super::Response::MemoryList) (version 3).
+    pub const MEMORY_LIST: u16 = 8;
 }
 
 /// The header every message starts with. Its layout is the same in every protocol version.
@@ -235,8 +247,10 @@ pub struct RawStatsPayload {
     pub minflt: U64,
     /// Offset 152.
     pub majflt: U64,
-    /// Must be zero (offsets 160..256): room for new scalar statistics.
-    pub reserved: [u8; 96],
+    /// Device counters left out because the reply was full (offset 160; version 3, else 0).
+    pub device_counters_omitted: U32,
+    /// Must be zero (offsets 164..256): room for new scalar statistics.
+    pub reserved: [u8; 92],
     /// Per-device counters (offsets 256..1024); entries past the count must be zero.
     pub devices: [RawDeviceCounter; MAX_DEVICE_COUNTERS],
 }
@@ -279,8 +293,10 @@ pub struct RawQueueStatus {
 pub struct RawQueuesPayload {
     /// Number of valid entries in `queues`, at most [`MAX_QUEUE_STATUSES`] (offset 16).
     pub count: U32,
-    /// Must be zero (offsets 20..32).
-    pub reserved0: [u8; 12],
+    /// Queues left out because the reply was full (offset 20; version 3, else 0).
+    pub omitted: U32,
+    /// Must be zero (offsets 24..32).
+    pub reserved0: [u8; 8],
     /// The queues (offsets 32..992); entries past the count must be zero.
     pub queues: [RawQueueStatus; MAX_QUEUE_STATUSES],
     /// Must be zero (offsets 992..1024).
@@ -492,6 +508,12 @@ pub enum Request {
     /// Ask for the state of every virtqueue; answered by [`Response::Queues`]. Protocol
     /// version 2 and later.
     GetQueues,
+    /// List the registered memory regions with slots at or above `from_slot`; answered by
+    /// [`Response::MemoryList`]. Protocol version 3 and later.
+    ListMemory {
+        /// The lowest slot to list (0 for the first page; the last slot listed + 1 next).
+        from_slot: u32,
+    },
 }
 
 impl Request {
@@ -510,6 +532,7 @@ impl Request {
             Request::GetStats => GET_STATS,
             Request::Subscribe => SUBSCRIBE,
             Request::GetQueues => GET_QUEUES,
+            Request::ListMemory { .. } => LIST_MEMORY,
         }
     }
 
@@ -517,6 +540,7 @@ impl Request {
     pub fn min_version(&self) -> u16 {
         match self {
             Request::GetQueues => 2,
+            Request::ListMemory { .. } => 3,
             _ => 1,
         }
     }
@@ -542,6 +566,7 @@ impl Request {
             Request::BalloonSetTarget { pages } => pages,
             Request::RegisterMemory { size } => size,
             Request::UnregisterMemory { slot } => u64::from(slot),
+            Request::ListMemory { from_slot } => u64::from(from_slot),
             _ => 0,
         };
         let raw = RawRequest {
@@ -650,6 +675,11 @@ impl Request {
                     .map_err(|_| DecodeError::InvalidArgument("memory slot exceeds u32"))?;
                 Request::UnregisterMemory { slot }
             }
+            request_type::LIST_MEMORY if version >= 3 => {
+                let from_slot = u32::try_from(arg)
+                    .map_err(|_| DecodeError::InvalidArgument("memory slot exceeds u32"))?;
+                Request::ListMemory { from_slot }
+            }
             _ => return Err(DecodeError::InvalidType { kind }),
         };
         check_reserved(&raw.reserved, 24)?;
@@ -694,9 +724,14 @@ pub fn reject(datagram: &[u8], error: &DecodeError) -> ServerMessage {
 /// The version a server answers a datagram in: the datagram's own when it is one the server
 /// speaks, else the newest it speaks (a client newer than the server reads that; an older
 /// client sent a version the server speaks).
+///
+/// The version is read from the first two bytes even of a datagram too short for a
+/// header, so a short version-1 datagram is answered in version 1.
 pub fn reply_version(datagram: &[u8]) -> u16 {
-    match RawHeader::read_from_prefix(datagram) {
-        Ok((header, _)) if version_supported(header.version.get()) => header.version.get(),
+    match datagram {
+        [lo, hi, ..] if version_supported(u16::from_le_bytes([*lo, *hi])) => {
+            u16::from_le_bytes([*lo, *hi])
+        }
         _ => MAX_PROTOCOL_VERSION,
     }
 }
@@ -949,6 +984,7 @@ pub struct DeviceCounter {
 pub struct DeviceCounters {
     len: usize,
     entries: [DeviceCounter; MAX_DEVICE_COUNTERS],
+    omitted: u32,
 }
 
 impl Default for DeviceCounters {
@@ -956,6 +992,7 @@ impl Default for DeviceCounters {
         DeviceCounters {
             len: 0,
             entries: [DeviceCounter::default(); MAX_DEVICE_COUNTERS],
+            omitted: 0,
         }
     }
 }
@@ -966,9 +1003,13 @@ impl Default for DeviceCounters {
 pub struct CountersFull;
 
 impl DeviceCounters {
-    /// Appends a counter, or reports that all [`MAX_DEVICE_COUNTERS`] slots are used.
+    /// Appends a counter, or reports that all [`MAX_DEVICE_COUNTERS`] slots are used (and
+    /// counts it as [omitted](DeviceCounters::omitted)).
     pub fn push(&mut self, counter: DeviceCounter) -> Result<(), CountersFull> {
-        let slot = self.entries.get_mut(self.len).ok_or(CountersFull)?;
+        let Some(slot) = self.entries.get_mut(self.len) else {
+            self.omitted = self.omitted.saturating_add(1);
+            return Err(CountersFull);
+        };
         *slot = counter;
         self.len += 1;
         Ok(())
@@ -987,6 +1028,11 @@ impl DeviceCounters {
     /// Whether there are no counters.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Counters that did not fit (reported from protocol version 3 on).
+    pub fn omitted(&self) -> u32 {
+        self.omitted
     }
 }
 
@@ -1060,6 +1106,7 @@ impl QueueStatus {
 pub struct QueueStatuses {
     len: usize,
     entries: [QueueStatus; MAX_QUEUE_STATUSES],
+    omitted: u32,
 }
 
 impl Default for QueueStatuses {
@@ -1067,6 +1114,7 @@ impl Default for QueueStatuses {
         QueueStatuses {
             len: 0,
             entries: [QueueStatus::default(); MAX_QUEUE_STATUSES],
+            omitted: 0,
         }
     }
 }
@@ -1077,9 +1125,13 @@ impl Default for QueueStatuses {
 pub struct QueuesFull;
 
 impl QueueStatuses {
-    /// Appends a queue's state, or reports that all [`MAX_QUEUE_STATUSES`] slots are used.
+    /// Appends a queue's state, or reports that all [`MAX_QUEUE_STATUSES`] slots are used
+    /// (and counts it as [omitted](QueueStatuses::omitted)).
     pub fn push(&mut self, status: QueueStatus) -> Result<(), QueuesFull> {
-        let slot = self.entries.get_mut(self.len).ok_or(QueuesFull)?;
+        let Some(slot) = self.entries.get_mut(self.len) else {
+            self.omitted = self.omitted.saturating_add(1);
+            return Err(QueuesFull);
+        };
         *slot = status;
         self.len += 1;
         Ok(())
@@ -1098,6 +1150,11 @@ impl QueueStatuses {
     /// Whether there are no queues.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Queues that did not fit (reported from protocol version 3 on).
+    pub fn omitted(&self) -> u32 {
+        self.omitted
     }
 }
 
@@ -1126,6 +1183,8 @@ pub enum Response {
     Stats(Box<Stats>),
     /// Answer to `GetQueues` (boxed, like `Stats`). Protocol version 2 and later.
     Queues(Box<QueueStatuses>),
+    /// Answer to `ListMemory` (boxed, like `Stats`). Protocol version 3 and later.
+    MemoryList(Box<MemoryList>),
 }
 
 impl Response {
@@ -1199,7 +1258,13 @@ fn encode_error(payload: &mut [u8; PAYLOAD_SIZE], e: &ErrorReply) {
     );
 }
 
-fn encode_queues(payload: &mut [u8; PAYLOAD_SIZE], q: &QueueStatuses) {
+/// What a reply in `version` says was left out: nothing before version 3, which has no
+/// field for it.
+fn omitted_in(version: u16, omitted: u32) -> U32 {
+    U32::new(if version >= 3 { omitted } else { 0 })
+}
+
+fn encode_queues(payload: &mut [u8; PAYLOAD_SIZE], q: &QueueStatuses, version: u16) {
     let mut queues = [RawQueueStatus::default(); MAX_QUEUE_STATUSES];
     for (raw, s) in queues.iter_mut().zip(q.as_slice()) {
         *raw = RawQueueStatus {
@@ -1221,14 +1286,15 @@ fn encode_queues(payload: &mut [u8; PAYLOAD_SIZE], q: &QueueStatuses) {
         payload,
         &RawQueuesPayload {
             count: U32::new(q.len() as u32),
-            reserved0: [0; 12],
+            omitted: omitted_in(version, q.omitted),
+            reserved0: [0; 8],
             queues,
             reserved: [0; 32],
         },
     );
 }
 
-fn encode_stats(payload: &mut [u8; PAYLOAD_SIZE], s: &Stats) {
+fn encode_stats(payload: &mut [u8; PAYLOAD_SIZE], s: &Stats, version: u16) {
     let mut devices = [RawDeviceCounter::default(); MAX_DEVICE_COUNTERS];
     for (raw, c) in devices.iter_mut().zip(s.devices.as_slice()) {
         *raw = RawDeviceCounter {
@@ -1253,7 +1319,8 @@ fn encode_stats(payload: &mut [u8; PAYLOAD_SIZE], s: &Stats) {
             maxrss_kib: U64::new(s.rusage.maxrss_kib),
             minflt: U64::new(s.rusage.minflt),
             majflt: U64::new(s.rusage.majflt),
-            reserved: [0; 96],
+            device_counters_omitted: omitted_in(version, s.devices.omitted),
+            reserved: [0; 92],
             devices,
         },
     );
@@ -1300,12 +1367,16 @@ impl ServerMessage {
                         response_type::VERSION
                     }
                     Response::Stats(s) => {
-                        encode_stats(&mut payload, s);
+                        encode_stats(&mut payload, s, version);
                         response_type::STATS
                     }
                     Response::Queues(q) => {
-                        encode_queues(&mut payload, q);
+                        encode_queues(&mut payload, q, version);
                         response_type::QUEUES
+                    }
+                    Response::MemoryList(list) => {
+                        memory_list::encode(&mut payload, list);
+                        response_type::MEMORY_LIST
                     }
                 };
                 (kind, id.get())
@@ -1412,9 +1483,12 @@ impl ServerMessage {
                     max: v.max_version.get(),
                 })
             }
-            response_type::STATS => reply(Response::Stats(Box::new(decode_stats(p)?))),
+            response_type::STATS => reply(Response::Stats(Box::new(decode_stats(p, version)?))),
             response_type::QUEUES if version >= 2 => {
-                reply(Response::Queues(Box::new(decode_queues(p)?)))
+                reply(Response::Queues(Box::new(decode_queues(p, version)?)))
+            }
+            response_type::MEMORY_LIST if version >= 3 => {
+                reply(Response::MemoryList(Box::new(memory_list::decode(p)?)))
             }
             response_type::EVENT => {
                 if id != 0 {
@@ -1464,9 +1538,19 @@ fn read_payload<T: FromBytes>(payload: &[u8]) -> Result<T, DecodeError> {
     })
 }
 
-fn decode_queues(payload: &[u8]) -> Result<QueueStatuses, DecodeError> {
+/// The omitted count at `offset` of a reply in `version`: reserved (0) before version 3.
+fn decode_omitted(raw: U32, version: u16, offset: usize) -> Result<u32, DecodeError> {
+    match raw.get() {
+        n if version >= 3 => Ok(n),
+        0 => Ok(0),
+        _ => Err(DecodeError::ReservedNonZero { offset }),
+    }
+}
+
+fn decode_queues(payload: &[u8], version: u16) -> Result<QueueStatuses, DecodeError> {
     let q = read_payload::<RawQueuesPayload>(payload)?;
-    check_reserved(&q.reserved0, 20)?;
+    let omitted = decode_omitted(q.omitted, version, 20)?;
+    check_reserved(&q.reserved0, 24)?;
     check_reserved(&q.reserved, 992)?;
     let count = q.count.get() as usize;
     if count > MAX_QUEUE_STATUSES {
@@ -1474,7 +1558,10 @@ fn decode_queues(payload: &[u8]) -> Result<QueueStatuses, DecodeError> {
             "queue count exceeds MAX_QUEUE_STATUSES",
         ));
     }
-    let mut queues = QueueStatuses::default();
+    let mut queues = QueueStatuses {
+        omitted,
+        ..QueueStatuses::default()
+    };
     for (i, raw) in q.queues.iter().enumerate() {
         let base = 32 + 40 * i;
         if i >= count {
@@ -1507,16 +1594,20 @@ fn decode_queues(payload: &[u8]) -> Result<QueueStatuses, DecodeError> {
     Ok(queues)
 }
 
-fn decode_stats(payload: &[u8]) -> Result<Stats, DecodeError> {
+fn decode_stats(payload: &[u8], version: u16) -> Result<Stats, DecodeError> {
     let s = read_payload::<RawStatsPayload>(payload)?;
-    check_reserved(&s.reserved, 160)?;
+    let omitted = decode_omitted(s.device_counters_omitted, version, 160)?;
+    check_reserved(&s.reserved, 164)?;
     let count = s.device_counter_count.get() as usize;
     if count > MAX_DEVICE_COUNTERS {
         return Err(DecodeError::InvalidArgument(
             "device counter count exceeds MAX_DEVICE_COUNTERS",
         ));
     }
-    let mut devices = DeviceCounters::default();
+    let mut devices = DeviceCounters {
+        omitted,
+        ..DeviceCounters::default()
+    };
     for (i, raw) in s.devices.iter().enumerate() {
         if i < count {
             devices

@@ -1,0 +1,82 @@
+//! The VMM's descriptor budget: at start-up, before the sandbox, makes sure
+//! `RLIMIT_NOFILE` leaves room for every control connection the server admits
+//! (`MAX_CONNECTIONS`), the descriptors a request may carry, and headroom for the VMM's
+//! own needs while it runs, raising the soft limit towards the hard one if it must. With
+//! that room a hoarding client meets the connection cap long before the VMM meets
+//! `EMFILE`.
+
+use std::io;
+
+use thiserror::Error;
+use vm_control::server::MAX_CONNECTIONS;
+use vm_control::socket::MAX_FDS;
+
+/// Descriptors kept free beyond the connections: one datagram's worth of passed fds, the
+/// one being accepted, and spares for the VMM's own work (a device activation that must
+/// clone an eventfd, a log file reopened).
+pub const HEADROOM: u64 = MAX_FDS as u64 + 24;
+
+/// Why the descriptor budget cannot be met.
+#[derive(Debug, Error)]
+pub enum FdBudgetError {
+    #[error("cannot read the descriptor limit or count: {0}")]
+    Io(#[source] io::Error),
+    #[error(
+        "the descriptor limit (RLIMIT_NOFILE, hard {hard}) is below the {needed} the control \
+         socket needs ({open} open, {MAX_CONNECTIONS} connections, {HEADROOM} spare); raise it \
+         (ulimit -n)"
+    )]
+    TooLow { hard: u64, needed: u64, open: u64 },
+}
+
+/// Makes sure the soft descriptor limit is at least what is open now plus
+/// `MAX_CONNECTIONS` plus [`HEADROOM`]; returns the limit in force.
+pub fn ensure_control_headroom() -> Result<u64, FdBudgetError> {
+    let open = open_descriptors().map_err(FdBudgetError::Io)?;
+    let needed = open + MAX_CONNECTIONS as u64 + HEADROOM;
+    let mut limit = nofile_limit().map_err(FdBudgetError::Io)?;
+    if limit.rlim_cur >= needed {
+        return Ok(limit.rlim_cur);
+    }
+    if limit.rlim_max < needed {
+        return Err(FdBudgetError::TooLow {
+            hard: limit.rlim_max,
+            needed,
+            open,
+        });
+    }
+    limit.rlim_cur = needed;
+    // SAFETY: a valid resource and an initialized rlimit whose soft value is below its hard.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(FdBudgetError::Io(io::Error::last_os_error()));
+    }
+    Ok(needed)
+}
+
+fn nofile_limit() -> io::Result<libc::rlimit> {
+    // SAFETY: rlimit is plain data for which all-zero bytes are valid.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid resource and a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit)
+}
+
+/// Descriptors this process has open (`/proc/self/fd`, less the one listing it).
+fn open_descriptors() -> io::Result<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+    Ok(entries.saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_ends_at_least_open_plus_connections_plus_headroom() {
+        let limit = ensure_control_headroom().expect("this test runs with room to spare");
+        let open = open_descriptors().expect("count descriptors");
+        assert!(limit >= open + MAX_CONNECTIONS as u64 + HEADROOM);
+    }
+}
