@@ -320,8 +320,9 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
             memory_size: region.len(),
             userspace_addr: host_addr as u64,
         };
-        // SAFETY: the host range [host_addr, host_addr + len) is a live mapping owned by
-        // `memory`, which the returned Vm keeps alive for as long as the VM exists.
+        // SAFETY: the host range [host_addr, host_addr + len) is a mapping guest_ram made
+        // and deliberately never unmaps (see its module docs), so it stays valid for the
+        // whole life of the process, which outlives the VM and its slots.
         unsafe { vm_fd.set_user_memory_region(kvm_region) }
             .map_err(kvm_step("register guest memory"))?;
     }

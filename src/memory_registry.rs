@@ -55,7 +55,11 @@ impl RegistryError {
     }
 }
 
-/// A host mapping of a registered fd, unmapped when dropped.
+/// A host mapping of a registered fd. It is unmapped only by [`Mapping::unmap`], once no
+/// KVM slot refers to it; one dropped without that (a region still registered when the
+/// VMM exits) stays mapped until the process ends, because KVM may still point at it:
+/// unmapping memory a slot refers to would let a later mapping at the same address
+/// become guest memory.
 struct Mapping {
     addr: *mut libc::c_void,
     len: usize,
@@ -86,10 +90,15 @@ impl Mapping {
     }
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: [addr, addr + len) is the mapping made in `new`, and KVM no longer uses
-        // it: the slot is deleted before the registry drops a Mapping.
+impl Mapping {
+    /// Unmaps it.
+    ///
+    /// # Safety
+    /// No KVM memory slot may refer to the mapping: it was never installed, or its slot
+    /// has been deleted.
+    unsafe fn unmap(self) {
+        // SAFETY: [addr, addr + len) is the mapping made in `new`, which nothing else
+        // unmaps (`self` is consumed), and the caller guarantees KVM no longer uses it.
         unsafe { libc::munmap(self.addr, self.len) };
     }
 }
@@ -97,7 +106,7 @@ impl Drop for Mapping {
 struct Region {
     guest_addr: u64,
     size: u64,
-    _mapping: Mapping,
+    mapping: Mapping,
 }
 
 /// The registered regions and the address space and slots they may use.
@@ -146,15 +155,19 @@ impl MemoryRegistry {
             memory_size: size,
             userspace_addr: mapping.addr as u64,
         };
-        // SAFETY: the host range is the live mapping just made; it is kept in the registry
-        // until the slot is deleted again (unregister), so KVM never sees it unmapped.
-        unsafe { vm_fd.set_user_memory_region(region) }.map_err(RegistryError::Kvm)?;
+        // SAFETY: the host range is the live mapping just made; it is unmapped only after
+        // the slot is deleted again (unregister), so KVM never sees it unmapped.
+        if let Err(e) = unsafe { vm_fd.set_user_memory_region(region) } {
+            // SAFETY: KVM refused the slot, so nothing refers to the mapping.
+            unsafe { mapping.unmap() };
+            return Err(RegistryError::Kvm(e));
+        }
         self.regions.insert(
             slot,
             Region {
                 guest_addr,
                 size,
-                _mapping: mapping,
+                mapping,
             },
         );
         Ok((guest_addr, slot))
@@ -174,9 +187,12 @@ impl MemoryRegistry {
             userspace_addr: 0,
         };
         // SAFETY: a zero-sized region deletes the slot; KVM stops using the mapping, which
-        // is unmapped only after this succeeds (when `region` is dropped below).
+        // is unmapped only after this succeeds (below).
         unsafe { vm_fd.set_user_memory_region(delete) }.map_err(RegistryError::Kvm)?;
-        self.regions.remove(&slot);
+        if let Some(region) = self.regions.remove(&slot) {
+            // SAFETY: its slot was just deleted.
+            unsafe { region.mapping.unmap() };
+        }
         Ok(())
     }
 
@@ -251,7 +267,7 @@ mod tests {
                 Region {
                     guest_addr,
                     size,
-                    _mapping: Mapping::new(&fd, 4096).expect("map"),
+                    mapping: Mapping::new(&fd, 4096).expect("map"),
                 },
             );
         }

@@ -78,9 +78,12 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// Takes ownership of a descriptor the kernel just handed us.
-fn own(fd: RawFd) -> OwnedFd {
-    // SAFETY: callers pass only descriptors freshly returned by a successful socket(2),
-    // accept4(2), socketpair(2) or SCM_RIGHTS recvmsg(2), which nothing else owns.
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else: one just returned by a successful
+/// socket(2), accept4(2), socketpair(2) or received with SCM_RIGHTS.
+unsafe fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller guarantees `fd` is open and ours alone.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -111,7 +114,8 @@ pub fn seqpacket_socket(nonblocking: bool) -> io::Result<OwnedFd> {
         | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: socket(2) has no memory arguments.
     let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, flags, 0) })?;
-    Ok(own(fd))
+    // SAFETY: socket(2) just returned it.
+    Ok(unsafe { own(fd) })
 }
 
 /// A connected pair of `SOCK_SEQPACKET` sockets, close-on-exec and blocking.
@@ -126,7 +130,8 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
             fds.as_mut_ptr(),
         )
     })?;
-    Ok((own(fds[0]), own(fds[1])))
+    // SAFETY: socketpair(2) just returned both.
+    Ok(unsafe { (own(fds[0]), own(fds[1])) })
 }
 
 /// Connects a new blocking `SOCK_SEQPACKET` socket to `path`.
@@ -175,7 +180,8 @@ pub(crate) fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
             libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
         )
     })?;
-    Ok(own(conn))
+    // SAFETY: accept4(2) just returned it.
+    Ok(unsafe { own(conn) })
 }
 
 /// Sets or clears `O_NONBLOCK` on `fd`.
