@@ -86,6 +86,14 @@ fn write_stats(mem: &GuestMemoryMmap, addr: u64, entries: &[(u16, u64)]) -> u32 
     bytes.len() as u32
 }
 
+/// Waits until the device interrupted the driver for queue `queue`: it publishes the used
+/// entries first and interrupts after, so waiting for the used index is not enough.
+fn wait_interrupt(t: &TestDevice<Balloon>, queue: usize) {
+    wait_for(&format!("an interrupt for queue {queue}"), || {
+        t.interrupt.used_count(queue) > 0
+    });
+}
+
 /// Inflates `pfns` in one chain and waits until the device returned it (`nth` chain).
 fn inflate(t: &mut TestDevice<Balloon>, pfns: &[u32], nth: u16) {
     let len = write_pfns(&t.mem, DATA, pfns);
@@ -225,7 +233,7 @@ fn inflated_pages_read_as_zero_and_the_others_keep_their_data() {
         let expected = if given_back { 0 } else { 0xAA };
         assert!(page_is(&t.mem, pfn, expected), "page {pfn:#x}");
     }
-    assert!(t.interrupt.used_count(INFLATE) > 0);
+    wait_interrupt(&t, INFLATE);
 }
 
 #[test]
@@ -324,7 +332,7 @@ fn deflate_completes_chains_and_leaves_memory_alone() {
         (u32::from(second), 0)
     );
     assert!(page_is(&t.mem, BALLOON_PFN, 0xAA));
-    assert!(t.interrupt.used_count(DEFLATE) > 0);
+    wait_interrupt(&t, DEFLATE);
 }
 
 #[test]
@@ -363,7 +371,7 @@ fn stats_are_parsed_held_and_handed_back_on_request() {
     handle.request_stats();
     t.wait_used(STATS, 1);
     assert_eq!(t.queues[STATS].used_elem(&t.mem, 0), (u32::from(head), 0));
-    assert!(t.interrupt.used_count(STATS) > 0);
+    wait_interrupt(&t, STATS);
 
     // The driver refreshes the buffer and posts it again.
     let len = write_stats(&t.mem, buf, &[(4, 2 << 20), (6, 3 << 20), (0, 1), (1, 2)]);

@@ -205,6 +205,27 @@ impl Rig {
     fn counter(&self, get: fn(&NetCounters) -> &std::sync::atomic::AtomicU64) -> u64 {
         get(&self.counters).load(Ordering::SeqCst)
     }
+
+    /// Waits until counter `get` reached `at_least`. The device publishes a received
+    /// frame's chains before it counts the frame (packets, then bytes), and a burst's
+    /// chains before it interrupts and counts the interrupt: a test that waited for the
+    /// used index can get there first.
+    fn wait_counter(
+        &self,
+        what: &str,
+        get: fn(&NetCounters) -> &std::sync::atomic::AtomicU64,
+        at_least: u64,
+    ) {
+        wait_for(what, || self.counter(get) >= at_least);
+    }
+
+    /// Waits until the device interrupted the guest for queue `queue`; it does so after
+    /// publishing the chains a test waited for.
+    fn wait_interrupt(&self, queue: usize) {
+        wait_for(&format!("an interrupt for queue {queue}"), || {
+            self.t.interrupt.used_count(queue) >= 1
+        });
+    }
 }
 
 /// A virtio-net header (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
@@ -271,7 +292,7 @@ fn a_guest_frame_reaches_the_network_with_its_header() {
     assert_eq!(r.peer_recv(Duration::from_secs(5)).unwrap(), p);
     assert_eq!(r.counter(|c| &c.tx_packets), 1);
     assert_eq!(r.counter(|c| &c.tx_bytes), 60);
-    assert!(r.t.interrupt.used_count(TX_QUEUE) >= 1);
+    r.wait_interrupt(TX_QUEUE);
 }
 
 #[test]
@@ -290,9 +311,10 @@ fn a_network_frame_lands_in_a_posted_buffer_with_num_buffers_set() {
     assert_eq!(got[..10], p[..10], "the header passes through");
     assert_eq!(num_buffers(&got), 1);
     assert_eq!(frame(&got), frame(&p));
+    // The interrupt comes last, after the frame was counted.
+    r.wait_interrupt(RX_QUEUE);
     assert_eq!(r.counter(|c| &c.rx_packets), 1);
     assert_eq!(r.counter(|c| &c.rx_bytes), 100);
-    assert!(r.t.interrupt.used_count(RX_QUEUE) >= 1);
 }
 
 #[test]
@@ -339,6 +361,9 @@ fn a_burst_of_transmits_costs_the_guest_one_interrupt() {
     for p in &packets {
         assert_eq!(&r.peer_recv(Duration::from_secs(5)).unwrap(), p);
     }
+    // The device counts the interrupt last, after raising it. The one kick was served in
+    // one turn (fewer chains than a turn's budget), so no other interrupt can follow.
+    r.wait_counter("the interrupt counted", |c| &c.interrupts, 1);
     assert_eq!(r.t.interrupt.used_count(TX_QUEUE), 1);
     assert_eq!(r.counter(|c| &c.interrupts), 1, "the stats count it");
 }
@@ -367,6 +392,9 @@ fn a_burst_of_received_frames_costs_the_guest_one_interrupt() {
         let got = r.guest_bytes(RX_BUFS + i as u64 * 0x1000, p.len());
         assert_eq!(frame(&got), frame(p));
     }
+    // The device counts the interrupt last, after raising it; all frames and buffers
+    // were there for the one burst, so no other interrupt can follow.
+    r.wait_counter("the interrupt counted", |c| &c.interrupts, 1);
     assert_eq!(r.t.interrupt.used_count(RX_QUEUE), 1);
     assert_eq!(r.counter(|c| &c.interrupts), 1, "the stats count it");
 }
@@ -423,6 +451,7 @@ fn a_frame_that_does_not_fit_is_dropped_and_counted_and_the_buffer_kept() {
         (u32::from(head), p.len() as u32)
     );
     assert_eq!(frame(&r.guest_bytes(RX_BUFS, p.len())), frame(&p));
+    r.wait_counter("the frame counted", |c| &c.rx_packets, 1);
     assert_eq!(r.counter(|c| &c.rx_packets), 1);
 }
 
@@ -456,6 +485,7 @@ fn with_mrg_rxbuf_a_frame_bigger_than_one_buffer_spans_several() {
         r.t.queues[RX_QUEUE].used_elem(&mem, 2),
         (u32::from(heads[2]), small.len() as u32)
     );
+    r.wait_counter("both frames counted", |c| &c.rx_packets, 2);
     assert_eq!(r.counter(|c| &c.rx_packets), 2);
     assert_eq!(r.counter(|c| &c.rx_dropped), 0);
 }
@@ -479,6 +509,8 @@ fn a_64k_gso_frame_spans_many_buffers_when_the_guest_takes_tso() {
     }
     assert_eq!(num_buffers(&got), chains);
     assert_eq!(frame(&got), frame(&p));
+    // One frame, its bytes counted at once.
+    r.wait_counter("the frame's bytes counted", |c| &c.rx_bytes, 1);
     assert_eq!(r.counter(|c| &c.rx_bytes), 60_000);
 }
 
@@ -526,6 +558,7 @@ fn without_rx_buffers_a_frame_waits_in_the_backend_and_nothing_spins() {
     got.extend(r.guest_bytes(RX_BUFS + 0x1_0000, p.len() - 128));
     assert_eq!(frame(&got), frame(&p));
     assert_eq!(num_buffers(&got), 2);
+    r.wait_counter("the frame counted", |c| &c.rx_packets, 1);
     assert_eq!(r.counter(|c| &c.rx_packets), 1);
     assert_eq!(r.counter(|c| &c.rx_dropped), 0);
 }
@@ -605,6 +638,7 @@ fn receive_chains_with_readable_or_tiny_buffers_are_handed_back_unused() {
         frame(&p)
     );
     assert_eq!(r.counter(|c| &c.invalid_chains), 2);
+    r.wait_counter("the frame counted", |c| &c.rx_packets, 1);
     assert_eq!(r.counter(|c| &c.rx_packets), 1);
     assert!(!r.t.interrupt.needs_reset.load(Ordering::SeqCst));
 }
@@ -821,6 +855,9 @@ fn a_real_tap_carries_the_hosts_arp_request_to_the_guest() {
             "no ARP request reached the guest"
         );
     }
-    assert!(counters.rx_packets.load(Ordering::SeqCst) >= 1);
+    // Counted after its chains were published.
+    wait_for("the ARP request counted", || {
+        counters.rx_packets.load(Ordering::SeqCst) >= 1
+    });
     t.device.reset();
 }

@@ -111,7 +111,7 @@ impl QueueStatus {
     /// not torn: a snapshot taken across an activation or a reset is retried, so it shows
     /// one configuration. The wait is bounded: should the transport stay mid-change for
     /// 100 ms (a vCPU thread descheduled that long between two stores), one more read is
-    /// returned as it comes, possibly torn.
+    /// returned as it comes, possibly torn ([`QueueStatus::try_snapshot`] gives up instead).
     ///
     /// The worker's part is live and read without stopping it, in an order that keeps the
     /// indices consistent with each other: `device_used` first, then `device_avail`, then
@@ -122,6 +122,12 @@ impl QueueStatus {
     /// `avail.idx` backwards makes the first one do so. Each may be stale by the time it is
     /// looked at, and the counters, read after the indices, may have moved on from them.
     pub fn snapshot(&self, mem: &GuestMemoryMmap) -> QueueSnapshot {
+        self.try_snapshot(mem).unwrap_or_else(|| self.read(mem))
+    }
+
+    /// [`QueueStatus::snapshot`], but `None` rather than a possibly torn read when the
+    /// transport stays mid-change for longer than the patience.
+    pub(crate) fn try_snapshot(&self, mem: &GuestMemoryMmap) -> Option<QueueSnapshot> {
         let mut deadline = None;
         let mut retries = 0u32;
         loop {
@@ -132,12 +138,12 @@ impl QueueStatus {
                 // store of a later change, this load sees that change's odd count.
                 fence(Ordering::Acquire);
                 if self.seq.load(Ordering::Relaxed) == before {
-                    return snapshot;
+                    return Some(snapshot);
                 }
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + SNAPSHOT_PATIENCE);
             if Instant::now() >= deadline {
-                break;
+                return None;
             }
             if retries < SNAPSHOT_YIELDS {
                 std::thread::yield_now();
@@ -146,7 +152,6 @@ impl QueueStatus {
             }
             retries = retries.saturating_add(1);
         }
-        self.read(mem)
     }
 
     /// One unvalidated read of everything; see [`QueueStatus::snapshot`] for the order.
@@ -394,10 +399,23 @@ mod tests {
                 (false, 0, false) | (true, 16, true) | (true, 256, false)
             )
         };
+        // Only validated reads are checked: on an overloaded host the writer can be
+        // descheduled mid-change for longer than the patience, and then `snapshot` owns up
+        // to returning whatever it reads. Most reads must validate, or nothing was tested.
+        let (mut validated, mut gave_up) = (0u64, 0u64);
         while !writer.is_finished() {
-            let s = status.snapshot(&mem);
-            assert!(whole(s), "torn snapshot {s:?}");
+            match status.try_snapshot(&mem) {
+                Some(s) => {
+                    assert!(whole(s), "torn snapshot {s:?}");
+                    validated += 1;
+                }
+                None => gave_up += 1,
+            }
         }
         writer.join().unwrap();
+        assert!(
+            validated > gave_up,
+            "too few validated snapshots: {validated}, gave up on {gave_up}"
+        );
     }
 }
