@@ -100,6 +100,9 @@ fn run_vm(args: &RunArgs) -> i32 {
 }
 
 fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
+    // First, while this is the only thread: every thread created from here on inherits
+    // the block, so a stop signal only ever reaches the run loop.
+    let stop_signals = run_loop::block_stop_signals()?;
     let kvm = builder::open_kvm()?;
     let host = HostLimits {
         memory_mib: config::host_memory_mib(),
@@ -116,7 +119,7 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     // Before the build: device workers are created during it and confine themselves.
     sandbox::prepare(&config)?;
     let vm = builder::build(&config, &kvm)?;
-    Ok(run_loop::run(vm, &config)?)
+    Ok(run_loop::run(vm, &config, stop_signals)?)
 }
 
 /// "outer: inner: innermost", so one line carries the whole cause.

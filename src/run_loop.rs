@@ -80,11 +80,18 @@ impl Token {
 /// Host signals that stop the VM cleanly.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
+/// Blocks the host's stop signals in the calling thread and returns the descriptor the run
+/// loop reads them from. Call it before the process creates any thread (device workers, the
+/// kernel loader, vCPUs): a thread inherits its creator's signal mask, and the kernel
+/// hands a process-directed signal to any thread that does not block it, whose default
+/// action would then end the VMM without its clean-up (exit status, socket file, terminal).
+pub fn block_stop_signals() -> Result<SignalFd, RunError> {
+    SignalFd::new(&STOP_SIGNALS).map_err(setup("signal descriptor"))
+}
+
 /// Runs `vm` until the guest stops or the host asks it to; returns why it ended.
-pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
-    // Block the stop signals before any thread exists, so every thread inherits the mask
-    // and the signals are only ever read from the signalfd here.
-    let signals = SignalFd::new(&STOP_SIGNALS).map_err(setup("signal descriptor"))?;
+/// `signals` comes from [`block_stop_signals`], called before the VM was built.
+pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunError> {
     vcpu::install_kick_handler()
         .map_err(|err| setup("vCPU kick signal")(io::Error::from_raw_os_error(err.errno())))?;
     let exit = Arc::new(ExitLatch::new(

@@ -151,47 +151,15 @@ fn disable_sandbox_runs_unfiltered_and_says_so_in_the_log() {
     );
 }
 
-/// `PF_USER_WORKER` in `/proc/PID/task/TID/stat`'s flags: a kernel worker attached to the
-/// process (KVM's `kvm-nx-lpage-recovery` on recent kernels) that never runs user code, so
-/// no seccomp filter applies to it.
-const PF_USER_WORKER: u64 = 0x4000;
-
-/// Whether `task` (a `/proc/PID/task/TID` directory) is a kernel user-worker thread.
-fn is_kernel_worker(task: &Path) -> bool {
-    let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
-        return false;
-    };
-    // After the parenthesised name: state ppid pgrp session tty_nr tpgid flags ...
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    after_name
-        .split_whitespace()
-        .nth(6)
-        .and_then(|flags| flags.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_USER_WORKER != 0)
-}
-
 /// `Seccomp:` of each user thread of process `pid`: (thread name, mode).
 fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
-    let mut modes = Vec::new();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list /proc/PID/task");
-    for task in tasks {
-        let task = task.expect("read /proc/PID/task entry");
-        if is_kernel_worker(&task.path()) {
-            continue;
-        }
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue; // the thread ended meanwhile
-        };
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .map(|value| value.trim().to_string())
-                .unwrap_or_default()
-        };
-        modes.push((field("Name:"), field("Seccomp:")));
-    }
-    modes
+    common::user_threads(pid)
+        .into_iter()
+        .map(|thread| {
+            let mode = thread.field("Seccomp:");
+            (thread.name, mode)
+        })
+        .collect()
 }
 
 struct Running(Child);

@@ -10,7 +10,9 @@
 
 pub mod lab;
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -339,4 +341,91 @@ pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A pseudo-terminal pair: (master, slave). A `vmm` whose stdin is the slave treats it as
+/// the user's terminal: raw mode while it runs, the original settings back when it exits.
+pub fn open_pty() -> (File, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into the provided ints; the name,
+    // termios and window-size pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created by openpty and are owned by nobody else.
+    unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// The terminal settings of `fd`.
+pub fn termios_of(fd: &OwnedFd) -> libc::termios {
+    // SAFETY: termios is plain data; tcgetattr fills it from a valid descriptor.
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open terminal descriptor and termios is writable.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut termios) }, 0);
+    termios
+}
+
+/// `PF_USER_WORKER` in `/proc/PID/task/TID/stat`'s flags: a kernel worker attached to the
+/// process (KVM's `kvm-nx-lpage-recovery` on recent kernels) that never runs user code, so
+/// neither seccomp nor signal masks apply to it.
+const PF_USER_WORKER: u64 = 0x4000;
+
+/// Whether `task` (a `/proc/PID/task/TID` directory) is a kernel user-worker thread.
+fn is_kernel_worker(task: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+        return false;
+    };
+    // After the parenthesised name: state ppid pgrp session tty_nr tpgid flags ...
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name
+        .split_whitespace()
+        .nth(6)
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_USER_WORKER != 0)
+}
+
+/// One user thread of a process, as `/proc/PID/task/TID/status` describes it.
+pub struct ThreadStatus {
+    pub name: String,
+    status: String,
+}
+
+impl ThreadStatus {
+    /// The value of a `Key:` line (e.g. `Seccomp:`, `SigBlk:`), trimmed; empty if absent.
+    pub fn field(&self, key: &str) -> String {
+        self.status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(|value| value.trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Every user thread of process `pid` (kernel workers left out).
+pub fn user_threads(pid: u32) -> Vec<ThreadStatus> {
+    let mut threads = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list /proc/PID/task");
+    for task in tasks {
+        let task = task.expect("read /proc/PID/task entry");
+        if is_kernel_worker(&task.path()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let name = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Name:"))
+            .map(|value| value.trim().to_string())
+            .unwrap_or_default();
+        threads.push(ThreadStatus { name, status });
+    }
+    threads
 }
