@@ -29,6 +29,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::cli::{NetBackend, SerialOutput};
 use crate::config::{NetConfig, VmConfig};
+use crate::input_file::{self, InputFileError};
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
@@ -68,13 +69,8 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot read {what} {path}: {source}")]
-    ReadFile {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    InputFile(#[from] InputFileError),
     #[error("cannot load the kernel {path}: {source}")]
     LoadKernel {
         path: PathBuf,
@@ -328,16 +324,10 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| BuildError::ReadFile {
-        what,
-        path: path.to_owned(),
-        source,
-    })
-}
-
 fn load_kernel(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel> {
-    let image = read_file("the kernel", &config.kernel)?;
+    // Whatever the format, the kernel must fit in guest RAM (an unstripped vmlinux whose
+    // debug sections alone outgrow it is refused: strip it).
+    let image = input_file::read_bounded("the kernel", &config.kernel, config.mem_bytes)?;
     kernel_loader::load_kernel(memory, &image).map_err(|source| BuildError::LoadKernel {
         path: config.kernel.clone(),
         source,
@@ -353,8 +343,9 @@ fn load_initrd(
     let Some(path) = &config.initrd else {
         return Ok(None);
     };
-    let initrd = read_file("the initrd", path)?;
     let low_ram_end = layout::ram_below_4g(config.mem_bytes);
+    // The initrd goes in low RAM: anything larger cannot fit, whatever the loader decides.
+    let initrd = input_file::read_bounded("the initrd", path, low_ram_end)?;
     let highest = kernel.initrd_addr_max.min(low_ram_end.saturating_sub(1));
     let addr =
         kernel_loader::load_initrd(memory, &initrd, kernel.kernel_end, GuestAddress(highest))

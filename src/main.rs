@@ -11,6 +11,7 @@ mod console_input;
 mod control;
 mod exit;
 mod guest_ram;
+mod input_file;
 mod irq_routing;
 mod logger;
 mod memory_registry;
