@@ -20,6 +20,7 @@ mod running_vm;
 mod sandbox;
 mod signal_fd;
 mod terminal;
+mod unclaimed;
 mod vcpu;
 
 use std::error::Error;

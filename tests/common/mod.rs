@@ -101,6 +101,20 @@ impl GuestCode {
         self
     }
 
+    /// Writes a byte to every address from `start` upwards, one address after the next,
+    /// forever: where no RAM and no device is, each write is an MMIO exit at an address the
+    /// VMM has not seen before. `start` must be below 4 GiB (the boot page tables' reach).
+    pub fn sweep_mmio_from(mut self, start: u64) -> GuestCode {
+        self.bytes.extend_from_slice(&[0x48, 0xb8]); // mov rax, start
+        self.bytes.extend_from_slice(&start.to_le_bytes());
+        self.bytes.extend_from_slice(&[
+            0x88, 0x00, //       0: mov [rax], al
+            0x48, 0xff, 0xc0, // 2: inc rax
+            0xeb, 0xf9, //       5: jmp 0
+        ]);
+        self
+    }
+
     /// Waits for the CMOS RTC's seconds register to change `ticks` times (about `ticks`
     /// seconds of wall time, whatever the host's speed), polling ports 0x70/0x71.
     pub fn wait_rtc_seconds(mut self, ticks: u8) -> GuestCode {

@@ -1,0 +1,152 @@
+//! A guest that means harm, on this host's KVM with tiny hand-assembled guests: whatever
+//! it does, the VMM's own memory stays bounded, its main thread keeps answering the
+//! control socket, and it still stops when told.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use common::{GuestCode, Scratch, require_kvm, tiny_elf, vmm, vmm_run};
+
+/// Longest a `vmm run` or control command may take in these tests.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A `vmm run --socket` on a tiny guest; killed when dropped if still running.
+struct Vm {
+    child: Option<Child>,
+    socket: PathBuf,
+    _scratch: Scratch,
+}
+
+impl Vm {
+    /// Starts `code` with `stdout` as the console and waits (bounded) for the socket.
+    fn start(name: &str, code: GuestCode, stdout: Stdio, options: &[&str]) -> Vm {
+        let scratch = Scratch::new(name);
+        let kernel = scratch.write("guest.elf", &tiny_elf(code.bytes()));
+        let socket = scratch.path("vmm.sock");
+        let socket_arg = socket.display().to_string();
+        let mut args = vec!["--socket", socket_arg.as_str()];
+        args.extend_from_slice(options);
+        let child = vmm_run(&kernel, &args)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm run");
+        let mut vm = Vm {
+            child: Some(child),
+            socket,
+            _scratch: scratch,
+        };
+        let socket = vm.socket.clone();
+        let appeared = common::wait_until(LIMIT, || socket.exists() || !vm.running());
+        assert!(appeared && socket.exists(), "vmm never created its socket");
+        vm
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("vmm is ours").id()
+    }
+
+    fn ctl(&self, subcommand: &str, args: &[&str]) -> Output {
+        ctl(subcommand, &self.socket, args)
+    }
+
+    /// `vmm stats --json`, parsed; fails the test if the VMM does not answer.
+    fn stats(&self) -> serde_json::Value {
+        let output = self.ctl("stats", &["--json"]);
+        assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+        serde_json::from_slice(&output.stdout).expect("stats --json is JSON")
+    }
+
+    fn mmio_exits(&self) -> u64 {
+        self.stats()["exits"]["mmio"].as_u64().unwrap_or(0)
+    }
+
+    /// The VMM's resident memory now, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Waits for the process to end, within [`LIMIT`].
+    fn wait(mut self) -> Output {
+        let child = self.child.take().expect("vmm is ours");
+        common::wait_with_timeout(child, LIMIT)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn ctl(subcommand: &str, socket: &Path, args: &[&str]) -> Output {
+    let mut command = vmm();
+    command.arg(subcommand).arg(socket).args(args);
+    common::run_with_timeout(command, LIMIT)
+}
+
+/// Where the MMIO sweep starts: far above the guest's RAM, below the PCI hole.
+const SWEEP_START: u64 = 0x4000_0000;
+
+/// MMIO exits after which the VMM's resident memory is measured, and then again: a VMM
+/// that remembered every address would have grown by several MiB in between.
+const SWEEP_EARLY: u64 = 100_000;
+const SWEEP_LATE: u64 = 700_000;
+/// Growth allowed between the two measurements (allocator noise, the stats replies).
+const RSS_SLACK_KIB: u64 = 4096;
+
+#[test]
+fn a_guest_sweeping_mmio_addresses_does_not_grow_the_vmm() {
+    if !require_kvm() {
+        return;
+    }
+    let vm = Vm::start(
+        "mmio-sweep",
+        GuestCode::new().sweep_mmio_from(SWEEP_START),
+        Stdio::null(),
+        &[],
+    );
+    let reached = |exits: u64| common::wait_until(LIMIT, || vm.mmio_exits() >= exits);
+
+    assert!(reached(SWEEP_EARLY), "the sweep never got going");
+    let rss_early = vm.rss_kib();
+    assert!(reached(SWEEP_LATE), "the sweep stalled");
+    let rss_late = vm.rss_kib();
+
+    assert!(
+        rss_late <= rss_early + RSS_SLACK_KIB,
+        "{} more distinct MMIO addresses grew the VMM from {rss_early} KiB to {rss_late} KiB",
+        SWEEP_LATE - SWEEP_EARLY
+    );
+    let stop = vm.ctl("stop", &[]);
+    assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));
+    let output = vm.wait();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+}
