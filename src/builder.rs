@@ -16,7 +16,9 @@ use devices::virtio::net::tap::{Tap, TapError};
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::{Rng, VirtioDevice, VirtioPciDevice};
-use devices::{AcpiPm, Bus, BusDevice, BusWindow, Cmos, I8042, ResetControl, Serial};
+use devices::{
+    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleWriter, I8042, ResetControl, Serial,
+};
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
@@ -43,6 +45,9 @@ const PCI_CONFIG_DATA_OFFSET: u64 = 4;
 /// The serial port's ISA interrupt line.
 const COM1_PORT: u64 = 0x3f8;
 const COM1_GSI: u32 = 4;
+
+/// The console-writer thread's name, and its label in a sandbox report.
+const CONSOLE_WRITER: &str = "console-writer";
 
 /// A failure while building the VM.
 #[derive(Debug, Error)]
@@ -97,6 +102,8 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start the console writer thread: {0}")]
+    ConsoleWriter(#[source] io::Error),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
     #[error("--disk: {0}")]
@@ -139,6 +146,8 @@ pub struct Vm {
     pub mmio_bus: Arc<Bus>,
     pub requests: GuestRequests,
     pub console: Console,
+    /// The thread that writes the guest's console output, so no other thread waits on it.
+    pub console_writer: ConsoleWriter,
     pub virtio: VirtioHandles,
 }
 
@@ -193,7 +202,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let console = create_console(&vm_fd, config)?;
+        let (console, console_writer) = create_console(&vm_fd, config)?;
         let mut mmio_bus = Bus::new();
         let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mut mmio_bus)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
@@ -216,6 +225,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             mmio_bus: Arc::new(mmio_bus),
             requests,
             console,
+            console_writer,
             virtio,
         })
     })
@@ -415,7 +425,9 @@ fn new_eventfd() -> Result<EventFd> {
     EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
 }
 
-fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<Console> {
+/// The UART on COM1, its interrupt and input events, and the console-writer thread that
+/// takes its output to stdout or the `--serial` file.
+fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<(Console, ConsoleWriter)> {
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
@@ -438,13 +450,18 @@ fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<Console> {
             (Box::new(file), false)
         }
     };
+    let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
+        crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
+    })
+    .map_err(BuildError::ConsoleWriter)?;
     let input_ready_for_device = input_ready.try_clone().map_err(BuildError::EventFd)?;
-    let serial = Serial::new(interrupt, input_ready_for_device, out);
-    Ok(Console {
+    let serial = Serial::new(interrupt, input_ready_for_device, Box::new(output));
+    let console = Console {
         serial: Arc::new(Mutex::new(serial)),
         input_ready,
         takes_stdin,
-    })
+    };
+    Ok((console, writer))
 }
 
 fn create_pio_bus(

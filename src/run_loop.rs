@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use thiserror::Error;
@@ -77,6 +77,10 @@ impl Token {
     }
 }
 
+/// How long the VMM, once the VM has ended, waits for the console writer to write what the
+/// guest printed last.
+const CONSOLE_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
 /// Host signals that stop the VM cleanly.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
@@ -143,6 +147,7 @@ pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunEr
         vcpus,
         counters,
         serial: vm.console.serial.clone(),
+        console_writer: vm.console_writer,
         registry,
         virtio: vm.virtio,
         started: Instant::now(),
@@ -163,6 +168,14 @@ pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunEr
         control.flush_all();
     }
     running.vcpus.stop();
+    // The guest's last words (a panic, "reboot: Power down") are worth a moment; a reader
+    // that has stopped reading is not worth more.
+    if !running.console_writer.finish(CONSOLE_FLUSH_LIMIT) {
+        warn!(
+            "the console's reader took no output for {CONSOLE_FLUSH_LIMIT:?}; exiting without \
+             writing the rest"
+        );
+    }
     debug!("VM exits: {}", running.counters);
     result
 }

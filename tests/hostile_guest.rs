@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
@@ -73,6 +74,18 @@ impl Vm {
         let output = self.ctl("stats", &["--json"]);
         assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
         serde_json::from_slice(&output.stdout).expect("stats --json is JSON")
+    }
+
+    /// The serial port's counter `name` (`bytes_out`, `bytes_dropped`).
+    fn console_counter(&self, name: &str) -> u64 {
+        let stats = self.stats();
+        stats["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["kind"] == "serial" && d["counter"] == name)
+            .and_then(|d| d["value"].as_u64())
+            .unwrap_or(0)
     }
 
     fn mmio_exits(&self) -> u64 {
@@ -149,4 +162,82 @@ fn a_guest_sweeping_mmio_addresses_does_not_grow_the_vmm() {
     assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));
     let output = vm.wait();
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+}
+
+/// A pipe: (read end, write end).
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two new descriptors into the two-element array.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Guest output that more than fills a pipe (64 KiB): with the console stalled, the guest
+/// has gone on printing.
+const BEYOND_A_FULL_PIPE: u64 = 256 << 10;
+
+/// A guest printing forever into a pipe nobody reads: the read end stays open (so writes
+/// block rather than fail) and is never read. Returns the VM once the guest's output holds
+/// `counter` above `above`, as `vmm stats` reports: that needs the main thread to get at
+/// the serial port while the console is stalled.
+fn vm_with_a_stalled_console(name: &str, counter: &str, above: u64) -> (Vm, OwnedFd) {
+    let (unread, console) = pipe();
+    let vm = Vm::start(
+        name,
+        GuestCode::new().print_forever(b'x'),
+        Stdio::from(console),
+        &[],
+    );
+    let reached = common::wait_until(LIMIT, || vm.console_counter(counter) > above);
+    assert!(reached, "the console's {counter} never passed {above}");
+    (vm, unread)
+}
+
+#[test]
+fn a_stalled_console_reader_leaves_stats_answering_and_stop_working() {
+    if !require_kvm() {
+        return;
+    }
+    // Dropping starts once the pipe and the VMM's console buffer (1 MiB) are full.
+    let (vm, _unread) = vm_with_a_stalled_console("stalled-console-stop", "bytes_dropped", 0);
+
+    let dropped_before = vm.console_counter("bytes_dropped");
+    let dropped_after = vm.console_counter("bytes_dropped");
+    let stop = vm.ctl("stop", &[]);
+    let output = vm.wait();
+
+    assert!(
+        dropped_after >= dropped_before,
+        "stats keep answering, the count only grows"
+    );
+    assert_eq!(stop.status.code(), Some(0), "{}", describe(&stop));
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+}
+
+#[test]
+fn a_stalled_console_reader_leaves_sigterm_working() {
+    if !require_kvm() {
+        return;
+    }
+    let (vm, _unread) =
+        vm_with_a_stalled_console("stalled-console-sigterm", "bytes_out", BEYOND_A_FULL_PIPE);
+
+    // SAFETY: sending a signal to our own child process by pid.
+    let rc = unsafe { libc::kill(vm.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    let output = vm.wait();
+
+    assert_eq!(
+        output.status.code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        describe(&output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the console's reader took no output"),
+        "the VMM says it left output unwritten\n{}",
+        describe(&output)
+    );
 }

@@ -97,6 +97,16 @@ fn a_disallowed_syscall_in_a_device_worker_stops_the_vmm_naming_thread_and_sysca
 }
 
 #[test]
+fn a_disallowed_syscall_in_the_console_writer_stops_the_vmm_naming_thread_and_syscall() {
+    if !require_kvm() {
+        return;
+    }
+    // Every VM has a console writer; it confines itself while the VM is built.
+    let output = run_with_violation_in("console-writer", &[]);
+    assert_stopped_by_sandbox(&output, &["console-writer"], "console-writer");
+}
+
+#[test]
 fn a_disallowed_syscall_in_a_disk_worker_stops_the_vmm_naming_thread_and_syscall() {
     if !require_kvm() {
         return;
@@ -223,9 +233,9 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         modes.len(),
-        9,
-        "the main thread, three vCPU threads and the rng, two disk, net and balloon \
-         workers: {names:?}"
+        10,
+        "the main thread, three vCPU threads, the console writer and the rng, two disk, \
+         net and balloon workers: {names:?}"
     );
     for (name, mode) in &modes {
         assert_eq!(
@@ -237,6 +247,7 @@ fn every_thread_of_a_running_vmm_is_filtered() {
         "vcpu0",
         "vcpu1",
         "vcpu2",
+        "console-writer",
         "virtio-rng",
         "virtio-blk0",
         "virtio-blk1",
