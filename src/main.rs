@@ -5,6 +5,7 @@
 
 mod builder;
 mod cli;
+mod coalesce;
 mod commands;
 mod config;
 mod console_input;

@@ -4,10 +4,12 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{GuestCode, Scratch, require_kvm, tiny_elf, vmm, vmm_run};
 
@@ -33,6 +35,17 @@ struct Vm {
 impl Vm {
     /// Starts `code` with `stdout` as the console and waits (bounded) for the socket.
     fn start(name: &str, code: GuestCode, stdout: Stdio, options: &[&str]) -> Vm {
+        Vm::start_with_stdin(name, code, Stdio::null(), stdout, options)
+    }
+
+    /// [`Vm::start`] with `stdin` (a terminal feeds the guest's console).
+    fn start_with_stdin(
+        name: &str,
+        code: GuestCode,
+        stdin: Stdio,
+        stdout: Stdio,
+        options: &[&str],
+    ) -> Vm {
         let scratch = Scratch::new(name);
         let kernel = scratch.write("guest.elf", &tiny_elf(code.bytes()));
         let socket = scratch.path("vmm.sock");
@@ -40,6 +53,7 @@ impl Vm {
         let mut args = vec!["--socket", socket_arg.as_str()];
         args.extend_from_slice(options);
         let child = vmm_run(&kernel, &args)
+            .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
@@ -239,5 +253,131 @@ fn a_stalled_console_reader_leaves_sigterm_working() {
         String::from_utf8_lossy(&output.stderr).contains("the console's reader took no output"),
         "the VMM says it left output unwritten\n{}",
         describe(&output)
+    );
+}
+
+/// Where the balloon's `actual` field is, with `--balloon` the only PCI device: its BAR at
+/// the start of the PCI hole, the device configuration at 0x2000 in it, `actual` at 4.
+const BALLOON_ACTUAL: u64 = 0xc000_0000 + 0x2000 + 4;
+/// How often the guest below flips the balloon's size between 1 and 2 pages.
+const BALLOON_FLIPS: u32 = 20_000;
+/// The documented shortest time between two balloon-changed events.
+const BALLOON_EVENT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `vmm events`' lines as they arrive, each with when it did.
+struct EventLines {
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl EventLines {
+    fn subscribe(socket: &Path) -> EventLines {
+        let mut child = vmm()
+            .arg("events")
+            .arg(socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn vmm events");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((Instant::now(), line));
+            }
+        });
+        EventLines { child, lines }
+    }
+
+    fn snapshot(&self) -> Vec<(Instant, String)> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn balloon_changes(&self) -> Vec<(Instant, String)> {
+        self.snapshot()
+            .into_iter()
+            .filter(|(_, line)| line.starts_with("balloon-changed"))
+            .collect()
+    }
+
+    fn still_subscribed(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for EventLines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_guest_flipping_the_balloon_size_gets_subscribers_rate_limited_events_ending_on_the_last_size()
+{
+    if !require_kvm() {
+        return;
+    }
+    let (mut terminal, guest_terminal) = common::open_pty();
+    let code = GuestCode::new()
+        .wait_for_key()
+        .alternate_u32_at(BALLOON_ACTUAL, 1, 2, BALLOON_FLIPS)
+        .halt_forever();
+    let vm = Vm::start_with_stdin(
+        "balloon-flips",
+        code,
+        Stdio::from(guest_terminal),
+        Stdio::null(),
+        &["--balloon"],
+    );
+    let mut events = EventLines::subscribe(&vm.socket);
+    // A pause the subscriber hears about proves the subscription is in place; one made
+    // before `vmm events` connected goes unheard, so pause and resume until one is heard.
+    let subscribed = common::wait_until(LIMIT, || {
+        assert_eq!(vm.ctl("pause", &[]).status.code(), Some(0));
+        assert_eq!(vm.ctl("resume", &[]).status.code(), Some(0));
+        events.snapshot().iter().any(|(_, line)| line == "paused")
+    });
+    assert!(subscribed, "vmm events never heard a pause");
+
+    let started = Instant::now();
+    terminal.write_all(b"g").expect("let the guest go");
+    let flipped = common::wait_until(LIMIT, || {
+        vm.stats()["exits"]["mmio"].as_u64() == Some(u64::from(BALLOON_FLIPS) * 2)
+    });
+    assert!(flipped, "the guest never finished flipping");
+    let last_heard = common::wait_until(LIMIT, || {
+        events
+            .balloon_changes()
+            .last()
+            .is_some_and(|(_, line)| line.ends_with(" actual=2"))
+    });
+
+    let changes = events.balloon_changes();
+    let last_lines: Vec<&str> = changes
+        .iter()
+        .rev()
+        .take(3)
+        .map(|(_, line)| line.as_str())
+        .collect();
+    assert!(
+        last_heard,
+        "the final size never reached the subscriber ({} events, the last {last_lines:?})",
+        changes.len()
+    );
+    assert!(events.still_subscribed(), "the subscriber was dropped");
+    let span = changes
+        .last()
+        .map_or(Duration::ZERO, |(at, _)| *at - started);
+    let most = span.as_millis() / BALLOON_EVENT_INTERVAL.as_millis() + 2;
+    assert!(
+        changes.len() as u128 <= most,
+        "{} balloon-changed events in {span:?} for {} changes (at most {most})",
+        changes.len(),
+        BALLOON_FLIPS * 2
     );
 }

@@ -115,6 +115,38 @@ impl GuestCode {
         self
     }
 
+    /// Waits until a byte arrives on COM1 (polling the line-status register) and takes it:
+    /// the test says when the guest may go on, by typing on its terminal.
+    pub fn wait_for_key(mut self) -> GuestCode {
+        self.bytes.extend_from_slice(&[
+            0x66, 0xba, 0xfd, 0x03, // 0: mov dx, 0x3fd (LSR)
+            0xec, //                   4: in al, dx
+            0xa8, 0x01, //             5: test al, 1 (data ready)
+            0x74, 0xf7, //             7: jz 0
+            0x66, 0xba, 0xf8, 0x03, // 9: mov dx, 0x3f8 (RBR)
+            0xec, //                  13: in al, dx
+        ]);
+        self
+    }
+
+    /// Writes the 32-bit values `a` then `b` to `addr`, `times` times over, then falls
+    /// through: `times` * 2 MMIO writes, ending with `b`. `addr` below 4 GiB.
+    pub fn alternate_u32_at(mut self, addr: u64, a: u32, b: u32, times: u32) -> GuestCode {
+        self.bytes.extend_from_slice(&[0x48, 0xb8]); // mov rax, addr
+        self.bytes.extend_from_slice(&addr.to_le_bytes());
+        self.bytes.push(0xb9); // mov ecx, times
+        self.bytes.extend_from_slice(&times.to_le_bytes());
+        self.bytes.extend_from_slice(&[0xc7, 0x00]); // 0: mov dword [rax], a
+        self.bytes.extend_from_slice(&a.to_le_bytes());
+        self.bytes.extend_from_slice(&[0xc7, 0x00]); // 6: mov dword [rax], b
+        self.bytes.extend_from_slice(&b.to_le_bytes());
+        self.bytes.extend_from_slice(&[
+            0xff, 0xc9, // 12: dec ecx
+            0x75, 0xf0, // 14: jnz 0
+        ]);
+        self
+    }
+
     /// Waits for the CMOS RTC's seconds register to change `ticks` times (about `ticks`
     /// seconds of wall time, whatever the host's speed), polling ports 0x70/0x71.
     pub fn wait_rtc_seconds(mut self, ticks: u8) -> GuestCode {
