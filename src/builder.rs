@@ -16,7 +16,9 @@ use devices::virtio::net::tap::{Tap, TapError};
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::{Rng, VirtioDevice, VirtioPciDevice};
-use devices::{AcpiPm, Bus, BusDevice, BusWindow, Cmos, I8042, ResetControl, Serial};
+use devices::{
+    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleWriter, I8042, ResetControl, Serial,
+};
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
@@ -29,6 +31,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::cli::{NetBackend, SerialOutput};
 use crate::config::{NetConfig, VmConfig};
+use crate::input_file::{self, InputFileError};
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
@@ -42,6 +45,9 @@ const PCI_CONFIG_DATA_OFFSET: u64 = 4;
 /// The serial port's ISA interrupt line.
 const COM1_PORT: u64 = 0x3f8;
 const COM1_GSI: u32 = 4;
+
+/// The console-writer thread's name, and its label in a sandbox report.
+const CONSOLE_WRITER: &str = "console-writer";
 
 /// A failure while building the VM.
 #[derive(Debug, Error)]
@@ -68,13 +74,8 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot read {what} {path}: {source}")]
-    ReadFile {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    InputFile(#[from] InputFileError),
     #[error("cannot load the kernel {path}: {source}")]
     LoadKernel {
         path: PathBuf,
@@ -101,6 +102,8 @@ pub enum BuildError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start the console writer thread: {0}")]
+    ConsoleWriter(#[source] io::Error),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
     #[error("--disk: {0}")]
@@ -143,6 +146,8 @@ pub struct Vm {
     pub mmio_bus: Arc<Bus>,
     pub requests: GuestRequests,
     pub console: Console,
+    /// The thread that writes the guest's console output, so no other thread waits on it.
+    pub console_writer: ConsoleWriter,
     pub virtio: VirtioHandles,
 }
 
@@ -197,7 +202,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let console = create_console(&vm_fd, config)?;
+        let (console, console_writer) = create_console(&vm_fd, config)?;
         let mut mmio_bus = Bus::new();
         let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mut mmio_bus)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
@@ -220,6 +225,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             mmio_bus: Arc::new(mmio_bus),
             requests,
             console,
+            console_writer,
             virtio,
         })
     })
@@ -329,16 +335,10 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| BuildError::ReadFile {
-        what,
-        path: path.to_owned(),
-        source,
-    })
-}
-
 fn load_kernel(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel> {
-    let image = read_file("the kernel", &config.kernel)?;
+    // Whatever the format, the kernel must fit in guest RAM (an unstripped vmlinux whose
+    // debug sections alone outgrow it is refused: strip it).
+    let image = input_file::read_bounded("the kernel", &config.kernel, config.mem_bytes)?;
     kernel_loader::load_kernel(memory, &image).map_err(|source| BuildError::LoadKernel {
         path: config.kernel.clone(),
         source,
@@ -354,8 +354,9 @@ fn load_initrd(
     let Some(path) = &config.initrd else {
         return Ok(None);
     };
-    let initrd = read_file("the initrd", path)?;
     let low_ram_end = layout::ram_below_4g(config.mem_bytes);
+    // The initrd goes in low RAM: anything larger cannot fit, whatever the loader decides.
+    let initrd = input_file::read_bounded("the initrd", path, low_ram_end)?;
     let highest = kernel.initrd_addr_max.min(low_ram_end.saturating_sub(1));
     let addr =
         kernel_loader::load_initrd(memory, &initrd, kernel.kernel_end, GuestAddress(highest))
@@ -425,7 +426,9 @@ fn new_eventfd() -> Result<EventFd> {
     EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
 }
 
-fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<Console> {
+/// The UART on COM1, its interrupt and input events, and the console-writer thread that
+/// takes its output to stdout or the `--serial` file.
+fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<(Console, ConsoleWriter)> {
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
@@ -448,13 +451,18 @@ fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<Console> {
             (Box::new(file), false)
         }
     };
+    let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
+        crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
+    })
+    .map_err(BuildError::ConsoleWriter)?;
     let input_ready_for_device = input_ready.try_clone().map_err(BuildError::EventFd)?;
-    let serial = Serial::new(interrupt, input_ready_for_device, out);
-    Ok(Console {
+    let serial = Serial::new(interrupt, input_ready_for_device, Box::new(output));
+    let console = Console {
         serial: Arc::new(Mutex::new(serial)),
         input_ready,
         takes_stdin,
-    })
+    };
+    Ok((console, writer))
 }
 
 fn create_pio_bus(

@@ -5,6 +5,7 @@
 
 mod builder;
 mod cli;
+mod coalesce;
 mod commands;
 mod config;
 mod console_input;
@@ -12,6 +13,7 @@ mod control;
 mod exit;
 mod fd_budget;
 mod guest_ram;
+mod input_file;
 mod irq_routing;
 mod logger;
 mod memory_registry;
@@ -20,6 +22,7 @@ mod running_vm;
 mod sandbox;
 mod signal_fd;
 mod terminal;
+mod unclaimed;
 mod vcpu;
 
 use std::error::Error;
@@ -102,6 +105,9 @@ fn run_vm(args: &RunArgs) -> i32 {
 }
 
 fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
+    // First, while this is the only thread: every thread created from here on inherits
+    // the block, so a stop signal only ever reaches the run loop.
+    let stop_signals = run_loop::block_stop_signals()?;
     let kvm = builder::open_kvm()?;
     let host = HostLimits {
         memory_mib: config::host_memory_mib(),
@@ -118,7 +124,7 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     // Before the build: device workers are created during it and confine themselves.
     sandbox::prepare(&config)?;
     let vm = builder::build(&config, &kvm)?;
-    Ok(run_loop::run(vm, &config)?)
+    Ok(run_loop::run(vm, &config, stop_signals)?)
 }
 
 /// "outer: inner: innermost", so one line carries the whole cause.

@@ -5,7 +5,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use thiserror::Error;
@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::builder::{GuestRequests, Vm};
+use crate::coalesce::Coalescer;
 use crate::config::VmConfig;
 use crate::console_input::ConsoleInput;
 use crate::control::{CONNECTION_TOKEN_BASE, ControlServer};
@@ -79,14 +80,29 @@ impl Token {
     }
 }
 
+/// How long the VMM, once the VM has ended, waits for the console writer to write what the
+/// guest printed last.
+const CONSOLE_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
+/// Shortest time between two `BalloonChanged` events: a guest can change the balloon's
+/// size as often as it likes, subscribers get its latest size at most this often.
+const BALLOON_EVENT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Host signals that stop the VM cleanly.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
+/// Blocks the host's stop signals in the calling thread and returns the descriptor the run
+/// loop reads them from. Call it before the process creates any thread (device workers, the
+/// kernel loader, vCPUs): a thread inherits its creator's signal mask, and the kernel
+/// hands a process-directed signal to any thread that does not block it, whose default
+/// action would then end the VMM without its clean-up (exit status, socket file, terminal).
+pub fn block_stop_signals() -> Result<SignalFd, RunError> {
+    SignalFd::new(&STOP_SIGNALS).map_err(setup("signal descriptor"))
+}
+
 /// Runs `vm` until the guest stops or the host asks it to; returns why it ended.
-pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
-    // Block the stop signals before any thread exists, so every thread inherits the mask
-    // and the signals are only ever read from the signalfd here.
-    let signals = SignalFd::new(&STOP_SIGNALS).map_err(setup("signal descriptor"))?;
+/// `signals` comes from [`block_stop_signals`], called before the VM was built.
+pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunError> {
     vcpu::install_kick_handler()
         .map_err(|err| setup("vCPU kick signal")(io::Error::from_raw_os_error(err.errno())))?;
     let exit = Arc::new(ExitLatch::new(
@@ -141,6 +157,7 @@ pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
         vcpus,
         counters,
         serial: vm.console.serial.clone(),
+        console_writer: vm.console_writer,
         registry,
         virtio: vm.virtio,
         started: Instant::now(),
@@ -152,8 +169,13 @@ pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
         requests: vm.requests,
         console: ConsoleInput::new(&vm.console),
         control,
+        balloon_changes: Coalescer::new(BALLOON_EVENT_INTERVAL),
     };
     let result = run_loop.wait_for_exit(&mut running);
+    // The balloon's last change, held back by the rate limit, still reaches subscribers.
+    if let Some(pages) = run_loop.balloon_changes.flush(Instant::now()) {
+        run_loop.broadcast_balloon(pages);
+    }
     if let (Ok(why), Some(control)) = (&result, run_loop.control.as_mut()) {
         if let Some(event) = event_for(*why) {
             control.broadcast(&run_loop.epoll, event);
@@ -161,6 +183,14 @@ pub fn run(vm: Vm, config: &VmConfig) -> Result<VmExit, RunError> {
         control.flush_all();
     }
     running.vcpus.stop();
+    // The guest's last words (a panic, "reboot: Power down") are worth a moment; a reader
+    // that has stopped reading is not worth more.
+    if !running.console_writer.finish(CONSOLE_FLUSH_LIMIT) {
+        warn!(
+            "the console's reader took no output for {CONSOLE_FLUSH_LIMIT:?}; exiting without \
+             writing the rest"
+        );
+    }
     debug!("VM exits: {}", running.counters);
     result
 }
@@ -183,6 +213,8 @@ struct RunLoop<'a> {
     requests: GuestRequests,
     console: ConsoleInput<'a>,
     control: Option<ControlServer>,
+    /// The balloon's (target, actual) pages as subscribers are told them, rate-limited.
+    balloon_changes: Coalescer<(u64, u64)>,
 }
 
 impl RunLoop<'_> {
@@ -211,12 +243,7 @@ impl RunLoop<'_> {
 
         let mut events = vec![EpollEvent::default(); 32];
         loop {
-            let timeout = self
-                .control
-                .as_ref()
-                .and_then(ControlServer::timeout)
-                .map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-            let count = match self.epoll.wait(timeout, &mut events) {
+            let count = match self.epoll.wait(self.wait_timeout_ms(), &mut events) {
                 Ok(count) => count,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(RunError::Wait(err)),
@@ -224,6 +251,7 @@ impl RunLoop<'_> {
             if let Some(control) = self.control.as_mut() {
                 control.tick(&self.epoll);
             }
+            self.send_due_balloon_change();
             for event in &events[..count] {
                 if let Some(exit) = self.dispatch(event, vm) {
                     return Ok(exit);
@@ -232,14 +260,50 @@ impl RunLoop<'_> {
         }
     }
 
-    /// Tells subscribers the balloon's current target and size, once per wake however many
-    /// changes the wake stands for.
+    /// How long epoll may sleep (-1: until an event): the control server's accept back-off
+    /// and a held balloon change both need the loop back in time.
+    fn wait_timeout_ms(&self) -> i32 {
+        let now = Instant::now();
+        let control = self.control.as_ref().and_then(ControlServer::timeout);
+        let balloon = self
+            .balloon_changes
+            .deadline()
+            .map(|deadline| deadline.saturating_duration_since(now));
+        match (control, balloon) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        // Rounded up, so a deadline 0.4 ms away is not a busy 0 ms wait.
+        .map_or(-1, |t| {
+            i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+        })
+    }
+
+    /// The balloon's target or size changed: tells subscribers its current target and size,
+    /// at most once per [`BALLOON_EVENT_INTERVAL`] (see [`Coalescer`]).
     fn report_balloon_change(&mut self, vm: &RunningVm) {
         if let Some(balloon) = &vm.virtio.balloon {
+            // Before reading the sizes: a change after this read wakes the loop again.
             let _ = balloon.changed().read();
         }
         let (target_pages, actual_pages) = vm.balloon_pages();
         debug!("balloon: target {target_pages} pages, holds {actual_pages}");
+        if let Some(pages) = self
+            .balloon_changes
+            .offer(Instant::now(), (target_pages, actual_pages))
+        {
+            self.broadcast_balloon(pages);
+        }
+    }
+
+    /// Sends a balloon change held back by the rate limit, once its time has come.
+    fn send_due_balloon_change(&mut self) {
+        if let Some(pages) = self.balloon_changes.due(Instant::now()) {
+            self.broadcast_balloon(pages);
+        }
+    }
+
+    fn broadcast_balloon(&mut self, (target_pages, actual_pages): (u64, u64)) {
         if let Some(control) = self.control.as_mut() {
             control.broadcast(
                 &self.epoll,

@@ -26,6 +26,7 @@ pub struct RunningVm {
     pub vcpus: Vcpus,
     pub counters: Arc<ExitCounters>,
     pub serial: Arc<Mutex<devices::Serial>>,
+    pub console_writer: devices::ConsoleWriter,
     pub registry: MemoryRegistry,
     pub virtio: VirtioHandles,
     pub started: Instant,
@@ -195,7 +196,11 @@ impl RunningVm {
                 &[
                     (counter_id::BYTES_OUT, serial.bytes_out()),
                     (counter_id::BYTES_IN, serial.bytes_in()),
-                    (counter_id::BYTES_DROPPED, serial.bytes_lost()),
+                    // Refused by a full buffer (the UART's count), or by the host sink.
+                    (
+                        counter_id::BYTES_DROPPED,
+                        serial.bytes_lost() + self.console_writer.sink_failed(),
+                    ),
                 ],
             );
         }

@@ -10,10 +10,12 @@
 //! - Each vCPU thread calls [`enter_vcpu`] first thing, before its first `KVM_RUN`:
 //!   `seccomp/policies/vcpu.json`.
 //! - Device workers call [`enter_device_worker`] first thing (`virtio_rng.json`,
-//!   `virtio_block.json` for each disk's worker, `virtio_balloon.json`). Workers are created with their device, while the
-//!   VM is built on the still-unfiltered main thread, and park until the driver activates
-//!   the device; a worker spawned later from a vCPU thread would inherit the vCPU policy.
-//!   That is why [`prepare`] runs before the VM is built.
+//!   `virtio_block.json` for each disk's worker, `virtio_net.json` for each interface's,
+//!   `virtio_balloon.json`), and so does the serial console's writer thread
+//!   (`console_writer.json`). Workers are created with their device, while the VM is built
+//!   on the still-unfiltered main thread, and park until the driver activates the device
+//!   (the console writer until the guest prints); a worker spawned later from a vCPU thread
+//!   would inherit the vCPU policy. That is why [`prepare`] runs before the VM is built.
 //!
 //! `--disable-sandbox` skips all of it and says so in the log.
 
@@ -60,8 +62,8 @@ pub fn enter_vcpu(id: usize) {
     }
 }
 
-/// Confines a device worker thread to `kind`'s policy; the integrator calls this at the
-/// worker's start, before it reads a queue. Like [`enter_vcpu`], a worker that cannot be
+/// Confines a device worker thread (or the console writer) to `kind`'s policy; the
+/// integrator calls this at the worker's start, before it reads a queue. Like [`enter_vcpu`], a worker that cannot be
 /// confined ends the process.
 pub fn enter_device_worker(kind: ThreadKind, label: &str) {
     if let Err(err) = enter(kind, label) {

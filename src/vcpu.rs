@@ -3,7 +3,6 @@
 //! [`ExitLatch`] and the run loop ends the VM. [`Vcpus`] is the run loop's handle on the
 //! threads: it pauses them (every vCPU parked outside the guest), resumes and stops them.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -16,6 +15,7 @@ use log::{debug, error, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::exit::VmExit;
+use crate::unclaimed::{Noted, REMEMBERED_ADDRESSES, UnclaimedAccesses};
 
 /// Remembers the first reason the VM must stop and wakes the run loop. Later reasons are
 /// ignored: when the guest resets, the other vCPUs stopping is not news.
@@ -75,9 +75,9 @@ pub struct ExitCounters {
     /// Every other exit: interrupt windows, interrupted runs, unexpected reasons.
     pub other: AtomicU64,
     /// Port accesses no device claimed (a subset of io_in + io_out).
-    pub unhandled_pio: AtomicU64,
+    pub unhandled_pio: UnclaimedAccesses,
     /// MMIO accesses no device claimed (a subset of mmio_read + mmio_write).
-    pub unhandled_mmio: AtomicU64,
+    pub unhandled_mmio: UnclaimedAccesses,
 }
 
 impl ExitCounters {
@@ -103,8 +103,8 @@ impl std::fmt::Display for ExitCounters {
             get(&self.fail_entry),
             get(&self.internal_error),
             get(&self.other),
-            get(&self.unhandled_pio),
-            get(&self.unhandled_mmio)
+            self.unhandled_pio.count(),
+            self.unhandled_mmio.count()
         )
     }
 }
@@ -318,14 +318,14 @@ fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
 fn handle_exit(id: usize, exit: VcpuExit<'_>, context: &VcpuContext) -> Option<VmExit> {
     let counters = &context.counters;
     let ports = Unhandled {
-        seen: &UNHANDLED_PORTS,
-        counter: &counters.unhandled_pio,
+        accesses: &counters.unhandled_pio,
         what: "port",
+        what_plural: "ports",
     };
     let mmio = Unhandled {
-        seen: &UNHANDLED_MMIO,
-        counter: &counters.unhandled_mmio,
+        accesses: &counters.unhandled_mmio,
         what: "MMIO address",
+        what_plural: "MMIO addresses",
     };
     match exit {
         VcpuExit::IoIn(port, data) => {
@@ -427,31 +427,31 @@ fn report_triple_fault(id: usize, vcpu: &VcpuFd) {
     warn!("vCPU {id}: triple fault (KVM_EXIT_SHUTDOWN), the VM resets: {state}");
 }
 
-static UNHANDLED_PORTS: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
-static UNHANDLED_MMIO: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
-
 /// Where accesses no device claims are accounted, for one address space.
 struct Unhandled<'a> {
-    seen: &'a Mutex<BTreeSet<u64>>,
-    counter: &'a AtomicU64,
+    accesses: &'a UnclaimedAccesses,
     what: &'static str,
+    what_plural: &'static str,
 }
 
 impl Unhandled<'_> {
     /// Counts an access to an address no device claims. Guests probe for absent hardware
-    /// all the time, so each address is logged once, at debug level: the log never floods.
+    /// all the time, so each address is logged once, at debug level; and since a guest can
+    /// sweep addresses on purpose, only the first few are remembered (see [`unclaimed`]).
+    ///
+    /// [`unclaimed`]: crate::unclaimed
     fn note(&self, addr: u64) {
-        self.counter.fetch_add(1, Ordering::Relaxed);
-        let first_time = self
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr);
-        if first_time {
-            debug!(
+        match self.accesses.note(addr) {
+            Noted::FirstAtAddress => debug!(
                 "guest touched {} {addr:#x}, where no device is; reads return all ones",
                 self.what
-            );
+            ),
+            Noted::NotRemembered { first: true } => debug!(
+                "guest touched more than {REMEMBERED_ADDRESSES} distinct {} where no device is; \
+                 further ones are only counted",
+                self.what_plural
+            ),
+            Noted::Again | Noted::NotRemembered { first: false } => {}
         }
     }
 }

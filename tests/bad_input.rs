@@ -1,8 +1,13 @@
 //! Bad input on the command line or in the kernel file: one clear line on stderr, a
-//! non-zero exit status, never a panic.
+//! non-zero exit status, never a panic. Inputs that never end or never arrive (`/dev/zero`,
+//! a FIFO) or that could not fit the guest are refused before `vmm` reads them.
 
 mod common;
 
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{GuestCode, Scratch, require_kvm, run_with_timeout, tiny_elf, vmm, vmm_run};
@@ -80,6 +85,145 @@ fn initrd_that_does_not_fit_in_memory_is_rejected() {
     let (code, stderr) = fails_with(vmm_run(&kernel, &["--initrd", &initrd_arg]));
     assert_eq!(code, Some(1));
     assert!(stderr.contains("initrd"), "{stderr}");
+}
+
+/// Address space a `vmm` given an endless input may use: should it ever read such an input
+/// again, it fails an allocation (and the test) instead of calling in the host's OOM killer.
+const ADDRESS_SPACE_CAP: libc::rlim_t = 1 << 30;
+
+/// Longest a `vmm` given an endless or blocking input may take to refuse it. Without the
+/// bound a FIFO with no writer would hold `vmm run` (and this test) forever.
+const REFUSAL_LIMIT: Duration = Duration::from_secs(30);
+
+/// `vmm run --mem 64 KERNEL` with `extra`, its address space capped.
+fn capped_vmm_run(kernel: &Path, extra: &[&str]) -> Command {
+    let mut command = vmm();
+    command
+        .arg("run")
+        .args(["--mem", "64"])
+        .args(extra)
+        .arg(kernel);
+    let cap = libc::rlimit {
+        rlim_cur: ADDRESS_SPACE_CAP,
+        rlim_max: ADDRESS_SPACE_CAP,
+    };
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // setrlimit(2), which is async-signal-safe, on a limit value it owns.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+/// Runs `command` within [`REFUSAL_LIMIT`] and returns (exit status, stderr's last line),
+/// asserting it did not panic.
+fn refuses_within_limit(command: Command) -> (Option<i32>, String) {
+    let output = run_with_timeout(command, REFUSAL_LIMIT);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "vmm panicked: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default().to_string();
+    (output.status.code(), last)
+}
+
+fn poweroff_kernel(scratch: &Scratch) -> PathBuf {
+    scratch.write(
+        "guest.elf",
+        &tiny_elf(GuestCode::new().acpi_poweroff().bytes()),
+    )
+}
+
+#[test]
+fn dev_zero_as_initrd_is_refused_as_not_a_regular_file() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("zero-initrd");
+    let kernel = poweroff_kernel(&scratch);
+    let (code, error) = refuses_within_limit(capped_vmm_run(&kernel, &["--initrd", "/dev/zero"]));
+    assert_eq!(code, Some(1), "{error}");
+    assert_eq!(
+        error,
+        "vmm: error: the initrd /dev/zero is a character device, not a regular file; give vmm \
+         a file"
+    );
+}
+
+#[test]
+fn dev_zero_as_kernel_is_refused_as_not_a_regular_file() {
+    if !require_kvm() {
+        return;
+    }
+    let (code, error) = refuses_within_limit(capped_vmm_run(Path::new("/dev/zero"), &[]));
+    assert_eq!(code, Some(1), "{error}");
+    assert_eq!(
+        error,
+        "vmm: error: the kernel /dev/zero is a character device, not a regular file; give vmm \
+         a file"
+    );
+}
+
+#[test]
+fn a_fifo_as_kernel_or_initrd_is_refused_without_waiting_for_a_writer() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("fifo-input");
+    let kernel = poweroff_kernel(&scratch);
+    let fifo = scratch.path("endless");
+    let fifo_c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("no NUL in path");
+    // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+    let rc = unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    let fifo_arg = fifo.display().to_string();
+
+    let (kernel_code, kernel_error) = refuses_within_limit(capped_vmm_run(&fifo, &[]));
+    let (initrd_code, initrd_error) =
+        refuses_within_limit(capped_vmm_run(&kernel, &["--initrd", &fifo_arg]));
+
+    assert_eq!(kernel_code, Some(1), "{kernel_error}");
+    assert_eq!(
+        kernel_error,
+        format!("vmm: error: the kernel {fifo_arg} is a FIFO, not a regular file; give vmm a file")
+    );
+    assert_eq!(initrd_code, Some(1), "{initrd_error}");
+    assert_eq!(
+        initrd_error,
+        format!("vmm: error: the initrd {fifo_arg} is a FIFO, not a regular file; give vmm a file")
+    );
+}
+
+#[test]
+fn an_initrd_larger_than_guest_ram_is_refused_by_its_size_before_reading() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("huge-initrd");
+    let kernel = poweroff_kernel(&scratch);
+    // Sparse: 64 GiB that take no disk, and far more than the capped vmm could read.
+    let initrd = scratch.path("initrd");
+    let size: u64 = 64 << 30;
+    std::fs::File::create(&initrd)
+        .and_then(|file| file.set_len(size))
+        .expect("create a sparse initrd");
+    let initrd_arg = initrd.display().to_string();
+
+    let (code, error) = refuses_within_limit(capped_vmm_run(&kernel, &["--initrd", &initrd_arg]));
+
+    assert_eq!(code, Some(1), "{error}");
+    // 64 MiB of RAM, all below 4 GiB, is what an initrd could use at most.
+    assert_eq!(
+        error,
+        format!(
+            "vmm: error: the initrd {initrd_arg} is {size} bytes, more than the {} bytes the \
+             guest's memory can hold",
+            64u64 << 20
+        )
+    );
 }
 
 #[test]

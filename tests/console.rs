@@ -3,40 +3,13 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{GuestCode, Scratch, require_kvm, tiny_elf, vmm_run, wait_with_timeout};
-
-/// A pseudo-terminal pair: (master, slave).
-fn open_pty() -> (File, OwnedFd) {
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two new descriptors into the provided ints; the name,
-    // termios and window-size pointers may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors were just created by openpty and are owned by nobody else.
-    unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
-}
-
-fn termios_of(fd: &OwnedFd) -> libc::termios {
-    // SAFETY: termios is plain data; tcgetattr fills it from a valid descriptor.
-    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is an open terminal descriptor and termios is writable.
-    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut termios) }, 0);
-    termios
-}
+use common::{
+    GuestCode, Scratch, open_pty, require_kvm, termios_of, tiny_elf, vmm_run, wait_with_timeout,
+};
 
 #[test]
 fn typed_keys_reach_the_guest_and_the_terminal_is_restored() {

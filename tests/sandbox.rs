@@ -97,6 +97,16 @@ fn a_disallowed_syscall_in_a_device_worker_stops_the_vmm_naming_thread_and_sysca
 }
 
 #[test]
+fn a_disallowed_syscall_in_the_console_writer_stops_the_vmm_naming_thread_and_syscall() {
+    if !require_kvm() {
+        return;
+    }
+    // Every VM has a console writer; it confines itself while the VM is built.
+    let output = run_with_violation_in("console-writer", &[]);
+    assert_stopped_by_sandbox(&output, &["console-writer"], "console-writer");
+}
+
+#[test]
 fn a_disallowed_syscall_in_a_disk_worker_stops_the_vmm_naming_thread_and_syscall() {
     if !require_kvm() {
         return;
@@ -151,47 +161,15 @@ fn disable_sandbox_runs_unfiltered_and_says_so_in_the_log() {
     );
 }
 
-/// `PF_USER_WORKER` in `/proc/PID/task/TID/stat`'s flags: a kernel worker attached to the
-/// process (KVM's `kvm-nx-lpage-recovery` on recent kernels) that never runs user code, so
-/// no seccomp filter applies to it.
-const PF_USER_WORKER: u64 = 0x4000;
-
-/// Whether `task` (a `/proc/PID/task/TID` directory) is a kernel user-worker thread.
-fn is_kernel_worker(task: &Path) -> bool {
-    let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
-        return false;
-    };
-    // After the parenthesised name: state ppid pgrp session tty_nr tpgid flags ...
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    after_name
-        .split_whitespace()
-        .nth(6)
-        .and_then(|flags| flags.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_USER_WORKER != 0)
-}
-
 /// `Seccomp:` of each user thread of process `pid`: (thread name, mode).
 fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
-    let mut modes = Vec::new();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list /proc/PID/task");
-    for task in tasks {
-        let task = task.expect("read /proc/PID/task entry");
-        if is_kernel_worker(&task.path()) {
-            continue;
-        }
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue; // the thread ended meanwhile
-        };
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .map(|value| value.trim().to_string())
-                .unwrap_or_default()
-        };
-        modes.push((field("Name:"), field("Seccomp:")));
-    }
-    modes
+    common::user_threads(pid)
+        .into_iter()
+        .map(|thread| {
+            let mode = thread.field("Seccomp:");
+            (thread.name, mode)
+        })
+        .collect()
 }
 
 struct Running(Child);
@@ -254,6 +232,7 @@ fn every_thread_of_a_running_vmm_is_filtered() {
         "vcpu0",
         "vcpu1",
         "vcpu2",
+        "console-writer",
         "virtio-rng",
         "virtio-blk0",
         "virtio-blk1",
@@ -274,9 +253,9 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         modes.len(),
-        9,
-        "the main thread, three vCPU threads and the rng, two disk, net and balloon \
-         workers: {names:?}"
+        10,
+        "the main thread, three vCPU threads, the console writer and the rng, two disk, \
+         net and balloon workers: {names:?}"
     );
     for (name, mode) in &modes {
         assert_eq!(

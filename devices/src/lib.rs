@@ -3,11 +3,13 @@
 //! This crate owns the port-I/O/MMIO [`Bus`] and the legacy PC devices a
 //! stock Linux x86-64 kernel needs beyond what KVM's in-kernel irqchip and PIT
 //! provide: the COM1 UART, a minimal i8042 (probe and reset command), the CMOS
-//! RTC, the ACPI PM1 fixed-hardware registers and the 0xcf9 reset register.
+//! RTC, the ACPI PM1 fixed-hardware registers and the 0xcf9 reset register; and the
+//! console's output path, which never lets a stalled reader block the UART.
 
 pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
+pub mod console_output;
 pub mod i8042;
 pub mod pci;
 pub mod reset;
@@ -20,6 +22,7 @@ pub use acpi_pm::{
 };
 pub use bus::{Bus, BusDevice, BusError, BusWindow};
 pub use cmos::{CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos};
+pub use console_output::{ConsoleOutput, ConsoleWriter};
 pub use i8042::{I8042, I8042_PORT_LEN};
 pub use reset::{RESET_CONTROL_LEN, RESET_CONTROL_PORT, ResetControl};
 pub use serial::{SERIAL_PORT_LEN, Serial, SerialError};

@@ -98,7 +98,10 @@ impl Serial {
     /// its interrupt line; the VMM registers it as a KVM irqfd on GSI 4.
     /// `input_ready` is written when the guest has drained the receive FIFO so
     /// the VMM can feed more input. Guest output goes to `out`, flushed after
-    /// every byte so a crash loses nothing.
+    /// every byte; a write or flush that fails drops the byte (counted in
+    /// [`Serial::bytes_lost`]). `out` must never block: the UART runs on a vCPU
+    /// thread under a lock the VMM's main thread also takes, which is why the
+    /// VMM gives it a [`crate::ConsoleOutput`].
     pub fn new(interrupt: EventFd, input_ready: EventFd, out: Box<dyn Write + Send>) -> Serial {
         let events = UartEvents {
             input_ready,
@@ -139,13 +142,14 @@ impl Serial {
         }
     }
 
-    /// Bytes the guest has written to the transmit register and that reached
-    /// the output sink.
+    /// Bytes the guest has written to the transmit register and that the
+    /// output sink took.
     pub fn bytes_out(&self) -> u64 {
         self.uart.events().bytes_out.load(Ordering::Relaxed)
     }
 
-    /// Bytes the guest wrote that were dropped because the sink failed.
+    /// Bytes the guest wrote that were dropped because the sink refused them
+    /// (failed, or, for a [`crate::ConsoleOutput`], was full).
     pub fn bytes_lost(&self) -> u64 {
         self.uart.events().bytes_lost.load(Ordering::Relaxed)
     }

@@ -59,17 +59,21 @@ pub enum ThreadKind {
     /// A virtio-net device's worker: `epoll_wait`, eventfds, `readv`/`writev` on its tap,
     /// `ioctl(TUNSETOFFLOAD)`.
     VirtioNet,
+    /// The serial console's writer: waits for guest output and writes it to stdout or the
+    /// `--serial` file, so no other thread ever waits on the console's reader.
+    ConsoleWriter,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::VirtioRng,
         ThreadKind::VirtioBlock,
         ThreadKind::VirtioBalloon,
         ThreadKind::VirtioNet,
+        ThreadKind::ConsoleWriter,
     ];
 
     /// The name used in log lines and by the test hook.
@@ -81,6 +85,7 @@ impl ThreadKind {
             ThreadKind::VirtioBlock => "virtio-blk",
             ThreadKind::VirtioBalloon => "virtio-balloon",
             ThreadKind::VirtioNet => "virtio-net",
+            ThreadKind::ConsoleWriter => "console-writer",
         }
     }
 
@@ -93,6 +98,7 @@ impl ThreadKind {
             ThreadKind::VirtioBlock => "policies/virtio_block.json",
             ThreadKind::VirtioBalloon => "policies/virtio_balloon.json",
             ThreadKind::VirtioNet => "policies/virtio_net.json",
+            ThreadKind::ConsoleWriter => "policies/console_writer.json",
         }
     }
 
@@ -104,6 +110,7 @@ impl ThreadKind {
             ThreadKind::VirtioBlock => policies::VIRTIO_BLOCK,
             ThreadKind::VirtioBalloon => policies::VIRTIO_BALLOON,
             ThreadKind::VirtioNet => policies::VIRTIO_NET,
+            ThreadKind::ConsoleWriter => policies::CONSOLE_WRITER,
         };
         raw.iter()
             .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })

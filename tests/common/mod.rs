@@ -11,7 +11,9 @@
 pub mod hostile;
 pub mod lab;
 
+use std::fs::File;
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -96,6 +98,52 @@ impl GuestCode {
             0xb0, b,    //                4: mov al, b
             0xee, //                   6: out dx, al
             0xeb, 0xf7, //             7: jmp 0
+        ]);
+        self
+    }
+
+    /// Writes a byte to every address from `start` upwards, one address after the next,
+    /// forever: where no RAM and no device is, each write is an MMIO exit at an address the
+    /// VMM has not seen before. `start` must be below 4 GiB (the boot page tables' reach).
+    pub fn sweep_mmio_from(mut self, start: u64) -> GuestCode {
+        self.bytes.extend_from_slice(&[0x48, 0xb8]); // mov rax, start
+        self.bytes.extend_from_slice(&start.to_le_bytes());
+        self.bytes.extend_from_slice(&[
+            0x88, 0x00, //       0: mov [rax], al
+            0x48, 0xff, 0xc0, // 2: inc rax
+            0xeb, 0xf9, //       5: jmp 0
+        ]);
+        self
+    }
+
+    /// Waits until a byte arrives on COM1 (polling the line-status register) and takes it:
+    /// the test says when the guest may go on, by typing on its terminal.
+    pub fn wait_for_key(mut self) -> GuestCode {
+        self.bytes.extend_from_slice(&[
+            0x66, 0xba, 0xfd, 0x03, // 0: mov dx, 0x3fd (LSR)
+            0xec, //                   4: in al, dx
+            0xa8, 0x01, //             5: test al, 1 (data ready)
+            0x74, 0xf7, //             7: jz 0
+            0x66, 0xba, 0xf8, 0x03, // 9: mov dx, 0x3f8 (RBR)
+            0xec, //                  13: in al, dx
+        ]);
+        self
+    }
+
+    /// Writes the 32-bit values `a` then `b` to `addr`, `times` times over, then falls
+    /// through: `times` * 2 MMIO writes, ending with `b`. `addr` below 4 GiB.
+    pub fn alternate_u32_at(mut self, addr: u64, a: u32, b: u32, times: u32) -> GuestCode {
+        self.bytes.extend_from_slice(&[0x48, 0xb8]); // mov rax, addr
+        self.bytes.extend_from_slice(&addr.to_le_bytes());
+        self.bytes.push(0xb9); // mov ecx, times
+        self.bytes.extend_from_slice(&times.to_le_bytes());
+        self.bytes.extend_from_slice(&[0xc7, 0x00]); // 0: mov dword [rax], a
+        self.bytes.extend_from_slice(&a.to_le_bytes());
+        self.bytes.extend_from_slice(&[0xc7, 0x00]); // 6: mov dword [rax], b
+        self.bytes.extend_from_slice(&b.to_le_bytes());
+        self.bytes.extend_from_slice(&[
+            0xff, 0xc9, // 12: dec ecx
+            0x75, 0xf0, // 14: jnz 0
         ]);
         self
     }
@@ -425,4 +473,91 @@ pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A pseudo-terminal pair: (master, slave). A `vmm` whose stdin is the slave treats it as
+/// the user's terminal: raw mode while it runs, the original settings back when it exits.
+pub fn open_pty() -> (File, OwnedFd) {
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors into the provided ints; the name,
+    // termios and window-size pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created by openpty and are owned by nobody else.
+    unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// The terminal settings of `fd`.
+pub fn termios_of(fd: &OwnedFd) -> libc::termios {
+    // SAFETY: termios is plain data; tcgetattr fills it from a valid descriptor.
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is an open terminal descriptor and termios is writable.
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut termios) }, 0);
+    termios
+}
+
+/// `PF_USER_WORKER` in `/proc/PID/task/TID/stat`'s flags: a kernel worker attached to the
+/// process (KVM's `kvm-nx-lpage-recovery` on recent kernels) that never runs user code, so
+/// neither seccomp nor signal masks apply to it.
+const PF_USER_WORKER: u64 = 0x4000;
+
+/// Whether `task` (a `/proc/PID/task/TID` directory) is a kernel user-worker thread.
+fn is_kernel_worker(task: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+        return false;
+    };
+    // After the parenthesised name: state ppid pgrp session tty_nr tpgid flags ...
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name
+        .split_whitespace()
+        .nth(6)
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_USER_WORKER != 0)
+}
+
+/// One user thread of a process, as `/proc/PID/task/TID/status` describes it.
+pub struct ThreadStatus {
+    pub name: String,
+    status: String,
+}
+
+impl ThreadStatus {
+    /// The value of a `Key:` line (e.g. `Seccomp:`, `SigBlk:`), trimmed; empty if absent.
+    pub fn field(&self, key: &str) -> String {
+        self.status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(|value| value.trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Every user thread of process `pid` (kernel workers left out).
+pub fn user_threads(pid: u32) -> Vec<ThreadStatus> {
+    let mut threads = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list /proc/PID/task");
+    for task in tasks {
+        let task = task.expect("read /proc/PID/task entry");
+        if is_kernel_worker(&task.path()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let name = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Name:"))
+            .map(|value| value.trim().to_string())
+            .unwrap_or_default();
+        threads.push(ThreadStatus { name, status });
+    }
+    threads
 }

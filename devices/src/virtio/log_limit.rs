@@ -14,6 +14,13 @@ pub const LOG_EVERY: u64 = 1000;
 pub struct LogLimiter(AtomicU64);
 
 impl LogLimiter {
+    /// A limiter that has counted nothing; `const`, so a `static` can hold one for a kind
+    /// of problem that outlives any one device state (a reset starts a new queue, not a
+    /// new log budget).
+    pub const fn new() -> LogLimiter {
+        LogLimiter(AtomicU64::new(0))
+    }
+
     /// Counts one problem; returns its number when it should be logged.
     pub fn admit(&self) -> Option<u64> {
         let n = self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1);

@@ -297,7 +297,11 @@ impl VirtioPciDevice {
         match self.queue_evts.get(index) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    log::warn!("virtio-pci: cannot notify queue {index}: {e}");
+                    static NOTIFY_FAILED: super::log_limit::LogLimiter =
+                        super::log_limit::LogLimiter::new();
+                    if let Some(n) = NOTIFY_FAILED.admit() {
+                        log::warn!("virtio-pci: cannot notify queue {index} ({n} so far): {e}");
+                    }
                 }
             }
             None => log::debug!("virtio-pci: notify of missing queue {index}"),
@@ -346,7 +350,11 @@ impl VirtioPciDevice {
                     status: status.clone(),
                 }),
                 (Err(e), _, _) => {
-                    log::warn!("virtio-pci: queue {index} rejected: {e}");
+                    static QUEUE_REJECTED: super::log_limit::LogLimiter =
+                        super::log_limit::LogLimiter::new();
+                    if let Some(n) = QUEUE_REJECTED.admit() {
+                        log::warn!("virtio-pci: queue {index} rejected ({n} so far): {e}");
+                    }
                     return false;
                 }
                 (_, _, _) => return false,
@@ -362,7 +370,11 @@ impl VirtioPciDevice {
         match self.device.activate(self.mem.clone(), interrupt, active) {
             Ok(()) => true,
             Err(e) => {
-                log::warn!("virtio-pci: activation failed: {e}");
+                static ACTIVATION_FAILED: super::log_limit::LogLimiter =
+                    super::log_limit::LogLimiter::new();
+                if let Some(n) = ACTIVATION_FAILED.admit() {
+                    log::warn!("virtio-pci: activation failed ({n} so far): {e}");
+                }
                 for status in statuses {
                     status.deactivated();
                 }

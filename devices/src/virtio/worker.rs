@@ -35,6 +35,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use super::log_limit::LogLimiter;
 use super::{ActiveQueue, DescriptorChain, Interrupt, Queue, QueueError, QueueStatus};
 
 /// Epoll token of the command mailbox; device tokens are `u32`, so they never collide.
@@ -502,10 +503,15 @@ impl ServedQueue {
     }
 
     fn mark_broken(&mut self, device: &str, interrupt: &dyn Interrupt, error: &QueueError) {
-        log::warn!(
-            "{device}: invalid queue {}, device needs reset: {error}",
-            self.index
-        );
+        // A driver can break a queue, reset and break it again forever; each activation
+        // is a new ServedQueue, so the budget lives in a static.
+        static BROKEN_QUEUES: LogLimiter = LogLimiter::new();
+        if let Some(n) = BROKEN_QUEUES.admit() {
+            log::warn!(
+                "{device}: invalid queue {}, device needs reset ({n} so far): {error}",
+                self.index
+            );
+        }
         self.broken = true;
         self.status.set_broken();
         interrupt.set_needs_reset();
@@ -550,10 +556,13 @@ impl ServedQueue {
             }
             Ok(false) => false,
             Err(e) => {
-                log::warn!(
-                    "{device}: cannot read queue {} notification state: {e}",
-                    self.index
-                );
+                static UNREADABLE_NOTIFICATION_STATE: LogLimiter = LogLimiter::new();
+                if let Some(n) = UNREADABLE_NOTIFICATION_STATE.admit() {
+                    log::warn!(
+                        "{device}: cannot read queue {} notification state ({n} so far): {e}",
+                        self.index
+                    );
+                }
                 false
             }
         }
