@@ -203,8 +203,8 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             reset: new_eventfd()?,
         };
         let (console, console_writer) = create_console(&vm_fd, config)?;
-        let mut mmio_bus = Bus::new();
-        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mut mmio_bus)?;
+        let mmio_bus = Arc::new(Bus::new());
+        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mmio_bus)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -222,7 +222,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             memory: memory.clone(),
             vcpus,
             pio_bus,
-            mmio_bus: Arc::new(mmio_bus),
+            mmio_bus,
             requests,
             console,
             console_writer,
@@ -472,7 +472,7 @@ fn create_pio_bus(
     pci_root: PciRoot,
 ) -> Result<Bus> {
     let clone = |evt: &EventFd| evt.try_clone().map_err(BuildError::EventFd);
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     bus.insert(console.serial.clone(), COM1_PORT, 8)?;
     bus.insert(shared(I8042::new(clone(&requests.reset)?)), 0x60, 5)?;
     let cmos = Cmos::new(
@@ -506,7 +506,7 @@ fn create_pci(
     config: &VmConfig,
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
-    mmio_bus: &mut Bus,
+    mmio_bus: &Arc<Bus>,
 ) -> Result<(PciRoot, VirtioHandles)> {
     let mut pci = PciWiring {
         root: PciRoot::new(),
@@ -609,7 +609,7 @@ struct PciWiring<'a> {
     next_gsi: u32,
     vm_fd: &'a Arc<VmFd>,
     memory: &'a GuestMemoryMmap,
-    mmio_bus: &'a mut Bus,
+    mmio_bus: &'a Arc<Bus>,
 }
 
 impl PciWiring<'_> {
@@ -631,12 +631,12 @@ impl PciWiring<'_> {
         {
             self.mmio_bus.insert(bar.bus_device, bar.base, bar.size)?;
         }
-        let transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+        let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
         let notifiers = transport
             .queue_notifiers()
             .map_err(|err| BuildError::Device(err.to_string()))?
             .unwrap_or_default();
-        for notifier in notifiers {
+        for notifier in &notifiers {
             self.vm_fd
                 .register_ioevent(
                     &notifier.eventfd,
@@ -645,6 +645,11 @@ impl PciWiring<'_> {
                 )
                 .map_err(kvm_step("register a queue notification"))?;
         }
+        transport.set_bar_mover(crate::bar_mover::bar_mover(
+            self.vm_fd.clone(),
+            self.mmio_bus.clone(),
+            notifiers,
+        ));
         self.wire_msix(&transport)?;
         debug!("virtio device at PCI {address:?}");
         Ok(transport.queue_statuses())

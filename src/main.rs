@@ -3,6 +3,7 @@
 //! `main` parses the command line, dispatches the subcommand and turns its outcome into
 //! the documented exit status (see [`exit`]).
 
+mod bar_mover;
 mod builder;
 mod cli;
 mod coalesce;

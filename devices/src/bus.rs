@@ -6,7 +6,13 @@
 //! vCPUs touching different devices never contend.
 //!
 //! Ranges are kept in a `BTreeMap` keyed by base address, so a lookup is one
-//! `range(..=addr).next_back()`: O(log n) in the number of devices.
+//! `range(..=addr).next_back()`: O(log n) in the number of devices. The map sits behind
+//! an `RwLock` because one kind of range moves while the VM runs: a PCI BAR the guest
+//! reprograms ([`Bus::relocate`], called from a vCPU thread). A lookup holds the read
+//! lock only to find the device and clone its handle; the device's own lock is taken
+//! after the bus lock is released, so a device that relocates itself while its lock is
+//! held (a BAR write arrives as a configuration write to the device) cannot deadlock
+//! with a vCPU that is routing an access to it.
 //!
 //! # Accesses that run past the end of a device
 //!
@@ -19,7 +25,7 @@
 //! several device side effects in different locks.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// A device that can be attached to a [`Bus`].
 pub trait BusDevice: Send {
@@ -65,6 +71,9 @@ pub enum BusError {
         /// Length of the range it collides with.
         existing_len: u64,
     },
+    /// [`Bus::relocate`] found no range at the old base.
+    #[error("no device range at {0:#x} to move")]
+    NotFound(u64),
 }
 
 struct BusEntry {
@@ -75,19 +84,39 @@ struct BusEntry {
 /// Address ranges mapped to devices; see the module documentation.
 #[derive(Default)]
 pub struct Bus {
-    devices: BTreeMap<u64, BusEntry>,
+    devices: RwLock<BTreeMap<u64, BusEntry>>,
 }
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
         f.debug_list()
             .entries(
-                self.devices
+                devices
                     .iter()
                     .map(|(base, e)| format!("{base:#x}+{:#x}", e.len)),
             )
             .finish()
     }
+}
+
+/// The range of `map` that shares an address with `base..=last`, if any. Ranges are
+/// disjoint, so the only candidate is the one with the highest base at or below `last`:
+/// every range before it ends before it starts.
+fn overlap(map: &BTreeMap<u64, BusEntry>, base: u64, last: u64) -> Option<(u64, u64)> {
+    let (&existing_base, entry) = map.range(..=last).next_back()?;
+    // `existing_base <= last`; they overlap unless it ends before `base`.
+    let existing_last = existing_base + (entry.len - 1);
+    (existing_last >= base).then_some((existing_base, entry.len))
+}
+
+/// The last address of `base..base + len`, or why there is none.
+fn last_address(base: u64, len: u64) -> Result<u64, BusError> {
+    if len == 0 {
+        return Err(BusError::ZeroLength { base });
+    }
+    base.checked_add(len - 1)
+        .ok_or(BusError::Overflow { base, len })
 }
 
 impl Bus {
@@ -102,41 +131,56 @@ impl Bus {
     /// representable); one whose last address would lie beyond it is an
     /// [`BusError::Overflow`].
     pub fn insert(
-        &mut self,
+        &self,
         device: Arc<Mutex<dyn BusDevice>>,
         base: u64,
         len: u64,
     ) -> Result<(), BusError> {
-        if len == 0 {
-            return Err(BusError::ZeroLength { base });
+        let last = last_address(base, len)?;
+        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some((existing_base, existing_len)) = overlap(&devices, base, last) {
+            return Err(BusError::Overlap {
+                base,
+                len,
+                existing_base,
+                existing_len,
+            });
         }
-        let last = base
-            .checked_add(len - 1)
-            .ok_or(BusError::Overflow { base, len })?;
-        // Existing ranges are disjoint, so the only candidate for a collision
-        // is the one with the highest base at or below our last address: every
-        // range before it ends before it starts.
-        if let Some((&existing_base, entry)) = self.devices.range(..=last).next_back() {
-            // `existing_base <= last`; they overlap unless it ends before `base`.
-            let existing_last = existing_base + (entry.len - 1);
-            if existing_last >= base {
-                return Err(BusError::Overlap {
-                    base,
-                    len,
-                    existing_base,
-                    existing_len: entry.len,
-                });
-            }
-        }
-        self.devices.insert(base, BusEntry { len, device });
+        devices.insert(base, BusEntry { len, device });
         Ok(())
     }
 
-    /// Finds the device covering `addr` and the offset of `addr` within it.
-    fn lookup(&self, addr: u64) -> Option<(&Arc<Mutex<dyn BusDevice>>, u64)> {
-        let (&base, entry) = self.devices.range(..=addr).next_back()?;
+    /// Moves the range at `old_base` to start at `new_base`, keeping its length and device,
+    /// while the bus is in use. Refused, with nothing changed, when no range starts at
+    /// `old_base` or the moved range would overlap another.
+    pub fn relocate(&self, old_base: u64, new_base: u64) -> Result<(), BusError> {
+        let mut devices = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        let entry = devices
+            .remove(&old_base)
+            .ok_or(BusError::NotFound(old_base))?;
+        let checked = last_address(new_base, entry.len).and_then(|last| {
+            match overlap(&devices, new_base, last) {
+                Some((existing_base, existing_len)) => Err(BusError::Overlap {
+                    base: new_base,
+                    len: entry.len,
+                    existing_base,
+                    existing_len,
+                }),
+                None => Ok(()),
+            }
+        });
+        let at = if checked.is_ok() { new_base } else { old_base };
+        devices.insert(at, entry);
+        checked
+    }
+
+    /// Finds the device covering `addr` and the offset of `addr` within it. The bus lock
+    /// is released when this returns (see the module docs).
+    fn lookup(&self, addr: u64) -> Option<(Arc<Mutex<dyn BusDevice>>, u64)> {
+        let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
+        let (&base, entry) = devices.range(..=addr).next_back()?;
         let offset = addr - base;
-        (offset < entry.len).then_some((&entry.device, offset))
+        (offset < entry.len).then(|| (entry.device.clone(), offset))
     }
 
     /// Routes a guest read at `addr` to the device covering it.
@@ -208,7 +252,7 @@ mod tests {
 
     #[test]
     fn insert_zero_length_is_rejected() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
 
         let res = bus.insert(recorder(), 0x10, 0);
 
@@ -217,7 +261,7 @@ mod tests {
 
     #[test]
     fn insert_past_u64_max_is_rejected() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
 
         let res = bus.insert(recorder(), u64::MAX, 2);
 
@@ -232,7 +276,7 @@ mod tests {
 
     #[test]
     fn insert_ending_exactly_at_u64_max_is_accepted_and_reachable() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let dev = recorder();
 
         bus.insert(dev.clone(), u64::MAX - 1, 2).unwrap();
@@ -245,7 +289,7 @@ mod tests {
 
     #[test]
     fn insert_overlapping_ranges_is_rejected() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(recorder(), 0x100, 0x10).unwrap();
 
         // Same base, tail overlap, head overlap, containing, contained.
@@ -266,7 +310,7 @@ mod tests {
 
     #[test]
     fn insert_adjacent_ranges_is_accepted() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(recorder(), 0x100, 0x10).unwrap();
 
         let below = bus.insert(recorder(), 0xf0, 0x10);
@@ -278,7 +322,7 @@ mod tests {
 
     #[test]
     fn lookup_hits_first_and_last_byte_and_misses_one_past_and_before() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let dev = recorder();
         bus.insert(dev.clone(), 0x3f8, 8).unwrap();
         let mut data = [0u8; 1];
@@ -297,7 +341,7 @@ mod tests {
 
     #[test]
     fn lookup_in_gap_between_devices_misses() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(recorder(), 0x60, 1).unwrap();
         bus.insert(recorder(), 0x64, 1).unwrap();
         let mut data = [0xaa; 1];
@@ -319,7 +363,7 @@ mod tests {
 
     #[test]
     fn access_spanning_two_devices_goes_whole_to_the_first() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a = recorder();
         let b = recorder();
         bus.insert(a.clone(), 0x70, 2).unwrap();
@@ -336,7 +380,7 @@ mod tests {
 
     #[test]
     fn many_devices_each_get_their_own_offsets() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let devs: Vec<_> = (0..64).map(|_| recorder()).collect();
         for (i, d) in devs.iter().enumerate() {
             bus.insert(d.clone(), 0x1000 + (i as u64) * 0x10, 0x8)
@@ -401,7 +445,7 @@ mod window_tests {
     #[test]
     fn window_shifts_offsets_into_the_device() {
         let recorder = Arc::new(Mutex::new(Recorder(u64::MAX)));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(recorder.clone(), 0xcf8, 1)
             .expect("address register");
         bus.insert(

@@ -35,7 +35,7 @@ fn legacy_devices_on_one_bus_answer_at_their_ports() {
     let reset = evt();
     let poweroff = evt();
     let out = SharedBuf::default();
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     let serial = Serial::new(evt(), evt(), Box::new(out.clone()));
     bus.insert(Arc::new(Mutex::new(serial)), 0x3f8, SERIAL_PORT_LEN)
         .unwrap();

@@ -73,7 +73,7 @@ fn io_bus() -> Bus {
     let mut root = PciRoot::new();
     root.add_device(Arc::new(Mutex::new(TestDevice::new())))
         .unwrap();
-    let mut bus = Bus::new();
+    let bus = Bus::new();
     bus.insert(
         Arc::new(Mutex::new(root)),
         PCI_CONFIG_IO_BASE,

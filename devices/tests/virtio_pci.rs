@@ -61,14 +61,14 @@ impl Driver {
         let mut root = PciRoot::new();
         let dyn_dev: Arc<Mutex<dyn PciDevice>> = dev.clone();
         root.add_device(dyn_dev.clone()).unwrap();
-        let mut io = Bus::new();
+        let io = Bus::new();
         io.insert(
             Arc::new(Mutex::new(root)),
             PCI_CONFIG_IO_BASE,
             PCI_CONFIG_IO_LEN,
         )
         .unwrap();
-        let mut mmio = Bus::new();
+        let mmio = Bus::new();
         for bar in pci::allocate_bars(&dyn_dev, &mut BarAllocator::default()).unwrap() {
             mmio.insert(bar.bus_device, bar.base, bar.size).unwrap();
         }

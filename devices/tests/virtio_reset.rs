@@ -128,7 +128,9 @@ impl Rig {
             taken: taken_tx,
             gate: Arc::new(Mutex::new(gate)),
         };
-        let dev = VirtioPciDevice::new(Box::new(device), mem.clone()).unwrap();
+        let mut dev = VirtioPciDevice::new(Box::new(device), mem.clone()).unwrap();
+        // Memory decoding on, as pci_enable_device does: the BAR answers only then.
+        dev.config_write(4, &[0x06, 0x00]);
         Rig {
             dev,
             mem,

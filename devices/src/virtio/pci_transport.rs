@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::pci::config::COMMAND_MEMORY_SPACE;
 use crate::pci::msix::{MSIX_CAPABILITY_ID, MsixConfig};
 use crate::pci::{BarRegion, BarType, PciConfiguration, PciDevice, PciError, PciIds};
 
@@ -97,6 +98,20 @@ pub struct QueueNotifier {
     pub eventfd: EventFd,
 }
 
+/// Where the guest moved the virtio BAR: the VMM moves the MMIO bus range and the queue
+/// notification ioeventfds from `old` to `new` (both bases of a [`VIRTIO_BAR_SIZE`] range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarMove {
+    /// Where the BAR decoded until now.
+    pub old: u64,
+    /// Where the guest programmed it.
+    pub new: u64,
+}
+
+/// Carries out a [`BarMove`] in the VMM; an error (a range outside the MMIO window, one
+/// overlapping another device) leaves the BAR where it was.
+pub type BarMover = Box<dyn FnMut(BarMove) -> Result<(), String> + Send>;
+
 /// A virtio device behind the modern PCI transport; see the module docs.
 pub struct VirtioPciDevice {
     config: PciConfiguration,
@@ -116,6 +131,8 @@ pub struct VirtioPciDevice {
     queue_statuses: Vec<Arc<QueueStatus>>,
     mem: Arc<GuestMemoryMmap>,
     bar_addr: Option<u64>,
+    /// Moves the BAR's decoding when the guest reprograms it (see [`BarMove`]).
+    bar_mover: Option<BarMover>,
     /// The driver reset the device, but its worker had not let go of the queues yet: the
     /// reset completes (and the status reads 0) once it has. Until then the driver's writes
     /// are ignored and the status reads as it did.
@@ -253,6 +270,7 @@ impl VirtioPciDevice {
             queue_statuses,
             mem,
             bar_addr: None,
+            bar_mover: None,
             reset_pending: false,
         })
     }
@@ -436,6 +454,52 @@ impl VirtioPciDevice {
         // its seccomp policy rightly does not allow.
     }
 
+    /// Installs what moves the BAR's decoding when the guest reprograms the BAR.
+    pub fn set_bar_mover(&mut self, mover: BarMover) {
+        self.bar_mover = Some(mover);
+    }
+
+    /// Whether the guest enabled memory decoding (COMMAND's memory space bit): until it
+    /// does, and while it turns it off (as Linux does while sizing BARs), the BAR answers
+    /// as no device would. Queue notifications are KVM ioeventfds, which KVM signals
+    /// whatever the bit says: they only make the device look at its queues.
+    fn memory_decoding(&self) -> bool {
+        self.config.command() & COMMAND_MEMORY_SPACE != 0
+    }
+
+    /// Follows a BAR the guest reprogrammed, once memory decoding is on (so never in the
+    /// middle of sizing, which writes all ones with decoding off, nor half-way through
+    /// the two halves of a 64-bit address, written with decoding off too). A move the VMM
+    /// refuses puts the old address back in the register, so the guest reads where the
+    /// BAR really decodes.
+    fn follow_bar(&mut self) {
+        let (Some(old), Some(new)) = (self.bar_addr, self.config.bar_address(VIRTIO_BAR)) else {
+            return;
+        };
+        if old == new || !self.memory_decoding() {
+            return;
+        }
+        let moved = match self.bar_mover.as_mut() {
+            Some(mover) => mover(BarMove { old, new }),
+            None => Err("this VMM does not move BARs".to_string()),
+        };
+        match moved {
+            Ok(()) => self.bar_addr = Some(new),
+            Err(e) => {
+                // The guest can reprogram its BAR as often as it likes.
+                static REFUSED: super::log_limit::LogLimiter = super::log_limit::LogLimiter::new();
+                if let Some(n) = REFUSED.admit() {
+                    log::warn!(
+                        "virtio-pci: the guest moved a BAR to {new:#x}; it stays at {old:#x}: \
+                         {e} (refusal {n})"
+                    );
+                }
+                // `old` was a valid address of this BAR, so this cannot fail.
+                let _ = self.config.set_bar_address(VIRTIO_BAR, old);
+            }
+        }
+    }
+
     fn msix_control_touched(&self, offset: usize, len: usize) -> bool {
         let control = self.msix_cap_offset + 2;
         offset < control + 2 && control < offset + len
@@ -503,6 +567,7 @@ impl PciDevice for VirtioPciDevice {
                 .unwrap_or_else(PoisonError::into_inner)
                 .set_control(control);
         }
+        self.follow_bar();
     }
 
     fn bar_regions(&self) -> Vec<BarRegion> {
@@ -516,7 +581,8 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn bar_read(&mut self, index: usize, offset: u64, data: &mut [u8]) {
-        if index != VIRTIO_BAR {
+        if index != VIRTIO_BAR || !self.memory_decoding() {
+            // What a read that no device claims returns on PCI (master abort).
             data.fill(0xff);
             return;
         }
@@ -524,7 +590,7 @@ impl PciDevice for VirtioPciDevice {
     }
 
     fn bar_write(&mut self, index: usize, offset: u64, data: &[u8]) {
-        if index == VIRTIO_BAR {
+        if index == VIRTIO_BAR && self.memory_decoding() {
             self.bar_access(offset, None, data);
         }
     }
