@@ -4,8 +4,8 @@
 //! configuration space and feature bits, and one request queue served on its
 //! [`DeviceWorker`]. Requests follow virtio 1.2 section 5.2.6: a 16-byte header in the
 //! device-readable part of the chain, data, and a status byte that is the last
-//! device-writable byte. Data moves with one `preadv`/`pwritev` per request straight between
-//! the image and guest memory, with no bounce buffer.
+//! device-writable byte. Data moves with `preadv`/`pwritev` straight between the image and
+//! guest memory, with no bounce buffer; the chain becomes iovecs in [`super::iovec`].
 //!
 //! Everything a request carries is untrusted. A request that is well-formed but wrong (out of
 //! range, not whole sectors, a write to a read-only disk) is answered with IOERR; one that
@@ -17,17 +17,15 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap,
-    VolatileSlice,
-};
+use vm_memory::{GuestMemoryMmap, VolatileSlice};
 
+use super::iovec::{self, DeviceReadable, DeviceWritable, GuestSpans, IovecError};
 use super::log_limit::LogLimiter;
 use super::read_config_bytes;
 use super::worker::{DeviceWorker, ServedQueue, SingleQueueDevice};
@@ -83,8 +81,6 @@ const QUEUE_SIZES: [u16; 1] = [BLOCK_QUEUE_SIZE];
 const HEADER_LEN: usize = 16;
 /// Bytes of configuration space we fill in (capacity to blk_size); later fields read as 0.
 const CONFIG_LEN: usize = 24;
-/// Linux rejects `preadv`/`pwritev` with more iovecs than this (UIO_MAXIOV).
-const MAX_IOVECS: usize = 1024;
 
 /// Why a disk image could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -175,61 +171,17 @@ trait DiskBackend: Send + Sync + fmt::Debug {
 
 impl DiskBackend for File {
     fn read_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<usize> {
-        // The guards keep the slices' memory mapped (they matter for Xen-style mappings)
-        // until the syscall has returned.
-        let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard_mut).collect();
-        let iovecs: Vec<libc::iovec> = guards
-            .iter()
-            .map(|g| libc::iovec {
-                iov_base: g.as_ptr().cast(),
-                iov_len: g.len(),
-            })
-            .collect();
-        let (count, offset) = syscall_args(&iovecs, offset)?;
-        // SAFETY: every iovec describes `len` writable bytes of guest memory that the
-        // VolatileSlices (and the guards) keep mapped for the whole call; `iovecs` outlives
-        // the call and `count` is its length. The kernel writes only inside those iovecs.
-        // Guest memory is shared with the guest, which may race with us, but it is never
-        // Rust-owned data, so no Rust reference is invalidated.
-        let n = unsafe { libc::preadv(self.as_raw_fd(), iovecs.as_ptr(), count, offset) };
-        syscall_result(n)
+        iovec::preadv(self.as_fd(), bufs, offset)
     }
 
     fn write_vectored_at(&self, bufs: &[VolatileSlice<'_>], offset: u64) -> io::Result<usize> {
-        let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard).collect();
-        let iovecs: Vec<libc::iovec> = guards
-            .iter()
-            .map(|g| libc::iovec {
-                iov_base: g.as_ptr().cast_mut().cast(),
-                iov_len: g.len(),
-            })
-            .collect();
-        let (count, offset) = syscall_args(&iovecs, offset)?;
-        // SAFETY: every iovec describes `len` readable bytes of guest memory that the
-        // VolatileSlices (and the guards) keep mapped for the whole call; `iovecs` outlives
-        // the call and `count` is its length. pwritev only reads through them.
-        let n = unsafe { libc::pwritev(self.as_raw_fd(), iovecs.as_ptr(), count, offset) };
-        syscall_result(n)
+        iovec::pwritev(self.as_fd(), bufs, offset)
     }
 
     fn flush(&self) -> io::Result<()> {
         // fdatasync: the data and whatever metadata is needed to read it back (the size).
         self.sync_data()
     }
-}
-
-/// Converts the iovec count and file offset to what the vectored syscalls take.
-fn syscall_args(iovecs: &[libc::iovec], offset: u64) -> io::Result<(libc::c_int, libc::off_t)> {
-    let count = libc::c_int::try_from(iovecs.len())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let offset =
-        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    Ok((count, offset))
-}
-
-/// Turns a `ssize_t` syscall return into bytes transferred or the errno.
-fn syscall_result(n: libc::ssize_t) -> io::Result<usize> {
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// The open image and what serving requests on it needs; shared by [`Block`] and its active
@@ -247,23 +199,17 @@ struct Disk {
     host_problems: LogLimiter,
 }
 
-/// The guest bytes a request's data lives in, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Span {
-    addr: GuestAddress,
-    len: u32,
-}
-
 /// A request whose header and status byte were found.
 #[derive(Debug)]
 struct Request {
     kind: u32,
     sector: u64,
     /// Device-readable bytes after the header (OUT data).
-    readable: Vec<Span>,
+    readable: GuestSpans,
     /// Device-writable bytes before the status byte (IN and GET_ID data).
-    writable: Vec<Span>,
-    status: GuestAddress,
+    writable: GuestSpans,
+    /// The status byte.
+    status: GuestSpans,
 }
 
 /// Why a request cannot be answered at all.
@@ -273,8 +219,8 @@ enum Malformed {
     NoStatus,
     #[error("request header is {0} bytes, not {HEADER_LEN}")]
     ShortHeader(usize),
-    #[error("guest memory: {0}")]
-    Memory(#[from] GuestMemoryError),
+    #[error("guest buffers: {0}")]
+    Buffers(#[from] IovecError),
 }
 
 /// Why a request that could be answered failed (status IOERR).
@@ -305,7 +251,8 @@ impl Disk {
             }
         };
         let outcome = self.execute(mem, &request, write_through);
-        if let Err(e) = mem.write_obj(outcome.status, request.status) {
+        let status = DeviceWritable::new(mem, &request.status);
+        if let Err(e) = status.and_then(|status| status.write_at(0, &[outcome.status])) {
             // Cannot happen for a validated chain; if it does, nothing was answered.
             self.guest_problem(format_args!("cannot write status: {e}"));
             return 0;
@@ -394,11 +341,11 @@ impl Disk {
 
     /// Checks that `data` covers whole sectors inside the disk from `sector` on; returns the
     /// byte offset. Everything is guest-controlled, so no step may overflow.
-    fn check_range(&self, sector: u64, data: &[Span]) -> Result<u64, Failure> {
-        if data.len() > SEG_MAX as usize {
+    fn check_range(&self, sector: u64, data: &GuestSpans) -> Result<u64, Failure> {
+        if data.count() > SEG_MAX as usize {
             return Err(Failure::Guest(format!(
                 "{} data segments, more than seg_max {SEG_MAX}",
-                data.len()
+                data.count()
             )));
         }
         if let Some(long) = data.iter().find(|s| s.len > SIZE_MAX) {
@@ -407,7 +354,7 @@ impl Disk {
                 long.len
             )));
         }
-        let len = total_len(data);
+        let len = data.len();
         if sector_tail(len) != 0 {
             return Err(Failure::Guest(format!(
                 "data length {len} is not a multiple of {SECTOR_SIZE}"
@@ -426,29 +373,28 @@ impl Disk {
         Ok(offset)
     }
 
-    fn read(&self, mem: &GuestMemoryMmap, offset: u64, data: &[Span]) -> Result<u64, Failure> {
-        let slices = guest_slices(mem, data)?;
-        transfer(&slices, offset, |bufs, at| {
-            self.backend.read_vectored_at(bufs, at)
-        })
-        .map_err(Failure::Host)?;
-        let len = total_len(data);
-        self.counters.bytes_read.fetch_add(len, Ordering::Relaxed);
-        Ok(len)
+    fn read(&self, mem: &GuestMemoryMmap, offset: u64, data: &GuestSpans) -> Result<u64, Failure> {
+        DeviceWritable::new(mem, data)
+            .map_err(guest_memory)?
+            .read_exact_at(offset, |bufs, at| self.backend.read_vectored_at(bufs, at))
+            .map_err(Failure::Host)?;
+        self.counters
+            .bytes_read
+            .fetch_add(data.len(), Ordering::Relaxed);
+        Ok(data.len())
     }
 
     fn write(
         &self,
         mem: &GuestMemoryMmap,
         offset: u64,
-        data: &[Span],
+        data: &GuestSpans,
         write_through: bool,
     ) -> Result<u64, Failure> {
-        let slices = guest_slices(mem, data)?;
-        transfer(&slices, offset, |bufs, at| {
-            self.backend.write_vectored_at(bufs, at)
-        })
-        .map_err(Failure::Host)?;
+        DeviceReadable::new(mem, data)
+            .map_err(guest_memory)?
+            .write_all_at(offset, |bufs, at| self.backend.write_vectored_at(bufs, at))
+            .map_err(Failure::Host)?;
         // A driver that did not take FLUSH has no way to ask for durability and so treats
         // the disk as write-through (Linux does): each write must be durable on completion.
         if write_through {
@@ -456,7 +402,7 @@ impl Disk {
         }
         self.counters
             .bytes_written
-            .fetch_add(total_len(data), Ordering::Relaxed);
+            .fetch_add(data.len(), Ordering::Relaxed);
         Ok(0)
     }
 
@@ -469,18 +415,13 @@ impl Disk {
     }
 
     /// Writes as much of the id as fits in the data buffers (virtio 1.2 section 5.2.6).
-    fn get_id(&self, mem: &GuestMemoryMmap, data: &[Span]) -> Result<u64, Failure> {
-        let mut rest: &[u8] = &self.id;
-        let mut written = 0u64;
-        for span in data {
-            let take = rest.len().min(span.len as usize);
-            let (now, later) = rest.split_at(take);
-            mem.write_slice(now, span.addr)
-                .map_err(|e| Failure::Guest(format!("cannot write the id: {e}")))?;
-            written += take as u64;
-            rest = later;
-        }
-        Ok(written)
+    fn get_id(&self, mem: &GuestMemoryMmap, data: &GuestSpans) -> Result<u64, Failure> {
+        let take = usize::try_from(data.len()).map_or(self.id.len(), |len| len.min(self.id.len()));
+        let id = self.id.get(..take).unwrap_or_default();
+        DeviceWritable::new(mem, data)
+            .and_then(|buffers| buffers.write_at(0, id))
+            .map_err(|e| Failure::Guest(format!("cannot write the id: {e}")))?;
+        Ok(id.len() as u64)
     }
 }
 
@@ -489,43 +430,18 @@ impl Disk {
 /// not by descriptors: the header is the first 16 readable bytes, the status the last
 /// writable byte.
 fn parse(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Result<Request, Malformed> {
-    let mut writable: Vec<Span> = chain
-        .writable()
-        .filter(|d| d.len > 0)
-        .map(|d| Span {
-            addr: d.addr,
-            len: d.len,
-        })
-        .collect();
-    let last = writable.last_mut().ok_or(Malformed::NoStatus)?;
-    last.len -= 1; // len > 0 by the filter.
-    // The queue checked that addr + len does not wrap.
-    let status = last.addr.unchecked_add(u64::from(last.len));
-    if last.len == 0 {
-        writable.pop();
-    }
+    let writable = GuestSpans::writable(chain)?;
+    let data_len = writable.len().checked_sub(1).ok_or(Malformed::NoStatus)?;
+    let (writable, status) = writable.split_at(data_len)?;
 
+    let readable = GuestSpans::readable(chain)?;
+    if readable.len() < HEADER_LEN as u64 {
+        // Fewer than HEADER_LEN bytes: the cast cannot truncate.
+        return Err(Malformed::ShortHeader(readable.len() as usize));
+    }
+    let (header_spans, readable) = readable.split_at(HEADER_LEN as u64)?;
     let mut header = [0u8; HEADER_LEN];
-    let mut got = 0;
-    let mut readable = Vec::new();
-    for d in chain.descriptors.iter().filter(|d| !d.writable) {
-        let take = (HEADER_LEN - got).min(d.len as usize);
-        if let Some(part) = header.get_mut(got..got + take) {
-            mem.read_slice(part, d.addr)?;
-        }
-        got += take;
-        // take <= HEADER_LEN, so it fits in u32 and d.len - take does not underflow.
-        let take = take as u32;
-        if take < d.len {
-            readable.push(Span {
-                addr: d.addr.unchecked_add(u64::from(take)),
-                len: d.len - take,
-            });
-        }
-    }
-    if got < HEADER_LEN {
-        return Err(Malformed::ShortHeader(got));
-    }
+    DeviceReadable::new(mem, &header_spans)?.read_at(0, &mut header)?;
     let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
     Ok(Request {
         kind: u32::from_le_bytes([t0, t1, t2, t3]),
@@ -541,76 +457,9 @@ fn sector_tail(len: u64) -> u64 {
     len & (SECTOR_SIZE - 1)
 }
 
-fn total_len(spans: &[Span]) -> u64 {
-    // At most a few thousand u32s: no u64 overflow.
-    spans.iter().map(|s| u64::from(s.len)).sum()
-}
-
-/// The host view of `spans`. A span crossing from one memory region into the next (they
-/// are adjacent, or the queue would have rejected it) becomes one slice per region.
-fn guest_slices<'m>(
-    mem: &'m GuestMemoryMmap,
-    spans: &[Span],
-) -> Result<Vec<VolatileSlice<'m>>, Failure> {
-    let mut slices = Vec::with_capacity(spans.len());
-    for span in spans {
-        for slice in GuestMemoryBackend::get_slices(mem, span.addr, span.len as usize) {
-            let slice = slice.map_err(|e| Failure::Guest(format!("guest memory: {e}")))?;
-            slices.push(slice);
-        }
-    }
-    Ok(slices)
-}
-
-/// Moves all of `bufs` from/to the image at `offset` with `op`, which may transfer less than
-/// asked: retries on EINTR, continues after short transfers, and fails on a transfer of 0
-/// bytes (end of file for reads: the image shrank under us).
-fn transfer(
-    bufs: &[VolatileSlice<'_>],
-    mut offset: u64,
-    mut op: impl FnMut(&[VolatileSlice<'_>], u64) -> io::Result<usize>,
-) -> io::Result<()> {
-    let mut pending: Vec<VolatileSlice<'_>> =
-        bufs.iter().filter(|b| !b.is_empty()).copied().collect();
-    let mut first = 0;
-    while first < pending.len() {
-        let batch = pending
-            .get(first..pending.len().min(first + MAX_IOVECS))
-            .unwrap_or_default();
-        let done = match op(batch, offset) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("image ends before byte {offset}"),
-                ));
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        offset = offset
-            .checked_add(done as u64)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
-        first = advance(&mut pending, first, done)?;
-    }
-    Ok(())
-}
-
-/// Consumes `done` bytes of `bufs[first..]`; returns the index of the first buffer with
-/// bytes left (shortened in place).
-fn advance(bufs: &mut [VolatileSlice<'_>], mut first: usize, mut done: usize) -> io::Result<usize> {
-    while done > 0 {
-        let Some(buf) = bufs.get_mut(first) else {
-            return Err(io::Error::other("I/O transferred more than asked"));
-        };
-        if done < buf.len() {
-            *buf = buf.offset(done).map_err(io::Error::other)?;
-            return Ok(first);
-        }
-        done -= buf.len();
-        first += 1;
-    }
-    Ok(first)
+/// A guest buffer the queue validated turned out unusable.
+fn guest_memory(e: IovecError) -> Failure {
+    Failure::Guest(format!("guest memory: {e}"))
 }
 
 /// The id GET_ID returns: the image's device and inode numbers in hex, which tell images
@@ -868,6 +717,8 @@ mod tests {
     //! as a whole is tested in `devices/tests/virtio_block.rs`.
 
     use std::sync::Mutex;
+
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
     use super::super::Descriptor;
     use super::*;
@@ -1139,24 +990,6 @@ mod tests {
     }
 
     #[test]
-    fn transfers_of_more_buffers_than_iov_max_are_split_into_several_calls() {
-        // A request has at most seg_max (254) segments, but a segment across memory
-        // regions becomes several buffers: `transfer` splits by itself whatever it gets.
-        let mem = memory(&[(0, 1 << 20)]);
-        let slice = mem
-            .get_slice(GuestAddress(BUF), 512)
-            .expect("a guest buffer");
-        let bufs = vec![slice; 1100];
-        let mut calls = Vec::new();
-        transfer(&bufs, 0, |batch, at| {
-            calls.push((batch.len(), at));
-            Ok(batch.iter().map(|b| b.len()).sum())
-        })
-        .expect("transfer");
-        assert_eq!(calls, [(1024, 0), (76, 1024 * 512)]);
-    }
-
-    #[test]
     fn requests_with_more_segments_than_seg_max_are_refused_before_any_io() {
         let image = fake(2048, 0);
         let disk = disk(image.clone(), 2048 * 512, false);
@@ -1201,23 +1034,6 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert_eq!(on_disk[5 * 512..7 * 512], [0xab; 1024]);
         assert_eq!(on_disk[..5 * 512], contents[..5 * 512]);
-    }
-
-    #[test]
-    fn guest_slices_follow_region_boundaries() {
-        let mem = memory(&[(0, 0x1000), (0x1000, 0x1000)]);
-        let spans = [
-            Span {
-                addr: GuestAddress(0xf00),
-                len: 0x200,
-            },
-            Span {
-                addr: GuestAddress(0x1800),
-                len: 0x10,
-            },
-        ];
-        let slices = guest_slices(&mem, &spans).unwrap();
-        assert_eq!(lens(&slices), [0x100, 0x100, 0x10]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod balloon;
 pub mod block;
+pub mod iovec;
 pub mod log_limit;
 pub mod net;
 pub mod pci_interrupt;

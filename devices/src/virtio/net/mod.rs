@@ -9,7 +9,8 @@
 //! Every frame on either queue is preceded by the 12-byte virtio 1.x `virtio_net_hdr`. The
 //! backend speaks the same header (a tap with `IFF_VNET_HDR` and a 12-byte header size), so
 //! frames move with one `readv`/`writev` per frame straight between the backend and guest
-//! memory, without a bounce buffer, and the offload metadata passes through unchanged.
+//! memory, without a bounce buffer, and the offload metadata passes through unchanged. The
+//! chains become iovecs in [`super::iovec`].
 //!
 //! The worker sleeps in epoll; nothing polls. Transmit is driven by the TX queue's
 //! notifications; when the backend cannot take a frame (EAGAIN) the frame is kept and sent
@@ -37,13 +38,14 @@ pub mod tap;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::iovec::{self, DeviceReadable, DeviceWritable, GuestSpans, MAX_IOVECS};
 use super::log_limit::LogLimiter;
 use super::read_config_bytes;
 use super::worker::{ActiveDevice, DeviceWorker, MAX_CHAINS_PER_WAKE, ServedQueue};
@@ -87,13 +89,11 @@ pub const MAX_FRAME_LEN: usize = 65550;
 /// Largest packet either way: header and frame.
 pub const MAX_PACKET_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 /// Offset of `num_buffers` in the header.
-const NUM_BUFFERS_OFFSET: usize = 10;
+const NUM_BUFFERS_OFFSET: u64 = 10;
 /// Shortest frame worth sending: an Ethernet header.
 const ETH_HLEN: usize = 14;
 /// Largest frame without segmentation offloads: MTU 1500 with a VLAN tag.
 const MAX_PLAIN_FRAME_LEN: usize = 1518;
-/// Linux rejects `readv`/`writev` with more iovecs than this (UIO_MAXIOV).
-const MAX_IOVECS: usize = 1024;
 /// Most frames received per wake, so the worker gets back to its other events; the
 /// backend's readiness is level-triggered and brings it back for the rest.
 const MAX_FRAMES_PER_WAKE: usize = 64;
@@ -161,80 +161,12 @@ pub trait PacketBackend: AsRawFd + Send + Sync {
 /// tap, it reports the full length of a packet longer than the buffers (MSG_TRUNC).
 impl PacketBackend for OwnedFd {
     fn read_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        recvmsg_slices(self.as_raw_fd(), bufs)
+        iovec::recvmsg_trunc(self.as_fd(), bufs)
     }
 
     fn write_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        writev_slices(self.as_raw_fd(), bufs)
+        iovec::writev(self.as_fd(), bufs)
     }
-}
-
-/// `readv(2)` straight into guest memory.
-pub(crate) fn readv_slices(fd: RawFd, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-    // The guards keep the slices' memory mapped until the syscall has returned.
-    let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard_mut).collect();
-    let iovecs: Vec<libc::iovec> = guards
-        .iter()
-        .map(|g| libc::iovec {
-            iov_base: g.as_ptr().cast(),
-            iov_len: g.len(),
-        })
-        .collect();
-    let count = iovec_count(&iovecs)?;
-    // SAFETY: every iovec describes `len` writable bytes of guest memory that the
-    // VolatileSlices (and the guards) keep mapped for the whole call; `iovecs` outlives the
-    // call and `count` is its length. The kernel writes only inside those iovecs. Guest
-    // memory may race with the guest, but it is never Rust-owned data.
-    let n = unsafe { libc::readv(fd, iovecs.as_ptr(), count) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// `recvmsg(2)` with MSG_TRUNC straight into guest memory: returns the packet's full
-/// length even when the buffers held less.
-fn recvmsg_slices(fd: RawFd, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-    let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard_mut).collect();
-    let mut iovecs: Vec<libc::iovec> = guards
-        .iter()
-        .map(|g| libc::iovec {
-            iov_base: g.as_ptr().cast(),
-            iov_len: g.len(),
-        })
-        .collect();
-    iovec_count(&iovecs)?;
-    // SAFETY: msghdr is plain old data; all-zero (no name, no control data) is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iovecs.as_mut_ptr();
-    msg.msg_iovlen = iovecs.len();
-    // SAFETY: `msg` points to `iovecs`, each describing `len` writable bytes of guest
-    // memory the VolatileSlices (and guards) keep mapped for the call; both outlive it.
-    // The kernel writes only inside the iovecs and into `msg`'s flags.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// `writev(2)` straight from guest memory.
-pub(crate) fn writev_slices(fd: RawFd, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-    let guards: Vec<_> = bufs.iter().map(VolatileSlice::ptr_guard).collect();
-    let iovecs: Vec<libc::iovec> = guards
-        .iter()
-        .map(|g| libc::iovec {
-            iov_base: g.as_ptr().cast_mut().cast(),
-            iov_len: g.len(),
-        })
-        .collect();
-    let count = iovec_count(&iovecs)?;
-    // SAFETY: every iovec describes `len` readable bytes of guest memory that the
-    // VolatileSlices (and the guards) keep mapped for the whole call; `iovecs` outlives the
-    // call and `count` is its length. writev only reads through them.
-    let n = unsafe { libc::writev(fd, iovecs.as_ptr(), count) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-fn iovec_count(iovecs: &[libc::iovec]) -> io::Result<libc::c_int> {
-    if iovecs.len() > MAX_IOVECS {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    libc::c_int::try_from(iovecs.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// Sets `O_NONBLOCK` on `fd`: the worker must never sleep anywhere but in epoll.
@@ -531,7 +463,8 @@ impl VirtioDevice for Net {
 #[derive(Debug)]
 struct RxBuffer {
     head: u16,
-    spans: Vec<(GuestAddress, u32)>,
+    spans: GuestSpans,
+    /// `spans.len()`, at most [`MAX_PACKET_LEN`].
     space: usize,
 }
 
@@ -649,18 +582,17 @@ impl ActiveNet {
     /// Sends one TX chain to the backend as one packet, header included.
     fn transmit(&self, chain: &DescriptorChain) -> Transmit {
         let shared = &*self.shared;
-        let len = match check_tx_chain(chain) {
-            Ok(len) => len,
+        let (spans, len) = match check_tx_chain(chain) {
+            Ok(checked) => checked,
             Err(why) => {
                 self.invalid_chain(TX_QUEUE, chain.head, &why);
                 return Transmit::Done;
             }
         };
-        let spans = chain.descriptors.iter().map(|d| (d.addr, d.len));
-        let slices = match guest_slices(&self.mem, spans) {
-            Ok(slices) if slices.len() <= MAX_IOVECS => slices,
-            Ok(slices) => {
-                let why = format!("{} buffers, more than {MAX_IOVECS}", slices.len());
+        let packet = match DeviceReadable::new(&self.mem, &spans) {
+            Ok(packet) if packet.slices().len() <= MAX_IOVECS => packet,
+            Ok(packet) => {
+                let why = format!("{} buffers, more than {MAX_IOVECS}", packet.slices().len());
                 self.invalid_chain(TX_QUEUE, chain.head, &why);
                 return Transmit::Done;
             }
@@ -670,7 +602,7 @@ impl ActiveNet {
             }
         };
         loop {
-            match shared.backend.write_packet(&slices) {
+            match shared.backend.write_packet(packet.slices()) {
                 Ok(n) if n == len => {
                     shared.count(|c| &c.tx_packets, 1);
                     shared.count(|c| &c.tx_bytes, (len - VNET_HDR_LEN) as u64);
@@ -761,18 +693,17 @@ impl ActiveNet {
             self.reject_rx(chain.head);
             return;
         }
-        let mut spans = Vec::new();
-        let mut space = 0usize;
-        for d in chain.descriptors.iter().filter(|d| d.len > 0) {
-            let left = MAX_PACKET_LEN - space;
-            if left == 0 {
-                break;
+        let mut spans = match GuestSpans::writable(&chain) {
+            Ok(spans) => spans,
+            Err(e) => {
+                self.invalid_chain(RX_QUEUE, chain.head, &e.to_string());
+                self.reject_rx(chain.head);
+                return;
             }
-            let take = (d.len as usize).min(left);
-            // take <= d.len, a u32.
-            spans.push((d.addr, take as u32));
-            space += take;
-        }
+        };
+        spans.truncate(MAX_PACKET_LEN as u64);
+        // At most MAX_PACKET_LEN.
+        let space = spans.len() as usize;
         if space < VNET_HDR_LEN {
             let why = format!("receive chain of {space} bytes cannot hold the header");
             self.invalid_chain(RX_QUEUE, chain.head, &why);
@@ -791,17 +722,14 @@ impl ActiveNet {
     /// false when the backend had none (or the stash is unusable).
     fn receive_frame(&mut self) -> bool {
         let chains = if self.mrg_rxbuf { self.stash.len() } else { 1 };
-        let spans = self
-            .stash
-            .iter()
-            .take(chains)
-            .flat_map(|b| b.spans.iter().copied());
-        let (result, capacity) = match guest_slices(&self.mem, spans) {
-            Ok(mut slices) => {
+        let spans = self.stash.iter().take(chains).flat_map(|b| &b.spans);
+        let (result, capacity) = match DeviceWritable::new(&self.mem, spans) {
+            Ok(mut buffers) => {
                 // Only a pathological stash gets here; reading into less is still right.
-                slices.truncate(MAX_IOVECS);
-                let capacity: usize = slices.iter().map(VolatileSlice::len).sum();
-                (self.shared.backend.read_packet(&slices), capacity)
+                buffers.truncate_iovecs(MAX_IOVECS);
+                // At most the stash's space, a usize.
+                let capacity = buffers.len() as usize;
+                (self.shared.backend.read_packet(buffers.slices()), capacity)
             }
             Err(e) => {
                 self.shared
@@ -845,7 +773,7 @@ impl ActiveNet {
             return;
         }
         let mut used: Vec<(u16, u32)> = Vec::new();
-        let mut first_spans = Vec::new();
+        let mut first_spans = GuestSpans::new();
         let mut left = n;
         while left > 0 {
             let Some(buffer) = self.stash.pop_front() else {
@@ -862,12 +790,8 @@ impl ActiveNet {
         }
         // At most the queue size (256) chains.
         let count = u16::try_from(used.len()).unwrap_or(u16::MAX);
-        if let Err(e) = write_at(
-            &self.mem,
-            &first_spans,
-            NUM_BUFFERS_OFFSET,
-            &count.to_le_bytes(),
-        ) {
+        let header = DeviceWritable::new(&self.mem, &first_spans);
+        if let Err(e) = header.and_then(|h| h.write_at(NUM_BUFFERS_OFFSET, &count.to_le_bytes())) {
             self.shared
                 .host_problem(format_args!("cannot set num_buffers: {e}"));
         }
@@ -1007,13 +931,13 @@ impl ActiveDevice for ActiveNet {
 }
 
 /// Checks a TX chain: device-readable only, an Ethernet frame behind the header, no more
-/// than [`MAX_PACKET_LEN`]. Returns the packet length.
-fn check_tx_chain(chain: &DescriptorChain) -> Result<usize, String> {
+/// than [`MAX_PACKET_LEN`]. Returns its buffers and the packet length.
+fn check_tx_chain(chain: &DescriptorChain) -> Result<(GuestSpans, usize), String> {
     if chain.writable().next().is_some() {
         return Err("transmit chain has device-writable buffers".into());
     }
-    // At most 1024 descriptors of u32 lengths: no u64 overflow.
-    let len: u64 = chain.descriptors.iter().map(|d| u64::from(d.len)).sum();
+    let spans = GuestSpans::readable(chain).map_err(|e| e.to_string())?;
+    let len = spans.len();
     if len < (VNET_HDR_LEN + ETH_HLEN) as u64 {
         return Err(format!(
             "transmit chain of {len} bytes is shorter than the header and an Ethernet header"
@@ -1025,50 +949,5 @@ fn check_tx_chain(chain: &DescriptorChain) -> Result<usize, String> {
         ));
     }
     // len <= MAX_PACKET_LEN.
-    Ok(len as usize)
-}
-
-/// The host view of guest `spans`, one slice per memory region a span touches; zero-length
-/// spans are left out.
-fn guest_slices(
-    mem: &GuestMemoryMmap,
-    spans: impl Iterator<Item = (GuestAddress, u32)>,
-) -> Result<Vec<VolatileSlice<'_>>, vm_memory::GuestMemoryError> {
-    let mut slices = Vec::new();
-    for (addr, len) in spans.filter(|&(_, len)| len > 0) {
-        for slice in GuestMemoryBackend::get_slices(mem, addr, len as usize) {
-            slices.push(slice?);
-        }
-    }
-    Ok(slices)
-}
-
-/// Writes `bytes` at byte `offset` of the guest buffer made of `spans`.
-fn write_at(
-    mem: &GuestMemoryMmap,
-    spans: &[(GuestAddress, u32)],
-    mut offset: usize,
-    bytes: &[u8],
-) -> Result<(), vm_memory::GuestMemoryError> {
-    let mut bytes = bytes;
-    for &(addr, len) in spans {
-        let len = len as usize;
-        if offset >= len {
-            offset -= len;
-            continue;
-        }
-        let take = bytes.len().min(len - offset);
-        let (now, later) = bytes.split_at(take);
-        // offset < len, a u32: the queue checked that addr + len does not wrap.
-        mem.write_slice(now, addr.unchecked_add(offset as u64))?;
-        bytes = later;
-        offset = 0;
-        if bytes.is_empty() {
-            return Ok(());
-        }
-    }
-    Err(vm_memory::GuestMemoryError::PartialBuffer {
-        expected: bytes.len(),
-        completed: 0,
-    })
+    Ok((spans, len as usize))
 }

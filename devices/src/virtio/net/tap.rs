@@ -12,12 +12,13 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use vm_memory::VolatileSlice;
 
-use super::{PacketBackend, readv_slices, writev_slices};
+use super::PacketBackend;
+use crate::virtio::iovec;
 
 /// The character device every tap is opened through.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -286,11 +287,11 @@ impl AsRawFd for Tap {
 
 impl PacketBackend for Tap {
     fn read_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        readv_slices(self.file.as_raw_fd(), bufs)
+        iovec::readv(self.file.as_fd(), bufs)
     }
 
     fn write_packet(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        writev_slices(self.file.as_raw_fd(), bufs)
+        iovec::writev(self.file.as_fd(), bufs)
     }
 
     fn offloads(&self) -> u32 {
