@@ -91,7 +91,9 @@ struct Guest {
 impl Guest {
     fn new() -> Guest {
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
-        let device = VirtioPciDevice::new(Box::new(Rng::new().unwrap()), mem.clone()).unwrap();
+        let mut device = VirtioPciDevice::new(Box::new(Rng::new().unwrap()), mem.clone()).unwrap();
+        // Memory decoding on, as pci_enable_device does: the BAR answers only then.
+        device.config_write(4, &[0x06, 0x00]);
         Guest { mem, device }
     }
 
