@@ -256,8 +256,9 @@ fn a_stalled_console_reader_leaves_sigterm_working() {
     );
 }
 
-/// Where the balloon's `actual` field is, with `--balloon` the only PCI device: its BAR at
-/// the start of the PCI hole, the device configuration at 0x2000 in it, `actual` at 4.
+/// Where the balloon's `actual` field is, with `--balloon` the only PCI device (slot 1): its
+/// BAR at the start of the PCI hole, the device configuration at 0x2000 in it, `actual`
+/// at 4.
 const BALLOON_ACTUAL: u64 = 0xc000_0000 + 0x2000 + 4;
 /// How often the guest below flips the balloon's size between 1 and 2 pages.
 const BALLOON_FLIPS: u32 = 20_000;
@@ -324,6 +325,7 @@ fn a_guest_flipping_the_balloon_size_gets_subscribers_rate_limited_events_ending
     }
     let (mut terminal, guest_terminal) = common::open_pty();
     let code = GuestCode::new()
+        .pci_enable_memory(1)
         .wait_for_key()
         .alternate_u32_at(BALLOON_ACTUAL, 1, 2, BALLOON_FLIPS)
         .halt_forever();

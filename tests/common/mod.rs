@@ -130,6 +130,23 @@ impl GuestCode {
         self
     }
 
+    /// Turns on memory decoding (COMMAND bit 1, and bus mastering) of the PCI function in
+    /// `slot` of bus 0 through configuration mechanism #1, as a driver's
+    /// `pci_enable_device` does: until then its BARs answer nothing.
+    pub fn pci_enable_memory(mut self, slot: u8) -> GuestCode {
+        let address = 0x8000_0000u32 | u32::from(slot) << 11 | 0x04;
+        self.bytes.extend_from_slice(&[0x66, 0xba, 0xf8, 0x0c]); // mov dx, 0xcf8
+        self.bytes.push(0xb8); // mov eax, address
+        self.bytes.extend_from_slice(&address.to_le_bytes());
+        self.bytes.extend_from_slice(&[
+            0xef, //                         out dx, eax
+            0x66, 0xba, 0xfc, 0x0c, //       mov dx, 0xcfc
+            0x66, 0xb8, 0x06, 0x00, //       mov ax, 0x0006
+            0x66, 0xef, //                   out dx, ax
+        ]);
+        self
+    }
+
     /// Writes the 32-bit values `a` then `b` to `addr`, `times` times over, then falls
     /// through: `times` * 2 MMIO writes, ending with `b`. `addr` below 4 GiB.
     pub fn alternate_u32_at(mut self, addr: u64, a: u32, b: u32, times: u32) -> GuestCode {
