@@ -1,7 +1,6 @@
 //! Turns a validated [`VmConfig`] into a [`Vm`] ready to run: the list of steps that make
 //! a VM, in order. Each step either succeeds or says, in one line, what the user must fix.
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,7 +11,7 @@ use devices::pci::{
 };
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
-use devices::virtio::net::tap::{Tap, TapError};
+use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice};
@@ -29,10 +28,10 @@ use vm_control::wire::device_kind;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::cli::{NetBackend, SerialOutput};
 use crate::config::{NetConfig, VmConfig};
-use crate::input_file::{self, InputFileError};
+use crate::input_file::{BoundedFile, InputFileError};
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
+use crate::opened::{DiskFile, HostFiles};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
 /// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
@@ -96,20 +95,12 @@ pub enum BuildError {
     Arch(#[from] arch::Error),
     #[error("cannot create the event descriptors: {0}")]
     EventFd(#[source] io::Error),
-    #[error("cannot open the serial output file {path}: {source}")]
-    SerialFile {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error("cannot start the console writer thread: {0}")]
     ConsoleWriter(#[source] io::Error),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
     #[error("--disk: {0}")]
     Disk(#[source] BlockError),
-    #[error("--net: {0}")]
-    Tap(#[source] TapError),
     #[error("--net: {0}")]
     Net(#[source] NetError),
     #[error("cannot set up a device: {0}")]
@@ -183,17 +174,25 @@ struct LoadedImages {
     initrd: Option<(GuestAddress, u64)>,
 }
 
-/// Builds the VM described by `config`, step by step.
+/// Builds the VM described by `config` from the host's already open `files`, step by
+/// step. Nothing here opens a path: under `--jail` none would resolve.
 ///
 /// Reading and copying the kernel and initrd (tens of MiB) does not depend on KVM, and
 /// creating the VM, its interrupt controllers and its vCPUs does not depend on the
 /// kernel, so the two run side by side: guest RAM is mapped first, a scoped thread loads
 /// the images into it while this thread sets up KVM, and the boot registers are written
 /// once both are done.
-pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
+pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
     let memory = map_guest_memory(config.mem_bytes)?;
+    let HostFiles {
+        kernel,
+        initrd,
+        serial,
+        disks,
+        taps,
+    } = files;
     std::thread::scope(|scope| {
-        let loader = scope.spawn(|| load_images(&memory, config));
+        let loader = scope.spawn(|| load_images(&memory, config, kernel, initrd));
         let vm_fd = Arc::new(create_vm(kvm)?);
         register_guest_memory(&vm_fd, &memory)?;
         debug!(
@@ -205,9 +204,9 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (console, console_writer) = create_console(&vm_fd, config)?;
+        let (console, console_writer) = create_console(&vm_fd, serial)?;
         let mmio_bus = Arc::new(Bus::new());
-        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mmio_bus)?;
+        let (pci_root, virtio) = create_pci(config, disks, taps, &vm_fd, &memory, &mmio_bus)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -235,13 +234,18 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
 }
 
 /// Loads the kernel, the initrd and the command line into guest memory.
-fn load_images(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedImages> {
-    let kernel = load_kernel(memory, config)?;
+fn load_images(
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    kernel: BoundedFile,
+    initrd: Option<BoundedFile>,
+) -> Result<LoadedImages> {
+    let kernel = load_kernel(memory, kernel)?;
     debug!(
         "kernel loaded: {:?} entry {:#x}",
         kernel.protocol, kernel.entry_addr.0
     );
-    let initrd = load_initrd(memory, config, &kernel)?;
+    let initrd = load_initrd(memory, config, initrd, &kernel)?;
     debug!("initrd loaded: {initrd:x?}");
     let cmdline_max = kernel.cmdline_max.min(layout::CMDLINE_MAX_SIZE - 1);
     kernel_loader::write_cmdline(
@@ -338,35 +342,32 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
-fn load_kernel(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel> {
-    // Whatever the format, the kernel must fit in guest RAM (an unstripped vmlinux whose
-    // debug sections alone outgrow it is refused: strip it).
-    let image = input_file::read_bounded("the kernel", &config.kernel, config.mem_bytes)?;
-    kernel_loader::load_kernel(memory, &image).map_err(|source| BuildError::LoadKernel {
-        path: config.kernel.clone(),
-        source,
-    })
+fn load_kernel(memory: &GuestMemoryMmap, file: BoundedFile) -> Result<LoadedKernel> {
+    // The file was checked against guest RAM's size when it was opened (`opened`).
+    let path = file.path().to_owned();
+    let image = file.read_all()?;
+    kernel_loader::load_kernel(memory, &image)
+        .map_err(|source| BuildError::LoadKernel { path, source })
 }
 
 /// Loads the initrd as high as the kernel allows in low RAM, returning (address, size).
 fn load_initrd(
     memory: &GuestMemoryMmap,
     config: &VmConfig,
+    file: Option<BoundedFile>,
     kernel: &LoadedKernel,
 ) -> Result<Option<(GuestAddress, u64)>> {
-    let Some(path) = &config.initrd else {
+    let Some(file) = file else {
         return Ok(None);
     };
     let low_ram_end = layout::ram_below_4g(config.mem_bytes);
-    // The initrd goes in low RAM: anything larger cannot fit, whatever the loader decides.
-    let initrd = input_file::read_bounded("the initrd", path, low_ram_end)?;
+    // Checked against low RAM's size when it was opened (`opened`).
+    let path = file.path().to_owned();
+    let initrd = file.read_all()?;
     let highest = kernel.initrd_addr_max.min(low_ram_end.saturating_sub(1));
     let addr =
         kernel_loader::load_initrd(memory, &initrd, kernel.kernel_end, GuestAddress(highest))
-            .map_err(|source| BuildError::LoadInitrd {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| BuildError::LoadInitrd { path, source })?;
     Ok(Some((addr, initrd.len() as u64)))
 }
 
@@ -430,29 +431,19 @@ fn new_eventfd() -> Result<EventFd> {
 }
 
 /// The UART on COM1, its interrupt and input events, and the console-writer thread that
-/// takes its output to stdout or the `--serial` file.
-fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<(Console, ConsoleWriter)> {
+/// takes its output to stdout or the `--serial` file (`serial`, already open).
+fn create_console(vm_fd: &VmFd, serial: Option<std::fs::File>) -> Result<(Console, ConsoleWriter)> {
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
         .map_err(kvm_step("route the serial interrupt"))?;
     let input_ready = new_eventfd()?;
-    let (out, takes_stdin): (Box<dyn io::Write + Send>, bool) = match &config.serial {
-        SerialOutput::Stdio => (
+    let (out, takes_stdin): (Box<dyn io::Write + Send>, bool) = match serial {
+        None => (
             Box::new(io::stdout()),
             crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin())),
         ),
-        SerialOutput::File(path) => {
-            let file = File::options()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| BuildError::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?;
-            (Box::new(file), false)
-        }
+        Some(file) => (Box::new(file), false),
     };
     let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
         crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
@@ -507,6 +498,8 @@ fn create_pio_bus(
 /// then the network interfaces in `--net` order (`eth0`, ...), the rng and the balloon.
 fn create_pci(
     config: &VmConfig,
+    disks: Vec<DiskFile>,
+    taps: Vec<Tap>,
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
@@ -522,10 +515,10 @@ fn create_pci(
         intx_lines: Vec::new(),
     };
     let mut handles = VirtioHandles::default();
-    for (index, disk) in config.disks.iter().enumerate() {
+    for (index, disk) in disks.into_iter().enumerate() {
         let name = format!("virtio-blk{index}");
         let label = name.clone();
-        let block = Block::open(&disk.path, disk.read_only, &name, move || {
+        let block = Block::with_image(disk.file, &disk.path, disk.read_only, &name, move || {
             crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label)
         })
         .map_err(BuildError::Disk)?;
@@ -539,8 +532,8 @@ fn create_pci(
         let queues = pci.add_virtio(Box::new(block))?;
         handles.add_queues(device_kind::BLOCK, index, queues);
     }
-    for (index, net) in config.nets.iter().enumerate() {
-        let device = create_net(index, net)?;
+    for (index, (net, tap)) in config.nets.iter().zip(taps).enumerate() {
+        let device = create_net(index, net, tap)?;
         handles.nets.push(device.counters());
         let queues = pci.add_virtio(Box::new(device))?;
         handles.add_queues(device_kind::NET, index, queues);
@@ -581,18 +574,9 @@ impl VirtioHandles {
     }
 }
 
-/// Interface `index`: its tap (attached, or created, addressed and brought up) behind a
-/// virtio-net device whose worker confines itself to the net policy.
-fn create_net(index: usize, net: &NetConfig) -> Result<Net> {
-    let tap = match &net.backend {
-        NetBackend::Tap(name) => Tap::open(name).map_err(BuildError::Tap)?,
-        NetBackend::HostIp { addr, netmask } => {
-            let tap = Tap::create("").map_err(BuildError::Tap)?;
-            tap.set_ipv4(*addr, *netmask).map_err(BuildError::Tap)?;
-            tap.up().map_err(BuildError::Tap)?;
-            tap
-        }
-    };
+/// Interface `index`: its tap (attached, or created, addressed and brought up, by
+/// `opened`) behind a virtio-net device whose worker confines itself to the net policy.
+fn create_net(index: usize, net: &NetConfig, tap: Tap) -> Result<Net> {
     let name = format!("virtio-net{index}");
     debug!(
         "{name}: tap {} with MAC {}",

@@ -46,44 +46,82 @@ pub enum InputFileError {
     },
 }
 
-/// Reads `path` whole if it is a regular file of at most `limit` bytes; `what` names it in
-/// errors ("the kernel").
-pub fn read_bounded(
+/// An input file opened and checked (a regular file of at most `limit` bytes), not yet
+/// read: `vmm run` opens its inputs before it enters its jail and reads them while the VM
+/// is built, when no path resolves any more.
+#[derive(Debug)]
+pub struct BoundedFile {
+    file: File,
+    what: &'static str,
+    path: PathBuf,
+    limit: u64,
+}
+
+/// Opens `path` if it is a regular file of at most `limit` bytes; `what` names it in errors.
+pub fn open_bounded(
     what: &'static str,
     path: &Path,
     limit: u64,
-) -> Result<Vec<u8>, InputFileError> {
+) -> Result<BoundedFile, InputFileError> {
     let file = open_without_blocking(path).map_err(|source| InputFileError::Open {
         what,
         path: path.to_owned(),
         source,
     })?;
     let size = regular_file_size(&file, what, path)?;
-    let too_large = |size| InputFileError::TooLarge {
-        what,
-        path: path.to_owned(),
-        size,
-        limit,
-    };
     if size > limit {
-        return Err(too_large(size));
+        return Err(InputFileError::TooLarge {
+            what,
+            path: path.to_owned(),
+            size,
+            limit,
+        });
     }
-    let read_error = |source| InputFileError::Read {
+    Ok(BoundedFile {
+        file,
         what,
         path: path.to_owned(),
-        source,
-    };
-    // The size is the one fstat saw; a file still growing is cut at one byte past the
-    // limit, which is enough to tell that it does not fit.
-    let mut contents = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut contents)
-        .map_err(read_error)?;
-    let read = u64::try_from(contents.len()).unwrap_or(u64::MAX);
-    if read > limit {
-        return Err(too_large(read));
+        limit,
+    })
+}
+
+impl BoundedFile {
+    /// The path it was opened by, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    Ok(contents)
+
+    /// Reads the whole file, still refusing it if it grew past the limit since it was opened.
+    pub fn read_all(self) -> Result<Vec<u8>, InputFileError> {
+        let BoundedFile {
+            file,
+            what,
+            path,
+            limit,
+        } = self;
+        let size = regular_file_size(&file, what, &path)?;
+        let read_error = |source| InputFileError::Read {
+            what,
+            path: path.clone(),
+            source,
+        };
+        // The size is the one fstat saw; a file still growing is cut at one byte past the
+        // limit, which is enough to tell that it does not fit.
+        let mut contents = Vec::with_capacity(usize::try_from(size.min(limit)).unwrap_or(0));
+        file.take(limit.saturating_add(1))
+            .read_to_end(&mut contents)
+            .map_err(read_error)?;
+        let read = u64::try_from(contents.len()).unwrap_or(u64::MAX);
+        if read > limit {
+            return Err(InputFileError::TooLarge {
+                what,
+                path,
+                size: read,
+                limit,
+            });
+        }
+        Ok(contents)
+    }
 }
 
 /// Opens `path` read-only so that the open itself cannot block: a FIFO without a writer
@@ -131,6 +169,15 @@ fn regular_file_size(file: &File, what: &'static str, path: &Path) -> Result<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opens and reads, as `vmm run` does in two phases.
+    fn read_bounded(
+        what: &'static str,
+        path: &Path,
+        limit: u64,
+    ) -> Result<Vec<u8>, InputFileError> {
+        open_bounded(what, path, limit)?.read_all()
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir =

@@ -18,6 +18,7 @@ mod input_file;
 mod irq_routing;
 mod logger;
 mod memory_registry;
+mod opened;
 mod run_loop;
 mod running_vm;
 mod sandbox;
@@ -124,8 +125,11 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     }
     // Before the build: device workers are created during it and confine themselves.
     sandbox::prepare(&config)?;
-    let vm = builder::build(&config, &kvm)?;
-    Ok(run_loop::run(vm, &config, stop_signals)?)
+    // Every path, before any thread exists and before the jail: from here on the VMM
+    // works from descriptors alone.
+    let opened = opened::open_all(&config)?;
+    let vm = builder::build(&config, &kvm, opened.files)?;
+    Ok(run_loop::run(vm, &config, stop_signals, opened.control)?)
 }
 
 /// "outer: inner: innermost", so one line carries the whole cause.

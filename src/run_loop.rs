@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use thiserror::Error;
+use vm_control::server::Listener;
 use vm_control::wire::Event;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -37,8 +38,8 @@ pub enum RunError {
     SpawnVcpu(#[source] io::Error),
     #[error(transparent)]
     FdBudget(#[from] crate::fd_budget::FdBudgetError),
-    #[error("cannot create the control socket: {0}")]
-    ControlSocket(#[source] vm_control::server::ListenError),
+    #[error("cannot serve the control socket: {0}")]
+    ControlSocket(#[source] io::Error),
     #[error("waiting for events failed: {0}")]
     Wait(#[source] io::Error),
     #[error("cannot start the sandbox: {0}")]
@@ -105,8 +106,14 @@ pub fn block_stop_signals() -> Result<SignalFd, RunError> {
 }
 
 /// Runs `vm` until the guest stops or the host asks it to; returns why it ended.
-/// `signals` comes from [`block_stop_signals`], called before the VM was built.
-pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunError> {
+/// `signals` comes from [`block_stop_signals`], called before the VM was built, and
+/// `listener` is the control socket, bound before it was built too.
+pub fn run(
+    vm: Vm,
+    config: &VmConfig,
+    signals: SignalFd,
+    listener: Option<Listener>,
+) -> Result<VmExit, RunError> {
     vcpu::install_kick_handler()
         .map_err(|err| setup("vCPU kick signal")(io::Error::from_raw_os_error(err.errno())))?;
     let exit = Arc::new(ExitLatch::new(
@@ -115,18 +122,12 @@ pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunEr
     let epoll = Epoll::new().map_err(setup("epoll"))?;
     // The socket exists before the guest runs, so a supervisor that sees it can drive
     // the VM from its first instruction.
-    let control = match &config.socket {
-        Some(path) => Some({
+    let control = match listener {
+        Some(listener) => Some({
             let limit = crate::fd_budget::ensure_control_headroom()?;
             debug!("descriptor limit {limit}: room for every control connection");
-
-            ControlServer::bind(
-                path,
-                &config.socket_allow_uids,
-                &epoll,
-                Token::ControlListener as u64,
-            )
-            .map_err(RunError::ControlSocket)?
+            ControlServer::new(listener, &epoll, Token::ControlListener as u64)
+                .map_err(RunError::ControlSocket)?
         }),
         None => None,
     };

@@ -497,6 +497,19 @@ impl Block {
         worker_start: impl FnOnce() + Send + 'static,
     ) -> Result<Block, BlockError> {
         let file = open_image(path, read_only)?;
+        Block::with_image(file, path, read_only, worker_name, worker_start)
+    }
+
+    /// As [`Block::open`], for an image already opened and locked by [`open_image`] (the
+    /// VMM opens every image before it enters its jail, where no path resolves); `path`
+    /// only names it in messages.
+    pub fn with_image(
+        file: File,
+        path: &Path,
+        read_only: bool,
+        worker_name: &str,
+        worker_start: impl FnOnce() + Send + 'static,
+    ) -> Result<Block, BlockError> {
         let meta = file.metadata().map_err(|source| BlockError::Open {
             path: path.to_owned(),
             source,
@@ -556,7 +569,7 @@ impl Block {
 }
 
 /// Opens and locks the image; it must be a regular file or a block device.
-fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
+pub fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
     let open_error = |source| BlockError::Open {
         path: path.to_owned(),
         source,
