@@ -16,6 +16,7 @@ mod fd_budget;
 mod guest_ram;
 mod input_file;
 mod irq_routing;
+mod jail;
 mod logger;
 mod memory_registry;
 mod opened;
@@ -127,7 +128,12 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     sandbox::prepare(&config)?;
     // Every path, before any thread exists and before the jail: from here on the VMM
     // works from descriptors alone.
-    let opened = opened::open_all(&config)?;
+    let mut opened = opened::open_all(&config)?;
+    // Still one thread: the jail's namespaces, root and credentials apply to every thread
+    // the build starts. The process that enters it stays behind as the reaper.
+    if let Some(jail) = &config.jail {
+        jail::enter(jail, &config, &mut opened)?;
+    }
     let vm = builder::build(&config, &kvm, opened.files)?;
     Ok(run_loop::run(vm, &config, stop_signals, opened.control)?)
 }
