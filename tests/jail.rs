@@ -434,3 +434,22 @@ fn a_jailed_vmm_joins_the_cgroup_it_is_given() {
         describe(&output)
     );
 }
+
+#[test]
+fn a_tap_opened_before_the_jail_keeps_working_inside_it() {
+    if !require_kvm() || !common::require_tun() {
+        return;
+    }
+    let mut vm = JailedVm::start(
+        "tap",
+        parked_guest(),
+        &["--net", "host-ip=10.98.0.1,netmask=255.255.255.0"],
+        &[],
+    );
+    let stats = vm.ctl_ok("stats", &[]);
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(text.contains("net            0  packets_in"), "{text}");
+    vm.ctl_ok("stop", &[]);
+    let output = vm.wait();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+}
