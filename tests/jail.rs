@@ -392,6 +392,15 @@ fn cgroup2_mount() -> Option<PathBuf> {
         })
 }
 
+/// Removes a (cgroup) directory when dropped, also when the test fails.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 /// The jailed VMM's cgroup, from `/proc/PID/cgroup` ("0::/path").
 fn cgroup_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
@@ -419,6 +428,7 @@ fn a_jailed_vmm_joins_the_cgroup_it_is_given() {
         ));
         return;
     }
+    let _cleanup = RemoveDir(dir.clone());
     let dir_arg = dir.display().to_string();
     let mut vm = JailedVm::start("cgroup", parked_guest(), &["--cgroup", &dir_arg], &[]);
     vm.ctl_ok("stats", &[]);
@@ -426,7 +436,6 @@ fn a_jailed_vmm_joins_the_cgroup_it_is_given() {
     let joined = cgroup_of(pid);
     vm.ctl_ok("stop", &[]);
     let output = vm.wait();
-    let _ = std::fs::remove_dir(&dir);
     assert_eq!(
         joined,
         format!("/vmm-jail-test-{}", std::process::id()),
