@@ -15,7 +15,7 @@ use devices::virtio::block::{Block, BlockCounters, BlockError};
 use devices::virtio::net::tap::{Tap, TapError};
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
-use devices::virtio::{Rng, VirtioDevice, VirtioPciDevice};
+use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice};
 use devices::{
     AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleWriter, I8042, ResetControl, Serial,
 };
@@ -162,6 +162,9 @@ pub struct VirtioHandles {
     pub nets: Vec<Arc<NetCounters>>,
     /// Every virtio device's queues, in PCI order, for `GetQueues`.
     pub queues: Vec<DeviceQueues>,
+    /// Every virtio device's interrupt state, whose INTx resample eventfd the run loop
+    /// watches (see `devices::virtio::PciInterrupt::intx_resample`).
+    pub intx_lines: Vec<Arc<PciInterrupt>>,
 }
 
 /// One virtio device's live queue states, with the numbers the protocol names it by.
@@ -516,6 +519,7 @@ fn create_pci(
         vm_fd,
         memory,
         mmio_bus,
+        intx_lines: Vec::new(),
     };
     let mut handles = VirtioHandles::default();
     for (index, disk) in config.disks.iter().enumerate() {
@@ -562,6 +566,7 @@ fn create_pci(
         let queues = pci.add_virtio(Box::new(balloon))?;
         handles.add_queues(device_kind::BALLOON, 0, queues);
     }
+    handles.intx_lines = pci.intx_lines;
     Ok((pci.root, handles))
 }
 
@@ -610,6 +615,7 @@ struct PciWiring<'a> {
     vm_fd: &'a Arc<VmFd>,
     memory: &'a GuestMemoryMmap,
     mmio_bus: &'a Arc<Bus>,
+    intx_lines: Vec<Arc<PciInterrupt>>,
 }
 
 impl PciWiring<'_> {
@@ -645,6 +651,7 @@ impl PciWiring<'_> {
                 )
                 .map_err(kvm_step("register a queue notification"))?;
         }
+        self.wire_intx(&mut transport, address.device)?;
         transport.set_bar_mover(crate::bar_mover::bar_mover(
             self.vm_fd.clone(),
             self.mmio_bus.clone(),
@@ -653,6 +660,24 @@ impl PciWiring<'_> {
         self.wire_msix(&transport)?;
         debug!("virtio device at PCI {address:?}");
         Ok(transport.queue_statuses())
+    }
+
+    /// Wires INTA# of the device in `slot` to its IOAPIC input (the one the DSDT's `_PRT`
+    /// names) as a level: a KVM irqfd with a resample eventfd, which the run loop watches.
+    fn wire_intx(&mut self, transport: &mut VirtioPciDevice, slot: u8) -> Result<()> {
+        let gsi = arch::layout::pci_intx_gsi(slot);
+        let interrupt = transport.interrupt();
+        self.vm_fd
+            .register_irqfd_with_resample(
+                interrupt.intx_eventfd(),
+                interrupt.intx_resample_eventfd(),
+                gsi,
+            )
+            .map_err(kvm_step("wire a device's INTx line"))?;
+        // GSIs 16..24 fit in the byte.
+        transport.set_interrupt_line(u8::try_from(gsi).unwrap_or(u8::MAX));
+        self.intx_lines.push(interrupt);
+        Ok(())
     }
 
     fn wire_msix(&mut self, transport: &VirtioPciDevice) -> Result<()> {

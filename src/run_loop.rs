@@ -49,7 +49,11 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
     move |source| RunError::Setup { what, source }
 }
 
-/// What woke the run loop (epoll data values below [`CONNECTION_TOKEN_BASE`]).
+/// Epoll data values from here up to [`CONNECTION_TOKEN_BASE`] name a virtio device's INTx
+/// resample eventfd (the index into `VirtioHandles::intx_lines` above it).
+const INTX_TOKEN_BASE: u64 = 1 << 24;
+
+/// What woke the run loop (epoll data values below [`INTX_TOKEN_BASE`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
 enum Token {
@@ -240,6 +244,15 @@ impl RunLoop<'_> {
         if let Some(balloon) = &vm.virtio.balloon {
             self.watch(balloon.changed().as_raw_fd(), Token::BalloonChanged)?;
         }
+        for (index, line) in (0u64..).zip(&vm.virtio.intx_lines) {
+            self.epoll
+                .ctl(
+                    ControlOperation::Add,
+                    line.intx_resample_eventfd().as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, INTX_TOKEN_BASE + index),
+                )
+                .map_err(setup("epoll"))?;
+        }
 
         let mut events = vec![EpollEvent::default(); 32];
         loop {
@@ -321,6 +334,17 @@ impl RunLoop<'_> {
         if data >= CONNECTION_TOKEN_BASE {
             let control = self.control.as_mut()?;
             return control.serve(&self.epoll, data, event.event_set(), vm);
+        }
+        if data >= INTX_TOKEN_BASE {
+            // The guest acknowledged a device's INTx line: raise it again if the device
+            // still has an interrupt the driver has not read.
+            let line = usize::try_from(data - INTX_TOKEN_BASE)
+                .ok()
+                .and_then(|index| vm.virtio.intx_lines.get(index));
+            if let Some(line) = line {
+                line.intx_resample();
+            }
+            return None;
         }
         match Token::from_data(data) {
             Some(Token::Signal) => self.signals.read_signal().map(VmExit::Signal),

@@ -27,6 +27,17 @@ fn boot_in_lab_with(
     cpus: u32,
     script: &str,
 ) -> LabRun {
+    boot_in_lab_with_params(options, kernel, mem_mib, cpus, &guest_params(script))
+}
+
+/// [`boot_in_lab_with`] with the whole kernel command line given.
+fn boot_in_lab_with_params(
+    options: &[&str],
+    kernel: &str,
+    mem_mib: u32,
+    cpus: u32,
+    params: &str,
+) -> LabRun {
     let command: Vec<String> = ["vmm", "run"]
         .iter()
         .chain(options)
@@ -38,7 +49,7 @@ fn boot_in_lab_with(
             "--initrd",
             "/guest/initrd.img",
             "--params",
-            &guest_params(script),
+            params,
             kernel,
         ])
         .map(|s| s.to_string())
@@ -139,6 +150,45 @@ fn virtio_rng_feeds_the_guests_hwrng_over_pci_with_msix() {
         "yes",
         "the device interrupts through MSI-X"
     );
+    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+}
+
+/// A guest that cannot use MSI-X (`pci=nomsi`) gets its virtio interrupts on the INTx
+/// line the DSDT's `_PRT` names, as a level on the IOAPIC: the rng device delivers its
+/// bytes, and the disk its blocks, through it.
+#[test]
+fn without_msi_virtio_devices_interrupt_through_their_intx_line() {
+    if !require_lab() {
+        return;
+    }
+    let script = "echo hwrng_bytes: $(dd if=/dev/hwrng bs=64 count=4 2>/dev/null | wc -c); \
+        echo vda_bytes: $(dd if=/dev/vda bs=4096 count=64 iflag=direct 2>/dev/null | wc -c); \
+        echo intx: $(grep -c 'IO-APIC.*fasteoi.*virtio' /proc/interrupts); \
+        echo msi: $(grep -c 'PCI-MSI' /proc/interrupts)";
+    let params = format!("{} pci=nomsi", guest_params(script));
+    let command = [
+        "dd if=/dev/zero of=/tmp/disk.img bs=1M count=4 2>/dev/null",
+        "exec vmm run --rng --disk /tmp/disk.img --mem 256 --cpus 2 \
+         --initrd /guest/initrd.img --params \"$0\" /guest/vmlinuz",
+    ]
+    .join(" && ");
+    let run = lab::run(&[], &["sh".to_string(), "-c".to_string(), command, params]);
+
+    assert_eq!(
+        run.value("hwrng_bytes:"),
+        "256",
+        "lab output:\n{}",
+        run.output
+    );
+    assert_eq!(
+        run.value("vda_bytes:"),
+        "262144",
+        "lab output:\n{}",
+        run.output
+    );
+    assert_eq!(run.value("msi:"), "0", "MSI stays off: {}", run.output);
+    let intx: u32 = run.value("intx:").parse().unwrap_or(0);
+    assert!(intx >= 2, "both devices on IO-APIC lines: {}", run.output);
     assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
 }
 

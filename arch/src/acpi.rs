@@ -312,7 +312,10 @@ fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
 ///   only the root bridges the DSDT declares, so without it no PCI device is ever found.
 ///   Its `_CRS` gives bus numbers 0-255, the configuration ports 0xCF8-0xCFF, the rest of
 ///   the I/O space, and the 32-bit MMIO window where the VMM places BARs
-///   ([`MMIO_HOLE_START`](crate::layout::MMIO_HOLE_START) up to the IOAPIC).
+///   ([`MMIO_HOLE_START`](crate::layout::MMIO_HOLE_START) up to the IOAPIC). Its `_PRT`
+///   routes INTA# of every slot to the GSI [`pci_intx_gsi`](crate::layout::pci_intx_gsi)
+///   gives it: a driver that cannot use MSI-X (Linux with `pci=nomsi`) gets its device's
+///   interrupts there.
 pub fn dsdt_aml() -> Vec<u8> {
     use crate::aml::{self, AddressSpace};
     let s5 = aml::name(
@@ -341,11 +344,30 @@ pub fn dsdt_aml() -> Vec<u8> {
         aml::name(b"_BBN", &aml::integer(0)),
         aml::name(b"_SEG", &aml::integer(0)),
         aml::name(b"_CRS", &crs),
+        aml::name(b"_PRT", &pci_routing_table()),
     ]
     .concat();
     // \_SB.PCI0: root prefix, dual-name prefix, two NameSegs.
     let pci0 = aml::device(b"\\\x2e_SB_PCI0", &pci0_body);
     [s5, pci0].concat()
+}
+
+/// `Package () { Package () { 0xSSSSFFFF, 0, 0, GSI }, ... }`: INTA# (pin 0) of each slot
+/// 1-31 of bus 0 goes straight to a global system interrupt (source 0). The host bridge
+/// in slot 0 raises no interrupt.
+fn pci_routing_table() -> Vec<u8> {
+    use crate::aml;
+    let entries: Vec<Vec<u8>> = (1..32u8)
+        .map(|slot| {
+            aml::package(&[
+                aml::integer((u64::from(slot) << 16) | 0xffff),
+                aml::integer(0),
+                aml::integer(0),
+                aml::integer(u64::from(crate::layout::pci_intx_gsi(slot))),
+            ])
+        })
+        .collect();
+    aml::package(&entries)
 }
 
 /// Builds the DSDT. Revision 2 means AML integers are 64-bit.
@@ -714,6 +736,27 @@ mod tests {
             0x08, b'\\', b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 5, 0x0a, 5, 0, 0,
         ];
         assert!(d.windows(s5.len()).any(|w| w == s5));
+    }
+
+    #[test]
+    fn dsdt_routes_every_slots_inta_to_its_gsi() {
+        let aml = dsdt_aml();
+        let prt = b"_PRT";
+        let at = aml
+            .windows(4)
+            .position(|w| w == prt)
+            .expect("the root bridge has a _PRT");
+        // Slot 1: Package (4) { 0x0001FFFF, Zero, Zero, 17 } as AML bytes.
+        let slot1 = [
+            0x12, 0x0b, 0x04, 0x0c, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x0a, 0x11,
+        ];
+        assert!(
+            aml[at..].windows(slot1.len()).any(|w| w == slot1),
+            "slot 1's INTA# goes to GSI 17"
+        );
+        assert_eq!(crate::layout::pci_intx_gsi(1), 17);
+        assert_eq!(crate::layout::pci_intx_gsi(8), 16);
+        assert_eq!(crate::layout::pci_intx_gsi(31), 23);
     }
 
     #[test]

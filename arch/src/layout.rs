@@ -65,6 +65,19 @@ pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// Where the VMM should put KVM's 3-page TSS (`VmFd::set_tss_address`; on Intel
 /// without unrestricted guest KVM also puts its identity map page just below it).
+/// The IOAPIC pins PCI INTx lines use: GSIs 16..24, above the ISA IRQs (0-15), which the
+/// legacy devices and the ACPI SCI use. Eight lines shared by up to 31 slots, as INTx lines
+/// are (level-triggered, so sharing is safe).
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+/// How many IOAPIC pins PCI INTx lines share.
+pub const PCI_INTX_GSI_COUNT: u32 = 8;
+
+/// The GSI that INTA# of the PCI device in `slot` of bus 0 is wired to (the DSDT's `_PRT`
+/// says the same, and the device's Interrupt Line register holds it).
+pub fn pci_intx_gsi(slot: u8) -> u32 {
+    PCI_INTX_GSI_BASE + u32::from(slot) % PCI_INTX_GSI_COUNT
+}
+
 /// Inside the IOAPIC..4 GiB range that e820 reports reserved, so the guest
 /// never uses those pages as RAM or places a PCI BAR over them.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;

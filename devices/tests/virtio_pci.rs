@@ -415,6 +415,63 @@ fn intx_fallback_sets_isr_when_msix_is_disabled() {
 }
 
 #[test]
+fn intx_is_raised_again_after_the_guests_eoi_while_the_isr_is_unread() {
+    let mut d = ready_driver();
+    let ctl = d.cfg_read(d.l.msix_cap + 2, 2);
+    d.cfg_write(d.l.msix_cap + 2, ctl & !0x8000, 2);
+    d.write_desc(DESC, 0, BUF, 8, F_WRITE, 0);
+    d.post(0, QSIZE);
+    let interrupt = d.dev.lock().unwrap().interrupt();
+    wait_for("INTx", || interrupt.intx_eventfd().read().is_ok());
+    // The guest EOIs without having read the ISR (its handler ran for another device on
+    // the shared line): KVM lowers the line and signals the resample eventfd.
+    interrupt.intx_resample_eventfd().write(1).unwrap();
+    interrupt.intx_resample();
+    assert_eq!(
+        interrupt.intx_eventfd().read().ok(),
+        Some(1),
+        "raised again"
+    );
+    // Once the driver has read the ISR, an EOI leaves the line down.
+    assert_eq!(d.rd(d.l.isr, 1), 1);
+    interrupt.intx_resample();
+    assert!(
+        interrupt.intx_eventfd().read().is_err(),
+        "the line stays down"
+    );
+}
+
+#[test]
+fn intx_disable_holds_the_line_down_until_cleared() {
+    let mut d = ready_driver();
+    let ctl = d.cfg_read(d.l.msix_cap + 2, 2);
+    d.cfg_write(d.l.msix_cap + 2, ctl & !0x8000, 2);
+    // COMMAND: memory space, bus master and INTx disable (bit 10).
+    d.cfg_write(4, 0x406, 2);
+    d.write_desc(DESC, 0, BUF, 8, F_WRITE, 0);
+    d.post(0, QSIZE);
+    wait_for("used entry", || d.used_idx() == 1);
+    let interrupt = d.dev.lock().unwrap().interrupt();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(interrupt.intx_eventfd().read().is_err(), "held down");
+    d.cfg_write(4, 0x6, 2);
+    assert_eq!(
+        interrupt.intx_eventfd().read().ok(),
+        Some(1),
+        "raised once enabled"
+    );
+    assert_eq!(d.rd(d.l.isr, 1), 1, "ISR queue bit");
+}
+
+#[test]
+fn the_interrupt_line_register_names_the_wired_input() {
+    let d = ready_driver();
+    d.dev.lock().unwrap().set_interrupt_line(17);
+    assert_eq!(d.cfg_read(0x3c, 1), 17);
+    assert_eq!(d.cfg_read(0x3d, 1), 1, "INTA#");
+}
+
+#[test]
 fn masked_vector_is_held_pending_until_unmasked() {
     let mut d = ready_driver();
     d.msix_entry(1, 0x21, true);

@@ -143,6 +143,12 @@ impl PciConfiguration {
         self.regs[INTERRUPT_PIN] = pin;
     }
 
+    /// Records the interrupt line (the IOAPIC input) the pin is wired to, as firmware
+    /// does for an OS that does not read ACPI's `_PRT`.
+    pub fn set_interrupt_line(&mut self, line: u8) {
+        self.regs[INTERRUPT_LINE] = line;
+    }
+
     /// Handles a guest read of `data.len()` bytes at `offset`.
     ///
     /// Bytes past the end of the space read as all ones, like a master abort.

@@ -5,6 +5,15 @@
 //! DEVICE_NEEDS_RESET flag. With MSI-X enabled a signal raises the assigned
 //! vector through [`MsixConfig`]; otherwise it sets the ISR bit and writes
 //! the INTx eventfd (virtio 1.2 section 4.1.4.5).
+//!
+//! INTx is a level: the VMM backs the INTx eventfd with a KVM irqfd on a
+//! level-triggered IOAPIC pin with a resample eventfd. KVM holds the line
+//! asserted from the eventfd write until the guest's EOI, then lowers it and
+//! signals the resample eventfd; the VMM then calls
+//! [`PciInterrupt::intx_resample`], which raises it again while the ISR still
+//! has bits the driver has not read (a signal that came while the line was
+//! up would otherwise be lost). The COMMAND register's INTx-disable bit holds
+//! the line down ([`PciInterrupt::set_intx_disabled`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +33,8 @@ pub const VIRTIO_PCI_ISR_CONFIG: u8 = 2;
 pub struct PciInterrupt {
     msix: Arc<Mutex<MsixConfig>>,
     intx: EventFd,
+    intx_resample: EventFd,
+    intx_disabled: AtomicBool,
     isr: AtomicU8,
     needs_reset: AtomicBool,
     config_vector: AtomicU16,
@@ -41,10 +52,17 @@ impl std::fmt::Debug for PciInterrupt {
 
 impl PciInterrupt {
     /// Creates the state for `num_queues` queues, all vectors unassigned.
-    pub fn new(msix: Arc<Mutex<MsixConfig>>, intx: EventFd, num_queues: usize) -> PciInterrupt {
+    pub fn new(
+        msix: Arc<Mutex<MsixConfig>>,
+        intx: EventFd,
+        intx_resample: EventFd,
+        num_queues: usize,
+    ) -> PciInterrupt {
         PciInterrupt {
             msix,
             intx,
+            intx_resample,
+            intx_disabled: AtomicBool::new(false),
             isr: AtomicU8::new(0),
             needs_reset: AtomicBool::new(false),
             config_vector: AtomicU16::new(VIRTIO_MSI_NO_VECTOR),
@@ -57,6 +75,46 @@ impl PciInterrupt {
     /// The eventfd written for INTx when MSI-X is off.
     pub fn intx_eventfd(&self) -> &EventFd {
         &self.intx
+    }
+
+    /// The eventfd KVM signals when the guest has acknowledged the INTx line (the VMM
+    /// then calls [`Self::intx_resample`]).
+    pub fn intx_resample_eventfd(&self) -> &EventFd {
+        &self.intx_resample
+    }
+
+    /// After the guest's EOI lowered the INTx line: raises it again while the ISR holds
+    /// bits the driver has not read yet.
+    pub fn intx_resample(&self) {
+        let _ = self.intx_resample.read();
+        self.raise_intx_if_pending();
+    }
+
+    /// Applies the COMMAND register's INTx-disable bit; enabling it again raises the line
+    /// if an interrupt is pending.
+    pub fn set_intx_disabled(&self, disabled: bool) {
+        let was = self.intx_disabled.swap(disabled, Ordering::AcqRel);
+        if was && !disabled {
+            self.raise_intx_if_pending();
+        }
+    }
+
+    fn raise_intx_if_pending(&self) {
+        if self.isr.load(Ordering::Acquire) != 0 && !lock(&self.msix).enabled() {
+            self.raise_intx();
+        }
+    }
+
+    fn raise_intx(&self) {
+        if self.intx_disabled.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.intx.write(1) {
+            static FAILED: super::log_limit::LogLimiter = super::log_limit::LogLimiter::new();
+            if let Some(n) = FAILED.admit() {
+                log::warn!("virtio-pci: cannot raise INTx ({n} so far): {e}");
+            }
+        }
     }
 
     /// Reads and clears the ISR byte (virtio 1.2 section 4.1.4.5.1).
@@ -132,9 +190,7 @@ impl PciInterrupt {
         }
         drop(msix);
         self.isr.fetch_or(isr_bit, Ordering::AcqRel);
-        if let Err(e) = self.intx.write(1) {
-            log::warn!("virtio-pci: cannot raise INTx: {e}");
-        }
+        self.raise_intx();
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::pci::config::COMMAND_MEMORY_SPACE;
+use crate::pci::config::{COMMAND, COMMAND_INTX_DISABLE, COMMAND_MEMORY_SPACE};
 use crate::pci::msix::{MSIX_CAPABILITY_ID, MsixConfig};
 use crate::pci::{BarRegion, BarType, PciConfiguration, PciDevice, PciError, PciIds};
 
@@ -241,7 +241,13 @@ impl VirtioPciDevice {
         )?;
         let msix = Arc::new(Mutex::new(msix));
         let intx = EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?;
-        let interrupt = Arc::new(PciInterrupt::new(msix.clone(), intx, num_queues));
+        let intx_resample = EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?;
+        let interrupt = Arc::new(PciInterrupt::new(
+            msix.clone(),
+            intx,
+            intx_resample,
+            num_queues,
+        ));
         let queues: Vec<Queue> = device
             .queue_max_sizes()
             .iter()
@@ -454,6 +460,11 @@ impl VirtioPciDevice {
         // its seccomp policy rightly does not allow.
     }
 
+    /// Records the IOAPIC input INTA# is wired to in the Interrupt Line register.
+    pub fn set_interrupt_line(&mut self, line: u8) {
+        self.config.set_interrupt_line(line);
+    }
+
     /// Installs what moves the BAR's decoding when the guest reprograms the BAR.
     pub fn set_bar_mover(&mut self, mover: BarMover) {
         self.bar_mover = Some(mover);
@@ -566,6 +577,10 @@ impl PciDevice for VirtioPciDevice {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .set_control(control);
+        }
+        if offset < COMMAND + 2 && COMMAND < offset + data.len() {
+            self.interrupt
+                .set_intx_disabled(self.config.command() & COMMAND_INTX_DISABLE != 0);
         }
         self.follow_bar();
     }
