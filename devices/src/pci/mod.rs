@@ -13,12 +13,6 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub mod bar;
-// TODO(issue 13): gated after merging main; the module is being edited there.
-#[allow(
-    clippy::arithmetic_side_effects,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation
-)]
 pub mod config;
 pub mod msix;
 pub mod root;

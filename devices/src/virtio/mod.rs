@@ -20,19 +20,7 @@ pub mod block;
 pub mod iovec;
 pub mod log_limit;
 pub mod net;
-// TODO(issue 13): gated after merging main; the module is being edited there.
-#[allow(
-    clippy::arithmetic_side_effects,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation
-)]
 pub mod pci_interrupt;
-// TODO(issue 13): gated after merging main; the module is being edited there.
-#[allow(
-    clippy::arithmetic_side_effects,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation
-)]
 pub mod pci_transport;
 pub mod queue;
 pub mod queue_status;
