@@ -26,12 +26,6 @@
 )]
 
 mod bar_mover;
-// TODO(issue 13): gated after merging main; the module is being edited there.
-#[allow(
-    clippy::arithmetic_side_effects,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation
-)]
 mod builder;
 mod cli;
 mod coalesce;
@@ -43,21 +37,9 @@ mod exit;
 mod fd_budget;
 mod guest_ram;
 mod input_file;
-// TODO(issue 13): gated after merging main; the module is being edited there.
-#[allow(
-    clippy::arithmetic_side_effects,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation
-)]
 mod irq_routing;
 mod logger;
 mod memory_registry;
-// TODO(issue 13): gated after merging main; the module is being edited there.
-#[allow(
-    clippy::arithmetic_side_effects,
-    clippy::indexing_slicing,
-    clippy::cast_possible_truncation
-)]
 mod run_loop;
 mod running_vm;
 mod sandbox;
