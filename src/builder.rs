@@ -36,7 +36,10 @@ use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
 /// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
+// A 32-bit address (asserted below): it fits any usize this VMM builds for.
+#[allow(clippy::cast_possible_truncation)]
 const KVM_TSS_ADDRESS: usize = layout::KVM_TSS_ADDRESS as usize;
+const _: () = assert!(layout::KVM_TSS_ADDRESS <= u32::MAX as u64);
 const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
 /// Where the data window of PCI configuration mechanism #1 starts, from 0xCF8.
@@ -322,8 +325,13 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
                     step: "map guest memory",
                     source: kvm_ioctls::Error::new(libc::EFAULT),
                 })?;
+        // A handful of RAM regions: the slot number always converts.
+        let slot = u32::try_from(slot).map_err(|_| BuildError::Kvm {
+            step: "map guest memory",
+            source: kvm_ioctls::Error::new(libc::ENOSPC),
+        })?;
         let kvm_region = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot,
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
@@ -684,17 +692,26 @@ impl PciWiring<'_> {
         let msix = transport.msix();
         let mut msix = msix.lock().unwrap_or_else(|p| p.into_inner());
         let first_gsi = self.next_gsi;
+        // GSIs are handed out from a u32 counter; running out is an error, not
+        // a wrap onto another device's routes. (KVM refuses far sooner.)
+        let next_gsi = first_gsi
+            .checked_add(u32::from(msix.num_vectors()))
+            .ok_or_else(|| {
+                kvm_step("route a device interrupt")(kvm_ioctls::Error::new(libc::ENOSPC))
+            })?;
         for vector in 0..msix.num_vectors() {
             if let Some(eventfd) = msix.eventfd(vector) {
+                // vector < num_vectors, so this is below `next_gsi`.
                 self.vm_fd
-                    .register_irqfd(eventfd, first_gsi + u32::from(vector))
+                    .register_irqfd(eventfd, first_gsi.saturating_add(u32::from(vector)))
                     .map_err(kvm_step("route a device interrupt"))?;
             }
         }
-        self.next_gsi += u32::from(msix.num_vectors());
+        self.next_gsi = next_gsi;
         let router = self.router.clone();
         msix.set_route_handler(Box::new(move |update: MsixRouteUpdate| {
-            let gsi = first_gsi + u32::from(update.vector);
+            // The vector is one of this table's, so this is below `next_gsi`.
+            let gsi = first_gsi.saturating_add(u32::from(update.vector));
             let mut router = router.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(err) = router.set_msi(gsi, update.message.address, update.message.data) {
                 warn!(

@@ -385,7 +385,8 @@ fn parse_ipv4(what: &str, value: &str) -> Result<Ipv4Addr, String> {
 fn parse_netmask(value: &str) -> Result<Ipv4Addr, String> {
     let mask = parse_ipv4("netmask", value)?;
     let bits = u32::from(mask);
-    if bits.leading_ones() + bits.trailing_zeros() != 32 {
+    // Each count is at most 32: the sum cannot saturate.
+    if bits.leading_ones().saturating_add(bits.trailing_zeros()) != 32 {
         return Err(format!(
             "--net netmask={value} is not a netmask (its one bits must be contiguous, like 255.255.255.0)"
         ));

@@ -157,7 +157,11 @@ fn check_disks(disks: &[DiskSpec]) -> Result<(), ConfigError> {
         return Err(ConfigError::TooManyDisks(disks.len()));
     }
     for (i, disk) in disks.iter().enumerate() {
-        if disks[..i].iter().any(|earlier| earlier.path == disk.path) {
+        if disks
+            .iter()
+            .take(i)
+            .any(|earlier| earlier.path == disk.path)
+        {
             return Err(ConfigError::DuplicateDisk(disk.path.clone()));
         }
     }
@@ -179,13 +183,13 @@ fn net_configs(nets: &[NetSpec], vm_name: &str) -> Result<Vec<NetConfig>, Config
         })
         .collect();
     for (i, net) in configs.iter().enumerate() {
-        let earlier = &configs[..i];
+        let earlier = || configs.iter().take(i);
         if let NetBackend::Tap(name) = &net.backend {
-            if earlier.iter().any(|e| e.backend == net.backend) {
+            if earlier().any(|e| e.backend == net.backend) {
                 return Err(ConfigError::DuplicateTap(name.clone()));
             }
         }
-        if earlier.iter().any(|e| e.mac == net.mac) {
+        if earlier().any(|e| e.mac == net.mac) {
             return Err(ConfigError::DuplicateMac(format_mac(&net.mac)));
         }
     }

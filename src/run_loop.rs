@@ -245,11 +245,13 @@ impl RunLoop<'_> {
             self.watch(balloon.changed().as_raw_fd(), Token::BalloonChanged)?;
         }
         for (index, line) in (0u64..).zip(&vm.virtio.intx_lines) {
+            // One line per PCI slot (at most 32): far below CONNECTION_TOKEN_BASE.
+            let token = INTX_TOKEN_BASE.saturating_add(index);
             self.epoll
                 .ctl(
                     ControlOperation::Add,
                     line.intx_resample_eventfd().as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, INTX_TOKEN_BASE + index),
+                    EpollEvent::new(EventSet::IN, token),
                 )
                 .map_err(setup("epoll"))?;
         }
@@ -265,7 +267,8 @@ impl RunLoop<'_> {
                 control.tick(&self.epoll);
             }
             self.send_due_balloon_change();
-            for event in &events[..count] {
+            // epoll_wait returns at most `events.len()`.
+            for event in events.iter().take(count) {
                 if let Some(exit) = self.dispatch(event, vm) {
                     return Ok(exit);
                 }
@@ -338,8 +341,9 @@ impl RunLoop<'_> {
         if data >= INTX_TOKEN_BASE {
             // The guest acknowledged a device's INTx line: raise it again if the device
             // still has an interrupt the driver has not read.
-            let line = usize::try_from(data - INTX_TOKEN_BASE)
-                .ok()
+            let line = data
+                .checked_sub(INTX_TOKEN_BASE)
+                .and_then(|index| usize::try_from(index).ok())
                 .and_then(|index| vm.virtio.intx_lines.get(index));
             if let Some(line) = line {
                 line.intx_resample();

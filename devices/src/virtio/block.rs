@@ -436,8 +436,10 @@ fn parse(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Result<Request, Malf
 
     let readable = GuestSpans::readable(chain)?;
     if readable.len() < HEADER_LEN as u64 {
-        // Fewer than HEADER_LEN bytes: the cast cannot truncate.
-        return Err(Malformed::ShortHeader(readable.len() as usize));
+        // Fewer than HEADER_LEN bytes: the conversion cannot fail.
+        return Err(Malformed::ShortHeader(
+            usize::try_from(readable.len()).unwrap_or(HEADER_LEN),
+        ));
     }
     let (header_spans, readable) = readable.split_at(HEADER_LEN as u64)?;
     let mut header = [0u8; HEADER_LEN];
@@ -519,7 +521,8 @@ impl Block {
         let disk = Disk {
             name: worker_name.to_owned(),
             backend: Box::new(file),
-            capacity: size - tail,
+            // `tail` is `size` modulo the sector size, so at most `size`.
+            capacity: size.saturating_sub(tail),
             read_only,
             id: disk_id(meta.dev(), meta.ino()),
             counters: Arc::default(),
@@ -607,15 +610,18 @@ fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
 fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
     let mut config = [0u8; CONFIG_LEN];
     let sectors = capacity / SECTOR_SIZE;
+    // SECTOR_SIZE is 512: it fits a u32.
+    #[allow(clippy::cast_possible_truncation)]
+    const BLK_SIZE: u32 = SECTOR_SIZE as u32;
     let fields: [(usize, &[u8]); 4] = [
         (0, &sectors.to_le_bytes()),
         (8, &SIZE_MAX.to_le_bytes()),
         (12, &SEG_MAX.to_le_bytes()),
         // geometry (16) stays 0: VIRTIO_BLK_F_GEOMETRY is not offered.
-        (20, &(SECTOR_SIZE as u32).to_le_bytes()),
+        (20, &BLK_SIZE.to_le_bytes()),
     ];
     for (offset, bytes) in fields {
-        if let Some(dst) = config.get_mut(offset..offset + bytes.len()) {
+        if let Some(dst) = config.get_mut(offset..offset.saturating_add(bytes.len())) {
             dst.copy_from_slice(bytes);
         }
     }

@@ -29,6 +29,15 @@ pub const TAP_OFFLOADS: u32 =
 /// The flags every tap is attached with: Ethernet frames, no packet-information prefix,
 /// a virtio-net header in front of each frame.
 const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+
+/// `flags` (libc spells the IFF_* bits as `c_int`) as the 16-bit `ifr_flags`
+/// field: the low 16 bits, bit for bit. Every IFF_* flag lives there, and
+/// IFF_TUN_EXCL (0x8000) is the sign bit of the `c_short`, which an `as` cast
+/// would also produce; this says so instead of truncating silently.
+fn ifr_flags(flags: libc::c_int) -> libc::c_short {
+    let [lo, hi, ..] = flags.to_le_bytes();
+    libc::c_short::from_le_bytes([lo, hi])
+}
 /// The name [`Tap::create`] asks for when given none; the kernel replaces `%d`.
 const DEFAULT_PATTERN: &str = "vmm%d";
 
@@ -121,7 +130,7 @@ impl Tap {
         }
         let file = open_tun(name)?;
         let mut ifr = ifreq_for(name)?;
-        ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = ifr_flags(TAP_FLAGS);
         set_iff(&file, &mut ifr).map_err(|e| attach_error(name, e))?;
         let tap = Tap {
             file,
@@ -148,7 +157,7 @@ impl Tap {
         let file = open_tun(pattern)?;
         let mut ifr = ifreq_for(pattern)?;
         // IFF_TUN_EXCL: fail with EBUSY instead of attaching an interface that exists.
-        ifr.ifr_ifru.ifru_flags = (TAP_FLAGS | libc::IFF_TUN_EXCL) as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = ifr_flags(TAP_FLAGS | libc::IFF_TUN_EXCL);
         set_iff(&file, &mut ifr).map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) => TapError::Exists {
                 name: pattern.into(),
@@ -186,7 +195,7 @@ impl Tap {
         self.socket_ioctl(&socket, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS", &mut ifr)?;
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
         let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-        ifr.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = flags | ifr_flags(libc::IFF_UP | libc::IFF_RUNNING);
         self.socket_ioctl(&socket, libc::SIOCSIFFLAGS, "SIOCSIFFLAGS", &mut ifr)
     }
 
@@ -420,10 +429,14 @@ fn name_from_ifreq(ifr: &libc::ifreq) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// AF_INET (2) as a `sa_family_t`; libc spells it as a `c_int`.
+#[allow(clippy::cast_possible_truncation)]
+const AF_INET_FAMILY: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
+
 /// `addr` as the `struct sockaddr` the SIOCSIF* requests take (a `sockaddr_in`, port 0).
 fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: AF_INET_FAMILY,
         sin_port: 0,
         sin_addr: libc::in_addr {
             s_addr: u32::from_ne_bytes(addr.octets()),
