@@ -29,9 +29,10 @@ use vm_control::wire::device_kind;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::cli::{NetBackend, SerialOutput};
+use crate::cli::{NetBackend, SerialOutput, Source};
 use crate::config::{NetConfig, VmConfig};
-use crate::input_file::{self, InputFileError};
+use crate::inherited_fds::{Handover, HandoverError};
+use crate::input_file::{self, Input, InputFileError};
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
@@ -76,15 +77,17 @@ pub enum BuildError {
     },
     #[error(transparent)]
     InputFile(#[from] InputFileError),
-    #[error("cannot load the kernel {path}: {source}")]
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
+    #[error("cannot load the kernel {kernel}: {source}")]
     LoadKernel {
-        path: PathBuf,
+        kernel: Source,
         #[source]
         source: kernel_loader::Error,
     },
-    #[error("cannot load the initrd {path}: {source}")]
+    #[error("cannot load the initrd {initrd}: {source}")]
     LoadInitrd {
-        path: PathBuf,
+        initrd: Source,
         #[source]
         source: kernel_loader::Error,
     },
@@ -177,6 +180,57 @@ pub struct DeviceQueues {
     pub queues: Vec<Arc<QueueStatus>>,
 }
 
+/// The kernel and initrd as the loader thread reads them: by path, or already open when a
+/// supervisor passed them as descriptors.
+struct ImageInputs {
+    kernel: ImageInput,
+    initrd: Option<ImageInput>,
+}
+
+/// One image to read: what the command line called it, and its file if already open.
+struct ImageInput {
+    source: Source,
+    file: Option<File>,
+}
+
+impl ImageInputs {
+    fn take(config: &VmConfig, handover: &mut Handover) -> Result<ImageInputs> {
+        let input = |source: &Source, handover: &mut Handover| -> Result<ImageInput> {
+            let file = match source {
+                Source::Fd(fd) => Some(handover.take_file(*fd)?),
+                Source::Path(_) => None,
+            };
+            Ok(ImageInput {
+                source: source.clone(),
+                file,
+            })
+        };
+        Ok(ImageInputs {
+            kernel: input(&config.kernel, handover)?,
+            initrd: config
+                .initrd
+                .as_ref()
+                .map(|initrd| input(initrd, handover))
+                .transpose()?,
+        })
+    }
+}
+
+impl ImageInput {
+    /// Reads it whole, if it is a regular file of at most `limit` bytes.
+    fn read(self, what: &'static str, limit: u64) -> Result<Vec<u8>> {
+        let input = match (self.file, &self.source) {
+            (Some(file), source) => Input::File {
+                name: source.to_string(),
+                file,
+            },
+            (None, Source::Path(path)) => Input::Path(path),
+            (None, Source::Fd(fd)) => return Err(HandoverError::NotTaken(*fd).into()),
+        };
+        Ok(input_file::read_bounded(what, input, limit)?)
+    }
+}
+
 /// What the loader thread puts in guest memory: the kernel and where the initrd went.
 struct LoadedImages {
     kernel: LoadedKernel,
@@ -189,11 +243,14 @@ struct LoadedImages {
 /// creating the VM, its interrupt controllers and its vCPUs does not depend on the
 /// kernel, so the two run side by side: guest RAM is mapped first, a scoped thread loads
 /// the images into it while this thread sets up KVM, and the boot registers are written
-/// once both are done.
-pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
+/// once both are done. Files and taps a supervisor passed as descriptors are taken from
+/// `handover`.
+pub fn build(config: &VmConfig, kvm: &Kvm, handover: &mut Handover) -> Result<Vm> {
     let memory = map_guest_memory(config.mem_bytes)?;
+    let images = ImageInputs::take(config, handover)?;
     std::thread::scope(|scope| {
-        let loader = scope.spawn(|| load_images(&memory, config));
+        let memory_ref = &memory;
+        let loader = scope.spawn(move || load_images(memory_ref, config, images));
         let vm_fd = Arc::new(create_vm(kvm)?);
         register_guest_memory(&vm_fd, &memory)?;
         debug!(
@@ -205,9 +262,9 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (console, console_writer) = create_console(&vm_fd, config)?;
+        let (console, console_writer) = create_console(&vm_fd, config, handover)?;
         let mmio_bus = Arc::new(Bus::new());
-        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mmio_bus)?;
+        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mmio_bus, handover)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -235,13 +292,20 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
 }
 
 /// Loads the kernel, the initrd and the command line into guest memory.
-fn load_images(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedImages> {
-    let kernel = load_kernel(memory, config)?;
+fn load_images(
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    images: ImageInputs,
+) -> Result<LoadedImages> {
+    let kernel = load_kernel(memory, config, images.kernel)?;
     debug!(
         "kernel loaded: {:?} entry {:#x}",
         kernel.protocol, kernel.entry_addr.0
     );
-    let initrd = load_initrd(memory, config, &kernel)?;
+    let initrd = match images.initrd {
+        Some(initrd) => Some(load_initrd(memory, config, &kernel, initrd)?),
+        None => None,
+    };
     debug!("initrd loaded: {initrd:x?}");
     let cmdline_max = kernel.cmdline_max.min(layout::CMDLINE_MAX_SIZE - 1);
     kernel_loader::write_cmdline(
@@ -338,13 +402,18 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
-fn load_kernel(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel> {
+fn load_kernel(
+    memory: &GuestMemoryMmap,
+    config: &VmConfig,
+    input: ImageInput,
+) -> Result<LoadedKernel> {
+    let source = input.source.clone();
     // Whatever the format, the kernel must fit in guest RAM (an unstripped vmlinux whose
     // debug sections alone outgrow it is refused: strip it).
-    let image = input_file::read_bounded("the kernel", &config.kernel, config.mem_bytes)?;
-    kernel_loader::load_kernel(memory, &image).map_err(|source| BuildError::LoadKernel {
-        path: config.kernel.clone(),
-        source,
+    let image = input.read("the kernel", config.mem_bytes)?;
+    kernel_loader::load_kernel(memory, &image).map_err(|source_err| BuildError::LoadKernel {
+        kernel: source,
+        source: source_err,
     })
 }
 
@@ -353,21 +422,20 @@ fn load_initrd(
     memory: &GuestMemoryMmap,
     config: &VmConfig,
     kernel: &LoadedKernel,
-) -> Result<Option<(GuestAddress, u64)>> {
-    let Some(path) = &config.initrd else {
-        return Ok(None);
-    };
+    input: ImageInput,
+) -> Result<(GuestAddress, u64)> {
+    let source = input.source.clone();
     let low_ram_end = layout::ram_below_4g(config.mem_bytes);
     // The initrd goes in low RAM: anything larger cannot fit, whatever the loader decides.
-    let initrd = input_file::read_bounded("the initrd", path, low_ram_end)?;
+    let initrd = input.read("the initrd", low_ram_end)?;
     let highest = kernel.initrd_addr_max.min(low_ram_end.saturating_sub(1));
     let addr =
         kernel_loader::load_initrd(memory, &initrd, kernel.kernel_end, GuestAddress(highest))
-            .map_err(|source| BuildError::LoadInitrd {
-                path: path.clone(),
-                source,
+            .map_err(|source_err| BuildError::LoadInitrd {
+                initrd: source,
+                source: source_err,
             })?;
-    Ok(Some((addr, initrd.len() as u64)))
+    Ok((addr, initrd.len() as u64))
 }
 
 fn e820_entries(mem_bytes: u64) -> Vec<E820Entry> {
@@ -431,7 +499,11 @@ fn new_eventfd() -> Result<EventFd> {
 
 /// The UART on COM1, its interrupt and input events, and the console-writer thread that
 /// takes its output to stdout or the `--serial` file.
-fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<(Console, ConsoleWriter)> {
+fn create_console(
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    handover: &mut Handover,
+) -> Result<(Console, ConsoleWriter)> {
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
@@ -453,6 +525,7 @@ fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<(Console, ConsoleWr
                 })?;
             (Box::new(file), false)
         }
+        SerialOutput::Fd(fd) => (Box::new(handover.take_file(*fd)?), false),
     };
     let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
         crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
@@ -510,6 +583,7 @@ fn create_pci(
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
+    handover: &mut Handover,
 ) -> Result<(PciRoot, VirtioHandles)> {
     let mut pci = PciWiring {
         root: PciRoot::new(),
@@ -525,13 +599,22 @@ fn create_pci(
     for (index, disk) in config.disks.iter().enumerate() {
         let name = format!("virtio-blk{index}");
         let label = name.clone();
-        let block = Block::open(&disk.path, disk.read_only, &name, move || {
-            crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label)
-        })
+        let worker_start =
+            move || crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label);
+        let block = match &disk.source {
+            Source::Path(path) => Block::open(path, disk.read_only, &name, worker_start),
+            Source::Fd(fd) => Block::from_file(
+                handover.take_file(*fd)?,
+                Path::new(&disk.source.to_string()),
+                disk.read_only,
+                &name,
+                worker_start,
+            ),
+        }
         .map_err(BuildError::Disk)?;
         debug!(
             "{name}: {} ({} bytes{})",
-            disk.path.display(),
+            disk.source,
             block.capacity_bytes(),
             if disk.read_only { ", read-only" } else { "" }
         );
@@ -540,7 +623,7 @@ fn create_pci(
         handles.add_queues(device_kind::BLOCK, index, queues);
     }
     for (index, net) in config.nets.iter().enumerate() {
-        let device = create_net(index, net)?;
+        let device = create_net(index, net, handover)?;
         handles.nets.push(device.counters());
         let queues = pci.add_virtio(Box::new(device))?;
         handles.add_queues(device_kind::NET, index, queues);
@@ -583,9 +666,10 @@ impl VirtioHandles {
 
 /// Interface `index`: its tap (attached, or created, addressed and brought up) behind a
 /// virtio-net device whose worker confines itself to the net policy.
-fn create_net(index: usize, net: &NetConfig) -> Result<Net> {
+fn create_net(index: usize, net: &NetConfig, handover: &mut Handover) -> Result<Net> {
     let tap = match &net.backend {
         NetBackend::Tap(name) => Tap::open(name).map_err(BuildError::Tap)?,
+        NetBackend::TapFd(fd) => handover.take_tap(*fd)?,
         NetBackend::HostIp { addr, netmask } => {
             let tap = Tap::create("").map_err(BuildError::Tap)?;
             tap.set_ipv4(*addr, *netmask).map_err(BuildError::Tap)?;

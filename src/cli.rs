@@ -3,7 +3,9 @@
 //! arguments into a validated [`crate::config::VmConfig`], and [`crate::commands`] carries out
 //! the control commands.
 
+use std::fmt;
 use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use argh::FromArgs;
@@ -45,15 +47,17 @@ pub struct RunArgs {
     #[argh(option, default = "1")]
     pub cpus: u32,
 
-    /// initial ramdisk to load next to the kernel
-    #[argh(option)]
-    pub initrd: Option<PathBuf>,
+    /// initial ramdisk to load next to the kernel: a path, or fd=N (an inherited
+    /// descriptor)
+    #[argh(option, from_str_fn(parse_initrd))]
+    pub initrd: Option<Source>,
 
     /// the whole kernel command line (default "console=ttyS0 panic=-1")
     #[argh(option)]
     pub params: Option<String>,
 
-    /// where the guest's serial console goes: "stdio" (default) or "file=PATH"
+    /// where the guest's serial console goes: "stdio" (default), "file=PATH" or "fd=N"
+    /// (an inherited descriptor open for writing)
     #[argh(option, default = "SerialOutput::Stdio", from_str_fn(parse_serial))]
     pub serial: SerialOutput,
 
@@ -61,8 +65,8 @@ pub struct RunArgs {
     #[argh(switch)]
     pub rng: bool,
 
-    /// a raw disk image for the guest as virtio-blk, PATH or PATH,ro (repeatable; the
-    /// first is /dev/vda)
+    /// a raw disk image for the guest as virtio-blk, PATH[,ro] or fd=N[,ro] (an inherited
+    /// descriptor; repeatable; the first is /dev/vda)
     #[argh(option, from_str_fn(parse_disk))]
     pub disk: Vec<DiskSpec>,
 
@@ -71,7 +75,8 @@ pub struct RunArgs {
     pub balloon: bool,
 
     /// a virtio-net interface on a tap (repeatable): tap=NAME[,mac=MAC] attaches an
-    /// existing tap, host-ip=ADDR,netmask=MASK[,mac=MAC] creates one with that address
+    /// existing tap, tap-fd=N[,mac=MAC] uses an inherited descriptor attached to one,
+    /// host-ip=ADDR,netmask=MASK[,mac=MAC] creates one with that address
     #[argh(option, from_str_fn(parse_net))]
     pub net: Vec<NetSpec>,
 
@@ -84,6 +89,11 @@ pub struct RunArgs {
     #[argh(option)]
     pub socket: Option<PathBuf>,
 
+    /// an inherited, listening AF_UNIX SOCK_SEQPACKET socket to use as the control socket
+    /// (instead of --socket; systemd socket activation needs neither)
+    #[argh(option, from_str_fn(parse_socket_fd))]
+    pub socket_fd: Option<RawFd>,
+
     /// another uid allowed to use the control socket (repeatable; the VMM's own uid and
     /// root always are)
     #[argh(option)]
@@ -93,9 +103,10 @@ pub struct RunArgs {
     #[argh(switch)]
     pub disable_sandbox: bool,
 
-    /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one)
-    #[argh(positional)]
-    pub kernel: PathBuf,
+    /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one); a path,
+    /// or fd=N (an inherited descriptor)
+    #[argh(positional, from_str_fn(parse_kernel))]
+    pub kernel: Source,
 }
 
 /// Stop a running VM through its control socket (the VMM exits with status 0).
@@ -271,6 +282,61 @@ pub struct EventsArgs {
     pub socket: PathBuf,
 }
 
+/// A file `vmm run` is given: by path, or as a descriptor it inherited from the process
+/// that started it (`fd=N`, see [`crate::inherited_fds`]). A path that starts with `fd=`
+/// is written `./fd=...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Path(PathBuf),
+    Fd(RawFd),
+}
+
+impl fmt::Display for Source {
+    /// As it was given: the path, or `fd=N`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Path(path) => write!(f, "{}", path.display()),
+            Source::Fd(fd) => write!(f, "fd={fd}"),
+        }
+    }
+}
+
+/// `fd=N` as a descriptor, anything else as a path.
+fn parse_source(option: &str, value: &str) -> Result<Source, String> {
+    match value.strip_prefix("fd=") {
+        Some(number) => parse_fd_number(option, number).map(Source::Fd),
+        None if value.is_empty() => Err(format!("{option} needs a path or fd=N")),
+        None => Ok(Source::Path(PathBuf::from(value))),
+    }
+}
+
+/// An inherited descriptor's number: 3 or above (0, 1 and 2 are stdin, stdout, stderr).
+fn parse_fd_number(option: &str, number: &str) -> Result<RawFd, String> {
+    match number.parse::<RawFd>() {
+        Ok(fd) if fd >= 3 => Ok(fd),
+        Ok(_) => Err(format!(
+            "{option}: descriptor {number} is stdin, stdout or stderr; pass the file as \
+             descriptor 3 or above"
+        )),
+        Err(_) => Err(format!(
+            "{option}: '{number}' is not a descriptor number (for a path starting with fd=, \
+             write ./fd=...)"
+        )),
+    }
+}
+
+fn parse_kernel(value: &str) -> Result<Source, String> {
+    parse_source("KERNEL", value)
+}
+
+fn parse_initrd(value: &str) -> Result<Source, String> {
+    parse_source("--initrd", value)
+}
+
+fn parse_socket_fd(value: &str) -> Result<RawFd, String> {
+    parse_fd_number("--socket-fd", value)
+}
+
 /// Where the guest's COM1 output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SerialOutput {
@@ -278,35 +344,44 @@ pub enum SerialOutput {
     Stdio,
     /// Appended to a file (created if missing); no guest input.
     File(PathBuf),
+    /// Written to an inherited descriptor (a pipe, a file, a terminal); no guest input.
+    Fd(RawFd),
 }
 
 fn parse_serial(value: &str) -> Result<SerialOutput, String> {
-    match value {
-        "stdio" => Ok(SerialOutput::Stdio),
-        _ => match value.strip_prefix("file=") {
-            Some("") => Err("--serial file= needs a path, as in file=/tmp/console.log".into()),
-            Some(path) => Ok(SerialOutput::File(PathBuf::from(path))),
-            None => Err(format!(
-                "unknown --serial value '{value}': use 'stdio' or 'file=PATH'"
-            )),
-        },
+    if value == "stdio" {
+        return Ok(SerialOutput::Stdio);
+    }
+    if let Some(number) = value.strip_prefix("fd=") {
+        return parse_fd_number("--serial", number).map(SerialOutput::Fd);
+    }
+    match value.strip_prefix("file=") {
+        Some("") => Err("--serial file= needs a path, as in file=/tmp/console.log".into()),
+        Some(path) => Ok(SerialOutput::File(PathBuf::from(path))),
+        None => Err(format!(
+            "unknown --serial value '{value}': use 'stdio', 'file=PATH' or 'fd=N'"
+        )),
     }
 }
 
-/// One `--disk`: an image path and whether the guest may write it.
+/// One `--disk`: the image (a path or an inherited descriptor) and whether the guest may
+/// write it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
-    pub path: PathBuf,
+    pub source: Source,
     pub read_only: bool,
 }
 
-/// Parses `PATH[,ro]` (`,rw` is accepted as the explicit default).
+/// Parses `PATH[,ro]` or `fd=N[,ro]` (`,rw` is accepted as the explicit default).
 fn parse_disk(value: &str) -> Result<DiskSpec, String> {
     let mut parts = value.split(',');
     let path = parts.next().unwrap_or_default();
     if path.is_empty() {
-        return Err(format!("--disk '{value}' has no path: use PATH or PATH,ro"));
+        return Err(format!(
+            "--disk '{value}' has no path: use PATH or PATH,ro (or fd=N[,ro])"
+        ));
     }
+    let source = parse_source("--disk", path)?;
     let mut read_only = false;
     for option in parts {
         match option {
@@ -314,15 +389,12 @@ fn parse_disk(value: &str) -> Result<DiskSpec, String> {
             "rw" => read_only = false,
             _ => {
                 return Err(format!(
-                    "unknown --disk option '{option}' in '{value}': use PATH or PATH,ro"
+                    "unknown --disk option '{option}' in '{value}': use PATH or PATH,ro (or fd=N[,ro])"
                 ));
             }
         }
     }
-    Ok(DiskSpec {
-        path: PathBuf::from(path),
-        read_only,
-    })
+    Ok(DiskSpec { source, read_only })
 }
 
 /// One `--net`: where the interface's frames go, and its MAC if given.
@@ -337,15 +409,19 @@ pub struct NetSpec {
 pub enum NetBackend {
     /// An existing tap interface, by name.
     Tap(String),
+    /// An inherited descriptor already attached to a tap (as crosvm's `--tap-fd`).
+    TapFd(RawFd),
     /// A new tap the VMM creates, gives this address and brings up.
     HostIp { addr: Ipv4Addr, netmask: Ipv4Addr },
 }
 
-const NET_FORMS: &str = "use tap=NAME[,mac=MAC] or host-ip=ADDR,netmask=MASK[,mac=MAC]";
+const NET_FORMS: &str =
+    "use tap=NAME[,mac=MAC], tap-fd=N[,mac=MAC] or host-ip=ADDR,netmask=MASK[,mac=MAC]";
 
-/// Parses `tap=NAME[,mac=MAC]` or `host-ip=ADDR,netmask=MASK[,mac=MAC]`.
+/// Parses `tap=NAME[,mac=MAC]`, `tap-fd=N[,mac=MAC]` or
+/// `host-ip=ADDR,netmask=MASK[,mac=MAC]`.
 fn parse_net(value: &str) -> Result<NetSpec, String> {
-    let (mut tap, mut host_ip, mut netmask, mut mac) = (None, None, None, None);
+    let (mut tap, mut tap_fd, mut host_ip, mut netmask, mut mac) = (None, None, None, None, None);
     for field in value.split(',') {
         let Some((key, val)) = field.split_once('=') else {
             return Err(format!(
@@ -354,6 +430,7 @@ fn parse_net(value: &str) -> Result<NetSpec, String> {
         };
         let slot = match key {
             "tap" => &mut tap,
+            "tap-fd" => &mut tap_fd,
             "host-ip" => &mut host_ip,
             "netmask" => &mut netmask,
             "mac" => &mut mac,
@@ -364,9 +441,10 @@ fn parse_net(value: &str) -> Result<NetSpec, String> {
         }
     }
     let mac = mac.map(parse_mac).transpose()?;
-    let backend = match (tap, host_ip, netmask) {
-        (Some(name), None, None) if !name.is_empty() => NetBackend::Tap(name.to_string()),
-        (None, Some(addr), Some(mask)) => NetBackend::HostIp {
+    let backend = match (tap, tap_fd, host_ip, netmask) {
+        (Some(name), None, None, None) if !name.is_empty() => NetBackend::Tap(name.to_string()),
+        (None, Some(fd), None, None) => NetBackend::TapFd(parse_fd_number("--net tap-fd", fd)?),
+        (None, None, Some(addr), Some(mask)) => NetBackend::HostIp {
             addr: parse_ipv4("host-ip", addr)?,
             netmask: parse_netmask(mask)?,
         },
@@ -469,21 +547,21 @@ mod tests {
         };
         assert_eq!(run.mem, 256);
         assert_eq!(run.cpus, 2);
-        assert_eq!(run.initrd, Some(PathBuf::from("i.img")));
+        assert_eq!(run.initrd, Some(Source::Path(PathBuf::from("i.img"))));
         assert_eq!(run.params.as_deref(), Some("quiet"));
         assert_eq!(run.serial, SerialOutput::File(PathBuf::from("/tmp/c.log")));
-        assert_eq!(run.kernel, PathBuf::from("bzImage"));
+        assert_eq!(run.kernel, Source::Path(PathBuf::from("bzImage")));
         assert_eq!(run.socket, Some(PathBuf::from("/tmp/vmm.sock")));
         assert_eq!(run.socket_allow_uid, vec![1000, 1001]);
         assert_eq!(
             run.disk,
             vec![
                 DiskSpec {
-                    path: PathBuf::from("root.img"),
+                    source: Source::Path(PathBuf::from("root.img")),
                     read_only: false
                 },
                 DiskSpec {
-                    path: PathBuf::from("/srv/data.img"),
+                    source: Source::Path(PathBuf::from("/srv/data.img")),
                     read_only: true
                 },
             ]
@@ -506,6 +584,72 @@ mod tests {
             ]
         );
         assert_eq!(run.name, "web1");
+    }
+
+    #[test]
+    fn every_file_option_takes_an_inherited_descriptor_as_fd_n() {
+        let args = parse(&[
+            "run",
+            "--mem",
+            "64",
+            "--initrd",
+            "fd=4",
+            "--serial",
+            "fd=5",
+            "--disk",
+            "fd=6,ro",
+            "--disk",
+            "./fd=7",
+            "--net",
+            "tap-fd=8,mac=52:54:00:12:34:56",
+            "--socket-fd",
+            "9",
+            "fd=3",
+        ])
+        .expect("valid command line");
+        let Command::Run(run) = args.command else {
+            panic!("parsed as {:?}", args.command);
+        };
+        assert_eq!(run.kernel, Source::Fd(3));
+        assert_eq!(run.initrd, Some(Source::Fd(4)));
+        assert_eq!(run.serial, SerialOutput::Fd(5));
+        assert_eq!(
+            run.disk,
+            vec![
+                DiskSpec {
+                    source: Source::Fd(6),
+                    read_only: true
+                },
+                DiskSpec {
+                    source: Source::Path(PathBuf::from("./fd=7")),
+                    read_only: false
+                },
+            ]
+        );
+        assert_eq!(run.net[0].backend, NetBackend::TapFd(8));
+        assert_eq!(run.socket_fd, Some(9));
+        assert_eq!(Source::Fd(6).to_string(), "fd=6");
+    }
+
+    #[test]
+    fn descriptor_numbers_below_3_or_not_numbers_are_usage_errors() {
+        for (args, says) in [
+            (&["--disk", "fd=2"][..], "stdin, stdout or stderr"),
+            (&["--disk", "fd=x,ro"], "not a descriptor number"),
+            (&["--serial", "fd=1"], "stdin, stdout or stderr"),
+            (&["--initrd", "fd=-1"], "stdin, stdout or stderr"),
+            (&["--net", "tap-fd=tap0"], "not a descriptor number"),
+            (&["--socket-fd", "0"], "stdin, stdout or stderr"),
+            (&["--net", "tap=t0,tap-fd=4"], "tap=NAME"),
+        ] {
+            let mut full = vec!["run", "--mem", "64"];
+            full.extend_from_slice(args);
+            full.push("k");
+            let err = parse(&full).unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+        let err = parse(&["run", "--mem", "64", "fd=0"]).unwrap_err();
+        assert!(err.contains("KERNEL"), "{err}");
     }
 
     #[test]
@@ -554,7 +698,7 @@ mod tests {
     #[test]
     fn bad_serial_values_are_rejected_with_the_accepted_forms() {
         let err = parse(&["run", "--mem", "64", "--serial", "tcp", "k"]).unwrap_err();
-        assert!(err.contains("use 'stdio' or 'file=PATH'"), "{err}");
+        assert!(err.contains("use 'stdio', 'file=PATH' or 'fd=N'"), "{err}");
         let err = parse(&["run", "--mem", "64", "--serial", "file=", "k"]).unwrap_err();
         assert!(err.contains("needs a path"), "{err}");
     }
