@@ -4,6 +4,7 @@
 //! the documented exit status (see [`exit`]).
 
 mod bar_mover;
+mod boot_images;
 mod builder;
 mod cli;
 mod coalesce;
@@ -20,6 +21,7 @@ mod irq_routing;
 mod logger;
 mod memory_registry;
 mod run_loop;
+mod run_options;
 mod running_vm;
 mod sandbox;
 mod signal_fd;
