@@ -46,8 +46,6 @@ pub enum ConfigError {
     DuplicateTap(String),
     #[error("MAC address {0} is used by two --net interfaces")]
     DuplicateMac(String),
-    #[error("--socket and --socket-fd both name a control socket; give one")]
-    TwoControlSockets,
     #[error("--name must be 1 to 64 printable characters")]
     BadName,
 }
@@ -72,7 +70,7 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// The control socket's path, if `vmm` creates it, and the extra uids allowed to use
     /// it (also with a socket handed over: `--socket-fd` or socket activation, see
-    /// [`crate::inherited_fds`]).
+    /// [`crate::inherited_fds`], which also refuses two control sockets).
     pub socket: Option<PathBuf>,
     pub socket_allow_uids: Vec<u32>,
     /// Whether every thread runs under its seccomp policy (off with `--disable-sandbox`).
@@ -128,9 +126,6 @@ impl VmConfig {
             return Err(ConfigError::CmdlineHasNul);
         }
         check_disks(&args.disk)?;
-        if args.socket.is_some() && args.socket_fd.is_some() {
-            return Err(ConfigError::TwoControlSockets);
-        }
         if args.name.is_empty() || args.name.len() > 64 || args.name.chars().any(char::is_control) {
             return Err(ConfigError::BadName);
         }

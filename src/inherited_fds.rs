@@ -512,6 +512,52 @@ mod tests {
         assert_eq!(gaps(&[4, 3]), vec![(5, u32::MAX)]);
     }
 
+    fn run_args(args: &[&str]) -> RunArgs {
+        use argh::FromArgs;
+        let mut full = vec!["run", "--mem", "64"];
+        full.extend_from_slice(args);
+        match crate::cli::Args::from_args(&["vmm"], &full).map(|args| args.command) {
+            Ok(crate::cli::Command::Run(run)) => run,
+            other => panic!("not a run command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_descriptor_named_by_two_options_is_refused_naming_both() {
+        let args = run_args(&["--disk", "fd=5", "--initrd", "/proc/self/fd/5", "k"]);
+        let err = named_descriptors(&args, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "descriptor 5 is named by both --initrd /proc/self/fd/5 and --disk fd=5; each \
+             descriptor serves one option"
+        );
+    }
+
+    #[test]
+    fn two_control_sockets_are_refused_and_one_is_named() {
+        let both = run_args(&["--socket", "/run/s", "--socket-fd", "4", "k"]);
+        let err = named_descriptors(&both, None).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "the control socket is given twice: by --socket /run/s and by --socket-fd 4"
+            ),
+            "{err}"
+        );
+        let activated_too = run_args(&["--socket-fd", "4", "k"]);
+        assert!(matches!(
+            named_descriptors(&activated_too, Some(3)),
+            Err(HandoverError::TwoControlSockets { .. })
+        ));
+        let activated = named_descriptors(&run_args(&["fd=4"]), Some(3)).expect("valid");
+        assert_eq!(
+            activated,
+            vec![
+                new_named(4, "KERNEL fd=4".into(), Role::Kernel),
+                new_named(3, "LISTEN_FDS (descriptor 3)".into(), Role::ControlSocket),
+            ]
+        );
+    }
+
     #[test]
     fn proc_self_fd_paths_name_their_descriptor() {
         assert_eq!(fd_named_by_path(Path::new("/proc/self/fd/5")), Some(5));
