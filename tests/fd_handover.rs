@@ -1,9 +1,10 @@
 //! Descriptors from a supervisor, end to end on this host with tiny guests: the test plays
 //! the supervisor, opens what the VM needs and starts `vmm run` with the descriptors at
 //! fixed numbers (moved there in `pre_exec`, close-on-exec cleared by `dup2`). It proves
-//! that a VM built from descriptors behaves as one built from paths (a disk attached (its counters in `vmm stats`) and
-//! locked, read-only, a tap, the kernel and initrd, the serial output, the control socket
-//! by `--socket-fd` and by socket activation, whose file `vmm` leaves alone), that every
+//! that a VM built from descriptors behaves as one built from paths (a disk attached, with
+//! its counters in `vmm stats`, and locked; a read-only disk; a tap; the kernel and initrd;
+//! the serial output; the control socket by `--socket-fd` and by socket activation, whose
+//! file `vmm` leaves alone), that every
 //! unusable descriptor gets one error line and status 1, and that a descriptor no option
 //! names does not survive into the running VMM.
 
