@@ -29,9 +29,11 @@ use vm_control::wire::device_kind;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::cli::{NetBackend, SerialOutput};
+use crate::boot_images::{ImageInputs, load_images};
+use crate::cli::{NetBackend, SerialOutput, Source};
 use crate::config::{NetConfig, VmConfig};
-use crate::input_file::{self, InputFileError};
+use crate::inherited_fds::{Handover, HandoverError};
+use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
@@ -79,15 +81,17 @@ pub enum BuildError {
     },
     #[error(transparent)]
     InputFile(#[from] InputFileError),
-    #[error("cannot load the kernel {path}: {source}")]
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
+    #[error("cannot load the kernel {kernel}: {source}")]
     LoadKernel {
-        path: PathBuf,
+        kernel: Source,
         #[source]
         source: kernel_loader::Error,
     },
-    #[error("cannot load the initrd {path}: {source}")]
+    #[error("cannot load the initrd {initrd}: {source}")]
     LoadInitrd {
-        path: PathBuf,
+        initrd: Source,
         #[source]
         source: kernel_loader::Error,
     },
@@ -121,7 +125,7 @@ pub enum BuildError {
     Bus(#[from] devices::BusError),
 }
 
-type Result<T> = std::result::Result<T, BuildError>;
+pub type Result<T> = std::result::Result<T, BuildError>;
 
 /// Event descriptors the devices write when the guest asks to stop; the run loop waits on them.
 pub struct GuestRequests {
@@ -180,23 +184,20 @@ pub struct DeviceQueues {
     pub queues: Vec<Arc<QueueStatus>>,
 }
 
-/// What the loader thread puts in guest memory: the kernel and where the initrd went.
-struct LoadedImages {
-    kernel: LoadedKernel,
-    initrd: Option<(GuestAddress, u64)>,
-}
-
 /// Builds the VM described by `config`, step by step.
 ///
 /// Reading and copying the kernel and initrd (tens of MiB) does not depend on KVM, and
 /// creating the VM, its interrupt controllers and its vCPUs does not depend on the
 /// kernel, so the two run side by side: guest RAM is mapped first, a scoped thread loads
 /// the images into it while this thread sets up KVM, and the boot registers are written
-/// once both are done.
-pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
+/// once both are done. Files and taps a supervisor passed as descriptors are taken from
+/// `handover`.
+pub fn build(config: &VmConfig, kvm: &Kvm, handover: &mut Handover) -> Result<Vm> {
     let memory = map_guest_memory(config.mem_bytes)?;
+    let images = ImageInputs::take(config, handover)?;
     std::thread::scope(|scope| {
-        let loader = scope.spawn(|| load_images(&memory, config));
+        let memory_ref = &memory;
+        let loader = scope.spawn(move || load_images(memory_ref, config, images));
         let vm_fd = Arc::new(create_vm(kvm)?);
         register_guest_memory(&vm_fd, &memory)?;
         debug!(
@@ -208,9 +209,9 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (console, console_writer) = create_console(&vm_fd, config)?;
+        let (console, console_writer) = create_console(&vm_fd, config, handover)?;
         let mmio_bus = Arc::new(Bus::new());
-        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mmio_bus)?;
+        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mmio_bus, handover)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -235,26 +236,6 @@ pub fn build(config: &VmConfig, kvm: &Kvm) -> Result<Vm> {
             virtio,
         })
     })
-}
-
-/// Loads the kernel, the initrd and the command line into guest memory.
-fn load_images(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedImages> {
-    let kernel = load_kernel(memory, config)?;
-    debug!(
-        "kernel loaded: {:?} entry {:#x}",
-        kernel.protocol, kernel.entry_addr.0
-    );
-    let initrd = load_initrd(memory, config, &kernel)?;
-    debug!("initrd loaded: {initrd:x?}");
-    let cmdline_max = kernel.cmdline_max.min(layout::CMDLINE_MAX_SIZE - 1);
-    kernel_loader::write_cmdline(
-        memory,
-        GuestAddress(layout::CMDLINE_START),
-        &config.cmdline,
-        cmdline_max,
-    )
-    .map_err(BuildError::Cmdline)?;
-    Ok(LoadedImages { kernel, initrd })
 }
 
 /// Opens /dev/kvm, telling apart "no KVM here" from "not allowed".
@@ -346,38 +327,6 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
     Ok(())
 }
 
-fn load_kernel(memory: &GuestMemoryMmap, config: &VmConfig) -> Result<LoadedKernel> {
-    // Whatever the format, the kernel must fit in guest RAM (an unstripped vmlinux whose
-    // debug sections alone outgrow it is refused: strip it).
-    let image = input_file::read_bounded("the kernel", &config.kernel, config.mem_bytes)?;
-    kernel_loader::load_kernel(memory, &image).map_err(|source| BuildError::LoadKernel {
-        path: config.kernel.clone(),
-        source,
-    })
-}
-
-/// Loads the initrd as high as the kernel allows in low RAM, returning (address, size).
-fn load_initrd(
-    memory: &GuestMemoryMmap,
-    config: &VmConfig,
-    kernel: &LoadedKernel,
-) -> Result<Option<(GuestAddress, u64)>> {
-    let Some(path) = &config.initrd else {
-        return Ok(None);
-    };
-    let low_ram_end = layout::ram_below_4g(config.mem_bytes);
-    // The initrd goes in low RAM: anything larger cannot fit, whatever the loader decides.
-    let initrd = input_file::read_bounded("the initrd", path, low_ram_end)?;
-    let highest = kernel.initrd_addr_max.min(low_ram_end.saturating_sub(1));
-    let addr =
-        kernel_loader::load_initrd(memory, &initrd, kernel.kernel_end, GuestAddress(highest))
-            .map_err(|source| BuildError::LoadInitrd {
-                path: path.clone(),
-                source,
-            })?;
-    Ok(Some((addr, initrd.len() as u64)))
-}
-
 fn e820_entries(mem_bytes: u64) -> Vec<E820Entry> {
     layout::e820_map(mem_bytes)
         .into_iter()
@@ -439,7 +388,11 @@ fn new_eventfd() -> Result<EventFd> {
 
 /// The UART on COM1, its interrupt and input events, and the console-writer thread that
 /// takes its output to stdout or the `--serial` file.
-fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<(Console, ConsoleWriter)> {
+fn create_console(
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    handover: &mut Handover,
+) -> Result<(Console, ConsoleWriter)> {
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
@@ -461,6 +414,7 @@ fn create_console(vm_fd: &VmFd, config: &VmConfig) -> Result<(Console, ConsoleWr
                 })?;
             (Box::new(file), false)
         }
+        SerialOutput::Fd(fd) => (Box::new(handover.take_file(*fd)?), false),
     };
     let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
         crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
@@ -518,6 +472,7 @@ fn create_pci(
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
+    handover: &mut Handover,
 ) -> Result<(PciRoot, VirtioHandles)> {
     let mut pci = PciWiring {
         root: PciRoot::new(),
@@ -533,13 +488,22 @@ fn create_pci(
     for (index, disk) in config.disks.iter().enumerate() {
         let name = format!("virtio-blk{index}");
         let label = name.clone();
-        let block = Block::open(&disk.path, disk.read_only, &name, move || {
-            crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label)
-        })
+        let worker_start =
+            move || crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label);
+        let block = match &disk.source {
+            Source::Path(path) => Block::open(path, disk.read_only, &name, worker_start),
+            Source::Fd(fd) => Block::from_file(
+                handover.take_file(*fd)?,
+                Path::new(&disk.source.to_string()),
+                disk.read_only,
+                &name,
+                worker_start,
+            ),
+        }
         .map_err(BuildError::Disk)?;
         debug!(
             "{name}: {} ({} bytes{})",
-            disk.path.display(),
+            disk.source,
             block.capacity_bytes(),
             if disk.read_only { ", read-only" } else { "" }
         );
@@ -548,7 +512,7 @@ fn create_pci(
         handles.add_queues(device_kind::BLOCK, index, queues);
     }
     for (index, net) in config.nets.iter().enumerate() {
-        let device = create_net(index, net)?;
+        let device = create_net(index, net, handover)?;
         handles.nets.push(device.counters());
         let queues = pci.add_virtio(Box::new(device))?;
         handles.add_queues(device_kind::NET, index, queues);
@@ -591,9 +555,10 @@ impl VirtioHandles {
 
 /// Interface `index`: its tap (attached, or created, addressed and brought up) behind a
 /// virtio-net device whose worker confines itself to the net policy.
-fn create_net(index: usize, net: &NetConfig) -> Result<Net> {
+fn create_net(index: usize, net: &NetConfig, handover: &mut Handover) -> Result<Net> {
     let tap = match &net.backend {
         NetBackend::Tap(name) => Tap::open(name).map_err(BuildError::Tap)?,
+        NetBackend::TapFd(fd) => handover.take_tap(*fd)?,
         NetBackend::HostIp { addr, netmask } => {
             let tap = Tap::create("").map_err(BuildError::Tap)?;
             tap.set_ipv4(*addr, *netmask).map_err(BuildError::Tap)?;

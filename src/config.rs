@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::cli::{DiskSpec, NetBackend, NetSpec, RunArgs, SerialOutput};
+use crate::cli::{DiskSpec, NetBackend, NetSpec, RunArgs, SerialOutput, Source};
 
 /// The kernel command line used when `--params` is not given: the console on COM1, and a
 /// reboot (reported as a reset) instead of a hang when the guest kernel panics.
@@ -39,7 +39,7 @@ pub enum ConfigError {
     #[error("{0} --disk options given; at most {MAX_DISKS} disks are supported")]
     TooManyDisks(usize),
     #[error("--disk {0} is given twice; a disk image can back only one guest disk")]
-    DuplicateDisk(PathBuf),
+    DuplicateDisk(Source),
     #[error("{0} --net options given; at most {MAX_NETS} interfaces are supported")]
     TooManyNets(usize),
     #[error("--net tap={0} is given twice; a tap can back only one interface")]
@@ -55,8 +55,8 @@ pub enum ConfigError {
 pub struct VmConfig {
     pub mem_bytes: u64,
     pub cpus: u8,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub kernel: Source,
+    pub initrd: Option<Source>,
     pub cmdline: String,
     pub serial: SerialOutput,
     /// Whether the guest gets a virtio-rng device.
@@ -68,7 +68,9 @@ pub struct VmConfig {
     /// The guest's network interfaces, in `eth0`, `eth1`, ... order, each with its MAC
     /// (given or derived from the VM name).
     pub nets: Vec<NetConfig>,
-    /// The control socket's path, if any, and the extra uids allowed to use it.
+    /// The control socket's path, if `vmm` creates it, and the extra uids allowed to use
+    /// it (also with a socket handed over: `--socket-fd` or socket activation, see
+    /// [`crate::inherited_fds`], which also refuses two control sockets).
     pub socket: Option<PathBuf>,
     pub socket_allow_uids: Vec<u32>,
     /// Whether every thread runs under its seccomp policy (off with `--disable-sandbox`).
@@ -160,9 +162,9 @@ fn check_disks(disks: &[DiskSpec]) -> Result<(), ConfigError> {
         if disks
             .iter()
             .take(i)
-            .any(|earlier| earlier.path == disk.path)
+            .any(|earlier| earlier.source == disk.source)
         {
-            return Err(ConfigError::DuplicateDisk(disk.path.clone()));
+            return Err(ConfigError::DuplicateDisk(disk.source.clone()));
         }
     }
     Ok(())
@@ -256,9 +258,10 @@ mod tests {
             net: Vec::new(),
             name: "vmm".into(),
             socket: None,
+            socket_fd: None,
             socket_allow_uid: Vec::new(),
             disable_sandbox: false,
-            kernel: PathBuf::from("bzImage"),
+            kernel: Source::Path(PathBuf::from("bzImage")),
         }
     }
 
@@ -328,14 +331,14 @@ mod tests {
     #[test]
     fn the_same_disk_twice_or_too_many_disks_are_rejected() {
         let disk = |path: &str| DiskSpec {
-            path: PathBuf::from(path),
+            source: Source::Path(PathBuf::from(path)),
             read_only: true,
         };
         let mut twice = args(256, 1);
         twice.disk = vec![disk("a.img"), disk("b.img"), disk("a.img")];
         assert_eq!(
             VmConfig::from_args(&twice, HOST).unwrap_err(),
-            ConfigError::DuplicateDisk(PathBuf::from("a.img"))
+            ConfigError::DuplicateDisk(Source::Path(PathBuf::from("a.img")))
         );
         let mut many = args(256, 1);
         many.disk = (0..=MAX_DISKS).map(|i| disk(&format!("{i}.img"))).collect();

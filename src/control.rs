@@ -71,6 +71,16 @@ impl ControlServer {
         listener_token: u64,
     ) -> Result<ControlServer, ListenError> {
         let listener = Listener::bind(path, allowed_uids)?;
+        ControlServer::with_listener(listener, epoll, listener_token)
+    }
+
+    /// Serves on `listener` (one `bind` made, or one handed over: `--socket-fd`, socket
+    /// activation), added to `epoll` under `listener_token`.
+    pub fn with_listener(
+        listener: Listener,
+        epoll: &Epoll,
+        listener_token: u64,
+    ) -> Result<ControlServer, ListenError> {
         let mut server = ControlServer {
             listener,
             listener_token,

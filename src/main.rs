@@ -26,6 +26,7 @@
 )]
 
 mod bar_mover;
+mod boot_images;
 mod builder;
 mod cli;
 mod coalesce;
@@ -36,14 +37,17 @@ mod control;
 mod exit;
 mod fd_budget;
 mod guest_ram;
+mod inherited_fds;
 mod input_file;
 mod irq_routing;
 mod logger;
 mod memory_registry;
 mod run_loop;
+mod run_options;
 mod running_vm;
 mod sandbox;
 mod signal_fd;
+mod socket_activation;
 mod terminal;
 mod unclaimed;
 mod vcpu;
@@ -128,7 +132,11 @@ fn run_vm(args: &RunArgs) -> i32 {
 }
 
 fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
-    // First, while this is the only thread: every thread created from here on inherits
+    // First, while this is the only thread and before vmm opens anything: take over the
+    // descriptors the options name (checked), close every other inherited one, and take
+    // the socket-activation variables out of the environment.
+    let mut handover = inherited_fds::take(args)?;
+    // While this is still the only thread: every thread created from here on inherits
     // the block, so a stop signal only ever reaches the run loop.
     let stop_signals = run_loop::block_stop_signals()?;
     let kvm = builder::open_kvm()?;
@@ -146,8 +154,9 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     }
     // Before the build: device workers are created during it and confine themselves.
     sandbox::prepare(&config)?;
-    let vm = builder::build(&config, &kvm)?;
-    Ok(run_loop::run(vm, &config, stop_signals)?)
+    let vm = builder::build(&config, &kvm, &mut handover)?;
+    let control = handover.take_control();
+    Ok(run_loop::run(vm, &config, stop_signals, control)?)
 }
 
 /// "outer: inner: innermost", so one line carries the whole cause.

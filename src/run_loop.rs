@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use thiserror::Error;
+use vm_control::server::Listener;
 use vm_control::wire::Event;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -105,8 +106,15 @@ pub fn block_stop_signals() -> Result<SignalFd, RunError> {
 }
 
 /// Runs `vm` until the guest stops or the host asks it to; returns why it ended.
-/// `signals` comes from [`block_stop_signals`], called before the VM was built.
-pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunError> {
+/// `signals` comes from [`block_stop_signals`], called before the VM was built;
+/// `handed_over` is the control socket's listener when a supervisor passed it (then
+/// `config.socket` is `None`).
+pub fn run(
+    vm: Vm,
+    config: &VmConfig,
+    signals: SignalFd,
+    handed_over: Option<Listener>,
+) -> Result<VmExit, RunError> {
     vcpu::install_kick_handler()
         .map_err(|err| setup("vCPU kick signal")(io::Error::from_raw_os_error(err.errno())))?;
     let exit = Arc::new(ExitLatch::new(
@@ -115,21 +123,7 @@ pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunEr
     let epoll = Epoll::new().map_err(setup("epoll"))?;
     // The socket exists before the guest runs, so a supervisor that sees it can drive
     // the VM from its first instruction.
-    let control = match &config.socket {
-        Some(path) => Some({
-            let limit = crate::fd_budget::ensure_control_headroom()?;
-            debug!("descriptor limit {limit}: room for every control connection");
-
-            ControlServer::bind(
-                path,
-                &config.socket_allow_uids,
-                &epoll,
-                Token::ControlListener as u64,
-            )
-            .map_err(RunError::ControlSocket)?
-        }),
-        None => None,
-    };
+    let control = control_server(config, handed_over, &epoll)?;
 
     let counters = Arc::new(ExitCounters::default());
     let run_control = Arc::new(RunControl::default());
@@ -197,6 +191,27 @@ pub fn run(vm: Vm, config: &VmConfig, signals: SignalFd) -> Result<VmExit, RunEr
     }
     debug!("VM exits: {}", running.counters);
     result
+}
+
+/// The control server: on the handed-over listener, or on a socket it creates at
+/// `--socket`'s path, or none.
+fn control_server(
+    config: &VmConfig,
+    handed_over: Option<Listener>,
+    epoll: &Epoll,
+) -> Result<Option<ControlServer>, RunError> {
+    if handed_over.is_none() && config.socket.is_none() {
+        return Ok(None);
+    }
+    let limit = crate::fd_budget::ensure_control_headroom()?;
+    debug!("descriptor limit {limit}: room for every control connection");
+    let token = Token::ControlListener as u64;
+    let server = match (handed_over, &config.socket) {
+        (Some(listener), _) => ControlServer::with_listener(listener, epoll, token),
+        (None, Some(path)) => ControlServer::bind(path, &config.socket_allow_uids, epoll, token),
+        (None, None) => return Ok(None),
+    };
+    server.map(Some).map_err(RunError::ControlSocket)
 }
 
 /// The event subscribers get when the VM ends this way.

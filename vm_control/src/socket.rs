@@ -198,6 +198,67 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> 
     Ok(())
 }
 
+/// Why a descriptor cannot be a control socket's listener (see [`check_listening_seqpacket`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ListeningSocketError {
+    /// The descriptor is not a socket at all.
+    #[error("it is not a socket")]
+    NotASocket,
+    /// A socket of another address family.
+    #[error("it is not an AF_UNIX socket (address family {0})")]
+    NotUnix(i32),
+    /// A socket of another type.
+    #[error("it is a {0} socket, not SOCK_SEQPACKET")]
+    NotSeqpacket(&'static str),
+    /// A socket nobody called listen(2) on.
+    #[error("it is not listening (listen(2) was not called on it)")]
+    NotListening,
+    /// getsockopt(2) failed for another reason (e.g. `EBADF`).
+    #[error("cannot examine it: {0}")]
+    Io(io::Error),
+}
+
+/// Checks that `fd` is a listening `AF_UNIX` `SOCK_SEQPACKET` socket: what a server
+/// handed its listener (systemd socket activation, a supervisor) must be given.
+pub fn check_listening_seqpacket(fd: BorrowedFd<'_>) -> Result<(), ListeningSocketError> {
+    let option = |name| match socket_option(fd, name) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => Err(ListeningSocketError::NotASocket),
+        other => other.map_err(ListeningSocketError::Io),
+    };
+    let domain = option(libc::SO_DOMAIN)?;
+    if domain != libc::AF_UNIX {
+        return Err(ListeningSocketError::NotUnix(domain));
+    }
+    match option(libc::SO_TYPE)? {
+        libc::SOCK_SEQPACKET => {}
+        libc::SOCK_STREAM => return Err(ListeningSocketError::NotSeqpacket("SOCK_STREAM")),
+        libc::SOCK_DGRAM => return Err(ListeningSocketError::NotSeqpacket("SOCK_DGRAM")),
+        _ => return Err(ListeningSocketError::NotSeqpacket("another type of")),
+    }
+    if option(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(ListeningSocketError::NotListening);
+    }
+    Ok(())
+}
+
+/// One integer `SOL_SOCKET` option of `fd`.
+fn socket_option(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is a writable c_int and `len` holds its exact size; SO_DOMAIN, SO_TYPE
+    // and SO_ACCEPTCONN each write one int.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&raw mut value).cast::<libc::c_void>(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
 /// The credentials of the process connected to `fd`.
 pub fn peer_credentials(fd: BorrowedFd<'_>) -> io::Result<PeerCredentials> {
     // SAFETY: ucred is plain old data for which all-zero bytes are a valid value.

@@ -499,6 +499,23 @@ impl Block {
         worker_start: impl FnOnce() + Send + 'static,
     ) -> Result<Block, BlockError> {
         let file = open_image(path, read_only)?;
+        Block::from_file(file, path, read_only, worker_name, worker_start)
+    }
+
+    /// [`Block::open`] for an image that is already open (a descriptor a supervisor
+    /// passed): `file` must be a regular file or block device, readable, and writable unless
+    /// `read_only`; it is locked here as [`Block::open`] locks its image. `path` names it in
+    /// errors and logs (`fd=5` for a descriptor). I/O uses only `pread`/`pwrite`, so the
+    /// file offset the descriptor shares with other holders is left alone, except for one
+    /// seek to its end here to learn the size.
+    pub fn from_file(
+        file: File,
+        path: &Path,
+        read_only: bool,
+        worker_name: &str,
+        worker_start: impl FnOnce() + Send + 'static,
+    ) -> Result<Block, BlockError> {
+        lock_image(&file, path, read_only)?;
         let meta = file.metadata().map_err(|source| BlockError::Open {
             path: path.to_owned(),
             source,
@@ -558,7 +575,7 @@ impl Block {
     }
 }
 
-/// Opens and locks the image; it must be a regular file or a block device.
+/// Opens the image at `path`; it must be a regular file or a block device.
 fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
     let open_error = |source| BlockError::Open {
         path: path.to_owned(),
@@ -571,14 +588,25 @@ fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
             path: path.to_owned(),
         });
     }
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .read(true)
         .write(!read_only)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(open_error)?;
-    // Check again what we actually opened: the path may have changed meanwhile.
-    if !is_disk(file.metadata().map_err(open_error)?.file_type()) {
+        .map_err(open_error)
+}
+
+/// Checks that `file` is a disk (a regular file or block device) and locks it: exclusive,
+/// or shared when `read_only`.
+fn lock_image(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
+    let open_error = |source| BlockError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // Check what is actually open: a path may have changed since it was looked at, and a
+    // descriptor may be anything.
+    let file_type = file.metadata().map_err(open_error)?.file_type();
+    if !(file_type.is_file() || file_type.is_block_device()) {
         return Err(BlockError::NotADisk {
             path: path.to_owned(),
         });
@@ -603,7 +631,7 @@ fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
             }
         });
     }
-    Ok(file)
+    Ok(())
 }
 
 /// virtio_blk_config (virtio 1.2 section 5.2.4), little-endian, up to blk_size.
