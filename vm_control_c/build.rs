@@ -27,6 +27,8 @@ const NESTED: &str = "VMM_CONTROL_C_NESTED_BUILD";
 fn main() {
     println!("cargo:rerun-if-env-changed={NESTED}");
     if env::var_os(NESTED).is_some() {
+        // The nested build's copy of the crate: only the library matters, not LIB_DIR.
+        println!("cargo:rustc-env=VMM_CONTROL_LIB_DIR=");
         return;
     }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));

@@ -552,6 +552,13 @@ pub unsafe extern "C" fn vmm_control_last_error_info(out: *mut VmmControlError) 
     }
 }
 
+/// Where this build put `libvmm_control.{a,so}` and `vmm_control.pc`
+/// (`target/x86_64-unknown-linux-gnu/{debug,release}`), for tests that link C against them.
+pub const LIB_DIR: &str = env!("VMM_CONTROL_LIB_DIR");
+
+/// The directory holding `vmm_control.h`.
+pub const INCLUDE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/include");
+
 /// Every function the header declares, for the tests that check it (`tests/header.rs`).
 pub const EXPORTED_FUNCTIONS: &[&str] = &[
     "vmm_control_connect",
