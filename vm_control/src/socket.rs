@@ -21,9 +21,10 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::Duration;
 
 /// Most descriptors [`recv_datagram`] will accept in one datagram; more are discarded by the
 /// kernel (and reported through [`Datagram::fds_truncated`]).
@@ -137,6 +138,61 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Connects a new blocking `SOCK_SEQPACKET` socket to `path`.
 pub fn connect(path: &Path) -> io::Result<OwnedFd> {
     connect_with(path, false)
+}
+
+/// Connects a new blocking `SOCK_SEQPACKET` socket to `path`, waiting at most `timeout` for
+/// room in the listener's backlog (connect(2) on a UNIX socket waits for that as long as
+/// `SO_SNDTIMEO` allows, then fails with `EAGAIN`). The socket keeps `timeout` as its send
+/// timeout.
+pub fn connect_timeout(path: &Path, timeout: Duration) -> io::Result<OwnedFd> {
+    let (addr, len) = sockaddr(path)?;
+    let fd = seqpacket_socket(false)?;
+    set_timeout(fd.as_fd(), libc::SO_SNDTIMEO, Some(timeout))?;
+    // SAFETY: `addr` is an initialized sockaddr_un and `len` does not exceed its size.
+    cvt(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Limits how long a blocking send (`option` = `SO_SNDTIMEO`) or receive (`SO_RCVTIMEO`) on
+/// `fd` may wait; `None`: forever. A duration under 1 µs becomes 1 µs (a zero `timeval`
+/// would mean forever).
+pub(crate) fn set_timeout(
+    fd: BorrowedFd<'_>,
+    option: libc::c_int,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let tv = match timeout {
+        None => libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        Some(d) => libc::timeval {
+            tv_sec: d.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+            tv_usec: if d.as_secs() == 0 {
+                d.subsec_micros().max(1).into()
+            } else {
+                d.subsec_micros().into()
+            },
+        },
+    };
+    // SAFETY: `tv` is a valid timeval and the length passed is its exact size, as
+    // SO_RCVTIMEO/SO_SNDTIMEO expect.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const tv).cast::<libc::c_void>(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
 }
 
 pub(crate) fn connect_with(path: &Path, nonblocking: bool) -> io::Result<OwnedFd> {

@@ -871,3 +871,35 @@ fn a_handed_over_descriptor_that_is_no_listening_seqpacket_socket_is_refused() {
         assert!(err.to_string().contains(says), "{err}");
     }
 }
+
+#[test]
+fn a_request_gives_up_at_its_timeout_however_many_events_arrive_meanwhile() {
+    let (server_end, client_end) = seqpacket_pair().expect("socketpair");
+    let mut client = Client::from_fd(client_end);
+    client
+        .set_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    // A VMM that sends an event every 50 ms and never answers: each event resets a
+    // per-message wait, so only a deadline for the whole request ends it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chatter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let event = ServerMessage::Event(Event::Paused).encode();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if send_datagram(server_end.as_fd(), &event, &[], false).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let start = std::time::Instant::now();
+    let err = client.request(Request::GetStats).expect_err("no answer");
+    let took = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(client);
+    chatter.join().expect("chatter thread");
+    assert!(matches!(err, ClientError::Timeout), "{err}");
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+}
