@@ -2,7 +2,7 @@
 //! a VM, in order. Each step either succeeds or says, in one line, what the user must fix.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arch::layout;
@@ -28,14 +28,19 @@ use vm_control::wire::device_kind;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use crate::boot_images::load_images;
+use crate::cli::Source;
 use crate::config::{NetConfig, VmConfig};
-use crate::input_file::{BoundedFile, InputFileError};
+use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 use crate::opened::{DiskFile, HostFiles};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
 /// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
+// A 32-bit address (asserted below): it fits any usize this VMM builds for.
+#[allow(clippy::cast_possible_truncation)]
 const KVM_TSS_ADDRESS: usize = layout::KVM_TSS_ADDRESS as usize;
+const _: () = assert!(layout::KVM_TSS_ADDRESS <= u32::MAX as u64);
 const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
 /// Where the data window of PCI configuration mechanism #1 starts, from 0xCF8.
@@ -75,15 +80,15 @@ pub enum BuildError {
     },
     #[error(transparent)]
     InputFile(#[from] InputFileError),
-    #[error("cannot load the kernel {path}: {source}")]
+    #[error("cannot load the kernel {kernel}: {source}")]
     LoadKernel {
-        path: PathBuf,
+        kernel: Source,
         #[source]
         source: kernel_loader::Error,
     },
-    #[error("cannot load the initrd {path}: {source}")]
+    #[error("cannot load the initrd {initrd}: {source}")]
     LoadInitrd {
-        path: PathBuf,
+        initrd: Source,
         #[source]
         source: kernel_loader::Error,
     },
@@ -109,7 +114,7 @@ pub enum BuildError {
     Bus(#[from] devices::BusError),
 }
 
-type Result<T> = std::result::Result<T, BuildError>;
+pub type Result<T> = std::result::Result<T, BuildError>;
 
 /// Event descriptors the devices write when the guest asks to stop; the run loop waits on them.
 pub struct GuestRequests {
@@ -168,14 +173,9 @@ pub struct DeviceQueues {
     pub queues: Vec<Arc<QueueStatus>>,
 }
 
-/// What the loader thread puts in guest memory: the kernel and where the initrd went.
-struct LoadedImages {
-    kernel: LoadedKernel,
-    initrd: Option<(GuestAddress, u64)>,
-}
-
-/// Builds the VM described by `config` from the host's already open `files`, step by
-/// step. Nothing here opens a path: under `--jail` none would resolve.
+/// Builds the VM described by `config` from the host's already open `files` (opened by
+/// path, or handed over as descriptors by a supervisor), step by step. Nothing here opens
+/// a path: under `--jail` none would resolve.
 ///
 /// Reading and copying the kernel and initrd (tens of MiB) does not depend on KVM, and
 /// creating the VM, its interrupt controllers and its vCPUs does not depend on the
@@ -231,31 +231,6 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             virtio,
         })
     })
-}
-
-/// Loads the kernel, the initrd and the command line into guest memory.
-fn load_images(
-    memory: &GuestMemoryMmap,
-    config: &VmConfig,
-    kernel: BoundedFile,
-    initrd: Option<BoundedFile>,
-) -> Result<LoadedImages> {
-    let kernel = load_kernel(memory, kernel)?;
-    debug!(
-        "kernel loaded: {:?} entry {:#x}",
-        kernel.protocol, kernel.entry_addr.0
-    );
-    let initrd = load_initrd(memory, config, initrd, &kernel)?;
-    debug!("initrd loaded: {initrd:x?}");
-    let cmdline_max = kernel.cmdline_max.min(layout::CMDLINE_MAX_SIZE - 1);
-    kernel_loader::write_cmdline(
-        memory,
-        GuestAddress(layout::CMDLINE_START),
-        &config.cmdline,
-        cmdline_max,
-    )
-    .map_err(BuildError::Cmdline)?;
-    Ok(LoadedImages { kernel, initrd })
 }
 
 /// Opens /dev/kvm, telling apart "no KVM here" from "not allowed".
@@ -326,8 +301,13 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
                     step: "map guest memory",
                     source: kvm_ioctls::Error::new(libc::EFAULT),
                 })?;
+        // A handful of RAM regions: the slot number always converts.
+        let slot = u32::try_from(slot).map_err(|_| BuildError::Kvm {
+            step: "map guest memory",
+            source: kvm_ioctls::Error::new(libc::ENOSPC),
+        })?;
         let kvm_region = kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot,
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
@@ -340,35 +320,6 @@ fn register_guest_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<()> {
             .map_err(kvm_step("register guest memory"))?;
     }
     Ok(())
-}
-
-fn load_kernel(memory: &GuestMemoryMmap, file: BoundedFile) -> Result<LoadedKernel> {
-    // The file was checked against guest RAM's size when it was opened (`opened`).
-    let path = file.path().to_owned();
-    let image = file.read_all()?;
-    kernel_loader::load_kernel(memory, &image)
-        .map_err(|source| BuildError::LoadKernel { path, source })
-}
-
-/// Loads the initrd as high as the kernel allows in low RAM, returning (address, size).
-fn load_initrd(
-    memory: &GuestMemoryMmap,
-    config: &VmConfig,
-    file: Option<BoundedFile>,
-    kernel: &LoadedKernel,
-) -> Result<Option<(GuestAddress, u64)>> {
-    let Some(file) = file else {
-        return Ok(None);
-    };
-    let low_ram_end = layout::ram_below_4g(config.mem_bytes);
-    // Checked against low RAM's size when it was opened (`opened`).
-    let path = file.path().to_owned();
-    let initrd = file.read_all()?;
-    let highest = kernel.initrd_addr_max.min(low_ram_end.saturating_sub(1));
-    let addr =
-        kernel_loader::load_initrd(memory, &initrd, kernel.kernel_end, GuestAddress(highest))
-            .map_err(|source| BuildError::LoadInitrd { path, source })?;
-    Ok(Some((addr, initrd.len() as u64)))
 }
 
 fn e820_entries(mem_bytes: u64) -> Vec<E820Entry> {
@@ -431,7 +382,7 @@ fn new_eventfd() -> Result<EventFd> {
 }
 
 /// The UART on COM1, its interrupt and input events, and the console-writer thread that
-/// takes its output to stdout or the `--serial` file (`serial`, already open).
+/// takes its output to stdout or the `--serial` file or descriptor (`serial`, already open).
 fn create_console(vm_fd: &VmFd, serial: Option<std::fs::File>) -> Result<(Console, ConsoleWriter)> {
     let interrupt = new_eventfd()?;
     vm_fd
@@ -668,17 +619,26 @@ impl PciWiring<'_> {
         let msix = transport.msix();
         let mut msix = msix.lock().unwrap_or_else(|p| p.into_inner());
         let first_gsi = self.next_gsi;
+        // GSIs are handed out from a u32 counter; running out is an error, not
+        // a wrap onto another device's routes. (KVM refuses far sooner.)
+        let next_gsi = first_gsi
+            .checked_add(u32::from(msix.num_vectors()))
+            .ok_or_else(|| {
+                kvm_step("route a device interrupt")(kvm_ioctls::Error::new(libc::ENOSPC))
+            })?;
         for vector in 0..msix.num_vectors() {
             if let Some(eventfd) = msix.eventfd(vector) {
+                // vector < num_vectors, so this is below `next_gsi`.
                 self.vm_fd
-                    .register_irqfd(eventfd, first_gsi + u32::from(vector))
+                    .register_irqfd(eventfd, first_gsi.saturating_add(u32::from(vector)))
                     .map_err(kvm_step("route a device interrupt"))?;
             }
         }
-        self.next_gsi += u32::from(msix.num_vectors());
+        self.next_gsi = next_gsi;
         let router = self.router.clone();
         msix.set_route_handler(Box::new(move |update: MsixRouteUpdate| {
-            let gsi = first_gsi + u32::from(update.vector);
+            // The vector is one of this table's, so this is below `next_gsi`.
+            let gsi = first_gsi.saturating_add(u32::from(update.vector));
             let mut router = router.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(err) = router.set_msi(gsi, update.message.address, update.message.data) {
                 warn!(

@@ -1,12 +1,18 @@
 //! The command line: `vmm run ...` and the sibling control-socket commands (`vmm stop`,
 //! `vmm pause`, `vmm stats`, ...). Only parsing lives here; [`crate::config`] turns `run`'s
 //! arguments into a validated [`crate::config::VmConfig`], and [`crate::commands`] carries out
-//! the control commands.
+//! the control commands. The values of `run`'s options (paths or inherited descriptors,
+//! disks, interfaces) are parsed in [`crate::run_options`].
 
-use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use argh::FromArgs;
+
+pub use crate::run_options::{DiskSpec, NetBackend, NetSpec, SerialOutput, Source};
+use crate::run_options::{
+    parse_disk, parse_initrd, parse_kernel, parse_net, parse_serial, parse_socket_fd,
+};
 
 /// vmm: a KVM virtual machine monitor that boots stock Linux kernels.
 #[derive(FromArgs, Debug)]
@@ -48,15 +54,17 @@ pub struct RunArgs {
     #[argh(option, default = "1")]
     pub cpus: u32,
 
-    /// initial ramdisk to load next to the kernel
-    #[argh(option)]
-    pub initrd: Option<PathBuf>,
+    /// initial ramdisk to load next to the kernel: a path, or fd=N (an inherited
+    /// descriptor)
+    #[argh(option, from_str_fn(parse_initrd))]
+    pub initrd: Option<Source>,
 
     /// the whole kernel command line (default "console=ttyS0 panic=-1")
     #[argh(option)]
     pub params: Option<String>,
 
-    /// where the guest's serial console goes: "stdio" (default) or "file=PATH"
+    /// where the guest's serial console goes: "stdio" (default), "file=PATH" or "fd=N"
+    /// (an inherited descriptor open for writing)
     #[argh(option, default = "SerialOutput::Stdio", from_str_fn(parse_serial))]
     pub serial: SerialOutput,
 
@@ -64,8 +72,8 @@ pub struct RunArgs {
     #[argh(switch)]
     pub rng: bool,
 
-    /// a raw disk image for the guest as virtio-blk, PATH or PATH,ro (repeatable; the
-    /// first is /dev/vda)
+    /// a raw disk image for the guest as virtio-blk, PATH[,ro] or fd=N[,ro] (an inherited
+    /// descriptor; repeatable; the first is /dev/vda)
     #[argh(option, from_str_fn(parse_disk))]
     pub disk: Vec<DiskSpec>,
 
@@ -74,7 +82,8 @@ pub struct RunArgs {
     pub balloon: bool,
 
     /// a virtio-net interface on a tap (repeatable): tap=NAME[,mac=MAC] attaches an
-    /// existing tap, host-ip=ADDR,netmask=MASK[,mac=MAC] creates one with that address
+    /// existing tap, tap-fd=N[,mac=MAC] uses an inherited descriptor attached to one,
+    /// host-ip=ADDR,netmask=MASK[,mac=MAC] creates one with that address
     #[argh(option, from_str_fn(parse_net))]
     pub net: Vec<NetSpec>,
 
@@ -86,6 +95,11 @@ pub struct RunArgs {
     /// control socket to create (SOCK_SEQPACKET, mode 0600); see docs/control-protocol.md
     #[argh(option)]
     pub socket: Option<PathBuf>,
+
+    /// an inherited, listening AF_UNIX SOCK_SEQPACKET socket to use as the control socket
+    /// (instead of --socket; systemd socket activation needs neither)
+    #[argh(option, from_str_fn(parse_socket_fd))]
+    pub socket_fd: Option<RawFd>,
 
     /// another uid allowed to use the control socket (repeatable; the VMM's own uid and
     /// root always are)
@@ -117,9 +131,10 @@ pub struct RunArgs {
     #[argh(option)]
     pub cgroup: Option<PathBuf>,
 
-    /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one)
-    #[argh(positional)]
-    pub kernel: PathBuf,
+    /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one); a path,
+    /// or fd=N (an inherited descriptor)
+    #[argh(positional, from_str_fn(parse_kernel))]
+    pub kernel: Source,
 }
 
 /// Stop a running VM through its control socket (the VMM exits with status 0).
@@ -295,160 +310,10 @@ pub struct EventsArgs {
     pub socket: PathBuf,
 }
 
-/// Where the guest's COM1 output goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SerialOutput {
-    /// The VMM's stdout; stdin feeds the guest when it is a terminal.
-    Stdio,
-    /// Appended to a file (created if missing); no guest input.
-    File(PathBuf),
-}
-
-fn parse_serial(value: &str) -> Result<SerialOutput, String> {
-    match value {
-        "stdio" => Ok(SerialOutput::Stdio),
-        _ => match value.strip_prefix("file=") {
-            Some("") => Err("--serial file= needs a path, as in file=/tmp/console.log".into()),
-            Some(path) => Ok(SerialOutput::File(PathBuf::from(path))),
-            None => Err(format!(
-                "unknown --serial value '{value}': use 'stdio' or 'file=PATH'"
-            )),
-        },
-    }
-}
-
-/// One `--disk`: an image path and whether the guest may write it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskSpec {
-    pub path: PathBuf,
-    pub read_only: bool,
-}
-
-/// Parses `PATH[,ro]` (`,rw` is accepted as the explicit default).
-fn parse_disk(value: &str) -> Result<DiskSpec, String> {
-    let mut parts = value.split(',');
-    let path = parts.next().unwrap_or_default();
-    if path.is_empty() {
-        return Err(format!("--disk '{value}' has no path: use PATH or PATH,ro"));
-    }
-    let mut read_only = false;
-    for option in parts {
-        match option {
-            "ro" => read_only = true,
-            "rw" => read_only = false,
-            _ => {
-                return Err(format!(
-                    "unknown --disk option '{option}' in '{value}': use PATH or PATH,ro"
-                ));
-            }
-        }
-    }
-    Ok(DiskSpec {
-        path: PathBuf::from(path),
-        read_only,
-    })
-}
-
-/// One `--net`: where the interface's frames go, and its MAC if given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetSpec {
-    pub backend: NetBackend,
-    pub mac: Option<[u8; 6]>,
-}
-
-/// The host side of a `--net` interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetBackend {
-    /// An existing tap interface, by name.
-    Tap(String),
-    /// A new tap the VMM creates, gives this address and brings up.
-    HostIp { addr: Ipv4Addr, netmask: Ipv4Addr },
-}
-
-const NET_FORMS: &str = "use tap=NAME[,mac=MAC] or host-ip=ADDR,netmask=MASK[,mac=MAC]";
-
-/// Parses `tap=NAME[,mac=MAC]` or `host-ip=ADDR,netmask=MASK[,mac=MAC]`.
-fn parse_net(value: &str) -> Result<NetSpec, String> {
-    let (mut tap, mut host_ip, mut netmask, mut mac) = (None, None, None, None);
-    for field in value.split(',') {
-        let Some((key, val)) = field.split_once('=') else {
-            return Err(format!(
-                "--net '{value}': '{field}' is not KEY=VALUE; {NET_FORMS}"
-            ));
-        };
-        let slot = match key {
-            "tap" => &mut tap,
-            "host-ip" => &mut host_ip,
-            "netmask" => &mut netmask,
-            "mac" => &mut mac,
-            _ => return Err(format!("--net '{value}': unknown key '{key}'; {NET_FORMS}")),
-        };
-        if slot.replace(val).is_some() {
-            return Err(format!("--net '{value}': '{key}' given twice"));
-        }
-    }
-    let mac = mac.map(parse_mac).transpose()?;
-    let backend = match (tap, host_ip, netmask) {
-        (Some(name), None, None) if !name.is_empty() => NetBackend::Tap(name.to_string()),
-        (None, Some(addr), Some(mask)) => NetBackend::HostIp {
-            addr: parse_ipv4("host-ip", addr)?,
-            netmask: parse_netmask(mask)?,
-        },
-        _ => return Err(format!("--net '{value}': {NET_FORMS}")),
-    };
-    Ok(NetSpec { backend, mac })
-}
-
-fn parse_ipv4(what: &str, value: &str) -> Result<Ipv4Addr, String> {
-    value
-        .parse()
-        .map_err(|_| format!("--net {what}={value} is not an IPv4 address like 192.168.10.1"))
-}
-
-/// A netmask: an IPv4 address whose one bits are contiguous from the top.
-fn parse_netmask(value: &str) -> Result<Ipv4Addr, String> {
-    let mask = parse_ipv4("netmask", value)?;
-    let bits = u32::from(mask);
-    if bits.leading_ones() + bits.trailing_zeros() != 32 {
-        return Err(format!(
-            "--net netmask={value} is not a netmask (its one bits must be contiguous, like 255.255.255.0)"
-        ));
-    }
-    Ok(mask)
-}
-
-/// Parses `aa:bb:cc:dd:ee:ff`: six two-digit hex bytes, unicast, not all zero.
-pub fn parse_mac(value: &str) -> Result<[u8; 6], String> {
-    let malformed = || format!("--net mac={value} is not a MAC address like 52:54:00:12:34:56");
-    let mut mac = [0u8; 6];
-    let mut parts = value.split(':');
-    for byte in &mut mac {
-        let part = parts
-            .next()
-            .filter(|p| p.len() == 2)
-            .ok_or_else(malformed)?;
-        *byte = u8::from_str_radix(part, 16).map_err(|_| malformed())?;
-    }
-    if parts.next().is_some() {
-        return Err(malformed());
-    }
-    if mac[0] & 1 != 0 {
-        return Err(format!(
-            "--net mac={value} is a multicast address; an interface needs a unicast one \
-             (even first byte)"
-        ));
-    }
-    if mac == [0; 6] {
-        return Err(format!(
-            "--net mac={value}: the all-zero address is not usable"
-        ));
-    }
-    Ok(mac)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn parse(args: &[&str]) -> Result<Args, String> {
         Args::from_args(&["vmm"], args).map_err(|early| early.output)
@@ -493,21 +358,21 @@ mod tests {
         };
         assert_eq!(run.mem, 256);
         assert_eq!(run.cpus, 2);
-        assert_eq!(run.initrd, Some(PathBuf::from("i.img")));
+        assert_eq!(run.initrd, Some(Source::Path(PathBuf::from("i.img"))));
         assert_eq!(run.params.as_deref(), Some("quiet"));
         assert_eq!(run.serial, SerialOutput::File(PathBuf::from("/tmp/c.log")));
-        assert_eq!(run.kernel, PathBuf::from("bzImage"));
+        assert_eq!(run.kernel, Source::Path(PathBuf::from("bzImage")));
         assert_eq!(run.socket, Some(PathBuf::from("/tmp/vmm.sock")));
         assert_eq!(run.socket_allow_uid, vec![1000, 1001]);
         assert_eq!(
             run.disk,
             vec![
                 DiskSpec {
-                    path: PathBuf::from("root.img"),
+                    source: Source::Path(PathBuf::from("root.img")),
                     read_only: false
                 },
                 DiskSpec {
-                    path: PathBuf::from("/srv/data.img"),
+                    source: Source::Path(PathBuf::from("/srv/data.img")),
                     read_only: true
                 },
             ]
@@ -530,6 +395,72 @@ mod tests {
             ]
         );
         assert_eq!(run.name, "web1");
+    }
+
+    #[test]
+    fn every_file_option_takes_an_inherited_descriptor_as_fd_n() {
+        let args = parse(&[
+            "run",
+            "--mem",
+            "64",
+            "--initrd",
+            "fd=4",
+            "--serial",
+            "fd=5",
+            "--disk",
+            "fd=6,ro",
+            "--disk",
+            "./fd=7",
+            "--net",
+            "tap-fd=8,mac=52:54:00:12:34:56",
+            "--socket-fd",
+            "9",
+            "fd=3",
+        ])
+        .expect("valid command line");
+        let Command::Run(run) = args.command else {
+            panic!("parsed as {:?}", args.command);
+        };
+        assert_eq!(run.kernel, Source::Fd(3));
+        assert_eq!(run.initrd, Some(Source::Fd(4)));
+        assert_eq!(run.serial, SerialOutput::Fd(5));
+        assert_eq!(
+            run.disk,
+            vec![
+                DiskSpec {
+                    source: Source::Fd(6),
+                    read_only: true
+                },
+                DiskSpec {
+                    source: Source::Path(PathBuf::from("./fd=7")),
+                    read_only: false
+                },
+            ]
+        );
+        assert_eq!(run.net[0].backend, NetBackend::TapFd(8));
+        assert_eq!(run.socket_fd, Some(9));
+        assert_eq!(Source::Fd(6).to_string(), "fd=6");
+    }
+
+    #[test]
+    fn descriptor_numbers_below_3_or_not_numbers_are_usage_errors() {
+        for (args, says) in [
+            (&["--disk", "fd=2"][..], "stdin, stdout or stderr"),
+            (&["--disk", "fd=x,ro"], "not a descriptor number"),
+            (&["--serial", "fd=1"], "stdin, stdout or stderr"),
+            (&["--initrd", "fd=-1"], "stdin, stdout or stderr"),
+            (&["--net", "tap-fd=tap0"], "not a descriptor number"),
+            (&["--socket-fd", "0"], "stdin, stdout or stderr"),
+            (&["--net", "tap=t0,tap-fd=4"], "tap=NAME"),
+        ] {
+            let mut full = vec!["run", "--mem", "64"];
+            full.extend_from_slice(args);
+            full.push("k");
+            let err = parse(&full).unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+        let err = parse(&["run", "--mem", "64", "fd=0"]).unwrap_err();
+        assert!(err.contains("KERNEL"), "{err}");
     }
 
     #[test]
@@ -578,7 +509,7 @@ mod tests {
     #[test]
     fn bad_serial_values_are_rejected_with_the_accepted_forms() {
         let err = parse(&["run", "--mem", "64", "--serial", "tcp", "k"]).unwrap_err();
-        assert!(err.contains("use 'stdio' or 'file=PATH'"), "{err}");
+        assert!(err.contains("use 'stdio', 'file=PATH' or 'fd=N'"), "{err}");
         let err = parse(&["run", "--mem", "64", "--serial", "file=", "k"]).unwrap_err();
         assert!(err.contains("needs a path"), "{err}");
     }

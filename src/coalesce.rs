@@ -73,7 +73,9 @@ impl<T: Copy + PartialEq> Coalescer<T> {
             return None;
         }
         self.last_sent = Some(value);
-        self.quiet_until = Some(now + self.interval);
+        // Callers pass a short constant interval; one too long for an `Instant`
+        // would mean no quiet period rather than a panic.
+        self.quiet_until = Some(now.checked_add(self.interval).unwrap_or(now));
         Some(value)
     }
 }

@@ -698,7 +698,7 @@ fn stats_table(stats: &Stats) -> String {
 
 /// A JSON string literal for `text`.
 fn json_string(text: &str) -> String {
-    let mut s = String::with_capacity(text.len() + 2);
+    let mut s = String::with_capacity(text.len().saturating_add(2));
     s.push('"');
     for c in text.chars() {
         match c {

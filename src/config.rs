@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::cli::{DiskSpec, NetBackend, NetSpec, RunArgs, SerialOutput};
+use crate::cli::{DiskSpec, NetBackend, NetSpec, RunArgs, SerialOutput, Source};
 use crate::jail::JailConfig;
 
 /// The kernel command line used when `--params` is not given: the console on COM1, and a
@@ -40,7 +40,7 @@ pub enum ConfigError {
     #[error("{0} --disk options given; at most {MAX_DISKS} disks are supported")]
     TooManyDisks(usize),
     #[error("--disk {0} is given twice; a disk image can back only one guest disk")]
-    DuplicateDisk(PathBuf),
+    DuplicateDisk(Source),
     #[error("{0} --net options given; at most {MAX_NETS} interfaces are supported")]
     TooManyNets(usize),
     #[error("--net tap={0} is given twice; a tap can back only one interface")]
@@ -66,8 +66,8 @@ pub const JAIL_BY_DEFAULT: bool = false;
 pub struct VmConfig {
     pub mem_bytes: u64,
     pub cpus: u8,
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
+    pub kernel: Source,
+    pub initrd: Option<Source>,
     pub cmdline: String,
     pub serial: SerialOutput,
     /// Whether the guest gets a virtio-rng device.
@@ -79,7 +79,9 @@ pub struct VmConfig {
     /// The guest's network interfaces, in `eth0`, `eth1`, ... order, each with its MAC
     /// (given or derived from the VM name).
     pub nets: Vec<NetConfig>,
-    /// The control socket's path, if any, and the extra uids allowed to use it.
+    /// The control socket's path, if `vmm` creates it, and the extra uids allowed to use
+    /// it (also with a socket handed over: `--socket-fd` or socket activation, see
+    /// [`crate::inherited_fds`], which also refuses two control sockets).
     pub socket: Option<PathBuf>,
     pub socket_allow_uids: Vec<u32>,
     /// Whether every thread runs under its seccomp policy (off with `--disable-sandbox`).
@@ -202,8 +204,12 @@ fn check_disks(disks: &[DiskSpec]) -> Result<(), ConfigError> {
         return Err(ConfigError::TooManyDisks(disks.len()));
     }
     for (i, disk) in disks.iter().enumerate() {
-        if disks[..i].iter().any(|earlier| earlier.path == disk.path) {
-            return Err(ConfigError::DuplicateDisk(disk.path.clone()));
+        if disks
+            .iter()
+            .take(i)
+            .any(|earlier| earlier.source == disk.source)
+        {
+            return Err(ConfigError::DuplicateDisk(disk.source.clone()));
         }
     }
     Ok(())
@@ -224,13 +230,13 @@ fn net_configs(nets: &[NetSpec], vm_name: &str) -> Result<Vec<NetConfig>, Config
         })
         .collect();
     for (i, net) in configs.iter().enumerate() {
-        let earlier = &configs[..i];
+        let earlier = || configs.iter().take(i);
         if let NetBackend::Tap(name) = &net.backend {
-            if earlier.iter().any(|e| e.backend == net.backend) {
+            if earlier().any(|e| e.backend == net.backend) {
                 return Err(ConfigError::DuplicateTap(name.clone()));
             }
         }
-        if earlier.iter().any(|e| e.mac == net.mac) {
+        if earlier().any(|e| e.mac == net.mac) {
             return Err(ConfigError::DuplicateMac(format_mac(&net.mac)));
         }
     }
@@ -297,6 +303,7 @@ mod tests {
             net: Vec::new(),
             name: "vmm".into(),
             socket: None,
+            socket_fd: None,
             socket_allow_uid: Vec::new(),
             disable_sandbox: false,
             jail: false,
@@ -304,7 +311,7 @@ mod tests {
             jail_uid: None,
             jail_gid: None,
             cgroup: None,
-            kernel: PathBuf::from("bzImage"),
+            kernel: Source::Path(PathBuf::from("bzImage")),
         }
     }
 
@@ -374,14 +381,14 @@ mod tests {
     #[test]
     fn the_same_disk_twice_or_too_many_disks_are_rejected() {
         let disk = |path: &str| DiskSpec {
-            path: PathBuf::from(path),
+            source: Source::Path(PathBuf::from(path)),
             read_only: true,
         };
         let mut twice = args(256, 1);
         twice.disk = vec![disk("a.img"), disk("b.img"), disk("a.img")];
         assert_eq!(
             VmConfig::from_args(&twice, HOST).unwrap_err(),
-            ConfigError::DuplicateDisk(PathBuf::from("a.img"))
+            ConfigError::DuplicateDisk(Source::Path(PathBuf::from("a.img")))
         );
         let mut many = args(256, 1);
         many.disk = (0..=MAX_DISKS).map(|i| disk(&format!("{i}.img"))).collect();

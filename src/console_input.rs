@@ -63,7 +63,8 @@ impl<'a> ConsoleInput<'a> {
                 false
             }
             Ok(count) => {
-                self.pending.extend(&buf[..count]);
+                // read() returns at most buf.len(); take what it says it read.
+                self.pending.extend(buf.iter().take(count));
                 self.feed_guest();
                 true
             }

@@ -124,7 +124,12 @@ impl ControlServer {
                 Err(AcceptError::Io(err)) => {
                     warn!("control socket: accept failed, pausing for {ACCEPT_BACKOFF:?}: {err}");
                     if self.set_listening(epoll, false).is_ok() {
-                        self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        // ACCEPT_BACKOFF is a short constant; were it not
+                        // representable, resume at the next tick. It must stay
+                        // `Some`: `tick` is what turns listening back on.
+                        let now = Instant::now();
+                        self.accept_paused_until =
+                            Some(now.checked_add(ACCEPT_BACKOFF).unwrap_or(now));
                     }
                     return;
                 }
@@ -152,10 +157,15 @@ impl ControlServer {
 
     fn add_connection(&mut self, epoll: &Epoll, connection: Connection) {
         let key = self.next_key;
-        self.next_key += 1;
+        let Some(token) = connection_token(key) else {
+            warn!("control socket: out of connection keys, closing a new connection");
+            return;
+        };
+        // Once the keys run out, `connection_token` refuses the next one.
+        self.next_key = key.saturating_add(1);
         let peer = connection.peer();
         let interest = interest(&connection);
-        let event = EpollEvent::new(interest, CONNECTION_TOKEN_BASE + key);
+        let event = EpollEvent::new(interest, token);
         if let Err(err) = epoll.ctl(ControlOperation::Add, connection.as_fd().as_raw_fd(), event) {
             warn!("cannot watch a control connection, closing it: {err}");
             return;
@@ -235,6 +245,13 @@ impl ControlServer {
     }
 }
 
+/// The epoll token of connection `key`: keys count up from 0 and tokens from
+/// [`CONNECTION_TOKEN_BASE`], so only after 2^64 - 2^32 connections would a key
+/// have none.
+fn connection_token(key: u64) -> Option<u64> {
+    CONNECTION_TOKEN_BASE.checked_add(key)
+}
+
 /// Brings the epoll registration in line with what the connection now wants; a no-op
 /// (no system call) when that has not changed, which is the common case.
 fn rewatch(epoll: &Epoll, key: u64, watched: &mut Watched) {
@@ -242,7 +259,11 @@ fn rewatch(epoll: &Epoll, key: u64, watched: &mut Watched) {
     if wanted == watched.interest {
         return;
     }
-    let event = EpollEvent::new(wanted, CONNECTION_TOKEN_BASE + key);
+    // Every watched key got a token when it was added.
+    let Some(token) = connection_token(key) else {
+        return;
+    };
+    let event = EpollEvent::new(wanted, token);
     let fd = watched.connection.as_fd().as_raw_fd();
     if epoll.ctl(ControlOperation::Modify, fd, event).is_ok() {
         watched.interest = wanted;

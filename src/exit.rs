@@ -37,7 +37,8 @@ impl VmExit {
             VmExit::PowerOff | VmExit::Stopped => 0,
             VmExit::Reset => EXIT_GUEST_RESET,
             VmExit::Crash => EXIT_GUEST_CRASH,
-            VmExit::Signal(signal) => 128 + signal,
+            // Signal numbers are 1..=64: the sum cannot saturate.
+            VmExit::Signal(signal) => signal.saturating_add(128),
         }
     }
 }

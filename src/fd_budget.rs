@@ -33,7 +33,9 @@ pub enum FdBudgetError {
 /// `MAX_CONNECTIONS` plus [`HEADROOM`]; returns the limit in force.
 pub fn ensure_control_headroom() -> Result<u64, FdBudgetError> {
     let open = open_descriptors().map_err(FdBudgetError::Io)?;
-    let needed = open + MAX_CONNECTIONS as u64 + HEADROOM;
+    let needed = open
+        .saturating_add(MAX_CONNECTIONS as u64)
+        .saturating_add(HEADROOM);
     let mut limit = nofile_limit().map_err(FdBudgetError::Io)?;
     if limit.rlim_cur >= needed {
         return Ok(limit.rlim_cur);

@@ -73,9 +73,19 @@ fn map_aligned_anonymous(len: usize) -> io::Result<*mut u8> {
         return Err(io::Error::last_os_error());
     }
     let start = reserved as usize;
-    let aligned = start.next_multiple_of(HUGE_PAGE_SIZE);
-    let head = aligned - start;
-    let tail = HUGE_PAGE_SIZE - head;
+    // The reservation spans start..start + len + HUGE_PAGE_SIZE, a range the
+    // kernel gave us, so neither the aligned start nor its end can overflow;
+    // `aligned - start` is below HUGE_PAGE_SIZE.
+    let Some(aligned) = start.checked_next_multiple_of(HUGE_PAGE_SIZE) else {
+        // SAFETY: exactly the reservation made above, which nothing uses yet.
+        unsafe { libc::munmap(reserved, reserve_len) };
+        return Err(io::Error::other(
+            "guest RAM reservation at the top of the address space",
+        ));
+    };
+    let head = aligned.saturating_sub(start);
+    let tail = HUGE_PAGE_SIZE.saturating_sub(head);
+    let kept_end = aligned.saturating_add(len);
     // SAFETY: both ranges lie inside the reservation made above and outside
     // [aligned, aligned + len), which is what we keep.
     unsafe {
@@ -83,7 +93,7 @@ fn map_aligned_anonymous(len: usize) -> io::Result<*mut u8> {
             libc::munmap(reserved, head);
         }
         if tail > 0 {
-            libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            libc::munmap(kept_end as *mut libc::c_void, tail);
         }
     }
     Ok(aligned as *mut u8)

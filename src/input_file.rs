@@ -4,75 +4,99 @@
 //! grows the VMM until the host's OOM killer steps in and the second blocks `vmm run`
 //! forever. This module owns the rule that prevents both: only a regular file is read,
 //! opened without blocking, and only if its size fits the bound, checked before reading.
+//! A descriptor a supervisor passed (`fd=N`) gets the same checks; it is read from its
+//! start with `pread`, so the file offset it shares with the supervisor is left alone.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::Path;
 
 use thiserror::Error;
 
 /// Why an input file was not read.
 #[derive(Debug, Error)]
 pub enum InputFileError {
-    #[error("cannot open {what} {path}: {source}")]
+    #[error("cannot open {what} {input}: {source}")]
     Open {
         what: &'static str,
-        path: PathBuf,
+        input: String,
         #[source]
         source: io::Error,
     },
-    #[error("{what} {path} is {kind}, not a regular file; give vmm a file")]
+    #[error("{what} {input} is {kind}, not a regular file; give vmm a file")]
     NotRegularFile {
         what: &'static str,
-        path: PathBuf,
+        input: String,
         kind: &'static str,
     },
     #[error(
-        "{what} {path} is {size} bytes, more than the {limit} bytes the guest's memory can hold"
+        "{what} {input} is {size} bytes, more than the {limit} bytes the guest's memory can hold"
     )]
     TooLarge {
         what: &'static str,
-        path: PathBuf,
+        input: String,
         size: u64,
         limit: u64,
     },
-    #[error("cannot read {what} {path}: {source}")]
+    #[error("cannot read {what} {input}: {source}")]
     Read {
         what: &'static str,
-        path: PathBuf,
+        input: String,
         #[source]
         source: io::Error,
     },
 }
 
+/// A file to read whole.
+pub enum Input<'a> {
+    /// At a path, opened here.
+    Path(&'a Path),
+    /// Already open (an inherited descriptor); `name` says how it was given (`fd=5`).
+    File { name: String, file: File },
+}
+
 /// An input file opened and checked (a regular file of at most `limit` bytes), not yet
-/// read: `vmm run` opens its inputs before it enters its jail and reads them while the VM
-/// is built, when no path resolves any more.
+/// read: `vmm run` opens its inputs (or takes over the descriptors a supervisor passed)
+/// before it enters its jail, and reads them while the VM is built, when no path resolves
+/// any more.
 #[derive(Debug)]
 pub struct BoundedFile {
     file: File,
     what: &'static str,
-    path: PathBuf,
+    /// The path, or how the descriptor was given (`fd=5`), for messages.
+    name: String,
     limit: u64,
 }
 
-/// Opens `path` if it is a regular file of at most `limit` bytes; `what` names it in errors.
+/// Opens `input` if it is a regular file of at most `limit` bytes; `what` names it in
+/// errors ("the kernel").
 pub fn open_bounded(
     what: &'static str,
-    path: &Path,
+    input: Input<'_>,
     limit: u64,
 ) -> Result<BoundedFile, InputFileError> {
-    let file = open_without_blocking(path).map_err(|source| InputFileError::Open {
-        what,
-        path: path.to_owned(),
-        source,
-    })?;
-    let size = regular_file_size(&file, what, path)?;
+    let (file, name) = match input {
+        Input::Path(path) => {
+            let name = path.display().to_string();
+            match open_without_blocking(path) {
+                Ok(file) => (file, name),
+                Err(source) => {
+                    return Err(InputFileError::Open {
+                        what,
+                        input: name,
+                        source,
+                    });
+                }
+            }
+        }
+        Input::File { name, file } => (file, name),
+    };
+    let size = regular_file_size(&file, what, &name)?;
     if size > limit {
         return Err(InputFileError::TooLarge {
             what,
-            path: path.to_owned(),
+            input: name,
             size,
             limit,
         });
@@ -80,47 +104,65 @@ pub fn open_bounded(
     Ok(BoundedFile {
         file,
         what,
-        path: path.to_owned(),
+        name,
         limit,
     })
 }
 
 impl BoundedFile {
-    /// The path it was opened by, for messages.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Reads the whole file, still refusing it if it grew past the limit since it was opened.
+    /// Reads the whole file from its start, still refusing it if it grew past the limit
+    /// since it was opened. It is read with `pread`, so the file offset an inherited
+    /// descriptor shares with the supervisor is left alone.
     pub fn read_all(self) -> Result<Vec<u8>, InputFileError> {
         let BoundedFile {
             file,
             what,
-            path,
+            name,
             limit,
         } = self;
-        let size = regular_file_size(&file, what, &path)?;
-        let read_error = |source| InputFileError::Read {
-            what,
-            path: path.clone(),
-            source,
-        };
+        let size = regular_file_size(&file, what, &name)?;
         // The size is the one fstat saw; a file still growing is cut at one byte past the
         // limit, which is enough to tell that it does not fit.
-        let mut contents = Vec::with_capacity(usize::try_from(size.min(limit)).unwrap_or(0));
-        file.take(limit.saturating_add(1))
-            .read_to_end(&mut contents)
-            .map_err(read_error)?;
+        let contents = read_from_start(&file, size, limit.saturating_add(1)).map_err(|source| {
+            InputFileError::Read {
+                what,
+                input: name.clone(),
+                source,
+            }
+        })?;
         let read = u64::try_from(contents.len()).unwrap_or(u64::MAX);
         if read > limit {
             return Err(InputFileError::TooLarge {
                 what,
-                path,
+                input: name,
                 size: read,
                 limit,
             });
         }
         Ok(contents)
+    }
+}
+
+/// Reads `file` from offset 0 with `pread` until its end or `most` bytes; `size` is the
+/// size expected, for the first allocation.
+fn read_from_start(file: &File, size: u64, most: u64) -> io::Result<Vec<u8>> {
+    let mut contents = Vec::with_capacity(usize::try_from(size.min(most)).unwrap_or(0));
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        let offset = u64::try_from(contents.len()).unwrap_or(u64::MAX);
+        let want = usize::try_from(most.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(chunk.len());
+        if want == 0 {
+            return Ok(contents);
+        }
+        let buf = chunk.get_mut(..want).unwrap_or_default();
+        match file.read_at(buf, offset) {
+            Ok(0) => return Ok(contents),
+            Ok(n) => contents.extend_from_slice(buf.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -136,17 +178,28 @@ fn open_without_blocking(path: &Path) -> io::Result<File> {
 
 /// The size of `file` if it is a regular file (from the open descriptor, so what was
 /// checked is what gets read).
-fn regular_file_size(file: &File, what: &'static str, path: &Path) -> Result<u64, InputFileError> {
+fn regular_file_size(file: &File, what: &'static str, name: &str) -> Result<u64, InputFileError> {
     let metadata = file.metadata().map_err(|source| InputFileError::Read {
         what,
-        path: path.to_owned(),
+        input: name.to_owned(),
         source,
     })?;
     let file_type = metadata.file_type();
     if file_type.is_file() {
         return Ok(metadata.len());
     }
-    let kind = if file_type.is_dir() {
+    Err(InputFileError::NotRegularFile {
+        what,
+        input: name.to_owned(),
+        kind: kind_of(file_type),
+    })
+}
+
+/// What a file of `file_type` is, for a message ("a directory").
+pub fn kind_of(file_type: std::fs::FileType) -> &'static str {
+    if file_type.is_file() {
+        "a regular file"
+    } else if file_type.is_dir() {
         "a directory"
     } else if file_type.is_char_device() {
         "a character device"
@@ -158,25 +211,22 @@ fn regular_file_size(file: &File, what: &'static str, path: &Path) -> Result<u64
         "a socket"
     } else {
         "not a file"
-    };
-    Err(InputFileError::NotRegularFile {
-        what,
-        path: path.to_owned(),
-        kind,
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use std::path::PathBuf;
+
     /// Opens and reads, as `vmm run` does in two phases.
     fn read_bounded(
         what: &'static str,
-        path: &Path,
+        input: Input<'_>,
         limit: u64,
     ) -> Result<Vec<u8>, InputFileError> {
-        open_bounded(what, path, limit)?.read_all()
+        open_bounded(what, input, limit)?.read_all()
     }
 
     fn scratch(name: &str) -> PathBuf {
@@ -191,7 +241,7 @@ mod tests {
         let dir = scratch("fits");
         let path = dir.join("image");
         std::fs::write(&path, b"kernel bytes").unwrap();
-        let read = read_bounded("the kernel", &path, 12).unwrap();
+        let read = read_bounded("the kernel", Input::Path(&path), 12).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(read, b"kernel bytes");
     }
@@ -201,7 +251,7 @@ mod tests {
         let dir = scratch("large");
         let path = dir.join("image");
         std::fs::write(&path, b"kernel bytes").unwrap();
-        let err = read_bounded("the kernel", &path, 11).unwrap_err();
+        let err = read_bounded("the kernel", Input::Path(&path), 11).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(
             matches!(
@@ -217,8 +267,23 @@ mod tests {
     }
 
     #[test]
+    fn an_open_file_is_read_from_its_start_whatever_its_offset() {
+        use std::io::{Seek, SeekFrom};
+        let dir = scratch("open");
+        let path = dir.join("image");
+        std::fs::write(&path, b"initrd bytes").unwrap();
+        let mut file = File::open(&path).unwrap();
+        file.seek(SeekFrom::Start(7)).unwrap();
+        let name = "fd=5".to_string();
+        let read = read_bounded("the initrd", Input::File { name, file }, 12).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(read, b"initrd bytes");
+    }
+
+    #[test]
     fn a_character_device_is_refused_without_reading() {
-        let err = read_bounded("the initrd", Path::new("/dev/zero"), 1 << 20).unwrap_err();
+        let err =
+            read_bounded("the initrd", Input::Path(Path::new("/dev/zero")), 1 << 20).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the initrd /dev/zero is a character device, not a regular file; give vmm a file"
@@ -227,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_directory_is_refused() {
-        let err = read_bounded("the kernel", Path::new("/"), 1 << 20).unwrap_err();
+        let err = read_bounded("the kernel", Input::Path(Path::new("/")), 1 << 20).unwrap_err();
         assert!(matches!(
             err,
             InputFileError::NotRegularFile {

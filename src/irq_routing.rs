@@ -91,8 +91,10 @@ fn msi_route(gsi: u32, address: u64, data: u32) -> kvm_irq_routing_entry {
         type_: KVM_IRQ_ROUTING_MSI,
         ..Default::default()
     };
-    entry.u.msi.address_lo = address as u32;
-    entry.u.msi.address_hi = (address >> 32) as u32;
+    // The two 32-bit halves of the address, bit for bit.
+    let [l0, l1, l2, l3, h0, h1, h2, h3] = address.to_le_bytes();
+    entry.u.msi.address_lo = u32::from_le_bytes([l0, l1, l2, l3]);
+    entry.u.msi.address_hi = u32::from_le_bytes([h0, h1, h2, h3]);
     entry.u.msi.data = data;
     entry
 }

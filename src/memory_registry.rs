@@ -223,7 +223,8 @@ impl MemoryRegistry {
         let mut taken: Vec<(u64, u64)> = self
             .regions
             .values()
-            .map(|r| (r.guest_addr, r.guest_addr + r.size))
+            // Registered regions lie inside base..end: no end overflows.
+            .map(|r| (r.guest_addr, r.guest_addr.saturating_add(r.size)))
             .collect();
         taken.sort_unstable();
         let mut candidate = self.base;
@@ -231,7 +232,7 @@ impl MemoryRegistry {
             if candidate.checked_add(size)? <= start {
                 break;
             }
-            candidate = candidate.max(end.next_multiple_of(REGION_ALIGN));
+            candidate = candidate.max(end.checked_next_multiple_of(REGION_ALIGN)?);
         }
         (candidate.checked_add(size)? <= self.end).then_some(candidate)
     }

@@ -4,6 +4,17 @@
 //! and the control socket (bound and listening). `/dev/kvm` is opened even earlier, by
 //! `main`, to learn the host's limits.
 //!
+//! What a supervisor handed over as a descriptor instead (`fd=N`, `tap-fd=N`,
+//! `--socket-fd`, socket activation) was taken over, checked and every other inherited
+//! descriptor closed by [`crate::inherited_fds::take`], first thing in `vmm run`; this
+//! phase takes those from the [`Handover`] into the same places, so the builder cannot
+//! tell the two apart: a disk by descriptor is locked here like one by path (never
+//! reopened), a kernel or initrd by descriptor gets the same bounded reader
+//! ([`BoundedFile`], read with `pread` from its start), and a handed-over listener becomes
+//! [`Opened::control`] (its socket file belongs to the supervisor: nothing here, in the
+//! run loop or in the jail's reaper ever removes it). The descriptors that
+//! `/proc/self/fd/N` paths named are closed once those paths are opened.
+//!
 //! After this phase the VMM needs no path, no privilege and no second thread to go on:
 //! that is the point where `--jail` can take the filesystem, the namespaces and the
 //! credentials away (see [`crate::jail`]), and the builder then works from these
@@ -21,15 +32,18 @@ use log::debug;
 use thiserror::Error;
 use vm_control::server::{ListenError, Listener};
 
-use crate::cli::{NetBackend, SerialOutput};
+use crate::cli::{NetBackend, SerialOutput, Source};
 use crate::config::{NetConfig, VmConfig};
-use crate::input_file::{self, BoundedFile, InputFileError};
+use crate::inherited_fds::{Handover, HandoverError};
+use crate::input_file::{self, BoundedFile, Input, InputFileError};
 
 /// A path that could not be opened.
 #[derive(Debug, Error)]
 pub enum OpenError {
     #[error(transparent)]
     InputFile(#[from] InputFileError),
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
     #[error("cannot open the serial output file {path}: {source}")]
     SerialFile {
         path: PathBuf,
@@ -44,10 +58,11 @@ pub enum OpenError {
     ControlSocket(#[source] ListenError),
 }
 
-/// One `--disk` image, opened and locked.
+/// One `--disk` image, opened (or handed over) and locked.
 #[derive(Debug)]
 pub struct DiskFile {
     pub file: File,
+    /// The path, or `fd=N` for a descriptor, for messages.
     pub path: PathBuf,
     pub read_only: bool,
 }
@@ -57,7 +72,8 @@ pub struct DiskFile {
 pub struct HostFiles {
     pub kernel: BoundedFile,
     pub initrd: Option<BoundedFile>,
-    /// The `--serial file=PATH` file, opened for appending; `None` for stdio.
+    /// The `--serial file=PATH` file, opened for appending, or the `--serial fd=N`
+    /// descriptor; `None` for stdio.
     pub serial: Option<File>,
     /// In `--disk` order.
     pub disks: Vec<DiskFile>,
@@ -69,45 +85,48 @@ pub struct HostFiles {
 #[derive(Debug)]
 pub struct Opened {
     pub files: HostFiles,
+    /// Bound at `--socket`'s path, or handed over (then [`Listener::path`] is `None`).
     pub control: Option<Listener>,
 }
 
-/// Opens everything `config` names, in the order the module docs give.
-pub fn open_all(config: &VmConfig) -> Result<Opened, OpenError> {
+/// Opens everything `config` names, and takes what it names by descriptor from
+/// `handover`, in the order the module docs give.
+pub fn open_all(config: &VmConfig, mut handover: Handover) -> Result<Opened, OpenError> {
     // Whatever the format, the kernel must fit in guest RAM (an unstripped vmlinux whose
     // debug sections alone outgrow it is refused: strip it).
-    let kernel = input_file::open_bounded("the kernel", &config.kernel, config.mem_bytes)?;
+    let kernel = open_image(
+        "the kernel",
+        &config.kernel,
+        config.mem_bytes,
+        &mut handover,
+    )?;
     // The initrd goes in low RAM: anything larger cannot fit, whatever the loader decides.
     let low_ram_end = arch::layout::ram_below_4g(config.mem_bytes);
     let initrd = config
         .initrd
-        .as_deref()
-        .map(|path| input_file::open_bounded("the initrd", path, low_ram_end))
+        .as_ref()
+        .map(|source| open_image("the initrd", source, low_ram_end, &mut handover))
         .transpose()?;
-    let serial = open_serial(&config.serial)?;
+    let serial = open_serial(&config.serial, &mut handover)?;
     let disks = config
         .disks
         .iter()
-        .map(|disk| {
-            let file = block::open_image(&disk.path, disk.read_only).map_err(OpenError::Disk)?;
-            Ok(DiskFile {
-                file,
-                path: disk.path.clone(),
-                read_only: disk.read_only,
-            })
-        })
+        .map(|disk| open_disk(&disk.source, disk.read_only, &mut handover))
         .collect::<Result<Vec<_>, OpenError>>()?;
     let taps = config
         .nets
         .iter()
-        .map(open_tap)
+        .map(|net| open_tap(net, &mut handover))
         .collect::<Result<Vec<_>, OpenError>>()?;
-    let control = config
-        .socket
-        .as_deref()
-        .map(|path| Listener::bind(path, &config.socket_allow_uids))
-        .transpose()
-        .map_err(OpenError::ControlSocket)?;
+    let control = match &config.socket {
+        Some(path) => Some(
+            Listener::bind(path, &config.socket_allow_uids).map_err(OpenError::ControlSocket)?,
+        ),
+        // `inherited_fds` refuses --socket together with a handed-over socket.
+        None => handover.take_control(),
+    };
+    // What is left is the descriptors `/proc/self/fd/N` paths named, opened above.
+    drop(handover);
     Ok(Opened {
         files: HostFiles {
             kernel,
@@ -120,9 +139,52 @@ pub fn open_all(config: &VmConfig) -> Result<Opened, OpenError> {
     })
 }
 
-fn open_serial(serial: &SerialOutput) -> Result<Option<File>, OpenError> {
+/// The kernel or initrd, by path or handed over, checked against `limit` (`what` names it).
+fn open_image(
+    what: &'static str,
+    source: &Source,
+    limit: u64,
+    handover: &mut Handover,
+) -> Result<BoundedFile, OpenError> {
+    let input = match source {
+        Source::Path(path) => Input::Path(path),
+        Source::Fd(fd) => Input::File {
+            name: source.to_string(),
+            file: handover.take_file(*fd)?,
+        },
+    };
+    Ok(input_file::open_bounded(what, input, limit)?)
+}
+
+/// One `--disk` image: opened by path, or handed over; locked either way.
+fn open_disk(
+    source: &Source,
+    read_only: bool,
+    handover: &mut Handover,
+) -> Result<DiskFile, OpenError> {
+    let (file, path) = match source {
+        Source::Path(path) => (
+            block::open_image(path, read_only).map_err(OpenError::Disk)?,
+            path.clone(),
+        ),
+        Source::Fd(fd) => {
+            let file = handover.take_file(*fd)?;
+            let name = PathBuf::from(source.to_string());
+            block::lock_image(&file, &name, read_only).map_err(OpenError::Disk)?;
+            (file, name)
+        }
+    };
+    Ok(DiskFile {
+        file,
+        path,
+        read_only,
+    })
+}
+
+fn open_serial(serial: &SerialOutput, handover: &mut Handover) -> Result<Option<File>, OpenError> {
     match serial {
         SerialOutput::Stdio => Ok(None),
+        SerialOutput::Fd(fd) => Ok(Some(handover.take_file(*fd)?)),
         SerialOutput::File(path) => File::options()
             .create(true)
             .append(true)
@@ -136,10 +198,11 @@ fn open_serial(serial: &SerialOutput) -> Result<Option<File>, OpenError> {
 }
 
 /// The tap behind one `--net`: attached, or created, addressed and brought up (the steps
-/// that need `CAP_NET_ADMIN` all happen here).
-fn open_tap(net: &NetConfig) -> Result<Tap, OpenError> {
+/// that need `CAP_NET_ADMIN` all happen here), or handed over already attached.
+fn open_tap(net: &NetConfig, handover: &mut Handover) -> Result<Tap, OpenError> {
     let tap = match &net.backend {
         NetBackend::Tap(name) => Tap::open(name).map_err(OpenError::Tap)?,
+        NetBackend::TapFd(fd) => handover.take_tap(*fd)?,
         NetBackend::HostIp { addr, netmask } => {
             let tap = Tap::create("").map_err(OpenError::Tap)?;
             tap.set_ipv4(*addr, *netmask).map_err(OpenError::Tap)?;

@@ -107,7 +107,8 @@ pub fn block_stop_signals() -> Result<SignalFd, RunError> {
 
 /// Runs `vm` until the guest stops or the host asks it to; returns why it ended.
 /// `signals` comes from [`block_stop_signals`], called before the VM was built, and
-/// `listener` is the control socket, bound before it was built too.
+/// `listener` is the control socket, bound before it was built too or handed over by a
+/// supervisor (`--socket-fd`, socket activation; see `opened`).
 pub fn run(
     vm: Vm,
     config: &VmConfig,
@@ -246,11 +247,13 @@ impl RunLoop<'_> {
             self.watch(balloon.changed().as_raw_fd(), Token::BalloonChanged)?;
         }
         for (index, line) in (0u64..).zip(&vm.virtio.intx_lines) {
+            // One line per PCI slot (at most 32): far below CONNECTION_TOKEN_BASE.
+            let token = INTX_TOKEN_BASE.saturating_add(index);
             self.epoll
                 .ctl(
                     ControlOperation::Add,
                     line.intx_resample_eventfd().as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, INTX_TOKEN_BASE + index),
+                    EpollEvent::new(EventSet::IN, token),
                 )
                 .map_err(setup("epoll"))?;
         }
@@ -266,7 +269,8 @@ impl RunLoop<'_> {
                 control.tick(&self.epoll);
             }
             self.send_due_balloon_change();
-            for event in &events[..count] {
+            // epoll_wait returns at most `events.len()`.
+            for event in events.iter().take(count) {
                 if let Some(exit) = self.dispatch(event, vm) {
                     return Ok(exit);
                 }
@@ -339,8 +343,9 @@ impl RunLoop<'_> {
         if data >= INTX_TOKEN_BASE {
             // The guest acknowledged a device's INTx line: raise it again if the device
             // still has an interrupt the driver has not read.
-            let line = usize::try_from(data - INTX_TOKEN_BASE)
-                .ok()
+            let line = data
+                .checked_sub(INTX_TOKEN_BASE)
+                .and_then(|index| usize::try_from(index).ok())
                 .and_then(|index| vm.virtio.intx_lines.get(index));
             if let Some(line) = line {
                 line.intx_resample();

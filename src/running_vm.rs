@@ -122,8 +122,8 @@ impl RunningVm {
             balloon_target_pages: self.balloon_pages().0,
             balloon_actual_pages: self.balloon_pages().1,
             exits: VmExits {
-                io: get(&counters.io_in) + get(&counters.io_out),
-                mmio: get(&counters.mmio_read) + get(&counters.mmio_write),
+                io: get(&counters.io_in).saturating_add(get(&counters.io_out)),
+                mmio: get(&counters.mmio_read).saturating_add(get(&counters.mmio_write)),
                 hlt: get(&counters.hlt),
                 shutdown: get(&counters.shutdown),
                 system_event: get(&counters.system_event),
@@ -199,14 +199,17 @@ impl RunningVm {
                     // Refused by a full buffer (the UART's count), or by the host sink.
                     (
                         counter_id::BYTES_DROPPED,
-                        serial.bytes_lost() + self.console_writer.sink_failed(),
+                        serial
+                            .bytes_lost()
+                            .saturating_add(self.console_writer.sink_failed()),
                     ),
                 ],
             );
         }
         for (id, disk) in self.virtio.disks.iter().enumerate() {
-            let requests =
-                get(&disk.read_requests) + get(&disk.write_requests) + get(&disk.flush_requests);
+            let requests = get(&disk.read_requests)
+                .saturating_add(get(&disk.write_requests))
+                .saturating_add(get(&disk.flush_requests));
             push(
                 device_kind::BLOCK,
                 id,
@@ -220,7 +223,7 @@ impl RunningVm {
             );
         }
         for (id, net) in self.virtio.nets.iter().enumerate() {
-            let dropped = get(&net.rx_dropped) + get(&net.tx_dropped);
+            let dropped = get(&net.rx_dropped).saturating_add(get(&net.tx_dropped));
             push(
                 device_kind::NET,
                 id,
@@ -263,7 +266,10 @@ fn process_usage() -> ProcessUsage {
         return ProcessUsage::default();
     }
     let micros = |tv: libc::timeval| {
-        u64::try_from(tv.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(tv.tv_usec).unwrap_or(0)
+        u64::try_from(tv.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(tv.tv_usec).unwrap_or(0))
     };
     let count = |value: libc::c_long| u64::try_from(value).unwrap_or(0);
     ProcessUsage {

@@ -148,12 +148,14 @@ impl RunControl {
         if !state.paused {
             return;
         }
-        state.parked += 1;
+        // At most the number of vCPU threads.
+        state.parked = state.parked.saturating_add(1);
         self.changed.notify_all();
         while state.paused && !self.stopping() {
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        state.parked -= 1;
+        // This thread counted itself in above.
+        state.parked = state.parked.saturating_sub(1);
     }
 }
 
@@ -196,7 +198,7 @@ impl Vcpus {
     /// Returns once all are parked; `Err(TimedOut)` (and still running) if one never did.
     pub fn pause(&self) -> std::io::Result<()> {
         self.control.lock().paused = true;
-        let deadline = Instant::now() + VCPU_WAIT_TIMEOUT;
+        let deadline = wait_deadline();
         loop {
             let live = self.threads.iter().filter(|t| !t.is_finished()).count();
             if self.control.lock().parked >= live {
@@ -233,7 +235,7 @@ impl Vcpus {
     fn stop_and_join(&mut self) {
         self.control.stop.store(true, Ordering::Release);
         self.resume();
-        let deadline = Instant::now() + VCPU_WAIT_TIMEOUT;
+        let deadline = wait_deadline();
         // A kick can land just before a thread re-enters KVM_RUN and be lost, so keep
         // kicking until each thread is gone.
         for handle in self.threads.drain(..) {
@@ -469,4 +471,12 @@ fn bus_write(bus: &Bus, addr: u64, data: &[u8], unhandled: &Unhandled<'_>) {
     if !bus.write(addr, data) {
         unhandled.note(addr);
     }
+}
+
+/// When a wait of [`VCPU_WAIT_TIMEOUT`] from now ends. The timeout is a short
+/// constant; were it too long for an `Instant`, the wait ends at once instead
+/// of panicking.
+fn wait_deadline() -> Instant {
+    let now = Instant::now();
+    now.checked_add(VCPU_WAIT_TIMEOUT).unwrap_or(now)
 }

@@ -32,6 +32,9 @@ pub const ACPI_PM_LEN: u64 = 8;
 const STS_OFFSET: u64 = 0;
 const EN_OFFSET: u64 = 2;
 const CNT_OFFSET: u64 = (PM1A_CNT_BLK_PORT - PM1A_EVT_BLK_PORT) as u64;
+// `read_byte` and `write_byte` take the byte within a register from bit 0 of
+// the offset, which needs every register to start at an even offset.
+const _: () = assert!(STS_OFFSET % 2 == 0 && EN_OFFSET % 2 == 0 && CNT_OFFSET % 2 == 0);
 
 const SCI_EN: u16 = 1 << 0;
 const BM_RLD: u16 = 1 << 1;
@@ -52,11 +55,21 @@ pub struct AcpiPm {
     poweroffs: u64,
 }
 
-/// Replaces byte `index` (0 = low) of `reg` with `byte`.
+/// Replaces byte `index` (0 = low, 1 = high; only bit 0 is used) of `reg`
+/// with `byte`.
 fn set_byte(reg: u16, index: u64, byte: u8) -> u16 {
-    let mut bytes = reg.to_le_bytes();
-    bytes[(index & 1) as usize] = byte;
-    u16::from_le_bytes(bytes)
+    let [lo, hi] = reg.to_le_bytes();
+    if index & 1 == 0 {
+        u16::from_le_bytes([byte, hi])
+    } else {
+        u16::from_le_bytes([lo, byte])
+    }
+}
+
+/// Byte `index` (0 = low, 1 = high; only bit 0 is used) of `reg`.
+fn get_byte(reg: u16, index: u64) -> u8 {
+    let [lo, hi] = reg.to_le_bytes();
+    if index & 1 == 0 { lo } else { hi }
 }
 
 impl AcpiPm {
@@ -79,13 +92,15 @@ impl AcpiPm {
     }
 
     fn read_byte(&self, offset: u64) -> u8 {
-        let (reg, index) = match offset {
-            0..=1 => (self.pm1_sts, offset - STS_OFFSET),
-            2..=3 => (self.pm1_en, offset - EN_OFFSET),
-            4..=5 => (self.pm1_cnt | SCI_EN, offset - CNT_OFFSET),
+        // The registers start at even offsets, so the byte within the
+        // register is bit 0 of the offset.
+        let reg = match offset {
+            0..=1 => self.pm1_sts,
+            2..=3 => self.pm1_en,
+            4..=5 => self.pm1_cnt | SCI_EN,
             _ => return 0,
         };
-        reg.to_le_bytes()[index as usize]
+        get_byte(reg, offset)
     }
 
     /// Applies one byte of a write. Returns the full PM1_CNT value written
@@ -94,12 +109,12 @@ impl AcpiPm {
         match offset {
             // Write-1-to-clear.
             0..=1 => {
-                let mask = set_byte(0, offset - STS_OFFSET, byte);
+                let mask = set_byte(0, offset, byte);
                 self.pm1_sts &= !mask;
             }
-            2..=3 => self.pm1_en = set_byte(self.pm1_en, offset - EN_OFFSET, byte),
+            2..=3 => self.pm1_en = set_byte(self.pm1_en, offset, byte),
             4..=5 => {
-                let written = set_byte(self.pm1_cnt, offset - CNT_OFFSET, byte);
+                let written = set_byte(self.pm1_cnt, offset, byte);
                 self.pm1_cnt = written & CNT_STORED;
                 // SLP_TYP and SLP_EN both live in the high byte, so acting
                 // when it is written is right for 16-bit and byte-wise writes.
@@ -118,7 +133,8 @@ impl AcpiPm {
         }
         let slp_typ = (cnt & SLP_TYP_MASK) >> SLP_TYP_SHIFT;
         if slp_typ == SLEEP_TYPE_S5 {
-            self.poweroffs += 1;
+            // Guest-triggered: saturate rather than wrap the statistic.
+            self.poweroffs = self.poweroffs.saturating_add(1);
             if let Err(e) = self.poweroff_evt.write(1) {
                 warn!("acpi_pm: failed to signal power-off: {e}");
             }

@@ -106,7 +106,9 @@ impl std::fmt::Debug for Bus {
 fn overlap(map: &BTreeMap<u64, BusEntry>, base: u64, last: u64) -> Option<(u64, u64)> {
     let (&existing_base, entry) = map.range(..=last).next_back()?;
     // `existing_base <= last`; they overlap unless it ends before `base`.
-    let existing_last = existing_base + (entry.len - 1);
+    // Entries were inserted with `len >= 1` and a representable last address
+    // (see `last_address`), so this cannot saturate.
+    let existing_last = existing_base.saturating_add(entry.len.saturating_sub(1));
     (existing_last >= base).then_some((existing_base, entry.len))
 }
 
@@ -115,7 +117,8 @@ fn last_address(base: u64, len: u64) -> Result<u64, BusError> {
     if len == 0 {
         return Err(BusError::ZeroLength { base });
     }
-    base.checked_add(len - 1)
+    // `len >= 1` here.
+    base.checked_add(len.saturating_sub(1))
         .ok_or(BusError::Overflow { base, len })
 }
 
@@ -179,7 +182,8 @@ impl Bus {
     fn lookup(&self, addr: u64) -> Option<(Arc<Mutex<dyn BusDevice>>, u64)> {
         let devices = self.devices.read().unwrap_or_else(PoisonError::into_inner);
         let (&base, entry) = devices.range(..=addr).next_back()?;
-        let offset = addr - base;
+        // `base <= addr`: it came from `range(..=addr)`.
+        let offset = addr.saturating_sub(base);
         (offset < entry.len).then(|| (entry.device.clone(), offset))
     }
 
@@ -408,6 +412,7 @@ pub struct BusWindow {
 }
 
 impl BusWindow {
+    /// A window onto `device` whose offsets start `skip` bytes into it.
     pub fn new(device: Arc<Mutex<dyn BusDevice>>, skip: u64) -> BusWindow {
         BusWindow { device, skip }
     }

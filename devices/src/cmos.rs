@@ -98,39 +98,62 @@ pub struct DateTime {
 ///
 /// Howard Hinnant's `days_from_civil`: shift the year to start in March so
 /// the leap day is last, then count whole 400-year eras plus days within.
+///
+/// Exact for every year whose day count fits an `i64` (|year| < ~2.5e16);
+/// beyond that the count saturates instead of overflowing. The guest can only
+/// ever produce years 0..=25599 (century and year registers, one byte each).
 pub fn days_from_civil(year: i64, month: u8, day: u8) -> i64 {
     let m = i64::from(month);
     let d = i64::from(day);
-    let y = if m <= 2 { year - 1 } else { year };
+    let y = if m <= 2 { year.saturating_sub(1) } else { year };
     let era = y.div_euclid(400);
     let yoe = y.rem_euclid(400); // [0, 399]
-    let mp = (m + 9) % 12; // March = 0 .. February = 11
-    let doy = (153 * mp + 2) / 5 + d - 1; // [0, 365]
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy; // [0, 146096]
-    era * 146_097 + doe - 719_468
+    // Bounded: m, d <= 255 and yoe in [0, 399], so every intermediate value
+    // is below 200_000.
+    #[allow(clippy::arithmetic_side_effects)]
+    let doe = {
+        let mp = (m + 9) % 12; // March = 0 .. February = 11
+        let doy = (153 * mp + 2) / 5 + d - 1; // [0, 365] for valid dates
+        yoe * 365 + yoe / 4 - yoe / 100 + doy // [0, 146096] for valid dates
+    };
+    // `era` is input-controlled (any i64 / 400): saturate.
+    era.saturating_mul(146_097)
+        .saturating_add(doe)
+        .saturating_sub(719_468)
 }
 
 /// The proleptic Gregorian (year, month, day) `days` after 1970-01-01; the
 /// inverse of [`days_from_civil`].
 pub fn civil_from_days(days: i64) -> (i64, u8, u8) {
-    let z = days + 719_468;
+    // Only this first step can overflow (for `days` within 719_468 of
+    // i64::MAX, a date ~2.5e16 years out); saturate there.
+    let z = days.saturating_add(719_468);
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11]
-    let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
-    let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    // The ranges above are guaranteed by the arithmetic.
-    (year, month as u8, day as u8)
+    // Bounded: doe is in [0, 146096] so every step below stays in the
+    // ranges noted; `era * 400` is at most i64::MAX / 146_097 * 400, far
+    // from overflow; month <= 12 and day <= 31 fit a u8.
+    #[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
+    {
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+        let mp = (5 * doy + 2) / 153; // [0, 11]
+        let day = doy - (153 * mp + 2) / 5 + 1; // [1, 31]
+        let month = if mp < 10 { mp + 3 } else { mp - 9 }; // [1, 12]
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        (year, month as u8, day as u8)
+    }
 }
 
 /// Breaks unix seconds down into a UTC [`DateTime`].
 pub fn datetime_from_unix(secs: i64) -> DateTime {
     let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
+    let sod = secs.rem_euclid(86_400); // [0, 86399]
     let (year, month, day) = civil_from_days(days);
+    // Bounded: sod is in [0, 86399], so hour < 24, minute and second < 60;
+    // `days + 4` cannot overflow as |days| <= i64::MAX / 86_400; the weekday
+    // is in [1, 7].
+    #[allow(clippy::arithmetic_side_effects, clippy::cast_possible_truncation)]
     DateTime {
         year,
         month,
@@ -143,28 +166,47 @@ pub fn datetime_from_unix(secs: i64) -> DateTime {
     }
 }
 
-/// Unix seconds of a UTC [`DateTime`] (its `weekday` is not used).
-pub fn unix_from_datetime(dt: &DateTime) -> i64 {
-    days_from_civil(dt.year, dt.month, dt.day) * 86_400
-        + i64::from(dt.hour) * 3600
-        + i64::from(dt.minute) * 60
-        + i64::from(dt.second)
+impl DateTime {
+    /// Seconds since midnight; at most 255 * 3600 + 255 * 60 + 255 even for
+    /// out-of-range fields, so it cannot overflow.
+    #[allow(clippy::arithmetic_side_effects)]
+    fn seconds_of_day(&self) -> i64 {
+        i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second)
+    }
 }
 
+/// Unix seconds of a UTC [`DateTime`] (its `weekday` is not used).
+///
+/// Saturates for dates whose second count does not fit an `i64`; the guest
+/// can set years only up to 25599.
+pub fn unix_from_datetime(dt: &DateTime) -> i64 {
+    days_from_civil(dt.year, dt.month, dt.day)
+        .saturating_mul(86_400)
+        .saturating_add(dt.seconds_of_day())
+}
+
+/// `v` (0..=99) in BCD.
 fn to_bcd(v: u8) -> u8 {
-    ((v / 10) << 4) | (v % 10)
+    // Callers pass 0..=99 (clock fields, year % 100, year / 100 of a clamped
+    // year), so `v / 10 < 10` and the shift keeps every bit. Out-of-range
+    // input would merely lose high bits, never panic.
+    ((v / 10).wrapping_shl(4)) | (v % 10)
 }
 
 fn from_bcd(v: u8) -> Option<u8> {
     let (hi, lo) = (v >> 4, v & 0x0f);
-    (hi < 10 && lo < 10).then_some(hi * 10 + lo)
+    // Bounded: hi, lo < 10 so the result is at most 99.
+    #[allow(clippy::arithmetic_side_effects)]
+    (hi < 10 && lo < 10).then(|| hi * 10 + lo)
 }
 
 fn host_unix_now() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         // A host clock before 1970 is broken; count backwards rather than fail.
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_neg(),
     }
 }
 
@@ -192,32 +234,45 @@ impl Cmos {
         mem_above_4g: u64,
         now: Box<dyn Fn() -> i64 + Send>,
     ) -> Cmos {
-        let mut data = [0u8; NVRAM_SIZE];
-        data[usize::from(REG_A)] = REG_A_DEFAULT;
-        data[usize::from(REG_B)] = REG_B_24H;
-        data[usize::from(REG_D)] = REG_D_VRT;
+        let mut cmos = Cmos {
+            index: 0,
+            data: [0u8; NVRAM_SIZE],
+            now,
+            offset: 0,
+        };
+        cmos.set(REG_A, REG_A_DEFAULT);
+        cmos.set(REG_B, REG_B_24H);
+        cmos.set(REG_D, REG_D_VRT);
 
         let [lo, hi, ..] = (mem_below_4g.saturating_sub(16 * MIB) / MEM_UNIT)
             .min(0xffff)
             .to_le_bytes();
-        data[usize::from(REG_MEM_16M_LO)] = lo;
-        data[usize::from(REG_MEM_16M_HI)] = hi;
+        cmos.set(REG_MEM_16M_LO, lo);
+        cmos.set(REG_MEM_16M_HI, hi);
 
         let [lo, mid, hi, ..] = (mem_above_4g / MEM_UNIT).min(0xff_ffff).to_le_bytes();
-        data[usize::from(REG_MEM_4G_LO)] = lo;
-        data[usize::from(REG_MEM_4G_MID)] = mid;
-        data[usize::from(REG_MEM_4G_HI)] = hi;
+        cmos.set(REG_MEM_4G_LO, lo);
+        cmos.set(REG_MEM_4G_MID, mid);
+        cmos.set(REG_MEM_4G_HI, hi);
+        cmos
+    }
 
-        Cmos {
-            index: 0,
-            data,
-            now,
-            offset: 0,
+    /// NVRAM byte `reg`. Every register number is below `NVRAM_SIZE` (the
+    /// index register is masked with `INDEX_MASK`), so the fallback is never
+    /// taken; it reads as a floating bus.
+    fn get(&self, reg: u8) -> u8 {
+        self.data.get(usize::from(reg)).copied().unwrap_or(0xff)
+    }
+
+    /// Sets NVRAM byte `reg`; see [`Cmos::get`] for why it is always in range.
+    fn set(&mut self, reg: u8, value: u8) {
+        if let Some(byte) = self.data.get_mut(usize::from(reg)) {
+            *byte = value;
         }
     }
 
     fn reg_b(&self) -> u8 {
-        self.data[usize::from(REG_B)]
+        self.get(REG_B)
     }
 
     fn guest_now(&self) -> i64 {
@@ -263,6 +318,8 @@ impl Cmos {
             .decode(raw & !HOURS_PM)
             .filter(|h| (1..=12).contains(h))?;
         let pm = if raw & HOURS_PM != 0 { 12 } else { 0 };
+        // Bounded: h12 is 1..=12, so the result is 0..=23.
+        #[allow(clippy::arithmetic_side_effects)]
         Some(h12 % 12 + pm)
     }
 
@@ -271,6 +328,11 @@ impl Cmos {
         let dt = datetime_from_unix(secs);
         // Years outside 0..=9999 cannot be shown; clamp rather than wrap.
         let year = dt.year.clamp(0, 9999);
+        // Both are 0..=99 for a year in 0..=9999, so the fallback never applies.
+        let (century, year_of_century) = (
+            u8::try_from(year / 100).unwrap_or(99),
+            u8::try_from(year % 100).unwrap_or(99),
+        );
         match reg {
             REG_SECONDS => self.encode(dt.second),
             REG_MINUTES => self.encode(dt.minute),
@@ -278,8 +340,8 @@ impl Cmos {
             REG_WEEKDAY => self.encode(dt.weekday),
             REG_DAY => self.encode(dt.day),
             REG_MONTH => self.encode(dt.month),
-            REG_YEAR => self.encode((year % 100) as u8),
-            REG_CENTURY => self.encode((year / 100) as u8),
+            REG_YEAR => self.encode(year_of_century),
+            REG_CENTURY => self.encode(century),
             _ => 0,
         }
     }
@@ -288,18 +350,20 @@ impl Cmos {
     fn snapshot_time(&mut self) {
         let now = self.guest_now();
         for reg in TIME_REGS {
-            self.data[usize::from(reg)] = self.time_register(reg, now);
+            self.set(reg, self.time_register(reg, now));
         }
     }
 
     /// Reads back the time registers the guest wrote while SET was held.
     fn decode_snapshot(&self) -> Option<DateTime> {
-        let get = |reg: u8| self.decode(self.data[usize::from(reg)]);
+        let get = |reg: u8| self.decode(self.get(reg));
         let dt = DateTime {
+            // At most 255 * 100 + 255 (binary mode): cannot overflow.
+            #[allow(clippy::arithmetic_side_effects)]
             year: i64::from(get(REG_CENTURY)?) * 100 + i64::from(get(REG_YEAR)?),
             month: get(REG_MONTH).filter(|m| (1..=12).contains(m))?,
             day: get(REG_DAY).filter(|d| (1..=31).contains(d))?,
-            hour: self.decode_hour(self.data[usize::from(REG_HOURS)])?,
+            hour: self.decode_hour(self.get(REG_HOURS))?,
             minute: get(REG_MINUTES).filter(|m| *m < 60)?,
             second: get(REG_SECONDS).filter(|s| *s < 60)?,
             weekday: 0,
@@ -313,11 +377,11 @@ impl Cmos {
             _ if TIME_REGS.contains(&reg) && self.reg_b() & REG_B_SET == 0 => {
                 self.time_register(reg, self.guest_now())
             }
-            REG_A => self.data[usize::from(REG_A)] & !REG_A_UIP,
+            REG_A => self.get(REG_A) & !REG_A_UIP,
             // No RTC interrupts are ever raised, so no flags are pending.
             REG_C => 0,
             REG_D => REG_D_VRT,
-            _ => self.data[usize::from(reg)],
+            _ => self.get(reg),
         }
     }
 
@@ -326,14 +390,14 @@ impl Cmos {
         match reg {
             _ if TIME_REGS.contains(&reg) => {
                 if self.reg_b() & REG_B_SET != 0 {
-                    self.data[usize::from(reg)] = value;
+                    self.set(reg, value);
                 }
             }
             REG_B => self.write_reg_b(value),
             // UIP is read-only.
-            REG_A => self.data[usize::from(REG_A)] = value & !REG_A_UIP,
+            REG_A => self.set(REG_A, value & !REG_A_UIP),
             REG_C | REG_D => {}
-            _ => self.data[usize::from(reg)] = value,
+            _ => self.set(reg, value),
         }
     }
 
@@ -352,7 +416,7 @@ impl Cmos {
                 None => warn!("cmos: guest set an invalid time; keeping the old clock"),
             }
         }
-        self.data[usize::from(REG_B)] = value;
+        self.set(REG_B, value);
     }
 }
 

@@ -149,12 +149,16 @@ impl ConsoleWriter {
     /// Returns whether it ended; a sink that takes nothing leaves the bytes unwritten and
     /// the thread behind, for process exit to end.
     pub fn finish(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
+        // A limit too large for an `Instant` (e.g. `Duration::MAX`) has no
+        // deadline: wait until the writer ends (adding would panic).
+        let deadline = Instant::now().checked_add(limit);
         let mut state = self.shared.lock();
         state.finishing = true;
         self.shared.has_bytes.notify_one();
         while !state.ended {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return false;
             }

@@ -133,7 +133,8 @@ impl I8042 {
     }
 
     fn trigger_reset(&mut self) {
-        self.resets += 1;
+        // Guest-triggered: saturate rather than wrap the statistic.
+        self.resets = self.resets.saturating_add(1);
         if let Err(e) = self.reset_evt.write(1) {
             warn!("i8042: failed to signal CPU reset: {e}");
         }

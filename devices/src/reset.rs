@@ -58,7 +58,8 @@ impl BusDevice for ResetControl {
         };
         self.value = value & !RST_CPU;
         if value & RST_CPU != 0 {
-            self.resets += 1;
+            // Guest-triggered: saturate rather than wrap the statistic.
+            self.resets = self.resets.saturating_add(1);
             if let Err(e) = self.reset_evt.write(1) {
                 warn!("reset: failed to signal reset: {e}");
             }

@@ -131,8 +131,11 @@ impl Serial {
         // the bytes are in the FIFO; count them from the capacity change.
         let before = self.uart.fifo_capacity();
         let res = self.uart.enqueue_raw_bytes(bytes);
-        let accepted = before - self.uart.fifo_capacity();
-        self.bytes_in += accepted as u64;
+        // Enqueueing only shrinks the free capacity.
+        let accepted = before.saturating_sub(self.uart.fifo_capacity());
+        self.bytes_in = self
+            .bytes_in
+            .saturating_add(u64::try_from(accepted).unwrap_or(u64::MAX));
         match res {
             Ok(n) => Ok(n),
             Err(UartError::Trigger(e)) => Err(SerialError::Interrupt(e)),

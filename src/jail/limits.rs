@@ -42,7 +42,10 @@ pub fn plan(config: &VmConfig, files: &HostFiles) -> Result<Limits, JailError> {
     let hard = current(libc::RLIMIT_NOFILE)
         .map_err(|source| step("read RLIMIT_NOFILE", source))?
         .rlim_max;
-    let wanted = open + build_descriptors(config) + MAX_CONNECTIONS as u64 + HEADROOM;
+    let wanted = open
+        .saturating_add(build_descriptors(config))
+        .saturating_add(MAX_CONNECTIONS as u64)
+        .saturating_add(HEADROOM);
     let nofile = wanted.min(hard);
     let fsize = largest_writable_size(files).map_err(|source| step("size the files", source))?;
     Ok(Limits { nofile, fsize })
@@ -52,11 +55,18 @@ pub fn plan(config: &VmConfig, files: &HostFiles) -> Result<Limits, JailError> {
 /// open before (measured: 31 for one vCPU and no devices, about 14 per virtio device; the
 /// bound doubles that).
 pub fn build_descriptors(config: &VmConfig) -> u64 {
-    let devices = config.disks.len()
-        + config.nets.len()
-        + usize::from(config.rng)
-        + usize::from(config.balloon);
-    64 + 2 * u64::from(config.cpus) + 32 * devices as u64
+    // At most 24 disks, 4 interfaces, an rng and a balloon: none of this comes near
+    // overflowing, but it saturates rather than wrap.
+    let devices = config
+        .disks
+        .len()
+        .saturating_add(config.nets.len())
+        .saturating_add(usize::from(config.rng))
+        .saturating_add(usize::from(config.balloon));
+    let devices = u64::try_from(devices).unwrap_or(u64::MAX);
+    64u64
+        .saturating_add(u64::from(config.cpus).saturating_mul(2))
+        .saturating_add(devices.saturating_mul(32))
 }
 
 fn largest_writable_size(files: &HostFiles) -> io::Result<u64> {

@@ -117,7 +117,8 @@ pub fn enter(jail: &JailConfig, config: &VmConfig, opened: &mut Opened) -> Resul
         .control
         .as_ref()
         .map(reaper::SocketFile::of)
-        .transpose()?;
+        .transpose()?
+        .flatten();
     if let Some(dir) = &jail.cgroup {
         limits::join_cgroup(dir)?;
     }

@@ -4,8 +4,9 @@
 //! process 1 of a new PID namespace and goes on to be the VMM; the parent becomes the
 //! reaper. The reaper closes every descriptor but stdin, stdout and stderr (so it holds no
 //! disk, tap, `/dev/kvm` or control socket), forwards the stop signals (SIGTERM, SIGINT,
-//! SIGHUP) to the VMM, waits for it, removes the control socket's file (which the jailed
-//! VMM can no longer name), and ends exactly as the VMM ended: the same exit status, or
+//! SIGHUP) to the VMM, waits for it, removes the control socket's file if the VMM bound it
+//! (the jailed VMM can no longer name it; a socket a supervisor handed over is left alone),
+//! and ends exactly as the VMM ended: the same exit status, or
 //! the same signal. It reads nothing from the guest or from clients: its only inputs are
 //! signals and the VMM's wait status. The VMM dies with it (`PR_SET_PDEATHSIG`).
 
@@ -31,14 +32,19 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
-    /// The file `listener` is bound to.
-    pub fn of(listener: &Listener) -> Result<SocketFile, JailError> {
-        let meta = fs::symlink_metadata(listener.path())
+    /// The file `listener` bound and must remove; `None` for a listener a supervisor
+    /// handed over (`--socket-fd`, socket activation), whose file, if any, is the
+    /// supervisor's to remove.
+    pub fn of(listener: &Listener) -> Result<Option<SocketFile>, JailError> {
+        let Some(path) = listener.path() else {
+            return Ok(None);
+        };
+        let meta = fs::symlink_metadata(path)
             .map_err(|source| step("look at the control socket's file", source))?;
-        Ok(SocketFile {
-            path: listener.path().to_owned(),
+        Ok(Some(SocketFile {
+            path: path.to_owned(),
             identity: (meta.dev(), meta.ino()),
-        })
+        }))
     }
 
     fn remove(&self) {
@@ -134,7 +140,8 @@ fn close_descriptors_except(keep: RawFd) {
     // closing descriptors other objects own is sound here.
     unsafe {
         if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+            // keep > 3, so keep - 1 >= 3.
+            libc::syscall(libc::SYS_close_range, 3u32, keep.saturating_sub(1), 0u32);
         }
         libc::syscall(
             libc::SYS_close_range,
@@ -188,7 +195,8 @@ fn end_like(status: libc::c_int) -> ! {
         let _ = set_blocked(libc::SIG_UNBLOCK, &[signal]);
         // SAFETY: raise(3) with a valid signal number.
         unsafe { libc::raise(signal) };
-        std::process::exit(128 + signal);
+        // A signal number is below 65: no overflow.
+        std::process::exit(signal.saturating_add(128));
     }
     std::process::exit(1)
 }

@@ -14,7 +14,7 @@
 //! [`ClientError::VersionTooOld`] without being sent.
 //!
 //! ```no_run
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //! use vm_control::client::Client;
 //! use vm_control::wire::{Event, Request, Response};
 //!
@@ -33,12 +33,13 @@
 //! # Ok::<(), vm_control::client::ClientError>(())
 //! ```
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::num::NonZeroU64;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -145,6 +146,10 @@ pub struct Client {
     last_id: u64,
     events: VecDeque<Event>,
     events_dropped: u64,
+    /// What [`Client::set_timeout`] set.
+    timeout: Cell<Option<Duration>>,
+    /// Whether a request left `SO_RCVTIMEO` at less than `timeout` (see [`Client::arm`]).
+    receive_timeout_shortened: Cell<bool>,
 }
 
 impl Client {
@@ -165,42 +170,56 @@ impl Client {
             last_id: 0,
             events: VecDeque::new(),
             events_dropped: 0,
+            timeout: Cell::new(None),
+            receive_timeout_shortened: Cell::new(false),
         }
     }
 
-    /// Limits how long a send or a wait for a message may block (`None`: forever). A wait
-    /// that runs out fails with [`ClientError::Timeout`].
+    /// Connects to the control socket at `path`, waiting at most `timeout` for the VMM to
+    /// accept (a VMM whose listen backlog is full), and sets `timeout` for every request
+    /// ([`Client::set_timeout`]). A connect that runs out fails with
+    /// [`ClientError::Connect`] carrying `EAGAIN`.
+    pub fn connect_timeout(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let fd = socket::connect_timeout(path, timeout).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        let client = Client::from_fd(fd);
+        client.set_timeout(Some(timeout))?;
+        Ok(client)
+    }
+
+    /// Limits how long a request may take, from sending it to its reply, and how long a
+    /// wait for an event may block (`None`: forever). A request or wait that runs out fails
+    /// with [`ClientError::Timeout`].
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
-        let tv = match timeout {
-            None => libc::timeval {
-                tv_sec: 0,
-                tv_usec: 0,
-            },
-            Some(d) => libc::timeval {
-                tv_sec: d.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-                // A zero timeval means "forever": round a zero duration up to 1us.
-                tv_usec: if d.is_zero() {
-                    1
-                } else {
-                    d.subsec_micros().into()
-                },
-            },
-        };
         for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-            // SAFETY: `tv` is a valid timeval and the length passed is its exact size, as
-            // SO_RCVTIMEO/SO_SNDTIMEO expect.
-            let ret = unsafe {
-                libc::setsockopt(
-                    self.fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    option,
-                    (&raw const tv).cast::<libc::c_void>(),
-                    size_of::<libc::timeval>() as libc::socklen_t,
-                )
-            };
-            if ret != 0 {
-                return Err(ClientError::Io(io::Error::last_os_error()));
-            }
+            socket::set_timeout(self.fd.as_fd(), option, timeout).map_err(ClientError::Io)?;
+        }
+        self.timeout.set(timeout);
+        self.receive_timeout_shortened.set(false);
+        Ok(())
+    }
+
+    /// The timeout set by [`Client::set_timeout`].
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout.get()
+    }
+
+    /// Sets the socket's `option` (`SO_RCVTIMEO` or `SO_SNDTIMEO`) to what is left until
+    /// `deadline`, so that a request never outlasts its timeout however many messages
+    /// (events) arrive before its reply; fails with [`ClientError::Timeout`] once it passed.
+    fn arm(&self, option: libc::c_int, deadline: Option<Instant>) -> Result<(), ClientError> {
+        let Some(deadline) = deadline else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout);
+        }
+        socket::set_timeout(self.fd.as_fd(), option, Some(left)).map_err(ClientError::Io)?;
+        if option == libc::SO_RCVTIMEO {
+            self.receive_timeout_shortened.set(true);
         }
         Ok(())
     }
@@ -250,8 +269,15 @@ impl Client {
             });
         }
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        match self.send_and_wait(&request, &fds) {
-            Err(ClientError::Vmm(e)) if self.fall_back(&e) => self.send_and_wait(&request, &fds),
+        let deadline = self
+            .timeout
+            .get()
+            .and_then(|t| Instant::now().checked_add(t));
+        match self.send_and_wait(&request, &fds, deadline) {
+            Err(ClientError::Vmm(e)) if self.fall_back(&e) => {
+                self.arm(libc::SO_SNDTIMEO, deadline)?;
+                self.send_and_wait(&request, &fds, deadline)
+            }
             result => result,
         }
     }
@@ -273,6 +299,7 @@ impl Client {
         &mut self,
         request: &Request,
         fds: &[BorrowedFd<'_>],
+        deadline: Option<Instant>,
     ) -> Result<Response, ClientError> {
         if request.min_version() > self.version {
             return Err(ClientError::VersionTooOld {
@@ -289,6 +316,7 @@ impl Client {
         )
         .map_err(|err| self.send_failure(err))?;
         loop {
+            self.arm(libc::SO_RCVTIMEO, deadline)?;
             match self.recv_message()? {
                 ServerMessage::Event(event) => self.buffer_event(event),
                 ServerMessage::Reply { id: got, response } if got == id => {
@@ -379,6 +407,11 @@ impl Client {
     pub fn next_event(&mut self) -> Result<Event, ClientError> {
         if let Some(event) = self.events.pop_front() {
             return Ok(event);
+        }
+        if self.receive_timeout_shortened.get() {
+            socket::set_timeout(self.fd.as_fd(), libc::SO_RCVTIMEO, self.timeout.get())
+                .map_err(ClientError::Io)?;
+            self.receive_timeout_shortened.set(false);
         }
         match self.recv_message()? {
             ServerMessage::Event(event) => Ok(event),

@@ -66,7 +66,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::acl;
-use crate::socket::{self, MAX_FDS, PeerCredentials};
+use crate::socket::{self, ListeningSocketError, MAX_FDS, PeerCredentials};
 use crate::wire::{
     self, DecodeError, ErrorKind, ErrorReply, Event, REQUEST_SIZE, RESPONSE_SIZE, Request,
     RequestId, Response, ServerMessage,
@@ -129,6 +129,10 @@ pub enum ListenError {
         /// The failure.
         source: io::Error,
     },
+    /// A descriptor handed to [`Listener::from_fd`] is not a listening `AF_UNIX`
+    /// `SOCK_SEQPACKET` socket.
+    #[error("cannot be the control socket: {0}")]
+    NotAListener(#[source] ListeningSocketError),
     /// bind(2) or listen(2) failed.
     #[error("cannot bind {path}: {source}")]
     Bind {
@@ -160,14 +164,15 @@ pub enum AcceptError {
 
 /// The listening control socket.
 ///
-/// Removes its socket file when dropped, if the file is still the one it created.
+/// One made by [`Listener::bind`] removes its socket file when dropped, if the file is
+/// still the one it created; one handed over ([`Listener::from_fd`]) never touches a file.
 #[derive(Debug)]
 pub struct Listener {
     fd: OwnedFd,
-    path: PathBuf,
+    /// The socket file this listener created and removes, with its (device, inode).
+    owned_file: Option<(PathBuf, (u64, u64))>,
     allowed_uids: Vec<u32>,
     own_uid: u32,
-    identity: (u64, u64),
 }
 
 impl Listener {
@@ -261,16 +266,37 @@ impl Listener {
         }
         Ok(Listener {
             fd,
-            path: path.to_owned(),
+            owned_file: Some((path.to_owned(), (meta.dev(), meta.ino()))),
             allowed_uids: allowed_uids.to_vec(),
             own_uid,
-            identity: (meta.dev(), meta.ino()),
         })
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Takes over a listening socket someone else created and bound: systemd socket
+    /// activation (`LISTEN_FDS`) or a supervisor that passes it at start. It must be a
+    /// listening `AF_UNIX` `SOCK_SEQPACKET` socket ([`ListenError::NotAListener`] says
+    /// what it is instead); it is made non-blocking (which its other holders share).
+    ///
+    /// Connections are admitted as with [`Listener::bind`] (own uid, root, `allowed_uids`,
+    /// checked with `SO_PEERCRED`), but the socket file, if there is one, is not ours: its
+    /// mode, owner and ACL stay as whoever bound it set them, and it is never removed.
+    pub fn from_fd(fd: OwnedFd, allowed_uids: &[u32]) -> Result<Listener, ListenError> {
+        socket::check_listening_seqpacket(fd.as_fd()).map_err(ListenError::NotAListener)?;
+        socket::set_nonblocking(fd.as_fd(), true).map_err(ListenError::Socket)?;
+        // SAFETY: geteuid(2) cannot fail and has no arguments.
+        let own_uid = unsafe { libc::geteuid() };
+        Ok(Listener {
+            fd,
+            owned_file: None,
+            allowed_uids: allowed_uids.to_vec(),
+            own_uid,
+        })
+    }
+
+    /// The socket file this listener created (and removes when dropped); `None` for one
+    /// taken over with [`Listener::from_fd`].
+    pub fn path(&self) -> Option<&Path> {
+        self.owned_file.as_ref().map(|(path, _)| path.as_path())
     }
 
     /// Also admits peers whose credentials read as `uid`. A server inside a user
@@ -322,10 +348,13 @@ impl AsFd for Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Ok(meta) = fs::symlink_metadata(&self.path)
-            && (meta.dev(), meta.ino()) == self.identity
+        let Some((path, identity)) = &self.owned_file else {
+            return;
+        };
+        if let Ok(meta) = fs::symlink_metadata(path)
+            && (meta.dev(), meta.ino()) == *identity
         {
-            let _ = fs::remove_file(&self.path);
+            let _ = fs::remove_file(path);
         }
     }
 }

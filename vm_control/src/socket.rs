@@ -21,9 +21,10 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::Duration;
 
 /// Most descriptors [`recv_datagram`] will accept in one datagram; more are discarded by the
 /// kernel (and reported through [`Datagram::fds_truncated`]).
@@ -139,6 +140,61 @@ pub fn connect(path: &Path) -> io::Result<OwnedFd> {
     connect_with(path, false)
 }
 
+/// Connects a new blocking `SOCK_SEQPACKET` socket to `path`, waiting at most `timeout` for
+/// room in the listener's backlog (connect(2) on a UNIX socket waits for that as long as
+/// `SO_SNDTIMEO` allows, then fails with `EAGAIN`). The socket keeps `timeout` as its send
+/// timeout.
+pub fn connect_timeout(path: &Path, timeout: Duration) -> io::Result<OwnedFd> {
+    let (addr, len) = sockaddr(path)?;
+    let fd = seqpacket_socket(false)?;
+    set_timeout(fd.as_fd(), libc::SO_SNDTIMEO, Some(timeout))?;
+    // SAFETY: `addr` is an initialized sockaddr_un and `len` does not exceed its size.
+    cvt(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Limits how long a blocking send (`option` = `SO_SNDTIMEO`) or receive (`SO_RCVTIMEO`) on
+/// `fd` may wait; `None`: forever. A duration under 1 µs becomes 1 µs (a zero `timeval`
+/// would mean forever).
+pub(crate) fn set_timeout(
+    fd: BorrowedFd<'_>,
+    option: libc::c_int,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let tv = match timeout {
+        None => libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        Some(d) => libc::timeval {
+            tv_sec: d.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+            tv_usec: if d.as_secs() == 0 {
+                d.subsec_micros().max(1).into()
+            } else {
+                d.subsec_micros().into()
+            },
+        },
+    };
+    // SAFETY: `tv` is a valid timeval and the length passed is its exact size, as
+    // SO_RCVTIMEO/SO_SNDTIMEO expect.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const tv).cast::<libc::c_void>(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 pub(crate) fn connect_with(path: &Path, nonblocking: bool) -> io::Result<OwnedFd> {
     let (addr, len) = sockaddr(path)?;
     let fd = seqpacket_socket(nonblocking)?;
@@ -196,6 +252,67 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> 
     // SAFETY: F_SETFL takes an int argument.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) })?;
     Ok(())
+}
+
+/// Why a descriptor cannot be a control socket's listener (see [`check_listening_seqpacket`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ListeningSocketError {
+    /// The descriptor is not a socket at all.
+    #[error("it is not a socket")]
+    NotASocket,
+    /// A socket of another address family.
+    #[error("it is not an AF_UNIX socket (address family {0})")]
+    NotUnix(i32),
+    /// A socket of another type.
+    #[error("it is a {0} socket, not SOCK_SEQPACKET")]
+    NotSeqpacket(&'static str),
+    /// A socket nobody called listen(2) on.
+    #[error("it is not listening (listen(2) was not called on it)")]
+    NotListening,
+    /// getsockopt(2) failed for another reason (e.g. `EBADF`).
+    #[error("cannot examine it: {0}")]
+    Io(io::Error),
+}
+
+/// Checks that `fd` is a listening `AF_UNIX` `SOCK_SEQPACKET` socket: what a server
+/// handed its listener (systemd socket activation, a supervisor) must be given.
+pub fn check_listening_seqpacket(fd: BorrowedFd<'_>) -> Result<(), ListeningSocketError> {
+    let option = |name| match socket_option(fd, name) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => Err(ListeningSocketError::NotASocket),
+        other => other.map_err(ListeningSocketError::Io),
+    };
+    let domain = option(libc::SO_DOMAIN)?;
+    if domain != libc::AF_UNIX {
+        return Err(ListeningSocketError::NotUnix(domain));
+    }
+    match option(libc::SO_TYPE)? {
+        libc::SOCK_SEQPACKET => {}
+        libc::SOCK_STREAM => return Err(ListeningSocketError::NotSeqpacket("SOCK_STREAM")),
+        libc::SOCK_DGRAM => return Err(ListeningSocketError::NotSeqpacket("SOCK_DGRAM")),
+        _ => return Err(ListeningSocketError::NotSeqpacket("another type of")),
+    }
+    if option(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(ListeningSocketError::NotListening);
+    }
+    Ok(())
+}
+
+/// One integer `SOL_SOCKET` option of `fd`.
+fn socket_option(fd: BorrowedFd<'_>, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` is a writable c_int and `len` holds its exact size; SO_DOMAIN, SO_TYPE
+    // and SO_ACCEPTCONN each write one int.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&raw mut value).cast::<libc::c_void>(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
 }
 
 /// The credentials of the process connected to `fd`.

@@ -833,3 +833,73 @@ fn a_second_subscribe_switches_the_event_version() {
 
     assert_eq!(read_raw(&client)[0..2], 3u16.to_le_bytes(), "event version");
 }
+
+#[test]
+fn a_handed_over_listener_accepts_and_never_removes_the_socket_file() {
+    let dir = TempDir::new("from-fd");
+    let path = dir.join("vm.sock");
+    let binder = Listener::bind(&path, &[]).expect("bind");
+    let handed = binder.as_fd().try_clone_to_owned().expect("dup");
+    let listener = Listener::from_fd(handed, &[]).expect("a listening seqpacket socket");
+    assert_eq!(listener.path(), None);
+    assert!(listener.accept().expect("accept").is_none(), "non-blocking");
+    let _client = socket::connect(&path).expect("connect");
+    assert!(listener.accept().expect("accept").is_some());
+    drop(listener);
+    assert!(
+        path.exists(),
+        "the handed-over listener removed a file it does not own"
+    );
+}
+
+#[test]
+fn a_handed_over_descriptor_that_is_no_listening_seqpacket_socket_is_refused() {
+    let dir = TempDir::new("from-fd-bad");
+    let stream = std::os::unix::net::UnixListener::bind(dir.join("stream.sock")).expect("bind");
+    let not_listening = socket::seqpacket_socket(false).expect("socket");
+    let file = std::fs::File::open(dir.join("stream.sock").parent().expect("dir")).expect("open");
+    for (fd, says) in [
+        (
+            OwnedFd::from(stream),
+            "it is a SOCK_STREAM socket, not SOCK_SEQPACKET",
+        ),
+        (not_listening, "it is not listening"),
+        (OwnedFd::from(file), "it is not a socket"),
+    ] {
+        let err = Listener::from_fd(fd, &[]).expect_err("refused");
+        assert!(matches!(err, ListenError::NotAListener(_)), "{err:?}");
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}
+
+#[test]
+fn a_request_gives_up_at_its_timeout_however_many_events_arrive_meanwhile() {
+    let (server_end, client_end) = seqpacket_pair().expect("socketpair");
+    let mut client = Client::from_fd(client_end);
+    client
+        .set_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    // A VMM that sends an event every 50 ms and never answers: each event resets a
+    // per-message wait, so only a deadline for the whole request ends it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let chatter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let event = ServerMessage::Event(Event::Paused).encode();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if send_datagram(server_end.as_fd(), &event, &[], false).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let start = std::time::Instant::now();
+    let err = client.request(Request::GetStats).expect_err("no answer");
+    let took = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(client);
+    chatter.join().expect("chatter thread");
+    assert!(matches!(err, ClientError::Timeout), "{err}");
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+}

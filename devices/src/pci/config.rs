@@ -167,12 +167,16 @@ impl PciConfiguration {
     /// Bytes past the end of the space are dropped.
     pub fn write(&mut self, offset: usize, data: &[u8]) {
         for (i, &value) in data.iter().enumerate() {
-            let Some(o) = offset.checked_add(i).filter(|&o| o < CONFIG_SPACE_SIZE) else {
+            let Some(o) = offset.checked_add(i) else {
                 return;
             };
-            let writable = self.writable[o];
-            let cleared = self.w1c[o] & value;
-            self.regs[o] = ((self.regs[o] & !writable) | (value & writable)) & !cleared;
+            let (Some(&writable), Some(&w1c), Some(reg)) =
+                (self.writable.get(o), self.w1c.get(o), self.regs.get_mut(o))
+            else {
+                return;
+            };
+            let cleared = w1c & value;
+            *reg = ((*reg & !writable) | (value & writable)) & !cleared;
         }
     }
 
@@ -208,7 +212,9 @@ impl PciConfiguration {
         let index = region.index;
         let pair = match region.bar_type {
             BarType::Memory32 => index,
-            BarType::Memory64 => index + 1,
+            BarType::Memory64 => index
+                .checked_add(1)
+                .ok_or(PciError::InvalidBarIndex(index))?,
         };
         if pair >= NUM_BARS {
             return Err(PciError::InvalidBarIndex(index));
@@ -219,22 +225,30 @@ impl PciConfiguration {
         if region.bar_type == BarType::Memory32 && region.size > 1 << 31 {
             return Err(PciError::InvalidBarSize(region.size));
         }
-        if self.bars[index..=pair].iter().any(Option::is_some) || self.is_upper_half(index) {
+        // `pair < NUM_BARS` was checked above, so the slots exist.
+        let slots = self
+            .bars
+            .get(index..=pair)
+            .ok_or(PciError::InvalidBarIndex(index))?;
+        if slots.iter().any(Option::is_some) || self.is_upper_half(index) {
             return Err(PciError::BarInUse(index));
         }
-        let low_offset = BAR0_OFFSET + index * 4;
-        let mask = !(region.size - 1);
+        let low_offset = bar_offset(index);
+        // `size` is a power of two >= 16 (checked above).
+        let (mask_low, mask_high) = halves(!(region.size.saturating_sub(1)));
         // Low 4 bits of a memory BAR are read-only type bits; the address
         // bits below the size are read-only zero, which is what makes size
         // probing work.
         let mut type_bits: u32 = if region.prefetchable { 1 << 3 } else { 0 };
         if region.bar_type == BarType::Memory64 {
             type_bits |= 0b10 << 1;
-            self.set_mask(low_offset + 4, &((mask >> 32) as u32).to_le_bytes());
+            self.set_mask(low_offset.saturating_add(4), &mask_high.to_le_bytes());
         }
-        self.set_mask(low_offset, &((mask as u32) & !0xf).to_le_bytes());
+        self.set_mask(low_offset, &(mask_low & !0xf).to_le_bytes());
         self.set_u32(low_offset, type_bits);
-        self.bars[index] = Some(region);
+        if let Some(slot) = self.bars.get_mut(index) {
+            *slot = Some(region);
+        }
         Ok(())
     }
 
@@ -259,17 +273,19 @@ impl PciConfiguration {
             .copied()
             .flatten()
             .ok_or(PciError::InvalidBarIndex(index))?;
-        if addr & (region.size - 1) != 0 {
+        // Declared BARs have a power-of-two size >= 16.
+        if addr & region.size.saturating_sub(1) != 0 {
             return Err(PciError::MisalignedBar { index, addr });
         }
         if region.bar_type == BarType::Memory32 && addr > u64::from(u32::MAX) {
             return Err(PciError::MisalignedBar { index, addr });
         }
-        let low_offset = BAR0_OFFSET + index * 4;
+        let low_offset = bar_offset(index);
         let type_bits = self.read_u32(low_offset) & 0xf;
-        self.set_u32(low_offset, (addr as u32 & !0xf) | type_bits);
+        let (low, high) = halves(addr);
+        self.set_u32(low_offset, (low & !0xf) | type_bits);
         if region.bar_type == BarType::Memory64 {
-            self.set_u32(low_offset + 4, (addr >> 32) as u32);
+            self.set_u32(low_offset.saturating_add(4), high);
         }
         Ok(())
     }
@@ -277,11 +293,11 @@ impl PciConfiguration {
     /// The address BAR `index` currently decodes, as the guest programmed it.
     pub fn bar_address(&self, index: usize) -> Option<u64> {
         let region = self.bars.get(index).copied().flatten()?;
-        let low_offset = BAR0_OFFSET + index * 4;
+        let low_offset = bar_offset(index);
         let low = u64::from(self.read_u32(low_offset) & !0xf);
         let high = match region.bar_type {
             BarType::Memory32 => 0,
-            BarType::Memory64 => u64::from(self.read_u32(low_offset + 4)),
+            BarType::Memory64 => u64::from(self.read_u32(low_offset.saturating_add(4))),
         };
         Some((high << 32) | low)
     }
@@ -298,23 +314,29 @@ impl PciConfiguration {
         writable: &[u8],
     ) -> Result<usize, PciError> {
         let offset = self.next_capability;
-        let len = body.len() + 2;
-        let end = offset
-            .checked_add(len)
+        let end = body
+            .len()
+            .checked_add(2)
+            .and_then(|len| offset.checked_add(len))
             .filter(|&end| end <= CONFIG_SPACE_SIZE && writable.len() <= body.len())
             .ok_or(PciError::CapabilitySpaceFull)?;
-        self.regs[offset] = id;
-        self.regs[offset + 1] = 0;
-        self.regs[offset + 2..end].copy_from_slice(body);
-        self.set_mask(offset + 2, writable);
+        // `offset` < CONFIG_SPACE_SIZE (256), checked just above.
+        let pointer = u8::try_from(offset).map_err(|_| PciError::CapabilitySpaceFull)?;
+        let Some([cap_id, next, rest @ ..]) = self.regs.get_mut(offset..end) else {
+            return Err(PciError::CapabilitySpaceFull);
+        };
+        *cap_id = id;
+        *next = 0;
+        rest.copy_from_slice(body);
+        self.set_mask(offset.saturating_add(2), writable);
         match self.last_capability {
-            // `offset` < 256 was checked above.
-            None => self.regs[CAPABILITIES_POINTER] = offset as u8,
-            Some(last) => self.regs[last + 1] = offset as u8,
+            None => self.set_bytes(CAPABILITIES_POINTER, &[pointer]),
+            Some(last) => self.set_bytes(last.saturating_add(1), &[pointer]),
         }
         self.last_capability = Some(offset);
-        // Capabilities are dword aligned (PCI 3.0 section 6.7).
-        self.next_capability = (end + 3) & !3;
+        // Capabilities are dword aligned (PCI 3.0 section 6.7); `end` is at
+        // most CONFIG_SPACE_SIZE, so rounding up cannot overflow.
+        self.next_capability = end.checked_next_multiple_of(4).unwrap_or(end);
         self.set_status_bits(STATUS_CAPABILITIES_LIST);
         Ok(offset)
     }
@@ -345,4 +367,20 @@ impl PciConfiguration {
     fn set_u32(&mut self, offset: usize, value: u32) {
         self.set_bytes(offset, &value.to_le_bytes());
     }
+}
+
+/// Config-space offset of BAR register `index`. Callers pass an index below
+/// `NUM_BARS`; a bogus one saturates to an offset past the end of config
+/// space, where reads float and writes are dropped.
+fn bar_offset(index: usize) -> usize {
+    index.saturating_mul(4).saturating_add(BAR0_OFFSET)
+}
+
+/// The low and high 32-bit halves of `v`, bit for bit.
+fn halves(v: u64) -> (u32, u32) {
+    let [l0, l1, l2, l3, h0, h1, h2, h3] = v.to_le_bytes();
+    (
+        u32::from_le_bytes([l0, l1, l2, l3]),
+        u32::from_le_bytes([h0, h1, h2, h3]),
+    )
 }

@@ -100,18 +100,31 @@ impl TableEntry {
     }
 
     fn from_bytes(b: &[u8; 16]) -> TableEntry {
-        let word = |i: usize| {
-            let mut w = [0u8; 4];
-            w.copy_from_slice(&b[i * 4..i * 4 + 4]);
-            u32::from_le_bytes(w)
-        };
+        let [
+            a0,
+            a1,
+            a2,
+            a3,
+            h0,
+            h1,
+            h2,
+            h3,
+            d0,
+            d1,
+            d2,
+            d3,
+            c0,
+            c1,
+            c2,
+            c3,
+        ] = *b;
         TableEntry {
             // The low two address bits are reserved (dword-aligned address).
-            address_lo: word(0) & !3,
-            address_hi: word(1),
-            data: word(2),
+            address_lo: u32::from_le_bytes([a0, a1, a2, a3]) & !3,
+            address_hi: u32::from_le_bytes([h0, h1, h2, h3]),
+            data: u32::from_le_bytes([d0, d1, d2, d3]),
             // Only the mask bit is defined; the rest is reserved as zero.
-            control: word(3) & VECTOR_MASKED,
+            control: u32::from_le_bytes([c0, c1, c2, c3]) & VECTOR_MASKED,
         }
     }
 
@@ -168,25 +181,28 @@ impl MsixConfig {
 
     /// Number of vectors.
     pub fn num_vectors(&self) -> u16 {
-        // Bounded by MAX_MSIX_VECTORS at construction.
-        self.table.len() as u16
+        // 1..=MAX_MSIX_VECTORS (2048) by construction, so this never clamps.
+        u16::try_from(self.table.len()).unwrap_or(MAX_MSIX_VECTORS)
     }
 
     /// Bytes of the table in its BAR.
     pub fn table_size(&self) -> u64 {
-        self.table.len() as u64 * MSIX_TABLE_ENTRY_SIZE
+        // At most 2048 * 16: cannot saturate.
+        u64::from(self.num_vectors()).saturating_mul(MSIX_TABLE_ENTRY_SIZE)
     }
 
     /// Bytes of the PBA in its BAR (whole qwords).
     pub fn pba_size(&self) -> u64 {
-        self.table.len().div_ceil(64) as u64 * 8
+        // At most 32 * 8: cannot saturate.
+        u64::from(self.num_vectors()).div_ceil(64).saturating_mul(8)
     }
 
     /// The capability body (after ID and next pointer) for a table at
     /// `table_offset` and a PBA at `pba_offset`, both in BAR `bar`, and the
     /// mask of guest-writable bits in it.
     pub fn capability_body(&self, bar: u8, table_offset: u32, pba_offset: u32) -> [u8; 10] {
-        let control = self.num_vectors() - 1;
+        // Table Size is N - 1; N >= 1 by construction.
+        let control = self.num_vectors().saturating_sub(1);
         let mut body = [0u8; 10];
         body[0..2].copy_from_slice(&control.to_le_bytes());
         body[2..6].copy_from_slice(&((table_offset & !7) | u32::from(bar & 7)).to_le_bytes());
@@ -302,9 +318,9 @@ impl MsixConfig {
                 touched.push(index);
             }
         }
-        for index in touched {
-            // `index` < table.len() <= 2048.
-            self.announce(index as u16);
+        // `index` < table.len() <= 2048, so every index converts.
+        for index in touched.into_iter().filter_map(|i| u16::try_from(i).ok()) {
+            self.announce(index);
         }
         self.deliver_unmasked_pending();
     }

@@ -135,14 +135,15 @@ impl PciRoot {
         device: Arc<Mutex<dyn PciDevice>>,
     ) -> Result<PciAddress, PciError> {
         let slot = self.devices.len();
-        if slot >= MAX_SLOTS {
-            return Err(PciError::BusFull);
-        }
+        // `slot` < MAX_SLOTS (32) fits a u8; the conversion cannot fail.
+        let device_number = match u8::try_from(slot) {
+            Ok(n) if slot < MAX_SLOTS => n,
+            _ => return Err(PciError::BusFull),
+        };
         self.devices.push(device);
         Ok(PciAddress {
             bus: 0,
-            // `slot` < 32.
-            device: slot as u8,
+            device: device_number,
             function: 0,
         })
     }
@@ -180,7 +181,7 @@ impl PciRoot {
             return None;
         }
         let address = PciAddress {
-            bus: (a >> 16) as u8,
+            bus: ((a >> 16) & 0xff) as u8,
             device: ((a >> 11) & 0x1f) as u8,
             function: ((a >> 8) & 0x7) as u8,
         };
@@ -193,7 +194,9 @@ impl PciRoot {
         let byte = usize::try_from(offset.checked_sub(DATA_OFFSET)?).ok()?;
         let (address, register) = self.decode_address()?;
         let len = len.min(4usize.saturating_sub(byte));
-        Some((address, register + byte, len))
+        // `byte` is 0..=3 for a data-port access, but the offset is the
+        // caller's: do not let a bogus one wrap.
+        Some((address, register.checked_add(byte)?, len))
     }
 }
 

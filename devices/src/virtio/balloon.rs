@@ -451,10 +451,11 @@ impl LogBudget {
             *self = LogBudget::new();
         }
         if self.used < LOG_BURST {
-            self.used += 1;
+            self.used = self.used.saturating_add(1);
             log::warn!("{LOG_NAME}: {message}");
         } else {
-            self.suppressed += 1;
+            // Guest-driven: saturate rather than wrap.
+            self.suppressed = self.suppressed.saturating_add(1);
         }
     }
 }
@@ -582,6 +583,9 @@ impl ActiveDevice for ActiveBalloon {
 /// Bytes of guest memory read at a time from a chain: 256 frame numbers, what Linux
 /// puts in one inflate chain.
 const READ_CHUNK: usize = 1024;
+/// [`READ_CHUNK`] as the `u32` descriptor lengths are measured in.
+const READ_CHUNK_U32: u32 = 1024;
+const _: () = assert!(READ_CHUNK_U32 as usize == READ_CHUNK);
 
 /// Feeds the chain's device-readable bytes, in order and as one stream, to `sink` in
 /// chunks of at most [`READ_CHUNK`] until `sink` returns false. Reads through a buffer on
@@ -597,8 +601,8 @@ fn stream_readable(
     for desc in chain.descriptors.iter().filter(|d| !d.writable) {
         let mut done: u32 = 0;
         while done < desc.len {
-            // At most READ_CHUNK, so the casts are lossless.
-            let want = (desc.len - done).min(READ_CHUNK as u32);
+            // done < desc.len; at most READ_CHUNK, so the cast below is lossless.
+            let want = desc.len.saturating_sub(done).min(READ_CHUNK_U32);
             let (Some(buf), Some(addr)) = (
                 chunk.get_mut(..want as usize),
                 desc.addr.checked_add(u64::from(done)),
@@ -611,7 +615,8 @@ fn stream_readable(
             if !sink(buf) {
                 return true;
             }
-            done += want;
+            // done + want <= desc.len: cannot saturate.
+            done = done.saturating_add(want);
         }
     }
     true
@@ -638,10 +643,14 @@ impl<const N: usize> Records<N> {
         let mut bytes = bytes;
         if self.filled > 0 {
             // Complete the record begun in an earlier chunk first.
-            let take = (N - self.filled).min(bytes.len());
+            // 0 < filled < N, so filled + take <= N.
+            let take = N.saturating_sub(self.filled).min(bytes.len());
             let (head, rest) = bytes.split_at(take);
-            self.partial[self.filled..self.filled + take].copy_from_slice(head);
-            self.filled += take;
+            let end = self.filled.saturating_add(take);
+            if let Some(dst) = self.partial.get_mut(self.filled..end) {
+                dst.copy_from_slice(head);
+            }
+            self.filled = end;
             bytes = rest;
             if self.filled < N {
                 return true;
@@ -696,7 +705,8 @@ fn inflate_chain(mem: &GuestMemoryMmap, chain: &DescriptorChain, log: &mut LogBu
                 truncated = true;
                 return false;
             }
-            count += 1;
+            // Below MAX_PFNS_PER_CHAIN (checked above): cannot saturate.
+            count = count.saturating_add(1);
             release.push(u32::from_le_bytes(pfn));
             true
         })
@@ -733,7 +743,11 @@ impl<'m> Release<'m> {
     fn push(&mut self, pfn: u32) {
         let pfn = u64::from(pfn);
         self.run = match self.run {
-            Some((first, len)) if first + len == pfn => Some((first, len + 1)),
+            // `first` is a u32 frame and `len` at most MAX_PFNS_PER_CHAIN:
+            // neither addition can overflow a u64.
+            Some((first, len)) if first.checked_add(len) == Some(pfn) => {
+                Some((first, len.saturating_add(1)))
+            }
             Some((first, len)) => {
                 release_run(self.mem, first, len, &mut self.outcome);
                 Some((pfn, 1))
@@ -755,23 +769,25 @@ impl<'m> Release<'m> {
 fn release_run(mem: &GuestMemoryMmap, first: u64, pages: u64, outcome: &mut InflateOutcome) {
     // A run holds consecutive u32 frames, so `first + pages <= 2^32` and `end <= 2^44`.
     let start = first << PAGE_SHIFT;
-    let end = (first + pages) << PAGE_SHIFT;
-    let mut inside = 0;
+    let end = first.saturating_add(pages) << PAGE_SHIFT;
+    let mut inside = 0u64;
     for region in mem.iter() {
         let Some((offset, len)) = page_span_in_region(region, start, end) else {
             continue;
         };
         let len_pages = len >> PAGE_SHIFT;
-        inside += len_pages;
+        // Page counts stay below 2^32 (see above): the sums cannot saturate.
+        inside = inside.saturating_add(len_pages);
         match discard(region, offset, len) {
-            Ok(()) => outcome.released += len_pages,
+            Ok(()) => outcome.released = outcome.released.saturating_add(len_pages),
             Err(e) => {
-                outcome.failed += len_pages;
+                outcome.failed = outcome.failed.saturating_add(len_pages);
                 outcome.errno = e.raw_os_error();
             }
         }
     }
-    outcome.outside += pages - inside;
+    // Regions are disjoint, so the pages inside them are at most `pages`.
+    outcome.outside = outcome.outside.saturating_add(pages.saturating_sub(inside));
 }
 
 /// The whole balloon pages of guest range `start..end` inside `region`, as an offset into
@@ -789,7 +805,8 @@ fn page_span_in_region<R: GuestMemoryRegion>(
         .max(region_start)
         .checked_next_multiple_of(BALLOON_PAGE_SIZE)?;
     let hi = end.min(region_end) & !(BALLOON_PAGE_SIZE - 1);
-    (lo < hi).then(|| (lo - region_start, hi - lo))
+    // region_start <= lo < hi.
+    (lo < hi).then(|| (lo.saturating_sub(region_start), hi.saturating_sub(lo)))
 }
 
 /// Discards `len` bytes at `offset` in `region` with `madvise(MADV_DONTNEED)`.
@@ -844,7 +861,8 @@ fn read_stats(
                 truncated = true;
                 return false;
             }
-            count += 1;
+            // Below MAX_STAT_ENTRIES (checked above): cannot saturate.
+            count = count.saturating_add(1);
             let [t0, t1, v @ ..] = entry;
             stats.record(u16::from_le_bytes([t0, t1]), u64::from_le_bytes(v));
             true

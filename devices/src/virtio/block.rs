@@ -436,8 +436,10 @@ fn parse(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> Result<Request, Malf
 
     let readable = GuestSpans::readable(chain)?;
     if readable.len() < HEADER_LEN as u64 {
-        // Fewer than HEADER_LEN bytes: the cast cannot truncate.
-        return Err(Malformed::ShortHeader(readable.len() as usize));
+        // Fewer than HEADER_LEN bytes: the conversion cannot fail.
+        return Err(Malformed::ShortHeader(
+            usize::try_from(readable.len()).unwrap_or(HEADER_LEN),
+        ));
     }
     let (header_spans, readable) = readable.split_at(HEADER_LEN as u64)?;
     let mut header = [0u8; HEADER_LEN];
@@ -500,9 +502,26 @@ impl Block {
         Block::with_image(file, path, read_only, worker_name, worker_start)
     }
 
-    /// As [`Block::open`], for an image already opened and locked by [`open_image`] (the
-    /// VMM opens every image before it enters its jail, where no path resolves); `path`
-    /// only names it in messages.
+    /// [`Block::open`] for an image that is already open (a descriptor a supervisor
+    /// passed): `file` must be a regular file or block device, readable, and writable unless
+    /// `read_only`; it is locked here as [`Block::open`] locks its image. `path` names it in
+    /// errors and logs (`fd=5` for a descriptor). I/O uses only `pread`/`pwrite`, so the
+    /// file offset the descriptor shares with other holders is left alone, except for one
+    /// seek to its end here to learn the size.
+    pub fn from_file(
+        file: File,
+        path: &Path,
+        read_only: bool,
+        worker_name: &str,
+        worker_start: impl FnOnce() + Send + 'static,
+    ) -> Result<Block, BlockError> {
+        lock_image(&file, path, read_only)?;
+        Block::with_image(file, path, read_only, worker_name, worker_start)
+    }
+
+    /// As [`Block::open`], for an image already opened and locked by [`open_image`] or
+    /// [`lock_image`] (the VMM opens every image, by path or by descriptor, before it
+    /// enters its jail, where no path resolves); `path` only names it in messages.
     pub fn with_image(
         file: File,
         path: &Path,
@@ -532,7 +551,8 @@ impl Block {
         let disk = Disk {
             name: worker_name.to_owned(),
             backend: Box::new(file),
-            capacity: size - tail,
+            // `tail` is `size` modulo the sector size, so at most `size`.
+            capacity: size.saturating_sub(tail),
             read_only,
             id: disk_id(meta.dev(), meta.ino()),
             counters: Arc::default(),
@@ -568,8 +588,16 @@ impl Block {
     }
 }
 
-/// Opens and locks the image; it must be a regular file or a block device.
+/// Opens and locks the image at `path` (see [`lock_image`]); it must be a regular file or
+/// a block device.
 pub fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
+    let file = open_unlocked(path, read_only)?;
+    lock_image(&file, path, read_only)?;
+    Ok(file)
+}
+
+/// Opens the image at `path`; it must be a regular file or a block device.
+fn open_unlocked(path: &Path, read_only: bool) -> Result<File, BlockError> {
     let open_error = |source| BlockError::Open {
         path: path.to_owned(),
         source,
@@ -581,14 +609,25 @@ pub fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
             path: path.to_owned(),
         });
     }
-    let file = OpenOptions::new()
+    OpenOptions::new()
         .read(true)
         .write(!read_only)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(open_error)?;
-    // Check again what we actually opened: the path may have changed meanwhile.
-    if !is_disk(file.metadata().map_err(open_error)?.file_type()) {
+        .map_err(open_error)
+}
+
+/// Checks that `file` is a disk (a regular file or block device) and locks it: exclusive,
+/// or shared when `read_only`. Locking again through the same open file changes nothing.
+pub fn lock_image(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
+    let open_error = |source| BlockError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // Check what is actually open: a path may have changed since it was looked at, and a
+    // descriptor may be anything.
+    let file_type = file.metadata().map_err(open_error)?.file_type();
+    if !(file_type.is_file() || file_type.is_block_device()) {
         return Err(BlockError::NotADisk {
             path: path.to_owned(),
         });
@@ -613,22 +652,25 @@ pub fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
             }
         });
     }
-    Ok(file)
+    Ok(())
 }
 
 /// virtio_blk_config (virtio 1.2 section 5.2.4), little-endian, up to blk_size.
 fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
     let mut config = [0u8; CONFIG_LEN];
     let sectors = capacity / SECTOR_SIZE;
+    // SECTOR_SIZE is 512: it fits a u32.
+    #[allow(clippy::cast_possible_truncation)]
+    const BLK_SIZE: u32 = SECTOR_SIZE as u32;
     let fields: [(usize, &[u8]); 4] = [
         (0, &sectors.to_le_bytes()),
         (8, &SIZE_MAX.to_le_bytes()),
         (12, &SEG_MAX.to_le_bytes()),
         // geometry (16) stays 0: VIRTIO_BLK_F_GEOMETRY is not offered.
-        (20, &(SECTOR_SIZE as u32).to_le_bytes()),
+        (20, &BLK_SIZE.to_le_bytes()),
     ];
     for (offset, bytes) in fields {
-        if let Some(dst) = config.get_mut(offset..offset + bytes.len()) {
+        if let Some(dst) = config.get_mut(offset..offset.saturating_add(bytes.len())) {
             dst.copy_from_slice(bytes);
         }
     }

@@ -150,18 +150,19 @@ impl GuestSpans {
         let (mut head, mut tail) = (GuestSpans::new(), GuestSpans::new());
         let mut left = at;
         for &GuestSpan { addr, len } in &self.spans {
-            if left >= u64::from(len) {
-                left -= u64::from(len);
+            if let Some(after) = left.checked_sub(u64::from(len)) {
+                left = after;
                 head.push(addr, len)?;
             } else {
-                // left < len, a u32; 0 when the cut is behind us.
-                let cut = left as u32;
+                // left < len, a u32, so the conversion cannot fail; 0 when the
+                // cut is behind us.
+                let cut = u32::try_from(left).unwrap_or(len);
                 left = 0;
                 head.push(addr, cut)?;
                 let rest = addr
                     .checked_add(u64::from(cut))
                     .ok_or(IovecError::Wraps { addr: addr.0, len })?;
-                tail.push(rest, len - cut)?;
+                tail.push(rest, len.saturating_sub(cut))?;
             }
         }
         Ok((head, tail))
@@ -169,17 +170,19 @@ impl GuestSpans {
 
     /// Keeps only the first `max` bytes.
     pub fn truncate(&mut self, max: u64) {
+        // `kept <= max` throughout, and `kept` is at most `self.len`: nothing
+        // here can saturate.
         let mut kept = 0u64;
-        let mut count = 0;
+        let mut count = 0usize;
         for span in &mut self.spans {
-            let left = max - kept;
+            let left = max.saturating_sub(kept);
             if left == 0 {
                 break;
             }
-            // min(left, len) fits in u32.
-            span.len = left.min(u64::from(span.len)) as u32;
-            kept += u64::from(span.len);
-            count += 1;
+            // min(left, len) <= len, a u32, so the conversion cannot fail.
+            span.len = u32::try_from(left.min(u64::from(span.len))).unwrap_or(span.len);
+            kept = kept.saturating_add(u64::from(span.len));
+            count = count.saturating_add(1);
         }
         self.spans.truncate(count);
         self.len = kept;
@@ -255,19 +258,24 @@ impl<'m> HostSlices<'m> {
                 break;
             }
             let slice_len = slice.len() as u64;
-            if skip >= slice_len {
-                skip -= slice_len;
+            if let Some(after) = skip.checked_sub(slice_len) {
+                skip = after;
                 continue;
             }
-            // skip < slice.len(), a usize.
-            let start = skip as usize;
+            // skip < slice.len(), a usize, so the conversion cannot fail.
+            let start = usize::try_from(skip).unwrap_or(slice.len());
             skip = 0;
-            let take = (slice.len() - start).min(len - done);
+            // start < slice.len() and done < len: neither saturates, nor does
+            // `done + take <= len`.
+            let take = slice
+                .len()
+                .saturating_sub(start)
+                .min(len.saturating_sub(done));
             let piece = slice
                 .subslice(start, take)
                 .map_err(GuestMemoryError::from)?;
             each(piece, done);
-            done += take;
+            done = done.saturating_add(take);
         }
         Ok(())
     }
@@ -305,7 +313,10 @@ impl<'m> DeviceReadable<'m> {
     /// Copies the `buf.len()` bytes at `offset` into `buf`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), IovecError> {
         self.0.for_range(offset, buf.len(), |piece, at| {
-            if let Some(dst) = buf.get_mut(at..at + piece.len()) {
+            if let Some(dst) = at
+                .checked_add(piece.len())
+                .and_then(|end| buf.get_mut(at..end))
+            {
                 piece.copy_to(dst);
             }
         })
@@ -361,7 +372,10 @@ impl<'m> DeviceWritable<'m> {
     /// Copies `bytes` into the buffers at `offset`.
     pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), IovecError> {
         self.0.for_range(offset, bytes.len(), |piece, at| {
-            if let Some(src) = bytes.get(at..at + piece.len()) {
+            if let Some(src) = at
+                .checked_add(piece.len())
+                .and_then(|end| bytes.get(at..end))
+            {
                 piece.copy_from(src);
             }
         })
@@ -430,8 +444,9 @@ fn advance(bufs: &mut [VolatileSlice<'_>], mut first: usize, mut done: usize) ->
             *buf = buf.offset(done).map_err(io::Error::other)?;
             return Ok(first);
         }
-        done -= buf.len();
-        first += 1;
+        // done >= buf.len() here; a `first` past the end fails the `get_mut` above.
+        done = done.saturating_sub(buf.len());
+        first = first.saturating_add(1);
     }
     Ok(first)
 }

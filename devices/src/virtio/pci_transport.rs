@@ -59,6 +59,8 @@ pub const MSIX_TABLE_OFFSET: u64 = 0x4000;
 /// MSI-X pending bit array.
 pub const MSIX_PBA_OFFSET: u64 = 0x6000;
 /// Most vectors that fit between table and PBA.
+/// [`NOTIFY_OFF_MULTIPLIER`] as a `u64`, for dividing BAR offsets.
+const NOTIFY_OFF_MULTIPLIER_U64: u64 = NOTIFY_OFF_MULTIPLIER as u64;
 const MAX_VECTORS: usize = ((MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) / 16) as usize;
 
 /// Vendor-specific capability ID used by virtio.
@@ -149,17 +151,35 @@ impl std::fmt::Debug for VirtioPciDevice {
     }
 }
 
+/// [`VIRTIO_BAR`] as the one-byte BAR field of a capability.
+const VIRTIO_BAR_U8: u8 = 0;
+const _: () = assert!(VIRTIO_BAR_U8 as usize == VIRTIO_BAR);
+// Every offset and length in the BAR is below VIRTIO_BAR_SIZE, which fits the
+// 32-bit fields capabilities carry them in: `bar_field` never clamps.
+const _: () = assert!(VIRTIO_BAR_SIZE <= u32::MAX as u64);
+
+/// A BAR layout constant (an offset or length inside the BAR) as a 32-bit
+/// capability field; see the assertion above for why it always fits.
+fn bar_field(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
 /// Builds a virtio vendor capability body (after ID and next pointer).
 fn virtio_cap(cfg_type: u8, offset: u64, length: u64, extra: Option<u32>) -> Vec<u8> {
     let cap_len: u8 = if extra.is_some() { 20 } else { 16 };
-    // Offsets and lengths are the BAR layout constants above, all < 4 GiB.
-    let mut body = vec![cap_len, cfg_type, VIRTIO_BAR as u8, 0, 0, 0];
-    body.extend_from_slice(&(offset as u32).to_le_bytes());
-    body.extend_from_slice(&(length as u32).to_le_bytes());
+    let mut body = vec![cap_len, cfg_type, VIRTIO_BAR_U8, 0, 0, 0];
+    body.extend_from_slice(&bar_field(offset).to_le_bytes());
+    body.extend_from_slice(&bar_field(length).to_le_bytes());
     if let Some(extra) = extra {
         body.extend_from_slice(&extra.to_le_bytes());
     }
     body
+}
+
+/// The low 16 bits of `v`, bit for bit.
+fn low_u16(v: u32) -> u16 {
+    let [b0, b1, ..] = v.to_le_bytes();
+    u16::from_le_bytes([b0, b1])
 }
 
 fn class_for(device_type: u32) -> (u8, u8) {
@@ -185,8 +205,8 @@ impl VirtioPciDevice {
         let mut config = PciConfiguration::new(PciIds {
             vendor_id: VIRTIO_PCI_VENDOR_ID,
             // Device types are small; anything that would not fit is not a
-            // virtio device we model.
-            device_id: VIRTIO_PCI_DEVICE_ID_BASE.wrapping_add(device_type as u16),
+            // virtio device we model. (The low 16 bits, wrapping, as before.)
+            device_id: VIRTIO_PCI_DEVICE_ID_BASE.wrapping_add(low_u16(device_type)),
             revision_id: 1,
             class,
             subclass,
@@ -226,13 +246,15 @@ impl VirtioPciDevice {
             config.add_capability(PCI_CAP_ID_VNDR, &body, &[])?;
         }
         // One vector per queue plus one for configuration changes.
-        let vectors =
-            u16::try_from(num_queues + 1).map_err(|_| VirtioPciError::QueueCount(num_queues))?;
+        let vectors = num_queues
+            .checked_add(1)
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or(VirtioPciError::QueueCount(num_queues))?;
         let msix = MsixConfig::new(vectors)?;
         let body = msix.capability_body(
-            VIRTIO_BAR as u8,
-            MSIX_TABLE_OFFSET as u32,
-            MSIX_PBA_OFFSET as u32,
+            VIRTIO_BAR_U8,
+            bar_field(MSIX_TABLE_OFFSET),
+            bar_field(MSIX_PBA_OFFSET),
         );
         let msix_cap_offset = config.add_capability(
             MSIX_CAPABILITY_ID,
@@ -300,9 +322,18 @@ impl VirtioPciDevice {
         };
         let mut out = Vec::new();
         for (queue, evt) in self.queue_evts.iter().enumerate() {
+            // The guest places the BAR, but only aligned to its size, and the
+            // notify area lies inside it: none of this can overflow.
+            let Some(addr) = (queue as u64)
+                .checked_mul(u64::from(NOTIFY_OFF_MULTIPLIER))
+                .and_then(|o| o.checked_add(NOTIFY_OFFSET))
+                .and_then(|o| bar.checked_add(o))
+            else {
+                continue;
+            };
             out.push(QueueNotifier {
                 queue,
-                addr: bar + NOTIFY_OFFSET + queue as u64 * u64::from(NOTIFY_OFF_MULTIPLIER),
+                addr,
                 len: 2,
                 eventfd: evt.try_clone().map_err(VirtioPciError::EventFd)?,
             });
@@ -512,8 +543,10 @@ impl VirtioPciDevice {
     }
 
     fn msix_control_touched(&self, offset: usize, len: usize) -> bool {
-        let control = self.msix_cap_offset + 2;
-        offset < control + 2 && control < offset + len
+        // Guest offsets and lengths: saturate rather than wrap (an access at
+        // the very top would not reach the control register anyway).
+        let control = self.msix_cap_offset.saturating_add(2);
+        offset < control.saturating_add(2) && control < offset.saturating_add(len)
     }
 
     fn bar_access(&mut self, offset: u64, read: Option<&mut [u8]>, write: &[u8]) {
@@ -539,7 +572,11 @@ impl VirtioPciDevice {
         } else if let Some(o) = in_region(NOTIFY_OFFSET, NOTIFY_SIZE) {
             match read {
                 Some(data) => data.fill(0),
-                None => self.notify_queue((o / u64::from(NOTIFY_OFF_MULTIPLIER)) as usize),
+                // o < NOTIFY_SIZE, so the queue index converts; usize::MAX
+                // would name no queue.
+                None => self.notify_queue(
+                    usize::try_from(o / NOTIFY_OFF_MULTIPLIER_U64).unwrap_or(usize::MAX),
+                ),
             }
         } else {
             self.msix_access(offset, read, write);
@@ -572,13 +609,13 @@ impl PciDevice for VirtioPciDevice {
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
         if self.msix_control_touched(offset, data.len()) {
-            let control = self.config.read_u16(self.msix_cap_offset + 2);
+            let control = self.config.read_u16(self.msix_cap_offset.saturating_add(2));
             self.msix
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .set_control(control);
         }
-        if offset < COMMAND + 2 && COMMAND < offset + data.len() {
+        if offset < COMMAND + 2 && COMMAND < offset.saturating_add(data.len()) {
             self.interrupt
                 .set_intx_disabled(self.config.command() & COMMAND_INTX_DISABLE != 0);
         }

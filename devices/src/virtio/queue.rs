@@ -30,6 +30,52 @@ pub const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Bytes per descriptor.
 const DESC_SIZE: u64 = 16;
+/// [`DESC_SIZE`] as the `u32` descriptor lengths are measured in.
+const DESC_SIZE_U32: u32 = 16;
+const _: () = assert!(DESC_SIZE_U32 as u64 == DESC_SIZE);
+
+/// Byte offsets and lengths in the split-virtqueue rings (virtio 1.2 section
+/// 2.7). Every input is a `u16` (a queue size or a ring slot), so none of
+/// these can come near overflowing a `u64`: the largest is 6 + 8 * 65535.
+#[allow(clippy::arithmetic_side_effects)]
+mod layout {
+    use super::DESC_SIZE;
+
+    /// Bytes of a descriptor table of `size` entries.
+    pub(super) fn desc_table_len(size: u16) -> u64 {
+        DESC_SIZE * u64::from(size)
+    }
+
+    /// Bytes of an available ring of `size` entries: flags, idx, ring, used_event.
+    pub(super) fn avail_ring_len(size: u16) -> u64 {
+        6 + 2 * u64::from(size)
+    }
+
+    /// Bytes of a used ring of `size` entries: flags, idx, ring, avail_event.
+    pub(super) fn used_ring_len(size: u16) -> u64 {
+        6 + 8 * u64::from(size)
+    }
+
+    /// Offset of available-ring entry `slot`.
+    pub(super) fn avail_entry(slot: u16) -> u64 {
+        4 + 2 * u64::from(slot)
+    }
+
+    /// Offset of used-ring element `slot`.
+    pub(super) fn used_entry(slot: u16) -> u64 {
+        4 + 8 * u64::from(slot)
+    }
+
+    /// Offset of `used_event` in the available ring: just past its `size` entries.
+    pub(super) fn used_event(size: u16) -> u64 {
+        avail_entry(size)
+    }
+
+    /// Offset of `avail_event` in the used ring: just past its `size` elements.
+    pub(super) fn avail_event(size: u16) -> u64 {
+        used_entry(size)
+    }
+}
 /// Largest split queue the spec allows.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Largest indirect table we accept, in descriptors. The spec bounds it only
@@ -233,10 +279,21 @@ impl Queue {
                 max: self.max_size,
             });
         }
-        let q = u64::from(size);
-        check_ring(mem, "descriptor", self.desc_table, 16, DESC_SIZE * q)?;
-        check_ring(mem, "available", self.avail_ring, 2, 6 + 2 * q)?;
-        check_ring(mem, "used", self.used_ring, 4, 6 + 8 * q)?;
+        check_ring(
+            mem,
+            "descriptor",
+            self.desc_table,
+            16,
+            layout::desc_table_len(size),
+        )?;
+        check_ring(
+            mem,
+            "available",
+            self.avail_ring,
+            2,
+            layout::avail_ring_len(size),
+        )?;
+        check_ring(mem, "used", self.used_ring, 4, layout::used_ring_len(size))?;
         Ok(())
     }
 
@@ -247,6 +304,13 @@ impl Queue {
             return Err(QueueError::NotReady);
         }
         Ok(())
+    }
+
+    /// The ring slot of free-running index `idx`. Only after
+    /// [`Queue::check_usable`]: `size` is then a power of two, so `size - 1`
+    /// is the mask (and cannot underflow).
+    fn slot(&self, idx: u16) -> u16 {
+        idx & self.size.saturating_sub(1)
     }
 
     fn avail_idx(&self, mem: &GuestMemoryMmap) -> Result<u16, QueueError> {
@@ -274,8 +338,8 @@ impl Queue {
                 next: self.next_avail,
             });
         }
-        let slot = u64::from(self.next_avail & (self.size - 1));
-        let entry = self.avail_ring.wrapping_add(4 + 2 * slot);
+        let slot = self.slot(self.next_avail);
+        let entry = self.avail_ring.wrapping_add(layout::avail_entry(slot));
         let head = u16::from_le(mem.read_obj::<u16>(GuestAddress(entry))?);
         self.next_avail = self.next_avail.wrapping_add(1);
         let table = Table {
@@ -307,13 +371,13 @@ impl Queue {
         self.check_usable()?;
         let mut next_used = self.next_used;
         for &(head, len) in used {
-            let slot = u64::from(next_used & (self.size - 1));
+            let slot = self.slot(next_used);
             let mut elem = [0u8; 8];
             elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
             elem[4..].copy_from_slice(&len.to_le_bytes());
             mem.write_obj(
                 elem,
-                GuestAddress(self.used_ring.wrapping_add(4 + 8 * slot)),
+                GuestAddress(self.used_ring.wrapping_add(layout::used_entry(slot))),
             )?;
             next_used = next_used.wrapping_add(1);
         }
@@ -336,7 +400,7 @@ impl Queue {
         self.check_usable()?;
         if self.event_idx {
             let avail_event =
-                GuestAddress(self.used_ring.wrapping_add(4 + 8 * u64::from(self.size)));
+                GuestAddress(self.used_ring.wrapping_add(layout::avail_event(self.size)));
             mem.store(self.next_avail.to_le(), avail_event, Ordering::Relaxed)?;
         }
         // Order the avail_event store before the avail.idx load (the driver
@@ -356,7 +420,7 @@ impl Queue {
         fence(Ordering::SeqCst);
         if self.event_idx {
             let used_event_addr =
-                GuestAddress(self.avail_ring.wrapping_add(4 + 2 * u64::from(self.size)));
+                GuestAddress(self.avail_ring.wrapping_add(layout::used_event(self.size)));
             let used_event = u16::from_le(mem.load(used_event_addr, Ordering::Relaxed)?);
             // vring_need_event(): did new_idx step past used_event?
             return Ok(new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old));
@@ -374,7 +438,7 @@ fn check_ring(
     len: u64,
 ) -> Result<(), QueueError> {
     let err = QueueError::InvalidRing { ring, addr };
-    if addr & (align - 1) != 0 || addr.checked_add(len).is_none() {
+    if addr.checked_rem(align) != Some(0) || addr.checked_add(len).is_none() {
         return Err(err);
     }
     let len = usize::try_from(len).map_err(|_| QueueError::InvalidRing { ring, addr })?;
@@ -484,8 +548,8 @@ fn push_ordered(out: &mut Vec<Descriptor>, more: Vec<Descriptor>) -> Result<(), 
 }
 
 fn indirect_table(mem: &GuestMemoryMmap, raw: &RawDescriptor) -> Result<Table, QueueError> {
-    let count = raw.len / DESC_SIZE as u32;
-    if raw.len == 0 || raw.len & (DESC_SIZE as u32 - 1) != 0 || count > MAX_INDIRECT_DESCRIPTORS {
+    let count = raw.len / DESC_SIZE_U32;
+    if raw.len == 0 || raw.len % DESC_SIZE_U32 != 0 || count > MAX_INDIRECT_DESCRIPTORS {
         return Err(QueueError::InvalidIndirectLength(raw.len));
     }
     checked_buffer(mem, raw)?;

@@ -141,7 +141,10 @@ impl QueueStatus {
                     return Some(snapshot);
                 }
             }
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + SNAPSHOT_PATIENCE);
+            // SNAPSHOT_PATIENCE is a short constant; `None` (an `Instant` at
+            // the end of time) would only mean giving up at once.
+            let deadline =
+                (*deadline.get_or_insert_with(|| Instant::now().checked_add(SNAPSHOT_PATIENCE)))?;
             if Instant::now() >= deadline {
                 return None;
             }
@@ -170,7 +173,10 @@ impl QueueStatus {
             // avail ring: flags, idx, ring[size], used_event (virtio 1.2 section 2.7.6).
             let idx = read_u16(mem, avail_ring, 2, Ordering::Acquire);
             let used_event = if event_idx {
-                read_u16(mem, avail_ring, 4 + 2 * u64::from(size), Ordering::Relaxed)
+                // At most 4 + 2 * 65535: cannot overflow.
+                #[allow(clippy::arithmetic_side_effects)]
+                let used_event_offset = 4 + 2 * u64::from(size);
+                read_u16(mem, avail_ring, used_event_offset, Ordering::Relaxed)
             } else {
                 0
             };

@@ -116,15 +116,19 @@ impl SingleQueueDevice for ActiveRng {
 /// Fills the chain's writable buffers with random bytes; returns how many
 /// were written (short if getrandom or a memory write failed).
 fn fill_chain(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> u32 {
+    const CHUNK_LEN: u32 = 4096;
     let mut written: u32 = 0;
     let mut buf = vec![0u8; 4096];
     for desc in chain.writable() {
         let mut done: u32 = 0;
         while done < desc.len && written < MAX_BYTES_PER_REQUEST {
-            let want = (desc.len - done)
-                .min(MAX_BYTES_PER_REQUEST - written)
-                .min(buf.len() as u32) as usize;
-            let Some(chunk) = buf.get_mut(..want) else {
+            // The loop condition keeps both differences positive.
+            let want = desc
+                .len
+                .saturating_sub(done)
+                .min(MAX_BYTES_PER_REQUEST.saturating_sub(written))
+                .min(CHUNK_LEN);
+            let Some(chunk) = usize::try_from(want).ok().and_then(|w| buf.get_mut(..w)) else {
                 return written;
             };
             if let Err(e) = getrandom(chunk) {
@@ -140,9 +144,10 @@ fn fill_chain(mem: &GuestMemoryMmap, chain: &DescriptorChain) -> u32 {
             {
                 return written;
             }
-            // `want` <= 4096.
-            done += want as u32;
-            written += want as u32;
+            // Cannot saturate: `done + want <= desc.len` and
+            // `written + want <= MAX_BYTES_PER_REQUEST`.
+            done = done.saturating_add(want);
+            written = written.saturating_add(want);
         }
     }
     written
@@ -155,15 +160,15 @@ pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
         // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes
         // for the duration of the call; getrandom writes at most that many.
         let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
+        // A negative return is an error; otherwise n <= rest.len().
+        let Ok(n) = usize::try_from(n) else {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(err);
-        }
-        // n >= 0 and <= rest.len().
-        filled += n as usize;
+        };
+        filled = filled.saturating_add(n);
     }
     Ok(())
 }

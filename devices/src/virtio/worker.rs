@@ -217,15 +217,19 @@ impl DeviceWorker {
         }
         let seq = {
             let mut mailbox = lock(&self.link.command);
-            mailbox.1 += 1;
+            // One per host command: 2^64 of them cannot happen.
+            mailbox.1 = mailbox.1.saturating_add(1);
             mailbox.0 = Some(command);
             mailbox.1
         };
         self.link.wake.write(1)?;
-        let deadline = Instant::now() + wait;
+        // A `wait` too long for an `Instant` means no deadline.
+        let deadline = Instant::now().checked_add(wait);
         let mut done = lock(&self.link.done);
         while *done < seq {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -486,7 +490,8 @@ impl ServedQueue {
             while let Some(chain) = self.take(mem)? {
                 let written = serve(&chain);
                 self.give_back(mem, &[(chain.head, written)])?;
-                chains -= 1;
+                // Starts at MAX_CHAINS_PER_WAKE and the loop ends at 0.
+                chains = chains.saturating_sub(1);
                 bytes = bytes.saturating_sub(chain.len());
                 if chains == 0 || bytes == 0 {
                     // More may be waiting: come back to it after the other events. If

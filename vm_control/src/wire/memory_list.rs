@@ -14,7 +14,8 @@ use thiserror::Error;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::{DecodeError, PAYLOAD_SIZE, check_reserved, read_payload};
+use super::DecodeError;
+use super::raw::{PAYLOAD_SIZE, check_reserved, read_payload};
 
 /// Most regions one [`MemoryList`] reply carries; a client asks for the rest with
 /// `ListMemory { from_slot }` past the last slot it got.

@@ -605,7 +605,9 @@ impl ActiveNet {
             match shared.backend.write_packet(packet.slices()) {
                 Ok(n) if n == len => {
                     shared.count(|c| &c.tx_packets, 1);
-                    shared.count(|c| &c.tx_bytes, (len - VNET_HDR_LEN) as u64);
+                    // `check_tx_chain` saw at least a header and an Ethernet header.
+                    let frame = len.saturating_sub(VNET_HDR_LEN);
+                    shared.count(|c| &c.tx_bytes, frame as u64);
                 }
                 Ok(n) => {
                     shared.count(|c| &c.tx_dropped, 1);
@@ -660,7 +662,8 @@ impl ActiveNet {
                 let _ = self.rx.notify.write(1);
                 return false;
             }
-            budget -= 1;
+            // Checked against 0 just above.
+            budget = budget.saturating_sub(1);
             match self.rx.pop(&self.shared.name, &self.mem, &*self.interrupt) {
                 Some(chain) => self.stash_rx_chain(chain),
                 None if self.rx.is_broken() => return false,
@@ -702,15 +705,16 @@ impl ActiveNet {
             }
         };
         spans.truncate(MAX_PACKET_LEN as u64);
-        // At most MAX_PACKET_LEN.
-        let space = spans.len() as usize;
+        // At most MAX_PACKET_LEN, so the conversion cannot fail.
+        let space = usize::try_from(spans.len()).unwrap_or(MAX_PACKET_LEN);
         if space < VNET_HDR_LEN {
             let why = format!("receive chain of {space} bytes cannot hold the header");
             self.invalid_chain(RX_QUEUE, chain.head, &why);
             self.reject_rx(chain.head);
             return;
         }
-        self.stash_space += space;
+        // At most the queue size times MAX_PACKET_LEN: cannot saturate.
+        self.stash_space = self.stash_space.saturating_add(space);
         self.stash.push_back(RxBuffer {
             head: chain.head,
             spans,
@@ -727,8 +731,8 @@ impl ActiveNet {
             Ok(mut buffers) => {
                 // Only a pathological stash gets here; reading into less is still right.
                 buffers.truncate_iovecs(MAX_IOVECS);
-                // At most the stash's space, a usize.
-                let capacity = buffers.len() as usize;
+                // At most the stash's space, a usize: the fallback is never taken.
+                let capacity = usize::try_from(buffers.len()).unwrap_or(self.stash_space);
                 (self.shared.backend.read_packet(buffers.slices()), capacity)
             }
             Err(e) => {
@@ -779,11 +783,12 @@ impl ActiveNet {
             let Some(buffer) = self.stash.pop_front() else {
                 break; // The read could not have filled more than the stash.
             };
-            self.stash_space -= buffer.space;
+            // `stash_space` is the sum of the stashed buffers' spaces.
+            self.stash_space = self.stash_space.saturating_sub(buffer.space);
             let take = buffer.space.min(left);
-            left -= take;
-            // take <= space <= MAX_PACKET_LEN.
-            used.push((buffer.head, take as u32));
+            left = left.saturating_sub(take);
+            // take <= space <= MAX_PACKET_LEN, so the conversion cannot fail.
+            used.push((buffer.head, u32::try_from(take).unwrap_or(u32::MAX)));
             if first_spans.is_empty() {
                 first_spans = buffer.spans;
             }
@@ -798,7 +803,7 @@ impl ActiveNet {
         self.complete_rx(&used);
         self.shared.count(|c| &c.rx_packets, 1);
         self.shared
-            .count(|c| &c.rx_bytes, (n - VNET_HDR_LEN) as u64);
+            .count(|c| &c.rx_bytes, n.saturating_sub(VNET_HDR_LEN) as u64); // n >= VNET_HDR_LEN
     }
 
     /// Returns the chains of one frame to the guest, published together (the driver must
@@ -948,6 +953,6 @@ fn check_tx_chain(chain: &DescriptorChain) -> Result<(GuestSpans, usize), String
             "transmit chain of {len} bytes is longer than {MAX_PACKET_LEN}"
         ));
     }
-    // len <= MAX_PACKET_LEN.
-    Ok((spans, len as usize))
+    // len <= MAX_PACKET_LEN, so the conversion cannot fail.
+    Ok((spans, usize::try_from(len).unwrap_or(MAX_PACKET_LEN)))
 }

@@ -4,7 +4,8 @@
 //! with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`: every read or write is one Ethernet frame
 //! preceded by a virtio-net header, which is what lets the guest's checksum and
 //! segmentation offloads pass through the host kernel untouched. It can attach an existing
-//! (persistent) tap by name ([`Tap::open`]) or create a new one that lives as long as the
+//! (persistent) tap by name ([`Tap::open`]), take over a descriptor a supervisor already
+//! attached to one ([`Tap::from_fd`]), or create a new one that lives as long as the
 //! descriptor ([`Tap::create`]), give it an IPv4 address and bring it up. It knows nothing
 //! about virtio queues; the device model drives it through [`PacketBackend`].
 
@@ -29,6 +30,15 @@ pub const TAP_OFFLOADS: u32 =
 /// The flags every tap is attached with: Ethernet frames, no packet-information prefix,
 /// a virtio-net header in front of each frame.
 const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+
+/// `flags` (libc spells the IFF_* bits as `c_int`) as the 16-bit `ifr_flags`
+/// field: the low 16 bits, bit for bit. Every IFF_* flag lives there, and
+/// IFF_TUN_EXCL (0x8000) is the sign bit of the `c_short`, which an `as` cast
+/// would also produce; this says so instead of truncating silently.
+fn ifr_flags(flags: libc::c_int) -> libc::c_short {
+    let [lo, hi, ..] = flags.to_le_bytes();
+    libc::c_short::from_le_bytes([lo, hi])
+}
 /// The name [`Tap::create`] asks for when given none; the kernel replaces `%d`.
 const DEFAULT_PATTERN: &str = "vmm%d";
 
@@ -89,6 +99,30 @@ pub enum TapError {
         /// The interface.
         name: String,
     },
+    /// A descriptor handed to [`Tap::from_fd`] is not attached to a tap (TUNGETIFF failed:
+    /// not `/dev/net/tun`, or nothing attached).
+    #[error("{name} is not a tap (TUNGETIFF failed: {source})")]
+    NotATapFd {
+        /// How the descriptor was given (`fd=5`).
+        name: String,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// A descriptor handed to [`Tap::from_fd`] is attached to a tap without the flags the
+    /// device needs.
+    #[error(
+        "{name} is attached to {interface} without {missing}: attach it with \
+         IFF_TAP | IFF_NO_PI | IFF_VNET_HDR"
+    )]
+    WrongTapFlags {
+        /// How the descriptor was given (`fd=5`).
+        name: String,
+        /// The interface it is attached to.
+        interface: String,
+        /// The flags it lacks (or has wrongly).
+        missing: &'static str,
+    },
     /// A configuration request failed.
     #[error("{op} on tap {name} failed: {source}")]
     Ioctl {
@@ -121,7 +155,7 @@ impl Tap {
         }
         let file = open_tun(name)?;
         let mut ifr = ifreq_for(name)?;
-        ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = ifr_flags(TAP_FLAGS);
         set_iff(&file, &mut ifr).map_err(|e| attach_error(name, e))?;
         let tap = Tap {
             file,
@@ -148,7 +182,7 @@ impl Tap {
         let file = open_tun(pattern)?;
         let mut ifr = ifreq_for(pattern)?;
         // IFF_TUN_EXCL: fail with EBUSY instead of attaching an interface that exists.
-        ifr.ifr_ifru.ifru_flags = (TAP_FLAGS | libc::IFF_TUN_EXCL) as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = ifr_flags(TAP_FLAGS | libc::IFF_TUN_EXCL);
         set_iff(&file, &mut ifr).map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) => TapError::Exists {
                 name: pattern.into(),
@@ -162,6 +196,83 @@ impl Tap {
             file,
             name: name_from_ifreq(&ifr),
         })
+    }
+
+    /// Takes over a descriptor already attached to a tap (`--net tap-fd=N`, as crosvm's
+    /// `--tap-fd`): a supervisor opened `/dev/net/tun`, attached and configured the tap.
+    /// TUNGETIFF must say it is a tap with `IFF_NO_PI | IFF_VNET_HDR` (each frame behind a
+    /// virtio-net header, as the device needs); the descriptor is made non-blocking and
+    /// close-on-exec. `label` names it in errors (`fd=5`). The offloads are set when the
+    /// guest's driver starts the device, as for a tap opened by name.
+    pub fn from_fd(fd: OwnedFd, label: &str) -> Result<Tap, TapError> {
+        // SAFETY: ifreq is plain old data; all-zero bytes are a valid value of it.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF writes one struct ifreq through the pointer, which points to
+        // `ifr`, alive and exclusively borrowed for the call; on a descriptor that is not
+        // a tun/tap it fails without touching memory.
+        let ret = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                libc::TUNGETIFF as _,
+                &mut ifr as *mut libc::ifreq,
+            )
+        };
+        if ret < 0 {
+            return Err(TapError::NotATapFd {
+                name: label.into(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        let interface = name_from_ifreq(&ifr);
+        // SAFETY: TUNGETIFF filled the flags member of the union; widen without sign
+        // extension, as `flags_from_tun` does.
+        let flags = libc::c_int::from(unsafe { ifr.ifr_ifru.ifru_flags } as u16);
+        let missing = if flags & libc::IFF_TAP == 0 {
+            Some("IFF_TAP (it is a tun)")
+        } else if flags & libc::IFF_NO_PI == 0 {
+            Some("IFF_NO_PI")
+        } else if flags & libc::IFF_VNET_HDR == 0 {
+            Some("IFF_VNET_HDR")
+        } else {
+            None
+        };
+        if let Some(missing) = missing {
+            return Err(TapError::WrongTapFlags {
+                name: label.into(),
+                interface,
+                missing,
+            });
+        }
+        let file = File::from(fd);
+        let tap = Tap {
+            file,
+            name: interface,
+        };
+        tap.set_fd_flags()?;
+        Ok(tap)
+    }
+
+    /// Makes the descriptor non-blocking (the worker never waits in read or write) and
+    /// close-on-exec.
+    fn set_fd_flags(&self) -> Result<(), TapError> {
+        let fd = self.file.as_raw_fd();
+        // SAFETY: F_GETFL and F_GETFD take no pointer argument; the descriptor is ours.
+        let (status, descriptor) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFL),
+                libc::fcntl(fd, libc::F_GETFD),
+            )
+        };
+        self.check(status.min(descriptor), "F_GETFL")?;
+        // SAFETY: F_SETFL and F_SETFD take an int argument; the descriptor is ours.
+        let ret = unsafe {
+            libc::fcntl(fd, libc::F_SETFL, status | libc::O_NONBLOCK).min(libc::fcntl(
+                fd,
+                libc::F_SETFD,
+                descriptor | libc::FD_CLOEXEC,
+            ))
+        };
+        self.check(ret, "F_SETFL")
     }
 
     /// The interface name (for [`Tap::create`], the one the kernel picked).
@@ -186,7 +297,7 @@ impl Tap {
         self.socket_ioctl(&socket, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS", &mut ifr)?;
         // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
         let flags = unsafe { ifr.ifr_ifru.ifru_flags };
-        ifr.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        ifr.ifr_ifru.ifru_flags = flags | ifr_flags(libc::IFF_UP | libc::IFF_RUNNING);
         self.socket_ioctl(&socket, libc::SIOCSIFFLAGS, "SIOCSIFFLAGS", &mut ifr)
     }
 
@@ -420,10 +531,14 @@ fn name_from_ifreq(ifr: &libc::ifreq) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// AF_INET (2) as a `sa_family_t`; libc spells it as a `c_int`.
+#[allow(clippy::cast_possible_truncation)]
+const AF_INET_FAMILY: libc::sa_family_t = libc::AF_INET as libc::sa_family_t;
+
 /// `addr` as the `struct sockaddr` the SIOCSIF* requests take (a `sockaddr_in`, port 0).
 fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: AF_INET_FAMILY,
         sin_port: 0,
         sin_addr: libc::in_addr {
             s_addr: u32::from_ne_bytes(addr.octets()),

@@ -70,10 +70,30 @@ fn split_u64(current: u64, reg_offset: u64, data: &[u8]) -> Option<u64> {
 
 /// Little-endian value of up to 8 bytes.
 fn le(data: &[u8]) -> u64 {
-    data.iter()
-        .take(8)
-        .enumerate()
-        .fold(0, |acc, (i, &b)| acc | (u64::from(b) << (8 * i)))
+    let mut bytes = [0u8; 8];
+    for (dst, src) in bytes.iter_mut().zip(data) {
+        *dst = *src;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// The low 32 bits of `v`: a 32-bit register's value, or one half of a
+/// 64-bit one. Deliberately drops the rest, bit for bit.
+fn low_u32(v: u64) -> u32 {
+    let [b0, b1, b2, b3, ..] = v.to_le_bytes();
+    u32::from_le_bytes([b0, b1, b2, b3])
+}
+
+/// The low 16 bits of `v` (the value of a 16-bit register access).
+fn low_u16(v: u64) -> u16 {
+    let [b0, b1, ..] = v.to_le_bytes();
+    u16::from_le_bytes([b0, b1])
+}
+
+/// The low byte of `v` (the value of an 8-bit register access).
+fn low_u8(v: u64) -> u8 {
+    let [b0, ..] = v.to_le_bytes();
+    b0
 }
 
 impl VirtioPciDevice {
@@ -90,20 +110,22 @@ impl VirtioPciDevice {
         let mut image = [0u8; COMMON_CONFIG_LEN];
         let c = &self.common;
         let mut put = |at: u64, bytes: &[u8]| {
-            let at = at as usize;
-            if let Some(dst) = image.get_mut(at..at + bytes.len()) {
+            let dst = usize::try_from(at)
+                .ok()
+                .and_then(|at| image.get_mut(at..at.checked_add(bytes.len())?));
+            if let Some(dst) = dst {
                 dst.copy_from_slice(bytes);
             }
         };
         let features = self.offered_features();
         let window = match c.device_feature_select {
-            0 => features as u32,
-            1 => (features >> 32) as u32,
+            0 => low_u32(features),
+            1 => low_u32(features >> 32),
             _ => 0,
         };
         let driver_window = match c.driver_feature_select {
-            0 => c.driver_features as u32,
-            1 => (c.driver_features >> 32) as u32,
+            0 => low_u32(c.driver_features),
+            1 => low_u32(c.driver_features >> 32),
             _ => 0,
         };
         put(
@@ -120,8 +142,10 @@ impl VirtioPciDevice {
             CONFIG_MSIX_VECTOR,
             &self.interrupt.config_vector().to_le_bytes(),
         );
-        // Queue count is bounded by the vector table size at construction.
-        put(NUM_QUEUES, &(self.queues.len() as u16).to_le_bytes());
+        // Queue count is bounded by the vector table size at construction, so
+        // the conversion cannot fail.
+        let num_queues = u16::try_from(self.queues.len()).unwrap_or(u16::MAX);
+        put(NUM_QUEUES, &num_queues.to_le_bytes());
         put(DEVICE_STATUS, &[self.device_status()]);
         put(CONFIG_GENERATION, &[c.config_generation]);
         put(QUEUE_SELECT, &c.queue_select.to_le_bytes());
@@ -151,23 +175,25 @@ impl VirtioPciDevice {
     /// Applies a driver write; accesses that are not one whole field (or a
     /// 32-bit half of a 64-bit field) are ignored.
     pub(super) fn common_write(&mut self, offset: u64, data: &[u8]) {
+        // Each arm below matches the access width, so `low_*` of `value`
+        // is exactly the bytes written.
         let value = le(data);
         match (offset, data.len()) {
-            (DEVICE_FEATURE_SELECT, 4) => self.common.device_feature_select = value as u32,
-            (DRIVER_FEATURE_SELECT, 4) => self.common.driver_feature_select = value as u32,
-            (DRIVER_FEATURE, 4) => self.write_driver_features(value as u32),
+            (DEVICE_FEATURE_SELECT, 4) => self.common.device_feature_select = low_u32(value),
+            (DRIVER_FEATURE_SELECT, 4) => self.common.driver_feature_select = low_u32(value),
+            (DRIVER_FEATURE, 4) => self.write_driver_features(low_u32(value)),
             (CONFIG_MSIX_VECTOR, 2) => {
-                self.interrupt.set_config_vector(value as u16);
+                self.interrupt.set_config_vector(low_u16(value));
             }
-            (DEVICE_STATUS, 1) => self.write_status(value as u8),
-            (QUEUE_SELECT, 2) => self.common.queue_select = value as u16,
+            (DEVICE_STATUS, 1) => self.write_status(low_u8(value)),
+            (QUEUE_SELECT, 2) => self.common.queue_select = low_u16(value),
             (QUEUE_MSIX_VECTOR, 2) => {
                 let index = usize::from(self.common.queue_select);
                 if index < self.queues.len() {
-                    self.interrupt.set_queue_vector(index, value as u16);
+                    self.interrupt.set_queue_vector(index, low_u16(value));
                 }
             }
-            (QUEUE_SIZE, 2) | (QUEUE_ENABLE, 2) => self.write_queue_setup(offset, value as u16),
+            (QUEUE_SIZE, 2) | (QUEUE_ENABLE, 2) => self.write_queue_setup(offset, low_u16(value)),
             (o, _) if (QUEUE_DESC..QUEUE_DEVICE + 8).contains(&o) => {
                 self.write_queue_address(o, data)
             }
@@ -228,7 +254,11 @@ impl VirtioPciDevice {
             o if o < QUEUE_DEVICE => (&mut q.avail_ring, QUEUE_DRIVER),
             _ => (&mut q.used_ring, QUEUE_DEVICE),
         };
-        if let Some(v) = split_u64(*field, offset - base, data) {
+        // `offset >= base` by the match above.
+        if let Some(v) = offset
+            .checked_sub(base)
+            .and_then(|reg_offset| split_u64(*field, reg_offset, data))
+        {
             *field = v;
         }
     }

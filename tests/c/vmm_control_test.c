@@ -1,0 +1,386 @@
+/*
+ * Drives a running `vmm run --socket SOCKET` through every call of libvmm_control and
+ * checks every returned field and the error path of each. Run by tests/c_api.rs, linked
+ * against the shared and against the static library, and under valgrind.
+ *
+ *   vmm_control_test SOCKET balloon   the VM has --balloon (and the tiny parked guest)
+ *   vmm_control_test SOCKET plain     the VM has no balloon device
+ *
+ * Both modes end by stopping the VM. Prints "ok" and exits 0 when every check passed.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "vmm_control.h"
+
+static int failures;
+
+#define CHECK(cond)                                                                      \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n", __FILE__,     \
+                    __LINE__, #cond, vmm_control_last_error());                          \
+            failures++;                                                                  \
+        }                                                                                \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                                   \
+    do {                                                                                 \
+        long long a_ = (long long)(a), b_ = (long long)(b);                              \
+        if (a_ != b_) {                                                                  \
+            fprintf(stderr, "%s:%d: %s == %lld, expected %s == %lld (last error: %s)\n", \
+                    __FILE__, __LINE__, #a, a_, #b, b_, vmm_control_last_error());       \
+            failures++;                                                                  \
+        }                                                                                \
+    } while (0)
+
+#define TIMEOUT_MS 5000
+
+static int open_fds(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* The calling thread's last error, checked: a refusal with `kind` and `errnum`. */
+static void check_last_error(uint32_t kind, int errnum) {
+    struct vmm_control_error e;
+    memset(&e, 0xff, sizeof e);
+    e.struct_size = sizeof e;
+    CHECK_EQ(vmm_control_last_error_info(&e), 0);
+    CHECK_EQ(e.struct_size, sizeof e);
+    CHECK_EQ(e.kind, kind);
+    CHECK_EQ(e.errnum, errnum);
+    if (kind != VMM_CONTROL_ERR_NONE) {
+        CHECK_EQ(e.min_version, 1);
+        CHECK(e.max_version >= 3);
+    } else {
+        CHECK_EQ(e.min_version, 0);
+        CHECK_EQ(e.max_version, 0);
+        CHECK_EQ(e.detail, 0);
+    }
+    CHECK(strlen(vmm_control_last_error()) > 0);
+}
+
+/* Waits (bounded) for the subscription's next event. */
+static int wait_event(struct vmm_control_subscription *sub, struct vmm_control_event *ev) {
+    for (int tries = 0; tries < 100; tries++) {
+        memset(ev, 0xff, sizeof *ev);
+        ev->struct_size = sizeof *ev;
+        int r = vmm_control_next_event(sub, ev);
+        if (r != -EAGAIN)
+            return r;
+        struct pollfd p = {.fd = vmm_control_subscription_fd(sub), .events = POLLIN};
+        CHECK(poll(&p, 1, 100) >= 0);
+    }
+    return -ETIMEDOUT;
+}
+
+static void expect_event(struct vmm_control_subscription *sub, uint32_t kind, uint64_t arg0,
+                         uint64_t arg1) {
+    struct vmm_control_event ev;
+    CHECK_EQ(wait_event(sub, &ev), 0);
+    CHECK_EQ(ev.struct_size, sizeof ev);
+    CHECK_EQ(ev.kind, kind);
+    CHECK_EQ(ev.arg0, arg0);
+    CHECK_EQ(ev.arg1, arg1);
+}
+
+static void no_socket_and_bad_arguments(const char *socket) {
+    struct vmm_control *ctl = (struct vmm_control *)1;
+    char missing[4200];
+    snprintf(missing, sizeof missing, "%s.missing", socket);
+    CHECK_EQ(vmm_control_connect(missing, TIMEOUT_MS, &ctl), -ENOENT);
+    CHECK(ctl == NULL);
+    check_last_error(VMM_CONTROL_ERR_NONE, ENOENT);
+    CHECK(strstr(vmm_control_last_error(), "missing") != NULL);
+    /* Not a socket: the directory of this program's cwd. */
+    CHECK_EQ(vmm_control_connect("/", TIMEOUT_MS, &ctl), -ECONNREFUSED);
+    CHECK_EQ(vmm_control_connect(NULL, TIMEOUT_MS, &ctl), -EINVAL);
+    CHECK_EQ(vmm_control_connect(socket, TIMEOUT_MS, NULL), -EINVAL);
+    CHECK_EQ(vmm_control_connect(socket, 0, &ctl), -EINVAL);
+    CHECK(ctl == NULL);
+    /* A path longer than a sockaddr_un holds. */
+    memset(missing, 'a', sizeof missing - 1);
+    missing[0] = '/';
+    missing[sizeof missing - 1] = 0;
+    CHECK(vmm_control_connect(missing, TIMEOUT_MS, &ctl) < 0);
+    /* NULL handles. */
+    struct vmm_control_stats stats = {.struct_size = sizeof stats};
+    uint16_t lo, hi;
+    CHECK_EQ(vmm_control_pause(NULL), -EINVAL);
+    CHECK_EQ(vmm_control_resume(NULL), -EINVAL);
+    CHECK_EQ(vmm_control_stop(NULL), -EINVAL);
+    CHECK_EQ(vmm_control_version(NULL, &lo, &hi), -EINVAL);
+    CHECK_EQ(vmm_control_get_stats(NULL, &stats), -EINVAL);
+    CHECK_EQ(vmm_control_set_timeout(NULL, 10), -EINVAL);
+    CHECK_EQ(vmm_control_subscribe(NULL, NULL), -EINVAL);
+    CHECK_EQ(vmm_control_subscription_fd(NULL), -EINVAL);
+    CHECK_EQ(vmm_control_next_event(NULL, NULL), -EINVAL);
+    CHECK_EQ(vmm_control_last_error_info(NULL), -EINVAL);
+    check_last_error(VMM_CONTROL_ERR_NONE, EINVAL);
+    vmm_control_close(NULL);
+    vmm_control_subscription_close(NULL);
+}
+
+static void version_and_stats(struct vmm_control *ctl) {
+    uint16_t lo = 0, hi = 0;
+    CHECK_EQ(vmm_control_version(ctl, &lo, &hi), 0);
+    CHECK_EQ(lo, 1);
+    CHECK_EQ(hi, 3);
+    CHECK_EQ(strlen(vmm_control_last_error()), 0);
+    CHECK_EQ(vmm_control_version(ctl, NULL, &hi), -EINVAL);
+
+    struct vmm_control_stats s;
+    memset(&s, 0xff, sizeof s);
+    s.struct_size = sizeof s;
+    CHECK_EQ(vmm_control_get_stats(ctl, &s), 0);
+    CHECK_EQ(s.struct_size, sizeof s);
+    CHECK_EQ(s.vcpu_count, 1);
+    CHECK_EQ(s.guest_memory_bytes, 32ull << 20);
+    CHECK(s.uptime_ns > 0 && s.uptime_ns < 600ull * 1000000000ull);
+    CHECK(s.exits_io > 0);     /* the guest printed "parked" */
+    /* HLT stays in KVM (in-kernel LAPIC), so exits_hlt need not count the guest's. */
+    CHECK_EQ(s.exits_shutdown, 0);
+    CHECK_EQ(s.exits_fail_entry, 0);
+    CHECK_EQ(s.exits_internal_error, 0);
+    CHECK(s.utime_us + s.stime_us > 0);
+    CHECK(s.maxrss_kib > 0);
+    CHECK(s.minflt > 0);
+    CHECK(s.majflt < (1ull << 40));
+    CHECK(s.device_counter_count > 0 && s.device_counter_count <= VMM_CONTROL_MAX_DEVICE_COUNTERS);
+    CHECK_EQ(s.device_counters_omitted, 0);
+    int serial_out = 0;
+    for (uint32_t i = 0; i < VMM_CONTROL_MAX_DEVICE_COUNTERS; i++) {
+        struct vmm_control_device_counter *c = &s.device_counters[i];
+        if (i >= s.device_counter_count) {
+            CHECK(c->device_kind == 0 && c->device_id == 0 && c->counter == 0 && c->value == 0);
+            continue;
+        }
+        CHECK(c->device_kind >= VMM_CONTROL_DEVICE_SERIAL && c->device_kind <= VMM_CONTROL_DEVICE_RNG);
+        CHECK(c->counter >= 1 && c->counter <= VMM_CONTROL_COUNTER_INVALID_CHAINS);
+        if (c->device_kind == VMM_CONTROL_DEVICE_SERIAL && c->counter == VMM_CONTROL_COUNTER_BYTES_OUT)
+            serial_out = c->value >= 7; /* "parked\n" */
+    }
+    CHECK(serial_out);
+
+    /* A caller built against an older, smaller structure gets only what it has. */
+    struct vmm_control_stats small;
+    memset(&small, 0xee, sizeof small);
+    small.struct_size = 16;
+    CHECK_EQ(vmm_control_get_stats(ctl, &small), 0);
+    CHECK_EQ(small.struct_size, 16);
+    CHECK_EQ(small.vcpu_count, 1);
+    CHECK(small.uptime_ns > s.uptime_ns);
+    CHECK_EQ(small.guest_memory_bytes, 0xeeeeeeeeeeeeeeeeull);
+    /* A newer, larger one gets its unknown tail zeroed. */
+    struct { struct vmm_control_stats s; uint64_t future[4]; } big;
+    memset(&big, 0xee, sizeof big);
+    big.s.struct_size = sizeof big;
+    CHECK_EQ(vmm_control_get_stats(ctl, &big.s), 0);
+    CHECK_EQ(big.s.struct_size, sizeof big.s);
+    CHECK_EQ(big.future[0] | big.future[3], 0);
+    /* struct_size not set. */
+    memset(&small, 0, sizeof small);
+    CHECK_EQ(vmm_control_get_stats(ctl, &small), -EINVAL);
+    check_last_error(VMM_CONTROL_ERR_NONE, EINVAL);
+    CHECK_EQ(vmm_control_get_stats(ctl, NULL), -EINVAL);
+}
+
+static void queues(struct vmm_control *ctl, int balloon) {
+    struct vmm_control_queues q;
+    memset(&q, 0xff, sizeof q);
+    q.struct_size = sizeof q;
+    CHECK_EQ(vmm_control_get_queues(ctl, &q), 0);
+    CHECK_EQ(q.struct_size, sizeof q);
+    CHECK_EQ(q.count, balloon ? 3 : 0); /* inflate, deflate, statistics */
+    CHECK_EQ(q.omitted, 0);
+    CHECK_EQ(q.reserved, 0);
+    for (uint32_t i = 0; i < VMM_CONTROL_MAX_QUEUES; i++) {
+        struct vmm_control_queue *e = &q.queues[i];
+        if (i >= q.count) {
+            CHECK(e->device_kind == 0 && e->queue == 0 && e->notifications == 0);
+            continue;
+        }
+        CHECK_EQ(e->device_kind, VMM_CONTROL_DEVICE_BALLOON);
+        CHECK_EQ(e->device_id, 0);
+        CHECK_EQ(e->queue, i);
+        /* The tiny guest has no driver: nothing is active or counted. */
+        CHECK_EQ(e->size, 0);
+        CHECK_EQ(e->state, 0);
+        CHECK_EQ(e->driver_avail, 0);
+        CHECK_EQ(e->device_avail, 0);
+        CHECK_EQ(e->device_used, 0);
+        CHECK_EQ(e->used_event, 0);
+        CHECK_EQ(e->reserved, 0);
+        CHECK_EQ(e->notifications, 0);
+        CHECK_EQ(e->interrupts, 0);
+    }
+    CHECK_EQ(vmm_control_get_queues(ctl, NULL), -EINVAL);
+}
+
+static void memory(struct vmm_control *ctl) {
+    const uint64_t size = 2u << 20;
+    int fd = memfd_create("vmm-control-test", MFD_CLOEXEC);
+    CHECK(fd >= 0);
+    CHECK_EQ(ftruncate(fd, size), 0);
+    uint32_t slot = 0xdead;
+    uint64_t addr = 0;
+    CHECK_EQ(vmm_control_register_memory(ctl, fd, size, &slot, &addr), 0);
+    CHECK(slot != 0xdead);
+    CHECK(addr >= (4ull << 30));
+    CHECK_EQ(addr % (2u << 20), 0);
+    /* The descriptor stays ours: still open, and closing it leaves the region mapped. */
+    CHECK_EQ(close(fd), 0);
+
+    struct vmm_control_memory_list list;
+    memset(&list, 0xff, sizeof list);
+    list.struct_size = sizeof list;
+    CHECK_EQ(vmm_control_list_memory(ctl, 0, &list), 0);
+    CHECK_EQ(list.struct_size, sizeof list);
+    CHECK_EQ(list.total, 1);
+    CHECK_EQ(list.count, 1);
+    CHECK_EQ(list.reserved, 0);
+    CHECK_EQ(list.regions[0].slot, slot);
+    CHECK_EQ(list.regions[0].reserved, 0);
+    CHECK_EQ(list.regions[0].guest_addr, addr);
+    CHECK_EQ(list.regions[0].size, size);
+    CHECK_EQ(list.regions[1].slot | list.regions[1].guest_addr | list.regions[1].size, 0);
+    CHECK_EQ(vmm_control_list_memory(ctl, slot + 1, &list), 0);
+    CHECK_EQ(list.total, 1);
+    CHECK_EQ(list.count, 0);
+    CHECK_EQ(vmm_control_list_memory(ctl, 0, NULL), -EINVAL);
+
+    CHECK_EQ(vmm_control_unregister_memory(ctl, slot), 0);
+    CHECK_EQ(vmm_control_unregister_memory(ctl, slot), -ENOENT);
+    check_last_error(VMM_CONTROL_ERR_INVALID_ARGUMENT, ENOENT);
+    CHECK_EQ(vmm_control_list_memory(ctl, 0, &list), 0);
+    CHECK_EQ(list.total, 0);
+    CHECK_EQ(list.count, 0);
+
+    /* Wrong descriptors: none, a closed one, and one the VMM cannot map (a pipe). */
+    CHECK_EQ(vmm_control_register_memory(ctl, -1, size, &slot, &addr), -EBADF);
+    check_last_error(VMM_CONTROL_ERR_NONE, EBADF);
+    CHECK_EQ(vmm_control_register_memory(ctl, fd, size, &slot, &addr), -EBADF);
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    int r = vmm_control_register_memory(ctl, p[0], size, &slot, &addr);
+    CHECK(r < 0);
+    check_last_error(VMM_CONTROL_ERR_FAILED, -r);
+    close(p[0]);
+    close(p[1]);
+    /* A size the VMM refuses. */
+    fd = memfd_create("vmm-control-test", MFD_CLOEXEC);
+    CHECK(fd >= 0);
+    CHECK_EQ(ftruncate(fd, size), 0);
+    CHECK_EQ(vmm_control_register_memory(ctl, fd, 100, &slot, &addr), -EINVAL);
+    check_last_error(VMM_CONTROL_ERR_INVALID_ARGUMENT, EINVAL);
+    CHECK_EQ(vmm_control_register_memory(ctl, fd, size, NULL, &addr), -EINVAL);
+    CHECK_EQ(vmm_control_register_memory(ctl, fd, size, &slot, NULL), -EINVAL);
+    close(fd);
+}
+
+static void events_and_balloon(struct vmm_control *ctl, int balloon) {
+    struct vmm_control_subscription *sub = NULL;
+    CHECK_EQ(vmm_control_subscribe(ctl, NULL), -EINVAL);
+    CHECK_EQ(vmm_control_subscribe(ctl, &sub), 0);
+    CHECK(sub != NULL);
+    if (!sub)
+        return;
+    int fd = vmm_control_subscription_fd(sub);
+    CHECK(fd >= 0);
+    struct vmm_control_event ev = {.struct_size = sizeof ev};
+    CHECK_EQ(vmm_control_next_event(sub, &ev), -EAGAIN);
+    CHECK_EQ(vmm_control_next_event(sub, NULL), -EINVAL);
+    ev.struct_size = 0;
+    CHECK_EQ(vmm_control_next_event(sub, &ev), -EINVAL);
+    ev.struct_size = sizeof ev;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK_EQ(poll(&p, 1, 0), 0);
+
+    CHECK_EQ(vmm_control_pause(ctl), 0);
+    CHECK_EQ(vmm_control_pause(ctl), 0); /* no second event */
+    CHECK_EQ(poll(&p, 1, TIMEOUT_MS), 1);
+    expect_event(sub, VMM_CONTROL_EVENT_PAUSED, 0, 0);
+    CHECK_EQ(vmm_control_resume(ctl), 0);
+    expect_event(sub, VMM_CONTROL_EVENT_RESUMED, 0, 0);
+    CHECK_EQ(vmm_control_next_event(sub, &ev), -EAGAIN);
+
+    if (balloon) {
+        CHECK_EQ(vmm_control_balloon_set_target(ctl, 2048), 0);
+        expect_event(sub, VMM_CONTROL_EVENT_BALLOON_CHANGED, 2048, 0);
+        CHECK_EQ(vmm_control_balloon_adjust(ctl, -1024), 0);
+        expect_event(sub, VMM_CONTROL_EVENT_BALLOON_CHANGED, 1024, 0);
+        struct vmm_control_stats s = {.struct_size = sizeof s};
+        CHECK_EQ(vmm_control_get_stats(ctl, &s), 0);
+        CHECK_EQ(s.balloon_target_pages, 1024);
+        CHECK_EQ(s.balloon_actual_pages, 0);
+        /* Above the guest's 32 MiB. */
+        CHECK_EQ(vmm_control_balloon_set_target(ctl, 16384), -EINVAL);
+        check_last_error(VMM_CONTROL_ERR_INVALID_ARGUMENT, EINVAL);
+        CHECK_EQ(vmm_control_balloon_adjust(ctl, -(1ll << 40)), -EINVAL);
+        CHECK_EQ(vmm_control_balloon_adjust(ctl, -100000), 0); /* stops at 0 */
+        expect_event(sub, VMM_CONTROL_EVENT_BALLOON_CHANGED, 0, 0);
+    } else {
+        CHECK_EQ(vmm_control_balloon_set_target(ctl, 2048), -ENODEV);
+        check_last_error(VMM_CONTROL_ERR_UNSUPPORTED, ENODEV);
+        CHECK(strstr(vmm_control_last_error(), "Unsupported") != NULL);
+        CHECK_EQ(vmm_control_balloon_adjust(ctl, -1), -ENODEV);
+        check_last_error(VMM_CONTROL_ERR_UNSUPPORTED, ENODEV);
+    }
+
+    /* Stop: the VMM exits and closes every connection. */
+    CHECK_EQ(vmm_control_set_timeout(ctl, 0), -EINVAL);
+    CHECK_EQ(vmm_control_set_timeout(ctl, TIMEOUT_MS), 0);
+    CHECK_EQ(vmm_control_stop(ctl), 0);
+    CHECK_EQ(wait_event(sub, &ev), -ECONNRESET);
+    check_last_error(VMM_CONTROL_ERR_NONE, ECONNRESET);
+    CHECK_EQ(vmm_control_next_event(sub, &ev), -ECONNRESET);
+    vmm_control_subscription_close(sub);
+    uint16_t lo, hi;
+    int r = vmm_control_version(ctl, &lo, &hi);
+    CHECK(r == -ECONNRESET || r == -EPIPE);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s SOCKET balloon|plain\n", argv[0]);
+        return 2;
+    }
+    const char *socket = argv[1];
+    int balloon = strcmp(argv[2], "balloon") == 0;
+    int fds_before = open_fds();
+
+    no_socket_and_bad_arguments(socket);
+    struct vmm_control *ctl = NULL;
+    CHECK_EQ(vmm_control_connect(socket, TIMEOUT_MS, &ctl), 0);
+    if (!ctl)
+        return 1;
+    CHECK_EQ(strlen(vmm_control_last_error()), 0);
+    version_and_stats(ctl);
+    queues(ctl, balloon);
+    memory(ctl);
+    events_and_balloon(ctl, balloon);
+    vmm_control_close(ctl);
+
+    CHECK_EQ(open_fds(), fds_before);
+    if (failures) {
+        fprintf(stderr, "%d checks failed\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
