@@ -4,11 +4,15 @@
 //! root, and namespaces of its own; a path outside cannot be opened from inside (the
 //! test-only hook `VMM_JAIL_TEST_OPEN`); the control socket, disks and registered memory
 //! keep working; the documented exit statuses come through the reaper unchanged; and an
-//! ordinary user gets the same jail through a user namespace, with no privilege at all.
+//! ordinary user gets the same jail through a user namespace, with no privilege at all;
+//! and a supervisor can hand a jailed VMM its disk and control socket as descriptors.
 
 mod common;
 
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -17,6 +21,7 @@ use common::{
     GuestCode, Scratch, require_kvm, require_root, run_with_timeout, tiny_elf, user_threads, vmm,
     vmm_run, wait_until,
 };
+use vm_control::server::Listener;
 
 /// Longest a `vmm run` or a control command may take in these tests.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -461,4 +466,87 @@ fn a_tap_opened_before_the_jail_keeps_working_inside_it() {
     vm.ctl_ok("stop", &[]);
     let output = vm.wait();
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+}
+
+/// Places each `(source, number)` descriptor at `number` in the child, without
+/// close-on-exec, as a supervisor hands descriptors to `vmm` (tests/fd_handover.rs does
+/// the same). Every source is first copied above all the numbers, so one placement cannot
+/// overwrite a source still to be placed.
+fn hand_over(command: &mut Command, fds: &[(RawFd, RawFd); 2]) {
+    let placements = *fds;
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (fcntl, dup2) on plain integers it owns; it allocates
+    // nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let mut moved = [-1; 2];
+            for (slot, (source, _)) in moved.iter_mut().zip(placements) {
+                *slot = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, 100);
+                if *slot < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (moved, (_, number)) in moved.into_iter().zip(placements) {
+                if libc::dup2(moved, number) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+}
+
+/// Issue 14's supervisor pattern under the jail: the supervisor opens the disk and binds
+/// the control socket itself, and hands both over (`--disk fd=N`, `--socket-fd N`). The
+/// jailed VMM serves the socket and attaches (and locks) the disk it could never open by
+/// path inside the jail; `vmm stop` exits 0; and the socket file, the supervisor's, is
+/// still there afterwards: neither the VMM nor the reaper removes it.
+#[test]
+fn a_jailed_vm_takes_its_disk_and_control_socket_as_descriptors_from_a_supervisor() {
+    if !require_kvm() || !require_root() {
+        return;
+    }
+    let scratch = Scratch::new("jail-handover");
+    let kernel = scratch.write("guest.elf", &tiny_elf(parked_guest().bytes()));
+    let disk = scratch.write("disk.img", &[0u8; 65536]);
+    let disk_file = File::options()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .expect("open the disk");
+    let socket = scratch.path("supervisor.sock");
+    let supervisor_listener = Listener::bind(&socket, &[]).expect("bind the socket");
+    let handed_socket = supervisor_listener
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("dup the socket");
+    let mut command = vmm_run(
+        &kernel,
+        &["--jail", "--rng", "--disk", "fd=7", "--socket-fd", "8"],
+    );
+    hand_over(
+        &mut command,
+        &[(disk_file.as_raw_fd(), 7), (handed_socket.as_raw_fd(), 8)],
+    );
+    let mut vm = JailedVm::spawn(command, socket.clone(), scratch);
+    drop(handed_socket);
+
+    let stats = vm.ctl_ok("stats", &[]);
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(text.contains("block          0  requests"), "{text}");
+    assert_confined(vm.jailed_pid());
+    // The jailed VMM holds the disk's lock: another open of the image cannot take it.
+    let other = File::open(&disk).expect("open the disk again");
+    // SAFETY: flock on a descriptor `other` owns, with flags only.
+    let locked = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(locked, -1, "the handed-over disk is not locked by the VMM");
+
+    vm.ctl_ok("stop", &[]);
+    let output = vm.wait();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()),
+        "the supervisor's socket file was removed"
+    );
+    drop(supervisor_listener);
 }
