@@ -1,9 +1,8 @@
-//! The kernel and initrd on their way into guest memory: where they come from (a path, or
-//! a descriptor a supervisor passed, taken from the [`Handover`]), read with a bound
-//! ([`crate::input_file`]), and loaded by `kernel_loader` with the command line. The
-//! builder runs [`load_images`] on a thread of its own while it sets up KVM.
-
-use std::fs::File;
+//! The kernel and initrd on their way into guest memory: opened and checked before the VM
+//! is built (by path, or a descriptor a supervisor passed; see [`crate::opened`]), read
+//! here with the same bound ([`crate::input_file::BoundedFile`]), and loaded by
+//! `kernel_loader` with the command line. The builder runs [`load_images`] on a thread of
+//! its own while it sets up KVM.
 
 use arch::layout;
 use kernel_loader::{GuestAddress, LoadedKernel};
@@ -13,59 +12,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::builder::{BuildError, Result};
 use crate::cli::Source;
 use crate::config::VmConfig;
-use crate::inherited_fds::{Handover, HandoverError};
-use crate::input_file::{self, Input};
-
-/// The kernel and initrd as the loader thread reads them: by path, or already open when a
-/// supervisor passed them as descriptors.
-pub struct ImageInputs {
-    kernel: ImageInput,
-    initrd: Option<ImageInput>,
-}
-
-/// One image to read: what the command line called it, and its file if already open.
-struct ImageInput {
-    source: Source,
-    file: Option<File>,
-}
-
-impl ImageInputs {
-    pub fn take(config: &VmConfig, handover: &mut Handover) -> Result<ImageInputs> {
-        let input = |source: &Source, handover: &mut Handover| -> Result<ImageInput> {
-            let file = match source {
-                Source::Fd(fd) => Some(handover.take_file(*fd)?),
-                Source::Path(_) => None,
-            };
-            Ok(ImageInput {
-                source: source.clone(),
-                file,
-            })
-        };
-        Ok(ImageInputs {
-            kernel: input(&config.kernel, handover)?,
-            initrd: config
-                .initrd
-                .as_ref()
-                .map(|initrd| input(initrd, handover))
-                .transpose()?,
-        })
-    }
-}
-
-impl ImageInput {
-    /// Reads it whole, if it is a regular file of at most `limit` bytes.
-    fn read(self, what: &'static str, limit: u64) -> Result<Vec<u8>> {
-        let input = match (self.file, &self.source) {
-            (Some(file), source) => Input::File {
-                name: source.to_string(),
-                file,
-            },
-            (None, Source::Path(path)) => Input::Path(path),
-            (None, Source::Fd(fd)) => return Err(HandoverError::NotTaken(*fd).into()),
-        };
-        Ok(input_file::read_bounded(what, input, limit)?)
-    }
-}
+use crate::input_file::BoundedFile;
 
 /// What the loader thread puts in guest memory: the kernel and where the initrd went.
 pub struct LoadedImages {
@@ -77,16 +24,18 @@ pub struct LoadedImages {
 pub fn load_images(
     memory: &GuestMemoryMmap,
     config: &VmConfig,
-    images: ImageInputs,
+    kernel: BoundedFile,
+    initrd: Option<BoundedFile>,
 ) -> Result<LoadedImages> {
-    let kernel = load_kernel(memory, config, images.kernel)?;
+    let kernel = load_kernel(memory, config, kernel)?;
     debug!(
         "kernel loaded: {:?} entry {:#x}",
         kernel.protocol, kernel.entry_addr.0
     );
-    let initrd = match images.initrd {
-        Some(initrd) => Some(load_initrd(memory, config, &kernel, initrd)?),
-        None => None,
+    // `opened` opens an initrd exactly when the configuration names one.
+    let initrd = match (initrd, &config.initrd) {
+        (Some(file), Some(source)) => Some(load_initrd(memory, config, &kernel, file, source)?),
+        _ => None,
     };
     debug!("initrd loaded: {initrd:x?}");
     let cmdline_max = kernel.cmdline_max.min(layout::CMDLINE_MAX_SIZE - 1);
@@ -103,15 +52,13 @@ pub fn load_images(
 fn load_kernel(
     memory: &GuestMemoryMmap,
     config: &VmConfig,
-    input: ImageInput,
+    file: BoundedFile,
 ) -> Result<LoadedKernel> {
-    let source = input.source.clone();
-    // Whatever the format, the kernel must fit in guest RAM (an unstripped vmlinux whose
-    // debug sections alone outgrow it is refused: strip it).
-    let image = input.read("the kernel", config.mem_bytes)?;
-    kernel_loader::load_kernel(memory, &image).map_err(|source_err| BuildError::LoadKernel {
-        kernel: source,
-        source: source_err,
+    // Checked against guest RAM's size when it was opened (`opened`), and again here.
+    let image = file.read_all()?;
+    kernel_loader::load_kernel(memory, &image).map_err(|source| BuildError::LoadKernel {
+        kernel: config.kernel.clone(),
+        source,
     })
 }
 
@@ -120,18 +67,18 @@ fn load_initrd(
     memory: &GuestMemoryMmap,
     config: &VmConfig,
     kernel: &LoadedKernel,
-    input: ImageInput,
+    file: BoundedFile,
+    source: &Source,
 ) -> Result<(GuestAddress, u64)> {
-    let source = input.source.clone();
     let low_ram_end = layout::ram_below_4g(config.mem_bytes);
-    // The initrd goes in low RAM: anything larger cannot fit, whatever the loader decides.
-    let initrd = input.read("the initrd", low_ram_end)?;
+    // Checked against low RAM's size when it was opened (`opened`), and again here.
+    let initrd = file.read_all()?;
     let highest = kernel.initrd_addr_max.min(low_ram_end.saturating_sub(1));
     let addr =
         kernel_loader::load_initrd(memory, &initrd, kernel.kernel_end, GuestAddress(highest))
-            .map_err(|source_err| BuildError::LoadInitrd {
-                initrd: source,
-                source: source_err,
+            .map_err(|err| BuildError::LoadInitrd {
+                initrd: source.clone(),
+                source: err,
             })?;
     Ok((addr, initrd.len() as u64))
 }

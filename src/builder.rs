@@ -1,9 +1,8 @@
 //! Turns a validated [`VmConfig`] into a [`Vm`] ready to run: the list of steps that make
 //! a VM, in order. Each step either succeeds or says, in one line, what the user must fix.
 
-use std::fs::File;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arch::layout;
@@ -12,7 +11,7 @@ use devices::pci::{
 };
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
-use devices::virtio::net::tap::{Tap, TapError};
+use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice};
@@ -29,12 +28,12 @@ use vm_control::wire::device_kind;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::boot_images::{ImageInputs, load_images};
-use crate::cli::{NetBackend, SerialOutput, Source};
+use crate::boot_images::load_images;
+use crate::cli::Source;
 use crate::config::{NetConfig, VmConfig};
-use crate::inherited_fds::{Handover, HandoverError};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
+use crate::opened::{DiskFile, HostFiles};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
 /// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
@@ -81,8 +80,6 @@ pub enum BuildError {
     },
     #[error(transparent)]
     InputFile(#[from] InputFileError),
-    #[error(transparent)]
-    Handover(#[from] HandoverError),
     #[error("cannot load the kernel {kernel}: {source}")]
     LoadKernel {
         kernel: Source,
@@ -103,20 +100,12 @@ pub enum BuildError {
     Arch(#[from] arch::Error),
     #[error("cannot create the event descriptors: {0}")]
     EventFd(#[source] io::Error),
-    #[error("cannot open the serial output file {path}: {source}")]
-    SerialFile {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
     #[error("cannot start the console writer thread: {0}")]
     ConsoleWriter(#[source] io::Error),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
     #[error("--disk: {0}")]
     Disk(#[source] BlockError),
-    #[error("--net: {0}")]
-    Tap(#[source] TapError),
     #[error("--net: {0}")]
     Net(#[source] NetError),
     #[error("cannot set up a device: {0}")]
@@ -184,20 +173,26 @@ pub struct DeviceQueues {
     pub queues: Vec<Arc<QueueStatus>>,
 }
 
-/// Builds the VM described by `config`, step by step.
+/// Builds the VM described by `config` from the host's already open `files` (opened by
+/// path, or handed over as descriptors by a supervisor), step by step. Nothing here opens
+/// a path: under `--jail` none would resolve.
 ///
 /// Reading and copying the kernel and initrd (tens of MiB) does not depend on KVM, and
 /// creating the VM, its interrupt controllers and its vCPUs does not depend on the
 /// kernel, so the two run side by side: guest RAM is mapped first, a scoped thread loads
 /// the images into it while this thread sets up KVM, and the boot registers are written
-/// once both are done. Files and taps a supervisor passed as descriptors are taken from
-/// `handover`.
-pub fn build(config: &VmConfig, kvm: &Kvm, handover: &mut Handover) -> Result<Vm> {
+/// once both are done.
+pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
     let memory = map_guest_memory(config.mem_bytes)?;
-    let images = ImageInputs::take(config, handover)?;
+    let HostFiles {
+        kernel,
+        initrd,
+        serial,
+        disks,
+        taps,
+    } = files;
     std::thread::scope(|scope| {
-        let memory_ref = &memory;
-        let loader = scope.spawn(move || load_images(memory_ref, config, images));
+        let loader = scope.spawn(|| load_images(&memory, config, kernel, initrd));
         let vm_fd = Arc::new(create_vm(kvm)?);
         register_guest_memory(&vm_fd, &memory)?;
         debug!(
@@ -209,9 +204,9 @@ pub fn build(config: &VmConfig, kvm: &Kvm, handover: &mut Handover) -> Result<Vm
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (console, console_writer) = create_console(&vm_fd, config, handover)?;
+        let (console, console_writer) = create_console(&vm_fd, serial)?;
         let mmio_bus = Arc::new(Bus::new());
-        let (pci_root, virtio) = create_pci(config, &vm_fd, &memory, &mmio_bus, handover)?;
+        let (pci_root, virtio) = create_pci(config, disks, taps, &vm_fd, &memory, &mmio_bus)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -387,34 +382,19 @@ fn new_eventfd() -> Result<EventFd> {
 }
 
 /// The UART on COM1, its interrupt and input events, and the console-writer thread that
-/// takes its output to stdout or the `--serial` file.
-fn create_console(
-    vm_fd: &VmFd,
-    config: &VmConfig,
-    handover: &mut Handover,
-) -> Result<(Console, ConsoleWriter)> {
+/// takes its output to stdout or the `--serial` file or descriptor (`serial`, already open).
+fn create_console(vm_fd: &VmFd, serial: Option<std::fs::File>) -> Result<(Console, ConsoleWriter)> {
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
         .map_err(kvm_step("route the serial interrupt"))?;
     let input_ready = new_eventfd()?;
-    let (out, takes_stdin): (Box<dyn io::Write + Send>, bool) = match &config.serial {
-        SerialOutput::Stdio => (
+    let (out, takes_stdin): (Box<dyn io::Write + Send>, bool) = match serial {
+        None => (
             Box::new(io::stdout()),
             crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin())),
         ),
-        SerialOutput::File(path) => {
-            let file = File::options()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| BuildError::SerialFile {
-                    path: path.clone(),
-                    source,
-                })?;
-            (Box::new(file), false)
-        }
-        SerialOutput::Fd(fd) => (Box::new(handover.take_file(*fd)?), false),
+        Some(file) => (Box::new(file), false),
     };
     let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
         crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
@@ -469,10 +449,11 @@ fn create_pio_bus(
 /// then the network interfaces in `--net` order (`eth0`, ...), the rng and the balloon.
 fn create_pci(
     config: &VmConfig,
+    disks: Vec<DiskFile>,
+    taps: Vec<Tap>,
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
-    handover: &mut Handover,
 ) -> Result<(PciRoot, VirtioHandles)> {
     let mut pci = PciWiring {
         root: PciRoot::new(),
@@ -485,25 +466,16 @@ fn create_pci(
         intx_lines: Vec::new(),
     };
     let mut handles = VirtioHandles::default();
-    for (index, disk) in config.disks.iter().enumerate() {
+    for (index, disk) in disks.into_iter().enumerate() {
         let name = format!("virtio-blk{index}");
         let label = name.clone();
-        let worker_start =
-            move || crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label);
-        let block = match &disk.source {
-            Source::Path(path) => Block::open(path, disk.read_only, &name, worker_start),
-            Source::Fd(fd) => Block::from_file(
-                handover.take_file(*fd)?,
-                Path::new(&disk.source.to_string()),
-                disk.read_only,
-                &name,
-                worker_start,
-            ),
-        }
+        let block = Block::with_image(disk.file, &disk.path, disk.read_only, &name, move || {
+            crate::sandbox::enter_device_worker(ThreadKind::VirtioBlock, &label)
+        })
         .map_err(BuildError::Disk)?;
         debug!(
             "{name}: {} ({} bytes{})",
-            disk.source,
+            disk.path.display(),
             block.capacity_bytes(),
             if disk.read_only { ", read-only" } else { "" }
         );
@@ -511,8 +483,8 @@ fn create_pci(
         let queues = pci.add_virtio(Box::new(block))?;
         handles.add_queues(device_kind::BLOCK, index, queues);
     }
-    for (index, net) in config.nets.iter().enumerate() {
-        let device = create_net(index, net, handover)?;
+    for (index, (net, tap)) in config.nets.iter().zip(taps).enumerate() {
+        let device = create_net(index, net, tap)?;
         handles.nets.push(device.counters());
         let queues = pci.add_virtio(Box::new(device))?;
         handles.add_queues(device_kind::NET, index, queues);
@@ -553,19 +525,9 @@ impl VirtioHandles {
     }
 }
 
-/// Interface `index`: its tap (attached, or created, addressed and brought up) behind a
-/// virtio-net device whose worker confines itself to the net policy.
-fn create_net(index: usize, net: &NetConfig, handover: &mut Handover) -> Result<Net> {
-    let tap = match &net.backend {
-        NetBackend::Tap(name) => Tap::open(name).map_err(BuildError::Tap)?,
-        NetBackend::TapFd(fd) => handover.take_tap(*fd)?,
-        NetBackend::HostIp { addr, netmask } => {
-            let tap = Tap::create("").map_err(BuildError::Tap)?;
-            tap.set_ipv4(*addr, *netmask).map_err(BuildError::Tap)?;
-            tap.up().map_err(BuildError::Tap)?;
-            tap
-        }
-    };
+/// Interface `index`: its tap (attached, or created, addressed and brought up, by
+/// `opened`) behind a virtio-net device whose worker confines itself to the net policy.
+fn create_net(index: usize, net: &NetConfig, tap: Tap) -> Result<Net> {
     let name = format!("virtio-net{index}");
     debug!(
         "{name}: tap {} with MAC {}",

@@ -24,6 +24,9 @@ pub struct Args {
 /// The subcommands.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
+// Parsed once and kept for the life of the process, so the size of `run`'s options does not
+// matter; argh cannot parse a boxed variant.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     Run(RunArgs),
     Stop(StopArgs),
@@ -106,6 +109,27 @@ pub struct RunArgs {
     /// run without the seccomp sandbox (for debugging a missing policy entry; logged)
     #[argh(switch)]
     pub disable_sandbox: bool,
+
+    /// run in a jail once everything is open: namespaces, an empty read-only root, no
+    /// capabilities, resource limits (see docs/security.md)
+    #[argh(switch)]
+    pub jail: bool,
+
+    /// run without the jail (for debugging)
+    #[argh(switch)]
+    pub no_jail: bool,
+
+    /// with --jail, started as root: the uid to run as (default 65534)
+    #[argh(option)]
+    pub jail_uid: Option<u32>,
+
+    /// with --jail, started as root: the gid to run as (default 65534)
+    #[argh(option)]
+    pub jail_gid: Option<u32>,
+
+    /// with --jail: a cgroup v2 directory to join before entering the jail
+    #[argh(option)]
+    pub cgroup: Option<PathBuf>,
 
     /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one); a path,
     /// or fd=N (an inherited descriptor)

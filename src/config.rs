@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::cli::{DiskSpec, NetBackend, NetSpec, RunArgs, SerialOutput, Source};
+use crate::jail::JailConfig;
 
 /// The kernel command line used when `--params` is not given: the console on COM1, and a
 /// reboot (reported as a reset) instead of a hang when the guest kernel panics.
@@ -48,7 +49,17 @@ pub enum ConfigError {
     DuplicateMac(String),
     #[error("--name must be 1 to 64 printable characters")]
     BadName,
+    #[error("--jail and --no-jail contradict each other; give one")]
+    JailAndNoJail,
+    #[error("{0} only applies with --jail")]
+    JailOptionWithoutJail(&'static str),
+    #[error("{0} 0 would leave the jailed VMM root; give an unprivileged id")]
+    JailAsRoot(&'static str),
 }
+
+/// Whether `vmm run` jails itself when neither `--jail` nor `--no-jail` is given. Turning
+/// it on is this one line (see README, "Sandbox", for what must hold first).
+pub const JAIL_BY_DEFAULT: bool = false;
 
 /// What `vmm run` builds.
 #[derive(Debug, Clone)]
@@ -75,6 +86,8 @@ pub struct VmConfig {
     pub socket_allow_uids: Vec<u32>,
     /// Whether every thread runs under its seccomp policy (off with `--disable-sandbox`).
     pub sandbox: bool,
+    /// The jail, with `--jail` (or by default, see [`JAIL_BY_DEFAULT`]).
+    pub jail: Option<JailConfig>,
 }
 
 /// One network interface: its host side and its MAC.
@@ -130,6 +143,7 @@ impl VmConfig {
             return Err(ConfigError::BadName);
         }
         let nets = net_configs(&args.net, &args.name)?;
+        let jail = jail_config(args)?;
         Ok(VmConfig {
             // Cannot overflow: mem is at most the host's memory in MiB.
             mem_bytes: args.mem << 20,
@@ -148,8 +162,39 @@ impl VmConfig {
             socket: args.socket.clone(),
             socket_allow_uids: args.socket_allow_uid.clone(),
             sandbox: !args.disable_sandbox,
+            jail,
         })
     }
+}
+
+/// The jail's settings, or `None` without one; its options only make sense with it.
+fn jail_config(args: &RunArgs) -> Result<Option<JailConfig>, ConfigError> {
+    if args.jail && args.no_jail {
+        return Err(ConfigError::JailAndNoJail);
+    }
+    let jailed = args.jail || (JAIL_BY_DEFAULT && !args.no_jail);
+    if !jailed {
+        let given = [
+            ("--jail-uid", args.jail_uid.is_some()),
+            ("--jail-gid", args.jail_gid.is_some()),
+            ("--cgroup", args.cgroup.is_some()),
+        ];
+        return match given.into_iter().find(|(_, given)| *given) {
+            Some((option, _)) => Err(ConfigError::JailOptionWithoutJail(option)),
+            None => Ok(None),
+        };
+    }
+    if args.jail_uid == Some(0) {
+        return Err(ConfigError::JailAsRoot("--jail-uid"));
+    }
+    if args.jail_gid == Some(0) {
+        return Err(ConfigError::JailAsRoot("--jail-gid"));
+    }
+    Ok(Some(JailConfig {
+        uid: args.jail_uid,
+        gid: args.jail_gid,
+        cgroup: args.cgroup.clone(),
+    }))
 }
 
 /// Refuses more disks than PCI bus 0 has room for, and one image given twice (the second
@@ -261,6 +306,11 @@ mod tests {
             socket_fd: None,
             socket_allow_uid: Vec::new(),
             disable_sandbox: false,
+            jail: false,
+            no_jail: false,
+            jail_uid: None,
+            jail_gid: None,
+            cgroup: None,
             kernel: Source::Path(PathBuf::from("bzImage")),
         }
     }

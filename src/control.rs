@@ -13,13 +13,12 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use vm_control::server::{
-    AcceptError, Connection, ConnectionError, IncomingRequest, ListenError, Listener,
-    MAX_CONNECTIONS, MAX_REQUESTS_PER_WAKE, Received,
+    AcceptError, Connection, ConnectionError, IncomingRequest, Listener, MAX_CONNECTIONS,
+    MAX_REQUESTS_PER_WAKE, Received,
 };
 use vm_control::wire::{ErrorKind, ErrorReply, Event, Request, Response};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -62,25 +61,13 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Creates the socket at `path` (mode 0600; a stale socket file is replaced, a live one
-    /// refused) and adds it to `epoll` under `listener_token`.
-    pub fn bind(
-        path: &Path,
-        allowed_uids: &[u32],
-        epoll: &Epoll,
-        listener_token: u64,
-    ) -> Result<ControlServer, ListenError> {
-        let listener = Listener::bind(path, allowed_uids)?;
-        ControlServer::with_listener(listener, epoll, listener_token)
-    }
-
-    /// Serves on `listener` (one `bind` made, or one handed over: `--socket-fd`, socket
-    /// activation), added to `epoll` under `listener_token`.
-    pub fn with_listener(
+    /// Serves `listener` (bound before the VM was built, see `opened`), added to `epoll`
+    /// under `listener_token`.
+    pub fn new(
         listener: Listener,
         epoll: &Epoll,
         listener_token: u64,
-    ) -> Result<ControlServer, ListenError> {
+    ) -> io::Result<ControlServer> {
         let mut server = ControlServer {
             listener,
             listener_token,
@@ -90,9 +77,7 @@ impl ControlServer {
             next_key: 0,
             refusals_logged: false,
         };
-        server
-            .set_listening(epoll, true)
-            .map_err(ListenError::Socket)?;
+        server.set_listening(epoll, true)?;
         Ok(server)
     }
 

@@ -15,11 +15,12 @@
 //!    it can serve its option: open, of the right kind, with the access the option needs.
 //!    The first that cannot gives one error naming the option and the descriptor.
 //!
-//! The result, [`Handover`], holds the checked files, taps and control listener; the
-//! builder and the run loop take them out as they build the VM. From here on a VM built
-//! from descriptors is built as one from paths (the disk is locked with `flock` on the
-//! descriptor, the tap's offloads are set when the guest starts the device, console output
-//! goes through the console writer thread).
+//! The result, [`Handover`], holds the checked files, taps and control listener;
+//! [`crate::opened::open_all`] takes them out in the same phase as it opens the paths, so
+//! from there on (the jail, the builder, the run loop) a VM built from descriptors is built
+//! as one from paths (the disk is locked with `flock` on the descriptor, the tap's offloads
+//! are set when the guest starts the device, console output goes through the console writer
+//! thread). Nothing the jail needs is inherited: it opens what it uses itself, after this.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -113,7 +114,8 @@ pub struct Handover {
     taps: BTreeMap<RawFd, Tap>,
     /// The control socket's listener (`--socket-fd` or socket activation).
     control: Option<Listener>,
-    /// Descriptors named by `/proc/self/fd/N` paths, kept open for as long as `vmm` runs.
+    /// Descriptors named by `/proc/self/fd/N` paths, kept open until `opened` has opened
+    /// those paths (dropping the handover closes them).
     path_targets: Vec<OwnedFd>,
 }
 
@@ -145,7 +147,7 @@ enum Role {
     Serial,
     Tap,
     ControlSocket,
-    /// Named by a `/proc/self/fd/N` path: kept open, opened again by that path later.
+    /// Named by a `/proc/self/fd/N` path: kept open until that path is opened.
     PathTarget,
 }
 

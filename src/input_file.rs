@@ -56,13 +56,26 @@ pub enum Input<'a> {
     File { name: String, file: File },
 }
 
-/// Reads `input` whole if it is a regular file of at most `limit` bytes; `what` names it in
+/// An input file opened and checked (a regular file of at most `limit` bytes), not yet
+/// read: `vmm run` opens its inputs (or takes over the descriptors a supervisor passed)
+/// before it enters its jail, and reads them while the VM is built, when no path resolves
+/// any more.
+#[derive(Debug)]
+pub struct BoundedFile {
+    file: File,
+    what: &'static str,
+    /// The path, or how the descriptor was given (`fd=5`), for messages.
+    name: String,
+    limit: u64,
+}
+
+/// Opens `input` if it is a regular file of at most `limit` bytes; `what` names it in
 /// errors ("the kernel").
-pub fn read_bounded(
+pub fn open_bounded(
     what: &'static str,
     input: Input<'_>,
     limit: u64,
-) -> Result<Vec<u8>, InputFileError> {
+) -> Result<BoundedFile, InputFileError> {
     let (file, name) = match input {
         Input::Path(path) => {
             let name = path.display().to_string();
@@ -80,29 +93,54 @@ pub fn read_bounded(
         Input::File { name, file } => (file, name),
     };
     let size = regular_file_size(&file, what, &name)?;
-    let too_large = |size| InputFileError::TooLarge {
-        what,
-        input: name.clone(),
-        size,
-        limit,
-    };
     if size > limit {
-        return Err(too_large(size));
-    }
-    // The size is the one fstat saw; a file still growing is cut at one byte past the
-    // limit, which is enough to tell that it does not fit.
-    let contents = read_from_start(&file, size, limit.saturating_add(1)).map_err(|source| {
-        InputFileError::Read {
+        return Err(InputFileError::TooLarge {
             what,
-            input: name.clone(),
-            source,
-        }
-    })?;
-    let read = u64::try_from(contents.len()).unwrap_or(u64::MAX);
-    if read > limit {
-        return Err(too_large(read));
+            input: name,
+            size,
+            limit,
+        });
     }
-    Ok(contents)
+    Ok(BoundedFile {
+        file,
+        what,
+        name,
+        limit,
+    })
+}
+
+impl BoundedFile {
+    /// Reads the whole file from its start, still refusing it if it grew past the limit
+    /// since it was opened. It is read with `pread`, so the file offset an inherited
+    /// descriptor shares with the supervisor is left alone.
+    pub fn read_all(self) -> Result<Vec<u8>, InputFileError> {
+        let BoundedFile {
+            file,
+            what,
+            name,
+            limit,
+        } = self;
+        let size = regular_file_size(&file, what, &name)?;
+        // The size is the one fstat saw; a file still growing is cut at one byte past the
+        // limit, which is enough to tell that it does not fit.
+        let contents = read_from_start(&file, size, limit.saturating_add(1)).map_err(|source| {
+            InputFileError::Read {
+                what,
+                input: name.clone(),
+                source,
+            }
+        })?;
+        let read = u64::try_from(contents.len()).unwrap_or(u64::MAX);
+        if read > limit {
+            return Err(InputFileError::TooLarge {
+                what,
+                input: name,
+                size: read,
+                limit,
+            });
+        }
+        Ok(contents)
+    }
 }
 
 /// Reads `file` from offset 0 with `pread` until its end or `most` bytes; `size` is the
@@ -181,6 +219,15 @@ mod tests {
     use super::*;
 
     use std::path::PathBuf;
+
+    /// Opens and reads, as `vmm run` does in two phases.
+    fn read_bounded(
+        what: &'static str,
+        input: Input<'_>,
+        limit: u64,
+    ) -> Result<Vec<u8>, InputFileError> {
+        open_bounded(what, input, limit)?.read_all()
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let dir =

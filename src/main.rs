@@ -40,8 +40,10 @@ mod guest_ram;
 mod inherited_fds;
 mod input_file;
 mod irq_routing;
+mod jail;
 mod logger;
 mod memory_registry;
+mod opened;
 mod run_loop;
 mod run_options;
 mod running_vm;
@@ -135,7 +137,7 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     // First, while this is the only thread and before vmm opens anything: take over the
     // descriptors the options name (checked), close every other inherited one, and take
     // the socket-activation variables out of the environment.
-    let mut handover = inherited_fds::take(args)?;
+    let handover = inherited_fds::take(args)?;
     // While this is still the only thread: every thread created from here on inherits
     // the block, so a stop signal only ever reaches the run loop.
     let stop_signals = run_loop::block_stop_signals()?;
@@ -154,9 +156,16 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     }
     // Before the build: device workers are created during it and confine themselves.
     sandbox::prepare(&config)?;
-    let vm = builder::build(&config, &kvm, &mut handover)?;
-    let control = handover.take_control();
-    Ok(run_loop::run(vm, &config, stop_signals, control)?)
+    // Every path, and every descriptor the supervisor handed over, before any thread
+    // exists and before the jail: from here on the VMM works from descriptors alone.
+    let mut opened = opened::open_all(&config, handover)?;
+    // Still one thread: the jail's namespaces, root and credentials apply to every thread
+    // the build starts. The process that enters it stays behind as the reaper.
+    if let Some(jail) = &config.jail {
+        jail::enter(jail, &config, &mut opened)?;
+    }
+    let vm = builder::build(&config, &kvm, opened.files)?;
+    Ok(run_loop::run(vm, &config, stop_signals, opened.control)?)
 }
 
 /// "outer: inner: innermost", so one line carries the whole cause.

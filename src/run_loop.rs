@@ -38,8 +38,8 @@ pub enum RunError {
     SpawnVcpu(#[source] io::Error),
     #[error(transparent)]
     FdBudget(#[from] crate::fd_budget::FdBudgetError),
-    #[error("cannot create the control socket: {0}")]
-    ControlSocket(#[source] vm_control::server::ListenError),
+    #[error("cannot serve the control socket: {0}")]
+    ControlSocket(#[source] io::Error),
     #[error("waiting for events failed: {0}")]
     Wait(#[source] io::Error),
     #[error("cannot start the sandbox: {0}")]
@@ -106,14 +106,14 @@ pub fn block_stop_signals() -> Result<SignalFd, RunError> {
 }
 
 /// Runs `vm` until the guest stops or the host asks it to; returns why it ended.
-/// `signals` comes from [`block_stop_signals`], called before the VM was built;
-/// `handed_over` is the control socket's listener when a supervisor passed it (then
-/// `config.socket` is `None`).
+/// `signals` comes from [`block_stop_signals`], called before the VM was built, and
+/// `listener` is the control socket, bound before it was built too or handed over by a
+/// supervisor (`--socket-fd`, socket activation; see `opened`).
 pub fn run(
     vm: Vm,
     config: &VmConfig,
     signals: SignalFd,
-    handed_over: Option<Listener>,
+    listener: Option<Listener>,
 ) -> Result<VmExit, RunError> {
     vcpu::install_kick_handler()
         .map_err(|err| setup("vCPU kick signal")(io::Error::from_raw_os_error(err.errno())))?;
@@ -123,7 +123,15 @@ pub fn run(
     let epoll = Epoll::new().map_err(setup("epoll"))?;
     // The socket exists before the guest runs, so a supervisor that sees it can drive
     // the VM from its first instruction.
-    let control = control_server(config, handed_over, &epoll)?;
+    let control = match listener {
+        Some(listener) => Some({
+            let limit = crate::fd_budget::ensure_control_headroom()?;
+            debug!("descriptor limit {limit}: room for every control connection");
+            ControlServer::new(listener, &epoll, Token::ControlListener as u64)
+                .map_err(RunError::ControlSocket)?
+        }),
+        None => None,
+    };
 
     let counters = Arc::new(ExitCounters::default());
     let run_control = Arc::new(RunControl::default());
@@ -191,27 +199,6 @@ pub fn run(
     }
     debug!("VM exits: {}", running.counters);
     result
-}
-
-/// The control server: on the handed-over listener, or on a socket it creates at
-/// `--socket`'s path, or none.
-fn control_server(
-    config: &VmConfig,
-    handed_over: Option<Listener>,
-    epoll: &Epoll,
-) -> Result<Option<ControlServer>, RunError> {
-    if handed_over.is_none() && config.socket.is_none() {
-        return Ok(None);
-    }
-    let limit = crate::fd_budget::ensure_control_headroom()?;
-    debug!("descriptor limit {limit}: room for every control connection");
-    let token = Token::ControlListener as u64;
-    let server = match (handed_over, &config.socket) {
-        (Some(listener), _) => ControlServer::with_listener(listener, epoll, token),
-        (None, Some(path)) => ControlServer::bind(path, &config.socket_allow_uids, epoll, token),
-        (None, None) => return Ok(None),
-    };
-    server.map(Some).map_err(RunError::ControlSocket)
 }
 
 /// The event subscribers get when the VM ends this way.

@@ -299,6 +299,16 @@ impl Listener {
         self.owned_file.as_ref().map(|(path, _)| path.as_path())
     }
 
+    /// Also admits peers whose credentials read as `uid`. A server inside a user
+    /// namespace sees every uid the namespace does not map (root, other users) as the
+    /// overflow uid (65534); admitting that one leaves the socket file's permissions,
+    /// which the kernel checks at connect(2), as the gate.
+    pub fn admit_uid(&mut self, uid: u32) {
+        if !self.allowed_uids.contains(&uid) {
+            self.allowed_uids.push(uid);
+        }
+    }
+
     /// Whether a peer with `uid` may connect.
     pub fn uid_allowed(&self, uid: u32) -> bool {
         uid == 0 || uid == self.own_uid || self.allowed_uids.contains(&uid)

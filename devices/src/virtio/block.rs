@@ -499,7 +499,7 @@ impl Block {
         worker_start: impl FnOnce() + Send + 'static,
     ) -> Result<Block, BlockError> {
         let file = open_image(path, read_only)?;
-        Block::from_file(file, path, read_only, worker_name, worker_start)
+        Block::with_image(file, path, read_only, worker_name, worker_start)
     }
 
     /// [`Block::open`] for an image that is already open (a descriptor a supervisor
@@ -516,6 +516,19 @@ impl Block {
         worker_start: impl FnOnce() + Send + 'static,
     ) -> Result<Block, BlockError> {
         lock_image(&file, path, read_only)?;
+        Block::with_image(file, path, read_only, worker_name, worker_start)
+    }
+
+    /// As [`Block::open`], for an image already opened and locked by [`open_image`] or
+    /// [`lock_image`] (the VMM opens every image, by path or by descriptor, before it
+    /// enters its jail, where no path resolves); `path` only names it in messages.
+    pub fn with_image(
+        file: File,
+        path: &Path,
+        read_only: bool,
+        worker_name: &str,
+        worker_start: impl FnOnce() + Send + 'static,
+    ) -> Result<Block, BlockError> {
         let meta = file.metadata().map_err(|source| BlockError::Open {
             path: path.to_owned(),
             source,
@@ -575,8 +588,16 @@ impl Block {
     }
 }
 
+/// Opens and locks the image at `path` (see [`lock_image`]); it must be a regular file or
+/// a block device.
+pub fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
+    let file = open_unlocked(path, read_only)?;
+    lock_image(&file, path, read_only)?;
+    Ok(file)
+}
+
 /// Opens the image at `path`; it must be a regular file or a block device.
-fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
+fn open_unlocked(path: &Path, read_only: bool) -> Result<File, BlockError> {
     let open_error = |source| BlockError::Open {
         path: path.to_owned(),
         source,
@@ -597,8 +618,8 @@ fn open_image(path: &Path, read_only: bool) -> Result<File, BlockError> {
 }
 
 /// Checks that `file` is a disk (a regular file or block device) and locks it: exclusive,
-/// or shared when `read_only`.
-fn lock_image(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
+/// or shared when `read_only`. Locking again through the same open file changes nothing.
+pub fn lock_image(file: &File, path: &Path, read_only: bool) -> Result<(), BlockError> {
     let open_error = |source| BlockError::Open {
         path: path.to_owned(),
         source,
