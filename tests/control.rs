@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use common::{GuestCode, Scratch, require_kvm, run_with_timeout, tiny_elf, vmm, vmm_run};
+use common::{GuestCode, Scratch, describe, require_kvm, run_with_timeout, tiny_elf, vmm, vmm_run};
 use json::StatsJson as _;
 
 /// Longest a `vmm run` may take in these tests.
@@ -21,15 +21,6 @@ const VM_LIMIT: Duration = Duration::from_secs(60);
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 /// How long to wait for `vmm run` to create its socket.
 const SOCKET_LIMIT: Duration = Duration::from_secs(10);
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn stdout_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::hostile::{ParkedVm, arg};
-use common::{Scratch, require_kvm, require_root, run_with_timeout};
+use common::{Scratch, describe, require_kvm, require_root, run_with_timeout};
 
 /// `nobody` on Debian: the admitted uid.
 const ADMITTED_UID: u32 = 65534;
@@ -33,15 +33,6 @@ fn version_as(uid: u32, vmm: &Path, socket: &Path) -> Output {
     let mut command = Command::new(vmm);
     command.arg("version").arg(socket).uid(uid).gid(uid);
     run_with_timeout(command, Duration::from_secs(30))
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[test]

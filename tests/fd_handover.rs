@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{GuestCode, Scratch, require_kvm, run_with_timeout, tiny_elf, vmm};
+use common::{GuestCode, Scratch, describe, require_kvm, run_with_timeout, tiny_elf, vmm};
 use vm_control::server::Listener;
 
 /// Longest a `vmm run` may take in these tests.
@@ -83,15 +83,6 @@ fn vmm_run_activated(args: &[&str]) -> Command {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        text(&output.stdout),
-        text(&output.stderr)
-    )
 }
 
 /// A guest that prints `message` on COM1 and powers off.

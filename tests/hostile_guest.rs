@@ -11,19 +11,10 @@ use std::process::{Child, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{GuestCode, Scratch, require_kvm, tiny_elf, vmm, vmm_run};
+use common::{GuestCode, Scratch, describe, require_kvm, tiny_elf, vmm, vmm_run};
 
 /// Longest a `vmm run` or control command may take in these tests.
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// A `vmm run --socket` on a tiny guest; killed when dropped if still running.
 struct Vm {

@@ -18,8 +18,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    GuestCode, Scratch, require_kvm, require_root, run_with_timeout, tiny_elf, user_threads, vmm,
-    vmm_run, wait_until,
+    GuestCode, Scratch, describe, require_kvm, require_root, run_with_timeout, tiny_elf,
+    user_threads, vmm, vmm_run, wait_until,
 };
 use vm_control::server::Listener;
 
@@ -28,15 +28,6 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// The uid and gid a root-started jail runs as by default (README, options).
 const JAIL_ID: &str = "65534";
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn parked_guest() -> GuestCode {
     GuestCode::new().print("up\n").halt_forever()

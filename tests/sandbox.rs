@@ -11,21 +11,12 @@ use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use common::{GuestCode, Scratch, require_kvm, run_with_timeout, tiny_elf, vmm, vmm_run};
+use common::{GuestCode, Scratch, describe, require_kvm, run_with_timeout, tiny_elf, vmm, vmm_run};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// The documented exit status of a VMM stopped by its sandbox (README, "Exit status").
 const EXIT_BAD_SYSCALL: i32 = 31;
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn parked_kernel(scratch: &Scratch) -> std::path::PathBuf {
     scratch.write(

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use common::{GuestCode, Scratch, open_pty, require_kvm, termios_of, tiny_elf, vmm, vmm_run};
+use common::{
+    GuestCode, Scratch, describe, open_pty, require_kvm, termios_of, tiny_elf, vmm, vmm_run,
+};
 
 /// Longest a `vmm run` (or a control command) may take here.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -22,15 +24,6 @@ const STOP_SIGNALS: [(libc::c_int, &str); 3] = [
     (libc::SIGINT, "SIGINT"),
     (libc::SIGHUP, "SIGHUP"),
 ];
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// What a user sees after stopping a VM with a signal.
 struct Stopped {

@@ -450,6 +450,16 @@ impl PipeReader {
     }
 }
 
+/// A child's exit status and output, for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// Ends a child that overstayed: SIGTERM first, so that tools/lab can take its QEMU down
 /// with it (QEMU runs in a session of its own and would otherwise go on loading the
 /// cores under the tests that follow), then SIGKILL after a grace period.
