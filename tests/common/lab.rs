@@ -1,6 +1,7 @@
 //! Driving the nested lab (tools/lab, docs/lab.md) from tests: whether it can run, one
 //! run at a time per test binary, and the guest kit's `guest.run=<base64>` contract.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -249,7 +250,10 @@ pub fn run_allowing_known_lines(lab_args: &[String], command: &[String]) -> LabR
             return run;
         }
         record_retry(attempt, breakage);
-        eprintln!(
+        // Straight to stderr: libtest would swallow an eprintln! of a test that then
+        // passes, and a retry must show whatever the test's outcome.
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "\n!!! LAB RETRY: {breakage} (status {:?}); RUNNING THE TEST'S LAB COMMAND AGAIN \
              (attempt {} of {}). This run's output:\n{}\n!!!\n",
             run.status,
@@ -284,7 +288,6 @@ fn lab_breakage(run: &LabRun) -> Option<&'static str> {
 /// before the suite and prints after it, so that a green run still says how many lab runs
 /// it needed.
 fn record_retry(attempt: u32, breakage: &str) {
-    use std::io::Write;
     let test = std::thread::current()
         .name()
         .unwrap_or("unnamed test")
