@@ -220,6 +220,13 @@ impl Listener {
             },
         }
 
+        // The socket is bound and listening under a temporary name, then renamed into
+        // place: the file a client waits for appears only once connecting to it works
+        // (bound at its final name, it would exist, refusing connections, between
+        // bind(2) and listen(2)).
+        // A directory so deep that the staging name does not fit in sun_path gets the
+        // socket bound in place, as before.
+        let staging = staging_path(path).unwrap_or_else(|| path.to_owned());
         let fd = socket::seqpacket_socket(true).map_err(ListenError::Socket)?;
         // SAFETY: fchmod(2) on a descriptor we own has no memory arguments. On Linux the mode of
         // an unbound AF_UNIX socket's inode becomes the mode of the file bind(2) creates (minus
@@ -227,7 +234,10 @@ impl Listener {
         if unsafe { libc::fchmod(fd.as_raw_fd(), SOCKET_MODE) } != 0 {
             return Err(ListenError::Socket(io::Error::last_os_error()));
         }
-        socket::bind_listen(fd.as_fd(), path, LISTEN_BACKLOG).map_err(|source| {
+        if staging != path {
+            let _ = fs::remove_file(&staging);
+        }
+        socket::bind_listen(fd.as_fd(), &staging, LISTEN_BACKLOG).map_err(|source| {
             if source.raw_os_error() == Some(libc::EADDRINUSE) {
                 ListenError::InUse(path.to_owned())
             } else {
@@ -241,29 +251,21 @@ impl Listener {
             path: path.to_owned(),
             source,
         };
-        let meta = fs::symlink_metadata(path).map_err(bind_err)?;
-        if meta.mode() & 0o7777 != SOCKET_MODE {
-            // Only reachable when the umask removed owner bits: this widens nothing beyond
-            // owner read/write.
-            fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE)).map_err(bind_err)?;
-        }
+        let prepared = prepare_file(&staging, allowed_uids);
+        let meta = match prepared.and_then(|()| {
+            if staging != path {
+                publish(&staging, path)?;
+            }
+            fs::symlink_metadata(path).map_err(|e| SetupError::Io(bind_err(e)))
+        }) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = fs::remove_file(&staging);
+                return Err(e.into_listen_error(path));
+            }
+        };
         // SAFETY: geteuid(2) cannot fail and has no arguments.
         let own_uid = unsafe { libc::geteuid() };
-        let others: Vec<u32> = allowed_uids
-            .iter()
-            .copied()
-            .filter(|&uid| uid != 0 && uid != own_uid)
-            .collect();
-        if !others.is_empty()
-            && let Err(source) = acl::grant_read_write(path, &others)
-        {
-            let _ = fs::remove_file(path);
-            return Err(ListenError::Acl {
-                path: path.to_owned(),
-                uids: others,
-                source,
-            });
-        }
         Ok(Listener {
             fd,
             owned_file: Some((path.to_owned(), (meta.dev(), meta.ino()))),
@@ -599,4 +601,99 @@ impl AsFd for Connection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Where [`Listener::bind`] binds before renaming into `path`: a hidden sibling named
+/// after the process, so two VMMs never share one; `None` when that name would not fit
+/// in a socket address (107 bytes).
+fn staging_path(path: &Path) -> Option<std::path::PathBuf> {
+    let staging = path.with_file_name(format!(".vmm-{}.binding", std::process::id()));
+    (staging.as_os_str().len() < 108).then_some(staging)
+}
+
+/// Why making the staged socket file ready or moving it into place failed.
+enum SetupError {
+    Io(ListenError),
+    Acl { uids: Vec<u32>, source: io::Error },
+    InUse,
+}
+
+impl SetupError {
+    fn into_listen_error(self, path: &Path) -> ListenError {
+        match self {
+            SetupError::Io(e) => e,
+            SetupError::Acl { uids, source } => ListenError::Acl {
+                path: path.to_owned(),
+                uids,
+                source,
+            },
+            SetupError::InUse => ListenError::InUse(path.to_owned()),
+        }
+    }
+}
+
+/// Gives the staged socket file its mode and, for `allowed_uids` other than root and
+/// ourselves, its ACL entries, before anyone can see it.
+fn prepare_file(staging: &Path, allowed_uids: &[u32]) -> Result<(), SetupError> {
+    let io_err = |source| {
+        SetupError::Io(ListenError::Bind {
+            path: staging.to_owned(),
+            source,
+        })
+    };
+    let meta = fs::symlink_metadata(staging).map_err(io_err)?;
+    if meta.mode() & 0o7777 != SOCKET_MODE {
+        // Only reachable when the umask removed owner bits: this widens nothing beyond
+        // owner read/write.
+        fs::set_permissions(staging, fs::Permissions::from_mode(SOCKET_MODE)).map_err(io_err)?;
+    }
+    // SAFETY: geteuid(2) cannot fail and has no arguments.
+    let own_uid = unsafe { libc::geteuid() };
+    let others: Vec<u32> = allowed_uids
+        .iter()
+        .copied()
+        .filter(|&uid| uid != 0 && uid != own_uid)
+        .collect();
+    if !others.is_empty() {
+        acl::grant_read_write(staging, &others).map_err(|source| SetupError::Acl {
+            uids: others,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Renames the staged socket file to `path`, refusing to replace a file another VMM
+/// created there meanwhile.
+fn publish(staging: &Path, path: &Path) -> Result<(), SetupError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let io_err = |source| {
+        SetupError::Io(ListenError::Bind {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let (Ok(from), Ok(to)) = (c(staging), c(path)) else {
+        return Err(io_err(io::Error::from_raw_os_error(libc::EINVAL)));
+    };
+    // SAFETY: renameat2(2) reads two NUL-terminated paths that live across the call;
+    // AT_FDCWD resolves them as open(2) would.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        return Err(SetupError::InUse);
+    }
+    Err(io_err(err))
 }

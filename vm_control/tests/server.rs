@@ -358,6 +358,28 @@ fn listener_creates_its_socket_with_mode_0600_whatever_the_umask() {
 }
 
 #[test]
+fn the_socket_file_appears_only_once_it_accepts_and_nothing_else_is_left() {
+    // Bound under a staging name and renamed into place once listening: a client that
+    // connects as soon as it sees the file never meets a socket that refuses it.
+    let dir = TempDir::new("publish");
+    let path = dir.join("vm.sock");
+    let listener = Listener::bind(&path, &[]).expect("bind");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["vm.sock"], "no staging file left behind");
+    let _client = socket::connect(&path).expect("connects at once");
+    assert!(listener.accept().expect("accept").is_some());
+    // A second VMM on the same path is refused, and leaves nothing behind either.
+    assert!(matches!(
+        Listener::bind(&path, &[]),
+        Err(ListenError::InUse(_))
+    ));
+    assert_eq!(std::fs::read_dir(dir.path()).expect("read dir").count(), 1);
+}
+
+#[test]
 fn stale_socket_file_is_replaced() {
     let dir = TempDir::new("stale");
     let path = dir.join("vm.sock");
