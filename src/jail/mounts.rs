@@ -1,6 +1,7 @@
 //! The jail's namespaces and its root: new mount, IPC, UTS and network namespaces, and
-//! `pivot_root` into an empty, read-only tmpfs, so that `/` holds nothing and no path
-//! the VMM could be made to open resolves to anything.
+//! `pivot_root` into an empty, read-only tmpfs (or, on a host that runs from its
+//! initramfs, which pivot_root cannot move, the new root moved over it and chrooted into),
+//! so that `/` holds nothing and no path the VMM could be made to open resolves to anything.
 
 use std::ffi::CString;
 use std::io;
@@ -65,15 +66,20 @@ pub fn pivot_to_empty_root() -> Result<(), JailError> {
     let dot = c_path(".")?;
     // SAFETY: pivot_root(2) reads two NUL-terminated paths that live across the call.
     // With both "." the old root ends up mounted on top of the new one, at "/".
-    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
-        return Err(step("pivot_root into the jail", io::Error::last_os_error()));
-    }
-    // SAFETY: umount2(2) reads a NUL-terminated path that lives across the call.
-    if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(step(
-            "detach the host's root from the jail",
-            io::Error::last_os_error(),
-        ));
+    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } == 0 {
+        // SAFETY: umount2(2) reads a NUL-terminated path that lives across the call.
+        if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(step(
+                "detach the host's root from the jail",
+                io::Error::last_os_error(),
+            ));
+        }
+    } else {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(step("pivot_root into the jail", err));
+        }
+        move_onto_initramfs_root()?;
     }
     std::env::set_current_dir("/").map_err(|source| step("enter the jail's root", source))?;
     mount(
@@ -89,7 +95,33 @@ pub fn pivot_to_empty_root() -> Result<(), JailError> {
         None,
         "make the jail's root read-only",
     )?;
-    debug!("jail: pivoted into an empty read-only root (tmpfs mounted on {new_root})");
+    debug!("jail: in an empty read-only root (the tmpfs mounted on {new_root})");
+    Ok(())
+}
+
+/// pivot_root(2) refuses to move the initial ramfs (EINVAL: a host that runs from its
+/// initramfs, as the nested lab's outer VM does). Then the new root is moved over `/` and
+/// chrooted into, as switch_root(8) does: the ramfs stays mounted underneath, unreachable
+/// once the capabilities (CAP_SYS_CHROOT among them) are dropped, since nothing open points
+/// into it.
+fn move_onto_initramfs_root() -> Result<(), JailError> {
+    mount(
+        Some("."),
+        "/",
+        None,
+        libc::MS_MOVE,
+        None,
+        "move the jail's root over the initial ramfs",
+    )?;
+    let dot = c_path(".")?;
+    // SAFETY: chroot(2) reads a NUL-terminated path that lives across the call.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(step(
+            "chroot into the jail's root",
+            io::Error::last_os_error(),
+        ));
+    }
+    debug!("jail: the host runs from its initramfs; moved the new root over it and chrooted");
     Ok(())
 }
 
