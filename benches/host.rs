@@ -18,7 +18,10 @@
 //! Both VMMs boot the same file: an ELF64 with a Xen PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`),
 //! which QEMU's `-kernel` needs and vmm also accepts (32-bit flat protected mode entry).
 //! The guest code means the same in 32-bit and 64-bit mode. The 64-bit ELF entry of vmm
-//! (no PVH note) is timed as an extra row of the start-up measurement.
+//! (no PVH note) is timed as an extra row of the start-up measurement, and so is vmm in
+//! its jail (`--jail`), whose throughput is measured too: against plain vmm, that is the
+//! jail's cost (its memory is not: the VMM is then the reaper's child, not the process
+//! spawned).
 //!
 //! Environment: `BENCH_RUNS` (start-up runs per VMM, default 50), `BENCH_VMS` (VMs per VMM
 //! for throughput, default 50), `BENCH_MEM_RUNS` (default 5), `BENCH_VMM` (another vmm
@@ -55,15 +58,16 @@ fn main() {
     let guests = Guests::write(&scratch);
     let vmms = [Vmm::ours(&config), Vmm::qemu(&config)];
     let vmm_elf64 = Vmm::ours_elf64(&config);
+    let vmm_jailed = Vmm::ours_jailed(&config);
 
     print_preface(&config, &vmms);
-    for vmm in vmms.iter().chain([&vmm_elf64]) {
+    for vmm in vmms.iter().chain([&vmm_elf64, &vmm_jailed]) {
         preflight(vmm, &guests, &scratch);
     }
 
     let load_before = load_average();
     let startup = measure_startup(
-        &[&vmms[0], &vmms[1], &vmm_elf64],
+        &[&vmms[0], &vmms[1], &vmm_elf64, &vmm_jailed],
         &guests,
         &scratch,
         &config,
@@ -72,7 +76,8 @@ fn main() {
         .iter()
         .map(|vmm| measure_memory(vmm, &guests, &scratch, config.mem_runs))
         .collect();
-    let throughput = measure_throughput(&vmms, &guests, &scratch, config.vms);
+    let [ours, qemu] = vmms;
+    let throughput = measure_throughput(&[ours, qemu, vmm_jailed], &guests, &scratch, config.vms);
     let load_after = load_average();
 
     print_table(&startup, &memory, &throughput, &config);
@@ -241,6 +246,15 @@ impl Vmm {
             elf64: false,
             reset_status: VMM_RESET_STATUS,
         }
+    }
+
+    /// vmm in its jail (`--jail`): namespaces, an empty root, no capabilities, and the
+    /// reaper's fork. Its start-up and throughput against plain vmm are the jail's cost.
+    fn ours_jailed(config: &Config) -> Vmm {
+        let mut vmm = Vmm::ours(config);
+        vmm.name = "vmm --jail";
+        vmm.args.push("--jail".to_string());
+        vmm
     }
 
     fn ours_elf64(config: &Config) -> Vmm {
@@ -778,6 +792,17 @@ fn print_table(
             extra.min(),
             extra.median(),
             extra.p90()
+        );
+    }
+    if let (Some(jailed), Some(jailed_vms)) = (startup.get(3), throughput.get(2)) {
+        println!(
+            "\njail cost: start-up median {:+.2} ms ({:.2}x plain vmm); {:.2} VM/s jailed \
+             against {:.2} ({:.2}x)",
+            jailed.median() - ours.median(),
+            jailed.median() / ours.median(),
+            jailed_vms,
+            throughput[0],
+            jailed_vms / throughput[0]
         );
     }
     print_targets(ours, a);
