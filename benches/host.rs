@@ -233,8 +233,11 @@ impl Vmm {
         Vmm {
             name: "vmm",
             program: config.vmm_bin.clone(),
+            // Without the jail, so that the spawned process is the VMM whose memory is
+            // measured; the jail's cost is the `vmm --jail` row.
             args: [
                 "run",
+                "--no-jail",
                 "--mem",
                 &GUEST_MEM_MIB.to_string(),
                 "--serial",
@@ -253,7 +256,11 @@ impl Vmm {
     fn ours_jailed(config: &Config) -> Vmm {
         let mut vmm = Vmm::ours(config);
         vmm.name = "vmm --jail";
-        vmm.args.push("--jail".to_string());
+        for arg in &mut vmm.args {
+            if arg == "--no-jail" {
+                *arg = "--jail".to_string();
+            }
+        }
         vmm
     }
 

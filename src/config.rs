@@ -59,7 +59,7 @@ pub enum ConfigError {
 
 /// Whether `vmm run` jails itself when neither `--jail` nor `--no-jail` is given. Turning
 /// it on is this one line (see README, "Sandbox", for what must hold first).
-pub const JAIL_BY_DEFAULT: bool = false;
+pub const JAIL_BY_DEFAULT: bool = true;
 
 /// What `vmm run` builds.
 #[derive(Debug, Clone)]

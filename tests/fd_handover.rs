@@ -233,7 +233,8 @@ fn a_disk_by_descriptor_is_attached_locked_and_close_on_exec() {
         common::vmm_run(&kernel, &["--disk", image.to_str().expect("utf-8")]),
         LIMIT,
     );
-    let (pid, fds) = (vm.pid(), open_fds(vm.pid()));
+    let pid = common::vmm_process(vm.pid());
+    let fds = open_fds(pid);
     let cloexec = is_cloexec(pid, 5);
     let output = vm.stop_and_wait();
 
@@ -636,7 +637,7 @@ fn an_inherited_descriptor_no_option_names_is_closed_in_the_running_vmm() {
         &[(disk.as_raw_fd(), 5), (leaked.as_raw_fd(), 200)],
     );
     let mut vm = RunningVmm::start(command, &socket);
-    let targets = fd_targets(vm.pid());
+    let targets = fd_targets(common::vmm_process(vm.pid()));
     let output = vm.stop_and_wait();
 
     // vmm reuses low numbers for its own files, so look at what they point to.

@@ -99,8 +99,9 @@ impl Vm {
 
     /// The VMM's resident memory now, in KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/PID/status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", common::vmm_process(self.pid())))
+                .expect("read /proc/PID/status");
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))

@@ -361,8 +361,8 @@ fn jail_options_without_jail_are_refused() {
     let scratch = Scratch::new("jail-usage");
     let kernel = scratch.write("guest.elf", &tiny_elf(parked_guest().bytes()));
     for options in [
-        &["--jail-uid", "1000"][..],
-        &["--cgroup", "/sys/fs/cgroup/x"],
+        &["--no-jail", "--jail-uid", "1000"][..],
+        &["--no-jail", "--cgroup", "/sys/fs/cgroup/x"],
         &["--jail", "--no-jail"],
         &["--jail", "--jail-uid", "0"],
     ] {

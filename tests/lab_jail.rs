@@ -27,7 +27,7 @@ echo host-disk: $(sha256sum /tmp/disk.img | cut -d' ' -f1)
 {start}
 wait_for guest-done
 # $vmm is the reaper outside the jail; the VMM is its one child.
-child=$(cat /proc/$vmm/task/$vmm/children | tr -d ' ')
+child=$(vmm_proc)
 echo "jailed-capeff: $(grep CapEff /proc/$child/status | tr -s '\t ' ' ' | cut -d' ' -f2)"
 echo "jailed-uid: $(grep '^Uid' /proc/$child/status | tr -s '\t ' ' ' | cut -d' ' -f2)"
 echo "jailed-root: $(ls -A /proc/$child/root | wc -l)"

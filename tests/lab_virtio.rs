@@ -131,7 +131,7 @@ snapshot() {{
         sleep 0.1
     done
     echo "$1-guest-avail-kb: $(grep meminfo {CONSOLE_FILE} | tail -n 1 | cut -d' ' -f2)"
-    echo "$1-host-rss-kb: $(grep VmRSS /proc/$vmm/status | tr -s ' ' | cut -d' ' -f2)"
+    echo "$1-host-rss-kb: $(grep VmRSS /proc/$(vmm_proc)/status | tr -s ' ' | cut -d' ' -f2)"
 }}
 # Waits until the balloon holds $1 pages (vmm stats), for at most 5 minutes.
 wait_actual() {{

@@ -210,7 +210,6 @@ fn every_thread_of_a_running_vmm_is_filtered() {
         .spawn()
         .expect("spawn vmm");
     let mut vm = Running(child);
-    let pid = vm.0.id();
     assert!(
         common::wait_until(LIMIT, || socket.exists()),
         "vmm never created its socket"
@@ -219,6 +218,7 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     // it does after starting the vCPUs.
     let stats = ctl("stats", &socket);
     assert_eq!(stats.status.code(), Some(0), "{}", describe(&stats));
+    let pid = common::vmm_process(vm.0.id());
     let expected = [
         "vcpu0",
         "vcpu1",

@@ -226,7 +226,7 @@ fn every_thread_of_a_vmm_with_every_device_kind_blocks_the_stop_signals() {
         .expect("spawn vmm");
     let mut vm = Running(Some(child));
     wait_for_run_loop(&socket, &mut vm);
-    let pid = vm.0.as_ref().expect("vmm is ours").id();
+    let pid = common::vmm_process(vm.0.as_ref().expect("vmm is ours").id());
 
     let threads = common::user_threads(pid);
     let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();

@@ -191,8 +191,9 @@ impl ParkedVm {
 
     /// Resident set size of the VMM, KiB (`VmRSS` in `/proc/PID/status`).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("read /proc/PID/status");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", super::vmm_process(self.pid())))
+                .expect("read /proc/PID/status");
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -202,7 +203,7 @@ impl ParkedVm {
 
     /// Open descriptors of the VMM (`/proc/PID/fd` entries).
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+        std::fs::read_dir(format!("/proc/{}/fd", super::vmm_process(self.pid())))
             .expect("list /proc/PID/fd")
             .count()
     }

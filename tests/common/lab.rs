@@ -179,6 +179,8 @@ while [ ! -S /tmp/vmm.sock ]; do
     sleep 0.1
 done
 echo "lab-script: socket is up"
+# The process that runs the VM: jailed (the default) vmm forks and $vmm is the reaper.
+vmm_proc() {{ c=$(cut -d' ' -f1 /proc/$vmm/task/$vmm/children 2>/dev/null); echo ${{c:-$vmm}}; }}
 "#
     )
 }

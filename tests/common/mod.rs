@@ -567,6 +567,26 @@ impl ThreadStatus {
     }
 }
 
+/// The process that runs the VM of the `vmm run` with process id `pid`: jailed (the
+/// default), `vmm run` forks into a PID namespace and stays outside as the reaper, and
+/// the VMM is its one child; with `--no-jail` it is `pid` itself. Waits (bounded) for
+/// the reaper's fork.
+pub fn vmm_process(pid: u32) -> u32 {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.split(|b| *b == 0).any(|arg| arg == b"--no-jail") {
+        return pid;
+    }
+    let mut child = None;
+    let forked = wait_until(Duration::from_secs(10), || {
+        child = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok());
+        child.is_some()
+    });
+    assert!(forked, "vmm run {pid} never forked its jailed VMM");
+    child.unwrap_or(pid)
+}
+
 /// Every user thread of process `pid` (kernel workers left out).
 pub fn user_threads(pid: u32) -> Vec<ThreadStatus> {
     let mut threads = Vec::new();
