@@ -54,6 +54,15 @@ pub fn enter_main() -> Result<(), SeccompError> {
     enter(ThreadKind::Main, "main")
 }
 
+/// Confines the jail's reaper once it has closed every descriptor but stdio; like
+/// [`enter_vcpu`], a reaper that cannot be confined ends the process (and, through
+/// `PR_SET_PDEATHSIG`, the VMM).
+pub fn enter_reaper() {
+    if let Err(err) = enter(ThreadKind::Reaper, "reaper") {
+        exit_unconfined(&err);
+    }
+}
+
 /// Confines vCPU thread `id`; call before it first enters the guest. A vCPU that cannot be
 /// confined must not run the guest, so this ends the process with the VMM-error status.
 pub fn enter_vcpu(id: usize) {

@@ -218,9 +218,21 @@ fn a_jailed_vmm_has_an_empty_root_and_namespaces_of_its_own() {
     for kind in ["mnt", "ipc", "uts", "net", "pid"] {
         assert_ne!(namespace(&pid, kind), namespace("self", kind), "{kind}");
     }
-    // The reaper stays outside the namespaces (it removes the socket file by its path).
+    // The reaper stays outside the namespaces (it removes the socket file by its path),
+    // under a seccomp filter of its own, holding nothing but stdio and its link to the VMM.
     let reaper = vm.pid().to_string();
     assert_eq!(namespace(&reaper, "mnt"), namespace("self", "mnt"));
+    let status = std::fs::read_to_string(format!("/proc/{reaper}/status")).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
+        "the reaper is filtered: {status}"
+    );
+    let fds = std::fs::read_dir(format!("/proc/{reaper}/fd"))
+        .expect("list the reaper's descriptors")
+        .count();
+    assert!(fds <= 4, "stdin, stdout, stderr and the VMM's link: {fds}");
 }
 
 #[test]

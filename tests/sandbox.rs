@@ -98,6 +98,17 @@ fn a_disallowed_syscall_in_the_console_writer_stops_the_vmm_naming_thread_and_sy
 }
 
 #[test]
+fn a_disallowed_syscall_in_the_jails_reaper_stops_the_vmm_naming_it_and_the_syscall() {
+    if !require_kvm() {
+        return;
+    }
+    // The reaper (outside the jail, jailed being the default) confines itself once it has
+    // closed every descriptor but stdio; the VMM dies with it.
+    let output = run_with_violation_in("reaper", &[]);
+    assert_stopped_by_sandbox(&output, &["reaper"], "reaper");
+}
+
+#[test]
 fn a_disallowed_syscall_in_a_disk_worker_stops_the_vmm_naming_thread_and_syscall() {
     if !require_kvm() {
         return;

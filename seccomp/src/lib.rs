@@ -62,11 +62,14 @@ pub enum ThreadKind {
     /// The serial console's writer: waits for guest output and writes it to stdout or the
     /// `--serial` file, so no other thread ever waits on the console's reader.
     ConsoleWriter,
+    /// The jail's reaper, outside the jail: waits for the jailed VMM, forwards the stop
+    /// signals, removes the socket file, and ends as the VMM ended.
+    Reaper,
 }
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::VirtioRng,
@@ -74,6 +77,7 @@ impl ThreadKind {
         ThreadKind::VirtioBalloon,
         ThreadKind::VirtioNet,
         ThreadKind::ConsoleWriter,
+        ThreadKind::Reaper,
     ];
 
     /// The name used in log lines and by the test hook.
@@ -86,6 +90,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => "virtio-balloon",
             ThreadKind::VirtioNet => "virtio-net",
             ThreadKind::ConsoleWriter => "console-writer",
+            ThreadKind::Reaper => "reaper",
         }
     }
 
@@ -99,6 +104,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => "policies/virtio_balloon.json",
             ThreadKind::VirtioNet => "policies/virtio_net.json",
             ThreadKind::ConsoleWriter => "policies/console_writer.json",
+            ThreadKind::Reaper => "policies/reaper.json",
         }
     }
 
@@ -111,6 +117,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => policies::VIRTIO_BALLOON,
             ThreadKind::VirtioNet => policies::VIRTIO_NET,
             ThreadKind::ConsoleWriter => policies::CONSOLE_WRITER,
+            ThreadKind::Reaper => policies::REAPER,
         };
         raw.iter()
             .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })

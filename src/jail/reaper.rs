@@ -124,6 +124,7 @@ pub fn fork_into_pid_namespace(socket: Option<SocketFile>) -> Result<ParentLink,
 /// The reaper's whole life.
 fn reap(child: libc::pid_t, keep: RawFd, socket: Option<SocketFile>) -> ! {
     close_descriptors_except(keep);
+    crate::sandbox::enter_reaper();
     debug!("jail: the VMM runs as pid {child}; waiting for it");
     let status = wait_forwarding_signals(child);
     if let Some(socket) = socket {
