@@ -142,7 +142,8 @@ pub const CONSOLE_FILE: &str = "/tmp/console.log";
 ///
 /// With the console in the file, the prelude also defines `wait_for MARKER`, which waits
 /// (at most 10 minutes) until the guest has printed MARKER and otherwise ends the run with
-/// status 91, and prints the whole console when the script exits, however it exits, so
+/// status 91 (or at once with 92 when vmm has exited, a guest that triple-faulted among
+/// them, rather than waiting out tools/lab's timeout), and prints the whole console when the script exits, however it exits, so
 /// the guest's kernel log is always in the run's output (and checked, see [`run`]).
 pub fn start_vmm(options: &[&str], mem_mib: u32, guest_script: &str, console: &str) -> String {
     let params = guest_params(guest_script);
@@ -158,6 +159,10 @@ wait_for() {{
     until grep -q "$1" {CONSOLE_FILE} 2>/dev/null; do
         i=$((i + 1))
         if [ $i -gt 6000 ]; then echo "lab-script: the guest never printed $1"; kill $vmm; exit 91; fi
+        # A guest that is gone prints nothing more: say how vmm ended, at once.
+        if ! kill -0 $vmm 2>/dev/null; then
+            wait $vmm; echo "lab-script: vmm exited with $? before the guest printed $1"; exit 92
+        fi
         sleep 0.1
     done
 }}
