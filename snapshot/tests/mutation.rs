@@ -87,7 +87,7 @@ fn mutate(rng: &mut Rng, mut bytes: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn reader_survives_100k_mutated_streams_and_accepts_only_canonical_ones() {
-    let mut rng = Rng(0x5eed_0f_5a95_u64);
+    let mut rng = Rng(0x5eed_f5a9_5eed_f5a9);
     let seeds = seeds();
     let known = [KNOWN[0], KNOWN[1]];
     let (mut accepted, mut rejected) = (0u32, 0u32);
