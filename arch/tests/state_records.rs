@@ -103,6 +103,31 @@ fn vcpu_record_has_its_documented_length_and_round_trips() {
 }
 
 #[test]
+fn legacy_fpu_vcpu_record_round_trips_at_its_documented_length() {
+    let mut v = vcpu(0);
+    let mut fpu = kvm_bindings::kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    fpu.xmm[15][15] = 0xab;
+    v.fpu = FpuState::Fpu(Box::new(fpu));
+    let payload = v.encode();
+    // The XSAVE variant's 4 + 4096 bytes become the legacy FPU's 411.
+    assert_eq!(payload.len(), 5685 - 4 - 4096 + 411 + 28 + 2 * 12 + 12);
+    let back = VcpuState::decode(Decoder::new(VCPU_RECORD, &payload)).unwrap();
+    assert_eq!(back.fpu, v.fpu);
+}
+
+#[test]
+fn vm_records_have_their_documented_lengths() {
+    let [irq, pit, clock] = vm_state().encode();
+    assert_eq!(irq.1.len(), 244);
+    assert_eq!(pit.1.len(), 76);
+    assert_eq!(clock.1.len(), 28);
+}
+
+#[test]
 fn machine_state_round_trips_through_a_stream() {
     let state = decode(machine(3), 254).unwrap();
     assert_eq!(state.vcpus.len(), 3);
@@ -229,4 +254,38 @@ fn bad_vcpu_payloads_are_refused_by_name() {
         let err = VcpuState::decode(Decoder::new(VCPU_RECORD, &bad)).unwrap_err();
         assert!(err.to_string().contains("XSAVE size in words"), "{err}");
     }
+}
+
+#[test]
+fn vcpu_decoder_survives_20k_mutated_payloads_and_accepts_only_canonical_ones() {
+    // xorshift64*, as snapshot/tests/mutation.rs.
+    let mut x: u64 = 0x0bad_5eed_cafe_f00d;
+    let mut next = move || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let seed = vcpu(0).encode();
+    let mut accepted = 0;
+    for _ in 0..20_000 {
+        let mut bytes = seed.clone();
+        for _ in 0..1 + next() % 3 {
+            let i = (next() % bytes.len() as u64) as usize;
+            match next() % 4 {
+                0 => bytes[i] ^= 1 << (next() % 8),
+                1 => bytes[i] = [0, 1, 2, 0xff][(next() % 4) as usize],
+                2 => bytes.truncate(i),
+                _ => bytes.extend((0..next() % 16).map(|_| next() as u8)),
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        if let Ok(state) = VcpuState::decode(Decoder::new(VCPU_RECORD, &bytes)) {
+            accepted += 1;
+            assert_eq!(state.encode(), bytes, "one encoding per payload");
+        }
+    }
+    assert!(accepted > 1000, "{accepted}");
 }
