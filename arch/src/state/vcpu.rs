@@ -109,7 +109,7 @@ impl VcpuState {
         let mp_state = get("KVM_GET_MP_STATE", vcpu.get_mp_state())?.mp_state;
         let regs = get("KVM_GET_REGS", vcpu.get_regs())?;
         let sregs = get("KVM_GET_SREGS", vcpu.get_sregs())?;
-        let fpu = if kvm.check_extension(Cap::Xsave) {
+        let fpu = if vm.check_extension_int(Cap::Xsave2) > 0 {
             let words = host_xsave_words(vm);
             let mut xsave = xsave_buffer(words)?;
             // SAFETY: the buffer holds `words` words, at least the size KVM_CAP_XSAVE2
@@ -119,6 +119,10 @@ impl VcpuState {
             let mut all = area.xsave.region.to_vec();
             all.extend_from_slice(xsave.as_slice());
             FpuState::Xsave(all)
+        } else if kvm.check_extension(Cap::Xsave) {
+            // A kernel before 5.17: no KVM_GET_XSAVE2, and the area is the legacy 4 KiB.
+            let xsave = get("KVM_GET_XSAVE", vcpu.get_xsave())?;
+            FpuState::Xsave(xsave.region.to_vec())
         } else {
             FpuState::Fpu(Box::new(get("KVM_GET_FPU", vcpu.get_fpu())?))
         };
