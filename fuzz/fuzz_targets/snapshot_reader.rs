@@ -35,7 +35,8 @@ fuzz_target!(|data: &[u8]| {
     let mut w = Writer::new(Vec::new()).expect("a Vec takes the header");
     for r in snap.records() {
         assert!(r.payload.len() <= MAX_PAYLOAD_LEN);
-        w.record(r.ty, r.payload).expect("an accepted record re-encodes");
+        w.record(r.ty, r.payload)
+            .expect("an accepted record re-encodes");
     }
     if snap.skipped() == 0 {
         assert_eq!(w.finish().expect("end"), bytes);
