@@ -215,7 +215,7 @@ impl VcpuState {
         }
         if !self.xcrs.1.is_empty() {
             let mut x = kvm_xcrs {
-                nr_xcrs: self.xcrs.1.len() as u32,
+                nr_xcrs: self.xcrs.1.len().min(KVM_MAX_XCRS as usize) as u32,
                 flags: self.xcrs.0,
                 ..Default::default()
             };
