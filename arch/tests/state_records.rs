@@ -289,3 +289,108 @@ fn vcpu_decoder_survives_20k_mutated_payloads_and_accepts_only_canonical_ones() 
     }
     assert!(accepted > 1000, "{accepted}");
 }
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn vcpu_fields_sit_at_their_documented_offsets() {
+    // Offsets from docs/snapshot-format.md's VCPU table, with one CPUID entry, one XCR,
+    // two MSRs and the legacy-size XSAVE area.
+    let mut v = vcpu(7);
+    v.regs.rax = 0x1111;
+    v.regs.rflags = 0x2222;
+    v.sregs.cs.base = 0x3333;
+    v.sregs.cs.selector = 0x4444;
+    v.sregs.cs.unusable = 0x55;
+    v.sregs.gdt.base = 0x6666;
+    v.sregs.cr0 = 0x7777;
+    v.sregs.cr3 = 0x8888;
+    v.sregs.apic_base = 0x9999;
+    v.sregs.interrupt_bitmap[3] = 0xaaaa;
+    v.debugregs.dr7 = 0xbbbb;
+    v.mp_state = 3;
+    v.events.exception.nr = 14;
+    v.events.exception_payload = 0xcccc;
+    let p = v.encode();
+
+    assert_eq!(u32_at(&p, 0), 7, "id");
+    assert_eq!(u32_at(&p, 4), 2_100_000, "TSC kHz");
+    assert_eq!(u32_at(&p, 8), 1, "CPUID count");
+    assert_eq!(u32_at(&p, 12), 0x4000_0000, "CPUID function");
+    assert_eq!(u32_at(&p, 12 + 16), 0x4b4d_564b, "CPUID ebx");
+    let regs = 12 + 28;
+    assert_eq!(u64_at(&p, regs), 0x1111, "rax");
+    assert_eq!(u64_at(&p, regs + 16 * 8), 0x1005, "rip");
+    assert_eq!(u64_at(&p, regs + 17 * 8), 0x2222, "rflags");
+    let sregs = regs + 144;
+    assert_eq!(u64_at(&p, sregs), 0x3333, "cs.base");
+    assert_eq!(
+        u16::from_le_bytes([p[sregs + 12], p[sregs + 13]]),
+        0x4444,
+        "cs.selector"
+    );
+    assert_eq!(p[sregs + 22], 0x55, "cs.unusable");
+    assert_eq!(u64_at(&p, sregs + 8 * 23), 0x6666, "gdt.base");
+    let crs = sregs + 8 * 23 + 20;
+    assert_eq!(u64_at(&p, crs), 0x7777, "cr0");
+    assert_eq!(u64_at(&p, crs + 16), 0x8888, "cr3");
+    assert_eq!(u64_at(&p, crs + 48), 0x9999, "apic_base");
+    assert_eq!(u64_at(&p, crs + 56 + 24), 0xaaaa, "interrupt_bitmap[3]");
+    let fpu = sregs + 292;
+    assert_eq!(
+        (u32_at(&p, fpu), u32_at(&p, fpu + 4)),
+        (2, 1024),
+        "XSAVE tag, words"
+    );
+    assert_eq!(u32_at(&p, fpu + 8 + 4 * 5), 5, "XSAVE word 5");
+    let xcrs = fpu + 8 + 4096;
+    assert_eq!(
+        (u32_at(&p, xcrs + 4), u64_at(&p, xcrs + 12)),
+        (1, 3),
+        "XCR count, XCR0"
+    );
+    let dr = xcrs + 8 + 12;
+    assert_eq!(u64_at(&p, dr + 40), 0xbbbb, "dr7");
+    let lapic = dr + 56;
+    assert_eq!(p[lapic + 0x20], 7, "LAPIC ID register");
+    let msrs = lapic + 1024;
+    assert_eq!(u32_at(&p, msrs), 2, "MSR count");
+    assert_eq!(
+        (u32_at(&p, msrs + 4), u64_at(&p, msrs + 8)),
+        (0x10, 12345),
+        "IA32_TSC"
+    );
+    let mp = msrs + 4 + 24;
+    assert_eq!(u32_at(&p, mp), 3, "MP state");
+    let events = mp + 4;
+    assert_eq!(p[events + 1], 14, "exception.nr");
+    assert_eq!(u64_at(&p, events + 29), 0xcccc, "exception_payload");
+    assert_eq!(p.len(), events + 37);
+}
+
+#[test]
+fn vm_record_fields_sit_at_their_documented_offsets() {
+    let [irq, pit, clock] = vm_state().encode();
+    let irq = irq.1;
+    assert_eq!(irq[2], 0xfb, "PIC master imr");
+    assert_eq!(u64_at(&irq, 32), 0xfec0_0000, "IOAPIC base");
+    assert_eq!(
+        u64_at(&irq, 52 + 4 * 8),
+        0x1_0000,
+        "IOAPIC redirection entry 4"
+    );
+    let pit = pit.1;
+    assert_eq!(u32_at(&pit, 0), 0x10000, "channel 0 count");
+    assert_eq!(
+        u64_at(&pit, 2 * 24 + 16) as i64,
+        -5,
+        "channel 2 count_load_time"
+    );
+    assert_eq!(u64_at(&clock.1, 0), 123_456_789, "clock");
+}
