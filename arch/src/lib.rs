@@ -9,7 +9,9 @@
 //!   discover CPUs, the I/O APIC and the power-off / reset registers;
 //! - [`cpuid`]: the CPUID leaves each vCPU sees (topology, hypervisor bit);
 //! - [`regs`]: the initial vCPU state for the Linux 64-bit boot protocol and
-//!   for PVH (MSRs, FPU, local APIC LVTs, GDT/IDT, page tables, registers).
+//!   for PVH (MSRs, FPU, local APIC LVTs, GDT/IDT, page tables, registers);
+//! - [`state`]: the running VM's KVM state (vCPUs, irqchip, PIT, clock) captured
+//!   into and restored from snapshot records.
 //!
 //! Each module has its own error type; [`Error`] wraps them all so callers that
 //! do not care which step failed can use `?` into a single type.
@@ -24,6 +26,7 @@ pub mod gdt;
 pub mod layout;
 pub mod paging;
 pub mod regs;
+pub mod state;
 
 /// Any failure while setting up the x86-64 parts of a VM.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,167 @@
+//! VM-wide KVM state: the in-kernel PIC pair and IOAPIC (`KVM_GET_IRQCHIP`), the PIT
+//! (`KVM_GET_PIT2`) and the KVM clock (`KVM_GET_CLOCK`), and their records (`IRQCHIP`,
+//! `PIT`, `CLOCK`, each version 1).
+//!
+//! Restored before any vCPU (as Firecracker does): PIT, clock, then the PICs and the
+//! IOAPIC, so the vCPUs' LAPICs come back to interrupt controllers already in place.
+//! The clock is set with no flags: the guest's clock continues from the value it had when
+//! it was captured, and the time the VM spent saved does not pass for it (passing
+//! `KVM_CLOCK_REALTIME` to make it catch up is a later choice of the restore request).
+
+use kvm_bindings::{
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_clock_data,
+    kvm_ioapic_state, kvm_irqchip, kvm_pic_state, kvm_pit_state2,
+};
+use kvm_ioctls::VmFd;
+use snapshot::payload::{Decoder, Encoder};
+use snapshot::{RecordType, kind};
+
+use super::codec;
+use super::{Error, Result};
+
+/// The `IRQCHIP` record type this code writes.
+pub const IRQCHIP_RECORD: RecordType = RecordType::required(kind::IRQCHIP, 1);
+/// The `PIT` record type this code writes.
+pub const PIT_RECORD: RecordType = RecordType::required(kind::PIT, 1);
+/// The `CLOCK` record type this code writes.
+pub const CLOCK_RECORD: RecordType = RecordType::required(kind::CLOCK, 1);
+
+/// The in-kernel interrupt controllers.
+#[derive(Clone, Copy, Debug)]
+pub struct IrqchipState {
+    /// The master 8259 (IRQs 0-7).
+    pub pic_master: kvm_pic_state,
+    /// The slave 8259 (IRQs 8-15).
+    pub pic_slave: kvm_pic_state,
+    /// The IOAPIC.
+    pub ioapic: kvm_ioapic_state,
+}
+
+/// VM-wide KVM state.
+#[derive(Clone, Copy, Debug)]
+pub struct VmState {
+    /// PICs and IOAPIC.
+    pub irqchip: IrqchipState,
+    /// The PIT.
+    pub pit: kvm_pit_state2,
+    /// The KVM clock.
+    pub clock: kvm_clock_data,
+}
+
+fn chip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip> {
+    let mut c = kvm_irqchip {
+        chip_id,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut c).map_err(|source| Error::Get {
+        what: "KVM_GET_IRQCHIP",
+        source,
+    })?;
+    Ok(c)
+}
+
+fn set_chip(vm: &VmFd, c: &kvm_irqchip) -> Result<()> {
+    vm.set_irqchip(c).map_err(|source| Error::Set {
+        what: "KVM_SET_IRQCHIP",
+        source,
+    })
+}
+
+impl VmState {
+    /// Reads the VM's interrupt controllers, PIT and clock. Every vCPU must be stopped.
+    pub fn capture(vm: &VmFd) -> Result<Self> {
+        // SAFETY (each union read below): `chip` is a union of plain integer structs over
+        // the same bytes, KVM filled the member that `chip_id` names, and every bit
+        // pattern is valid for it.
+        let pic_master = unsafe { chip(vm, KVM_IRQCHIP_PIC_MASTER)?.chip.pic };
+        // SAFETY: as above.
+        let pic_slave = unsafe { chip(vm, KVM_IRQCHIP_PIC_SLAVE)?.chip.pic };
+        // SAFETY: as above.
+        let ioapic = unsafe { chip(vm, KVM_IRQCHIP_IOAPIC)?.chip.ioapic };
+        let pit = vm.get_pit2().map_err(|source| Error::Get {
+            what: "KVM_GET_PIT2",
+            source,
+        })?;
+        let clock = vm.get_clock().map_err(|source| Error::Get {
+            what: "KVM_GET_CLOCK",
+            source,
+        })?;
+        Ok(Self {
+            irqchip: IrqchipState {
+                pic_master,
+                pic_slave,
+                ioapic,
+            },
+            pit,
+            clock,
+        })
+    }
+
+    /// Writes the state into a fresh VM that has its irqchip and PIT, before its vCPUs are
+    /// restored.
+    pub fn restore(&self, vm: &VmFd) -> Result<()> {
+        vm.set_pit2(&self.pit).map_err(|source| Error::Set {
+            what: "KVM_SET_PIT2",
+            source,
+        })?;
+        let clock = kvm_clock_data {
+            clock: self.clock.clock,
+            ..Default::default()
+        };
+        vm.set_clock(&clock).map_err(|source| Error::Set {
+            what: "KVM_SET_CLOCK",
+            source,
+        })?;
+        let mut c = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_PIC_MASTER,
+            ..Default::default()
+        };
+        c.chip.pic = self.irqchip.pic_master;
+        set_chip(vm, &c)?;
+        c.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+        c.chip.pic = self.irqchip.pic_slave;
+        set_chip(vm, &c)?;
+        let mut c = kvm_irqchip {
+            chip_id: KVM_IRQCHIP_IOAPIC,
+            ..Default::default()
+        };
+        c.chip.ioapic = self.irqchip.ioapic;
+        set_chip(vm, &c)
+    }
+
+    /// The three records' payloads: `IRQCHIP`, `PIT`, `CLOCK`.
+    pub fn encode(&self) -> [(RecordType, Vec<u8>); 3] {
+        let mut irq = Encoder::new();
+        codec::put_pic(&mut irq, &self.irqchip.pic_master);
+        codec::put_pic(&mut irq, &self.irqchip.pic_slave);
+        codec::put_ioapic(&mut irq, &self.irqchip.ioapic);
+        let mut pit = Encoder::new();
+        codec::put_pit(&mut pit, &self.pit);
+        let mut clock = Encoder::new();
+        codec::put_clock(&mut clock, &self.clock);
+        [
+            (IRQCHIP_RECORD, irq.into_vec()),
+            (PIT_RECORD, pit.into_vec()),
+            (CLOCK_RECORD, clock.into_vec()),
+        ]
+    }
+
+    /// Decodes the three records' payloads.
+    pub fn decode(mut irq: Decoder, mut pit: Decoder, mut clock: Decoder) -> Result<Self> {
+        let irqchip = IrqchipState {
+            pic_master: codec::get_pic(&mut irq)?,
+            pic_slave: codec::get_pic(&mut irq)?,
+            ioapic: codec::get_ioapic(&mut irq)?,
+        };
+        irq.finish()?;
+        let pit_state = codec::get_pit(&mut pit)?;
+        pit.finish()?;
+        let clock_state = codec::get_clock(&mut clock)?;
+        clock.finish()?;
+        Ok(Self {
+            irqchip,
+            pit: pit_state,
+            clock: clock_state,
+        })
+    }
+}
