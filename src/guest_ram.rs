@@ -1,5 +1,6 @@
-//! Guest RAM: anonymous host mappings placed at 2 MiB-aligned addresses, wrapped as a
-//! vm-memory `GuestMemoryMmap`.
+//! Guest RAM: host mappings placed at 2 MiB-aligned addresses, wrapped as a vm-memory
+//! `GuestMemoryMmap`: anonymous for a new VM, a snapshot's memory file mapped privately
+//! for a restored one.
 //!
 //! Why not let vm-memory map it: mmap only promises 4 KiB alignment, and KVM can back a
 //! guest page with a 2 MiB host page only when the guest address and the host address
@@ -12,7 +13,9 @@
 //! clones of the memory handle may sit in any thread, so unmapping early could never be
 //! proven safe. The kernel reclaims them at exit.
 
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
@@ -34,9 +37,73 @@ fn map_region(guest_base: GuestAddress, len: usize) -> io::Result<GuestRegionMma
     let host = map_aligned_anonymous(len)?;
     advise_huge_pages(host, len);
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    // SAFETY: [host, host + len) is a readable and writable anonymous mapping made just
-    // above, never unmapped (see the module comment), so it stays valid for as long as
-    // the region can be used.
+    wrap_region(guest_base, host, len, flags)
+}
+
+/// Maps guest RAM from a snapshot's memory file: each of `ranges` (guest address, length,
+/// offset in `file`) privately, so pages are read from the page cache only when the guest
+/// touches them and its writes never reach the file. The caller has checked the file's
+/// size against the ranges.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "used by `vmm run --restore`, next step")
+)]
+pub fn map_guest_ram_from_file(
+    ranges: &[(GuestAddress, usize, u64)],
+    file: &File,
+) -> io::Result<GuestMemoryMmap> {
+    let regions = ranges
+        .iter()
+        .map(|&(guest_base, len, offset)| map_file_region(guest_base, len, file, offset))
+        .collect::<io::Result<Vec<_>>>()?;
+    GuestMemoryMmap::from_regions(regions)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))
+}
+
+fn map_file_region(
+    guest_base: GuestAddress,
+    len: usize,
+    file: &File,
+    offset: u64,
+) -> io::Result<GuestRegionMmap> {
+    let offset = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memory file offset too large"))?;
+    // The 2 MiB-aligned reservation keeps guest and host addresses congruent, as for
+    // anonymous RAM; the file mapping then replaces it in place.
+    let host = map_aligned_anonymous(len)?;
+    let flags = libc::MAP_PRIVATE | libc::MAP_NORESERVE;
+    // SAFETY: [host, host + len) is the reservation made just above, which nothing else
+    // uses: MAP_FIXED replaces exactly it with the file's pages. The file is open for
+    // reading (checked by the caller's metadata call and by mmap itself).
+    let mapped = unsafe {
+        libc::mmap(
+            host.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_FIXED,
+            file.as_raw_fd(),
+            offset,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        let err = io::Error::last_os_error();
+        // SAFETY: the reservation made above, which nothing uses.
+        unsafe { libc::munmap(host.cast(), len) };
+        return Err(err);
+    }
+    wrap_region(guest_base, host, len, flags)
+}
+
+/// Wraps the mapping [host, host + len), made with `flags`, as guest RAM at `guest_base`.
+fn wrap_region(
+    guest_base: GuestAddress,
+    host: *mut u8,
+    len: usize,
+    flags: i32,
+) -> io::Result<GuestRegionMmap> {
+    // SAFETY: the callers pass [host, host + len), a readable and writable mapping they
+    // made, never unmapped (see the module comment), so it stays valid for as long as the
+    // region can be used.
     let builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(host) };
     let mapping = builder
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)

@@ -49,6 +49,12 @@ mod run_options;
 mod running_vm;
 mod sandbox;
 mod signal_fd;
+// Written and read by the snapshot request and `vmm run --restore`, which come next.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "used by the snapshot request, next step")
+)]
+mod snapshot;
 mod socket_activation;
 mod terminal;
 mod unclaimed;

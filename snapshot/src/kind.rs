@@ -20,5 +20,9 @@ pub const CLOCK: u16 = 0x0013;
 /// One vCPU: registers, XSAVE, LAPIC, MSRs, events, CPUID... (`arch::state`).
 pub const VCPU: u16 = 0x0020;
 
+/// Guest RAM: its ranges and where each lies in the memory file (`vmm`'s
+/// `snapshot::memory_file`).
+pub const MEMORY: u16 = 0x0030;
+
 /// First kind of the range kept for tests.
 pub const TEST_FIRST: u16 = 0x7f00;

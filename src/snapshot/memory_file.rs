@@ -1,0 +1,481 @@
+//! Guest RAM in a snapshot: the memory file, and the `MEMORY` record that says where each
+//! RAM range lies in it.
+//!
+//! The memory file is the guest's RAM ranges laid end to end (range `i` at the sum of the
+//! lengths before it), exactly as long as all of them together. It is written sparse: a
+//! page that holds only zeros (never touched, given back through the balloon, or zeroed by
+//! the guest) is left a hole, so the file occupies no more disk than the pages that hold
+//! something. Restore maps it privately (`MAP_PRIVATE`, [`crate::guest_ram`]): nothing is
+//! read up front, pages come in from the page cache as the guest touches them, and the
+//! guest's writes never reach the file.
+//!
+//! Why every page is looked at rather than only those `mincore(2)` calls resident: a page
+//! the host swapped out reads as not resident, and a restored VM's RAM is a file mapping
+//! whose residency is the page cache's, not the guest's. Skipping either would lose guest
+//! data; reading an untouched anonymous page maps the shared zero page and costs no memory.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use snapshot::payload::{Decoder, Encoder};
+use snapshot::{RecordType, kind};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MemoryRegionAddress,
+};
+
+/// The `MEMORY` record type this module writes.
+pub const MEMORY_RECORD: RecordType = RecordType::required(kind::MEMORY, 1);
+
+/// Granularity of holes: the host page size of every x86-64 Linux host.
+pub const PAGE_SIZE: u64 = 4096;
+/// [`PAGE_SIZE`] as a buffer length.
+const PAGE_BYTES: usize = 4096;
+
+/// Most RAM ranges a layout may have (today's VMs have one or two: below and above the
+/// 32-bit PCI hole).
+pub const MAX_RANGES: usize = 8;
+
+/// Most guest RAM a layout may describe: 1 TiB, far above what `vmm run --mem` accepts and
+/// far below what overflows any sum of it.
+pub const MAX_TOTAL_BYTES: u64 = 1 << 40;
+
+/// Largest run of non-zero pages written with one `pwrite(2)`: bounds the time between two
+/// looks at an error (a full disk is noticed within one chunk).
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// Why the memory file could not be written or used.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryFileError {
+    /// Writing or sizing the memory file failed (a full disk, a read-only file).
+    #[error("cannot write the memory file: {0}")]
+    Write(#[source] io::Error),
+    /// The memory file's size is not the snapshot's RAM size.
+    #[error("the memory file is {actual} bytes, the snapshot's guest RAM is {expected} bytes")]
+    WrongSize {
+        /// The snapshot's RAM, in bytes.
+        expected: u64,
+        /// The file's size.
+        actual: u64,
+    },
+    /// The memory file's size could not be read.
+    #[error("cannot read the memory file's size: {0}")]
+    Stat(#[source] io::Error),
+    /// Guest memory could not be read while saving it.
+    #[error("cannot read guest RAM at {addr:#x}: {reason}")]
+    ReadGuest {
+        /// The guest address.
+        addr: u64,
+        /// What vm-memory said.
+        reason: String,
+    },
+    /// The `MEMORY` record is malformed or out of range.
+    #[error(transparent)]
+    Record(#[from] snapshot::Error),
+}
+
+/// One RAM range and where it lies in the memory file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RamRange {
+    /// Guest-physical start, page-aligned.
+    pub guest_addr: u64,
+    /// Length in bytes, a non-zero multiple of [`PAGE_SIZE`].
+    pub len: u64,
+    /// Offset of its first byte in the memory file.
+    pub file_offset: u64,
+}
+
+/// Guest RAM as a snapshot records it: the ranges, ascending, not overlapping, laid end to
+/// end in the memory file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryLayout {
+    ranges: Vec<RamRange>,
+}
+
+impl MemoryLayout {
+    /// The layout of `mem`'s regions.
+    pub fn of(mem: &GuestMemoryMmap) -> MemoryLayout {
+        let mut file_offset = 0;
+        let ranges = mem
+            .iter()
+            .map(|region| {
+                let range = RamRange {
+                    guest_addr: region.start_addr().0,
+                    len: region.len(),
+                    file_offset,
+                };
+                file_offset = file_offset.saturating_add(region.len());
+                range
+            })
+            .collect();
+        MemoryLayout { ranges }
+    }
+
+    /// The ranges, ascending.
+    pub fn ranges(&self) -> &[RamRange] {
+        &self.ranges
+    }
+
+    /// The ranges as `map_guest_ram_from_file` takes them (guest address, length, offset
+    /// in the memory file).
+    pub fn file_ranges(&self) -> io::Result<Vec<(GuestAddress, usize, u64)>> {
+        self.ranges
+            .iter()
+            .map(|r| {
+                let len = usize::try_from(r.len).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "RAM range too large")
+                })?;
+                Ok((GuestAddress(r.guest_addr), len, r.file_offset))
+            })
+            .collect()
+    }
+
+    /// All RAM, in bytes: the memory file's size.
+    pub fn total_bytes(&self) -> u64 {
+        self.ranges.iter().map(|r| r.len).sum()
+    }
+
+    /// The `MEMORY` record's payload: the range count (u32), then per range guest address,
+    /// length and file offset (u64 each).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new();
+        // At most MAX_RANGES ranges, see `decode`; `of` makes one per vm-memory region.
+        e.u32(u32::try_from(self.ranges.len()).unwrap_or(u32::MAX));
+        for r in &self.ranges {
+            e.u64(r.guest_addr).u64(r.len).u64(r.file_offset);
+        }
+        e.into_vec()
+    }
+
+    /// Reads a `MEMORY` payload and checks it: 1 to [`MAX_RANGES`] ranges, page-aligned,
+    /// non-empty, ascending without overlap or wrap-around, laid end to end from offset 0,
+    /// at most [`MAX_TOTAL_BYTES`] in all.
+    pub fn decode(mut d: Decoder<'_>) -> Result<MemoryLayout, snapshot::Error> {
+        let count = d.count("RAM range count", MAX_RANGES)?;
+        if count == 0 {
+            return Err(d.out_of_range("RAM range count", 0));
+        }
+        let mut ranges = Vec::with_capacity(count);
+        let mut next_offset = 0u64;
+        let mut lowest_free = 0u64;
+        for _ in 0..count {
+            let range = RamRange {
+                guest_addr: d.u64()?,
+                len: d.u64()?,
+                file_offset: d.u64()?,
+            };
+            if range.guest_addr % PAGE_SIZE != 0 || range.guest_addr < lowest_free {
+                return Err(d.out_of_range("RAM range address", range.guest_addr));
+            }
+            if range.len == 0 || range.len % PAGE_SIZE != 0 {
+                return Err(d.out_of_range("RAM range length", range.len));
+            }
+            if range.file_offset != next_offset {
+                return Err(d.out_of_range("RAM range file offset", range.file_offset));
+            }
+            let end = range.guest_addr.checked_add(range.len);
+            let total = next_offset.checked_add(range.len);
+            let (Some(end), Some(total)) = (end, total) else {
+                return Err(d.out_of_range("RAM range length", range.len));
+            };
+            if total > MAX_TOTAL_BYTES {
+                return Err(d.out_of_range("guest RAM size", total));
+            }
+            lowest_free = end;
+            next_offset = total;
+            ranges.push(range);
+        }
+        d.finish()?;
+        Ok(MemoryLayout { ranges })
+    }
+
+    /// Checks that `file` is exactly as long as this layout's RAM.
+    pub fn check_file(&self, file: &File) -> Result<(), MemoryFileError> {
+        let actual = file.metadata().map_err(MemoryFileError::Stat)?.len();
+        let expected = self.total_bytes();
+        if actual != expected {
+            return Err(MemoryFileError::WrongSize { expected, actual });
+        }
+        Ok(())
+    }
+}
+
+/// What writing the memory file did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Bytes of guest RAM (the file's size).
+    pub ram_bytes: u64,
+    /// Bytes written (non-zero pages); the rest of the file is holes.
+    pub written_bytes: u64,
+}
+
+/// Writes all of `mem` into `file` (emptied first), zero pages as holes, and returns its
+/// layout. The guest must not run meanwhile (its vCPUs paused, device workers quiesced), or
+/// the file would mix moments.
+pub fn write_memory_file(
+    mem: &GuestMemoryMmap,
+    file: &File,
+) -> Result<(MemoryLayout, WriteSummary), MemoryFileError> {
+    let layout = MemoryLayout::of(mem);
+    file.set_len(0).map_err(MemoryFileError::Write)?;
+    file.set_len(layout.total_bytes())
+        .map_err(MemoryFileError::Write)?;
+    let mut summary = WriteSummary {
+        ram_bytes: layout.total_bytes(),
+        written_bytes: 0,
+    };
+    for (region, range) in mem.iter().zip(layout.ranges()) {
+        let written = write_region(region, range, file)?;
+        summary.written_bytes = summary.written_bytes.saturating_add(written);
+    }
+    Ok((layout, summary))
+}
+
+/// Writes the non-zero pages of one region at its offset; returns the bytes written.
+fn write_region(
+    region: &GuestRegionMmap,
+    range: &RamRange,
+    file: &File,
+) -> Result<u64, MemoryFileError> {
+    let mut pending = PendingRun::new(range.file_offset);
+    let mut page = [0u8; PAGE_BYTES];
+    let mut offset = 0;
+    while offset < range.len {
+        region
+            .get_slice(MemoryRegionAddress(offset), page.len())
+            .map_err(|err| MemoryFileError::ReadGuest {
+                addr: range.guest_addr.saturating_add(offset),
+                reason: err.to_string(),
+            })?
+            .copy_to(&mut page[..]);
+        if page.iter().all(|&b| b == 0) {
+            pending.flush(file)?;
+        } else {
+            pending.push(offset, &page, file)?;
+        }
+        offset = offset.saturating_add(PAGE_SIZE);
+    }
+    pending.flush(file)?;
+    Ok(pending.written)
+}
+
+/// Consecutive non-zero pages gathered for one `pwrite(2)`.
+struct PendingRun {
+    /// Where the region starts in the file.
+    base: u64,
+    /// Region offset of the first gathered page.
+    start: u64,
+    bytes: Vec<u8>,
+    written: u64,
+}
+
+impl PendingRun {
+    fn new(base: u64) -> PendingRun {
+        PendingRun {
+            base,
+            start: 0,
+            bytes: Vec::with_capacity(WRITE_CHUNK),
+            written: 0,
+        }
+    }
+
+    /// Adds the page at region offset `offset`, which follows the gathered ones.
+    fn push(&mut self, offset: u64, page: &[u8], file: &File) -> Result<(), MemoryFileError> {
+        if self.bytes.len() >= WRITE_CHUNK {
+            self.flush(file)?;
+        }
+        if self.bytes.is_empty() {
+            self.start = offset;
+        }
+        self.bytes.extend_from_slice(page);
+        Ok(())
+    }
+
+    /// Writes what is gathered at its place in the file.
+    fn flush(&mut self, file: &File) -> Result<(), MemoryFileError> {
+        if self.bytes.is_empty() {
+            return Ok(());
+        }
+        file.write_all_at(&self.bytes, self.base.saturating_add(self.start))
+            .map_err(MemoryFileError::Write)?;
+        self.written = self.written.saturating_add(self.bytes.len() as u64);
+        self.bytes.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use snapshot::payload::Decoder;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::guest_ram::{map_guest_ram, map_guest_ram_from_file};
+
+    const LOW: u64 = 8 << 20;
+    const HIGH_BASE: u64 = 0x1_0000_0000;
+    const HIGH: u64 = 2 << 20;
+
+    fn scratch_file(name: &str) -> (std::path::PathBuf, File) {
+        let path =
+            std::env::temp_dir().join(format!("vmm-memory-file-{}-{name}", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("scratch file");
+        (path, file)
+    }
+
+    fn two_ranges() -> GuestMemoryMmap {
+        map_guest_ram(&[
+            (GuestAddress(0), LOW as usize),
+            (GuestAddress(HIGH_BASE), HIGH as usize),
+        ])
+        .expect("guest RAM")
+    }
+
+    #[test]
+    fn ram_round_trips_through_a_sparse_file_mapped_privately() {
+        let mem = two_ranges();
+        // Three scattered non-zero pages, one page the guest zeroed after touching it, and
+        // a run of two pages crossing nothing.
+        mem.write_obj(0x1111u64, GuestAddress(0x1000)).expect("w");
+        mem.write_obj(0x2222u64, GuestAddress(0x7f_fff8))
+            .expect("w");
+        mem.write_slice(&[0x33; 8192], GuestAddress(0x20_0000))
+            .expect("w");
+        mem.write_obj(0x4444u64, GuestAddress(HIGH_BASE + HIGH - 8))
+            .expect("w");
+        mem.write_obj(0u64, GuestAddress(0x30_0000)).expect("w");
+        let (path, file) = scratch_file("round-trip");
+
+        let (layout, summary) = write_memory_file(&mem, &file).expect("write");
+
+        assert_eq!(summary.ram_bytes, LOW + HIGH);
+        assert_eq!(
+            summary.written_bytes,
+            5 * PAGE_SIZE,
+            "only the non-zero pages"
+        );
+        let meta = file.metadata().expect("stat");
+        assert_eq!(meta.len(), LOW + HIGH, "the file is as long as RAM");
+        assert!(
+            meta.blocks() * 512 <= 5 * PAGE_SIZE + 64 * 1024,
+            "the file is sparse: {} bytes allocated",
+            meta.blocks() * 512
+        );
+        assert_eq!(layout.ranges()[1].file_offset, LOW);
+
+        layout.check_file(&file).expect("right size");
+        let restored =
+            map_guest_ram_from_file(&layout.file_ranges().expect("ranges"), &file).expect("map");
+        let read = |addr| restored.read_obj::<u64>(GuestAddress(addr)).expect("read");
+        assert_eq!(read(0x1000), 0x1111);
+        assert_eq!(read(0x7f_fff8), 0x2222);
+        assert_eq!(read(0x20_1ff8), 0x3333_3333_3333_3333);
+        assert_eq!(read(HIGH_BASE + HIGH - 8), 0x4444);
+        assert_eq!(read(0x30_0000), 0);
+        assert_eq!(read(0x40_0000), 0, "a hole reads as zeros");
+
+        // The guest's writes after restore stay in the process: the file keeps the snapshot.
+        restored
+            .write_obj(0x5555u64, GuestAddress(0x1000))
+            .expect("w");
+        let mut on_disk = [0u8; 8];
+        file.read_exact_at(&mut on_disk, 0x1000).expect("pread");
+        assert_eq!(u64::from_le_bytes(on_disk), 0x1111);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_memory_file_of_the_wrong_size_is_refused() {
+        let layout = MemoryLayout::of(&two_ranges());
+        let (path, file) = scratch_file("wrong-size");
+        file.set_len(LOW).expect("truncate");
+        let err = layout.check_file(&file).expect_err("short file");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the memory file is {LOW} bytes, the snapshot's guest RAM is {} bytes",
+                LOW + HIGH
+            )
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_file_that_cannot_take_the_pages_is_an_error() {
+        let mem = two_ranges();
+        mem.write_obj(1u64, GuestAddress(0)).expect("w");
+        let full = File::options()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let err = write_memory_file(&mem, &full).expect_err("/dev/full");
+        assert!(matches!(err, MemoryFileError::Write(_)), "{err}");
+    }
+
+    fn decode(payload: &[u8]) -> Result<MemoryLayout, snapshot::Error> {
+        MemoryLayout::decode(Decoder::new(MEMORY_RECORD, payload))
+    }
+
+    fn payload(ranges: &[(u64, u64, u64)]) -> Vec<u8> {
+        let mut e = Encoder::new();
+        e.u32(ranges.len() as u32);
+        for &(a, l, o) in ranges {
+            e.u64(a).u64(l).u64(o);
+        }
+        e.into_vec()
+    }
+
+    #[test]
+    fn the_record_round_trips_and_pins_its_bytes() {
+        let layout = MemoryLayout::of(&two_ranges());
+        let bytes = layout.encode();
+        assert_eq!(
+            bytes,
+            payload(&[(0, LOW, 0), (HIGH_BASE, HIGH, LOW)]),
+            "count, then address, length, offset per range, little-endian"
+        );
+        // The example in docs/snapshot-format.md.
+        let golden = "02000000\
+                      0000000000000000 0000800000000000 0000000000000000\
+                      0000000001000000 0000200000000000 0000800000000000";
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, golden.replace(' ', ""));
+        assert_eq!(decode(&bytes).expect("decode"), layout);
+    }
+
+    #[test]
+    fn out_of_range_layouts_are_refused() {
+        let p = PAGE_SIZE;
+        let cases: [(&str, Vec<u8>); 9] = [
+            ("RAM range count", payload(&[])),
+            ("RAM range count", payload(&[(0, p, 0); 9])),
+            ("RAM range address", payload(&[(1, p, 0)])),
+            ("RAM range length", payload(&[(0, 0, 0)])),
+            ("RAM range length", payload(&[(0, p + 1, 0)])),
+            ("RAM range file offset", payload(&[(0, p, p)])),
+            (
+                "RAM range address",
+                payload(&[(0, 2 * p, 0), (p, p, 2 * p)]),
+            ),
+            ("RAM range length", payload(&[(u64::MAX - p + 1, 2 * p, 0)])),
+            ("guest RAM size", payload(&[(0, MAX_TOTAL_BYTES + p, 0)])),
+        ];
+        for (what, bytes) in cases {
+            let err = decode(&bytes).expect_err(what);
+            assert!(err.to_string().contains(what), "{what}: {err}");
+        }
+        let mut trailing = payload(&[(0, p, 0)]);
+        trailing.push(0);
+        assert!(decode(&trailing).is_err(), "trailing bytes");
+        assert!(decode(&[1, 0]).is_err(), "truncated");
+    }
+}
