@@ -64,7 +64,10 @@ impl Shared {
     }
 }
 
-/// The UART's output sink: appends to the bounded buffer and never blocks.
+/// The UART's output sink: appends to the bounded buffer and never blocks. Clones share
+/// the buffer and its writer, so two devices on one sink (the UART and the virtio-console,
+/// both on stdout) interleave whole writes instead of racing two writers.
+#[derive(Clone)]
 pub struct ConsoleOutput {
     shared: Arc<Shared>,
 }
