@@ -11,12 +11,14 @@ use devices::pci::{
 };
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
+use devices::virtio::console::{Console as VirtioConsole, ConsoleCounters, HostInput};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice};
 use devices::{
-    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleWriter, I8042, ResetControl, Serial,
+    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleWriter, I8042, ResetControl,
+    Serial,
 };
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
@@ -29,7 +31,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::boot_images::load_images;
-use crate::cli::Source;
+use crate::cli::{SerialOutput, Source};
 use crate::config::{NetConfig, VmConfig};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
@@ -52,6 +54,11 @@ const COM1_GSI: u32 = 4;
 
 /// The console-writer thread's name, and its label in a sandbox report.
 const CONSOLE_WRITER: &str = "console-writer";
+/// The virtio-console's own writer thread, when its output does not go where the UART's
+/// does (same policy as [`CONSOLE_WRITER`]).
+const HVC_WRITER: &str = "hvc0-writer";
+/// The virtio-console's worker thread.
+const VIRTIO_CONSOLE: &str = "virtio-console";
 
 /// A failure while building the VM.
 #[derive(Debug, Error)]
@@ -122,12 +129,16 @@ pub struct GuestRequests {
     pub reset: EventFd,
 }
 
-/// The serial console's host side: the device, and the event that says it can take input.
+/// The guest console's host side: the UART, the event that says it can take input, and
+/// with `--console stdio` the virtio-console's input, which then takes stdin instead.
 pub struct Console {
     pub serial: Arc<Mutex<Serial>>,
     pub input_ready: EventFd,
-    /// Whether host stdin should feed the guest (serial on stdio and stdin is a terminal).
+    /// Whether host stdin should feed the guest: the console on stdio (`--console stdio`,
+    /// else `--serial stdio`) and stdin is a terminal.
     pub takes_stdin: bool,
+    /// With `--console stdio`: where stdin goes (see `console_input`), instead of the UART.
+    pub virtio_input: Option<HostInput>,
 }
 
 /// A VM ready to run: memory mapped and loaded, devices on their buses, vCPUs configured.
@@ -144,6 +155,9 @@ pub struct Vm {
     pub console: Console,
     /// The thread that writes the guest's console output, so no other thread waits on it.
     pub console_writer: ConsoleWriter,
+    /// The virtio-console's own writer, when its output goes elsewhere than the UART's (with
+    /// both on stdio they share [`Vm::console_writer`]).
+    pub hvc_writer: Option<ConsoleWriter>,
     pub virtio: VirtioHandles,
 }
 
@@ -156,6 +170,8 @@ pub struct VirtioHandles {
     pub disks: Vec<Arc<BlockCounters>>,
     /// Each `--net`'s counters, in `--net` order.
     pub nets: Vec<Arc<NetCounters>>,
+    /// The virtio-console's counters, with `--console`.
+    pub console: Option<Arc<ConsoleCounters>>,
     /// Every virtio device's queues, in PCI order, for `GetQueues`.
     pub queues: Vec<DeviceQueues>,
     /// Every virtio device's interrupt state, whose INTx resample eventfd the run loop
@@ -188,6 +204,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         kernel,
         initrd,
         serial,
+        console,
         disks,
         taps,
     } = files;
@@ -204,9 +221,20 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (console, console_writer) = create_console(&vm_fd, serial)?;
+        let (outputs, console_writer) = create_console_outputs(config, serial, console)?;
+        let mut console = create_console(&vm_fd, &outputs)?;
+        let hvc_output = outputs.hvc.clone();
         let mmio_bus = Arc::new(Bus::new());
-        let (pci_root, virtio) = create_pci(config, disks, taps, &vm_fd, &memory, &mmio_bus)?;
+        let devices = PciDevices {
+            disks,
+            taps,
+            hvc_output,
+        };
+        let (pci_root, virtio, hvc_input) =
+            create_pci(config, devices, &vm_fd, &memory, &mmio_bus)?;
+        if matches!(config.console, Some(SerialOutput::Stdio)) {
+            console.virtio_input = hvc_input;
+        }
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -228,6 +256,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             requests,
             console,
             console_writer,
+            hvc_writer: outputs.hvc_writer,
             virtio,
         })
     })
@@ -381,33 +410,82 @@ fn new_eventfd() -> Result<EventFd> {
     EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
 }
 
-/// The UART on COM1, its interrupt and input events, and the console-writer thread that
-/// takes its output to stdout or the `--serial` file or descriptor (`serial`, already open).
-fn create_console(vm_fd: &VmFd, serial: Option<std::fs::File>) -> Result<(Console, ConsoleWriter)> {
+/// Where the guest's console output goes: the UART's sink and writer thread, and with
+/// `--console` the virtio-console's sink, which is a clone of the UART's when both are on
+/// stdio (one writer, so their output interleaves instead of racing) and has a writer
+/// thread of its own otherwise.
+struct ConsoleOutputs {
+    serial: ConsoleOutput,
+    hvc: Option<ConsoleOutput>,
+    hvc_writer: Option<ConsoleWriter>,
+    /// Whether stdin should feed the guest (a console on stdio, and stdin a terminal).
+    takes_stdin: bool,
+}
+
+/// Starts the console writer threads for `--serial` (`serial`, already open, or stdout)
+/// and `--console` (`console`, likewise); returns the sinks and the UART's writer.
+fn create_console_outputs(
+    config: &VmConfig,
+    serial: Option<std::fs::File>,
+    console: Option<std::fs::File>,
+) -> Result<(ConsoleOutputs, ConsoleWriter)> {
+    let start_writer = |name: &'static str, sink: Box<dyn io::Write + Send>| {
+        devices::console_output::start(name, sink, move || {
+            crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, name)
+        })
+        .map_err(BuildError::ConsoleWriter)
+    };
+    let serial_on_stdio = serial.is_none();
+    let sink: Box<dyn io::Write + Send> = match serial {
+        None => Box::new(io::stdout()),
+        Some(file) => Box::new(file),
+    };
+    let (serial_output, serial_writer) = start_writer(CONSOLE_WRITER, sink)?;
+    let (hvc, hvc_writer) = match (&config.console, console) {
+        (None, _) => (None, None),
+        (Some(_), Some(file)) => {
+            let (output, writer) = start_writer(HVC_WRITER, Box::new(file))?;
+            (Some(output), Some(writer))
+        }
+        (Some(_), None) if serial_on_stdio => (Some(serial_output.clone()), None),
+        (Some(_), None) => {
+            let (output, writer) = start_writer(HVC_WRITER, Box::new(io::stdout()))?;
+            (Some(output), Some(writer))
+        }
+    };
+    let console_on_stdio = matches!(config.console, Some(SerialOutput::Stdio));
+    let takes_stdin = (console_on_stdio || (config.console.is_none() && serial_on_stdio))
+        && crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin()));
+    let outputs = ConsoleOutputs {
+        serial: serial_output,
+        hvc,
+        hvc_writer,
+        takes_stdin,
+    };
+    Ok((outputs, serial_writer))
+}
+
+/// The UART on COM1 with its interrupt and input events, writing to the UART's sink of
+/// `outputs`.
+fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
         .map_err(kvm_step("route the serial interrupt"))?;
     let input_ready = new_eventfd()?;
-    let (out, takes_stdin): (Box<dyn io::Write + Send>, bool) = match serial {
-        None => (
-            Box::new(io::stdout()),
-            crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin())),
-        ),
-        Some(file) => (Box::new(file), false),
-    };
-    let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
-        crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
-    })
-    .map_err(BuildError::ConsoleWriter)?;
     let input_ready_for_device = input_ready.try_clone().map_err(BuildError::EventFd)?;
-    let serial = Serial::new(interrupt, input_ready_for_device, Box::new(output));
+    let serial = Serial::new(
+        interrupt,
+        input_ready_for_device,
+        Box::new(outputs.serial.clone()),
+    );
     let console = Console {
         serial: Arc::new(Mutex::new(serial)),
         input_ready,
-        takes_stdin,
+        takes_stdin: outputs.takes_stdin,
+        virtio_input: None,
     };
-    Ok((console, writer))
+    Ok(console)
 }
 
 fn create_pio_bus(
@@ -444,17 +522,31 @@ fn create_pio_bus(
     Ok(bus)
 }
 
-/// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
-/// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added;
-/// then the network interfaces in `--net` order (`eth0`, ...), the rng and the balloon.
-fn create_pci(
-    config: &VmConfig,
+/// What the virtio devices are built from, besides the configuration.
+struct PciDevices {
     disks: Vec<DiskFile>,
     taps: Vec<Tap>,
+    /// The virtio-console's output sink, with `--console`.
+    hvc_output: Option<ConsoleOutput>,
+}
+
+/// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
+/// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added;
+/// then the network interfaces in `--net` order (`eth0`, ...), the rng, the balloon and
+/// the console, so adding `--console` moves no other device. Returns the virtio-console's
+/// input handle too, with `--console`.
+fn create_pci(
+    config: &VmConfig,
+    devices: PciDevices,
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
-) -> Result<(PciRoot, VirtioHandles)> {
+) -> Result<(PciRoot, VirtioHandles, Option<HostInput>)> {
+    let PciDevices {
+        disks,
+        taps,
+        hvc_output,
+    } = devices;
     let mut pci = PciWiring {
         root: PciRoot::new(),
         bars: BarAllocator::default(),
@@ -510,8 +602,21 @@ fn create_pci(
         let queues = pci.add_virtio(Box::new(balloon))?;
         handles.add_queues(device_kind::BALLOON, 0, queues);
     }
+    let mut hvc_input = None;
+    if let Some(output) = hvc_output {
+        let console = VirtioConsole::new(Box::new(output), VIRTIO_CONSOLE, || {
+            crate::sandbox::enter_device_worker(ThreadKind::VirtioConsole, VIRTIO_CONSOLE)
+        })
+        .map_err(|err| {
+            BuildError::Device(format!("cannot start the virtio-console worker: {err}"))
+        })?;
+        handles.console = Some(console.counters());
+        hvc_input = Some(console.input());
+        let queues = pci.add_virtio(Box::new(console))?;
+        handles.add_queues(device_kind::CONSOLE, 0, queues);
+    }
     handles.intx_lines = pci.intx_lines;
-    Ok((pci.root, handles))
+    Ok((pci.root, handles, hvc_input))
 }
 
 impl VirtioHandles {
