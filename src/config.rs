@@ -13,11 +13,12 @@ use crate::jail::JailConfig;
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
 
 /// The default kernel command line with `--console`: the kernel logs to both consoles and
-/// `hvc0`, named last, is `/dev/console` once it exists. Until the virtio-console driver
-/// binds (a module loaded by the initramfs, on Debian) the boot log goes to the UART, so a
-/// kernel that dies early still says why; when `hvc0` appears the kernel replays its log
-/// buffer there, and init's interactive shell (busybox `cttyhack`) finds `hvc0` as the
-/// active console.
+/// `hvc0`, named last, is the preferred console once it exists. Until the virtio-console
+/// driver binds (a module the initramfs loads, on Debian) only ttyS0 exists: the boot log
+/// goes there, so a kernel that dies early still says why, and so does init's own output
+/// (its `/dev/console` is opened before `hvc0` exists). Debian's 6.1 kernel does not replay
+/// the earlier log on `hvc0` when it appears; messages from then on reach both consoles.
+/// An interactive shell started with busybox `cttyhack` finds `hvc0` as the active console.
 pub const CONSOLE_CMDLINE: &str = "console=ttyS0 console=hvc0 panic=-1";
 
 /// Most `--disk`s: every virtio device takes one slot of PCI bus 0, which has 31 after
