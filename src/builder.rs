@@ -31,8 +31,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::boot_images::load_images;
-use crate::cli::{SerialOutput, Source};
+use crate::cli::Source;
 use crate::config::{NetConfig, VmConfig};
+use crate::consoles::{self, ConsoleOutputs, StdinConsole};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 use crate::opened::{DiskFile, HostFiles};
@@ -52,11 +53,6 @@ const PCI_CONFIG_DATA_OFFSET: u64 = 4;
 const COM1_PORT: u64 = 0x3f8;
 const COM1_GSI: u32 = 4;
 
-/// The console-writer thread's name, and its label in a sandbox report.
-const CONSOLE_WRITER: &str = "console-writer";
-/// The virtio-console's own writer thread, when its output does not go where the UART's
-/// does (same policy as [`CONSOLE_WRITER`]).
-const HVC_WRITER: &str = "hvc0-writer";
 /// The virtio-console's worker thread.
 const VIRTIO_CONSOLE: &str = "virtio-console";
 
@@ -221,7 +217,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (outputs, console_writer) = create_console_outputs(config, serial, console)?;
+        let (outputs, console_writer) = consoles::start_outputs(config, serial, console)?;
         let mut console = create_console(&vm_fd, &outputs)?;
         let hvc_output = outputs.hvc.clone();
         let mmio_bus = Arc::new(Bus::new());
@@ -232,7 +228,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         };
         let (pci_root, virtio, hvc_input) =
             create_pci(config, devices, &vm_fd, &memory, &mmio_bus)?;
-        if matches!(config.console, Some(SerialOutput::Stdio)) {
+        if outputs.stdin == Some(StdinConsole::Virtio) {
             console.virtio_input = hvc_input;
         }
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
@@ -410,64 +406,11 @@ fn new_eventfd() -> Result<EventFd> {
     EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
 }
 
-/// Where the guest's console output goes: the UART's sink and writer thread, and with
-/// `--console` the virtio-console's sink, which is a clone of the UART's when both are on
-/// stdio (one writer, so their output interleaves instead of racing) and has a writer
-/// thread of its own otherwise.
-struct ConsoleOutputs {
-    serial: ConsoleOutput,
-    hvc: Option<ConsoleOutput>,
-    hvc_writer: Option<ConsoleWriter>,
-    /// Whether stdin should feed the guest (a console on stdio, and stdin a terminal).
-    takes_stdin: bool,
-}
-
-/// Starts the console writer threads for `--serial` (`serial`, already open, or stdout)
-/// and `--console` (`console`, likewise); returns the sinks and the UART's writer.
-fn create_console_outputs(
-    config: &VmConfig,
-    serial: Option<std::fs::File>,
-    console: Option<std::fs::File>,
-) -> Result<(ConsoleOutputs, ConsoleWriter)> {
-    let start_writer = |name: &'static str, sink: Box<dyn io::Write + Send>| {
-        devices::console_output::start(name, sink, move || {
-            crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, name)
-        })
-        .map_err(BuildError::ConsoleWriter)
-    };
-    let serial_on_stdio = serial.is_none();
-    let sink: Box<dyn io::Write + Send> = match serial {
-        None => Box::new(io::stdout()),
-        Some(file) => Box::new(file),
-    };
-    let (serial_output, serial_writer) = start_writer(CONSOLE_WRITER, sink)?;
-    let (hvc, hvc_writer) = match (&config.console, console) {
-        (None, _) => (None, None),
-        (Some(_), Some(file)) => {
-            let (output, writer) = start_writer(HVC_WRITER, Box::new(file))?;
-            (Some(output), Some(writer))
-        }
-        (Some(_), None) if serial_on_stdio => (Some(serial_output.clone()), None),
-        (Some(_), None) => {
-            let (output, writer) = start_writer(HVC_WRITER, Box::new(io::stdout()))?;
-            (Some(output), Some(writer))
-        }
-    };
-    let console_on_stdio = matches!(config.console, Some(SerialOutput::Stdio));
-    let takes_stdin = (console_on_stdio || (config.console.is_none() && serial_on_stdio))
-        && crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin()));
-    let outputs = ConsoleOutputs {
-        serial: serial_output,
-        hvc,
-        hvc_writer,
-        takes_stdin,
-    };
-    Ok((outputs, serial_writer))
-}
-
 /// The UART on COM1 with its interrupt and input events, writing to the UART's sink of
 /// `outputs`.
 fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
+    let takes_stdin =
+        outputs.stdin.is_some() && crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin()));
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
@@ -482,7 +425,7 @@ fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
     let console = Console {
         serial: Arc::new(Mutex::new(serial)),
         input_ready,
-        takes_stdin: outputs.takes_stdin,
+        takes_stdin,
         virtio_input: None,
     };
     Ok(console)
