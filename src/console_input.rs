@@ -6,7 +6,8 @@
 //! Two sides:
 //!
 //! - the **source** is where bytes come from: host stdin, read in
-//!   [`ConsoleInput::on_stdin_readable`] into `pending`;
+//!   [`ConsoleInput::on_stdin_readable`]; another source hands its bytes to
+//!   [`ConsoleInput::push`] and reads more only while [`ConsoleInput::is_waiting`] is false;
 //! - the **target** is the guest console that takes them, a [`GuestConsoleInput`]: the
 //!   virtio-console's receive queue with `--console stdio`, else the UART
 //!   ([`ConsoleInput::new`] picks). A target takes what it can ([`GuestConsoleInput::offer`])
@@ -149,8 +150,7 @@ impl<'a> ConsoleInput<'a> {
             }
             Ok(count) => {
                 // read() returns at most buf.len(); take what it says it read.
-                self.pending.extend(buf.iter().take(count));
-                self.feed_guest();
+                self.push(buf.get(..count).unwrap_or(&buf));
                 true
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => true,
@@ -161,6 +161,19 @@ impl<'a> ConsoleInput<'a> {
                 false
             }
         }
+    }
+
+    /// Queues `bytes` from a source behind whatever waits, and offers the guest what it
+    /// can take. A source should read more only while [`ConsoleInput::is_waiting`] is false,
+    /// as stdin does, so the bytes waiting here stay bounded by one read.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend(bytes);
+        self.feed_guest();
+    }
+
+    /// Whether bytes wait for the guest to make room.
+    pub fn is_waiting(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// The target signalled room: offers it what waits.
@@ -183,7 +196,7 @@ impl<'a> ConsoleInput<'a> {
     /// Watches stdin only while nothing is waiting for the guest, so a guest that does not
     /// read its console cannot make the VMM buffer without bound.
     pub fn update_interest(&mut self, epoll: &Epoll, token: u64) {
-        let want = self.stdin_open && self.pending.is_empty();
+        let want = self.stdin_open && !self.is_waiting();
         if want == self.stdin_watched {
             return;
         }
@@ -242,14 +255,14 @@ mod tests {
         }));
         let target = Limited(taken.clone(), EventFd::new(EFD_NONBLOCK).unwrap());
         let mut input = ConsoleInput::with_target(Box::new(target), false);
-        input.pending.extend(b"hello");
 
-        input.feed_guest();
-        assert_eq!(input.pending.len(), 2, "two bytes wait");
+        input.push(b"hello");
+        assert!(input.is_waiting(), "two bytes wait");
+        assert_eq!(input.pending.len(), 2);
         taken.borrow_mut().room = 10;
         input.on_guest_ready();
 
-        assert!(input.pending.is_empty());
+        assert!(!input.is_waiting());
         assert_eq!(taken.borrow().bytes, b"hello");
     }
 }
