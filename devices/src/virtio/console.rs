@@ -306,8 +306,16 @@ impl ActiveConsole {
         let interrupt = &*self.interrupt;
         let mut delivered: u64 = 0;
         let mut chains = 0usize;
+        // Looks (popping a chain, or re-checking after publishing avail_event) are bounded
+        // too: a guest flipping avail.idx under us cannot keep the worker here.
+        let mut looks = 0usize;
         loop {
             if lock(&self.input.pending).is_empty() {
+                break;
+            }
+            looks = looks.saturating_add(1);
+            if looks > MAX_CHAINS_PER_WAKE.saturating_mul(2) {
+                let _ = self.receive.notify.write(1);
                 break;
             }
             let Some(chain) = self.receive.pop(LOG_NAME, mem, interrupt) else {
