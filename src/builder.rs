@@ -11,12 +11,14 @@ use devices::pci::{
 };
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
+use devices::virtio::console::{Console as VirtioConsole, ConsoleCounters, HostInput};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice};
 use devices::{
-    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleWriter, I8042, ResetControl, Serial,
+    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleWriter, I8042, ResetControl,
+    Serial,
 };
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
@@ -31,6 +33,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::boot_images::load_images;
 use crate::cli::Source;
 use crate::config::{NetConfig, VmConfig};
+use crate::consoles::{self, ConsoleOutputs, StdinConsole};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 use crate::opened::{DiskFile, HostFiles};
@@ -50,8 +53,8 @@ const PCI_CONFIG_DATA_OFFSET: u64 = 4;
 const COM1_PORT: u64 = 0x3f8;
 const COM1_GSI: u32 = 4;
 
-/// The console-writer thread's name, and its label in a sandbox report.
-const CONSOLE_WRITER: &str = "console-writer";
+/// The virtio-console's worker thread.
+const VIRTIO_CONSOLE: &str = "virtio-console";
 
 /// A failure while building the VM.
 #[derive(Debug, Error)]
@@ -122,12 +125,16 @@ pub struct GuestRequests {
     pub reset: EventFd,
 }
 
-/// The serial console's host side: the device, and the event that says it can take input.
+/// The guest console's host side: the UART, the event that says it can take input, and
+/// with `--console stdio` the virtio-console's input, which then takes stdin instead.
 pub struct Console {
     pub serial: Arc<Mutex<Serial>>,
     pub input_ready: EventFd,
-    /// Whether host stdin should feed the guest (serial on stdio and stdin is a terminal).
+    /// Whether host stdin should feed the guest: the console on stdio (`--console stdio`,
+    /// else `--serial stdio`) and stdin is a terminal.
     pub takes_stdin: bool,
+    /// With `--console stdio`: where stdin goes (see `console_input`), instead of the UART.
+    pub virtio_input: Option<HostInput>,
 }
 
 /// A VM ready to run: memory mapped and loaded, devices on their buses, vCPUs configured.
@@ -144,6 +151,9 @@ pub struct Vm {
     pub console: Console,
     /// The thread that writes the guest's console output, so no other thread waits on it.
     pub console_writer: ConsoleWriter,
+    /// The virtio-console's own writer, when its output goes elsewhere than the UART's (with
+    /// both on stdio they share [`Vm::console_writer`]).
+    pub hvc_writer: Option<ConsoleWriter>,
     pub virtio: VirtioHandles,
 }
 
@@ -156,6 +166,8 @@ pub struct VirtioHandles {
     pub disks: Vec<Arc<BlockCounters>>,
     /// Each `--net`'s counters, in `--net` order.
     pub nets: Vec<Arc<NetCounters>>,
+    /// The virtio-console's counters, with `--console`.
+    pub console: Option<Arc<ConsoleCounters>>,
     /// Every virtio device's queues, in PCI order, for `GetQueues`.
     pub queues: Vec<DeviceQueues>,
     /// Every virtio device's interrupt state, whose INTx resample eventfd the run loop
@@ -188,6 +200,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         kernel,
         initrd,
         serial,
+        console,
         disks,
         taps,
     } = files;
@@ -204,9 +217,20 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (console, console_writer) = create_console(&vm_fd, serial)?;
+        let (outputs, console_writer) = consoles::start_outputs(config, serial, console)?;
+        let mut console = create_console(&vm_fd, &outputs)?;
+        let hvc_output = outputs.hvc.clone();
         let mmio_bus = Arc::new(Bus::new());
-        let (pci_root, virtio) = create_pci(config, disks, taps, &vm_fd, &memory, &mmio_bus)?;
+        let devices = PciDevices {
+            disks,
+            taps,
+            hvc_output,
+        };
+        let (pci_root, virtio, hvc_input) =
+            create_pci(config, devices, &vm_fd, &memory, &mmio_bus)?;
+        if outputs.stdin == Some(StdinConsole::Virtio) {
+            console.virtio_input = hvc_input;
+        }
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -228,6 +252,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             requests,
             console,
             console_writer,
+            hvc_writer: outputs.hvc_writer,
             virtio,
         })
     })
@@ -381,33 +406,29 @@ fn new_eventfd() -> Result<EventFd> {
     EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
 }
 
-/// The UART on COM1, its interrupt and input events, and the console-writer thread that
-/// takes its output to stdout or the `--serial` file or descriptor (`serial`, already open).
-fn create_console(vm_fd: &VmFd, serial: Option<std::fs::File>) -> Result<(Console, ConsoleWriter)> {
+/// The UART on COM1 with its interrupt and input events, writing to the UART's sink of
+/// `outputs`.
+fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
+    let takes_stdin =
+        outputs.stdin.is_some() && crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin()));
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
         .map_err(kvm_step("route the serial interrupt"))?;
     let input_ready = new_eventfd()?;
-    let (out, takes_stdin): (Box<dyn io::Write + Send>, bool) = match serial {
-        None => (
-            Box::new(io::stdout()),
-            crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin())),
-        ),
-        Some(file) => (Box::new(file), false),
-    };
-    let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
-        crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
-    })
-    .map_err(BuildError::ConsoleWriter)?;
     let input_ready_for_device = input_ready.try_clone().map_err(BuildError::EventFd)?;
-    let serial = Serial::new(interrupt, input_ready_for_device, Box::new(output));
+    let serial = Serial::new(
+        interrupt,
+        input_ready_for_device,
+        Box::new(outputs.serial.clone()),
+    );
     let console = Console {
         serial: Arc::new(Mutex::new(serial)),
         input_ready,
         takes_stdin,
+        virtio_input: None,
     };
-    Ok((console, writer))
+    Ok(console)
 }
 
 fn create_pio_bus(
@@ -444,17 +465,31 @@ fn create_pio_bus(
     Ok(bus)
 }
 
-/// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
-/// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added;
-/// then the network interfaces in `--net` order (`eth0`, ...), the rng and the balloon.
-fn create_pci(
-    config: &VmConfig,
+/// What the virtio devices are built from, besides the configuration.
+struct PciDevices {
     disks: Vec<DiskFile>,
     taps: Vec<Tap>,
+    /// The virtio-console's output sink, with `--console`.
+    hvc_output: Option<ConsoleOutput>,
+}
+
+/// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
+/// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added;
+/// then the network interfaces in `--net` order (`eth0`, ...), the rng, the balloon and
+/// the console, so adding `--console` moves no other device. Returns the virtio-console's
+/// input handle too, with `--console`.
+fn create_pci(
+    config: &VmConfig,
+    devices: PciDevices,
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
-) -> Result<(PciRoot, VirtioHandles)> {
+) -> Result<(PciRoot, VirtioHandles, Option<HostInput>)> {
+    let PciDevices {
+        disks,
+        taps,
+        hvc_output,
+    } = devices;
     let mut pci = PciWiring {
         root: PciRoot::new(),
         bars: BarAllocator::default(),
@@ -510,8 +545,21 @@ fn create_pci(
         let queues = pci.add_virtio(Box::new(balloon))?;
         handles.add_queues(device_kind::BALLOON, 0, queues);
     }
+    let mut hvc_input = None;
+    if let Some(output) = hvc_output {
+        let console = VirtioConsole::new(Box::new(output), VIRTIO_CONSOLE, || {
+            crate::sandbox::enter_device_worker(ThreadKind::VirtioConsole, VIRTIO_CONSOLE)
+        })
+        .map_err(|err| {
+            BuildError::Device(format!("cannot start the virtio-console worker: {err}"))
+        })?;
+        handles.console = Some(console.counters());
+        hvc_input = Some(console.input());
+        let queues = pci.add_virtio(Box::new(console))?;
+        handles.add_queues(device_kind::CONSOLE, 0, queues);
+    }
     handles.intx_lines = pci.intx_lines;
-    Ok((pci.root, handles))
+    Ok((pci.root, handles, hvc_input))
 }
 
 impl VirtioHandles {

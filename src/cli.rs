@@ -11,7 +11,7 @@ use argh::FromArgs;
 
 pub use crate::run_options::{DiskSpec, NetBackend, NetSpec, SerialOutput, Source};
 use crate::run_options::{
-    parse_disk, parse_initrd, parse_kernel, parse_net, parse_serial, parse_socket_fd,
+    parse_console, parse_disk, parse_initrd, parse_kernel, parse_net, parse_serial, parse_socket_fd,
 };
 
 /// vmm: a KVM virtual machine monitor that boots stock Linux kernels.
@@ -67,6 +67,12 @@ pub struct RunArgs {
     /// (an inherited descriptor open for writing)
     #[argh(option, default = "SerialOutput::Stdio", from_str_fn(parse_serial))]
     pub serial: SerialOutput,
+
+    /// a virtio-console device, the guest's hvc0 (console=hvc0), whose output goes to
+    /// "stdio", "file=PATH" or "fd=N" (an inherited descriptor open for writing); with
+    /// stdio it takes the terminal's input instead of the serial port
+    #[argh(option, from_str_fn(parse_console))]
+    pub console: Option<SerialOutput>,
 
     /// give the guest a virtio-rng device fed from the host's getrandom(2)
     #[argh(switch)]

@@ -12,6 +12,15 @@ use crate::jail::JailConfig;
 /// reboot (reported as a reset) instead of a hang when the guest kernel panics.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1";
 
+/// The default kernel command line with `--console`: the kernel logs to both consoles and
+/// `hvc0`, named last, is the preferred console once it exists. Until the virtio-console
+/// driver binds (a module the initramfs loads, on Debian) only ttyS0 exists: the boot log
+/// goes there, so a kernel that dies early still says why, and so does init's own output
+/// (its `/dev/console` is opened before `hvc0` exists). Debian's 6.1 kernel does not replay
+/// the earlier log on `hvc0` when it appears; messages from then on reach both consoles.
+/// An interactive shell started with busybox `cttyhack` finds `hvc0` as the active console.
+pub const CONSOLE_CMDLINE: &str = "console=ttyS0 console=hvc0 panic=-1";
+
 /// Most `--disk`s: every virtio device takes one slot of PCI bus 0, which has 31 after
 /// the host bridge, and a few stay free for the other devices.
 pub const MAX_DISKS: usize = 24;
@@ -70,6 +79,8 @@ pub struct VmConfig {
     pub initrd: Option<Source>,
     pub cmdline: String,
     pub serial: SerialOutput,
+    /// Where the virtio-console's output goes, with `--console` (else no such device).
+    pub console: Option<SerialOutput>,
     /// Whether the guest gets a virtio-rng device.
     pub rng: bool,
     /// The guest's disks, in `/dev/vda`, `/dev/vdb`, ... order.
@@ -131,10 +142,10 @@ impl VmConfig {
                 max: max_cpus,
             });
         }
-        let cmdline = args
-            .params
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CMDLINE.into());
+        let cmdline = args.params.clone().unwrap_or_else(|| match args.console {
+            Some(_) => CONSOLE_CMDLINE.into(),
+            None => DEFAULT_CMDLINE.into(),
+        });
         if cmdline.contains('\0') {
             return Err(ConfigError::CmdlineHasNul);
         }
@@ -155,6 +166,7 @@ impl VmConfig {
             initrd: args.initrd.clone(),
             cmdline,
             serial: args.serial.clone(),
+            console: args.console.clone(),
             rng: args.rng,
             disks: args.disk.clone(),
             balloon: args.balloon,
@@ -297,6 +309,7 @@ mod tests {
             initrd: None,
             params: None,
             serial: SerialOutput::Stdio,
+            console: None,
             rng: false,
             disk: Vec::new(),
             balloon: false,
@@ -321,6 +334,19 @@ mod tests {
         assert_eq!(config.mem_bytes, 256 << 20);
         assert_eq!(config.cpus, 2);
         assert_eq!(config.cmdline, DEFAULT_CMDLINE);
+    }
+
+    #[test]
+    fn a_virtio_console_makes_hvc0_the_default_console_and_params_still_win() {
+        let mut with_console = args(256, 1);
+        with_console.console = Some(SerialOutput::Stdio);
+        let config = VmConfig::from_args(&with_console, HOST).expect("valid");
+        assert_eq!(config.cmdline, CONSOLE_CMDLINE);
+        assert!(config.cmdline.ends_with("console=hvc0 panic=-1"));
+
+        with_console.params = Some("console=hvc0".into());
+        let config = VmConfig::from_args(&with_console, HOST).expect("valid");
+        assert_eq!(config.cmdline, "console=hvc0");
     }
 
     #[test]

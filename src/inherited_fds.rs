@@ -219,6 +219,13 @@ fn named_descriptors(
         SerialOutput::File(path) => path_target(&mut named, "--serial file=", path),
         SerialOutput::Stdio => {}
     }
+    match &args.console {
+        Some(SerialOutput::Fd(fd)) => {
+            named.push(new_named(*fd, format!("--console fd={fd}"), Role::Serial))
+        }
+        Some(SerialOutput::File(path)) => path_target(&mut named, "--console file=", path),
+        Some(SerialOutput::Stdio) | None => {}
+    }
     for net in &args.net {
         if let NetBackend::TapFd(fd) = net.backend {
             named.push(new_named(fd, format!("--net tap-fd={fd}"), Role::Tap));

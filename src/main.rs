@@ -33,6 +33,7 @@ mod coalesce;
 mod commands;
 mod config;
 mod console_input;
+mod consoles;
 mod control;
 mod exit;
 mod fd_budget;

@@ -1,5 +1,5 @@
 //! Everything `vmm run` reaches by path, opened in one phase before the VM is built: the
-//! kernel and initrd (checked, not yet read), the `--serial` file, each `--disk` image
+//! kernel and initrd (checked, not yet read), the `--serial` and `--console` files, each `--disk` image
 //! (opened and locked), each `--net` tap (attached, or created, addressed and brought up)
 //! and the control socket (bound and listening). `/dev/kvm` is opened even earlier, by
 //! `main`, to learn the host's limits.
@@ -50,6 +50,12 @@ pub enum OpenError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot open the console output file {path}: {source}")]
+    ConsoleFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("--disk: {0}")]
     Disk(#[source] BlockError),
     #[error("--net: {0}")]
@@ -75,6 +81,8 @@ pub struct HostFiles {
     /// The `--serial file=PATH` file, opened for appending, or the `--serial fd=N`
     /// descriptor; `None` for stdio.
     pub serial: Option<File>,
+    /// The same for `--console` (`None` for stdio or without `--console`).
+    pub console: Option<File>,
     /// In `--disk` order.
     pub disks: Vec<DiskFile>,
     /// In `--net` order.
@@ -107,7 +115,15 @@ pub fn open_all(config: &VmConfig, mut handover: Handover) -> Result<Opened, Ope
         .as_ref()
         .map(|source| open_image("the initrd", source, low_ram_end, &mut handover))
         .transpose()?;
-    let serial = open_serial(&config.serial, &mut handover)?;
+    let serial = open_output(&config.serial, &mut handover, |path, source| {
+        OpenError::SerialFile { path, source }
+    })?;
+    let console = match &config.console {
+        Some(output) => open_output(output, &mut handover, |path, source| {
+            OpenError::ConsoleFile { path, source }
+        })?,
+        None => None,
+    };
     let disks = config
         .disks
         .iter()
@@ -132,6 +148,7 @@ pub fn open_all(config: &VmConfig, mut handover: Handover) -> Result<Opened, Ope
             kernel,
             initrd,
             serial,
+            console,
             disks,
             taps,
         },
@@ -181,8 +198,14 @@ fn open_disk(
     })
 }
 
-fn open_serial(serial: &SerialOutput, handover: &mut Handover) -> Result<Option<File>, OpenError> {
-    match serial {
+/// A `--serial` or `--console` sink: `None` for stdio, the handed-over descriptor, or the
+/// file opened for appending (`file_error` says which option's file failed to open).
+fn open_output(
+    output: &SerialOutput,
+    handover: &mut Handover,
+    file_error: impl FnOnce(PathBuf, io::Error) -> OpenError,
+) -> Result<Option<File>, OpenError> {
+    match output {
         SerialOutput::Stdio => Ok(None),
         SerialOutput::Fd(fd) => Ok(Some(handover.take_file(*fd)?)),
         SerialOutput::File(path) => File::options()
@@ -190,10 +213,7 @@ fn open_serial(serial: &SerialOutput, handover: &mut Handover) -> Result<Option<
             .append(true)
             .open(path)
             .map(Some)
-            .map_err(|source| OpenError::SerialFile {
-                path: path.clone(),
-                source,
-            }),
+            .map_err(|source| file_error(path.clone(), source)),
     }
 }
 

@@ -164,6 +164,7 @@ pub fn run(
         counters,
         serial: vm.console.serial.clone(),
         console_writer: vm.console_writer,
+        hvc_writer: vm.hvc_writer,
         registry,
         virtio: vm.virtio,
         started: Instant::now(),
@@ -191,11 +192,14 @@ pub fn run(
     running.vcpus.stop();
     // The guest's last words (a panic, "reboot: Power down") are worth a moment; a reader
     // that has stopped reading is not worth more.
-    if !running.console_writer.finish(CONSOLE_FLUSH_LIMIT) {
-        warn!(
-            "the console's reader took no output for {CONSOLE_FLUSH_LIMIT:?}; exiting without \
-             writing the rest"
-        );
+    let writers = std::iter::once(&mut running.console_writer).chain(running.hvc_writer.as_mut());
+    for writer in writers {
+        if !writer.finish(CONSOLE_FLUSH_LIMIT) {
+            warn!(
+                "the console's reader took no output for {CONSOLE_FLUSH_LIMIT:?}; exiting \
+                 without writing the rest"
+            );
+        }
     }
     debug!("VM exits: {}", running.counters);
     result

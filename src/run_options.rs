@@ -63,7 +63,7 @@ pub fn parse_socket_fd(value: &str) -> Result<RawFd, String> {
     parse_fd_number("--socket-fd", value)
 }
 
-/// Where the guest's COM1 output goes.
+/// Where the guest's COM1 output (`--serial`) or virtio-console output (`--console`) goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SerialOutput {
     /// The VMM's stdout; stdin feeds the guest when it is a terminal.
@@ -75,17 +75,29 @@ pub enum SerialOutput {
 }
 
 pub fn parse_serial(value: &str) -> Result<SerialOutput, String> {
+    parse_output("--serial", value)
+}
+
+/// `--console`: the same forms as `--serial`, for the virtio-console device.
+pub fn parse_console(value: &str) -> Result<SerialOutput, String> {
+    parse_output("--console", value)
+}
+
+/// A console sink (`option` names it in messages): `stdio`, `file=PATH` or `fd=N`.
+fn parse_output(option: &str, value: &str) -> Result<SerialOutput, String> {
     if value == "stdio" {
         return Ok(SerialOutput::Stdio);
     }
     if let Some(number) = value.strip_prefix("fd=") {
-        return parse_fd_number("--serial", number).map(SerialOutput::Fd);
+        return parse_fd_number(option, number).map(SerialOutput::Fd);
     }
     match value.strip_prefix("file=") {
-        Some("") => Err("--serial file= needs a path, as in file=/tmp/console.log".into()),
+        Some("") => Err(format!(
+            "{option} file= needs a path, as in file=/tmp/console.log"
+        )),
         Some(path) => Ok(SerialOutput::File(PathBuf::from(path))),
         None => Err(format!(
-            "unknown --serial value '{value}': use 'stdio', 'file=PATH' or 'fd=N'"
+            "unknown {option} value '{value}': use 'stdio', 'file=PATH' or 'fd=N'"
         )),
     }
 }

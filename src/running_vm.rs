@@ -27,6 +27,8 @@ pub struct RunningVm {
     pub counters: Arc<ExitCounters>,
     pub serial: Arc<Mutex<devices::Serial>>,
     pub console_writer: devices::ConsoleWriter,
+    /// The virtio-console's own writer, when its output does not share the UART's.
+    pub hvc_writer: Option<devices::ConsoleWriter>,
     pub registry: MemoryRegistry,
     pub virtio: VirtioHandles,
     pub started: Instant,
@@ -170,7 +172,8 @@ impl RunningVm {
         statuses
     }
 
-    /// Every device's counters, as many as the reply holds: the serial port, each disk,
+    /// Every device's counters, as many as the reply holds: the serial port, the
+    /// virtio-console, each disk,
     /// each network interface, then the balloon's guest memory figures. Asks the guest for
     /// fresh balloon statistics for the next call.
     fn device_counters(&self) -> DeviceCounters {
@@ -203,6 +206,28 @@ impl RunningVm {
                             .bytes_lost()
                             .saturating_add(self.console_writer.sink_failed()),
                     ),
+                ],
+            );
+        }
+        if let Some(console) = &self.virtio.console {
+            // Refused by a full buffer or cut from an oversized chain (the device's count),
+            // or refused by its own writer's sink; a shared writer's sink failures are
+            // counted with the serial port's.
+            let sink_failed = self
+                .hvc_writer
+                .as_ref()
+                .map_or(0, devices::ConsoleWriter::sink_failed);
+            push(
+                device_kind::CONSOLE,
+                0,
+                &[
+                    (counter_id::BYTES_OUT, get(&console.bytes_out)),
+                    (counter_id::BYTES_IN, get(&console.bytes_in)),
+                    (
+                        counter_id::BYTES_DROPPED,
+                        get(&console.bytes_dropped).saturating_add(sink_failed),
+                    ),
+                    (counter_id::INVALID_CHAINS, get(&console.invalid_chains)),
                 ],
             );
         }

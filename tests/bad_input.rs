@@ -449,6 +449,51 @@ fn usage_errors_exit_with_status_2() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--serial"));
 }
 
+#[test]
+fn malformed_console_options_are_usage_errors_naming_the_option() {
+    for (value, says) in [
+        ("tcp:1234", "unknown --console value 'tcp:1234'"),
+        ("file=", "--console file= needs a path"),
+        ("fd=x", "--console"),
+        ("fd=1", "stdin, stdout or stderr"),
+    ] {
+        let output = run_with_timeout(
+            {
+                let mut command = vmm();
+                command.args(["run", "--console", value, "--mem", "64", "k"]);
+                command
+            },
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{value}: {stderr}");
+        assert!(stderr.contains(says), "{value}: {stderr}");
+    }
+}
+
+#[test]
+fn a_console_file_that_cannot_be_opened_is_one_clear_error() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("console-file");
+    let kernel = scratch.write("guest.elf", &tiny_elf(GuestCode::new().bytes()));
+    let missing_dir = scratch.path("no-such-dir/hvc.log");
+    let console = format!("file={}", missing_dir.display());
+    let mut command = vmm();
+    command.args(["run", "--no-jail", "--mem", "64", "--console", &console]);
+    command.arg(&kernel);
+
+    let (code, stderr) = fails_with(command);
+
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot open the console output file")
+            && stderr.contains("no-such-dir/hvc.log"),
+        "{stderr}"
+    );
+}
+
 /// Whether we are root, which the tests below need to change user or mount namespace;
 /// says so loudly when not, and fails under CI, where every test must run.
 fn is_root() -> bool {

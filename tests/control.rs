@@ -387,6 +387,41 @@ fn queues_lists_each_virtio_queue_and_json_parses() {
     assert_eq!(none.trim(), "no virtio queues");
 }
 
+/// `--console` puts a virtio-console on PCI, its worker under its own seccomp policy (a
+/// missing entry would end the VMM with 31): `queues` lists its receive and transmit
+/// queues, `stats` its counters, and a tiny guest with no driver has moved nothing.
+#[test]
+fn a_virtio_console_is_listed_with_its_two_queues_and_counted_in_stats() {
+    if !require_kvm() {
+        return;
+    }
+    let vm = Vm::start_with(
+        "console-device",
+        parked_guest(),
+        &["--console", "file=/dev/null"],
+    );
+
+    let queues = vm.ctl_ok("queues", &["--json"]);
+    let stats = vm.ctl_ok("stats", &["--json"]);
+    vm.ctl_ok("stop", &[]);
+
+    let queues = json::parse(stdout_of(&queues).trim()).expect("queues --json is JSON");
+    let queues = queues.as_array().expect("an array of queues");
+    let console: Vec<_> = queues
+        .iter()
+        .filter(|q| q.get("kind").and_then(json::Value::as_str) == Some("console"))
+        .collect();
+    assert_eq!(console.len(), 2, "receiveq0 and transmitq0: {queues:?}");
+    let stats = json::parse(stdout_of(&stats).trim()).expect("stats --json is JSON");
+    for counter in ["bytes_in", "bytes_out", "bytes_dropped", "invalid_chains"] {
+        assert_eq!(
+            stats.device_counter("console", counter),
+            Some(0),
+            "console {counter}"
+        );
+    }
+}
+
 #[test]
 fn version_prints_the_vmm_range_and_the_client_version() {
     if !require_kvm() {

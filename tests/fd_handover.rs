@@ -559,6 +559,18 @@ fn every_unusable_descriptor_gets_one_error_line_and_status_1() {
             "--serial fd=5: descriptor 5 is not open for writing",
         ),
         case(
+            "closed console",
+            &["--console", "fd=9"],
+            vec![],
+            "--console fd=9: descriptor 9 is not open",
+        ),
+        case(
+            "read end as console",
+            &["--console", "fd=5"],
+            vec![(owned(File::open(&notes).expect("open notes")), 5)],
+            "--console fd=5: descriptor 5 is not open for writing",
+        ),
+        case(
             "directory kernel",
             &[],
             vec![(owned(File::open(scratch.dir()).expect("open dir")), 6)],

@@ -142,6 +142,15 @@ fn a_disallowed_syscall_in_a_network_worker_stops_the_vmm_naming_thread_and_sysc
 }
 
 #[test]
+fn a_disallowed_syscall_in_the_console_worker_stops_the_vmm_naming_thread_and_syscall() {
+    if !require_kvm() {
+        return;
+    }
+    let output = run_with_violation_in("virtio-console", &["--console", "file=/dev/null"]);
+    assert_stopped_by_sandbox(&output, &["virtio-console"], "virtio-console");
+}
+
+#[test]
 fn disable_sandbox_runs_unfiltered_and_says_so_in_the_log() {
     if !require_kvm() {
         return;
@@ -212,6 +221,8 @@ fn every_thread_of_a_running_vmm_is_filtered() {
         &disk_ro_arg,
         "--net",
         "host-ip=10.213.1.1,netmask=255.255.255.0",
+        "--console",
+        "file=/dev/null",
         "--socket",
         &socket_arg,
     ];
@@ -240,6 +251,8 @@ fn every_thread_of_a_running_vmm_is_filtered() {
         "virtio-blk1",
         "virtio-net0",
         "virtio-balloon",
+        "virtio-console",
+        "hvc0-writer",
     ];
     // Each vCPU thread names itself and installs its filter when it first runs, which a
     // busy host may not have scheduled yet: wait (bounded) until every thread has.
@@ -255,9 +268,9 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         modes.len(),
-        10,
-        "the main thread, three vCPU threads, the console writer and the rng, two disk, \
-         net and balloon workers: {names:?}"
+        12,
+        "the main thread, three vCPU threads, the two console writers and the rng, two \
+         disk, net, balloon and console workers: {names:?}"
     );
     for (name, mode) in &modes {
         assert_eq!(

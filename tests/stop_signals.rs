@@ -173,6 +173,16 @@ fn stop_signals_end_a_vm_with_a_balloon_with_128_plus_signal() {
     every_stop_signal_ends_the_vm_cleanly("balloon", &["--balloon"]);
 }
 
+/// With `--console stdio` the terminal feeds the virtio-console, not the UART: the same
+/// raw mode, restored the same way.
+#[test]
+fn stop_signals_end_a_vm_with_a_console_on_stdio_with_128_plus_signal() {
+    if !require_kvm() {
+        return;
+    }
+    every_stop_signal_ends_the_vm_cleanly("console", &["--console", "stdio"]);
+}
+
 #[test]
 fn stop_signals_end_a_vm_with_a_network_interface_with_128_plus_signal() {
     // Needs root: vmm creates (and removes) the tap itself.
@@ -216,6 +226,8 @@ fn every_thread_of_a_vmm_with_every_device_kind_blocks_the_stop_signals() {
         &disk,
         "--net",
         "host-ip=10.213.5.1,netmask=255.255.255.0",
+        "--console",
+        "file=/dev/null",
         "--socket",
         &socket_arg,
     ];
@@ -232,8 +244,9 @@ fn every_thread_of_a_vmm_with_every_device_kind_blocks_the_stop_signals() {
     let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         threads.len(),
-        8,
-        "main, 2 vCPUs, the console writer, 4 device workers: {names:?}"
+        10,
+        "main, 2 vCPUs, the console writer and the virtio-console's own writer, 5 device \
+         workers: {names:?}"
     );
     for thread in &threads {
         let mask = thread.field("SigBlk:");

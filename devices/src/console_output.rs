@@ -12,6 +12,11 @@
 //! them as dropped) until the writer catches up. Only the writer thread, which holds no
 //! lock anyone else needs while it writes, ever waits on the sink. At exit,
 //! [`ConsoleWriter::finish`] gives it a bounded time to write what is left.
+//!
+//! The virtio-console (`virtio::console`) writes its transmit queue into a
+//! [`ConsoleOutput`] too, from its device worker, which must not wait on the sink either;
+//! when it shares the UART's sink (both on stdout) it gets a clone, so one writer serves
+//! both.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -64,7 +69,10 @@ impl Shared {
     }
 }
 
-/// The UART's output sink: appends to the bounded buffer and never blocks.
+/// The UART's output sink: appends to the bounded buffer and never blocks. Clones share
+/// the buffer and its writer, so two devices on one sink (the UART and the virtio-console,
+/// both on stdout) interleave whole writes instead of racing two writers.
+#[derive(Clone)]
 pub struct ConsoleOutput {
     shared: Arc<Shared>,
 }

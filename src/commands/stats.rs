@@ -63,6 +63,7 @@ pub(super) fn device_kind_name(kind: u16) -> Option<&'static str> {
         device_kind::BLOCK => "block",
         device_kind::NET => "net",
         device_kind::RNG => "rng",
+        device_kind::CONSOLE => "console",
         _ => return None,
     })
 }

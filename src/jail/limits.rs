@@ -5,8 +5,8 @@
 //!   control socket's budget (`fd_budget`: every connection the server admits plus
 //!   headroom). The run loop checks the budget again once the VM is built.
 //! - `RLIMIT_FSIZE`: no file grows past the largest writable disk image (the guest's writes
-//!   never extend one) or a console file (`--serial file=`, or stdout/stderr redirected to
-//!   a file) by more than [`CONSOLE_FILE_GROWTH`]. `SIGXFSZ` is ignored, so a write beyond
+//!   never extend one) or a console file (`--serial file=`, `--console file=`, or stdout/stderr
+//!   redirected to a file) by more than [`CONSOLE_FILE_GROWTH`]. `SIGXFSZ` is ignored, so a write beyond
 //!   that fails with `EFBIG` (counted by the console writer) instead of killing the VMM.
 //! - `RLIMIT_CORE` 0: a VMM's memory holds the guest's; it never goes to a core file.
 //! - `--cgroup PATH`: the process joins the cgroup v2 directory `PATH` (writes its pid to
@@ -55,14 +55,16 @@ pub fn plan(config: &VmConfig, files: &HostFiles) -> Result<Limits, JailError> {
 /// open before (measured: 31 for one vCPU and no devices, about 14 per virtio device; the
 /// bound doubles that).
 pub fn build_descriptors(config: &VmConfig) -> u64 {
-    // At most 24 disks, 4 interfaces, an rng and a balloon: none of this comes near
+    // At most 24 disks, 4 interfaces, an rng, a balloon and a console (which may add a
+    // second console writer, well inside its device's share): none of this comes near
     // overflowing, but it saturates rather than wrap.
     let devices = config
         .disks
         .len()
         .saturating_add(config.nets.len())
         .saturating_add(usize::from(config.rng))
-        .saturating_add(usize::from(config.balloon));
+        .saturating_add(usize::from(config.balloon))
+        .saturating_add(usize::from(config.console.is_some()));
     let devices = u64::try_from(devices).unwrap_or(u64::MAX);
     64u64
         .saturating_add(u64::from(config.cpus).saturating_mul(2))
@@ -78,6 +80,7 @@ fn largest_writable_size(files: &HostFiles) -> io::Result<u64> {
     let stderr = io::stderr();
     let consoles = [
         files.serial.as_ref().map(|file| file.as_fd()),
+        files.console.as_ref().map(|file| file.as_fd()),
         Some(stdout.as_fd()),
         Some(stderr.as_fd()),
     ];

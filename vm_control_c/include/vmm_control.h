@@ -107,6 +107,7 @@ extern "C" {
 #define VMM_CONTROL_DEVICE_BLOCK 6
 #define VMM_CONTROL_DEVICE_NET 7
 #define VMM_CONTROL_DEVICE_RNG 8
+#define VMM_CONTROL_DEVICE_CONSOLE 9
 
 /* Device counters (struct vmm_control_device_counter.counter). */
 #define VMM_CONTROL_COUNTER_REG_READS 1

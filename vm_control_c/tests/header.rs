@@ -137,6 +137,7 @@ fn constants(c: &mut String) {
         ("BLOCK", BLOCK),
         ("NET", NET),
         ("RNG", RNG),
+        ("CONSOLE", CONSOLE),
     ] {
         define(&format!("VMM_CONTROL_DEVICE_{name}"), v.into());
     }

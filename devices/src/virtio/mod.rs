@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod balloon;
 pub mod block;
+pub mod console;
 pub mod iovec;
 pub mod log_limit;
 pub mod net;
@@ -29,6 +30,7 @@ pub mod worker;
 
 pub use balloon::{Balloon, BalloonHandle};
 pub use block::{Block, BlockCounters};
+pub use console::{Console, ConsoleCounters, HostInput};
 pub use rng::Rng;
 pub use worker::{ActiveDevice, DeviceWorker, ServedQueue};
 
@@ -60,6 +62,8 @@ pub const VIRTIO_F_VERSION_1: u32 = 32;
 pub const VIRTIO_ID_NET: u32 = 1;
 /// Device type of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
+/// Device type of a console.
+pub const VIRTIO_ID_CONSOLE: u32 = 3;
 /// Device type of an entropy source.
 pub const VIRTIO_ID_RNG: u32 = 4;
 /// Device type of a memory balloon.

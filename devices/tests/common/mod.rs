@@ -299,6 +299,21 @@ impl<D: VirtioDevice> TestDevice<D> {
             .unwrap();
     }
 
+    /// Resets the device, lays its queues out afresh (zeroed rings, new notifiers) and
+    /// activates it again, as a driver that re-initialises the device does.
+    pub fn restart(&mut self, features: u64) {
+        self.device.reset();
+        wait_for("the reset to complete", || self.device.quiesced());
+        for q in &mut self.queues {
+            let fresh = DriverQueue::new(q.index, q.size);
+            self.mem
+                .write_slice(&[0u8; 0x3000], GuestAddress(fresh.desc))
+                .unwrap();
+            *q = fresh;
+        }
+        self.start(features);
+    }
+
     /// Waits until queue `queue` has `count` used entries.
     pub fn wait_used(&self, queue: usize, count: u16) {
         let q = &self.queues[queue];

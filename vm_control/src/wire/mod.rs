@@ -171,6 +171,9 @@ pub mod device_kind {
     pub const NET: u16 = 7;
     /// Virtio entropy source; protocol version 2 and later.
     pub const RNG: u16 = 8;
+    /// Virtio console (`--console`, the guest's `hvc0`). Added within protocol version 3:
+    /// a client that does not know it shows it by number, as any unknown kind.
+    pub const CONSOLE: u16 = 9;
 }
 
 /// Bits of a queue's [`QueueStatus`] state (`state` in the wire entry). Stable.
