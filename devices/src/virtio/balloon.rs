@@ -38,6 +38,8 @@ use vm_memory::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::worker::{ActiveDevice, DeviceWorker, ServedQueue, lock};
+
+pub mod state;
 use super::{
     ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BALLOON, VirtioDevice,
 };
@@ -415,6 +417,35 @@ impl VirtioDevice for Balloon {
         self.shared.set_actual(0);
         *lock(&self.shared.stats) = None;
     }
+
+    fn pause(&mut self) -> Result<super::worker::Paused, crate::state::StateError> {
+        super::state::pause_worker(LOG_NAME, &self.worker)
+    }
+
+    fn resume(&mut self) -> Result<(), crate::state::StateError> {
+        super::state::resume_worker(LOG_NAME, &self.worker)
+    }
+
+    fn save_device_state(
+        &self,
+    ) -> Result<super::state::VirtioDeviceState, crate::state::StateError> {
+        Ok(self.save_state())
+    }
+
+    fn check_device_state(
+        &self,
+        saved: &super::state::VirtioDeviceState,
+    ) -> Result<(), crate::state::StateError> {
+        self.check_state(saved)
+    }
+
+    fn apply_device_state(
+        &mut self,
+        saved: super::state::VirtioDeviceState,
+    ) -> Result<(), crate::state::StateError> {
+        self.apply_state(saved);
+        Ok(())
+    }
 }
 
 /// Index into the configuration space of byte `i` of an access at `offset`, if it can be
@@ -548,6 +579,10 @@ impl ActiveDevice for ActiveBalloon {
             sources.push((self.shared.stats_request.as_raw_fd(), STATS_REQUEST_TOKEN));
         }
         sources
+    }
+
+    fn save_queues(&self) -> Option<Vec<super::worker::SavedQueue>> {
+        Some(self.saved_queues())
     }
 
     fn start(&mut self) {

@@ -29,6 +29,8 @@ use super::iovec::{self, DeviceReadable, DeviceWritable, GuestSpans, IovecError}
 use super::log_limit::LogLimiter;
 use super::read_config_bytes;
 use super::worker::{DeviceWorker, ServedQueue, SingleQueueDevice};
+
+pub mod state;
 use super::{
     ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BLOCK, VirtioDevice,
 };
@@ -738,6 +740,35 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.worker.deactivate_for_reset();
         self.acked_features = 0;
+    }
+
+    fn pause(&mut self) -> Result<super::worker::Paused, crate::state::StateError> {
+        self.pause_for_snapshot()
+    }
+
+    fn resume(&mut self) -> Result<(), crate::state::StateError> {
+        self.resume_after_snapshot()
+    }
+
+    fn save_device_state(
+        &self,
+    ) -> Result<super::state::VirtioDeviceState, crate::state::StateError> {
+        Ok(self.save_state())
+    }
+
+    fn check_device_state(
+        &self,
+        saved: &super::state::VirtioDeviceState,
+    ) -> Result<(), crate::state::StateError> {
+        self.check_state(saved)
+    }
+
+    fn apply_device_state(
+        &mut self,
+        _saved: super::state::VirtioDeviceState,
+    ) -> Result<(), crate::state::StateError> {
+        // The configuration was checked equal; the acked features come from the transport.
+        Ok(())
     }
 }
 

@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::worker::{DeviceWorker, ServedQueue, SingleQueueDevice};
+use super::state::{self, VirtioDeviceState};
+use super::worker::{DeviceWorker, Paused, ServedQueue, SingleQueueDevice};
 use super::{ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_RNG, VirtioDevice};
+use crate::state::StateError;
 
 /// Size of the single request queue.
 pub const RNG_QUEUE_SIZE: u16 = 256;
@@ -89,6 +91,32 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.worker.deactivate_for_reset();
+    }
+
+    fn pause(&mut self) -> Result<Paused, StateError> {
+        state::pause_worker(LOG_NAME, &self.worker)
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        state::resume_worker(LOG_NAME, &self.worker)
+    }
+
+    fn save_device_state(&self) -> Result<VirtioDeviceState, StateError> {
+        Ok(VirtioDeviceState::Rng)
+    }
+
+    fn check_device_state(&self, saved: &VirtioDeviceState) -> Result<(), StateError> {
+        match saved {
+            VirtioDeviceState::Rng => Ok(()),
+            _ => Err(StateError::invalid(
+                LOG_NAME,
+                "the saved state is another device's",
+            )),
+        }
+    }
+
+    fn apply_device_state(&mut self, _saved: VirtioDeviceState) -> Result<(), StateError> {
+        Ok(())
     }
 }
 

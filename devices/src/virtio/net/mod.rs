@@ -33,6 +33,7 @@
 //! rate the guest cannot turn into a flood; a malformed queue is [`ServedQueue`]'s business
 //! (DEVICE_NEEDS_RESET). The device keeps serving either way.
 
+pub mod state;
 pub mod tap;
 
 use std::collections::VecDeque;
@@ -455,6 +456,35 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.worker.deactivate_for_reset();
         self.acked_features = 0;
+    }
+
+    fn pause(&mut self) -> Result<super::worker::Paused, crate::state::StateError> {
+        super::state::pause_worker("virtio-net", &self.worker)
+    }
+
+    fn resume(&mut self) -> Result<(), crate::state::StateError> {
+        super::state::resume_worker("virtio-net", &self.worker)
+    }
+
+    fn save_device_state(
+        &self,
+    ) -> Result<super::state::VirtioDeviceState, crate::state::StateError> {
+        Ok(self.save_state())
+    }
+
+    fn check_device_state(
+        &self,
+        saved: &super::state::VirtioDeviceState,
+    ) -> Result<(), crate::state::StateError> {
+        self.check_state(saved)
+    }
+
+    fn apply_device_state(
+        &mut self,
+        _saved: super::state::VirtioDeviceState,
+    ) -> Result<(), crate::state::StateError> {
+        // The configuration was checked equal; the offloads come with the acked features.
+        Ok(())
     }
 }
 
@@ -887,6 +917,16 @@ impl ActiveDevice for ActiveNet {
             (self.tx.notify.as_raw_fd(), TX_TOKEN),
             (self.shared.backend_events.as_raw_fd(), BACKEND_TOKEN),
         ]
+    }
+
+    /// Stashed receive chains and a transmit chain the backend could not take are given
+    /// back (the restored device takes them again); see [`ActiveDevice::save_queues`].
+    fn save_queues(&self) -> Option<Vec<super::worker::SavedQueue>> {
+        Some(vec![
+            self.rx.save_unpopped(self.stash.len()),
+            self.tx
+                .save_unpopped(usize::from(self.tx_pending.is_some())),
+        ])
     }
 
     fn start(&mut self) {
