@@ -4,16 +4,20 @@
 //! value is refused with its message before anything is applied; and a fresh virtio-rng
 //! record is pinned byte for byte (docs/snapshot-format.md gives the offsets).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::StateError;
 use devices::pci::PciDevice;
+use devices::virtio::net::{Net, PacketBackend};
 use devices::virtio::state::{self, VirtioPciState};
-use devices::virtio::{Block, Rng, VirtioDevice, VirtioPciDevice};
+use devices::virtio::worker::{ActiveDevice, DeviceWorker, PAUSE_TIMEOUT, Paused};
+use devices::virtio::{Balloon, BalloonHandle, Block, Rng, VirtioDevice, VirtioPciDevice};
 use snapshot::Record;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
+use vmm_sys_util::eventfd::EventFd;
 
 const MEM_SIZE: usize = 1 << 20;
 const BAR: u64 = 0xc000_0000;
@@ -55,35 +59,50 @@ fn rd(dev: &mut VirtioPciDevice, offset: u64, len: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// The driver's side of queue 0: what Linux's virtio_pci_modern does, register by register.
+/// The driver's side of one queue: what Linux's virtio_pci_modern does, register by
+/// register. Queue `i`'s rings are at `DESC`, `AVAIL`, `USED` + `i * QUEUE_STRIDE`.
 struct Ring {
+    base: u64,
     avail_idx: u16,
     next_desc: u16,
+}
+
+const QUEUE_STRIDE: u64 = 0x4000;
+
+/// Negotiates `features` and sets up `queues` queues, then DRIVER_OK.
+fn set_up_queues(dev: &mut VirtioPciDevice, features: u64, queues: u16) -> Vec<Ring> {
+    wr(dev, 0x14, 1, 1);
+    wr(dev, 0x14, 3, 1);
+    wr(dev, 0x08, 0, 4);
+    wr(dev, 0x0c, features & 0xffff_ffff, 4);
+    wr(dev, 0x08, 1, 4);
+    wr(dev, 0x0c, features >> 32, 4);
+    wr(dev, 0x14, 0xb, 1);
+    assert_eq!(rd(dev, 0x14, 1), 0xb, "FEATURES_OK accepted");
+    let mut rings = Vec::new();
+    for q in 0..queues {
+        let base = u64::from(q) * QUEUE_STRIDE;
+        wr(dev, 0x16, u64::from(q), 2);
+        wr(dev, 0x18, u64::from(QSIZE), 2);
+        wr(dev, 0x20, DESC + base, 8);
+        wr(dev, 0x28, AVAIL + base, 8);
+        wr(dev, 0x30, USED + base, 8);
+        wr(dev, 0x1c, 1, 2);
+        rings.push(Ring {
+            base,
+            avail_idx: 0,
+            next_desc: 0,
+        });
+    }
+    wr(dev, 0x14, 0xf, 1);
+    assert_eq!(rd(dev, 0x14, 1), 0xf, "DRIVER_OK");
+    rings
 }
 
 impl Ring {
     /// Negotiates `FEATURES` and sets up queue 0, then DRIVER_OK.
     fn set_up(dev: &mut VirtioPciDevice) -> Ring {
-        wr(dev, 0x14, 1, 1);
-        wr(dev, 0x14, 3, 1);
-        wr(dev, 0x08, 0, 4);
-        wr(dev, 0x0c, FEATURES & 0xffff_ffff, 4);
-        wr(dev, 0x08, 1, 4);
-        wr(dev, 0x0c, FEATURES >> 32, 4);
-        wr(dev, 0x14, 0xb, 1);
-        assert_eq!(rd(dev, 0x14, 1), 0xb, "FEATURES_OK accepted");
-        wr(dev, 0x16, 0, 2);
-        wr(dev, 0x18, u64::from(QSIZE), 2);
-        wr(dev, 0x20, DESC, 8);
-        wr(dev, 0x28, AVAIL, 8);
-        wr(dev, 0x30, USED, 8);
-        wr(dev, 0x1c, 1, 2);
-        wr(dev, 0x14, 0xf, 1);
-        assert_eq!(rd(dev, 0x14, 1), 0xf, "DRIVER_OK");
-        Ring {
-            avail_idx: 0,
-            next_desc: 0,
-        }
+        set_up_queues(dev, FEATURES, 1).remove(0)
     }
 
     /// Publishes a chain of one device-writable buffer of `len` bytes at `addr`.
@@ -102,17 +121,40 @@ impl Ring {
             let flags = if last { flags } else { flags | F_NEXT };
             d[12..14].copy_from_slice(&flags.to_le_bytes());
             d[14..].copy_from_slice(&((i + 1) % QSIZE).to_le_bytes());
-            mem.write_obj(d, GuestAddress(DESC + 16 * u64::from(i)))
+            mem.write_obj(d, GuestAddress(self.base + DESC + 16 * u64::from(i)))
                 .unwrap();
         }
         self.next_desc = (head + bufs.len() as u16) % QSIZE;
         let slot = u64::from(self.avail_idx % QSIZE);
-        mem.write_obj(head, GuestAddress(AVAIL + 4 + 2 * slot))
+        mem.write_obj(head, GuestAddress(self.base + AVAIL + 4 + 2 * slot))
             .unwrap();
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+        mem.write_obj(self.avail_idx, GuestAddress(self.base + AVAIL + 2))
             .unwrap();
         head
+    }
+
+    fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(self.base + USED + 2)).unwrap()
+    }
+
+    fn used_elem(&self, mem: &GuestMemoryMmap, i: u16) -> (u32, u32) {
+        let at = self.base + USED + 4 + 8 * u64::from(i % QSIZE);
+        (
+            mem.read_obj(GuestAddress(at)).unwrap(),
+            mem.read_obj(GuestAddress(at + 4)).unwrap(),
+        )
+    }
+
+    fn wait_used(&self, mem: &GuestMemoryMmap, count: u16) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.used_idx(mem) != count {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for used.idx {count}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -556,5 +598,298 @@ fn block_read_after_restore_returns_the_right_data() {
             .unwrap_err()
             .to_string(),
         "virtio-blk state: saved configuration (capacity 8 sectors) differs from this disk's (capacity 4 sectors)"
+    );
+}
+
+// --- virtio-balloon: target, actual, statistics and the held statistics buffer. ---
+
+const GUEST_PAGES: u64 = (MEM_SIZE as u64) / 4096;
+const STATS_VQ: u64 = 1 << 1;
+
+fn balloon(mem: &Arc<GuestMemoryMmap>) -> (VirtioPciDevice, BalloonHandle) {
+    let b = Balloon::new(GUEST_PAGES, "balloon-state", || {}).unwrap();
+    let handle = b.handle();
+    (transport(Box::new(b), mem), handle)
+}
+
+#[test]
+fn balloon_restore_keeps_target_stats_and_the_held_stats_buffer() {
+    let mem = memory();
+    let (mut a, handle) = balloon(&mem);
+    let mut rings = set_up_queues(&mut a, 1 << 32 | STATS_VQ, 3);
+    handle.set_target(100).unwrap();
+    wr(&mut a, 0x2004, 40, 4); // the driver reports `actual`
+    // The driver posts its statistics; the device holds the buffer until the host asks.
+    let mut stats = Vec::new();
+    for (tag, value) in [(4u16, 1u64 << 20), (5, 1 << 24)] {
+        stats.extend_from_slice(&tag.to_le_bytes());
+        stats.extend_from_slice(&value.to_le_bytes());
+    }
+    mem.write_slice(&stats, GuestAddress(BUF)).unwrap();
+    let head = rings[2].publish(&mem, &[(BUF, stats.len() as u32, 0)]);
+    a.notify_queue(2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.latest_stats().is_none() {
+        assert!(Instant::now() < deadline, "statistics never arrived");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let latest = handle.latest_stats();
+
+    a.pause().unwrap();
+    let (ty, bytes) = save(&a);
+    drop(a);
+    assert_eq!(ty.kind, 0x0145);
+
+    let (mut b, handle2) = balloon(&mem);
+    let state = decode(ty, &bytes).unwrap();
+    b.check_state(&state).unwrap();
+    b.apply_state(state).unwrap();
+    assert_eq!(handle2.target_pages(), 100);
+    assert_eq!(handle2.actual_pages(), 40);
+    assert_eq!(
+        rd(&mut b, 0x2000, 4),
+        100,
+        "num_pages as the driver reads it"
+    );
+    assert_eq!(handle2.latest_stats(), latest);
+    // The restored device holds the same buffer and hands it back on request.
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(rings[2].used_idx(&mem), 0);
+    handle2.request_stats();
+    rings[2].wait_used(&mem, 1);
+    assert_eq!(rings[2].used_elem(&mem, 0), (u32::from(head), 0));
+    rings.clear();
+
+    // A target larger than the rebuilt guest is refused.
+    let small = Balloon::new(10, "balloon-small", || {}).unwrap();
+    let c = transport(Box::new(small), &mem);
+    assert_eq!(
+        c.check_state(&decode(ty, &bytes).unwrap())
+            .unwrap_err()
+            .to_string(),
+        "virtio-balloon state: target 100 pages is more than this guest's 10 pages"
+    );
+}
+
+#[test]
+fn balloon_device_part_golden_bytes_and_refusals() {
+    let mem = memory();
+    let (mut a, handle) = balloon(&mem);
+    handle.set_target(0xfe).unwrap();
+    a.pause().unwrap();
+    let (ty, bytes) = save(&a);
+    // The device's part is last: target, actual, stats flag, tag mask, 10 values.
+    let tail = &bytes[bytes.len() - 91..];
+    let mut expected = vec![0xfe, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    expected.extend_from_slice(&[0; 80]);
+    assert_eq!(tail, &expected[..]);
+    let at = bytes.len() - 91;
+    let mut bad = bytes.clone();
+    bad[at + 8] = 0;
+    bad[at + 9] = 0x01; // a tag without the statistics flag
+    assert_eq!(
+        decode(ty, &bad).unwrap_err().to_string(),
+        "virtio-balloon state: statistics tag mask 0x0001 names tags that do not exist"
+    );
+    let mut bad = bytes.clone();
+    bad[at + 8] = 1;
+    bad[at + 10] = 0x04; // tag 10 does not exist
+    assert_eq!(
+        decode(ty, &bad).unwrap_err().to_string(),
+        "virtio-balloon state: statistics tag mask 0x0400 names tags that do not exist"
+    );
+    let mut bad = bytes.clone();
+    bad[at + 11] = 1; // swap_in absent but valued
+    assert_eq!(
+        decode(ty, &bad).unwrap_err().to_string(),
+        "virtio-balloon state: statistics tag 0 is absent but has a value"
+    );
+}
+
+// --- virtio-net: the MAC must match; acked offloads go back to the backend. ---
+
+struct Backend {
+    fd: OwnedFd,
+    set_offload: Arc<Mutex<Vec<u32>>>,
+}
+
+impl AsRawFd for Backend {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl PacketBackend for Backend {
+    fn read_packet(&self, bufs: &[VolatileSlice<'_>]) -> std::io::Result<usize> {
+        self.fd.read_packet(bufs)
+    }
+
+    fn write_packet(&self, bufs: &[VolatileSlice<'_>]) -> std::io::Result<usize> {
+        self.fd.write_packet(bufs)
+    }
+
+    fn offloads(&self) -> u32 {
+        // TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+        0x1 | 0x2 | 0x4
+    }
+
+    fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        self.set_offload.lock().unwrap().push(flags);
+        Ok(())
+    }
+}
+
+fn net(
+    mem: &Arc<GuestMemoryMmap>,
+    mac: [u8; 6],
+) -> (VirtioPciDevice, Arc<Mutex<Vec<u32>>>, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`, which we then own.
+    let ret = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(ret, 0);
+    // SAFETY: both were just created and nothing else owns them.
+    let (dev_end, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let set_offload = Arc::new(Mutex::new(Vec::new()));
+    let backend = Backend {
+        fd: dev_end,
+        set_offload: set_offload.clone(),
+    };
+    let dev = Net::new(backend, mac, "net-state", || {}).unwrap();
+    (transport(Box::new(dev), mem), set_offload, peer)
+}
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+#[test]
+fn net_restore_reapplies_acked_offloads_and_refuses_another_mac() {
+    let mem = memory();
+    let (mut a, _, _peer) = net(&mem, MAC);
+    // VERSION_1, MAC (5), MRG_RXBUF (15), GUEST_CSUM (1), GUEST_TSO4 (7).
+    let features = 1 << 32 | 1 << 5 | 1 << 15 | 1 << 1 | 1 << 7;
+    let _rings = set_up_queues(&mut a, features, 2);
+    a.pause().unwrap();
+    let (ty, bytes) = save(&a);
+    drop(a);
+    assert_eq!(ty.kind, 0x0141);
+    // The device's part: MAC, then status LINK_UP.
+    assert_eq!(
+        &bytes[bytes.len() - 8..],
+        &[0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x01, 0x00]
+    );
+
+    let (mut b, offloads, _peer2) = net(&mem, MAC);
+    let state = decode(ty, &bytes).unwrap();
+    b.check_state(&state).unwrap();
+    b.apply_state(state).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while offloads.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "offloads never set");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Net::new clears them, the restored activation sets CSUM | TSO4 again.
+    assert_eq!(*offloads.lock().unwrap(), vec![0, 0x1 | 0x2]);
+
+    let (c, _, _peer3) = net(&mem, [0x52, 0x54, 0, 0, 0, 1]);
+    assert_eq!(
+        c.check_state(&decode(ty, &bytes).unwrap())
+            .unwrap_err()
+            .to_string(),
+        "virtio-net state: saved MAC 52:54:00:12:34:56 and link status differ from this device's (MAC 52:54:00:00:00:01)"
+    );
+}
+
+// --- The worker's pause: bounded, and clear about devices that cannot be saved. ---
+
+/// An active device that spends `busy` in each event, and cannot describe its queues.
+struct Slow {
+    evt: EventFd,
+    busy: Duration,
+}
+
+impl ActiveDevice for Slow {
+    fn event_sources(&self) -> Vec<(RawFd, u32)> {
+        vec![(self.evt.as_raw_fd(), 0)]
+    }
+
+    fn start(&mut self) {}
+
+    fn handle_event(&mut self, _token: u32) {
+        let _ = self.evt.read();
+        std::thread::sleep(self.busy);
+    }
+}
+
+#[test]
+fn pause_waits_for_the_request_in_progress_within_a_bound() {
+    let worker = DeviceWorker::spawn("slow-worker", || {}).unwrap();
+    assert_eq!(worker.pause().unwrap(), Paused::Inactive);
+    worker.resume().unwrap();
+
+    let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let busy = PAUSE_TIMEOUT + Duration::from_millis(500);
+    worker
+        .activate(Box::new(Slow {
+            evt: evt.try_clone().unwrap(),
+            busy,
+        }))
+        .unwrap();
+    evt.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // the worker is in its long request
+    let started = Instant::now();
+    let err = worker.pause().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    assert_eq!(err.to_string(), "the slow-worker worker did not answer");
+    assert!(started.elapsed() < busy, "the wait is bounded");
+    // Undone by a resume; a later pause gets through once the request is done, and a
+    // device without snapshot support says so.
+    worker.resume().unwrap();
+    assert_eq!(worker.pause().unwrap(), Paused::Unsupported);
+    worker.resume().unwrap();
+}
+
+#[test]
+fn a_device_model_without_snapshot_hooks_is_refused_by_name() {
+    struct Plain;
+    impl VirtioDevice for Plain {
+        fn device_type(&self) -> u32 {
+            3
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn ack_features(&mut self, _features: u64) {}
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _mem: Arc<GuestMemoryMmap>,
+            _interrupt: Arc<dyn devices::virtio::Interrupt>,
+            _queues: Vec<devices::virtio::ActiveQueue>,
+        ) -> Result<(), devices::virtio::ActivateError> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+        fn quiesced(&self) -> bool {
+            true
+        }
+    }
+    let mem = memory();
+    let mut dev = transport(Box::new(Plain), &mem);
+    Ring::set_up(&mut dev);
+    assert_eq!(
+        dev.pause().unwrap_err().to_string(),
+        "virtio-console does not support snapshots"
     );
 }
