@@ -446,6 +446,12 @@ fn values_that_do_not_fit_the_rebuilt_device_are_refused_and_nothing_applied() {
             vec![0x42],
             "virtio-rng state: configuration space byte 0x02 differs from this device's in read-only bits",
         ),
+        // MSI-X enabled in the saved state but not in the saved configuration space.
+        (
+            OFFERED - 2,
+            vec![1],
+            "virtio-rng state: MSI-X message control 0x0001 in the configuration space disagrees with the saved MSI-X enable and mask",
+        ),
         // A feature the device did offer in the record, but this rebuilt one does not.
         (OFFERED + 7, vec![0x40], ""),
     ];

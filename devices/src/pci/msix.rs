@@ -388,6 +388,13 @@ impl MsixConfig {
         }
     }
 
+    /// Whether a message control value (from a saved configuration space) says what
+    /// `state` says about enable and function mask.
+    pub fn control_matches(control: u16, state: &MsixState) -> bool {
+        (control & CONTROL_ENABLE != 0) == state.enabled
+            && (control & CONTROL_FUNCTION_MASK != 0) == state.function_masked
+    }
+
     /// Checks that `state` fits this table (same vector count); no side effects.
     pub fn check_state(&self, state: &MsixState) -> Result<(), String> {
         if state.entries.len() != self.table.len() || state.pending.len() != self.table.len() {

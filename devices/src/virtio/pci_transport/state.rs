@@ -11,6 +11,7 @@ use super::super::worker::Paused;
 use super::super::{Interrupt, Queue, VIRTIO_CONFIG_S_FEATURES_OK};
 use super::VirtioPciDevice;
 use super::common::CommonConfig;
+use crate::pci::MsixConfig;
 use crate::pci::config::{COMMAND, COMMAND_INTX_DISABLE};
 use crate::pci::state::check_config;
 use crate::state::StateError;
@@ -150,6 +151,18 @@ impl VirtioPciDevice {
             .unwrap_or_else(PoisonError::into_inner)
             .check_state(&state.msix)
             .or_else(bad)?;
+        let control_at = self.msix_cap_offset.saturating_add(2);
+        let control = state
+            .config
+            .get(control_at..control_at.saturating_add(2))
+            .map_or(0, |b| {
+                b.iter().rev().fold(0u16, |v, &x| v << 8 | u16::from(x))
+            });
+        if !MsixConfig::control_matches(control, &state.msix) {
+            return bad(format!(
+                "MSI-X message control {control:#06x} in the configuration space disagrees with the saved MSI-X enable and mask"
+            ));
+        }
         let offered = self.offered_features();
         if state.acked_features & !offered != 0 {
             return bad(format!(
