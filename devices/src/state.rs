@@ -25,7 +25,22 @@
 //! gives back its queues' positions.
 
 use snapshot::payload::{Decoder, Encoder};
-use snapshot::{Record, RecordType};
+use snapshot::{Known, Record, RecordType, kind};
+
+/// Every device record this crate reads, for `snapshot::Snapshot::parse` (with
+/// `arch::state::KNOWN` and whatever else the VMM reads).
+pub const KNOWN: [Known; 10] = [
+    Known::new(kind::SERIAL, 1),
+    Known::new(kind::I8042, 1),
+    Known::new(kind::CMOS, 1),
+    Known::new(kind::ACPI_PM, 1),
+    Known::new(kind::RESET_CONTROL, 1),
+    Known::new(kind::PCI_ROOT, 1),
+    crate::virtio::state::KNOWN[0],
+    crate::virtio::state::KNOWN[1],
+    crate::virtio::state::KNOWN[2],
+    crate::virtio::state::KNOWN[3],
+];
 
 /// Why a device's state could not be saved, decoded, checked or restored. Each message is
 /// one line that names the device and what is wrong.

@@ -352,3 +352,38 @@ fn records_of_another_kind_or_newer_version_are_refused() {
         "snapshot record type 257 version 1 payload is truncated at byte 0"
     );
 }
+
+#[test]
+fn device_records_travel_through_a_snapshot_stream() {
+    let mut serial_a = serial();
+    serial_a.enqueue_input(b"q").unwrap();
+    let mut cmos_a = cmos();
+    cmos_a.write(0, &[0x41]);
+    let mut out = Vec::new();
+    let mut w = snapshot::Writer::new(&mut out).unwrap();
+    let (ty, p) = encode_record(0x3f8, &serial_a.save_state().unwrap());
+    w.record(ty, &p).unwrap();
+    let (ty, p) = encode_record(0x70, &cmos_a.save_state().unwrap());
+    w.record(ty, &p).unwrap();
+    w.finish().unwrap();
+
+    let snap = snapshot::Snapshot::parse(out, &devices::state::KNOWN).unwrap();
+    let mut serial_b = serial();
+    let mut cmos_b = cmos();
+    for record in snap.records() {
+        match record.ty.kind {
+            snapshot::kind::SERIAL => {
+                let (port, s) = decode_record::<SerialState>(&record).unwrap();
+                assert_eq!(port, 0x3f8);
+                serial_b.restore_state(s).unwrap();
+            }
+            snapshot::kind::CMOS => {
+                let (_, s) = decode_record::<CmosState>(&record).unwrap();
+                cmos_b.restore_state(s).unwrap();
+            }
+            k => panic!("unexpected record kind {k:#x}"),
+        }
+    }
+    assert_eq!(rd(&mut serial_b, 0), b'q');
+    assert_eq!(rd(&mut cmos_b, 0), 0x41);
+}
