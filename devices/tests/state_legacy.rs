@@ -242,6 +242,15 @@ fn cmos_round_trips_nvram_index_and_clock_offset() {
 fn cmos_refuses_bad_index_and_another_memory_size() {
     let (_, good) = encode_record(0x70, &cmos().save_state().unwrap());
     assert_eq!(good.len(), 4 + 1 + 128 + 8);
+    // Golden: instance 0x70, index 0, register A 0x26, B 0x02 (24 h), D 0x80 (valid RAM),
+    // 512 MiB: (512 - 16) MiB / 64 KiB = 0x1f00 at 0x34, nothing above 4 GiB, offset 0.
+    assert_eq!(&good[..5], &[0x70, 0, 0, 0, 0]);
+    assert_eq!(&good[5 + 0x0a..5 + 0x0e], &[0x26, 0x02, 0x00, 0x80]);
+    assert_eq!(&good[5 + 0x34..5 + 0x36], &[0x00, 0x1f]);
+    assert_eq!(&good[5 + 0x5b..5 + 0x5e], &[0, 0, 0]);
+    assert_eq!(&good[133..], &[0; 8]);
+    let nonzero: Vec<usize> = (0..128).filter(|&i| good[5 + i] != 0).collect();
+    assert_eq!(nonzero, [0x0a, 0x0b, 0x0d, 0x35]);
     let mut bad = good.clone();
     bad[4] = 0x80;
     assert_eq!(
@@ -306,6 +315,15 @@ fn pci_root_round_trips_the_latch_and_host_bridge_command() {
     let mut b = PciRoot::new();
     let bytes = round_trip(0, &a, &mut b);
     assert_eq!(bytes.len(), 4 + 4 + 256);
+    // Golden start: instance 0, the latch, the host bridge: vendor 0x8086, device 0x0d57,
+    // COMMAND 0x0006 as written, revision 2, class 06/00.
+    assert_eq!(
+        &bytes[..20],
+        &[
+            0, 0, 0, 0, 0x10, 0x08, 0, 0x80, 0x86, 0x80, 0x57, 0x0d, 0x06, 0, 0, 0, 0x02, 0, 0,
+            0x06
+        ]
+    );
     assert_eq!(&bytes[4..8], &0x8000_0810u32.to_le_bytes());
     b.write(0, &0x8000_0004u32.to_le_bytes());
     let mut cmd = [0u8; 2];

@@ -577,6 +577,17 @@ fn block_read_after_restore_returns_the_right_data() {
     let (ty, bytes) = save(&a);
     drop(a);
     assert_eq!(ty.kind, 0x0142);
+    // The device's part: capacity 8 sectors, size_max 1 MiB, seg_max, no geometry, 512.
+    let seg_max = (devices::virtio::block::BLOCK_QUEUE_SIZE as u32 - 2).to_le_bytes();
+    #[rustfmt::skip]
+    let expected = [
+        8, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0x10, 0,
+        seg_max[0], seg_max[1], seg_max[2], seg_max[3],
+        0, 0, 0, 0,
+        0, 2, 0, 0,
+    ];
+    assert_eq!(&bytes[bytes.len() - 24..], &expected);
 
     let mut b = transport(image.open(), &mem);
     let state = decode(ty, &bytes).unwrap();
