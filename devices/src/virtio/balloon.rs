@@ -418,34 +418,7 @@ impl VirtioDevice for Balloon {
         *lock(&self.shared.stats) = None;
     }
 
-    fn pause(&mut self) -> Result<super::worker::Paused, crate::state::StateError> {
-        super::state::pause_worker(LOG_NAME, &self.worker)
-    }
-
-    fn resume(&mut self) -> Result<(), crate::state::StateError> {
-        super::state::resume_worker(LOG_NAME, &self.worker)
-    }
-
-    fn save_device_state(
-        &self,
-    ) -> Result<super::state::VirtioDeviceState, crate::state::StateError> {
-        Ok(self.save_state())
-    }
-
-    fn check_device_state(
-        &self,
-        saved: &super::state::VirtioDeviceState,
-    ) -> Result<(), crate::state::StateError> {
-        self.check_state(saved)
-    }
-
-    fn apply_device_state(
-        &mut self,
-        saved: super::state::VirtioDeviceState,
-    ) -> Result<(), crate::state::StateError> {
-        self.apply_state(saved);
-        Ok(())
-    }
+    super::state::worker_snapshot_hooks!(LOG_NAME);
 }
 
 /// Index into the configuration space of byte `i` of an access at `offset`, if it can be

@@ -742,34 +742,7 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
     }
 
-    fn pause(&mut self) -> Result<super::worker::Paused, crate::state::StateError> {
-        self.pause_for_snapshot()
-    }
-
-    fn resume(&mut self) -> Result<(), crate::state::StateError> {
-        self.resume_after_snapshot()
-    }
-
-    fn save_device_state(
-        &self,
-    ) -> Result<super::state::VirtioDeviceState, crate::state::StateError> {
-        Ok(self.save_state())
-    }
-
-    fn check_device_state(
-        &self,
-        saved: &super::state::VirtioDeviceState,
-    ) -> Result<(), crate::state::StateError> {
-        self.check_state(saved)
-    }
-
-    fn apply_device_state(
-        &mut self,
-        _saved: super::state::VirtioDeviceState,
-    ) -> Result<(), crate::state::StateError> {
-        // The configuration was checked equal; the acked features come from the transport.
-        Ok(())
-    }
+    super::state::worker_snapshot_hooks!("virtio-blk");
 }
 
 /// The device while the driver drives it, on the worker.

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::state::{self, VirtioDeviceState};
-use super::worker::{DeviceWorker, Paused, ServedQueue, SingleQueueDevice};
+use super::state::VirtioDeviceState;
+use super::worker::{DeviceWorker, ServedQueue, SingleQueueDevice};
 use super::{ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_RNG, VirtioDevice};
 use crate::state::StateError;
 
@@ -93,19 +93,15 @@ impl VirtioDevice for Rng {
         self.worker.deactivate_for_reset();
     }
 
-    fn pause(&mut self) -> Result<Paused, StateError> {
-        state::pause_worker(LOG_NAME, &self.worker)
+    super::state::worker_snapshot_hooks!(LOG_NAME);
+}
+
+impl Rng {
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Rng
     }
 
-    fn resume(&mut self) -> Result<(), StateError> {
-        state::resume_worker(LOG_NAME, &self.worker)
-    }
-
-    fn save_device_state(&self) -> Result<VirtioDeviceState, StateError> {
-        Ok(VirtioDeviceState::Rng)
-    }
-
-    fn check_device_state(&self, saved: &VirtioDeviceState) -> Result<(), StateError> {
+    fn check_state(&self, saved: &VirtioDeviceState) -> Result<(), StateError> {
         match saved {
             VirtioDeviceState::Rng => Ok(()),
             _ => Err(StateError::invalid(
@@ -115,9 +111,7 @@ impl VirtioDevice for Rng {
         }
     }
 
-    fn apply_device_state(&mut self, _saved: VirtioDeviceState) -> Result<(), StateError> {
-        Ok(())
-    }
+    fn apply_state(&mut self, _saved: VirtioDeviceState) {}
 }
 
 /// The device while the driver drives it, on the worker.

@@ -385,3 +385,40 @@ pub fn resume_worker(name: &'static str, worker: &DeviceWorker) -> Result<(), St
         source,
     })
 }
+
+/// The snapshot methods of [`VirtioDevice`](super::VirtioDevice) for a device served by a
+/// [`DeviceWorker`] in its `worker` field, whose own state is handled by its inherent
+/// `save_state`, `check_state` and `apply_state`: one line in each device's impl.
+macro_rules! worker_snapshot_hooks {
+    ($name:expr) => {
+        fn pause(&mut self) -> Result<$crate::virtio::worker::Paused, $crate::state::StateError> {
+            $crate::virtio::state::pause_worker($name, &self.worker)
+        }
+
+        fn resume(&mut self) -> Result<(), $crate::state::StateError> {
+            $crate::virtio::state::resume_worker($name, &self.worker)
+        }
+
+        fn save_device_state(
+            &self,
+        ) -> Result<$crate::virtio::state::VirtioDeviceState, $crate::state::StateError> {
+            Ok(self.save_state())
+        }
+
+        fn check_device_state(
+            &self,
+            saved: &$crate::virtio::state::VirtioDeviceState,
+        ) -> Result<(), $crate::state::StateError> {
+            self.check_state(saved)
+        }
+
+        fn apply_device_state(
+            &mut self,
+            saved: $crate::virtio::state::VirtioDeviceState,
+        ) -> Result<(), $crate::state::StateError> {
+            self.apply_state(saved);
+            Ok(())
+        }
+    };
+}
+pub(crate) use worker_snapshot_hooks;

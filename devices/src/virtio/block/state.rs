@@ -9,8 +9,7 @@ use snapshot::payload::{Decoder, Encoder};
 
 use super::{Block, CONFIG_LEN};
 use crate::state::StateError;
-use crate::virtio::state::{self, VirtioDeviceState};
-use crate::virtio::worker::Paused;
+use crate::virtio::state::VirtioDeviceState;
 
 const LOG_NAME: &str = "virtio-blk";
 
@@ -43,14 +42,6 @@ impl BlockState {
 }
 
 impl Block {
-    pub(super) fn pause_for_snapshot(&mut self) -> Result<Paused, StateError> {
-        state::pause_worker(LOG_NAME, &self.worker)
-    }
-
-    pub(super) fn resume_after_snapshot(&mut self) -> Result<(), StateError> {
-        state::resume_worker(LOG_NAME, &self.worker)
-    }
-
     pub(super) fn save_state(&self) -> VirtioDeviceState {
         VirtioDeviceState::Block(BlockState {
             config: self.config,
@@ -76,4 +67,7 @@ impl Block {
         }
         Ok(())
     }
+
+    /// The configuration was checked equal; the acked features come from the transport.
+    pub(super) fn apply_state(&mut self, _saved: VirtioDeviceState) {}
 }

@@ -458,34 +458,7 @@ impl VirtioDevice for Net {
         self.acked_features = 0;
     }
 
-    fn pause(&mut self) -> Result<super::worker::Paused, crate::state::StateError> {
-        super::state::pause_worker("virtio-net", &self.worker)
-    }
-
-    fn resume(&mut self) -> Result<(), crate::state::StateError> {
-        super::state::resume_worker("virtio-net", &self.worker)
-    }
-
-    fn save_device_state(
-        &self,
-    ) -> Result<super::state::VirtioDeviceState, crate::state::StateError> {
-        Ok(self.save_state())
-    }
-
-    fn check_device_state(
-        &self,
-        saved: &super::state::VirtioDeviceState,
-    ) -> Result<(), crate::state::StateError> {
-        self.check_state(saved)
-    }
-
-    fn apply_device_state(
-        &mut self,
-        _saved: super::state::VirtioDeviceState,
-    ) -> Result<(), crate::state::StateError> {
-        // The configuration was checked equal; the offloads come with the acked features.
-        Ok(())
-    }
+    super::state::worker_snapshot_hooks!("virtio-net");
 }
 
 /// A receive chain taken from the queue and not used yet: its writable bytes, in order,
