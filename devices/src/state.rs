@@ -12,17 +12,34 @@
 //!
 //! 1. [`decode_record`] reads a payload into the state value and checks everything that can
 //!    be checked without the device (bit patterns, counts, sizes): no side effects;
-//! 2. [`DeviceState::check`] checks the value against the freshly built device it is meant
+//! 2. [`DeviceState::check_state`] checks the value against the freshly built device it is meant
 //!    for (queue sizes against the device's maxima, ring addresses against guest memory,
 //!    acked features against the offered ones, BARs against the MMIO window): no side
 //!    effects either;
-//! 3. [`DeviceState::apply`] writes it into the device. It runs only after every record of
+//! 3. [`DeviceState::apply_state`] writes it into the device. It runs only after every record of
 //!    the snapshot has passed 1 and 2, and fails only for host reasons (an eventfd that
 //!    cannot be cloned, a worker thread that is gone), never because of the file.
 //!
 //! Saving needs a quiet device: legacy devices are saved with every vCPU stopped; a virtio
 //! device is paused first (see `virtio::state`), so its worker is between requests and
 //! gives back its queues' positions.
+//!
+//! # For the VMM
+//!
+//! Saving, on the thread that stopped the vCPUs, after every vCPU is out of `KVM_RUN`:
+//! `VirtioPciDevice::pause` on each virtio function (a failure fails the snapshot: resume
+//! the ones already paused), then [`DeviceState::save_state`] of each legacy device and
+//! the PCI root and `VirtioPciDevice::save_state` of each function, each written with
+//! [`encode_record`] (`virtio::state::encode_record`) and the instance, then
+//! `VirtioPciDevice::resume` on each function before the vCPUs run again.
+//!
+//! Restoring, into devices built as for a boot from the same configuration (same slots,
+//! disks, MACs, memory; MSI-X route handlers and BAR movers installed), before any vCPU
+//! runs: parse the stream with [`KNOWN`] among the known kinds; [`decode_record`]
+//! (`virtio::state::decode_record`) every device record and match it to its device by
+//! instance; `check_state` every one; only if all pass, `apply_state` every one (legacy
+//! devices and the PCI root, then the virtio functions, which start their workers). A
+//! device without a record, or a record without a device, is the VMM's to refuse.
 
 use snapshot::payload::{Decoder, Encoder};
 use snapshot::{Known, Record, RecordType, kind};
