@@ -405,3 +405,19 @@ fn device_records_travel_through_a_snapshot_stream() {
     assert_eq!(rd(&mut serial_b, 0), b'q');
     assert_eq!(rd(&mut cmos_b, 0), 0x41);
 }
+
+#[test]
+fn pci_instance_is_the_config_address_form() {
+    let address = devices::pci::PciAddress {
+        bus: 0,
+        device: 3,
+        function: 0,
+    };
+    assert_eq!(address.instance(), 0x18);
+    let address = devices::pci::PciAddress {
+        bus: 1,
+        device: 31,
+        function: 7,
+    };
+    assert_eq!(address.instance(), 0x1ff);
+}

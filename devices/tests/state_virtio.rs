@@ -497,6 +497,62 @@ fn values_that_do_not_fit_the_rebuilt_device_are_refused_and_nothing_applied() {
 }
 
 #[test]
+fn a_device_whose_activation_failed_comes_back_needing_a_reset_and_not_running() {
+    let mem = memory();
+    let mut a = rng(&mem);
+    // A used ring past the end of guest RAM: DRIVER_OK sticks, the device needs a reset.
+    wr(&mut a, 0x14, 3, 1);
+    wr(&mut a, 0x0c, FEATURES & 0xffff_ffff, 4);
+    wr(&mut a, 0x08, 1, 4);
+    wr(&mut a, 0x0c, FEATURES >> 32, 4);
+    wr(&mut a, 0x14, 0xb, 1);
+    wr(&mut a, 0x18, u64::from(QSIZE), 2);
+    wr(&mut a, 0x20, DESC, 8);
+    wr(&mut a, 0x28, AVAIL, 8);
+    wr(&mut a, 0x30, MEM_SIZE as u64, 8);
+    wr(&mut a, 0x1c, 1, 2);
+    wr(&mut a, 0x14, 0xf, 1);
+    assert_eq!(rd(&mut a, 0x14, 1), 0x4f);
+    a.pause().unwrap();
+    let s = a.save_state().unwrap();
+    assert!(s.activated && !s.running && s.needs_reset);
+    let (ty, bytes) = state::encode_record(INSTANCE, &s).unwrap();
+    // The bad ring was the guest's, and it is still refused on the way back in.
+    let b = rng(&mem);
+    assert_eq!(
+        b.check_state(&decode(ty, &bytes).unwrap())
+            .unwrap_err()
+            .to_string(),
+        "virtio-rng state: queue 0: used ring at 0x100000 is misaligned or outside guest memory"
+    );
+}
+
+#[test]
+fn a_device_the_driver_only_started_to_set_up_round_trips() {
+    let mem = memory();
+    let mut a = rng(&mem);
+    wr(&mut a, 0x14, 3, 1);
+    wr(&mut a, 0x08, 1, 4);
+    wr(&mut a, 0x0c, 1, 4);
+    wr(&mut a, 0x16, 0, 2);
+    wr(&mut a, 0x18, 8, 2);
+    wr(&mut a, 0x20, DESC, 8);
+    a.pause().unwrap();
+    let (ty, bytes) = save(&a);
+    let mut b = rng(&mem);
+    let state = decode(ty, &bytes).unwrap();
+    assert!(!state.activated && !state.running);
+    b.check_state(&state).unwrap();
+    b.apply_state(state).unwrap();
+    // The driver goes on where it was: the queue's size and address read back.
+    assert_eq!(rd(&mut b, 0x14, 1), 3);
+    assert_eq!(rd(&mut b, 0x18, 2), 8);
+    assert_eq!(rd(&mut b, 0x20, 8), DESC);
+    b.pause().unwrap();
+    assert_eq!(save(&b).1, bytes);
+}
+
+#[test]
 fn save_needs_a_pause_and_a_started_device_is_not_a_restore_target() {
     let (mem, ty, good) = saved_running_rng();
     let mut dev = rng(&mem);

@@ -38,6 +38,14 @@ pub struct PciAddress {
     pub function: u8,
 }
 
+impl PciAddress {
+    /// The function's instance field in snapshot records: `bus << 8 | device << 3 |
+    /// function`, as in a CONFIG_ADDRESS.
+    pub fn instance(self) -> u32 {
+        u32::from(self.bus) << 8 | u32::from(self.device & 0x1f) << 3 | u32::from(self.function & 7)
+    }
+}
+
 /// A host bridge at 00:00.0: class 0x06/0x00, no BARs.
 ///
 /// Linux's `pci_sanity_check` looks for a host bridge (or an Intel/Compaq
