@@ -966,3 +966,34 @@ fn a_device_model_without_snapshot_hooks_is_refused_by_name() {
         "virtio-console does not support snapshots"
     );
 }
+
+#[test]
+fn a_paused_net_device_sends_nothing_until_resumed() {
+    let mem = memory();
+    let (mut a, _, peer) = net(&mem, MAC);
+    let mut rings = set_up_queues(&mut a, 1 << 32 | 1 << 5, 2);
+    a.pause().unwrap();
+    let frame: Vec<u8> = (0..12).map(|_| 0).chain(0..60u8).collect();
+    mem.write_slice(&frame, GuestAddress(BUF)).unwrap();
+    rings[1].publish(&mem, &[(BUF, frame.len() as u32, 0)]);
+    a.notify_queue(1);
+    let mut got = [0u8; 256];
+    let recv = |buf: &mut [u8]| {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, valid for the call.
+        unsafe {
+            libc::recv(
+                peer.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        }
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(recv(&mut got), -1, "nothing sent while paused");
+    a.resume().unwrap();
+    rings[1].wait_used(&mem, 1);
+    let n = recv(&mut got);
+    assert!(n >= 60, "the frame went out after the resume ({n})");
+    assert_eq!(&got[n as usize - 60..n as usize], &frame[12..]);
+}
