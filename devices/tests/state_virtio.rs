@@ -884,6 +884,8 @@ fn net_restore_reapplies_acked_offloads_and_refuses_another_mac() {
 struct Slow {
     evt: EventFd,
     busy: Duration,
+    /// Written when the long request starts.
+    started: EventFd,
 }
 
 impl ActiveDevice for Slow {
@@ -895,6 +897,7 @@ impl ActiveDevice for Slow {
 
     fn handle_event(&mut self, _token: u32) {
         let _ = self.evt.read();
+        self.started.write(1).unwrap();
         std::thread::sleep(self.busy);
     }
 }
@@ -906,15 +909,17 @@ fn pause_waits_for_the_request_in_progress_within_a_bound() {
     worker.resume().unwrap();
 
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let started = EventFd::new(0).unwrap();
     let busy = PAUSE_TIMEOUT + Duration::from_millis(500);
     worker
         .activate(Box::new(Slow {
             evt: evt.try_clone().unwrap(),
             busy,
+            started: started.try_clone().unwrap(),
         }))
         .unwrap();
     evt.write(1).unwrap();
-    std::thread::sleep(Duration::from_millis(50)); // the worker is in its long request
+    started.read().unwrap(); // blocks until the worker is in its long request
     let started = Instant::now();
     let err = worker.pause().unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
