@@ -172,6 +172,67 @@ impl BusDevice for AcpiPm {
     }
 }
 
+/// The PM1 registers a snapshot holds (record `ACPI_PM`). The power-off counter and the
+/// logging flag are the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcpiPmState {
+    /// PM1_STS.
+    pub pm1_sts: u16,
+    /// PM1_EN.
+    pub pm1_en: u16,
+    /// PM1_CNT's stored bits (BM_RLD, SLP_TYP).
+    pub pm1_cnt: u16,
+}
+
+impl crate::state::StateRecord for AcpiPmState {
+    const RECORD: snapshot::RecordType = snapshot::RecordType::required(snapshot::kind::ACPI_PM, 1);
+    const NAME: &'static str = "acpi_pm";
+
+    fn encode(&self, enc: &mut snapshot::payload::Encoder) {
+        enc.u16(self.pm1_sts).u16(self.pm1_en).u16(self.pm1_cnt);
+    }
+
+    fn decode(dec: &mut snapshot::payload::Decoder<'_>) -> Result<Self, crate::state::StateError> {
+        let pm1_sts = dec.u16()?;
+        let pm1_en = dec.u16()?;
+        let pm1_cnt = dec.u16()?;
+        if pm1_cnt & !CNT_STORED != 0 {
+            return Err(crate::state::StateError::invalid(
+                Self::NAME,
+                format!("PM1_CNT {pm1_cnt:#06x} has bits that are not stored"),
+            ));
+        }
+        Ok(AcpiPmState {
+            pm1_sts,
+            pm1_en,
+            pm1_cnt,
+        })
+    }
+}
+
+impl crate::state::DeviceState for AcpiPm {
+    type State = AcpiPmState;
+
+    fn save_state(&self) -> Result<AcpiPmState, crate::state::StateError> {
+        Ok(AcpiPmState {
+            pm1_sts: self.pm1_sts,
+            pm1_en: self.pm1_en,
+            pm1_cnt: self.pm1_cnt,
+        })
+    }
+
+    fn check_state(&self, _state: &AcpiPmState) -> Result<(), crate::state::StateError> {
+        Ok(())
+    }
+
+    fn apply_state(&mut self, state: AcpiPmState) -> Result<(), crate::state::StateError> {
+        self.pm1_sts = state.pm1_sts;
+        self.pm1_en = state.pm1_en;
+        self.pm1_cnt = state.pm1_cnt;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

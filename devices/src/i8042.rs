@@ -220,6 +220,122 @@ impl BusDevice for I8042 {
     }
 }
 
+/// The controller's state, as a snapshot holds it (record `I8042`). The reset counter is
+/// a host statistic and is not saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct I8042State {
+    /// The controller configuration byte.
+    pub ctr: u8,
+    /// The output port (bits 0 and 1, reset line and A20, always set).
+    pub outport: u8,
+    /// The byte waiting at the data port, and whether it is from the AUX side.
+    pub out: Option<(u8, bool)>,
+    /// The last byte read from the data port.
+    pub last_out: u8,
+    /// The command waiting for its parameter byte: 0x60, 0xd1, 0xd2, 0xd3 or 0xd4.
+    pub pending: Option<u8>,
+    /// The last write was to the command port (status bit 3).
+    pub last_write_was_command: bool,
+}
+
+const PARAMETER_COMMANDS: [u8; 5] = [
+    CMD_WRITE_CTR,
+    CMD_WRITE_OUTPORT,
+    CMD_KBD_LOOP,
+    CMD_AUX_LOOP,
+    CMD_AUX_SEND,
+];
+
+impl crate::state::StateRecord for I8042State {
+    const RECORD: snapshot::RecordType = snapshot::RecordType::required(snapshot::kind::I8042, 1);
+    const NAME: &'static str = "i8042";
+
+    fn encode(&self, enc: &mut snapshot::payload::Encoder) {
+        let (has_out, out, out_aux) = match self.out {
+            Some((b, aux)) => (1, b, u8::from(aux)),
+            None => (0, 0, 0),
+        };
+        enc.u8(self.ctr)
+            .u8(self.outport)
+            .u8(has_out)
+            .u8(out)
+            .u8(out_aux)
+            .u8(self.last_out)
+            .u8(self.pending.unwrap_or(0))
+            .u8(u8::from(self.last_write_was_command));
+    }
+
+    fn decode(dec: &mut snapshot::payload::Decoder<'_>) -> Result<Self, crate::state::StateError> {
+        use crate::state::{StateError, decode_bool};
+        let ctr = dec.u8()?;
+        let outport = dec.u8()?;
+        let has_out = decode_bool(dec, Self::NAME, "output-buffer-full flag")?;
+        let out = dec.u8()?;
+        let out_aux = decode_bool(dec, Self::NAME, "AUX flag")?;
+        let last_out = dec.u8()?;
+        let pending = match dec.u8()? {
+            0 => None,
+            c if PARAMETER_COMMANDS.contains(&c) => Some(c),
+            c => {
+                return Err(StateError::invalid(
+                    Self::NAME,
+                    format!("pending command {c:#04x} takes no parameter"),
+                ));
+            }
+        };
+        let last_write_was_command = decode_bool(dec, Self::NAME, "last-write-was-command")?;
+        if outport & (OUTPORT_RESET_N | OUTPORT_A20) != OUTPORT_RESET_N | OUTPORT_A20 {
+            return Err(StateError::invalid(
+                Self::NAME,
+                format!("output port {outport:#04x} has the reset line or A20 low"),
+            ));
+        }
+        if !has_out && (out != 0 || out_aux) {
+            return Err(StateError::invalid(
+                Self::NAME,
+                "an empty output buffer holds a byte",
+            ));
+        }
+        Ok(I8042State {
+            ctr,
+            outport,
+            out: has_out.then_some((out, out_aux)),
+            last_out,
+            pending,
+            last_write_was_command,
+        })
+    }
+}
+
+impl crate::state::DeviceState for I8042 {
+    type State = I8042State;
+
+    fn save_state(&self) -> Result<I8042State, crate::state::StateError> {
+        Ok(I8042State {
+            ctr: self.ctr,
+            outport: self.outport,
+            out: self.out,
+            last_out: self.last_out,
+            pending: self.pending,
+            last_write_was_command: self.last_write_was_command,
+        })
+    }
+
+    fn check_state(&self, _state: &I8042State) -> Result<(), crate::state::StateError> {
+        Ok(())
+    }
+
+    fn apply_state(&mut self, state: I8042State) -> Result<(), crate::state::StateError> {
+        self.ctr = state.ctr;
+        self.outport = state.outport;
+        self.out = state.out;
+        self.last_out = state.last_out;
+        self.pending = state.pending;
+        self.last_write_was_command = state.last_write_was_command;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ pub mod i8042;
 pub mod pci;
 pub mod reset;
 pub mod serial;
+pub mod state;
 pub mod virtio;
 
 pub use acpi_pm::{
@@ -51,4 +52,5 @@ pub use cmos::{CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos};
 pub use console_output::{ConsoleOutput, ConsoleWriter};
 pub use i8042::{I8042, I8042_PORT_LEN};
 pub use reset::{RESET_CONTROL_LEN, RESET_CONTROL_PORT, ResetControl};
-pub use serial::{SERIAL_PORT_LEN, Serial, SerialError};
+pub use serial::{SERIAL_PORT_LEN, Serial, SerialError, SerialState};
+pub use state::{DeviceState, StateError, StateRecord, decode_record, encode_record};

@@ -67,6 +67,52 @@ impl BusDevice for ResetControl {
     }
 }
 
+/// The register a snapshot holds (record `RESET_CONTROL`): its value, bit 2 (RST_CPU)
+/// always clear. The reset counter is the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetControlState {
+    /// The value last written, RST_CPU cleared.
+    pub value: u8,
+}
+
+impl crate::state::StateRecord for ResetControlState {
+    const RECORD: snapshot::RecordType =
+        snapshot::RecordType::required(snapshot::kind::RESET_CONTROL, 1);
+    const NAME: &'static str = "reset_control";
+
+    fn encode(&self, enc: &mut snapshot::payload::Encoder) {
+        enc.u8(self.value);
+    }
+
+    fn decode(dec: &mut snapshot::payload::Decoder<'_>) -> Result<Self, crate::state::StateError> {
+        let value = dec.u8()?;
+        if value & RST_CPU != 0 {
+            return Err(crate::state::StateError::invalid(
+                Self::NAME,
+                format!("value {value:#04x} has the self-clearing RST_CPU bit set"),
+            ));
+        }
+        Ok(ResetControlState { value })
+    }
+}
+
+impl crate::state::DeviceState for ResetControl {
+    type State = ResetControlState;
+
+    fn save_state(&self) -> Result<ResetControlState, crate::state::StateError> {
+        Ok(ResetControlState { value: self.value })
+    }
+
+    fn check_state(&self, _state: &ResetControlState) -> Result<(), crate::state::StateError> {
+        Ok(())
+    }
+
+    fn apply_state(&mut self, state: ResetControlState) -> Result<(), crate::state::StateError> {
+        self.value = state.value;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

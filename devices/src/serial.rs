@@ -197,6 +197,182 @@ impl BusDevice for Serial {
     }
 }
 
+/// The UART's registers and pending input, as a snapshot holds them (record `SERIAL`).
+/// Counters and the output sink are the host's and are not saved; the interrupt line is
+/// recomputed from IER and IIR (vm-superio raises it again on restore if it is pending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialState {
+    /// Divisor latch, low byte.
+    pub divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub divisor_high: u8,
+    /// Interrupt enable register (bits 0-3).
+    pub ier: u8,
+    /// Interrupt identification as stored: "no interrupt" (1) or the pending THR-empty (2)
+    /// and received-data (4) bits; the FIFO bits are added on read.
+    pub iir: u8,
+    /// Line control register.
+    pub lcr: u8,
+    /// Line status register: data ready (1, set exactly when input is pending), THR empty
+    /// (0x20), transmitter idle (0x40).
+    pub lsr: u8,
+    /// Modem control register.
+    pub mcr: u8,
+    /// Modem status register.
+    pub msr: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Received bytes the guest has not read yet, oldest first; at most 64.
+    pub input: Vec<u8>,
+}
+
+/// Bytes the receive FIFO holds.
+pub const SERIAL_FIFO_SIZE: usize = 64;
+const IIR_STORED_BITS: u8 = 0x07;
+const IER_VALID_BITS: u8 = 0x0f;
+const LSR_STORED_BITS: u8 = 0x61;
+const LSR_DATA_READY: u8 = 0x01;
+
+impl crate::state::StateRecord for SerialState {
+    const RECORD: snapshot::RecordType = snapshot::RecordType::required(snapshot::kind::SERIAL, 1);
+    const NAME: &'static str = "serial";
+
+    fn encode(&self, enc: &mut snapshot::payload::Encoder) {
+        enc.u8(self.divisor_low)
+            .u8(self.divisor_high)
+            .u8(self.ier)
+            .u8(self.iir)
+            .u8(self.lcr)
+            .u8(self.lsr)
+            .u8(self.mcr)
+            .u8(self.msr)
+            .u8(self.scratch)
+            // At most SERIAL_FIFO_SIZE bytes (vm-superio's FIFO).
+            .u8(u8::try_from(self.input.len()).unwrap_or(u8::MAX))
+            .bytes(&self.input);
+    }
+
+    fn decode(dec: &mut snapshot::payload::Decoder<'_>) -> Result<Self, crate::state::StateError> {
+        use crate::state::StateError;
+        let [
+            divisor_low,
+            divisor_high,
+            ier,
+            iir,
+            lcr,
+            lsr,
+            mcr,
+            msr,
+            scratch,
+            len,
+        ] = dec.array::<10>()?;
+        let bad = |what: String| Err(StateError::invalid(Self::NAME, what));
+        if ier & !IER_VALID_BITS != 0 {
+            return bad(format!("IER {ier:#04x} has bits a 16550A does not have"));
+        }
+        // Stored IIR: 1 alone (no interrupt), or a non-empty set of the two pending bits.
+        if iir & !IIR_STORED_BITS != 0 || (iir & 1 != 0 && iir != 1) || iir == 0 {
+            return bad(format!("IIR {iir:#04x} is not a valid interrupt state"));
+        }
+        if lsr & !LSR_STORED_BITS != 0 {
+            return bad(format!("LSR {lsr:#04x} has bits the UART never sets"));
+        }
+        if usize::from(len) > SERIAL_FIFO_SIZE {
+            return bad(format!(
+                "{len} bytes of pending input, the FIFO holds {SERIAL_FIFO_SIZE}"
+            ));
+        }
+        let input = dec.bytes(usize::from(len))?.to_vec();
+        if (lsr & LSR_DATA_READY != 0) == input.is_empty() {
+            return bad(format!(
+                "LSR data-ready bit does not match {} bytes of pending input",
+                input.len()
+            ));
+        }
+        Ok(SerialState {
+            divisor_low,
+            divisor_high,
+            ier,
+            iir,
+            lcr,
+            lsr,
+            mcr,
+            msr,
+            scratch,
+            input,
+        })
+    }
+}
+
+impl crate::state::DeviceState for Serial {
+    type State = SerialState;
+
+    fn save_state(&self) -> Result<SerialState, crate::state::StateError> {
+        let s = self.uart.state();
+        Ok(SerialState {
+            divisor_low: s.baud_divisor_low,
+            divisor_high: s.baud_divisor_high,
+            ier: s.interrupt_enable,
+            iir: s.interrupt_identification,
+            lcr: s.line_control,
+            lsr: s.line_status,
+            mcr: s.modem_control,
+            msr: s.modem_status,
+            scratch: s.scratch,
+            input: s.in_buffer,
+        })
+    }
+
+    fn check_state(&self, _state: &SerialState) -> Result<(), crate::state::StateError> {
+        // Every UART is the same model: what decoding checked is all there is.
+        Ok(())
+    }
+
+    /// Rebuilds the register emulation from `state`, keeping this device's eventfds,
+    /// counters and output sink; a pending interrupt is raised again.
+    fn apply_state(&mut self, state: SerialState) -> Result<(), crate::state::StateError> {
+        let apply_err = |e: io::Error| crate::state::StateError::Apply {
+            device: "serial",
+            problem: e.to_string(),
+        };
+        let trigger = EventFdTrigger(self.uart.interrupt_evt().0.try_clone().map_err(apply_err)?);
+        let old = self.uart.events();
+        let events = UartEvents {
+            input_ready: old.input_ready.try_clone().map_err(apply_err)?,
+            bytes_out: AtomicU64::new(old.bytes_out.load(Ordering::Relaxed)),
+            bytes_lost: AtomicU64::new(old.bytes_lost.load(Ordering::Relaxed)),
+        };
+        let saved = vm_superio::serial::SerialState {
+            baud_divisor_low: state.divisor_low,
+            baud_divisor_high: state.divisor_high,
+            interrupt_enable: state.ier,
+            interrupt_identification: state.iir,
+            line_control: state.lcr,
+            line_status: state.lsr,
+            modem_control: state.mcr,
+            modem_status: state.msr,
+            scratch: state.scratch,
+            in_buffer: state.input,
+        };
+        let placeholder: Box<dyn Write + Send> = Box::new(io::sink());
+        let uart = match vm_superio::Serial::from_state(&saved, trigger, events, placeholder) {
+            Ok(uart) => uart,
+            // The interrupt eventfd could not be written: the state is in place, the
+            // guest just has to wait for the next interrupt. Anything else was checked.
+            Err(UartError::Trigger(e)) => return Err(apply_err(e)),
+            Err(e) => {
+                return Err(crate::state::StateError::Apply {
+                    device: "serial",
+                    problem: format!("{e:?}"),
+                });
+            }
+        };
+        let old = std::mem::replace(&mut self.uart, uart);
+        *self.uart.writer_mut() = old.into_writer();
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

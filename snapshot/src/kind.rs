@@ -24,5 +24,25 @@ pub const VCPU: u16 = 0x0020;
 /// `snapshot::memory_file`).
 pub const MEMORY: u16 = 0x0030;
 
+/// The 16550A UART, one per port base (`devices::serial`).
+pub const SERIAL: u16 = 0x0100;
+/// The i8042 controller (`devices::i8042`).
+pub const I8042: u16 = 0x0101;
+/// The CMOS NVRAM, index register and the guest's clock offset (`devices::cmos`).
+pub const CMOS: u16 = 0x0102;
+/// The ACPI PM1 registers (`devices::acpi_pm`).
+pub const ACPI_PM: u16 = 0x0103;
+/// The 0xcf9 reset control register (`devices::reset`).
+pub const RESET_CONTROL: u16 = 0x0104;
+/// The PCI root's configuration address latch (port 0xcf8) (`devices::pci::root`).
+pub const PCI_ROOT: u16 = 0x0108;
+/// First kind of the virtio PCI devices: the kind of a device of virtio type `t` is
+/// `VIRTIO_PCI_BASE + t` (net 0x0141, block 0x0142, console 0x0143, rng 0x0144, balloon
+/// 0x0145, vsock 0x0153), one record per PCI function: configuration space, MSI-X,
+/// transport, queues and the device's own state (`devices::virtio::state`).
+pub const VIRTIO_PCI_BASE: u16 = 0x0140;
+/// Last kind of the virtio PCI range (virtio types up to 63).
+pub const VIRTIO_PCI_LAST: u16 = 0x017f;
+
 /// First kind of the range kept for tests.
 pub const TEST_FIRST: u16 = 0x7f00;

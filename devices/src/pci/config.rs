@@ -352,6 +352,41 @@ impl PciConfiguration {
         }
     }
 
+    /// The register image, for a snapshot.
+    pub fn image(&self) -> [u8; CONFIG_SPACE_SIZE] {
+        self.regs
+    }
+
+    /// Checks that `image` (a saved register image) differs from this space only in bits
+    /// the guest can change (writable or write-1-to-clear): the same device, with the
+    /// same capabilities and BAR types. Returns the first offending offset.
+    pub fn check_image(&self, image: &[u8; CONFIG_SPACE_SIZE]) -> Result<(), usize> {
+        for (o, ((&saved, &now), (&writable, &w1c))) in image
+            .iter()
+            .zip(&self.regs)
+            .zip(self.writable.iter().zip(&self.w1c))
+            .enumerate()
+        {
+            let fixed = !(writable | w1c);
+            if (saved ^ now) & fixed != 0 {
+                return Err(o);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a register image checked with [`Self::check_image`] in place.
+    pub fn set_image(&mut self, image: &[u8; CONFIG_SPACE_SIZE]) {
+        self.regs = *image;
+    }
+
+    /// The address BAR `index` decodes in `image`, read as [`Self::bar_address`] does.
+    pub fn bar_address_in(&self, image: &[u8; CONFIG_SPACE_SIZE], index: usize) -> Option<u64> {
+        let mut copy = self.clone();
+        copy.regs = *image;
+        copy.bar_address(index)
+    }
+
     fn set_mask(&mut self, offset: usize, mask: &[u8]) {
         for (i, &m) in mask.iter().enumerate() {
             if let Some(w) = offset.checked_add(i).and_then(|o| self.writable.get_mut(o)) {

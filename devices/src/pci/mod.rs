@@ -16,10 +16,13 @@ pub mod bar;
 pub mod config;
 pub mod msix;
 pub mod root;
+pub mod state;
 
 pub use bar::{BarAllocator, BarRegion, BarType, MMIO_HOLE_END, MMIO_HOLE_START, PciBarBusDevice};
 pub use config::{PciConfiguration, PciIds};
-pub use msix::{MsiMessage, MsixConfig, MsixError, MsixRouteHandler, MsixRouteUpdate};
+pub use msix::{
+    MsiMessage, MsixConfig, MsixEntry, MsixError, MsixRouteHandler, MsixRouteUpdate, MsixState,
+};
 pub use root::{PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciAddress, PciHostBridge, PciRoot};
 
 /// Errors setting up PCI functions and BARs.

@@ -136,6 +136,33 @@ impl TableEntry {
     }
 }
 
+/// One saved MSI-X table entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsixEntry {
+    /// Message address, low half (bits 0-1 zero).
+    pub address_lo: u32,
+    /// Message address, high half.
+    pub address_hi: u32,
+    /// Message data.
+    pub data: u32,
+    /// The per-vector mask bit.
+    pub masked: bool,
+}
+
+/// The MSI-X state a snapshot holds: the table, the pending bits, enable and function
+/// mask. The eventfds and routes are the VMM's, remade on restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsixState {
+    /// One entry per vector.
+    pub entries: Vec<MsixEntry>,
+    /// One pending bit per vector.
+    pub pending: Vec<bool>,
+    /// MSI-X enable.
+    pub enabled: bool,
+    /// Function mask.
+    pub function_masked: bool,
+}
+
 /// MSI-X state of one function; see the module docs.
 pub struct MsixConfig {
     table: Vec<TableEntry>,
@@ -340,6 +367,65 @@ impl MsixConfig {
                 })
                 .fold(0u8, |acc, b| acc | (1 << b));
         }
+    }
+
+    /// The guest-programmed state, for a snapshot.
+    pub fn save_state(&self) -> MsixState {
+        MsixState {
+            entries: self
+                .table
+                .iter()
+                .map(|e| MsixEntry {
+                    address_lo: e.address_lo,
+                    address_hi: e.address_hi,
+                    data: e.data,
+                    masked: e.control & VECTOR_MASKED != 0,
+                })
+                .collect(),
+            pending: self.pending.clone(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
+    }
+
+    /// Whether a message control value (from a saved configuration space) says what
+    /// `state` says about enable and function mask.
+    pub fn control_matches(control: u16, state: &MsixState) -> bool {
+        (control & CONTROL_ENABLE != 0) == state.enabled
+            && (control & CONTROL_FUNCTION_MASK != 0) == state.function_masked
+    }
+
+    /// Checks that `state` fits this table (same vector count); no side effects.
+    pub fn check_state(&self, state: &MsixState) -> Result<(), String> {
+        if state.entries.len() != self.table.len() || state.pending.len() != self.table.len() {
+            return Err(format!(
+                "MSI-X table has {} vectors, this device has {}",
+                state.entries.len(),
+                self.table.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Puts a checked `state` in place, tells the route handler of every vector's route
+    /// and delivers what is pending and deliverable.
+    pub fn apply_state(&mut self, state: &MsixState) {
+        for (entry, saved) in self.table.iter_mut().zip(&state.entries) {
+            *entry = TableEntry {
+                address_lo: saved.address_lo & !3,
+                address_hi: saved.address_hi,
+                data: saved.data,
+                control: if saved.masked { VECTOR_MASKED } else { 0 },
+            };
+        }
+        for (p, &saved) in self.pending.iter_mut().zip(&state.pending) {
+            *p = saved;
+        }
+        self.enabled = state.enabled;
+        self.function_masked = state.function_masked;
+        self.announced.fill(None);
+        self.announce_all();
+        self.deliver_unmasked_pending();
     }
 
     /// Fires and clears pending vectors that became deliverable.

@@ -38,6 +38,14 @@ pub struct PciAddress {
     pub function: u8,
 }
 
+impl PciAddress {
+    /// The function's instance field in snapshot records: `bus << 8 | device << 3 |
+    /// function`, as in a CONFIG_ADDRESS.
+    pub fn instance(self) -> u32 {
+        u32::from(self.bus) << 8 | u32::from(self.device & 0x1f) << 3 | u32::from(self.function & 7)
+    }
+}
+
 /// A host bridge at 00:00.0: class 0x06/0x00, no BARs.
 ///
 /// Linux's `pci_sanity_check` looks for a host bridge (or an Intel/Compaq
@@ -71,6 +79,23 @@ impl Default for PciHostBridge {
     }
 }
 
+impl PciHostBridge {
+    /// Its configuration space.
+    pub fn config(&self) -> &PciConfiguration {
+        &self.config
+    }
+
+    /// Its configuration space image, for a snapshot.
+    pub fn image(&mut self) -> [u8; super::config::CONFIG_SPACE_SIZE] {
+        self.config.image()
+    }
+
+    /// Puts a checked image in place.
+    pub fn set_image(&mut self, image: &[u8; super::config::CONFIG_SPACE_SIZE]) {
+        self.config.set_image(image);
+    }
+}
+
 impl PciDevice for PciHostBridge {
     fn config_read(&mut self, offset: usize, data: &mut [u8]) {
         self.config.read(offset, data);
@@ -100,6 +125,8 @@ pub struct PciRoot {
     config_address: u32,
     /// Index = slot number.
     devices: Vec<Arc<Mutex<dyn PciDevice>>>,
+    /// Slot 0, typed, for its snapshot state.
+    host_bridge: Arc<Mutex<PciHostBridge>>,
 }
 
 impl std::fmt::Debug for PciRoot {
@@ -123,9 +150,11 @@ impl Default for PciRoot {
 impl PciRoot {
     /// Creates bus 0 with the host bridge at slot 0.
     pub fn new() -> PciRoot {
+        let host_bridge = Arc::new(Mutex::new(PciHostBridge::default()));
         PciRoot {
             config_address: 0,
-            devices: vec![Arc::new(Mutex::new(PciHostBridge::default()))],
+            devices: vec![host_bridge.clone()],
+            host_bridge,
         }
     }
 
@@ -163,6 +192,27 @@ impl PciRoot {
         if let Some(device) = self.device_at(address) {
             lock(device).config_write(offset, data);
         }
+    }
+
+    /// CONFIG_ADDRESS bits that hold state.
+    pub const CONFIG_ADDRESS_MASK: u32 = CONFIG_ADDRESS_MASK;
+
+    /// The value latched at 0xcf8.
+    pub fn config_address(&self) -> u32 {
+        self.config_address
+    }
+
+    /// Latches `value` at 0xcf8, as a guest's dword write does.
+    pub fn set_config_address(&mut self, value: u32) {
+        self.config_address = value & CONFIG_ADDRESS_MASK;
+    }
+
+    /// Runs `f` on the host bridge.
+    pub fn with_host_bridge<R>(&self, f: impl FnOnce(&mut PciHostBridge) -> R) -> R {
+        f(&mut self
+            .host_bridge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner))
     }
 
     fn device_at(&self, address: PciAddress) -> Option<&Arc<Mutex<dyn PciDevice>>> {

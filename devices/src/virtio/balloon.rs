@@ -38,6 +38,8 @@ use vm_memory::{
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::worker::{ActiveDevice, DeviceWorker, ServedQueue, lock};
+
+pub mod state;
 use super::{
     ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BALLOON, VirtioDevice,
 };
@@ -415,6 +417,8 @@ impl VirtioDevice for Balloon {
         self.shared.set_actual(0);
         *lock(&self.shared.stats) = None;
     }
+
+    super::state::worker_snapshot_hooks!(LOG_NAME);
 }
 
 /// Index into the configuration space of byte `i` of an access at `offset`, if it can be
@@ -548,6 +552,10 @@ impl ActiveDevice for ActiveBalloon {
             sources.push((self.shared.stats_request.as_raw_fd(), STATS_REQUEST_TOKEN));
         }
         sources
+    }
+
+    fn save_queues(&self) -> Option<Vec<super::worker::SavedQueue>> {
+        Some(self.saved_queues())
     }
 
     fn start(&mut self) {

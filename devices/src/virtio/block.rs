@@ -29,6 +29,8 @@ use super::iovec::{self, DeviceReadable, DeviceWritable, GuestSpans, IovecError}
 use super::log_limit::LogLimiter;
 use super::read_config_bytes;
 use super::worker::{DeviceWorker, ServedQueue, SingleQueueDevice};
+
+pub mod state;
 use super::{
     ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BLOCK, VirtioDevice,
 };
@@ -739,6 +741,8 @@ impl VirtioDevice for Block {
         self.worker.deactivate_for_reset();
         self.acked_features = 0;
     }
+
+    super::state::worker_snapshot_hooks!("virtio-blk");
 }
 
 /// The device while the driver drives it, on the worker.

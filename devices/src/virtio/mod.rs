@@ -15,6 +15,8 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::state::StateError;
+
 pub mod balloon;
 pub mod block;
 pub mod console;
@@ -26,6 +28,7 @@ pub mod pci_transport;
 pub mod queue;
 pub mod queue_status;
 pub mod rng;
+pub mod state;
 pub mod worker;
 
 pub use balloon::{Balloon, BalloonHandle};
@@ -158,4 +161,43 @@ pub trait VirtioDevice: Send {
     /// pending and the driver, which waits for the device status to read 0 before it
     /// reuses the rings, waits.
     fn quiesced(&self) -> bool;
+
+    // Snapshots (see `state`). The defaults refuse, naming the device, so a model without
+    // snapshot support makes a snapshot fail rather than lose its state.
+
+    /// Stops serving at a request boundary (bounded wait) and says where the queues are:
+    /// usually [`state::pause_worker`] on the device's worker.
+    fn pause(&mut self) -> Result<worker::Paused, StateError> {
+        Err(StateError::Unsupported(state::device_name(
+            self.device_type(),
+        )))
+    }
+
+    /// Serves again after [`VirtioDevice::pause`].
+    fn resume(&mut self) -> Result<(), StateError> {
+        Err(StateError::Unsupported(state::device_name(
+            self.device_type(),
+        )))
+    }
+
+    /// The device's own state (configuration, host-side values), while paused.
+    fn save_device_state(&self) -> Result<state::VirtioDeviceState, StateError> {
+        Err(StateError::Unsupported(state::device_name(
+            self.device_type(),
+        )))
+    }
+
+    /// Checks a saved device state against this freshly built device; no side effects.
+    fn check_device_state(&self, _state: &state::VirtioDeviceState) -> Result<(), StateError> {
+        Err(StateError::Unsupported(state::device_name(
+            self.device_type(),
+        )))
+    }
+
+    /// Applies a checked device state, before the transport activates the device.
+    fn apply_device_state(&mut self, _state: state::VirtioDeviceState) -> Result<(), StateError> {
+        Err(StateError::Unsupported(state::device_name(
+            self.device_type(),
+        )))
+    }
 }

@@ -165,6 +165,32 @@ impl PciInterrupt {
         }
     }
 
+    /// The ISR byte, without clearing it (for a snapshot).
+    pub fn isr(&self) -> u8 {
+        self.isr.load(Ordering::Acquire)
+    }
+
+    /// Puts saved interrupt state back: ISR, needs-reset, the vectors (already checked
+    /// against the table) and COMMAND's INTx-disable bit. A pending ISR raises INTx again
+    /// (while MSI-X is off), as a level-triggered line that was up stays up.
+    pub fn restore(
+        &self,
+        isr: u8,
+        needs_reset: bool,
+        config_vector: u16,
+        queue_vectors: &[u16],
+        intx_disabled: bool,
+    ) {
+        self.isr.store(isr, Ordering::Release);
+        self.needs_reset.store(needs_reset, Ordering::Release);
+        self.config_vector.store(config_vector, Ordering::Release);
+        for (v, &saved) in self.queue_vectors.iter().zip(queue_vectors) {
+            v.store(saved, Ordering::Release);
+        }
+        self.intx_disabled.store(intx_disabled, Ordering::Release);
+        self.raise_intx_if_pending();
+    }
+
     /// Returns to the post-reset state. MSI-X table state is PCI-level and
     /// survives a virtio reset.
     pub fn reset(&self) {

@@ -24,6 +24,7 @@ use super::{ActiveQueue, Interrupt, Queue, QueueStatus, VirtioDevice};
 use common::CommonConfig;
 
 mod common;
+mod state;
 
 /// PCI vendor ID of virtio devices.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -139,6 +140,8 @@ pub struct VirtioPciDevice {
     /// reset completes (and the status reads 0) once it has. Until then the driver's writes
     /// are ignored and the status reads as it did.
     reset_pending: bool,
+    /// What the device's pause found, between [`Self::pause`] and [`Self::resume`].
+    paused: Option<super::worker::Paused>,
 }
 
 impl std::fmt::Debug for VirtioPciDevice {
@@ -300,6 +303,7 @@ impl VirtioPciDevice {
             bar_addr: None,
             bar_mover: None,
             reset_pending: false,
+            paused: None,
         })
     }
 

@@ -261,6 +261,21 @@ impl Queue {
         self.next_used
     }
 
+    /// `next_used` when the device last decided whether to interrupt the driver.
+    pub fn signalled_used(&self) -> u16 {
+        self.signalled_used
+    }
+
+    /// Puts the device's ring positions back, as a snapshot saved them: the next avail
+    /// entry to take, the `used.idx` published, and the EVENT_IDX signalling state. Any
+    /// values are safe: the ring arithmetic wraps, and a driver index more than a ring
+    /// ahead is reported by [`Queue::pop`].
+    pub fn set_positions(&mut self, next_avail: u16, next_used: u16, signalled_used: u16) {
+        self.next_avail = next_avail;
+        self.next_used = next_used;
+        self.signalled_used = signalled_used;
+    }
+
     /// Returns the queue to its state after device reset.
     pub fn reset(&mut self) {
         *self = Queue::new(self.max_size);

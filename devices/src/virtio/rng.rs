@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestMemoryMmap};
 
+use super::state::VirtioDeviceState;
 use super::worker::{DeviceWorker, ServedQueue, SingleQueueDevice};
 use super::{ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_RNG, VirtioDevice};
+use crate::state::StateError;
 
 /// Size of the single request queue.
 pub const RNG_QUEUE_SIZE: u16 = 256;
@@ -90,6 +92,26 @@ impl VirtioDevice for Rng {
     fn reset(&mut self) {
         self.worker.deactivate_for_reset();
     }
+
+    super::state::worker_snapshot_hooks!(LOG_NAME);
+}
+
+impl Rng {
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Rng
+    }
+
+    fn check_state(&self, saved: &VirtioDeviceState) -> Result<(), StateError> {
+        match saved {
+            VirtioDeviceState::Rng => Ok(()),
+            _ => Err(StateError::invalid(
+                LOG_NAME,
+                "the saved state is another device's",
+            )),
+        }
+    }
+
+    fn apply_state(&mut self, _saved: VirtioDeviceState) {}
 }
 
 /// The device while the driver drives it, on the worker.

@@ -20,6 +20,12 @@
 //! A device with a single queue implements [`SingleQueueDevice`] and gets its
 //! [`ActiveDevice`] side from it.
 //!
+//! For a snapshot, [`DeviceWorker::pause`] stops the worker between two events (so
+//! between requests: a device finishes the request it is serving before it looks at its
+//! mailbox) and has the active device describe its queues ([`ActiveDevice::save_queues`]);
+//! [`DeviceWorker::resume`] serves it again. A paused device keeps its queues and guest
+//! memory: only its notifications go unwatched.
+//!
 //! [`ServedQueue`] also keeps the queue's [`QueueStatus`] up to date (the chains it takes
 //! and publishes, the notifications it consumes, the interrupts it raises, a malformed
 //! queue), which is why devices take chains, publish them, consume notifications, re-arm
@@ -74,6 +80,35 @@ pub trait ActiveDevice: Send {
 
     /// The descriptor registered under `token` is readable.
     fn handle_event(&mut self, token: u32);
+
+    /// Where the device is in each of its queues, for a snapshot; called on the worker while
+    /// it is paused. `None` (the default): the device cannot be snapshotted, and a snapshot
+    /// of it fails with a clear error rather than losing state. A device implements this by
+    /// listing its [`ServedQueue`]s ([`ServedQueue::save`]).
+    ///
+    /// Chains the device took and still holds without having used them (a stashed receive
+    /// buffer, a frame the backend could not take yet, the balloon's statistics buffer) are
+    /// given back by rewinding `next_avail` over them ([`ServedQueue::save_unpopped`]): they
+    /// are the last ones it took from that queue, their avail ring entries are still
+    /// there (the driver cannot reuse a slot while its chain is outstanding), so the
+    /// restored device takes them again. Nothing a device holds is lost that way, and no
+    /// device needs state of its own for it.
+    fn save_queues(&self) -> Option<Vec<SavedQueue>> {
+        None
+    }
+}
+
+/// A queue's ring positions, as the device left them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedQueue {
+    /// Queue index.
+    pub index: usize,
+    /// The next avail entry the restored device takes.
+    pub next_avail: u16,
+    /// The `used.idx` the device published.
+    pub next_used: u16,
+    /// `next_used` when the device last decided whether to interrupt (EVENT_IDX state).
+    pub signalled_used: u16,
 }
 
 /// A device with one queue, served whenever it is notified (and once on activation): all
@@ -99,6 +134,10 @@ impl<T: SingleQueueDevice> ActiveDevice for T {
         self.queue().clear_notification();
         self.serve();
     }
+
+    fn save_queues(&self) -> Option<Vec<SavedQueue>> {
+        Some(vec![self.queue().save()])
+    }
 }
 
 /// What the device asks of its worker.
@@ -107,6 +146,10 @@ enum Command {
     Activate(Box<dyn ActiveDevice>),
     /// Drop the active device (reset).
     Deactivate,
+    /// Stop watching the active device's events and describe its queues.
+    Pause,
+    /// Watch the paused device's events again.
+    Resume,
     /// Return (device dropped).
     Exit,
 }
@@ -121,6 +164,23 @@ struct Link {
     wake: EventFd,
     done: Mutex<u64>,
     done_changed: Condvar,
+    /// What the last pause found: `None` before any, `Some(None)` if no device was
+    /// active, `Some(Some(None))` for a device that cannot describe its queues.
+    paused: Mutex<Option<Option<Option<Vec<SavedQueue>>>>>,
+}
+
+/// How long [`DeviceWorker::pause`] waits for the worker to finish what it is doing.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What [`DeviceWorker::pause`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Paused {
+    /// No device was active (never activated, or reset): there are no queues to save.
+    Inactive,
+    /// The active device stopped; here are its queues.
+    Active(Vec<SavedQueue>),
+    /// The active device stopped but cannot describe its queues (no snapshot support).
+    Unsupported,
 }
 
 /// A device's worker thread; see the module docs. Dropping it stops the thread.
@@ -147,6 +207,7 @@ impl DeviceWorker {
             wake: EventFd::new(EFD_NONBLOCK)?,
             done: Mutex::new(0),
             done_changed: Condvar::new(),
+            paused: Mutex::new(None),
         });
         let epoll = Epoll::new()?;
         epoll.ctl(
@@ -181,6 +242,34 @@ impl DeviceWorker {
     /// says when.
     pub fn deactivate(&self) -> io::Result<()> {
         self.send(Command::Deactivate, DEACTIVATE_WAIT)
+    }
+
+    /// Stops serving the active device once the worker is between two events (so after the
+    /// request it is serving, if any), and has it describe its queues. Waits at most
+    /// [`PAUSE_TIMEOUT`]; a worker still busy then answers [`io::ErrorKind::TimedOut`],
+    /// and the caller should [`DeviceWorker::resume`] it (the pause may still happen later;
+    /// the resume undoes it). While paused the device keeps its queues: notifications wait
+    /// in their eventfds.
+    pub fn pause(&self) -> io::Result<Paused> {
+        *lock(&self.link.paused) = None;
+        self.send(Command::Pause, PAUSE_TIMEOUT)?;
+        match lock(&self.link.paused).take() {
+            Some(None) => Ok(Paused::Inactive),
+            Some(Some(Some(queues))) => Ok(Paused::Active(queues)),
+            Some(Some(None)) => Ok(Paused::Unsupported),
+            // Carried out (done was bumped) without an answer: a later command replaced
+            // the pause in the mailbox.
+            None => Err(io::Error::other(format!(
+                "the {} worker did not pause: another command replaced the pause",
+                self.name
+            ))),
+        }
+    }
+
+    /// Serves the paused device again (looking at its queues at once, as on activation).
+    /// Nothing happens if no device is paused.
+    pub fn resume(&self) -> io::Result<()> {
+        self.send(Command::Resume, COMMAND_TIMEOUT)
     }
 
     /// [`DeviceWorker::deactivate`] for a device reset: a worker still busy is normal (the
@@ -268,6 +357,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The worker's loop: sleeps until a command or an event of the active device comes.
 fn run(name: &str, link: &Link, epoll: &Epoll) {
     let mut active: Option<Box<dyn ActiveDevice>> = None;
+    let mut parked: Option<Box<dyn ActiveDevice>> = None;
     let mut events = [EpollEvent::default(); EVENTS_PER_WAKE];
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -286,8 +376,21 @@ fn run(name: &str, link: &Link, epoll: &Epoll) {
                     (mailbox.0.take(), mailbox.1)
                 };
                 let exit = matches!(command, Some(Command::Exit));
-                if let Some(command) = command {
-                    obey(name, command, &mut active, epoll);
+                match command {
+                    Some(Command::Pause) => {
+                        let found = pause(&mut active, &mut parked, epoll);
+                        *lock(&link.paused) = Some(found);
+                    }
+                    Some(Command::Resume) => {
+                        if let Some(device) = parked.take() {
+                            obey(name, Command::Activate(device), &mut active, epoll);
+                        }
+                    }
+                    Some(command) => {
+                        parked = None;
+                        obey(name, command, &mut active, epoll);
+                    }
+                    None => {}
                 }
                 let mut done = lock(&link.done);
                 *done = (*done).max(seq);
@@ -302,6 +405,22 @@ fn run(name: &str, link: &Link, epoll: &Epoll) {
             }
         }
     }
+}
+
+/// Parks the active device (unwatched, kept) and describes its queues; a device already
+/// parked is described again.
+fn pause(
+    active: &mut Option<Box<dyn ActiveDevice>>,
+    parked: &mut Option<Box<dyn ActiveDevice>>,
+    epoll: &Epoll,
+) -> Option<Option<Vec<SavedQueue>>> {
+    if let Some(device) = active.take() {
+        for (fd, _) in device.event_sources() {
+            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        *parked = Some(device);
+    }
+    parked.as_ref().map(|device| device.save_queues())
 }
 
 /// Carries out `command`: any active device is unwatched and dropped first.
@@ -355,6 +474,27 @@ impl ServedQueue {
             broken: false,
             status: active.status,
         }
+    }
+
+    /// The queue's ring positions, for [`ActiveDevice::save_queues`].
+    pub fn save(&self) -> SavedQueue {
+        SavedQueue {
+            index: self.index,
+            next_avail: self.queue.next_avail(),
+            next_used: self.queue.next_used(),
+            signalled_used: self.queue.signalled_used(),
+        }
+    }
+
+    /// [`ServedQueue::save`] with the last `held` chains taken given back: see
+    /// [`ActiveDevice::save_queues`].
+    pub fn save_unpopped(&self, held: usize) -> SavedQueue {
+        let mut saved = self.save();
+        // A queue holds at most 32768 chains; a count beyond u16 cannot happen.
+        saved.next_avail = saved
+            .next_avail
+            .wrapping_sub(u16::try_from(held).unwrap_or(u16::MAX));
+        saved
     }
 
     /// Whether the queue was found malformed (and NEEDS_RESET reported).

@@ -33,6 +33,7 @@
 //! rate the guest cannot turn into a flood; a malformed queue is [`ServedQueue`]'s business
 //! (DEVICE_NEEDS_RESET). The device keeps serving either way.
 
+pub mod state;
 pub mod tap;
 
 use std::collections::VecDeque;
@@ -456,6 +457,8 @@ impl VirtioDevice for Net {
         self.worker.deactivate_for_reset();
         self.acked_features = 0;
     }
+
+    super::state::worker_snapshot_hooks!("virtio-net");
 }
 
 /// A receive chain taken from the queue and not used yet: its writable bytes, in order,
@@ -887,6 +890,16 @@ impl ActiveDevice for ActiveNet {
             (self.tx.notify.as_raw_fd(), TX_TOKEN),
             (self.shared.backend_events.as_raw_fd(), BACKEND_TOKEN),
         ]
+    }
+
+    /// Stashed receive chains and a transmit chain the backend could not take are given
+    /// back (the restored device takes them again); see [`ActiveDevice::save_queues`].
+    fn save_queues(&self) -> Option<Vec<super::worker::SavedQueue>> {
+        Some(vec![
+            self.rx.save_unpopped(self.stash.len()),
+            self.tx
+                .save_unpopped(usize::from(self.tx_pending.is_some())),
+        ])
     }
 
     fn start(&mut self) {

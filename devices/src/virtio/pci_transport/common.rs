@@ -37,13 +37,13 @@ const COMMON_CONFIG_LEN: usize = 0x38;
 /// Driver-written transport state; zeroed by reset.
 #[derive(Debug, Default, Clone)]
 pub(super) struct CommonConfig {
-    device_feature_select: u32,
-    driver_feature_select: u32,
+    pub(super) device_feature_select: u32,
+    pub(super) driver_feature_select: u32,
     pub(super) driver_features: u64,
-    status: u8,
-    config_generation: u8,
-    queue_select: u16,
-    activated: bool,
+    pub(super) status: u8,
+    pub(super) config_generation: u8,
+    pub(super) queue_select: u16,
+    pub(super) activated: bool,
 }
 
 impl CommonConfig {
@@ -97,7 +97,7 @@ fn low_u8(v: u64) -> u8 {
 }
 
 impl VirtioPciDevice {
-    fn offered_features(&self) -> u64 {
+    pub(super) fn offered_features(&self) -> u64 {
         self.device.features()
             | 1 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_RING_F_EVENT_IDX
