@@ -6,13 +6,14 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// (policy file, the filter's name inside it, the Rust constant it becomes).
-const POLICIES: [(&str, &str, &str); 8] = [
+const POLICIES: [(&str, &str, &str); 9] = [
     ("vcpu.json", "vcpu", "VCPU"),
     ("main.json", "main", "MAIN"),
     ("virtio_rng.json", "virtio_rng", "VIRTIO_RNG"),
     ("virtio_block.json", "virtio_block", "VIRTIO_BLOCK"),
     ("virtio_balloon.json", "virtio_balloon", "VIRTIO_BALLOON"),
     ("virtio_net.json", "virtio_net", "VIRTIO_NET"),
+    ("virtio_vsock.json", "virtio_vsock", "VIRTIO_VSOCK"),
     ("console_writer.json", "console_writer", "CONSOLE_WRITER"),
     ("reaper.json", "reaper", "REAPER"),
 ];

@@ -14,7 +14,8 @@ use devices::virtio::block::{Block, BlockCounters, BlockError};
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
-use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice};
+use devices::virtio::vsock::VsockError;
+use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice, Vsock};
 use devices::{
     AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleWriter, I8042, ResetControl, Serial,
 };
@@ -108,6 +109,8 @@ pub enum BuildError {
     Disk(#[source] BlockError),
     #[error("--net: {0}")]
     Net(#[source] NetError),
+    #[error("--vsock: {0}")]
+    Vsock(#[source] VsockError),
     #[error("cannot set up a device: {0}")]
     Device(String),
     #[error("cannot place a device on the bus: {0}")]
@@ -190,6 +193,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         serial,
         disks,
         taps,
+        vsock,
     } = files;
     std::thread::scope(|scope| {
         let loader = scope.spawn(|| load_images(&memory, config, kernel, initrd));
@@ -206,7 +210,8 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         };
         let (console, console_writer) = create_console(&vm_fd, serial)?;
         let mmio_bus = Arc::new(Bus::new());
-        let (pci_root, virtio) = create_pci(config, disks, taps, &vm_fd, &memory, &mmio_bus)?;
+        let devices = DeviceFiles { disks, taps, vsock };
+        let (pci_root, virtio) = create_pci(config, devices, &vm_fd, &memory, &mmio_bus)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
@@ -446,11 +451,11 @@ fn create_pio_bus(
 
 /// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
 /// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added;
-/// then the network interfaces in `--net` order (`eth0`, ...), the rng and the balloon.
+/// then the network interfaces in `--net` order (`eth0`, ...), the rng, the balloon and the
+/// vsock device.
 fn create_pci(
     config: &VmConfig,
-    disks: Vec<DiskFile>,
-    taps: Vec<Tap>,
+    DeviceFiles { disks, taps, vsock }: DeviceFiles,
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
@@ -510,8 +515,24 @@ fn create_pci(
         let queues = pci.add_virtio(Box::new(balloon))?;
         handles.add_queues(device_kind::BALLOON, 0, queues);
     }
+    if let (Some(spec), Some(file)) = (&config.vsock, vsock) {
+        let device = Vsock::new(file, spec.cid, "virtio-vsock", || {
+            crate::sandbox::enter_device_worker(ThreadKind::VirtioVsock, "virtio-vsock")
+        })
+        .map_err(BuildError::Vsock)?;
+        debug!("virtio-vsock: guest CID {}", device.cid());
+        // Its rx and tx queues are the kernel's: `vmm queues` would show stale indices.
+        pci.add_virtio(Box::new(device))?;
+    }
     handles.intx_lines = pci.intx_lines;
     Ok((pci.root, handles))
+}
+
+/// The host files behind the PCI devices, from [`HostFiles`].
+struct DeviceFiles {
+    disks: Vec<DiskFile>,
+    taps: Vec<Tap>,
+    vsock: Option<std::fs::File>,
 }
 
 impl VirtioHandles {

@@ -59,6 +59,9 @@ pub enum ThreadKind {
     /// A virtio-net device's worker: `epoll_wait`, eventfds, `readv`/`writev` on its tap,
     /// `ioctl(TUNSETOFFLOAD)`.
     VirtioNet,
+    /// The virtio-vsock device's worker: `epoll_wait`, eventfds, the vhost-vsock ioctls
+    /// that set up and stop the kernel's backend.
+    VirtioVsock,
     /// The serial console's writer: waits for guest output and writes it to stdout or the
     /// `--serial` file, so no other thread ever waits on the console's reader.
     ConsoleWriter,
@@ -69,13 +72,14 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::VirtioRng,
         ThreadKind::VirtioBlock,
         ThreadKind::VirtioBalloon,
         ThreadKind::VirtioNet,
+        ThreadKind::VirtioVsock,
         ThreadKind::ConsoleWriter,
         ThreadKind::Reaper,
     ];
@@ -89,6 +93,7 @@ impl ThreadKind {
             ThreadKind::VirtioBlock => "virtio-blk",
             ThreadKind::VirtioBalloon => "virtio-balloon",
             ThreadKind::VirtioNet => "virtio-net",
+            ThreadKind::VirtioVsock => "virtio-vsock",
             ThreadKind::ConsoleWriter => "console-writer",
             ThreadKind::Reaper => "reaper",
         }
@@ -103,6 +108,7 @@ impl ThreadKind {
             ThreadKind::VirtioBlock => "policies/virtio_block.json",
             ThreadKind::VirtioBalloon => "policies/virtio_balloon.json",
             ThreadKind::VirtioNet => "policies/virtio_net.json",
+            ThreadKind::VirtioVsock => "policies/virtio_vsock.json",
             ThreadKind::ConsoleWriter => "policies/console_writer.json",
             ThreadKind::Reaper => "policies/reaper.json",
         }
@@ -116,6 +122,7 @@ impl ThreadKind {
             ThreadKind::VirtioBlock => policies::VIRTIO_BLOCK,
             ThreadKind::VirtioBalloon => policies::VIRTIO_BALLOON,
             ThreadKind::VirtioNet => policies::VIRTIO_NET,
+            ThreadKind::VirtioVsock => policies::VIRTIO_VSOCK,
             ThreadKind::ConsoleWriter => policies::CONSOLE_WRITER,
             ThreadKind::Reaper => policies::REAPER,
         };

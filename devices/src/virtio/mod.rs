@@ -25,11 +25,13 @@ pub mod pci_transport;
 pub mod queue;
 pub mod queue_status;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 pub use balloon::{Balloon, BalloonHandle};
 pub use block::{Block, BlockCounters};
 pub use rng::Rng;
+pub use vsock::Vsock;
 pub use worker::{ActiveDevice, DeviceWorker, ServedQueue};
 
 pub use pci_transport::{PciInterrupt, QueueNotifier, VirtioPciDevice, VirtioPciError};
