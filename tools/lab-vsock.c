@@ -7,7 +7,8 @@
  *                                    stderr, "lab-vsock: listening on port PORT")
  *   lab-vsock send CID PORT BYTES    connect to CID:PORT (retrying for 30 s while nobody
  *                                    listens), send BYTES of a fixed pseudo-random stream;
- *                                    prints "lab-vsock: sent=N fnv=HEX mbps=X"
+ *                                    prints "lab-vsock: sent=N fnv=HEX mbps=X" once the
+ *                                    receiver has closed (so it times the whole transfer)
  *   lab-vsock hold CID PORT          connect and wait until the connection ends; prints
  *                                    "lab-vsock: held, ended: REASON"
  *
@@ -157,11 +158,12 @@ static int do_send(unsigned cid, unsigned port, unsigned long long bytes)
         }
         sent += n;
     }
-    report("sent", sent, h, t0);
-    /* Wait for the receiver to close first, so every byte is in before we go. */
+    /* Wait for the receiver to close first, so every byte is in before we go: the time
+     * reported runs from connect to the receiver having it all. */
     shutdown(fd, SHUT_WR);
     while (read(fd, buf, sizeof buf) > 0)
         ;
+    report("sent", sent, h, t0);
     close(fd);
     return 0;
 }
