@@ -2,8 +2,9 @@
 //! its own vsock modules (tools/lab, docs/lab.md): 64 MiB each way between the guest and
 //! the outer VM over AF_VSOCK stream sockets, checksummed at both ends; `vmm stop` with a
 //! connection open; a second VM refused the CID the first holds while the first keeps
-//! running; and the guest's driver unloaded and loaded again, after which the device
-//! works as before and the VMM holds no more descriptors than it did.
+//! running; the guest's driver unloaded and loaded again, after which the device works as
+//! before and the VMM holds no more descriptors than it did; and a guest without MSI
+//! (`pci=nomsi`), whose interrupts the worker relays to INTA#.
 //!
 //! Both sides use `lab-vsock` (tools/lab-vsock.c, built by the kit into the guest and the
 //! outer VM), which prints `lab-vsock: sent=N fnv=HEX mbps=X` or `received=...`. A sender
@@ -12,7 +13,9 @@
 
 mod common;
 
-use common::lab::{LabRun, WAIT_VMM, require_lab, run_in_lab, start_vmm};
+use common::lab::{
+    LabRun, WAIT_VMM, guest_params, require_lab, run_in_lab, start_vmm, start_vmm_with_params,
+};
 
 /// 64 MiB, each way in the first test.
 const BYTES: u64 = 64 << 20;
@@ -177,5 +180,52 @@ vmm stop /tmp/vmm.sock
         run.value("fds-active:"),
         "a reset and reactivation leave the VMM's descriptors as they were: {output}"
     );
+    run.assert_vmm_exited_0();
+}
+
+#[test]
+fn a_guest_without_msi_gets_vhost_vsock_interrupts_on_intx() {
+    if !require_lab() {
+        return;
+    }
+    let guest = format!(
+        r#"echo guest-ready
+echo "guest-recv: $(lab-vsock listen 5000 {RELOAD_BYTES} 2>/dev/null)"
+echo "guest-send: $(lab-vsock send 2 5001 {RELOAD_BYTES})"
+echo "guest-irq: $(grep virtio0 /proc/interrupts)"
+echo guest-done
+sleep 600
+"#
+    );
+    let params = format!("pci=nomsi {}", guest_params(&guest));
+    let script = format!(
+        r#"lab-vsock listen 5001 {RELOAD_BYTES} >/tmp/host-rx 2>/dev/null &
+{start}
+wait_for guest-ready
+echo "host-send: $(lab-vsock send 7 5000 {RELOAD_BYTES})"
+wait_for guest-done
+i=0; until grep -q received= /tmp/host-rx || [ $i -gt 300 ]; do i=$((i + 1)); sleep 0.1; done
+echo "host-recv: $(cat /tmp/host-rx)"
+vmm stop /tmp/vmm.sock
+{WAIT_VMM}"#,
+        start = start_vmm_with_params(&["--vsock", "cid=7"], 256, &params, "file"),
+    );
+
+    let run = run_in_lab("lab-vsock-intx", &script);
+    let output = &run.output;
+
+    let irq = run.value("guest-irq:");
+    assert!(
+        irq.contains("IO-APIC") && !irq.contains("MSI"),
+        "the device's interrupt is a pin: {irq}: {output}"
+    );
+    let count: u64 = irq
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in '{irq}': {output}"));
+    assert!(count > 0, "{irq}: {output}");
+    assert_same_stream(&run, "host-send:", "guest-recv:", RELOAD_BYTES);
+    assert_same_stream(&run, "guest-send:", "host-recv:", RELOAD_BYTES);
     run.assert_vmm_exited_0();
 }
