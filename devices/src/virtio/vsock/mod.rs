@@ -195,6 +195,23 @@ impl Vsock {
         })
     }
 
+    /// A device on `file` without asking the kernel anything (for unit tests on a file
+    /// that is not vhost-vsock).
+    #[cfg(test)]
+    fn unchecked(file: File, cid: u64, backend_features: u64) -> Vsock {
+        Vsock {
+            cid,
+            vhost: Arc::new(VhostVsock::new(file)),
+            backend_features,
+            acked_features: 0,
+            calls: Arc::new([
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+            ]),
+            worker: DeviceWorker::spawn("virtio-vsock-test", || {}).unwrap(),
+        }
+    }
+
     /// The guest's CID.
     pub fn cid(&self) -> u64 {
         self.cid
@@ -234,21 +251,20 @@ impl VirtioDevice for Vsock {
     ) -> Result<(), ActivateError> {
         let mut rings = Vec::with_capacity(VHOST_QUEUES.len());
         let mut event = None;
-        let mut queues: Vec<Option<ActiveQueue>> = queues.into_iter().map(Some).collect();
-        for index in VHOST_QUEUES {
-            let queue = queues
-                .iter_mut()
-                .find(|q| q.as_ref().is_some_and(|q| q.index == index))
-                .and_then(Option::take)
-                .ok_or(ActivateError::MissingQueue(index))?;
-            rings.push(queue);
+        for queue in queues {
+            if queue.index == EVENT_QUEUE {
+                event = Some(ServedQueue::new(queue));
+            } else if VHOST_QUEUES.contains(&queue.index) {
+                rings.push(queue);
+            }
         }
-        if let Some(queue) = queues
-            .iter_mut()
-            .find(|q| q.as_ref().is_some_and(|q| q.index == EVENT_QUEUE))
-            .and_then(Option::take)
+        // In queue order, so ring i goes with call eventfd i.
+        rings.sort_by_key(|queue| queue.index);
+        if let Some(missing) = VHOST_QUEUES
+            .into_iter()
+            .find(|index| !rings.iter().any(|queue| queue.index == *index))
         {
-            event = Some(ServedQueue::new(queue));
+            return Err(ActivateError::MissingQueue(missing));
         }
         let active = ActiveVsock {
             vhost: self.vhost.clone(),
@@ -282,7 +298,8 @@ struct ActiveVsock {
     features: u64,
     mem: Arc<GuestMemoryMmap>,
     interrupt: Arc<dyn Interrupt>,
-    /// Queues 0 and 1, served by the kernel; their notify eventfds are the kick eventfds.
+    /// Queues 0 and 1 in that order, served by the kernel; their notify eventfds are the
+    /// kick eventfds.
     rings: Vec<ActiveQueue>,
     /// Queue 2, whose buffers are kept for events.
     event: Option<ServedQueue>,
@@ -480,5 +497,88 @@ mod tests {
             table[1].userspace_addr,
             mem.get_host_address(GuestAddress(1 << 32)).unwrap() as u64
         );
+    }
+
+    /// Counts what the device asks of the transport.
+    #[derive(Default)]
+    struct Recorder {
+        needs_reset: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Interrupt for Recorder {
+        fn signal_used_queue(&self, _queue_index: usize) {}
+        fn signal_config_changed(&self) {}
+        fn set_needs_reset(&self) {
+            self.needs_reset
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn active_queue(index: usize) -> ActiveQueue {
+        let mut queue = super::super::Queue::new(VSOCK_QUEUE_SIZE);
+        queue.size = 16;
+        queue.ready = true;
+        queue.desc_table = 0x1000 * (index as u64 + 1);
+        queue.avail_ring = 0x10000 + 0x1000 * index as u64;
+        queue.used_ring = 0x20000 + 0x1000 * index as u64;
+        ActiveQueue {
+            index,
+            queue,
+            notify: EventFd::new(EFD_NONBLOCK).unwrap(),
+            status: Arc::new(super::super::QueueStatus::new()),
+        }
+    }
+
+    fn null_device() -> Vsock {
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        Vsock::unchecked(null, 3, 1 << VIRTIO_VSOCK_F_SEQPACKET)
+    }
+
+    #[test]
+    fn activation_without_the_rx_or_tx_queue_is_refused() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let mut device = null_device();
+        let interrupt: Arc<dyn Interrupt> = Arc::new(Recorder::default());
+        let err = device
+            .activate(
+                mem.clone(),
+                interrupt.clone(),
+                vec![active_queue(0), active_queue(2)],
+            )
+            .unwrap_err();
+        assert!(matches!(err, ActivateError::MissingQueue(1)), "{err}");
+        let err = device
+            .activate(mem, interrupt, vec![active_queue(1)])
+            .unwrap_err();
+        assert!(matches!(err, ActivateError::MissingQueue(0)), "{err}");
+    }
+
+    #[test]
+    fn a_backend_that_refuses_the_set_up_makes_the_device_need_a_reset() {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let mut device = null_device();
+        device.ack_features(1 << VIRTIO_VSOCK_F_SEQPACKET | 1 << 32);
+        let recorder = Arc::new(Recorder::default());
+        let interrupt: Arc<dyn Interrupt> = recorder.clone();
+        device
+            .activate(
+                mem,
+                interrupt,
+                vec![active_queue(2), active_queue(1), active_queue(0)],
+            )
+            .unwrap();
+        // /dev/null answers VHOST_SET_OWNER with ENOTTY: the worker reports it once.
+        assert_eq!(
+            recorder
+                .needs_reset
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+        device.reset();
+        assert!(device.quiesced());
     }
 }
