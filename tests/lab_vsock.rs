@@ -3,7 +3,8 @@
 //! the outer VM over AF_VSOCK stream sockets, checksummed at both ends; `vmm stop` with a
 //! connection open; a second VM refused the CID the first holds while the first keeps
 //! running; the guest's driver unloaded and loaded again, after which the device works as
-//! before and the VMM holds no more descriptors than it did; and a guest without MSI
+//! before and the VMM holds no more descriptors than it did (its worker is under its own
+//! seccomp policy, as the test hook shows); and a guest without MSI
 //! (`pci=nomsi`), whose interrupts the worker relays to INTA#.
 //!
 //! Both sides use `lab-vsock` (tools/lab-vsock.c, built by the kit into the guest and the
@@ -138,6 +139,11 @@ wait_for guest-ready
 vmm run --vsock cid=5 --mem 64 --serial file=/tmp/second.log /guest/vmlinuz 2>/tmp/second.err
 echo "second-exit: $?"
 echo "second-error: $(grep error /tmp/second.err)"
+# The worker's seccomp policy is on: the test hook's call in that thread stops the VMM.
+VMM_SANDBOX_TEST_VIOLATION=virtio-vsock vmm run --vsock cid=9 --mem 64 \
+    --serial file=/tmp/third.log /guest/vmlinuz 2>/tmp/third.err
+echo "violation-exit: $?"
+echo "violation-line: $(grep 'sandbox: thread' /tmp/third.err)"
 echo "first-alive: $(kill -0 $vmm && echo yes || echo no)"
 echo "host-send1: $(lab-vsock send 5 5000 {RELOAD_BYTES})"
 wait_for guest-recv1:
@@ -162,6 +168,12 @@ vmm stop /tmp/vmm.sock
     assert!(
         error.contains("guest CID 5 is already in use"),
         "one clear line: {error}: {output}"
+    );
+    assert_eq!(run.value("violation-exit:"), "31", "{output}");
+    let violation = run.value("violation-line:");
+    assert!(
+        violation.contains("thread virtio-vsock (virtio-vsock policy) made system call getppid"),
+        "{violation}: {output}"
     );
     assert_eq!(run.value("first-alive:"), "yes", "{output}");
     assert_same_stream(&run, "host-send1:", "guest-recv1:", RELOAD_BYTES);
