@@ -1,7 +1,7 @@
 //! Descriptors from a supervisor: a host daemon may open what a VM needs and start `vmm`
 //! with the descriptors instead of paths (`--disk fd=N[,ro]`, `--net tap-fd=N`,
-//! `--serial fd=N`, `--initrd fd=N`, KERNEL as `fd=N`, `--socket-fd N`, systemd socket
-//! activation). This module owns what `vmm run` does with inherited descriptors, first
+//! `--serial fd=N`, `--initrd fd=N`, KERNEL as `fd=N`, `--vsock cid=N,fd=M` for an open
+//! `/dev/vhost-vsock`, `--socket-fd N`, systemd socket activation). This module owns what `vmm run` does with inherited descriptors, first
 //! thing, while it is the only thread and before it opens anything itself:
 //!
 //! 1. It reads (and removes) the socket-activation variables ([`crate::socket_activation`]).
