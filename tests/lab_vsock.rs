@@ -4,8 +4,8 @@
 //! connection open; a second VM refused the CID the first holds while the first keeps
 //! running; the guest's driver unloaded and loaded again, after which the device works as
 //! before and the VMM holds no more descriptors than it did (its worker is under its own
-//! seccomp policy, as the test hook shows); and a guest without MSI
-//! (`pci=nomsi`), whose interrupts the worker relays to INTA#.
+//! seccomp policy, as the test hook shows); and a guest without MSI (`pci=nomsi`), whose
+//! interrupts the worker relays to INTA#, on a `/dev/vhost-vsock` handed over as `fd=5`.
 //!
 //! Both sides use `lab-vsock` (tools/lab-vsock.c, built by the kit into the guest and the
 //! outer VM), which prints `lab-vsock: sent=N fnv=HEX mbps=X` or `received=...`. A sender
@@ -196,7 +196,7 @@ vmm stop /tmp/vmm.sock
 }
 
 #[test]
-fn a_guest_without_msi_gets_vhost_vsock_interrupts_on_intx() {
+fn a_guest_without_msi_gets_interrupts_on_intx_from_a_handed_over_vhost_vsock() {
     if !require_lab() {
         return;
     }
@@ -220,7 +220,15 @@ i=0; until grep -q received= /tmp/host-rx || [ $i -gt 300 ]; do i=$((i + 1)); sl
 echo "host-recv: $(cat /tmp/host-rx)"
 vmm stop /tmp/vmm.sock
 {WAIT_VMM}"#,
-        start = start_vmm_with_params(&["--vsock", "cid=7"], 256, &params, "file"),
+        // The device handed over as a descriptor, as a supervisor would: the shell opens
+        // /dev/vhost-vsock read-write as descriptor 5 of vmm (a redirection may stand
+        // anywhere in the command).
+        start = start_vmm_with_params(
+            &["--vsock", "cid=7,fd=5", "5<>/dev/vhost-vsock"],
+            256,
+            &params,
+            "file"
+        ),
     );
 
     let run = run_in_lab("lab-vsock-intx", &script);
