@@ -58,6 +58,10 @@ pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Feature bit: virtio 1.x compliance (mandatory for modern PCI).
 pub const VIRTIO_F_VERSION_1: u32 = 32;
 
+/// The ring and version features the transport offers with every device's own.
+pub const TRANSPORT_FEATURES: u64 =
+    1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_RING_F_INDIRECT_DESC;
+
 /// Device type of a network card.
 pub const VIRTIO_ID_NET: u32 = 1;
 /// Device type of a block device.

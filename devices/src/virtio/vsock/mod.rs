@@ -44,7 +44,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 pub use vhost::{VhostError, VhostMemoryRegion, VhostVsock};
 
 use super::worker::{ActiveDevice, DeviceWorker, ServedQueue};
-use super::{ActivateError, ActiveQueue, Interrupt, VirtioDevice, read_config_bytes};
+use super::{
+    ActivateError, ActiveQueue, Interrupt, TRANSPORT_FEATURES, VirtioDevice, read_config_bytes,
+};
 
 /// Virtio device type of a socket device.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -122,6 +124,12 @@ pub enum VsockError {
     /// The descriptor is not a vhost-vsock device.
     #[error("cannot query vhost-vsock (is it /dev/vhost-vsock?): {0}")]
     Features(#[source] VhostError),
+    /// The kernel's vhost-vsock lacks a ring feature the transport offers.
+    #[error(
+        "this kernel's vhost-vsock lacks virtio features {0:#x} (VERSION_1, EVENT_IDX or \
+         INDIRECT_DESC) that vmm's transport offers"
+    )]
+    MissingFeatures(u64),
     /// An eventfd or the worker thread could not be created.
     #[error("cannot start the virtio-vsock worker: {0}")]
     Worker(#[source] io::Error),
@@ -174,6 +182,12 @@ impl Vsock {
     ) -> Result<Vsock, VsockError> {
         let vhost = VhostVsock::new(file);
         let backend_features = vhost.get_features().map_err(VsockError::Features)?;
+        // The kernel, not the VMM, serves the rings: it must implement every ring feature
+        // the transport offers, since the driver may use any of them.
+        let missing = TRANSPORT_FEATURES & !backend_features;
+        if missing != 0 {
+            return Err(VsockError::MissingFeatures(missing));
+        }
         vhost.set_guest_cid(cid).map_err(|source| {
             if source.errno() == Some(libc::EADDRINUSE) {
                 VsockError::CidInUse(cid)
@@ -455,12 +469,11 @@ mod tests {
 
     #[test]
     fn the_transport_bits_are_all_ones_vhost_implements() {
-        let vhost_features: u64 = 1 << super::super::VIRTIO_F_VERSION_1
-            | 1 << super::super::VIRTIO_RING_F_EVENT_IDX
-            | 1 << super::super::VIRTIO_RING_F_INDIRECT_DESC;
-        // VHOST_FEATURES in drivers/vhost/vhost.h includes these three.
+        // VHOST_FEATURES in drivers/vhost/vhost.h (NOTIFY_ON_EMPTY, ANY_LAYOUT, INDIRECT_DESC,
+        // EVENT_IDX, VERSION_1, LOG_ALL) includes the three the transport offers.
         let kernel: u64 = 1 << 24 | 1 << 27 | 1 << 28 | 1 << 29 | 1 << 32 | 1 << 26;
-        assert_eq!(kernel & vhost_features, vhost_features);
+        assert_eq!(kernel & TRANSPORT_FEATURES, TRANSPORT_FEATURES);
+        assert_eq!(TRANSPORT_FEATURES, 1 << 28 | 1 << 29 | 1 << 32);
     }
 
     #[test]
