@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// (policy file, the filter's name inside it, the Rust constant it becomes).
-const POLICIES: [(&str, &str, &str); 9] = [
+const POLICIES: [(&str, &str, &str); 10] = [
     ("vcpu.json", "vcpu", "VCPU"),
     ("main.json", "main", "MAIN"),
     ("virtio_rng.json", "virtio_rng", "VIRTIO_RNG"),
@@ -14,6 +14,7 @@ const POLICIES: [(&str, &str, &str); 9] = [
     ("virtio_balloon.json", "virtio_balloon", "VIRTIO_BALLOON"),
     ("virtio_net.json", "virtio_net", "VIRTIO_NET"),
     ("virtio_console.json", "virtio_console", "VIRTIO_CONSOLE"),
+    ("virtio_vsock.json", "virtio_vsock", "VIRTIO_VSOCK"),
     ("console_writer.json", "console_writer", "CONSOLE_WRITER"),
     ("reaper.json", "reaper", "REAPER"),
 ];

@@ -15,7 +15,8 @@ use devices::virtio::console::{Console as VirtioConsole, ConsoleCounters, HostIn
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
-use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice};
+use devices::virtio::vsock::VsockError;
+use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice, Vsock};
 use devices::{
     AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleWriter, I8042, ResetControl,
     Serial,
@@ -111,6 +112,8 @@ pub enum BuildError {
     Disk(#[source] BlockError),
     #[error("--net: {0}")]
     Net(#[source] NetError),
+    #[error("--vsock: {0}")]
+    Vsock(#[source] VsockError),
     #[error("cannot set up a device: {0}")]
     Device(String),
     #[error("cannot place a device on the bus: {0}")]
@@ -203,6 +206,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         console,
         disks,
         taps,
+        vsock,
     } = files;
     std::thread::scope(|scope| {
         let loader = scope.spawn(|| load_images(&memory, config, kernel, initrd));
@@ -225,6 +229,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             disks,
             taps,
             hvc_output,
+            vsock,
         };
         let (pci_root, virtio, hvc_input) =
             create_pci(config, devices, &vm_fd, &memory, &mmio_bus)?;
@@ -465,19 +470,22 @@ fn create_pio_bus(
     Ok(bus)
 }
 
-/// What the virtio devices are built from, besides the configuration.
+/// What the virtio devices are built from, besides the configuration: the host files
+/// behind them, from [`HostFiles`], and the console's output.
 struct PciDevices {
     disks: Vec<DiskFile>,
     taps: Vec<Tap>,
     /// The virtio-console's output sink, with `--console`.
     hvc_output: Option<ConsoleOutput>,
+    /// `/dev/vhost-vsock`, with `--vsock`.
+    vsock: Option<std::fs::File>,
 }
 
 /// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
 /// come first, in `--disk` order, so the first disk is `/dev/vda` whatever else is added;
-/// then the network interfaces in `--net` order (`eth0`, ...), the rng, the balloon and
-/// the console, so adding `--console` moves no other device. Returns the virtio-console's
-/// input handle too, with `--console`.
+/// then the network interfaces in `--net` order (`eth0`, ...), the rng, the balloon, the
+/// console and the vsock device, so adding `--console` or `--vsock` moves no device before
+/// it. Returns the virtio-console's input handle too, with `--console`.
 fn create_pci(
     config: &VmConfig,
     devices: PciDevices,
@@ -489,6 +497,7 @@ fn create_pci(
         disks,
         taps,
         hvc_output,
+        vsock,
     } = devices;
     let mut pci = PciWiring {
         root: PciRoot::new(),
@@ -557,6 +566,15 @@ fn create_pci(
         hvc_input = Some(console.input());
         let queues = pci.add_virtio(Box::new(console))?;
         handles.add_queues(device_kind::CONSOLE, 0, queues);
+    }
+    if let (Some(spec), Some(file)) = (&config.vsock, vsock) {
+        let device = Vsock::new(file, spec.cid, "virtio-vsock", || {
+            crate::sandbox::enter_device_worker(ThreadKind::VirtioVsock, "virtio-vsock")
+        })
+        .map_err(BuildError::Vsock)?;
+        debug!("virtio-vsock: guest CID {}", device.cid());
+        // Its rx and tx queues are the kernel's: `vmm queues` would show stale indices.
+        pci.add_virtio(Box::new(device))?;
     }
     handles.intx_lines = pci.intx_lines;
     Ok((pci.root, handles, hvc_input))

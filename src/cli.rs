@@ -9,9 +9,10 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 
-pub use crate::run_options::{DiskSpec, NetBackend, NetSpec, SerialOutput, Source};
+pub use crate::run_options::{DiskSpec, NetBackend, NetSpec, SerialOutput, Source, VsockSpec};
 use crate::run_options::{
-    parse_console, parse_disk, parse_initrd, parse_kernel, parse_net, parse_serial, parse_socket_fd,
+    parse_console, parse_disk, parse_initrd, parse_kernel, parse_net, parse_serial,
+    parse_socket_fd, parse_vsock,
 };
 
 /// vmm: a KVM virtual machine monitor that boots stock Linux kernels.
@@ -92,6 +93,11 @@ pub struct RunArgs {
     /// host-ip=ADDR,netmask=MASK[,mac=MAC] creates one with that address
     #[argh(option, from_str_fn(parse_net))]
     pub net: Vec<NetSpec>,
+
+    /// a virtio-vsock device served by the host kernel's vhost-vsock: cid=N (the guest's
+    /// CID, 3 to 4294967294), with fd=M an inherited open /dev/vhost-vsock
+    #[argh(option, from_str_fn(parse_vsock))]
+    pub vsock: Option<VsockSpec>,
 
     /// the VM's name (default "vmm"): interfaces without mac= get a MAC derived from it,
     /// so give VMs that share a network different names
@@ -467,6 +473,55 @@ mod tests {
         }
         let err = parse(&["run", "--mem", "64", "fd=0"]).unwrap_err();
         assert!(err.contains("KERNEL"), "{err}");
+    }
+
+    #[test]
+    fn vsock_takes_a_cid_and_optionally_a_descriptor() {
+        let Command::Run(run) = parse(&["run", "--mem", "64", "--vsock", "cid=3", "k"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run");
+        };
+        assert_eq!(run.vsock, Some(VsockSpec { cid: 3, fd: None }));
+        let Command::Run(run) =
+            parse(&["run", "--mem", "64", "--vsock", "cid=4294967294,fd=7", "k"])
+                .unwrap()
+                .command
+        else {
+            panic!("not run");
+        };
+        assert_eq!(
+            run.vsock,
+            Some(VsockSpec {
+                cid: 4_294_967_294,
+                fd: Some(7)
+            })
+        );
+    }
+
+    #[test]
+    fn reserved_and_malformed_vsock_cids_are_refused_saying_what_is_wrong() {
+        let cases: &[(&str, &str)] = &[
+            ("cid=0", "from 3 to 4294967294"),
+            ("cid=1", "from 3 to 4294967294"),
+            ("cid=2", "from 3 to 4294967294"),
+            ("cid=4294967295", "VMADDR_CID_ANY"),
+            ("cid=99999999999999999999999", "from 3 to 4294967294"),
+            ("cid=-3", "not a number"),
+            ("cid=three", "not a number"),
+            ("cid=", "not a number"),
+            ("", "not KEY=VALUE"),
+            ("3", "not KEY=VALUE"),
+            ("fd=5", "has no cid"),
+            ("cid=3,cid=4", "given twice"),
+            ("cid=3,port=5", "unknown key 'port'"),
+            ("cid=3,fd=1", "stdin, stdout or stderr"),
+        ];
+        for (bad, wanted) in cases {
+            let err = parse(&["run", "--mem", "64", "--vsock", bad, "k"]).unwrap_err();
+            assert!(err.contains(wanted), "--vsock {bad}: {err}");
+        }
     }
 
     #[test]

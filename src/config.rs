@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::cli::{DiskSpec, NetBackend, NetSpec, RunArgs, SerialOutput, Source};
+use crate::cli::{DiskSpec, NetBackend, NetSpec, RunArgs, SerialOutput, Source, VsockSpec};
 use crate::jail::JailConfig;
 
 /// The kernel command line used when `--params` is not given: the console on COM1, and a
@@ -90,6 +90,8 @@ pub struct VmConfig {
     /// The guest's network interfaces, in `eth0`, `eth1`, ... order, each with its MAC
     /// (given or derived from the VM name).
     pub nets: Vec<NetConfig>,
+    /// The guest's virtio-vsock device (its CID, and an inherited `/dev/vhost-vsock`).
+    pub vsock: Option<VsockSpec>,
     /// The control socket's path, if `vmm` creates it, and the extra uids allowed to use
     /// it (also with a socket handed over: `--socket-fd` or socket activation, see
     /// [`crate::inherited_fds`], which also refuses two control sockets).
@@ -171,6 +173,7 @@ impl VmConfig {
             disks: args.disk.clone(),
             balloon: args.balloon,
             nets,
+            vsock: args.vsock.clone(),
             socket: args.socket.clone(),
             socket_allow_uids: args.socket_allow_uid.clone(),
             sandbox: !args.disable_sandbox,
@@ -314,6 +317,7 @@ mod tests {
             disk: Vec::new(),
             balloon: false,
             net: Vec::new(),
+            vsock: None,
             name: "vmm".into(),
             socket: None,
             socket_fd: None,

@@ -1,7 +1,7 @@
 //! Descriptors from a supervisor: a host daemon may open what a VM needs and start `vmm`
 //! with the descriptors instead of paths (`--disk fd=N[,ro]`, `--net tap-fd=N`,
-//! `--serial fd=N`, `--initrd fd=N`, KERNEL as `fd=N`, `--socket-fd N`, systemd socket
-//! activation). This module owns what `vmm run` does with inherited descriptors, first
+//! `--serial fd=N`, `--initrd fd=N`, KERNEL as `fd=N`, `--vsock cid=N,fd=M` for an open
+//! `/dev/vhost-vsock`, `--socket-fd N`, systemd socket activation). This module owns what `vmm run` does with inherited descriptors, first
 //! thing, while it is the only thread and before it opens anything itself:
 //!
 //! 1. It reads (and removes) the socket-activation variables ([`crate::socket_activation`]).
@@ -33,7 +33,7 @@ use log::warn;
 use thiserror::Error;
 use vm_control::server::{ListenError, Listener};
 
-use crate::cli::{NetBackend, RunArgs, SerialOutput, Source};
+use crate::cli::{NetBackend, RunArgs, SerialOutput, Source, VsockSpec};
 use crate::input_file::kind_of;
 use crate::socket_activation::{self, Activation, ActivationError};
 
@@ -88,6 +88,11 @@ pub enum HandoverError {
          written to it"
     )]
     NotWritable { option: String, fd: RawFd },
+    #[error(
+        "{option}: descriptor {fd} is not open for reading and writing; open /dev/vhost-vsock \
+         with O_RDWR"
+    )]
+    NotReadWrite { option: String, fd: RawFd },
     #[error("{option}: {source}")]
     Tap {
         option: String,
@@ -146,6 +151,8 @@ enum Role {
     Initrd,
     Serial,
     Tap,
+    /// `--vsock cid=N,fd=M`: an open `/dev/vhost-vsock`.
+    Vhost,
     ControlSocket,
     /// Named by a `/proc/self/fd/N` path: kept open until that path is opened.
     PathTarget,
@@ -230,6 +237,13 @@ fn named_descriptors(
         if let NetBackend::TapFd(fd) = net.backend {
             named.push(new_named(fd, format!("--net tap-fd={fd}"), Role::Tap));
         }
+    }
+    if let Some(VsockSpec { fd: Some(fd), cid }) = &args.vsock {
+        named.push(new_named(
+            *fd,
+            format!("--vsock cid={cid},fd={fd}"),
+            Role::Vhost,
+        ));
     }
     let sockets = [
         args.socket
@@ -385,6 +399,10 @@ fn adopt(handover: &mut Handover, named: Named, allowed_uids: &[u32]) -> Result<
                 .map_err(|source| HandoverError::Tap { option, source })?;
             handover.taps.insert(number, tap);
         }
+        Role::Vhost => {
+            let file = check_vhost(File::from(fd), &option, number)?;
+            handover.files.insert(number, file);
+        }
         Role::ControlSocket => {
             let listener = Listener::from_fd(fd, allowed_uids).map_err(|source| {
                 HandoverError::ControlSocket {
@@ -460,6 +478,29 @@ fn file_type(file: &File, option: &str, fd: RawFd) -> Result<std::fs::FileType, 
     file.metadata()
         .map(|meta| meta.file_type())
         .map_err(examine_error(option.into(), fd))
+}
+
+/// An open `/dev/vhost-vsock`: a character device, open for reading and writing (the build
+/// then asks it for its features, which only vhost-vsock answers).
+fn check_vhost(file: File, option: &str, fd: RawFd) -> Result<File, HandoverError> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = file_type(&file, option, fd)?;
+    if !kind.is_char_device() {
+        return Err(HandoverError::WrongKind {
+            option: option.into(),
+            fd,
+            found: kind_of(kind),
+            wanted: "an open /dev/vhost-vsock",
+        });
+    }
+    let access = access(file.as_fd(), option, fd)?;
+    if !(access.read && access.write) {
+        return Err(HandoverError::NotReadWrite {
+            option: option.into(),
+            fd,
+        });
+    }
+    Ok(file)
 }
 
 /// A disk: a regular file or block device, readable, and writable unless `read_only`.

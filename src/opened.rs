@@ -1,7 +1,8 @@
 //! Everything `vmm run` reaches by path, opened in one phase before the VM is built: the
-//! kernel and initrd (checked, not yet read), the `--serial` and `--console` files, each `--disk` image
-//! (opened and locked), each `--net` tap (attached, or created, addressed and brought up)
-//! and the control socket (bound and listening). `/dev/kvm` is opened even earlier, by
+//! kernel and initrd (checked, not yet read), the `--serial` and `--console` files, each
+//! `--disk` image (opened and locked), each `--net` tap (attached, or created, addressed
+//! and brought up), `/dev/vhost-vsock` for `--vsock` and the control socket (bound and
+//! listening). `/dev/kvm` is opened even earlier, by
 //! `main`, to learn the host's limits.
 //!
 //! What a supervisor handed over as a descriptor instead (`fd=N`, `tap-fd=N`,
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 
 use devices::virtio::block::{self, BlockError};
 use devices::virtio::net::tap::{Tap, TapError};
+use devices::virtio::vsock::{self, VsockError};
 use log::debug;
 use thiserror::Error;
 use vm_control::server::{ListenError, Listener};
@@ -60,6 +62,8 @@ pub enum OpenError {
     Disk(#[source] BlockError),
     #[error("--net: {0}")]
     Tap(#[source] TapError),
+    #[error("--vsock: {0}")]
+    Vsock(#[source] VsockError),
     #[error("cannot create the control socket: {0}")]
     ControlSocket(#[source] ListenError),
 }
@@ -87,6 +91,8 @@ pub struct HostFiles {
     pub disks: Vec<DiskFile>,
     /// In `--net` order.
     pub taps: Vec<Tap>,
+    /// `/dev/vhost-vsock` (opened, or handed over with `--vsock cid=N,fd=M`) for `--vsock`.
+    pub vsock: Option<File>,
 }
 
 /// Everything opened: the builder's files and the control socket's listener.
@@ -134,6 +140,15 @@ pub fn open_all(config: &VmConfig, mut handover: Handover) -> Result<Opened, Ope
         .iter()
         .map(|net| open_tap(net, &mut handover))
         .collect::<Result<Vec<_>, OpenError>>()?;
+    let vsock = config
+        .vsock
+        .as_ref()
+        .map(|spec| match spec.fd {
+            Some(fd) => Ok(handover.take_file(fd)?),
+            None => vsock::open_vhost_vsock(std::path::Path::new(vsock::VHOST_VSOCK_PATH))
+                .map_err(OpenError::Vsock),
+        })
+        .transpose()?;
     let control = match &config.socket {
         Some(path) => Some(
             Listener::bind(path, &config.socket_allow_uids).map_err(OpenError::ControlSocket)?,
@@ -151,6 +166,7 @@ pub fn open_all(config: &VmConfig, mut handover: Handover) -> Result<Opened, Ope
             console,
             disks,
             taps,
+            vsock,
         },
         control,
     })

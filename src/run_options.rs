@@ -1,6 +1,6 @@
 //! The values `vmm run`'s options take, and their parsers (argh's `from_str_fn`s): files
 //! given by path or as an inherited descriptor (`fd=N`, see [`crate::inherited_fds`]), the
-//! serial output, disks, network interfaces and MAC addresses. Each parser's error is the
+//! serial output, disks, network interfaces and MAC addresses, and the vsock device. Each parser's error is the
 //! usage message argh prints.
 
 use std::fmt;
@@ -237,4 +237,61 @@ pub fn parse_mac(value: &str) -> Result<[u8; 6], String> {
         ));
     }
     Ok(mac)
+}
+
+/// `--vsock`: the guest's CID and, optionally, an inherited `/dev/vhost-vsock` descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    /// 3 to 4294967294.
+    pub cid: u64,
+    /// An already open `/dev/vhost-vsock` (`fd=M`), instead of opening the node.
+    pub fd: Option<RawFd>,
+}
+
+const VSOCK_FORM: &str = "use cid=N or cid=N,fd=M";
+
+/// Parses `cid=N[,fd=M]`. CIDs 0, 1 and 2 are reserved (hypervisor, local, host) and
+/// 4294967295 is `VMADDR_CID_ANY`: a guest CID is 3 to 4294967294.
+pub fn parse_vsock(value: &str) -> Result<VsockSpec, String> {
+    let (mut cid, mut fd) = (None, None);
+    for field in value.split(',') {
+        let Some((key, val)) = field.split_once('=') else {
+            return Err(format!(
+                "--vsock '{value}': '{field}' is not KEY=VALUE; {VSOCK_FORM}"
+            ));
+        };
+        let slot = match key {
+            "cid" => &mut cid,
+            "fd" => &mut fd,
+            _ => {
+                return Err(format!(
+                    "--vsock '{value}': unknown key '{key}'; {VSOCK_FORM}"
+                ));
+            }
+        };
+        if slot.replace(val).is_some() {
+            return Err(format!("--vsock '{value}': '{key}' given twice"));
+        }
+    }
+    let Some(cid) = cid else {
+        return Err(format!("--vsock '{value}' has no cid; {VSOCK_FORM}"));
+    };
+    let out_of_range = || {
+        format!(
+            "--vsock cid={cid}: a guest CID is a number from 3 to 4294967294 (0, 1 and 2 are \
+             reserved for the hypervisor, local and host, 4294967295 is VMADDR_CID_ANY)"
+        )
+    };
+    let cid = match cid.parse::<u64>() {
+        Ok(n) if (3..u64::from(u32::MAX)).contains(&n) => n,
+        Ok(_) => return Err(out_of_range()),
+        Err(_) if !cid.is_empty() && cid.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(out_of_range());
+        }
+        Err(_) => return Err(format!("--vsock cid={cid} is not a number; {VSOCK_FORM}")),
+    };
+    let fd = fd
+        .map(|number| parse_fd_number("--vsock fd", number))
+        .transpose()?;
+    Ok(VsockSpec { cid, fd })
 }

@@ -11,7 +11,7 @@
 //!   `seccomp/policies/vcpu.json`.
 //! - Device workers call [`enter_device_worker`] first thing (`virtio_rng.json`,
 //!   `virtio_block.json` for each disk's worker, `virtio_net.json` for each interface's,
-//!   `virtio_balloon.json`), and so does the serial console's writer thread
+//!   `virtio_balloon.json`, `virtio_vsock.json`), and so does the serial console's writer thread
 //!   (`console_writer.json`). Workers are created with their device, while the VM is built
 //!   on the still-unfiltered main thread, and park until the driver activates the device
 //!   (the console writer until the guest prints); a worker spawned later from a vCPU thread

@@ -62,6 +62,9 @@ pub enum ThreadKind {
     /// The virtio-console device's worker: `epoll_wait`, eventfds, locks; guest output goes
     /// into the console's bounded buffer (the `console-writer` thread writes it out).
     VirtioConsole,
+    /// The virtio-vsock device's worker: `epoll_wait`, eventfds, the vhost-vsock ioctls
+    /// that set up and stop the kernel's backend.
+    VirtioVsock,
     /// The serial console's writer: waits for guest output and writes it to stdout or the
     /// `--serial` file, so no other thread ever waits on the console's reader.
     ConsoleWriter,
@@ -72,7 +75,7 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 9] = [
+    pub const ALL: [ThreadKind; 10] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::VirtioRng,
@@ -80,6 +83,7 @@ impl ThreadKind {
         ThreadKind::VirtioBalloon,
         ThreadKind::VirtioNet,
         ThreadKind::VirtioConsole,
+        ThreadKind::VirtioVsock,
         ThreadKind::ConsoleWriter,
         ThreadKind::Reaper,
     ];
@@ -94,6 +98,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => "virtio-balloon",
             ThreadKind::VirtioNet => "virtio-net",
             ThreadKind::VirtioConsole => "virtio-console",
+            ThreadKind::VirtioVsock => "virtio-vsock",
             ThreadKind::ConsoleWriter => "console-writer",
             ThreadKind::Reaper => "reaper",
         }
@@ -109,6 +114,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => "policies/virtio_balloon.json",
             ThreadKind::VirtioNet => "policies/virtio_net.json",
             ThreadKind::VirtioConsole => "policies/virtio_console.json",
+            ThreadKind::VirtioVsock => "policies/virtio_vsock.json",
             ThreadKind::ConsoleWriter => "policies/console_writer.json",
             ThreadKind::Reaper => "policies/reaper.json",
         }
@@ -123,6 +129,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => policies::VIRTIO_BALLOON,
             ThreadKind::VirtioNet => policies::VIRTIO_NET,
             ThreadKind::VirtioConsole => policies::VIRTIO_CONSOLE,
+            ThreadKind::VirtioVsock => policies::VIRTIO_VSOCK,
             ThreadKind::ConsoleWriter => policies::CONSOLE_WRITER,
             ThreadKind::Reaper => policies::REAPER,
         };

@@ -55,8 +55,8 @@ pub fn plan(config: &VmConfig, files: &HostFiles) -> Result<Limits, JailError> {
 /// open before (measured: 31 for one vCPU and no devices, about 14 per virtio device; the
 /// bound doubles that).
 pub fn build_descriptors(config: &VmConfig) -> u64 {
-    // At most 24 disks, 4 interfaces, an rng, a balloon and a console (which may add a
-    // second console writer, well inside its device's share): none of this comes near
+    // At most 24 disks, 4 interfaces, an rng, a balloon, a console (which may add a
+    // second console writer, well inside its device's share) and a vsock: none of this comes near
     // overflowing, but it saturates rather than wrap.
     let devices = config
         .disks
@@ -64,7 +64,8 @@ pub fn build_descriptors(config: &VmConfig) -> u64 {
         .saturating_add(config.nets.len())
         .saturating_add(usize::from(config.rng))
         .saturating_add(usize::from(config.balloon))
-        .saturating_add(usize::from(config.console.is_some()));
+        .saturating_add(usize::from(config.console.is_some()))
+        .saturating_add(usize::from(config.vsock.is_some()));
     let devices = u64::try_from(devices).unwrap_or(u64::MAX);
     64u64
         .saturating_add(u64::from(config.cpus).saturating_mul(2))

@@ -146,7 +146,17 @@ pub const CONSOLE_FILE: &str = "/tmp/console.log";
 /// them, rather than waiting out tools/lab's timeout), and prints the whole console when the script exits, however it exits, so
 /// the guest's kernel log is always in the run's output (and checked, see [`run`]).
 pub fn start_vmm(options: &[&str], mem_mib: u32, guest_script: &str, console: &str) -> String {
-    let params = guest_params(guest_script);
+    start_vmm_with_params(options, mem_mib, &guest_params(guest_script), console)
+}
+
+/// [`start_vmm`] with the whole kernel command line given (`params`, which must carry the
+/// guest's `guest.run=`, see [`guest_params`]), for a test that adds kernel options.
+pub fn start_vmm_with_params(
+    options: &[&str],
+    mem_mib: u32,
+    params: &str,
+    console: &str,
+) -> String {
     let options: String = options.iter().map(|o| format!("{o} ")).collect();
     let (serial, console_helpers) = match console {
         "file" => (

@@ -29,12 +29,14 @@ pub mod queue;
 pub mod queue_status;
 pub mod rng;
 pub mod state;
+pub mod vsock;
 pub mod worker;
 
 pub use balloon::{Balloon, BalloonHandle};
 pub use block::{Block, BlockCounters};
 pub use console::{Console, ConsoleCounters, HostInput};
 pub use rng::Rng;
+pub use vsock::Vsock;
 pub use worker::{ActiveDevice, DeviceWorker, ServedQueue};
 
 pub use pci_transport::{PciInterrupt, QueueNotifier, VirtioPciDevice, VirtioPciError};
@@ -60,6 +62,10 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
 pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Feature bit: virtio 1.x compliance (mandatory for modern PCI).
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+
+/// The ring and version features the transport offers with every device's own.
+pub const TRANSPORT_FEATURES: u64 =
+    1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_RING_F_EVENT_IDX | 1 << VIRTIO_RING_F_INDIRECT_DESC;
 
 /// Device type of a network card.
 pub const VIRTIO_ID_NET: u32 = 1;

@@ -8,9 +8,8 @@
 //! the queue is disabled and the device not live, DRIVER_OK activates.
 
 use super::super::{
-    VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK,
-    VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    TRANSPORT_FEATURES, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET, VIRTIO_F_VERSION_1,
 };
 use super::{Interrupt, PciInterrupt, VirtioPciDevice};
 
@@ -98,10 +97,7 @@ fn low_u8(v: u64) -> u8 {
 
 impl VirtioPciDevice {
     pub(super) fn offered_features(&self) -> u64 {
-        self.device.features()
-            | 1 << VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_RING_F_EVENT_IDX
-            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+        self.device.features() | TRANSPORT_FEATURES
     }
 
     /// Builds the register image and copies out the requested bytes, so any
