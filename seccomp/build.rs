@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// (policy file, the filter's name inside it, the Rust constant it becomes).
-const POLICIES: [(&str, &str, &str); 8] = [
+const POLICIES: [(&str, &str, &str); 9] = [
     ("vcpu.json", "vcpu", "VCPU"),
     ("main.json", "main", "MAIN"),
     ("virtio_rng.json", "virtio_rng", "VIRTIO_RNG"),
@@ -14,6 +14,7 @@ const POLICIES: [(&str, &str, &str); 8] = [
     ("virtio_balloon.json", "virtio_balloon", "VIRTIO_BALLOON"),
     ("virtio_net.json", "virtio_net", "VIRTIO_NET"),
     ("console_writer.json", "console_writer", "CONSOLE_WRITER"),
+    ("console_stream.json", "console_stream", "CONSOLE_STREAM"),
     ("reaper.json", "reaper", "REAPER"),
 ];
 

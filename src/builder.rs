@@ -16,7 +16,8 @@ use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice};
 use devices::{
-    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleWriter, I8042, ResetControl, Serial,
+    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleRing, ConsoleWriter, I8042, ResetControl,
+    Serial,
 };
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
@@ -102,6 +103,8 @@ pub enum BuildError {
     EventFd(#[source] io::Error),
     #[error("cannot start the console writer thread: {0}")]
     ConsoleWriter(#[source] io::Error),
+    #[error("cannot set up the console ring: {0}")]
+    ConsoleRing(#[source] io::Error),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
     #[error("--disk: {0}")]
@@ -144,6 +147,9 @@ pub struct Vm {
     pub console: Console,
     /// The thread that writes the guest's console output, so no other thread waits on it.
     pub console_writer: ConsoleWriter,
+    /// The last `--console-ring` bytes of console output, for `vmm console`; `None` with
+    /// `--console-ring 0`. Every console output of the VM is tapped into this one ring.
+    pub console_ring: Option<Arc<ConsoleRing>>,
     pub virtio: VirtioHandles,
 }
 
@@ -204,7 +210,8 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (console, console_writer) = create_console(&vm_fd, serial)?;
+        let console_ring = create_console_ring(config)?;
+        let (console, console_writer) = create_console(&vm_fd, serial, console_ring.as_ref())?;
         let mmio_bus = Arc::new(Bus::new());
         let (pci_root, virtio) = create_pci(config, disks, taps, &vm_fd, &memory, &mmio_bus)?;
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
@@ -228,6 +235,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             requests,
             console,
             console_writer,
+            console_ring,
             virtio,
         })
     })
@@ -381,9 +389,23 @@ fn new_eventfd() -> Result<EventFd> {
     EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
 }
 
+/// The console ring `--console-ring` asks for, allocated whole now.
+fn create_console_ring(config: &VmConfig) -> Result<Option<Arc<ConsoleRing>>> {
+    if config.console_ring_bytes == 0 {
+        return Ok(None);
+    }
+    let ring = ConsoleRing::new(config.console_ring_bytes).map_err(BuildError::ConsoleRing)?;
+    Ok(Some(Arc::new(ring)))
+}
+
 /// The UART on COM1, its interrupt and input events, and the console-writer thread that
-/// takes its output to stdout or the `--serial` file or descriptor (`serial`, already open).
-fn create_console(vm_fd: &VmFd, serial: Option<std::fs::File>) -> Result<(Console, ConsoleWriter)> {
+/// takes its output to stdout or the `--serial` file or descriptor (`serial`, already open);
+/// its output is also copied into `ring`, if any.
+fn create_console(
+    vm_fd: &VmFd,
+    serial: Option<std::fs::File>,
+    ring: Option<&Arc<ConsoleRing>>,
+) -> Result<(Console, ConsoleWriter)> {
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)
@@ -396,10 +418,13 @@ fn create_console(vm_fd: &VmFd, serial: Option<std::fs::File>) -> Result<(Consol
         ),
         Some(file) => (Box::new(file), false),
     };
-    let (output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
+    let (mut output, writer) = devices::console_output::start(CONSOLE_WRITER, out, || {
         crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, CONSOLE_WRITER)
     })
     .map_err(BuildError::ConsoleWriter)?;
+    if let Some(ring) = ring {
+        output.tap(ring.clone());
+    }
     let input_ready_for_device = input_ready.try_clone().map_err(BuildError::EventFd)?;
     let serial = Serial::new(interrupt, input_ready_for_device, Box::new(output));
     let console = Console {

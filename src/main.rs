@@ -33,6 +33,7 @@ mod coalesce;
 mod commands;
 mod config;
 mod console_input;
+mod console_stream;
 mod control;
 mod exit;
 mod fd_budget;
@@ -82,6 +83,7 @@ fn main() {
         Command::UnregisterMemory(args) => commands::unregister_memory(&args),
         Command::ListMemory(args) => commands::list_memory(&args),
         Command::Events(args) => commands::events(&args),
+        Command::Console(args) => commands::console::console(&args),
     };
     std::process::exit(code);
 }

@@ -62,6 +62,9 @@ pub enum ThreadKind {
     /// The serial console's writer: waits for guest output and writes it to stdout or the
     /// `--serial` file, so no other thread ever waits on the console's reader.
     ConsoleWriter,
+    /// The console streamer (`vmm console`): copies the console ring to attached clients'
+    /// sockets without blocking; `epoll_wait`, eventfds, `sendmsg`.
+    ConsoleStream,
     /// The jail's reaper, outside the jail: waits for the jailed VMM, forwards the stop
     /// signals, removes the socket file, and ends as the VMM ended.
     Reaper,
@@ -69,7 +72,7 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::VirtioRng,
@@ -77,6 +80,7 @@ impl ThreadKind {
         ThreadKind::VirtioBalloon,
         ThreadKind::VirtioNet,
         ThreadKind::ConsoleWriter,
+        ThreadKind::ConsoleStream,
         ThreadKind::Reaper,
     ];
 
@@ -90,6 +94,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => "virtio-balloon",
             ThreadKind::VirtioNet => "virtio-net",
             ThreadKind::ConsoleWriter => "console-writer",
+            ThreadKind::ConsoleStream => "console-stream",
             ThreadKind::Reaper => "reaper",
         }
     }
@@ -104,6 +109,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => "policies/virtio_balloon.json",
             ThreadKind::VirtioNet => "policies/virtio_net.json",
             ThreadKind::ConsoleWriter => "policies/console_writer.json",
+            ThreadKind::ConsoleStream => "policies/console_stream.json",
             ThreadKind::Reaper => "policies/reaper.json",
         }
     }
@@ -117,6 +123,7 @@ impl ThreadKind {
             ThreadKind::VirtioBalloon => policies::VIRTIO_BALLOON,
             ThreadKind::VirtioNet => policies::VIRTIO_NET,
             ThreadKind::ConsoleWriter => policies::CONSOLE_WRITER,
+            ThreadKind::ConsoleStream => policies::CONSOLE_STREAM,
             ThreadKind::Reaper => policies::REAPER,
         };
         raw.iter()
