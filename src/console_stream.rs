@@ -6,8 +6,8 @@
 //! streams [`ConsoleFrame`]s on it: the ring's history, then output as it arrives. Each
 //! attachment is a cursor into the ring and nothing more: the thread copies from the ring
 //! into one frame buffer it owns and sends without blocking. A client that does not keep
-//! up fills its socket buffer; the thread then waits for it to become writable, the ring
-//! moves on without it, and when it reads again it first gets a `Missed` frame with the
+//! up fills its socket buffer; the thread then waits for it to become writable (and the
+//! ring stops waking the thread for it), the ring moves on without it, and when it reads again it first gets a `Missed` frame with the
 //! count of bytes it lost. Neither the guest nor the main thread ever waits on a client,
 //! and a client costs the VMM one descriptor and a few words.
 //!
@@ -204,7 +204,7 @@ impl ConsoleStreams {
         });
         table.attached += 1;
         table.writer |= wants_writer;
-        // Under the table lock, like the thread's clearing of it.
+        // Under the table lock, like the thread's `refresh_wake`.
         self.shared.ring.set_attached(true);
         drop(table);
         let _ = self.shared.control.write(1);
@@ -317,7 +317,19 @@ impl<'a> Streamer<'a> {
                 }
             }
             more = self.pump_all();
+            self.refresh_wake();
         }
+    }
+
+    /// Lets the ring wake the thread only while some client could take output now: with
+    /// every client's socket full (or none attached), appends cost no wake-up; a client
+    /// becoming writable wakes the thread through epoll instead.
+    fn refresh_wake(&self) {
+        let table = self.shared.lock();
+        let ready = self.slots.iter().flatten().any(|reader| !reader.blocked);
+        self.shared
+            .ring
+            .set_attached(ready || !table.incoming.is_empty());
     }
 
     /// Takes up the attachments the main thread admitted; true when the VMM is ending.
@@ -348,7 +360,6 @@ impl<'a> Streamer<'a> {
                 blocked: false,
             });
         }
-        self.shared.ring.set_attached(table.attached > 0);
         table.stopping
     }
 
@@ -401,7 +412,6 @@ impl<'a> Streamer<'a> {
         );
         let mut table = self.shared.lock();
         table.attached = table.attached.saturating_sub(1);
-        self.shared.ring.set_attached(table.attached > 0);
     }
 
     /// Sends each client that can take it what it has not seen; true when some have more.
