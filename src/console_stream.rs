@@ -202,7 +202,7 @@ impl ConsoleStreams {
             fd: fd.clone(),
             cursor,
         });
-        table.attached += 1;
+        table.attached = table.attached.saturating_add(1);
         table.writer |= wants_writer;
         // Under the table lock, like the thread's `refresh_wake`.
         self.shared.ring.set_attached(true);
@@ -212,7 +212,7 @@ impl ConsoleStreams {
             flags: flags & (attach_flags::WRITE | attach_flags::NO_HISTORY),
             frame_version: CONSOLE_FRAME_VERSION,
             ring_bytes: self.shared.ring.capacity() as u64,
-            history_bytes: newest - cursor,
+            history_bytes: newest.saturating_sub(cursor),
         };
         Ok((attached, wants_writer.then_some(fd)))
     }
@@ -342,7 +342,7 @@ impl<'a> Streamer<'a> {
                 table.attached = table.attached.saturating_sub(1);
                 continue;
             };
-            let token = TOKEN_SLOT_BASE + index as u64;
+            let token = slot_token(index);
             // Hang-ups and errors are reported whatever the interest.
             let event = EpollEvent::new(EventSet::empty(), token);
             if let Err(err) = self
@@ -353,12 +353,14 @@ impl<'a> Streamer<'a> {
                 table.attached = table.attached.saturating_sub(1);
                 continue;
             }
-            self.slots[index] = Some(Reader {
-                fd: incoming.fd,
-                cursor: incoming.cursor,
-                missed: 0,
-                blocked: false,
-            });
+            if let Some(slot) = self.slots.get_mut(index) {
+                *slot = Some(Reader {
+                    fd: incoming.fd,
+                    cursor: incoming.cursor,
+                    missed: 0,
+                    blocked: false,
+                });
+            }
         }
         table.stopping
     }
@@ -380,7 +382,7 @@ impl<'a> Streamer<'a> {
     }
 
     fn set_blocked(&mut self, index: usize, blocked: bool) {
-        let Some(reader) = self.slots[index].as_mut() else {
+        let Some(reader) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
         let interest = if blocked {
@@ -388,7 +390,7 @@ impl<'a> Streamer<'a> {
         } else {
             EventSet::empty()
         };
-        let event = EpollEvent::new(interest, TOKEN_SLOT_BASE + index as u64);
+        let event = EpollEvent::new(interest, slot_token(index));
         if self
             .epoll
             .ctl(ControlOperation::Modify, reader.fd.as_raw_fd(), event)
@@ -402,7 +404,7 @@ impl<'a> Streamer<'a> {
     }
 
     fn drop_slot(&mut self, index: usize) {
-        let Some(reader) = self.slots[index].take() else {
+        let Some(reader) = self.slots.get_mut(index).and_then(Option::take) else {
             return;
         };
         let _ = self.epoll.ctl(
@@ -418,7 +420,11 @@ impl<'a> Streamer<'a> {
     fn pump_all(&mut self) -> bool {
         let mut more = false;
         for index in 0..MAX_ATTACHED {
-            let ready = self.slots[index].as_ref().is_some_and(|r| !r.blocked);
+            let ready = self
+                .slots
+                .get(index)
+                .and_then(Option::as_ref)
+                .is_some_and(|r| !r.blocked);
             if !ready {
                 continue;
             }
@@ -433,7 +439,7 @@ impl<'a> Streamer<'a> {
     }
 
     fn pump(&mut self, index: usize) -> Pumped {
-        let Some(reader) = self.slots[index].as_mut() else {
+        let Some(reader) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return Pumped::Gone;
         };
         for _ in 0..FRAMES_PER_ROUND {
@@ -455,7 +461,7 @@ impl<'a> Streamer<'a> {
                 return Pumped::CaughtUp;
             };
             match send(&reader.fd, ConsoleFrame::Data(data), &mut self.frame) {
-                Sent::Yes => reader.cursor = read.start + read.len as u64,
+                Sent::Yes => reader.cursor = read.start.saturating_add(read.len as u64),
                 Sent::Full => return Pumped::Blocked,
                 Sent::Gone => return Pumped::Gone,
             }
@@ -466,12 +472,17 @@ impl<'a> Streamer<'a> {
     /// Tells every client the attachment ends (as far as its socket takes it) and drops it.
     fn detach_all(&mut self, reason: u32) {
         for index in 0..MAX_ATTACHED {
-            if let Some(reader) = &self.slots[index] {
+            if let Some(Some(reader)) = self.slots.get(index) {
                 let _ = send(&reader.fd, ConsoleFrame::Detached(reason), &mut self.frame);
             }
             self.drop_slot(index);
         }
     }
+}
+
+/// The epoll token of attachment slot `index`.
+fn slot_token(index: usize) -> u64 {
+    TOKEN_SLOT_BASE.saturating_add(index as u64)
 }
 
 enum Sent {
@@ -483,10 +494,13 @@ enum Sent {
 /// Sends one frame without blocking.
 fn send(fd: &OwnedFd, frame: ConsoleFrame<'_>, buf: &mut [u8; MAX_CONSOLE_FRAME]) -> Sent {
     // Payloads come from buffers of at most MAX_CONSOLE_PAYLOAD bytes.
-    let Some(size) = frame.encode_into(&mut buf[..]) else {
+    let Some(bytes) = frame
+        .encode_into(&mut buf[..])
+        .and_then(|size| buf.get(..size))
+    else {
         return Sent::Gone;
     };
-    match send_datagram(fd.as_fd(), &buf[..size], &[], true) {
+    match send_datagram(fd.as_fd(), bytes, &[], true) {
         Ok(()) => Sent::Yes,
         Err(err) if err.kind() == io::ErrorKind::WouldBlock => Sent::Full,
         Err(err) if err.kind() == io::ErrorKind::Interrupted => Sent::Full,

@@ -88,19 +88,15 @@ impl ConsoleRing {
         }
         {
             let mut bytes = self.lock();
-            let capacity = bytes.buf.len();
+            let Bytes { buf, total } = &mut *bytes;
             // Only the last `capacity` bytes of a larger write can survive it.
-            let keep = &data[data.len().saturating_sub(capacity)..];
-            let skipped = data.len() - keep.len();
-            let total = bytes
-                .total
-                .saturating_add(u64::try_from(skipped).unwrap_or(u64::MAX));
-            // `capacity` fits in u64 and the remainder is below it, so it fits in usize.
-            let at = usize::try_from(total % capacity as u64).unwrap_or(0);
-            let first = keep.len().min(capacity - at);
-            bytes.buf[at..at + first].copy_from_slice(&keep[..first]);
-            bytes.buf[..keep.len() - first].copy_from_slice(&keep[first..]);
-            bytes.total = total.saturating_add(keep.len() as u64);
+            let skipped = data.len().saturating_sub(buf.len());
+            let keep = data.get(skipped..).unwrap_or_default();
+            let start = total.saturating_add(skipped as u64);
+            let (before, from) = buf.split_at_mut(offset(start, buf.len()));
+            let first = copy_prefix(from, keep);
+            copy_prefix(before, keep.get(first..).unwrap_or_default());
+            *total = start.saturating_add(keep.len() as u64);
         }
         if self.attached.load(Ordering::Acquire) && !self.wake_pending.swap(true, Ordering::AcqRel)
         {
@@ -121,17 +117,19 @@ impl ConsoleRing {
     /// reported as missed; one past the newest is moved back to the newest.
     pub fn read(&self, cursor: u64, out: &mut [u8]) -> RingRead {
         let bytes = self.lock();
-        let capacity = bytes.buf.len();
-        let oldest = bytes.total.saturating_sub(capacity as u64);
+        let oldest = bytes.total.saturating_sub(bytes.buf.len() as u64);
         let start = cursor.clamp(oldest, bytes.total);
-        let missed = start - cursor.min(start);
-        let held = usize::try_from(bytes.total - start).unwrap_or(usize::MAX);
-        let len = held.min(out.len());
-        let at = usize::try_from(start % capacity as u64).unwrap_or(0);
-        let first = len.min(capacity - at);
-        out[..first].copy_from_slice(&bytes.buf[at..at + first]);
-        out[first..len].copy_from_slice(&bytes.buf[..len - first]);
-        RingRead { missed, start, len }
+        let missed = start.saturating_sub(cursor);
+        let held = usize::try_from(bytes.total.saturating_sub(start)).unwrap_or(usize::MAX);
+        let out = out.get_mut(..held.min(out.len())).unwrap_or_default();
+        let (before, from) = bytes.buf.split_at(offset(start, bytes.buf.len()));
+        let first = copy_prefix(out, from);
+        copy_prefix(out.get_mut(first..).unwrap_or_default(), before);
+        RingRead {
+            missed,
+            start,
+            len: out.len(),
+        }
     }
 
     /// Tells the ring whether any client is attached (the streaming thread's business).
@@ -150,6 +148,23 @@ impl ConsoleRing {
         self.wake_pending.store(false, Ordering::Release);
         let _ = self.wake.read();
     }
+}
+
+/// Where absolute `position` falls in a ring of `capacity` bytes.
+fn offset(position: u64, capacity: usize) -> usize {
+    position
+        .checked_rem(capacity as u64)
+        .and_then(|at| usize::try_from(at).ok())
+        .unwrap_or(0)
+}
+
+/// Copies as much of `src` as fits into the front of `dst`; returns how much.
+fn copy_prefix(dst: &mut [u8], src: &[u8]) -> usize {
+    let count = dst.len().min(src.len());
+    if let (Some(dst), Some(src)) = (dst.get_mut(..count), src.get(..count)) {
+        dst.copy_from_slice(src);
+    }
+    count
 }
 
 #[cfg(test)]

@@ -101,13 +101,18 @@ impl<'a> ConsoleFrame<'a> {
         if payload.len() > MAX_CONSOLE_PAYLOAD {
             return None;
         }
+        let header = RawConsoleFrameHeader {
+            version: U16::new(CONSOLE_FRAME_VERSION),
+            kind: U16::new(self.kind()),
+            // At most MAX_CONSOLE_PAYLOAD, checked above.
+            length: U32::new(payload.len() as u32),
+        };
         let size = CONSOLE_FRAME_HEADER + payload.len();
-        let frame = out.get_mut(..size)?;
-        frame[0..2].copy_from_slice(&CONSOLE_FRAME_VERSION.to_le_bytes());
-        frame[2..4].copy_from_slice(&self.kind().to_le_bytes());
-        // At most MAX_CONSOLE_PAYLOAD, checked above.
-        frame[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame[CONSOLE_FRAME_HEADER..].copy_from_slice(payload);
+        let (head, body) = out
+            .get_mut(..size)?
+            .split_at_mut_checked(CONSOLE_FRAME_HEADER)?;
+        head.copy_from_slice(header.as_bytes());
+        body.copy_from_slice(payload);
         Some(size)
     }
 
@@ -131,14 +136,14 @@ impl<'a> ConsoleFrame<'a> {
         if datagram.len() < CONSOLE_FRAME_HEADER || datagram.len() > MAX_CONSOLE_FRAME {
             return Err(bad_size);
         }
-        let (header, payload) = datagram.split_at(CONSOLE_FRAME_HEADER);
-        let version = u16::from_le_bytes([header[0], header[1]]);
+        let (header, payload) =
+            RawConsoleFrameHeader::read_from_prefix(datagram).map_err(|_| bad_size)?;
+        let version = header.version.get();
         if version != CONSOLE_FRAME_VERSION {
             return Err(DecodeError::UnsupportedVersion { version });
         }
-        let kind = u16::from_le_bytes([header[2], header[3]]);
-        let length = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if usize::try_from(length).ok() != Some(payload.len()) {
+        let kind = header.kind.get();
+        if usize::try_from(header.length.get()).ok() != Some(payload.len()) {
             return Err(DecodeError::InvalidArgument(
                 "console frame length does not match its payload",
             ));
@@ -160,6 +165,20 @@ impl<'a> ConsoleFrame<'a> {
         }
     }
 }
+
+/// A console frame's header as it is on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct RawConsoleFrameHeader {
+    /// [`CONSOLE_FRAME_VERSION`] (offset 0).
+    pub version: U16,
+    /// A [`frame_kind`] (offset 2).
+    pub kind: U16,
+    /// Payload bytes that follow (offset 4).
+    pub length: U32,
+}
+
+const _: () = assert!(size_of::<RawConsoleFrameHeader>() == CONSOLE_FRAME_HEADER);
 
 /// What [`Response::ConsoleAttached`] says about the attachment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
