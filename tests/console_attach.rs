@@ -362,3 +362,32 @@ fn the_detach_key_ends_a_terminal_session_and_restores_the_terminal() {
     assert_eq!(after.c_lflag, before.c_lflag, "local modes restored");
     assert_eq!(after.c_iflag, before.c_iflag, "input modes restored");
 }
+
+#[test]
+fn when_the_vm_ends_attached_clients_get_its_last_words_and_are_detached() {
+    if !require_kvm() {
+        return;
+    }
+    let mut vm = Vm::start(
+        "cattach-end",
+        GuestCode::new()
+            .print("hello\n")
+            .wait_for_key()
+            .print("last words\n")
+            .acpi_poweroff(),
+    );
+    let (mut client, out, err) = console(&vm.socket, &[]);
+    out.wait_for("hello", LIMIT);
+
+    let stdin = client.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"k").expect("type a key");
+    stdin.flush().expect("flush");
+    let output = wait_with_timeout(client, LIMIT);
+    let vm_ended = wait_until(LIMIT, || matches!(vm.child.try_wait(), Ok(Some(_))));
+
+    assert_eq!(output.status.code(), Some(0), "{}", err.text());
+    assert_eq!(out.text(), "hello\nlast words\n");
+    assert!(err.text().contains("the VM ended"), "{}", err.text());
+    assert!(vm_ended);
+    assert_eq!(vm.child.try_wait().ok().flatten().and_then(|s| s.code()), Some(0));
+}

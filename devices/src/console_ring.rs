@@ -142,6 +142,12 @@ impl ConsoleRing {
         &self.wake
     }
 
+    /// Consumes a wake-up but leaves it pending, so appends go on making no system call
+    /// until [`ConsoleRing::woken`]: how the streaming thread batches a burst of output.
+    pub fn hold_wake(&self) {
+        let _ = self.wake.read();
+    }
+
     /// Called by the streaming thread when it woke, before it reads the ring: the next
     /// append wakes it again.
     pub fn woken(&self) {
