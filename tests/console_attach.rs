@@ -34,10 +34,17 @@ struct Vm {
 
 impl Vm {
     fn start(name: &str, code: GuestCode) -> Vm {
+        Vm::start_with(name, code, &[])
+    }
+
+    fn start_with(name: &str, code: GuestCode, extra: &[&str]) -> Vm {
         let scratch = Scratch::new(name);
         let kernel = scratch.write("guest.elf", &tiny_elf(code.bytes()));
         let socket = scratch.path("vmm.sock");
-        let child = vmm_run(&kernel, &["--socket", &socket.display().to_string()])
+        let socket_arg = socket.display().to_string();
+        let mut args = vec!["--socket", socket_arg.as_str()];
+        args.extend_from_slice(extra);
+        let child = vmm_run(&kernel, &args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -389,5 +396,58 @@ fn when_the_vm_ends_attached_clients_get_its_last_words_and_are_detached() {
     assert_eq!(out.text(), "hello\nlast words\n");
     assert!(err.text().contains("the VM ended"), "{}", err.text());
     assert!(vm_ended);
-    assert_eq!(vm.child.try_wait().ok().flatten().and_then(|s| s.code()), Some(0));
+    assert_eq!(
+        vm.child.try_wait().ok().flatten().and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn without_a_ring_attaching_is_unsupported_and_vmm_console_says_so() {
+    if !require_kvm() {
+        return;
+    }
+    let vm = Vm::start_with(
+        "cattach-noring",
+        GuestCode::new().print("up\n").halt_forever(),
+        &["--console-ring", "0"],
+    );
+
+    let refused = vm.attach(0).expect_err("no ring");
+    let (client, _, err) = console(&vm.socket, &["--read-only"]);
+    let output = wait_with_timeout(client, LIMIT);
+
+    match refused {
+        ClientError::Vmm(e) => {
+            assert_eq!((e.kind, e.errno), (ErrorKind::Unsupported, libc::ENODEV))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(output.status.code(), Some(1));
+    assert!(err.text().contains("unsupported"), "{}", err.text());
+}
+
+#[test]
+fn a_console_ring_out_of_range_is_refused_at_start_up() {
+    let output = common::run_with_timeout(
+        {
+            let mut command = vmm();
+            command.args(["run", "--mem", "32", "--console-ring", "2", "kernel"]);
+            command
+        },
+        LIMIT,
+    );
+
+    // A configuration error, like --mem out of range: status 1.
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        common::describe(&output)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--console-ring 2 KiB is out of range"),
+        "{}",
+        common::describe(&output)
+    );
 }
