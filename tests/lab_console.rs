@@ -24,7 +24,9 @@ echo "guest-got: $line"
 wait_for guest-ready
 vmm console --read-only /tmp/vmm.sock > /tmp/watch.out 2> /tmp/watch.err &
 watch=$!
-(sleep 3; printf 'typed-in-console\r'; sleep 600) | vmm console /tmp/vmm.sock > /tmp/write.out 2> /tmp/write.err &
+# The writer's stdin ends after the line: vmm console stays attached until the VM ends.
+# (Nothing of the pipeline may outlive the VM: busybox sh's `wait` waits for all of it.)
+(sleep 3; printf 'typed-in-console\r') | vmm console /tmp/vmm.sock > /tmp/write.out 2> /tmp/write.err &
 writer=$!
 wait_for guest-got
 wait $vmm
