@@ -232,8 +232,8 @@ fn every_thread_of_a_vmm_with_every_device_kind_blocks_the_stop_signals() {
     let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         threads.len(),
-        8,
-        "main, 2 vCPUs, the console writer, 4 device workers: {names:?}"
+        9,
+        "main, 2 vCPUs, the console writer and streamer, 4 device workers: {names:?}"
     );
     for thread in &threads {
         let mask = thread.field("SigBlk:");
