@@ -451,3 +451,41 @@ fn a_console_ring_out_of_range_is_refused_at_start_up() {
         common::describe(&output)
     );
 }
+
+#[test]
+fn a_writer_that_sends_a_bad_frame_loses_its_input_but_keeps_its_output() {
+    if !require_kvm() {
+        return;
+    }
+    let vm = Vm::start(
+        "cattach-badframe",
+        GuestCode::new()
+            .print("first\n")
+            .wait_for_key()
+            .print("second\n")
+            .halt_forever(),
+    );
+    let writer = vm.attach(attach_flags::WRITE).expect("attach as writer");
+    read_frames(&writer, |data, _| data.ends_with(b"first\n"));
+
+    // Not a frame at all: the VMM stops reading this writer and frees the writer's place.
+    vm_control::socket::send_datagram(writer.as_fd(), b"garbage", &[], false).expect("send");
+    let deadline = Instant::now() + LIMIT;
+    let replacement = loop {
+        match vm.attach(attach_flags::WRITE) {
+            Ok(fd) => break fd,
+            Err(ClientError::Vmm(e)) if e.errno == libc::EBUSY && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => panic!("a new writer: {other:?}"),
+        }
+    };
+    let key = ConsoleFrame::Input(b"k").to_vec();
+    vm_control::socket::send_datagram(replacement.as_fd(), &key, &[], false).expect("type");
+
+    let (data, _) = read_frames(&writer, |data, _| data.ends_with(b"second\n"));
+    assert!(
+        data.ends_with(b"second\n"),
+        "the demoted writer still sees output"
+    );
+}
