@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// (policy file, the filter's name inside it, the Rust constant it becomes).
-const POLICIES: [(&str, &str, &str); 10] = [
+const POLICIES: [(&str, &str, &str); 11] = [
     ("vcpu.json", "vcpu", "VCPU"),
     ("main.json", "main", "MAIN"),
     ("virtio_rng.json", "virtio_rng", "VIRTIO_RNG"),
@@ -16,6 +16,7 @@ const POLICIES: [(&str, &str, &str); 10] = [
     ("virtio_console.json", "virtio_console", "VIRTIO_CONSOLE"),
     ("virtio_vsock.json", "virtio_vsock", "VIRTIO_VSOCK"),
     ("console_writer.json", "console_writer", "CONSOLE_WRITER"),
+    ("console_stream.json", "console_stream", "CONSOLE_STREAM"),
     ("reaper.json", "reaper", "REAPER"),
 ];
 

@@ -18,8 +18,8 @@ use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::vsock::VsockError;
 use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice, Vsock};
 use devices::{
-    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleWriter, I8042, ResetControl,
-    Serial,
+    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleRing, ConsoleWriter, I8042,
+    ResetControl, Serial,
 };
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
@@ -106,6 +106,8 @@ pub enum BuildError {
     EventFd(#[source] io::Error),
     #[error("cannot start the console writer thread: {0}")]
     ConsoleWriter(#[source] io::Error),
+    #[error("cannot set up the console ring: {0}")]
+    ConsoleRing(#[source] io::Error),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
     #[error("--disk: {0}")]
@@ -157,6 +159,9 @@ pub struct Vm {
     /// The virtio-console's own writer, when its output goes elsewhere than the UART's (with
     /// both on stdio they share [`Vm::console_writer`]).
     pub hvc_writer: Option<ConsoleWriter>,
+    /// The last `--console-ring` bytes of console output, for `vmm console`; `None` with
+    /// `--console-ring 0`. Every console output of the VM is tapped into this one ring.
+    pub console_ring: Option<Arc<ConsoleRing>>,
     pub virtio: VirtioHandles,
 }
 
@@ -221,7 +226,9 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             poweroff: new_eventfd()?,
             reset: new_eventfd()?,
         };
-        let (outputs, console_writer) = consoles::start_outputs(config, serial, console)?;
+        let console_ring = create_console_ring(config)?;
+        let (outputs, console_writer) =
+            consoles::start_outputs(config, serial, console, console_ring.as_ref())?;
         let mut console = create_console(&vm_fd, &outputs)?;
         let hvc_output = outputs.hvc.clone();
         let mmio_bus = Arc::new(Bus::new());
@@ -233,7 +240,9 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         };
         let (pci_root, virtio, hvc_input) =
             create_pci(config, devices, &vm_fd, &memory, &mmio_bus)?;
-        if outputs.stdin == Some(StdinConsole::Virtio) {
+        // Host input (stdin, an attached `vmm console` writer) goes to the console stdin
+        // would feed; with neither console on stdio, to the virtio-console if there is one.
+        if matches!(outputs.stdin, Some(StdinConsole::Virtio) | None) {
             console.virtio_input = hvc_input;
         }
         let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
@@ -258,6 +267,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             console,
             console_writer,
             hvc_writer: outputs.hvc_writer,
+            console_ring,
             virtio,
         })
     })
@@ -409,6 +419,15 @@ fn write_boot_info(
 
 fn new_eventfd() -> Result<EventFd> {
     EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventFd)
+}
+
+/// The console ring `--console-ring` asks for, allocated whole now.
+fn create_console_ring(config: &VmConfig) -> Result<Option<Arc<ConsoleRing>>> {
+    if config.console_ring_bytes == 0 {
+        return Ok(None);
+    }
+    let ring = ConsoleRing::new(config.console_ring_bytes).map_err(BuildError::ConsoleRing)?;
+    Ok(Some(Arc::new(ring)))
 }
 
 /// The UART on COM1 with its interrupt and input events, writing to the UART's sink of

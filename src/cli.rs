@@ -41,7 +41,11 @@ pub enum Command {
     UnregisterMemory(UnregisterMemoryArgs),
     ListMemory(ListMemoryArgs),
     Events(EventsArgs),
+    Console(ConsoleArgs),
 }
+
+/// `--console-ring`'s default, KiB.
+pub const DEFAULT_CONSOLE_RING_KIB: u64 = 64;
 
 /// Boot a Linux kernel (bzImage or ELF vmlinux) with its console on this terminal.
 #[derive(FromArgs, Debug)]
@@ -117,6 +121,11 @@ pub struct RunArgs {
     /// root always are)
     #[argh(option)]
     pub socket_allow_uid: Vec<u32>,
+
+    /// console output the VMM keeps for `vmm console`, in KiB (default 64; 4 to 16384,
+    /// or 0 to keep none and refuse attaching)
+    #[argh(option, default = "DEFAULT_CONSOLE_RING_KIB")]
+    pub console_ring: u64,
 
     /// run without the seccomp sandbox (for debugging a missing policy entry; logged)
     #[argh(switch)]
@@ -317,6 +326,24 @@ pub struct ListMemoryArgs {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "events")]
 pub struct EventsArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+}
+
+/// Attach to a running VM's console: print what it printed lately, then what it prints;
+/// type to the guest (Ctrl-] detaches from a terminal).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "console")]
+pub struct ConsoleArgs {
+    /// watch only: send no input (several clients may watch; one may type)
+    #[argh(switch)]
+    pub read_only: bool,
+
+    /// skip the history the VMM kept; show only output from now on
+    #[argh(switch)]
+    pub no_history: bool,
+
     /// the VMM's control socket (vmm run --socket)
     #[argh(positional)]
     pub socket: PathBuf,

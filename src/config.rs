@@ -64,6 +64,11 @@ pub enum ConfigError {
     JailOptionWithoutJail(&'static str),
     #[error("{0} 0 would leave the jailed VMM root; give an unprivileged id")]
     JailAsRoot(&'static str),
+    #[error(
+        "--console-ring {0} KiB is out of range: give 4 to 16384 KiB, or 0 to keep no console \
+         history"
+    )]
+    ConsoleRingOutOfRange(u64),
 }
 
 /// Whether `vmm run` jails itself when neither `--jail` nor `--no-jail` is given. Turning
@@ -97,6 +102,8 @@ pub struct VmConfig {
     /// [`crate::inherited_fds`], which also refuses two control sockets).
     pub socket: Option<PathBuf>,
     pub socket_allow_uids: Vec<u32>,
+    /// Bytes of console output kept for `vmm console` (`--console-ring`); 0: none.
+    pub console_ring_bytes: usize,
     /// Whether every thread runs under its seccomp policy (off with `--disable-sandbox`).
     pub sandbox: bool,
     /// The jail, with `--jail` (or by default, see [`JAIL_BY_DEFAULT`]).
@@ -157,6 +164,7 @@ impl VmConfig {
         }
         let nets = net_configs(&args.net, &args.name)?;
         let jail = jail_config(args)?;
+        let console_ring_bytes = console_ring_bytes(args.console_ring)?;
         Ok(VmConfig {
             // Cannot overflow: mem is at most the host's memory in MiB.
             mem_bytes: args.mem << 20,
@@ -176,10 +184,24 @@ impl VmConfig {
             vsock: args.vsock.clone(),
             socket: args.socket.clone(),
             socket_allow_uids: args.socket_allow_uid.clone(),
+            console_ring_bytes,
             sandbox: !args.disable_sandbox,
             jail,
         })
     }
+}
+
+/// `--console-ring`'s KiB in bytes: 0, or within the ring's bounds.
+fn console_ring_bytes(kib: u64) -> Result<usize, ConfigError> {
+    use devices::ConsoleRing;
+    if kib == 0 {
+        return Ok(0);
+    }
+    usize::try_from(kib)
+        .ok()
+        .and_then(|kib| kib.checked_mul(1024))
+        .filter(|bytes| (ConsoleRing::MIN_CAPACITY..=ConsoleRing::MAX_CAPACITY).contains(bytes))
+        .ok_or(ConfigError::ConsoleRingOutOfRange(kib))
 }
 
 /// The jail's settings, or `None` without one; its options only make sense with it.
@@ -322,6 +344,7 @@ mod tests {
             socket: None,
             socket_fd: None,
             socket_allow_uid: Vec::new(),
+            console_ring: crate::cli::DEFAULT_CONSOLE_RING_KIB,
             disable_sandbox: false,
             jail: false,
             no_jail: false,
@@ -481,5 +504,21 @@ mod tests {
         let config = VmConfig::from_args(&ok, HOST).expect("valid");
         assert_eq!(config.nets[0].mac, derived_mac("vmm", 0));
         assert_eq!(config.nets[1].mac, derived_mac("vmm", 1));
+    }
+
+    #[test]
+    fn console_ring_is_64_kib_by_default_0_disables_it_and_out_of_range_is_refused() {
+        let config = |kib| {
+            let mut a = args(256, 1);
+            a.console_ring = kib;
+            VmConfig::from_args(&a, HOST).map(|c| c.console_ring_bytes)
+        };
+        assert_eq!(config(crate::cli::DEFAULT_CONSOLE_RING_KIB), Ok(64 << 10));
+        assert_eq!(config(0), Ok(0));
+        assert_eq!(config(4), Ok(4 << 10));
+        assert_eq!(config(16384), Ok(16 << 20));
+        for kib in [1, 3, 16385, u64::MAX] {
+            assert_eq!(config(kib), Err(ConfigError::ConsoleRingOutOfRange(kib)));
+        }
     }
 }

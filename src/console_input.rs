@@ -13,15 +13,23 @@
 //!   ([`ConsoleInput::new`] picks). A target takes what it can ([`GuestConsoleInput::offer`])
 //!   and makes its [`GuestConsoleInput::ready_fd`] readable once it may take more; the run
 //!   loop watches that descriptor and calls [`ConsoleInput::on_guest_ready`].
+//!
+//! A second source sits next to stdin: the socket of the client attached as the
+//! console's writer (`vmm console`, see `console_stream`), whose `Input` frames are read
+//! one at a time under the same back-pressure. Both sources fill the one `pending`
+//! queue; the target side (`feed_guest`) does not know where bytes came from.
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use devices::virtio::HostInput;
-use log::warn;
+use log::{debug, warn};
+use vm_control::socket::{Received, recv_datagram};
+use vm_control::wire::{ConsoleFrame, MAX_CONSOLE_FRAME};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::builder::Console;
@@ -91,6 +99,9 @@ pub struct ConsoleInput<'a> {
     pending: VecDeque<u8>,
     stdin_open: bool,
     stdin_watched: bool,
+    /// The attached writer's socket (the second source), and whether epoll watches it
+    /// for input.
+    writer: Option<(Arc<OwnedFd>, bool)>,
     _raw_terminal: Option<RawTerminal>,
 }
 
@@ -123,6 +134,7 @@ impl<'a> ConsoleInput<'a> {
             pending: VecDeque::new(),
             stdin_open: takes_stdin,
             stdin_watched: takes_stdin,
+            writer: None,
             _raw_terminal: raw_terminal,
         }
     }
@@ -211,6 +223,89 @@ impl<'a> ConsoleInput<'a> {
             EpollEvent::new(events, token),
         );
         self.stdin_watched = want;
+    }
+}
+
+/// The second source: the attached console writer.
+impl ConsoleInput<'_> {
+    /// Takes `fd` (a writer admitted by `ConsoleAttach`) as a source; the caller has
+    /// added it to epoll, watching for input.
+    pub fn attach_writer(&mut self, fd: Arc<OwnedFd>) {
+        self.writer = Some((fd, true));
+    }
+
+    /// The attached writer's socket, if any.
+    pub fn writer_fd(&self) -> Option<RawFd> {
+        self.writer.as_ref().map(|(fd, _)| fd.as_raw_fd())
+    }
+
+    /// Drops the writer source (the caller removes it from epoll first).
+    pub fn detach_writer(&mut self) {
+        self.writer = None;
+    }
+
+    /// Reads one frame from the writer; false once it hung up, failed or sent something
+    /// other than an `Input` frame (the caller then detaches it). A hang-up while input
+    /// still waits for the guest ends the source too: level-triggered, it would spin.
+    pub fn on_writer_event(&mut self, events: EventSet) -> bool {
+        let Some((fd, watched)) = &self.writer else {
+            return false;
+        };
+        if !*watched {
+            return !events.intersects(EventSet::HANG_UP | EventSet::ERROR);
+        }
+        let mut buf = [0u8; MAX_CONSOLE_FRAME];
+        let datagram = match recv_datagram(fd.as_fd(), &mut buf, 0, true) {
+            Ok(Received::Datagram(datagram)) => datagram,
+            Ok(_) => return false,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => return true,
+            Err(err) => {
+                debug!("console writer: {err}");
+                return false;
+            }
+        };
+        let Some(bytes) = buf.get(..datagram.len).filter(|_| !datagram.truncated()) else {
+            debug!("console writer sent an oversized frame; detaching its input");
+            return false;
+        };
+        match ConsoleFrame::decode(bytes) {
+            Ok(ConsoleFrame::Input(input)) => {
+                self.pending.extend(input);
+                self.feed_guest();
+                true
+            }
+            other => {
+                debug!("console writer sent {other:?} instead of input; detaching its input");
+                false
+            }
+        }
+    }
+
+    /// Watches the writer for input only while nothing is waiting for the guest.
+    pub fn update_writer_interest(&mut self, epoll: &Epoll, token: u64) {
+        let want = self.pending.is_empty();
+        let Some((fd, watched)) = self.writer.as_mut() else {
+            return;
+        };
+        if want == *watched {
+            return;
+        }
+        let events = if want {
+            EventSet::IN
+        } else {
+            EventSet::empty()
+        };
+        if epoll
+            .ctl(
+                ControlOperation::Modify,
+                fd.as_raw_fd(),
+                EpollEvent::new(events, token),
+            )
+            .is_ok()
+        {
+            *watched = want;
+        }
     }
 }
 

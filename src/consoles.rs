@@ -10,8 +10,9 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
 
-use devices::{ConsoleOutput, ConsoleWriter};
+use devices::{ConsoleOutput, ConsoleRing, ConsoleWriter};
 use seccomp::ThreadKind;
 
 use crate::builder::BuildError;
@@ -57,17 +58,25 @@ pub struct ConsoleOutputs {
 }
 
 /// Starts the writer threads for `--serial` (`serial`, already open, or stdout) and
-/// `--console` (`console`, likewise); returns the sinks and the UART's writer.
+/// `--console` (`console`, likewise); returns the sinks and the UART's writer. Every sink is
+/// tapped into `ring` (the `--console-ring`) as it is made, before any clone of it: both
+/// consoles' output goes there, so `vmm console` sees whichever the guest uses (a line the
+/// kernel prints on both appears twice).
 pub fn start_outputs(
     config: &VmConfig,
     serial: Option<File>,
     console: Option<File>,
+    ring: Option<&Arc<ConsoleRing>>,
 ) -> Result<(ConsoleOutputs, ConsoleWriter), BuildError> {
     let start_writer = |name: &'static str, sink: Box<dyn io::Write + Send>| {
-        devices::console_output::start(name, sink, move || {
+        let (mut output, writer) = devices::console_output::start(name, sink, move || {
             crate::sandbox::enter_device_worker(ThreadKind::ConsoleWriter, name)
         })
-        .map_err(BuildError::ConsoleWriter)
+        .map_err(BuildError::ConsoleWriter)?;
+        if let Some(ring) = ring {
+            output.tap(ring.clone());
+        }
+        Ok::<_, BuildError>((output, writer))
     };
     let serial_on_stdio = serial.is_none();
     let sink: Box<dyn io::Write + Send> = match serial {

@@ -357,6 +357,11 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
         Request::BalloonSetTarget { pages } => {
             Outcome::Reply(balloon_reply(vm.set_balloon_target(pages)))
         }
+        // vm_control rejects a ConsoleAttach without its fd (ExpectFd) before it gets here.
+        Request::ConsoleAttach { flags } => Outcome::Reply(match request.fd {
+            Some(fd) => vm.console_attach(fd, flags),
+            None => Response::error(ErrorKind::ExpectFd, libc::EBADF),
+        }),
         // Answered by vm_control before `execute` is reached.
         Request::GetVersion => Outcome::Reply(Response::version()),
         Request::Subscribe => Outcome::Reply(Response::Ok),

@@ -23,18 +23,20 @@ pub enum FdBudgetError {
     Io(#[source] io::Error),
     #[error(
         "the descriptor limit (RLIMIT_NOFILE, hard {hard}) is below the {needed} the control \
-         socket needs ({open} open, {MAX_CONNECTIONS} connections, {HEADROOM} spare); raise it \
-         (ulimit -n)"
+         socket needs ({open} open, {MAX_CONNECTIONS} connections, attached consoles, {HEADROOM} \
+         spare); raise it (ulimit -n)"
     )]
     TooLow { hard: u64, needed: u64, open: u64 },
 }
 
 /// Makes sure the soft descriptor limit is at least what is open now plus
-/// `MAX_CONNECTIONS` plus [`HEADROOM`]; returns the limit in force.
+/// `MAX_CONNECTIONS`, the attached consoles' descriptors
+/// ([`crate::console_stream::DESCRIPTORS`]) and [`HEADROOM`]; returns the limit in force.
 pub fn ensure_control_headroom() -> Result<u64, FdBudgetError> {
     let open = open_descriptors().map_err(FdBudgetError::Io)?;
     let needed = open
         .saturating_add(MAX_CONNECTIONS as u64)
+        .saturating_add(crate::console_stream::DESCRIPTORS as u64)
         .saturating_add(HEADROOM);
     let mut limit = nofile_limit().map_err(FdBudgetError::Io)?;
     if limit.rlim_cur >= needed {

@@ -33,6 +33,7 @@ mod coalesce;
 mod commands;
 mod config;
 mod console_input;
+mod console_stream;
 mod consoles;
 mod control;
 mod exit;
@@ -89,6 +90,7 @@ fn main() {
         Command::UnregisterMemory(args) => commands::unregister_memory(&args),
         Command::ListMemory(args) => commands::list_memory(&args),
         Command::Events(args) => commands::events(&args),
+        Command::Console(args) => commands::console::console(&args),
     };
     std::process::exit(code);
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use seccomp::ThreadKind;
 use thiserror::Error;
 use vm_control::server::Listener;
 use vm_control::wire::Event;
@@ -18,6 +19,7 @@ use crate::builder::{GuestRequests, Vm};
 use crate::coalesce::Coalescer;
 use crate::config::VmConfig;
 use crate::console_input::ConsoleInput;
+use crate::console_stream::ConsoleStreams;
 use crate::control::{CONNECTION_TOKEN_BASE, ControlServer};
 use crate::exit::VmExit;
 use crate::memory_registry::MemoryRegistry;
@@ -66,10 +68,11 @@ enum Token {
     ConsoleReady,
     ControlListener,
     BalloonChanged,
+    ConsoleWriter,
 }
 
 impl Token {
-    const ALL: [Token; 8] = [
+    const ALL: [Token; 9] = [
         Token::Signal,
         Token::VcpuExit,
         Token::PowerOff,
@@ -78,12 +81,16 @@ impl Token {
         Token::ConsoleReady,
         Token::ControlListener,
         Token::BalloonChanged,
+        Token::ConsoleWriter,
     ];
 
     fn from_data(data: u64) -> Option<Token> {
         Token::ALL.into_iter().find(|token| *token as u64 == data)
     }
 }
+
+/// The console streaming thread's name, and its label in a sandbox report.
+const CONSOLE_STREAM: &str = "console-stream";
 
 /// How long the VMM, once the VM has ended, waits for the console writer to write what the
 /// guest printed last.
@@ -147,6 +154,16 @@ pub fn run(
         run_control.clone(),
     )
     .map_err(RunError::SpawnVcpu)?;
+    // Like the vCPUs, before the main thread is confined: it would inherit main's policy.
+    let console_streams = match vm.console_ring {
+        Some(ring) => Some(
+            ConsoleStreams::start(CONSOLE_STREAM, ring, || {
+                crate::sandbox::enter_device_worker(ThreadKind::ConsoleStream, CONSOLE_STREAM)
+            })
+            .map_err(setup("console streaming thread"))?,
+        ),
+        None => None,
+    };
     // After the vCPU threads exist, so they keep their own policy instead of inheriting
     // this one; before the run loop reads any guest request or control message.
     crate::sandbox::enter_main().map_err(RunError::Sandbox)?;
@@ -168,6 +185,8 @@ pub fn run(
         registry,
         virtio: vm.virtio,
         started: Instant::now(),
+        console_streams,
+        new_console_writer: None,
     };
     let mut run_loop = RunLoop {
         epoll,
@@ -190,6 +209,10 @@ pub fn run(
         control.flush_all();
     }
     running.vcpus.stop();
+    // Attached consoles get the guest's last output and a Detached frame.
+    if let Some(streams) = running.console_streams.as_mut() {
+        streams.finish();
+    }
     // The guest's last words (a panic, "reboot: Power down") are worth a moment; a reader
     // that has stopped reading is not worth more.
     let writers = std::iter::once(&mut running.console_writer).chain(running.hvc_writer.as_mut());
@@ -245,6 +268,9 @@ impl RunLoop<'_> {
         self.watch(self.requests.reset.as_raw_fd(), Token::Reset)?;
         if self.console.enabled() {
             self.watch(libc::STDIN_FILENO, Token::Stdin)?;
+        }
+        // An attached `vmm console` writer feeds the guest too.
+        if self.console.enabled() || vm.console_streams.is_some() {
             self.watch(self.console.ready_fd(), Token::ConsoleReady)?;
         }
         if let Some(balloon) = &vm.virtio.balloon {
@@ -337,12 +363,58 @@ impl RunLoop<'_> {
         }
     }
 
+    /// Brings what epoll watches of both input sources in line with the guest's room.
+    fn update_input_interest(&mut self) {
+        self.console
+            .update_interest(&self.epoll, Token::Stdin as u64);
+        self.console
+            .update_writer_interest(&self.epoll, Token::ConsoleWriter as u64);
+    }
+
+    /// Watches the input of a writer `ConsoleAttach` just admitted.
+    fn adopt_console_writer(&mut self, vm: &mut RunningVm) {
+        let Some(fd) = vm.new_console_writer.take() else {
+            return;
+        };
+        if self.console.writer_fd().is_some() {
+            // Cannot happen: the streams admit one writer at a time.
+            return;
+        }
+        match self.epoll.ctl(
+            ControlOperation::Add,
+            fd.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, Token::ConsoleWriter as u64),
+        ) {
+            Ok(()) => {
+                self.console.attach_writer(fd);
+                self.update_input_interest();
+            }
+            Err(err) => {
+                warn!("cannot watch the console writer's input: {err}");
+                vm.console_writer_detached();
+            }
+        }
+    }
+
+    fn drop_console_writer(&mut self, vm: &mut RunningVm) {
+        if let Some(fd) = self.console.writer_fd() {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        self.console.detach_writer();
+        vm.console_writer_detached();
+        debug!("console writer detached");
+    }
+
     /// Handles one ready event source; `Some` when the VM must end.
     fn dispatch(&mut self, event: &EpollEvent, vm: &mut RunningVm) -> Option<VmExit> {
         let data = event.data();
         if data >= CONNECTION_TOKEN_BASE {
             let control = self.control.as_mut()?;
-            return control.serve(&self.epoll, data, event.event_set(), vm);
+            let exit = control.serve(&self.epoll, data, event.event_set(), vm);
+            self.adopt_console_writer(vm);
+            return exit;
         }
         if data >= INTX_TOKEN_BASE {
             // The guest acknowledged a device's INTx line: raise it again if the device
@@ -373,14 +445,19 @@ impl RunLoop<'_> {
                         EpollEvent::default(),
                     );
                 }
-                self.console
-                    .update_interest(&self.epoll, Token::Stdin as u64);
+                self.update_input_interest();
                 None
             }
             Some(Token::ConsoleReady) => {
                 self.console.on_guest_ready();
-                self.console
-                    .update_interest(&self.epoll, Token::Stdin as u64);
+                self.update_input_interest();
+                None
+            }
+            Some(Token::ConsoleWriter) => {
+                if !self.console.on_writer_event(event.event_set()) {
+                    self.drop_console_writer(vm);
+                }
+                self.update_input_interest();
                 None
             }
             Some(Token::BalloonChanged) => {

@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use kvm_ioctls::VmFd;
 use vm_control::wire::{
-    DeviceCounter, DeviceCounters, MemoryList, ProcessUsage, QueueStatus, QueueStatuses, Stats,
-    VmExits, counter_id, device_kind, queue_state,
+    DeviceCounter, DeviceCounters, MemoryList, ProcessUsage, QueueStatus, QueueStatuses, Response,
+    Stats, VmExits, counter_id, device_kind, queue_state,
 };
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::builder::VirtioHandles;
+use crate::console_stream::{AttachError, ConsoleStreams};
 use crate::memory_registry::{MemoryRegistry, RegistryError};
 use crate::vcpu::{ExitCounters, Vcpus};
 
@@ -32,6 +33,10 @@ pub struct RunningVm {
     pub registry: MemoryRegistry,
     pub virtio: VirtioHandles,
     pub started: Instant,
+    /// Attached consoles (`vmm console`); `None` with `--console-ring 0`.
+    pub console_streams: Option<ConsoleStreams>,
+    /// A writer admitted by `ConsoleAttach` whose input the run loop has yet to watch.
+    pub new_console_writer: Option<Arc<OwnedFd>>,
 }
 
 /// Why a balloon request was refused.
@@ -54,6 +59,31 @@ impl BalloonRequestError {
 }
 
 impl RunningVm {
+    /// Attaches the client socket `fd` to the console (`ConsoleAttach`); a writer's
+    /// input side waits in `new_console_writer` for the run loop.
+    pub fn console_attach(&mut self, fd: OwnedFd, flags: u32) -> Response {
+        let Some(streams) = &self.console_streams else {
+            return AttachError::NoRing.reply();
+        };
+        match streams.attach(fd, flags) {
+            Ok((attached, writer)) => {
+                self.new_console_writer = writer;
+                Response::ConsoleAttached(attached)
+            }
+            Err(err) => {
+                log::debug!("ConsoleAttach refused: {err}");
+                err.reply()
+            }
+        }
+    }
+
+    /// The attached writer's input side is gone: the writer's place is free.
+    pub fn console_writer_detached(&self) {
+        if let Some(streams) = &self.console_streams {
+            streams.writer_detached();
+        }
+    }
+
     /// Parks every vCPU outside the guest. Ok(false) if it was paused already.
     pub fn pause(&mut self) -> io::Result<bool> {
         if self.vcpus.paused() {

@@ -98,6 +98,17 @@ fn a_disallowed_syscall_in_the_console_writer_stops_the_vmm_naming_thread_and_sy
 }
 
 #[test]
+fn a_disallowed_syscall_in_the_console_streamer_stops_the_vmm_naming_thread_and_syscall() {
+    if !require_kvm() {
+        return;
+    }
+    // Every VM with a console ring (the default) has a streamer; it confines itself
+    // before the main thread does.
+    let output = run_with_violation_in("console-stream", &[]);
+    assert_stopped_by_sandbox(&output, &["console-stream"], "console-stream");
+}
+
+#[test]
 fn a_disallowed_syscall_in_the_jails_reaper_stops_the_vmm_naming_it_and_the_syscall() {
     if !require_kvm() {
         return;
@@ -246,6 +257,7 @@ fn every_thread_of_a_running_vmm_is_filtered() {
         "vcpu1",
         "vcpu2",
         "console-writer",
+        "console-stream",
         "virtio-rng",
         "virtio-blk0",
         "virtio-blk1",
@@ -268,9 +280,9 @@ fn every_thread_of_a_running_vmm_is_filtered() {
     let names: Vec<&str> = modes.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         modes.len(),
-        12,
-        "the main thread, three vCPU threads, the two console writers and the rng, two \
-         disk, net, balloon and console workers: {names:?}"
+        13,
+        "the main thread, three vCPU threads, the two console writers, the console streamer \
+         and the rng, two disk, net, balloon and console workers: {names:?}"
     );
     for (name, mode) in &modes {
         assert_eq!(

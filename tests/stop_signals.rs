@@ -244,9 +244,9 @@ fn every_thread_of_a_vmm_with_every_device_kind_blocks_the_stop_signals() {
     let names: Vec<&str> = threads.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         threads.len(),
-        10,
-        "main, 2 vCPUs, the console writer and the virtio-console's own writer, 5 device \
-         workers: {names:?}"
+        11,
+        "main, 2 vCPUs, the console writer, the virtio-console's own writer and the \
+         console streamer, 5 device workers: {names:?}"
     );
     for thread in &threads {
         let mask = thread.field("SigBlk:");

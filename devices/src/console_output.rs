@@ -17,6 +17,10 @@
 //! [`ConsoleOutput`] too, from its device worker, which must not wait on the sink either;
 //! when it shares the UART's sink (both on stdout) it gets a clone, so one writer serves
 //! both.
+//!
+//! An output may also be [tapped](ConsoleOutput::tap) into the VM's
+//! [`ConsoleRing`]: every byte the guest writes is copied there too (whether or not the
+//! sink's buffer had room), for `vmm console` clients.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -24,6 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crate::console_ring::ConsoleRing;
 
 /// Most bytes the writer takes out of the buffer at a time: what one `write(2)` gets, and
 /// what the producer may wait behind while the writer copies it out.
@@ -75,12 +81,20 @@ impl Shared {
 #[derive(Clone)]
 pub struct ConsoleOutput {
     shared: Arc<Shared>,
+    /// The VM's console ring, if output is kept for `vmm console`.
+    ring: Option<Arc<ConsoleRing>>,
 }
 
 impl ConsoleOutput {
     /// Most bytes waiting for the sink. A Linux boot log fits, so a merely slow terminal
     /// loses nothing; a sink that takes nothing costs the VMM at most this much.
     pub const CAPACITY: usize = 1 << 20;
+
+    /// Copies everything written from now on into `ring` too (one ring per VM, shared by
+    /// every console output).
+    pub fn tap(&mut self, ring: Arc<ConsoleRing>) {
+        self.ring = Some(ring);
+    }
 }
 
 impl Write for ConsoleOutput {
@@ -90,6 +104,12 @@ impl Write for ConsoleOutput {
         let mut state = self.shared.lock();
         let room = Self::CAPACITY.saturating_sub(state.bytes.len());
         if room == 0 && !buf.is_empty() {
+            drop(state);
+            // Refused bytes are not offered again (`write_all` gives up), so the ring
+            // records them now: it keeps what the guest printed, whatever the sink does.
+            if let Some(ring) = &self.ring {
+                ring.append(buf);
+            }
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "the console's reader is not keeping up (its buffer is full)",
@@ -99,6 +119,10 @@ impl Write for ConsoleOutput {
         let was_empty = state.bytes.is_empty();
         state.bytes.extend(buf.iter().take(taken));
         drop(state);
+        // What was not taken is offered again (and recorded then).
+        if let (Some(ring), Some(taken_bytes)) = (&self.ring, buf.get(..taken)) {
+            ring.append(taken_bytes);
+        }
         // A writer with bytes in hand looks again before it sleeps, so only the first
         // bytes after the buffer ran empty need to wake it.
         if was_empty && taken > 0 {
@@ -138,6 +162,7 @@ pub fn start(
     Ok((
         ConsoleOutput {
             shared: shared.clone(),
+            ring: None,
         },
         ConsoleWriter {
             shared,
@@ -325,6 +350,28 @@ mod tests {
             writer.finish(Duration::from_secs(10)),
             "a released sink drains"
         );
+    }
+
+    #[test]
+    fn a_tapped_output_records_every_byte_once_even_those_the_sink_refused() {
+        let (release, stalled) = mpsc::channel();
+        let (mut output, mut writer) =
+            start("test-console", Box::new(Stalled(stalled)), || {}).unwrap();
+        let ring = Arc::new(ConsoleRing::new(ConsoleRing::MAX_CAPACITY).unwrap());
+        output.tap(ring.clone());
+        let byte_count = ConsoleOutput::CAPACITY * 3;
+
+        let mut written = 0u64;
+        for chunk in 0..byte_count / 100 {
+            // Like the UART's write_all: a refusal ends the write.
+            let line = [b'a' + (chunk % 26) as u8; 100];
+            let _ = output.write_all(&line);
+            written += 100;
+        }
+        drop(release);
+        assert!(writer.finish(Duration::from_secs(10)));
+
+        assert_eq!(ring.span().1, written);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
 pub mod console_output;
+pub mod console_ring;
 pub mod i8042;
 pub mod pci;
 pub mod reset;
@@ -50,6 +51,7 @@ pub use acpi_pm::{
 pub use bus::{Bus, BusDevice, BusError, BusWindow};
 pub use cmos::{CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos};
 pub use console_output::{ConsoleOutput, ConsoleWriter};
+pub use console_ring::ConsoleRing;
 pub use i8042::{I8042, I8042_PORT_LEN};
 pub use reset::{RESET_CONTROL_LEN, RESET_CONTROL_PORT, ResetControl};
 pub use serial::{SERIAL_PORT_LEN, Serial, SerialError, SerialState};

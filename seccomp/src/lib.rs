@@ -68,6 +68,9 @@ pub enum ThreadKind {
     /// The serial console's writer: waits for guest output and writes it to stdout or the
     /// `--serial` file, so no other thread ever waits on the console's reader.
     ConsoleWriter,
+    /// The console streamer (`vmm console`): copies the console ring to attached clients'
+    /// sockets without blocking; `epoll_wait`, eventfds, `sendmsg`.
+    ConsoleStream,
     /// The jail's reaper, outside the jail: waits for the jailed VMM, forwards the stop
     /// signals, removes the socket file, and ends as the VMM ended.
     Reaper,
@@ -75,7 +78,7 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [ThreadKind; 10] = [
+    pub const ALL: [ThreadKind; 11] = [
         ThreadKind::Vcpu,
         ThreadKind::Main,
         ThreadKind::VirtioRng,
@@ -85,6 +88,7 @@ impl ThreadKind {
         ThreadKind::VirtioConsole,
         ThreadKind::VirtioVsock,
         ThreadKind::ConsoleWriter,
+        ThreadKind::ConsoleStream,
         ThreadKind::Reaper,
     ];
 
@@ -100,6 +104,7 @@ impl ThreadKind {
             ThreadKind::VirtioConsole => "virtio-console",
             ThreadKind::VirtioVsock => "virtio-vsock",
             ThreadKind::ConsoleWriter => "console-writer",
+            ThreadKind::ConsoleStream => "console-stream",
             ThreadKind::Reaper => "reaper",
         }
     }
@@ -116,6 +121,7 @@ impl ThreadKind {
             ThreadKind::VirtioConsole => "policies/virtio_console.json",
             ThreadKind::VirtioVsock => "policies/virtio_vsock.json",
             ThreadKind::ConsoleWriter => "policies/console_writer.json",
+            ThreadKind::ConsoleStream => "policies/console_stream.json",
             ThreadKind::Reaper => "policies/reaper.json",
         }
     }
@@ -131,6 +137,7 @@ impl ThreadKind {
             ThreadKind::VirtioConsole => policies::VIRTIO_CONSOLE,
             ThreadKind::VirtioVsock => policies::VIRTIO_VSOCK,
             ThreadKind::ConsoleWriter => policies::CONSOLE_WRITER,
+            ThreadKind::ConsoleStream => policies::CONSOLE_STREAM,
             ThreadKind::Reaper => policies::REAPER,
         };
         raw.iter()

@@ -1,6 +1,6 @@
 //! The control-socket subcommands: `vmm stop`, `pause`, `resume`, `balloon`, `stats` (in
 //! `stats`), `queues` (in `queues`), `version`, `register-memory`, `unregister-memory`,
-//! `list-memory` (in `list_memory`) and `events` (in `events`).
+//! `list-memory` (in `list_memory`), `events` (in `events`) and `console` (in `console`).
 //!
 //! This module owns what those commands do and print: each connects to a running VMM's
 //! control socket with [`vm_control::client::Client`], sends one request (or subscribes),
@@ -26,6 +26,7 @@ use crate::cli::{
 };
 use crate::exit::{EXIT_USAGE, EXIT_VMM_ERROR};
 
+pub mod console;
 mod events;
 mod list_memory;
 mod queues;
@@ -92,6 +93,12 @@ pub enum CommandError {
         /// The control socket.
         path: PathBuf,
     },
+    /// `vmm console`: another client is the console's writer.
+    #[error(
+        "another client is attached to the console as its writer; attach with --read-only to \
+         watch"
+    )]
+    ConsoleWriterBusy,
     /// Writing our own output failed (e.g. stdout closed).
     #[error("cannot write the output: {0}")]
     Output(#[from] io::Error),

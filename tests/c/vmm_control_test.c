@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "vmm_control.h"
@@ -140,7 +141,7 @@ static void version_and_stats(struct vmm_control *ctl) {
     uint16_t lo = 0, hi = 0;
     CHECK_EQ(vmm_control_version(ctl, &lo, &hi), 0);
     CHECK_EQ(lo, 1);
-    CHECK_EQ(hi, 3);
+    CHECK_EQ(hi, 4);
     CHECK_EQ(strlen(vmm_control_last_error()), 0);
     CHECK_EQ(vmm_control_version(ctl, NULL, &hi), -EINVAL);
 
@@ -293,6 +294,36 @@ static void memory(struct vmm_control *ctl) {
     close(fd);
 }
 
+/* Attaches to the console: the first frame is the history (the guest printed "parked"). */
+static void console(struct vmm_control *ctl) {
+    int fd = -1, writer = -1, second = -1;
+    uint32_t granted = 0xff;
+    CHECK_EQ(vmm_control_console_attach(ctl, 0, &fd, &granted), 0);
+    CHECK_EQ(granted, 0);
+    CHECK(fd >= 0);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK_EQ(poll(&p, 1, TIMEOUT_MS), 1);
+    unsigned char frame[VMM_CONTROL_CONSOLE_FRAME_MAX];
+    ssize_t n = recv(fd, frame, sizeof frame, 0);
+    /* version 1, kind 1 (Data), length, then the bytes. */
+    CHECK(n >= 8 + 7);
+    if (n >= 8 + 7) {
+        CHECK(frame[0] == 1 && frame[1] == 0 && frame[2] == 1 && frame[3] == 0);
+        CHECK(memcmp(frame + n - 7, "parked\n", 7) == 0);
+    }
+
+    CHECK_EQ(vmm_control_console_attach(ctl, VMM_CONTROL_CONSOLE_WRITE, &writer, &granted), 0);
+    CHECK_EQ(granted, VMM_CONTROL_CONSOLE_WRITE);
+    CHECK_EQ(vmm_control_console_attach(ctl, VMM_CONTROL_CONSOLE_WRITE, &second, &granted),
+             -EBUSY);
+    check_last_error(VMM_CONTROL_ERR_FAILED, EBUSY);
+    CHECK_EQ(second, -1);
+    CHECK_EQ(vmm_control_console_attach(ctl, 0, NULL, &granted), -EINVAL);
+    CHECK_EQ(vmm_control_console_attach(NULL, 0, &second, &granted), -EINVAL);
+    close(fd);
+    close(writer);
+}
+
 static void events_and_balloon(struct vmm_control *ctl, int balloon) {
     struct vmm_control_subscription *sub = NULL;
     CHECK_EQ(vmm_control_subscribe(ctl, NULL), -EINVAL);
@@ -373,6 +404,7 @@ int main(int argc, char **argv) {
     version_and_stats(ctl);
     queues(ctl, balloon);
     memory(ctl);
+    console(ctl);
     events_and_balloon(ctl, balloon);
     vmm_control_close(ctl);
 

@@ -277,6 +277,20 @@ pub enum ListeningSocketError {
 /// Checks that `fd` is a listening `AF_UNIX` `SOCK_SEQPACKET` socket: what a server
 /// handed its listener (systemd socket activation, a supervisor) must be given.
 pub fn check_listening_seqpacket(fd: BorrowedFd<'_>) -> Result<(), ListeningSocketError> {
+    check_seqpacket(fd)?;
+    if socket_option(fd, libc::SO_ACCEPTCONN).map_err(ListeningSocketError::Io)? == 0 {
+        return Err(ListeningSocketError::NotListening);
+    }
+    Ok(())
+}
+
+/// Why a descriptor is not an `AF_UNIX` `SOCK_SEQPACKET` socket ([`check_seqpacket`]
+/// never reports `NotListening`).
+pub type SeqpacketCheckError = ListeningSocketError;
+
+/// Checks that `fd` is an `AF_UNIX` `SOCK_SEQPACKET` socket (e.g. the one a client passes
+/// with `ConsoleAttach`), with `getsockopt` only.
+pub fn check_seqpacket(fd: BorrowedFd<'_>) -> Result<(), SeqpacketCheckError> {
     let option = |name| match socket_option(fd, name) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => Err(ListeningSocketError::NotASocket),
         other => other.map_err(ListeningSocketError::Io),
@@ -290,9 +304,6 @@ pub fn check_listening_seqpacket(fd: BorrowedFd<'_>) -> Result<(), ListeningSock
         libc::SOCK_STREAM => return Err(ListeningSocketError::NotSeqpacket("SOCK_STREAM")),
         libc::SOCK_DGRAM => return Err(ListeningSocketError::NotSeqpacket("SOCK_DGRAM")),
         _ => return Err(ListeningSocketError::NotSeqpacket("another type of")),
-    }
-    if option(libc::SO_ACCEPTCONN)? == 0 {
-        return Err(ListeningSocketError::NotListening);
     }
     Ok(())
 }

@@ -38,6 +38,9 @@ fn seeds_requests() -> Vec<Vec<u8>> {
         Request::Subscribe,
         Request::GetQueues,
         Request::ListMemory { from_slot: 2 },
+        Request::ConsoleAttach {
+            flags: attach_flags::WRITE,
+        },
     ]
     .iter()
     // Each in every version that has it, so mutations start from both.
@@ -126,6 +129,19 @@ fn seeds_server_messages() -> Vec<Vec<u8>> {
             response: Response::MemoryList(Box::new(memory)),
         }
         .encode_in(3)
+        .to_vec(),
+    ))
+    .chain(std::iter::once(
+        ServerMessage::Reply {
+            id,
+            response: Response::ConsoleAttached(ConsoleAttached {
+                flags: attach_flags::WRITE,
+                frame_version: CONSOLE_FRAME_VERSION,
+                ring_bytes: 1 << 16,
+                history_bytes: 300,
+            }),
+        }
+        .encode_in(4)
         .to_vec(),
     ))
     .collect()
@@ -223,6 +239,30 @@ fn server_message_decoder_survives_100k_mutated_datagrams_and_accepts_only_canon
                 bytes,
                 "non-canonical: {message:?}"
             );
+        }
+    }
+    assert!(accepted > 1000, "{accepted}");
+}
+
+#[test]
+fn console_frame_decoder_survives_100k_mutated_datagrams_and_accepts_only_canonical_ones() {
+    let mut rng = Rng(0x5555_aaaa_1234_4321);
+    let seeds: Vec<Vec<u8>> = [
+        ConsoleFrame::Data(b"login: "),
+        ConsoleFrame::Input(b"root\r"),
+        ConsoleFrame::Missed(4096),
+        ConsoleFrame::Detached(detach_reason::VM_ENDED),
+    ]
+    .iter()
+    .map(ConsoleFrame::to_vec)
+    .collect();
+    let mut accepted = 0u32;
+    for _ in 0..100_000 {
+        let seed = seeds[rng.below(seeds.len())].clone();
+        let bytes = mutate(&mut rng, seed, MAX_CONSOLE_FRAME + 64);
+        if let Ok(frame) = ConsoleFrame::decode(&bytes) {
+            accepted += 1;
+            assert_eq!(frame.to_vec(), bytes, "non-canonical: {frame:?}");
         }
     }
     assert!(accepted > 1000, "{accepted}");

@@ -115,6 +115,82 @@ fn list_memory_exists_from_version_3_only_and_its_slot_fits_u32() {
 }
 
 #[test]
+fn golden_console_attach_request_version_4() {
+    check_request(
+        Request::ConsoleAttach {
+            flags: attach_flags::WRITE | attach_flags::NO_HISTORY,
+        },
+        0x0d,
+        "0400 0d00 00000000 0d00000000000000 0300000000000000",
+    );
+}
+
+#[test]
+fn console_attach_exists_from_version_4_only_takes_one_fd_and_known_flags() {
+    let attach = Request::ConsoleAttach { flags: 0 };
+    let v3 = attach.encode_in(id(1), 3);
+    assert_eq!(
+        Request::decode(&v3),
+        Err(DecodeError::InvalidType {
+            kind: request_type::CONSOLE_ATTACH
+        })
+    );
+    for arg in [4u64, 1 << 32, u64::MAX] {
+        let mut bad = attach.encode_in(id(1), 4);
+        bad[16..24].copy_from_slice(&arg.to_le_bytes());
+        assert!(
+            matches!(Request::decode(&bad), Err(DecodeError::InvalidArgument(_))),
+            "arg {arg:#x}"
+        );
+    }
+    assert_eq!(check_fds(&attach, 0), Err(DecodeError::ExpectFd));
+    assert_eq!(check_fds(&attach, 1), Ok(()));
+    assert_eq!(
+        check_fds(&attach, 2),
+        Err(DecodeError::UnexpectedFd { received: 2 })
+    );
+}
+
+#[test]
+fn golden_console_attached_response_version_4() {
+    //       header                               flags    fver rsvd ring_bytes       history_bytes
+    check_server_message(
+        ServerMessage::Reply {
+            id: id(0x0d),
+            response: Response::ConsoleAttached(ConsoleAttached {
+                flags: attach_flags::WRITE,
+                frame_version: CONSOLE_FRAME_VERSION,
+                ring_bytes: 0x1_0000,
+                history_bytes: 0x123,
+            }),
+        },
+        "0400 0900 00000000 0d00000000000000 01000000 0100 0000 0000010000000000 2301000000000000",
+    );
+}
+
+#[test]
+fn golden_console_frames() {
+    //               version kind length   payload
+    let cases: [(ConsoleFrame<'_>, &str); 4] = [
+        (ConsoleFrame::Data(b"ok\n"), "0100 0100 03000000 6f6b0a"),
+        (
+            ConsoleFrame::Missed(12345),
+            "0100 0200 08000000 3930000000000000",
+        ),
+        (
+            ConsoleFrame::Detached(detach_reason::VM_ENDED),
+            "0100 0300 04000000 01000000",
+        ),
+        (ConsoleFrame::Input(b"ls\r"), "0100 0400 03000000 6c730d"),
+    ];
+    for (frame, hex) in cases {
+        let expected = golden(hex, hex.split_whitespace().map(|w| w.len() / 2).sum());
+        assert_eq!(frame.to_vec(), expected, "{frame:?}");
+        assert_eq!(ConsoleFrame::decode(&expected), Ok(frame));
+    }
+}
+
+#[test]
 fn golden_get_version_request() {
     check_request(
         Request::GetVersion,
@@ -206,13 +282,13 @@ fn golden_ok_response() {
 
 #[test]
 fn golden_err_response_carries_kind_errno_detail_and_version_range() {
-    //       header                               kind     errno    detail           min  max (this crate: 1..=3)
+    //       header                               kind     errno    detail           min  max (this crate: 1..=4)
     check_server_message(
         ServerMessage::Reply {
             id: id(3),
             response: Response::Err(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 65)),
         },
-        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0300",
+        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0400",
     );
 }
 
@@ -220,7 +296,7 @@ fn golden_err_response_carries_kind_errno_detail_and_version_range() {
 fn golden_unattributed_err_has_id_zero() {
     check_server_message(
         ServerMessage::Unattributed(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 3)),
-        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0300",
+        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0400",
     );
 }
 
@@ -375,7 +451,7 @@ fn decode_with_len_reports_the_real_size_of_a_truncated_datagram() {
 
 #[test]
 fn decode_rejects_unknown_types() {
-    for kind in [0u16, 13, 0x100, 0xffff] {
+    for kind in [0u16, 14, 0x100, 0xffff] {
         let mut bytes = valid_pause();
         bytes[2..4].copy_from_slice(&kind.to_le_bytes());
         assert_eq!(

@@ -44,7 +44,8 @@
  *   descriptor from vmm_control_subscription_fd is the subscription's: poll it, never
  *   read, write or close it. A descriptor the caller passes in (register_memory) stays
  *   the caller's: the library never closes it, and the caller may close it as soon as the
- *   call returns (the VMM keeps its own mapping).
+ *   call returns (the VMM keeps its own mapping). The descriptor vmm_control_console_attach
+ *   returns is the caller's from then on: closing it detaches.
  *   Strings from vmm_control_last_error belong to the library and stay valid until the
  *   calling thread's next call into the library.
  *
@@ -76,6 +77,12 @@ extern "C" {
 #define VMM_CONTROL_MAX_MEMORY_REGIONS 41
 /* Bytes per balloon page; guest_addr = pfn * VMM_CONTROL_PAGE_SIZE. */
 #define VMM_CONTROL_PAGE_SIZE 4096
+
+/* vmm_control_console_attach's flags (protocol version 4). */
+#define VMM_CONTROL_CONSOLE_WRITE 1      /* be the console's writer (one at a time) */
+#define VMM_CONTROL_CONSOLE_NO_HISTORY 2 /* skip the VMM's kept output */
+/* Largest console frame, header included (docs/control-protocol.md). */
+#define VMM_CONTROL_CONSOLE_FRAME_MAX 4096
 
 /* The VMM's error kinds (struct vmm_control_error.kind); 0: a failure on this side. */
 #define VMM_CONTROL_ERR_NONE 0
@@ -284,6 +291,20 @@ int vmm_control_unregister_memory(struct vmm_control *ctl, uint32_t slot);
  */
 int vmm_control_list_memory(struct vmm_control *ctl, uint32_t from_slot,
                             struct vmm_control_memory_list *out);
+
+/*
+ * Attaches to the guest's console (protocol version 4; docs/control-protocol.md, "The
+ * console stream"). `flags`: VMM_CONTROL_CONSOLE_WRITE and/or _NO_HISTORY. On success
+ * *fd_out is a new AF_UNIX SOCK_SEQPACKET socket, blocking and close-on-exec, that the
+ * caller owns (closing it detaches): the VMM sends console frames on it (the output it
+ * kept, then live output; at most VMM_CONTROL_CONSOLE_FRAME_MAX bytes each) and, when
+ * *granted has VMM_CONTROL_CONSOLE_WRITE, reads Input frames from it. The attachment does
+ * not depend on the handle, which may be closed. -EBUSY (kind FAILED): another client is
+ * the writer; -EUSERS (FAILED): 8 clients are attached; -ENODEV (UNSUPPORTED): the VM
+ * keeps no console output (--console-ring 0).
+ */
+int vmm_control_console_attach(struct vmm_control *ctl, uint32_t flags, int *fd_out,
+                               uint32_t *granted);
 
 /*
  * Subscribes to the VM's events on a connection of its own (to the same socket, with the

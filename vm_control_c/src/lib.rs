@@ -440,6 +440,46 @@ pub unsafe extern "C" fn vmm_control_list_memory(
     })
 }
 
+/// See `vmm_control_console_attach`.
+///
+/// # Safety
+/// `ctl` null or a live handle; `fd_out`, `granted` null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmm_control_console_attach(
+    ctl: *mut VmmControl,
+    flags: u32,
+    fd_out: *mut c_int,
+    granted: *mut u32,
+) -> c_int {
+    guard(|| {
+        non_null(fd_out, "fd_out")?;
+        non_null(granted, "granted")?;
+        let (ours, theirs) = socket::seqpacket_pair().map_err(|err| {
+            Failure::local(
+                err.raw_os_error().unwrap_or(libc::EIO),
+                format!("cannot create the console's socket pair: {err}"),
+            )
+        })?;
+        // SAFETY: forwarded from the caller.
+        let ctl = unsafe { handle(ctl, "the handle")? };
+        let reply =
+            lock(&ctl.client)?.request_with_fd(Request::ConsoleAttach { flags }, theirs.as_fd())?;
+        // The VMM has its own copy; the attachment lives on `ours` alone.
+        drop(theirs);
+        match reply {
+            Response::ConsoleAttached(attached) => {
+                // SAFETY: both checked non-null above; writable by contract. The
+                // descriptor becomes the caller's.
+                unsafe {
+                    put(granted, attached.flags, "granted")?;
+                    put(fd_out, std::os::fd::IntoRawFd::into_raw_fd(ours), "fd_out")
+                }
+            }
+            other => Err(unexpected("ConsoleAttach", &other)),
+        }
+    })
+}
+
 /// See `vmm_control_subscribe`.
 ///
 /// # Safety
@@ -575,6 +615,7 @@ pub const EXPORTED_FUNCTIONS: &[&str] = &[
     "vmm_control_register_memory",
     "vmm_control_unregister_memory",
     "vmm_control_list_memory",
+    "vmm_control_console_attach",
     "vmm_control_subscribe",
     "vmm_control_subscription_fd",
     "vmm_control_next_event",

@@ -29,6 +29,7 @@
 
 use std::num::NonZeroU64;
 
+mod console;
 mod error;
 mod memory_list;
 mod queues;
@@ -37,6 +38,10 @@ mod request;
 mod server_message;
 mod stats;
 
+pub use console::{
+    CONSOLE_FRAME_HEADER, CONSOLE_FRAME_VERSION, ConsoleAttached, ConsoleFrame, MAX_CONSOLE_FRAME,
+    MAX_CONSOLE_PAYLOAD, RawConsoleAttachedPayload, attach_flags, detach_reason, frame_kind,
+};
 pub use error::{DecodeError, ErrorKind, ErrorReply};
 pub use memory_list::{
     MAX_MEMORY_LIST_ENTRIES, MemoryList, MemoryListFull, RawMemoryEntry, RawMemoryListPayload,
@@ -59,11 +64,12 @@ use zerocopy::IntoBytes;
 /// kind [`device_kind::RNG`]; every message of version 1 means the same in version 2.
 /// Version 3 added [`Request::ListMemory`] and its [`Response::MemoryList`] reply, and the
 /// counts of device counters and queues a full `Stats` or `Queues` reply left out.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4 added [`Request::ConsoleAttach`] and its [`Response::ConsoleAttached`] reply.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest protocol version this crate accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The newest protocol version this crate accepts.
-pub const MAX_PROTOCOL_VERSION: u16 = 3;
+pub const MAX_PROTOCOL_VERSION: u16 = 4;
 
 /// Size in bytes of every request datagram.
 pub const REQUEST_SIZE: usize = 64;
@@ -115,6 +121,8 @@ pub mod request_type {
     pub const GET_QUEUES: u16 = 11;
     /// [`Request::ListMemory`](super::Request::ListMemory) (version 3).
     pub const LIST_MEMORY: u16 = 12;
+    /// [`Request::ConsoleAttach`](super::Request::ConsoleAttach) (version 4).
+    pub const CONSOLE_ATTACH: u16 = 13;
 }
 
 /// Response type numbers (offset 2 of a server message). Stable: never renumbered.
@@ -135,6 +143,8 @@ pub mod response_type {
     pub const QUEUES: u16 = 7;
     /// [`Response::MemoryList`](super::Response::MemoryList) (version 3).
     pub const MEMORY_LIST: u16 = 8;
+    /// [`Response::ConsoleAttached`](super::Response::ConsoleAttached) (version 4).
+    pub const CONSOLE_ATTACHED: u16 = 9;
 }
 
 /// Event kind numbers (offset 16 of an event). Stable: never renumbered.

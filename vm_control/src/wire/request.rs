@@ -13,7 +13,7 @@ use super::raw::check_reserved;
 use super::{
     DecodeError, MAX_BALLOON_PAGES, MAX_PROTOCOL_VERSION, MAX_REGISTER_MEMORY_SIZE, PAGE_SIZE,
     PROTOCOL_VERSION, REQUEST_SIZE, RawHeader, RawRequest, RequestId, Response, ServerMessage,
-    request_type, version_supported,
+    attach_flags, request_type, version_supported,
 };
 
 /// A request from a client to the VMM.
@@ -65,6 +65,14 @@ pub enum Request {
         /// The lowest slot to list (0 for the first page; the last slot listed + 1 next).
         from_slot: u32,
     },
+    /// Attach to the console through the one descriptor sent with the request: a
+    /// connected `AF_UNIX` `SOCK_SEQPACKET` socket on which the VMM then streams
+    /// [`ConsoleFrame`](super::ConsoleFrame)s. `flags` are [`attach_flags`] bits.
+    /// Answered by [`Response::ConsoleAttached`]. Protocol version 4 and later.
+    ConsoleAttach {
+        /// [`attach_flags`] bits.
+        flags: u32,
+    },
 }
 
 impl Request {
@@ -84,6 +92,7 @@ impl Request {
             Request::Subscribe => SUBSCRIBE,
             Request::GetQueues => GET_QUEUES,
             Request::ListMemory { .. } => LIST_MEMORY,
+            Request::ConsoleAttach { .. } => CONSOLE_ATTACH,
         }
     }
 
@@ -92,6 +101,7 @@ impl Request {
         match self {
             Request::GetQueues => 2,
             Request::ListMemory { .. } => 3,
+            Request::ConsoleAttach { .. } => 4,
             _ => 1,
         }
     }
@@ -99,7 +109,7 @@ impl Request {
     /// Number of file descriptors this request must carry (0 or 1).
     pub fn fds_expected(&self) -> usize {
         match self {
-            Request::RegisterMemory { .. } => 1,
+            Request::RegisterMemory { .. } | Request::ConsoleAttach { .. } => 1,
             _ => 0,
         }
     }
@@ -118,6 +128,7 @@ impl Request {
             Request::RegisterMemory { size } => size,
             Request::UnregisterMemory { slot } => u64::from(slot),
             Request::ListMemory { from_slot } => u64::from(from_slot),
+            Request::ConsoleAttach { flags } => u64::from(flags),
             _ => 0,
         };
         let raw = RawRequest {
@@ -230,6 +241,13 @@ impl Request {
                 let from_slot = u32::try_from(arg)
                     .map_err(|_| DecodeError::InvalidArgument("memory slot exceeds u32"))?;
                 Request::ListMemory { from_slot }
+            }
+            request_type::CONSOLE_ATTACH if version >= 4 => {
+                let flags = u32::try_from(arg)
+                    .ok()
+                    .filter(|flags| flags & !attach_flags::ALL == 0)
+                    .ok_or(DecodeError::InvalidArgument("unknown console attach flags"))?;
+                Request::ConsoleAttach { flags }
             }
             _ => return Err(DecodeError::InvalidType { kind }),
         };

@@ -8,14 +8,15 @@ use zerocopy::FromBytes;
 use zerocopy::IntoBytes;
 use zerocopy::little_endian::{U16, U32, U64};
 
+use super::console::{decode_attached, encode_attached};
 use super::queues::{decode_queues, encode_queues};
 use super::raw::{PAYLOAD_SIZE, check_reserved, put, read_payload};
 use super::stats::{decode_stats, encode_stats};
 use super::{
-    DecodeError, ErrorKind, ErrorReply, HEADER_SIZE, MAX_PROTOCOL_VERSION, MIN_PROTOCOL_VERSION,
-    MemoryList, PROTOCOL_VERSION, QueueStatuses, RESPONSE_SIZE, RawErrorPayload, RawEventPayload,
-    RawHeader, RawMemoryRegisteredPayload, RawResponse, RawVersionPayload, RequestId, Stats,
-    event_kind, memory_list, response_type, version_supported,
+    ConsoleAttached, DecodeError, ErrorKind, ErrorReply, HEADER_SIZE, MAX_PROTOCOL_VERSION,
+    MIN_PROTOCOL_VERSION, MemoryList, PROTOCOL_VERSION, QueueStatuses, RESPONSE_SIZE,
+    RawErrorPayload, RawEventPayload, RawHeader, RawMemoryRegisteredPayload, RawResponse,
+    RawVersionPayload, RequestId, Stats, event_kind, memory_list, response_type, version_supported,
 };
 
 /// A reply to one request.
@@ -45,6 +46,9 @@ pub enum Response {
     Queues(Box<QueueStatuses>),
     /// Answer to `ListMemory` (boxed, like `Stats`). Protocol version 3 and later.
     MemoryList(Box<MemoryList>),
+    /// Answer to `ConsoleAttach`: the stream runs on the descriptor the request passed.
+    /// Protocol version 4 and later.
+    ConsoleAttached(ConsoleAttached),
 }
 
 impl Response {
@@ -166,6 +170,10 @@ impl ServerMessage {
                         memory_list::encode(&mut payload, list);
                         response_type::MEMORY_LIST
                     }
+                    Response::ConsoleAttached(attached) => {
+                        encode_attached(&mut payload, attached);
+                        response_type::CONSOLE_ATTACHED
+                    }
                 };
                 (kind, id.get())
             }
@@ -278,6 +286,7 @@ impl ServerMessage {
             response_type::MEMORY_LIST if version >= 3 => {
                 reply(Response::MemoryList(Box::new(memory_list::decode(p)?)))
             }
+            response_type::CONSOLE_ATTACHED if version >= 4 => reply(decode_attached(p)?),
             response_type::EVENT => {
                 if id != 0 {
                     return Err(DecodeError::EventWithId { id });
