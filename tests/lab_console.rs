@@ -1,12 +1,19 @@
-//! Lab test of `vmm console` with a real Linux guest (Debian's stock kernel under `vmm`
-//! inside the nested lab, tools/lab and docs/lab.md), its console on the UART (`ttyS0`):
-//! a watcher attached after boot gets the kernel's boot log from the VMM's ring, then
-//! live output; a writer's typed line reaches the guest's shell, which answers; when the
-//! guest powers off both clients are told and exit 0.
+//! Lab tests of `vmm console` with a real Linux guest (Debian's stock kernel under `vmm`
+//! inside the nested lab, tools/lab and docs/lab.md):
+//!
+//! - its console on the UART (`ttyS0`): a watcher attached after boot gets the kernel's
+//!   boot log from the VMM's ring, then live output; a writer's typed line reaches the
+//!   guest's shell, which answers; when the guest powers off both clients are told and
+//!   exit 0;
+//! - its console on the virtio-console alone (`console=hvc0`): the boot log reaches the
+//!   `--console` file; a watcher attached after boot sees the ring's history, then new
+//!   lines; a command typed into a writer runs in the guest; and a client that stopped
+//!   reading (its output pipe full) does not stall the guest, which keeps printing through
+//!   a 2 MiB burst and after it.
 
 mod common;
 
-use common::lab::{require_lab, run_in_lab, start_vmm};
+use common::lab::{base64, require_lab, run_in_lab, start_vmm};
 
 #[test]
 fn vmm_console_shows_a_linux_guests_boot_log_and_types_a_line_into_it() {
@@ -55,6 +62,102 @@ exit $status
         "lab-script: watch live guest-got=1",
         "lab-script: writer live guest-got=1",
         "[vmm console: the VM ended]",
+    ] {
+        assert!(
+            run.output.contains(line),
+            "no {line:?}; lab output:\n{}",
+            run.output
+        );
+    }
+    run.assert_vmm_exited_0();
+}
+
+/// Waits (at most `$2` tenths of a second) until file `$1` holds text `$3`; otherwise
+/// prints why and ends the run with status 91, or 92 at once when vmm has exited.
+const WAIT_IN: &str = r#"wait_in() {
+    i=0
+    until grep -q -- "$3" "$1" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt "$2" ]; then echo "lab-script: never saw '$3' in $1"; kill $vmm; exit 91; fi
+        if ! kill -0 $vmm 2>/dev/null; then
+            wait $vmm; echo "lab-script: vmm exited with $? before '$3' showed in $1"; exit 92
+        fi
+        sleep 0.1
+    done
+}
+"#;
+
+#[test]
+fn on_hvc0_the_ring_the_writer_and_a_stalled_reader_behave() {
+    if !require_lab() {
+        return;
+    }
+    // The guest's console is hvc0 alone: the kernel replays its log there when the
+    // virtio_console module registers it, and the script talks through /dev/hvc0 (init's
+    // own /dev/console was opened before hvc0 existed). A ticker prints ten lines a second;
+    // the loop runs what the writer types, `burst` being 2 MiB of output at once.
+    let guest = r#"exec </dev/hvc0 >/dev/hvc0 2>&1
+echo guest-ready
+( i=0; while :; do echo tick-$i; i=$((i + 1)); sleep 0.1; done ) &
+while read -r line; do
+    case "$line" in
+        burst) dd if=/dev/zero bs=1024 count=2048 2>/dev/null | tr '\0' x; echo; echo burst-done ;;
+        *) eval "$line" ;;
+    esac
+done
+"#;
+    let params = format!("console=hvc0 guest.run={}", base64(guest.as_bytes()));
+    let script = format!(
+        r#"{WAIT_IN}rm -f /tmp/vmm.sock /tmp/serial.log /tmp/hvc.log
+vmm run --socket /tmp/vmm.sock --serial file=/tmp/serial.log --console file=/tmp/hvc.log \
+    --console-ring 1024 --mem 256 --cpus 1 --initrd /guest/initrd.img \
+    --params "{params}" /guest/vmlinuz > /tmp/vmm.out 2>&1 &
+vmm=$!
+trap 'echo "--- vmm ---"; cat /tmp/vmm.out; echo "--- hvc0 (head) ---"; head -c 4000 /tmp/hvc.log; echo "--- end ---"' EXIT
+wait_in /tmp/hvc.log 3000 guest-ready
+echo "lab-script: boot log on hvc0 linux-version=$(grep -c 'Linux version' /tmp/hvc.log)"
+# A client that stops reading at once: its stdout is a pipe nobody reads.
+vmm console --read-only /tmp/vmm.sock | sleep 600 &
+stalled=$!
+vmm console --read-only /tmp/vmm.sock > /tmp/watch.out 2> /tmp/watch.err &
+watch=$!
+wait_in /tmp/watch.out 300 'Linux version'
+(sleep 2; printf 'burst\r'; sleep 2; printf 'echo guest-ran-$((6 * 7))\r') \
+    | vmm console /tmp/vmm.sock > /tmp/write.out 2> /tmp/write.err &
+writer=$!
+wait_in /tmp/hvc.log 600 burst-done
+wait_in /tmp/watch.out 600 guest-ran-42
+before=$(grep -c tick- /tmp/hvc.log)
+sleep 3
+after=$(grep -c tick- /tmp/hvc.log)
+echo "lab-script: ticks after the burst advanced=$([ "$after" -gt $((before + 10)) ] && echo yes || echo no) ($before, $after)"
+echo "lab-script: watch saw the ticks live=$(grep -c tick- /tmp/watch.out | sed 's/^[1-9][0-9]*$/yes/')"
+vmm stats /tmp/vmm.sock > /dev/null && echo "lab-script: stats answered"
+vmm stop /tmp/vmm.sock
+wait $vmm
+status=$?
+kill $stalled
+wait $watch
+echo "lab-script: watch exit=$?"
+wait $writer
+echo "lab-script: writer exit=$?"
+echo "lab-script: writer live guest-ran=$(grep -c guest-ran-42 /tmp/write.out)"
+echo "--- watch.err ---"; cat /tmp/watch.err; echo "--- write.err ---"; cat /tmp/write.err
+echo "lab-script: vmm exit=$status"
+exit $status
+"#
+    );
+
+    let run = run_in_lab("lab-console-hvc0", &script);
+
+    for line in [
+        "lab-script: boot log on hvc0 linux-version=1",
+        "lab-script: ticks after the burst advanced=yes",
+        "lab-script: watch saw the ticks live=yes",
+        "lab-script: stats answered",
+        "lab-script: watch exit=0",
+        "lab-script: writer exit=0",
+        "lab-script: writer live guest-ran=1",
     ] {
         assert!(
             run.output.contains(line),
