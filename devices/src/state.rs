@@ -46,7 +46,7 @@ use snapshot::{Known, Record, RecordType, kind};
 
 /// Every device record this crate reads, for `snapshot::Snapshot::parse` (with
 /// `arch::state::KNOWN` and whatever else the VMM reads).
-pub const KNOWN: [Known; 11] = [
+pub const KNOWN: [Known; 12] = [
     Known::new(kind::SERIAL, 1),
     Known::new(kind::I8042, 1),
     Known::new(kind::CMOS, 1),
@@ -58,6 +58,7 @@ pub const KNOWN: [Known; 11] = [
     crate::virtio::state::KNOWN[2],
     crate::virtio::state::KNOWN[3],
     crate::virtio::state::KNOWN[4],
+    crate::virtio::state::KNOWN[5],
 ];
 
 /// Why a device's state could not be saved, decoded, checked or restored. Each message is

@@ -2,7 +2,8 @@
 //! model implements to be saved and restored.
 //!
 //! One record per function, of kind `snapshot::kind::VIRTIO_PCI_BASE` + the virtio device
-//! type (net 0x0141, block 0x0142, console 0x0143, rng 0x0144, balloon 0x0145), holding everything the guest can see: the PCI configuration space and
+//! type (net 0x0141, block 0x0142, console 0x0143, rng 0x0144, balloon 0x0145, vsock
+//! 0x0153), holding everything the guest can see: the PCI configuration space and
 //! MSI-X state, the transport (features offered and acked, feature selects, device status,
 //! config generation, vectors, ISR, needs-reset), every queue's layout and ring positions,
 //! and the device's own state ([`VirtioDeviceState`]). The byte layout is in
@@ -33,6 +34,7 @@ use super::block::state::BlockState;
 use super::console::ConsoleState;
 use super::net::state::NetState;
 use super::queue::MAX_QUEUE_SIZE;
+use super::vsock::{VIRTIO_ID_VSOCK, VsockState};
 use super::worker::{DeviceWorker, Paused};
 use super::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -48,12 +50,13 @@ use crate::state::{StateError, decode_bool};
 pub const VIRTIO_RECORD_VERSION: u8 = 1;
 
 /// The device types whose records this code reads.
-pub const SNAPSHOT_DEVICE_TYPES: [u32; 5] = [
+pub const SNAPSHOT_DEVICE_TYPES: [u32; 6] = [
     VIRTIO_ID_NET,
     VIRTIO_ID_BLOCK,
     VIRTIO_ID_CONSOLE,
     VIRTIO_ID_RNG,
     VIRTIO_ID_BALLOON,
+    VIRTIO_ID_VSOCK,
 ];
 
 /// The kind of a virtio record of `device_type`, at compile time (types are small).
@@ -65,12 +68,13 @@ const fn kind_of(device_type: u32) -> u16 {
 }
 
 /// The records this module reads, for `snapshot::Snapshot::parse`.
-pub const KNOWN: [Known; 5] = [
+pub const KNOWN: [Known; 6] = [
     Known::new(kind_of(VIRTIO_ID_NET), VIRTIO_RECORD_VERSION),
     Known::new(kind_of(VIRTIO_ID_BLOCK), VIRTIO_RECORD_VERSION),
     Known::new(kind_of(VIRTIO_ID_CONSOLE), VIRTIO_RECORD_VERSION),
     Known::new(kind_of(VIRTIO_ID_RNG), VIRTIO_RECORD_VERSION),
     Known::new(kind_of(VIRTIO_ID_BALLOON), VIRTIO_RECORD_VERSION),
+    Known::new(kind_of(VIRTIO_ID_VSOCK), VIRTIO_RECORD_VERSION),
 ];
 
 /// Most queues a record may hold (the transport allows fewer).
@@ -91,7 +95,7 @@ pub fn device_name(device_type: u32) -> &'static str {
         VIRTIO_ID_CONSOLE => "virtio-console",
         VIRTIO_ID_RNG => "virtio-rng",
         VIRTIO_ID_BALLOON => "virtio-balloon",
-        19 => "virtio-vsock",
+        VIRTIO_ID_VSOCK => "virtio-vsock",
         _ => "virtio device",
     }
 }
@@ -139,6 +143,8 @@ pub enum VirtioDeviceState {
     Balloon(BalloonState),
     /// virtio-console.
     Console(ConsoleState),
+    /// virtio-vsock.
+    Vsock(VsockState),
 }
 
 impl VirtioDeviceState {
@@ -149,6 +155,7 @@ impl VirtioDeviceState {
             VirtioDeviceState::Net(s) => s.encode(enc),
             VirtioDeviceState::Balloon(s) => s.encode(enc),
             VirtioDeviceState::Console(s) => s.encode(enc),
+            VirtioDeviceState::Vsock(s) => s.encode(enc),
         }
     }
 
@@ -159,6 +166,7 @@ impl VirtioDeviceState {
             VIRTIO_ID_NET => Ok(VirtioDeviceState::Net(NetState::decode(dec)?)),
             VIRTIO_ID_BALLOON => Ok(VirtioDeviceState::Balloon(BalloonState::decode(dec)?)),
             VIRTIO_ID_CONSOLE => Ok(VirtioDeviceState::Console(ConsoleState::decode(dec)?)),
+            VIRTIO_ID_VSOCK => Ok(VirtioDeviceState::Vsock(VsockState::decode(dec)?)),
             _ => Err(StateError::Unsupported(device_name(device_type))),
         }
     }
