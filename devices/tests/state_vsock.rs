@@ -127,6 +127,17 @@ fn kernel_served(mem: &GuestMemoryMmap, fake: &Fake, rx: u16, tx: u16) {
         .unwrap();
 }
 
+/// The notifications pending on each queue's notify eventfd (the kernel rings' kick
+/// eventfds), read and so cleared.
+fn kicks(dev: &VirtioPciDevice) -> Vec<u64> {
+    dev.queue_notifiers()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|n| n.eventfd.read().unwrap_or(0))
+        .collect()
+}
+
 fn event_interrupts(dev: &VirtioPciDevice, mem: &GuestMemoryMmap) -> u64 {
     dev.queue_statuses()[2].snapshot(mem).interrupts
 }
@@ -156,8 +167,10 @@ fn pause_stops_the_backend_and_reads_the_bases_and_resume_only_runs_it_again() {
     // The event buffer stays posted: nothing is owed to the driver in the same process.
     assert_eq!(positions, vec![(5, 5, 5), (2, 2, 2), (0, 0, 0)]);
 
+    let _ = kicks(&a);
     a.resume().unwrap();
     assert_eq!(fake.take(), ["running 1"], "the rings have not moved");
+    assert_eq!(kicks(&a), [1, 1, 0], "and are looked at again");
     assert_eq!(rings[2].used_idx(&mem), 0, "no event after a mere resume");
     // Pausing again reads the bases again; dropping a paused device does not stop the
     // stopped backend a second time.
@@ -186,6 +199,8 @@ fn a_restored_device_resumes_the_rings_at_the_saved_bases_and_sends_a_transport_
     assert!(fake2.take().is_empty(), "checking touches nothing");
     b.apply_state(state).unwrap();
     assert_eq!(fake2.take(), set_up_calls(7, 3));
+    // Both kernel rings were kicked, so the backend looks at what the driver posted.
+    assert_eq!(kicks(&b), [1, 1, 0]);
     // The event went into the buffer the driver had posted, with an interrupt.
     rings[2].wait_used(&mem, 1);
     assert_eq!(rings[2].used_elem(&mem, 0), (u32::from(head), 4));

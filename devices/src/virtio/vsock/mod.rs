@@ -461,6 +461,15 @@ impl ActiveDevice for ActiveVsock {
             log::error!("{LOG_NAME}: cannot start vhost-vsock, device needs reset: {e}");
             self.interrupt.set_needs_reset();
         }
+        if self.running {
+            // vhost-vsock looks at a ring when kicked (and, on starting, at its own send
+            // queue only): buffers the driver posted before a snapshot, or before
+            // DRIVER_OK, whose kick the backend consumed while stopped or never got, would
+            // otherwise wait for the driver's next kick, which EVENT_IDX may withhold.
+            for queue in &self.rings {
+                let _ = queue.notify.write(1);
+            }
+        }
         self.send_reset_event();
     }
 
