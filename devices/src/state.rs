@@ -40,6 +40,11 @@
 //! instance; `check_state` every one; only if all pass, `apply_state` every one (legacy
 //! devices and the PCI root, then the virtio functions, which start their workers). A
 //! device without a record, or a record without a device, is the VMM's to refuse.
+//!
+//! A virtio-vsock device is rebuilt with the snapshot's guest CID (its check refuses
+//! another), which the host kernel gives to one VM at a time: the snapshotted VM must have
+//! let go of it (exited) before the restored one is built, or the build fails with "guest
+//! CID N is already in use". Its connections are not restored; the guest is told so.
 
 use snapshot::payload::{Decoder, Encoder};
 use snapshot::{Known, Record, RecordType, kind};
