@@ -40,13 +40,18 @@
 //! instance; `check_state` every one; only if all pass, `apply_state` every one (legacy
 //! devices and the PCI root, then the virtio functions, which start their workers). A
 //! device without a record, or a record without a device, is the VMM's to refuse.
+//!
+//! A virtio-vsock device is rebuilt with the snapshot's guest CID (its check refuses
+//! another), which the host kernel gives to one VM at a time: the snapshotted VM must have
+//! let go of it (exited) before the restored one is built, or the build fails with "guest
+//! CID N is already in use". Its connections are not restored; the guest is told so.
 
 use snapshot::payload::{Decoder, Encoder};
 use snapshot::{Known, Record, RecordType, kind};
 
 /// Every device record this crate reads, for `snapshot::Snapshot::parse` (with
 /// `arch::state::KNOWN` and whatever else the VMM reads).
-pub const KNOWN: [Known; 10] = [
+pub const KNOWN: [Known; 12] = [
     Known::new(kind::SERIAL, 1),
     Known::new(kind::I8042, 1),
     Known::new(kind::CMOS, 1),
@@ -57,6 +62,8 @@ pub const KNOWN: [Known; 10] = [
     crate::virtio::state::KNOWN[1],
     crate::virtio::state::KNOWN[2],
     crate::virtio::state::KNOWN[3],
+    crate::virtio::state::KNOWN[4],
+    crate::virtio::state::KNOWN[5],
 ];
 
 /// Why a device's state could not be saved, decoded, checked or restored. Each message is

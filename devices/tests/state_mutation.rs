@@ -219,3 +219,32 @@ fn mutated_virtio_records_never_panic_and_checking_has_no_side_effects() {
         assert_eq!(save(target), save(pristine));
     }
 }
+
+#[test]
+fn mutated_console_records_never_panic_and_are_canonical() {
+    use devices::virtio::console::Console;
+    let mut rng = Rng64(0x5eed_0143);
+    let mem = memory();
+    let console =
+        || Box::new(Console::new(Box::new(io::sink()), "console-mutation", || {}).unwrap());
+    let dev = console();
+    dev.input().offer(b"pending input");
+    let mut dev = transport(dev, &mem);
+    let (ty, good) = running_record(&mut dev, 2, 1 << 32);
+    let target = transport(console(), &mem);
+    let mut accepted = 0;
+    for _ in 0..4000 {
+        let bytes = mutate(&mut rng, &good);
+        let Ok((instance, s)) = state::decode_payload(ty, &bytes) else {
+            continue;
+        };
+        accepted += 1;
+        assert_eq!(
+            state::encode_record(instance, &s).unwrap().1,
+            bytes,
+            "canonical"
+        );
+        let _ = target.check_state(&s);
+    }
+    assert!(accepted > 100, "mutations reach past decoding ({accepted})");
+}

@@ -230,10 +230,10 @@ fn out_of_range_values_are_refused_when_decoded() {
             ..
         }))
     ));
-    let other = snapshot::RecordType::required(0x0143, 1);
+    let other = snapshot::RecordType::required(0x0150, 1);
     assert_eq!(
         decode(other, &good).unwrap_err().to_string(),
-        "virtio-pci cannot read a record of type 0x0143 version 1"
+        "virtio-pci cannot read a record of type 0x0150 version 1"
     );
 }
 

@@ -23,6 +23,12 @@
 //!
 //! Each worker turn serves at most [`MAX_CHAINS_PER_WAKE`] chains of a queue and then
 //! notifies itself, so a reset or the other queue waits at most one turn.
+//!
+//! **Snapshots.** The worker gives back both queues' positions (the device holds no chain
+//! between turns: each receive chain is filled and used at once), and the device's own
+//! part ([`ConsoleState`]) is the host input still waiting for the guest, at most
+//! [`INPUT_CAPACITY`] bytes; a restored device delivers it first. The counters start
+//! again from 0.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -33,12 +39,18 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+use snapshot::payload::{Decoder, Encoder};
+
 use super::log_limit::LogLimiter;
-use super::worker::{ActiveDevice, DeviceWorker, MAX_CHAINS_PER_WAKE, ServedQueue, lock};
+use super::state::VirtioDeviceState;
+use super::worker::{
+    ActiveDevice, DeviceWorker, MAX_CHAINS_PER_WAKE, SavedQueue, ServedQueue, lock,
+};
 use super::{
     ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_CONSOLE, VirtioDevice,
     read_config_bytes,
 };
+use crate::state::StateError;
 
 /// Size of each of the two queues.
 pub const CONSOLE_QUEUE_SIZE: u16 = 256;
@@ -240,6 +252,86 @@ impl VirtioDevice for Console {
     fn reset(&mut self) {
         self.worker.deactivate_for_reset();
     }
+
+    super::state::worker_snapshot_hooks!(LOG_NAME);
+}
+
+/// What a virtio-console record holds beyond the transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleState {
+    /// Host input offered but not yet delivered to the guest, oldest first (at most
+    /// [`INPUT_CAPACITY`] bytes).
+    pub pending_input: Vec<u8>,
+}
+
+impl ConsoleState {
+    /// The pending input's length (`u32`), then the bytes.
+    pub(crate) fn encode(&self, enc: &mut Encoder) {
+        // At most INPUT_CAPACITY bytes, far below u32::MAX.
+        enc.u32(u32::try_from(self.pending_input.len()).unwrap_or(u32::MAX));
+        enc.bytes(&self.pending_input);
+    }
+
+    pub(crate) fn decode(dec: &mut Decoder<'_>) -> Result<Self, StateError> {
+        let len = dec.u32()?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|len| *len <= INPUT_CAPACITY)
+            .ok_or_else(|| {
+                StateError::invalid(
+                    LOG_NAME,
+                    format!(
+                        "{len} bytes of pending input, more than the {INPUT_CAPACITY} it holds"
+                    ),
+                )
+            })?;
+        Ok(ConsoleState {
+            pending_input: dec.bytes(len)?.to_vec(),
+        })
+    }
+}
+
+impl Console {
+    fn save_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Console(ConsoleState {
+            pending_input: lock(&self.input.pending).iter().copied().collect(),
+        })
+    }
+
+    fn check_state(&self, saved: &VirtioDeviceState) -> Result<(), StateError> {
+        match saved {
+            // Its length was checked when it was decoded.
+            VirtioDeviceState::Console(_) => Ok(()),
+            _ => Err(StateError::invalid(
+                LOG_NAME,
+                "the saved state is another device's",
+            )),
+        }
+    }
+
+    /// Puts the saved input before anything already offered to this device (the bound
+    /// holds: what does not fit of the newer input is dropped, logged).
+    fn apply_state(&mut self, saved: VirtioDeviceState) {
+        let VirtioDeviceState::Console(saved) = saved else {
+            return;
+        };
+        let dropped = {
+            let mut pending = lock(&self.input.pending);
+            let newer: Vec<u8> = pending.drain(..).collect();
+            pending.extend(saved.pending_input.iter().take(INPUT_CAPACITY));
+            let room = INPUT_CAPACITY.saturating_sub(pending.len());
+            pending.extend(newer.iter().take(room));
+            newer.len().saturating_sub(room)
+        };
+        if dropped > 0 {
+            log::warn!("{LOG_NAME}: {dropped} bytes of input offered before the restore dropped");
+        }
+        if !lock(&self.input.pending).is_empty() {
+            // The worker looks at the input when it starts anyway; this covers a device
+            // restored inactive and activated later by the driver.
+            let _ = self.input.arrived.write(1);
+        }
+    }
 }
 
 /// The device while the driver drives it, on the worker.
@@ -283,6 +375,11 @@ impl ActiveDevice for ActiveConsole {
             }
             _ => {}
         }
+    }
+
+    /// Both queues as they stand: no chain is held between turns.
+    fn save_queues(&self) -> Option<Vec<SavedQueue>> {
+        Some(vec![self.receive.save(), self.transmit.save()])
     }
 }
 

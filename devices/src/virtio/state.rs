@@ -2,8 +2,8 @@
 //! model implements to be saved and restored.
 //!
 //! One record per function, of kind `snapshot::kind::VIRTIO_PCI_BASE` + the virtio device
-//! type (block 0x0142, net 0x0141, rng 0x0144, balloon 0x0145; console and vsock get theirs
-//! the same way), holding everything the guest can see: the PCI configuration space and
+//! type (net 0x0141, block 0x0142, console 0x0143, rng 0x0144, balloon 0x0145, vsock
+//! 0x0153), holding everything the guest can see: the PCI configuration space and
 //! MSI-X state, the transport (features offered and acked, feature selects, device status,
 //! config generation, vectors, ISR, needs-reset), every queue's layout and ring positions,
 //! and the device's own state ([`VirtioDeviceState`]). The byte layout is in
@@ -23,7 +23,7 @@
 //! [`VirtioDevice`](super::VirtioDevice) (all with defaults that refuse, naming the device,
 //! so a model without snapshot support fails a snapshot clearly instead of losing state)
 //! and through [`ActiveDevice::save_queues`](super::worker::ActiveDevice::save_queues) on
-//! its worker. A new model (virtio-console, vhost-vsock) adds its variant to
+//! its worker. A new model adds its variant to
 //! [`VirtioDeviceState`] and implements those.
 
 use snapshot::payload::{Decoder, Encoder};
@@ -31,13 +31,15 @@ use snapshot::{Known, Record, RecordType, kind};
 
 use super::balloon::state::BalloonState;
 use super::block::state::BlockState;
+use super::console::ConsoleState;
 use super::net::state::NetState;
 use super::queue::MAX_QUEUE_SIZE;
+use super::vsock::{VIRTIO_ID_VSOCK, VsockState};
 use super::worker::{DeviceWorker, Paused};
 use super::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_F_VERSION_1, VIRTIO_ID_BALLOON,
-    VIRTIO_ID_BLOCK, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_MSI_NO_VECTOR,
+    VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_NET, VIRTIO_ID_RNG, VIRTIO_MSI_NO_VECTOR,
 };
 use crate::pci::MsixState;
 use crate::pci::config::CONFIG_SPACE_SIZE;
@@ -48,11 +50,13 @@ use crate::state::{StateError, decode_bool};
 pub const VIRTIO_RECORD_VERSION: u8 = 1;
 
 /// The device types whose records this code reads.
-pub const SNAPSHOT_DEVICE_TYPES: [u32; 4] = [
+pub const SNAPSHOT_DEVICE_TYPES: [u32; 6] = [
     VIRTIO_ID_NET,
     VIRTIO_ID_BLOCK,
+    VIRTIO_ID_CONSOLE,
     VIRTIO_ID_RNG,
     VIRTIO_ID_BALLOON,
+    VIRTIO_ID_VSOCK,
 ];
 
 /// The kind of a virtio record of `device_type`, at compile time (types are small).
@@ -64,11 +68,13 @@ const fn kind_of(device_type: u32) -> u16 {
 }
 
 /// The records this module reads, for `snapshot::Snapshot::parse`.
-pub const KNOWN: [Known; 4] = [
+pub const KNOWN: [Known; 6] = [
     Known::new(kind_of(VIRTIO_ID_NET), VIRTIO_RECORD_VERSION),
     Known::new(kind_of(VIRTIO_ID_BLOCK), VIRTIO_RECORD_VERSION),
+    Known::new(kind_of(VIRTIO_ID_CONSOLE), VIRTIO_RECORD_VERSION),
     Known::new(kind_of(VIRTIO_ID_RNG), VIRTIO_RECORD_VERSION),
     Known::new(kind_of(VIRTIO_ID_BALLOON), VIRTIO_RECORD_VERSION),
+    Known::new(kind_of(VIRTIO_ID_VSOCK), VIRTIO_RECORD_VERSION),
 ];
 
 /// Most queues a record may hold (the transport allows fewer).
@@ -86,10 +92,10 @@ pub fn device_name(device_type: u32) -> &'static str {
     match device_type {
         VIRTIO_ID_NET => "virtio-net",
         VIRTIO_ID_BLOCK => "virtio-blk",
-        3 => "virtio-console",
+        VIRTIO_ID_CONSOLE => "virtio-console",
         VIRTIO_ID_RNG => "virtio-rng",
         VIRTIO_ID_BALLOON => "virtio-balloon",
-        19 => "virtio-vsock",
+        VIRTIO_ID_VSOCK => "virtio-vsock",
         _ => "virtio device",
     }
 }
@@ -135,6 +141,10 @@ pub enum VirtioDeviceState {
     Net(NetState),
     /// virtio-balloon.
     Balloon(BalloonState),
+    /// virtio-console.
+    Console(ConsoleState),
+    /// virtio-vsock.
+    Vsock(VsockState),
 }
 
 impl VirtioDeviceState {
@@ -144,6 +154,8 @@ impl VirtioDeviceState {
             VirtioDeviceState::Block(s) => s.encode(enc),
             VirtioDeviceState::Net(s) => s.encode(enc),
             VirtioDeviceState::Balloon(s) => s.encode(enc),
+            VirtioDeviceState::Console(s) => s.encode(enc),
+            VirtioDeviceState::Vsock(s) => s.encode(enc),
         }
     }
 
@@ -153,6 +165,8 @@ impl VirtioDeviceState {
             VIRTIO_ID_BLOCK => Ok(VirtioDeviceState::Block(BlockState::decode(dec)?)),
             VIRTIO_ID_NET => Ok(VirtioDeviceState::Net(NetState::decode(dec)?)),
             VIRTIO_ID_BALLOON => Ok(VirtioDeviceState::Balloon(BalloonState::decode(dec)?)),
+            VIRTIO_ID_CONSOLE => Ok(VirtioDeviceState::Console(ConsoleState::decode(dec)?)),
+            VIRTIO_ID_VSOCK => Ok(VirtioDeviceState::Vsock(VsockState::decode(dec)?)),
             _ => Err(StateError::Unsupported(device_name(device_type))),
         }
     }

@@ -74,9 +74,16 @@ pub trait ActiveDevice: Send {
     /// [`handle_event`]: ActiveDevice::handle_event
     fn event_sources(&self) -> Vec<(RawFd, u32)>;
 
-    /// Called once on activation, before any event: the driver may have posted buffers
-    /// before the notification that DRIVER_OK's queue setup implies.
+    /// Called on activation, before any event: the driver may have posted buffers before
+    /// the notification that DRIVER_OK's queue setup implies. Called again when the worker
+    /// resumes the device after a pause ([`DeviceWorker::resume`]).
     fn start(&mut self);
+
+    /// Called on the worker when it pauses the device, before
+    /// [`save_queues`](ActiveDevice::save_queues): a device whose queues something else
+    /// serves (the kernel's vhost) stops that here, so the positions it then gives stay
+    /// put. Nothing by default: a paused device's notifications already go unwatched.
+    fn pause(&mut self) {}
 
     /// The descriptor registered under `token` is readable.
     fn handle_event(&mut self, token: u32);
@@ -414,10 +421,11 @@ fn pause(
     parked: &mut Option<Box<dyn ActiveDevice>>,
     epoll: &Epoll,
 ) -> Option<Option<Vec<SavedQueue>>> {
-    if let Some(device) = active.take() {
+    if let Some(mut device) = active.take() {
         for (fd, _) in device.event_sources() {
             let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
         }
+        device.pause();
         *parked = Some(device);
     }
     parked.as_ref().map(|device| device.save_queues())

@@ -5,8 +5,7 @@
 //! handed to vhost-vsock, which reads the driver's notifications straight from the queues'
 //! notify eventfds (the ones the transport registered as KVM ioeventfds) and signals a call
 //! eventfd when it has used buffers. The event queue (2) stays the VMM's: its buffers are
-//! kept for the one event a future restore sends (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`);
-//! nothing is sent on it today.
+//! kept for the one event a restore sends (`VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`).
 //!
 //! - The CID is given to the kernel when the device is built
 //!   (`VHOST_VSOCK_SET_GUEST_CID`), so a CID another VM holds fails `vmm run` at start
@@ -26,24 +25,36 @@
 //! - A setup that fails (the kernel refuses a ring, say) is logged and reported to the
 //!   driver as DEVICE_NEEDS_RESET.
 //!
+//! Snapshots (the record's device part and the hooks are in [`state`]): as in Firecracker,
+//! connections do not survive a restore. A pause stops the backend
+//! (`VHOST_VSOCK_SET_RUNNING` 0) and reads where the kernel is in queues 0 and 1
+//! (`VHOST_GET_VRING_BASE`; the used index is in guest memory); a resume in the same
+//! process sets it running again, on rings that have not moved. A restored device sets the
+//! backend up at the saved positions and then sends one `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`
+//! in a buffer the driver posted on the event queue (at once, or when the driver posts
+//! one), so the guest drops its connections, which the new backend does not know, and
+//! reads the CID again.
+//!
 //! The memory table covers the guest memory the device was activated with (guest RAM);
 //! memory registered later through the control socket is not in it, so buffers placed
 //! there cannot be used by vhost-vsock (the guest's own driver never does that).
 
+pub mod state;
 pub mod vhost;
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-pub use vhost::{VhostError, VhostMemoryRegion, VhostVsock};
+pub use state::VsockState;
+pub use vhost::{VhostBackend, VhostError, VhostMemoryRegion, VhostVsock};
 
-use super::worker::{ActiveDevice, DeviceWorker, ServedQueue};
+use super::worker::{ActiveDevice, DeviceWorker, SavedQueue, ServedQueue, lock};
 use super::{
     ActivateError, ActiveQueue, Interrupt, TRANSPORT_FEATURES, VirtioDevice, read_config_bytes,
 };
@@ -160,13 +171,18 @@ pub fn open_vhost_vsock(path: &Path) -> Result<File, VsockError> {
 #[derive(Debug)]
 pub struct Vsock {
     cid: u64,
-    vhost: Arc<VhostVsock>,
+    vhost: Arc<dyn VhostBackend>,
     /// What the kernel's vhost-vsock implements.
     backend_features: u64,
     acked_features: u64,
     /// The call eventfds of queues 0 and 1, made once with the device (so activation,
     /// on a vCPU thread, creates no descriptor).
     calls: Arc<[EventFd; 2]>,
+    /// Why the last pause could not stop the backend or read its positions, if it could
+    /// not (written on the worker, read by [`VirtioDevice::pause`]).
+    pause_error: Arc<Mutex<Option<String>>>,
+    /// A restore happened: the next activation sends the driver a transport reset.
+    reset_event: bool,
     worker: DeviceWorker,
 }
 
@@ -195,16 +211,33 @@ impl Vsock {
                 VsockError::Cid { cid, source }
             }
         })?;
+        Vsock::with_backend(Arc::new(vhost), cid, backend_features, name, start)
+    }
+
+    /// A device on a `backend` that already has the guest's `cid` and implements
+    /// `backend_features` (which must include the transport's ring features): nothing is
+    /// asked of it until the driver activates the device. For a backend other than the
+    /// kernel's, such as the recording fake of the tests (there is no vhost-vsock where
+    /// they run).
+    pub fn with_backend(
+        backend: Arc<dyn VhostBackend>,
+        cid: u64,
+        backend_features: u64,
+        name: &str,
+        start: impl FnOnce() + Send + 'static,
+    ) -> Result<Vsock, VsockError> {
         let calls = [
             EventFd::new(EFD_NONBLOCK).map_err(VsockError::Worker)?,
             EventFd::new(EFD_NONBLOCK).map_err(VsockError::Worker)?,
         ];
         Ok(Vsock {
             cid,
-            vhost: Arc::new(vhost),
+            vhost: backend,
             backend_features,
             acked_features: 0,
             calls: Arc::new(calls),
+            pause_error: Arc::new(Mutex::new(None)),
+            reset_event: false,
             worker: DeviceWorker::spawn(name, start).map_err(VsockError::Worker)?,
         })
     }
@@ -213,17 +246,14 @@ impl Vsock {
     /// that is not vhost-vsock).
     #[cfg(test)]
     fn unchecked(file: File, cid: u64, backend_features: u64) -> Vsock {
-        Vsock {
+        Vsock::with_backend(
+            Arc::new(VhostVsock::new(file)),
             cid,
-            vhost: Arc::new(VhostVsock::new(file)),
             backend_features,
-            acked_features: 0,
-            calls: Arc::new([
-                EventFd::new(EFD_NONBLOCK).unwrap(),
-                EventFd::new(EFD_NONBLOCK).unwrap(),
-            ]),
-            worker: DeviceWorker::spawn("virtio-vsock-test", || {}).unwrap(),
-        }
+            "virtio-vsock-test",
+            || {},
+        )
+        .unwrap()
     }
 
     /// The guest's CID.
@@ -290,6 +320,11 @@ impl VirtioDevice for Vsock {
             event,
             calls: self.calls.clone(),
             running: false,
+            configured: false,
+            paused_at: None,
+            pause_error: self.pause_error.clone(),
+            // Sent once, by the first activation after the restore.
+            reset_event: std::mem::take(&mut self.reset_event),
         };
         self.worker
             .activate(Box::new(active))
@@ -302,13 +337,43 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.acked_features = 0;
+        self.reset_event = false;
         self.worker.deactivate_for_reset();
+    }
+
+    fn pause(&mut self) -> Result<super::worker::Paused, crate::state::StateError> {
+        self.pause_for_snapshot()
+    }
+
+    fn resume(&mut self) -> Result<(), crate::state::StateError> {
+        super::state::resume_worker(LOG_NAME, &self.worker)
+    }
+
+    fn save_device_state(
+        &self,
+    ) -> Result<super::state::VirtioDeviceState, crate::state::StateError> {
+        Ok(self.save_state())
+    }
+
+    fn check_device_state(
+        &self,
+        saved: &super::state::VirtioDeviceState,
+    ) -> Result<(), crate::state::StateError> {
+        self.check_state(saved)
+    }
+
+    fn apply_device_state(
+        &mut self,
+        saved: super::state::VirtioDeviceState,
+    ) -> Result<(), crate::state::StateError> {
+        self.apply_state(saved);
+        Ok(())
     }
 }
 
 /// The device while the driver drives it, on the worker. Dropping it stops the backend.
 struct ActiveVsock {
-    vhost: Arc<VhostVsock>,
+    vhost: Arc<dyn VhostBackend>,
     features: u64,
     mem: Arc<GuestMemoryMmap>,
     interrupt: Arc<dyn Interrupt>,
@@ -320,6 +385,15 @@ struct ActiveVsock {
     calls: Arc<[EventFd; 2]>,
     /// Whether `VHOST_VSOCK_SET_RUNNING` 1 succeeded (so a drop must stop the backend).
     running: bool,
+    /// The backend has the rings (set up once per activation): a resume after a pause
+    /// only sets it running again.
+    configured: bool,
+    /// What the last pause found: queues 0 and 1 where the backend stopped, or why not.
+    paused_at: Option<Result<[SavedQueue; 2], String>>,
+    /// Where a failed pause says why, for [`Vsock`].
+    pause_error: Arc<Mutex<Option<String>>>,
+    /// A `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET` is owed to the driver (after a restore).
+    reset_event: bool,
 }
 
 impl ActiveVsock {
@@ -341,6 +415,7 @@ impl ActiveVsock {
             let _ = call.read();
             vhost.set_vring_call(index, call.as_raw_fd())?;
         }
+        self.configured = true;
         vhost.set_running(true)?;
         self.running = true;
         Ok(())
@@ -372,19 +447,58 @@ impl ActiveDevice for ActiveVsock {
     }
 
     fn start(&mut self) {
-        if let Err(e) = self.set_up() {
+        self.paused_at = None;
+        if self.configured {
+            // Resumed after a pause: the rings are where the backend stopped.
+            match self.vhost.set_running(true) {
+                Ok(()) => self.running = true,
+                Err(e) => {
+                    log::error!("{LOG_NAME}: cannot restart vhost-vsock, device needs reset: {e}");
+                    self.interrupt.set_needs_reset();
+                }
+            }
+        } else if let Err(e) = self.set_up() {
             log::error!("{LOG_NAME}: cannot start vhost-vsock, device needs reset: {e}");
             self.interrupt.set_needs_reset();
         }
+        if self.running {
+            // vhost-vsock looks at a ring when kicked (and, on starting, at its own send
+            // queue only): buffers the driver posted before a snapshot, or before
+            // DRIVER_OK, whose kick the backend consumed while stopped or never got, would
+            // otherwise wait for the driver's next kick, which EVENT_IDX may withhold.
+            for queue in &self.rings {
+                let _ = queue.notify.write(1);
+            }
+        }
+        self.send_reset_event();
+    }
+
+    fn pause(&mut self) {
+        let found = self.stop_and_locate();
+        *lock(&self.pause_error) = found.as_ref().err().cloned();
+        self.paused_at = Some(found);
+    }
+
+    /// Queues 0 and 1 where the backend stopped, and the event queue, whose buffers are
+    /// never taken except for the reset event (which is sent whole or not at all).
+    fn save_queues(&self) -> Option<Vec<SavedQueue>> {
+        let Some(Ok(rings)) = &self.paused_at else {
+            return None;
+        };
+        let mut saved = rings.to_vec();
+        saved.extend(self.event.as_ref().map(ServedQueue::save));
+        Some(saved)
     }
 
     fn handle_event(&mut self, token: u32) {
         match token {
             EVENT_TOKEN => {
-                // The driver posted event buffers: they stay available for an event.
+                // The driver posted event buffers: they stay available for an event, and
+                // take the one owed, if any.
                 if let Some(event) = &self.event {
                     event.clear_notification();
                 }
+                self.send_reset_event();
             }
             _ => self.relay(usize::try_from(token).unwrap_or(usize::MAX)),
         }

@@ -5,6 +5,10 @@
 //! `<linux/vhost_types.h>` (stable UAPI since vhost-vsock appeared in Linux 4.8); the unit
 //! tests pin the numbers, which `seccomp/policies/virtio_vsock.json` repeats.
 //!
+//! The calls the device's worker makes are also the [`VhostBackend`] trait, which
+//! [`VhostVsock`] implements, so the device's unit tests can stand a recording fake in for
+//! the kernel (there is no `/dev/vhost-vsock` where they run).
+//!
 //! `VHOST_SET_OWNER` binds the device to the calling process's memory and may be done once
 //! per open file (a second one fails with `EBUSY`): [`VhostVsock::set_owner_once`] keeps
 //! track, so a device that the driver resets and reactivates sets its owner once only.
@@ -19,7 +23,7 @@ use vmm_sys_util::ioctl::{ioctl, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_
 #[allow(missing_docs)]
 mod requests {
     use super::{VhostMemoryHeader, VhostVringAddr, VhostVringFile, VhostVringState};
-    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+    use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
     /// The vhost ioctl type (`VHOST_VIRTIO` in `<linux/vhost.h>`).
     const VHOST_VIRTIO: u32 = 0xAF;
@@ -31,6 +35,7 @@ mod requests {
     ioctl_iow_nr!(VHOST_SET_VRING_NUM, VHOST_VIRTIO, 0x10, VhostVringState);
     ioctl_iow_nr!(VHOST_SET_VRING_ADDR, VHOST_VIRTIO, 0x11, VhostVringAddr);
     ioctl_iow_nr!(VHOST_SET_VRING_BASE, VHOST_VIRTIO, 0x12, VhostVringState);
+    ioctl_iowr_nr!(VHOST_GET_VRING_BASE, VHOST_VIRTIO, 0x12, VhostVringState);
     ioctl_iow_nr!(VHOST_SET_VRING_KICK, VHOST_VIRTIO, 0x20, VhostVringFile);
     ioctl_iow_nr!(VHOST_SET_VRING_CALL, VHOST_VIRTIO, 0x21, VhostVringFile);
     ioctl_iow_nr!(VHOST_VSOCK_SET_GUEST_CID, VHOST_VIRTIO, 0x60, u64);
@@ -119,6 +124,64 @@ impl VhostError {
     /// The errno the kernel returned, if any.
     pub fn errno(&self) -> Option<i32> {
         self.source.raw_os_error()
+    }
+}
+
+/// The vhost calls the device's worker makes (everything but the CID and the feature
+/// query, which happen once when the device is built); see [`VhostVsock`] for each.
+pub trait VhostBackend: Send + Sync + std::fmt::Debug {
+    /// `VHOST_SET_OWNER`, once per open file.
+    fn set_owner_once(&self) -> Result<(), VhostError>;
+    /// `VHOST_SET_FEATURES`.
+    fn set_features(&self, features: u64) -> Result<(), VhostError>;
+    /// `VHOST_SET_MEM_TABLE`.
+    fn set_mem_table(&self, regions: &[VhostMemoryRegion]) -> Result<(), VhostError>;
+    /// `VHOST_SET_VRING_NUM`.
+    fn set_vring_num(&self, index: u32, size: u16) -> Result<(), VhostError>;
+    /// `VHOST_SET_VRING_BASE`.
+    fn set_vring_base(&self, index: u32, next_avail: u16) -> Result<(), VhostError>;
+    /// `VHOST_GET_VRING_BASE`.
+    fn get_vring_base(&self, index: u32) -> Result<u16, VhostError>;
+    /// `VHOST_SET_VRING_ADDR`.
+    fn set_vring_addr(&self, index: u32, rings: RingAddresses) -> Result<(), VhostError>;
+    /// `VHOST_SET_VRING_KICK`.
+    fn set_vring_kick(&self, index: u32, fd: RawFd) -> Result<(), VhostError>;
+    /// `VHOST_SET_VRING_CALL`.
+    fn set_vring_call(&self, index: u32, fd: RawFd) -> Result<(), VhostError>;
+    /// `VHOST_VSOCK_SET_RUNNING`.
+    fn set_running(&self, running: bool) -> Result<(), VhostError>;
+}
+
+impl VhostBackend for VhostVsock {
+    fn set_owner_once(&self) -> Result<(), VhostError> {
+        VhostVsock::set_owner_once(self)
+    }
+    fn set_features(&self, features: u64) -> Result<(), VhostError> {
+        VhostVsock::set_features(self, features)
+    }
+    fn set_mem_table(&self, regions: &[VhostMemoryRegion]) -> Result<(), VhostError> {
+        VhostVsock::set_mem_table(self, regions)
+    }
+    fn set_vring_num(&self, index: u32, size: u16) -> Result<(), VhostError> {
+        VhostVsock::set_vring_num(self, index, size)
+    }
+    fn set_vring_base(&self, index: u32, next_avail: u16) -> Result<(), VhostError> {
+        VhostVsock::set_vring_base(self, index, next_avail)
+    }
+    fn get_vring_base(&self, index: u32) -> Result<u16, VhostError> {
+        VhostVsock::get_vring_base(self, index)
+    }
+    fn set_vring_addr(&self, index: u32, rings: RingAddresses) -> Result<(), VhostError> {
+        VhostVsock::set_vring_addr(self, index, rings)
+    }
+    fn set_vring_kick(&self, index: u32, fd: RawFd) -> Result<(), VhostError> {
+        VhostVsock::set_vring_kick(self, index, fd)
+    }
+    fn set_vring_call(&self, index: u32, fd: RawFd) -> Result<(), VhostError> {
+        VhostVsock::set_vring_call(self, index, fd)
+    }
+    fn set_running(&self, running: bool) -> Result<(), VhostError> {
+        VhostVsock::set_running(self, running)
     }
 }
 
@@ -241,6 +304,20 @@ impl VhostVsock {
         check("VHOST_SET_VRING_BASE", ret)
     }
 
+    /// `VHOST_GET_VRING_BASE`: the next available index the backend would take from queue
+    /// `index` (for a split ring, the low 16 bits; the kernel keeps the used index in
+    /// guest memory). Read with the backend stopped, so it stays put.
+    pub fn get_vring_base(&self, index: u32) -> Result<u16, VhostError> {
+        let mut state = VhostVringState { index, num: 0 };
+        // SAFETY: VHOST_GET_VRING_BASE reads the index from and writes one
+        // vhost_vring_state to the pointer, which `state` provides for the call.
+        let ret = unsafe { ioctl_with_mut_ref(&self.file, VHOST_GET_VRING_BASE(), &mut state) };
+        check("VHOST_GET_VRING_BASE", ret)?;
+        // A split ring's index is 16 bits; the kernel puts nothing else in `num` for one
+        // (packed rings, which add the used index in the high half, are not offered).
+        Ok((state.num & 0xffff) as u16)
+    }
+
     /// `VHOST_SET_VRING_ADDR`: where queue `index`'s rings are mapped in this process.
     pub fn set_vring_addr(&self, index: u32, rings: RingAddresses) -> Result<(), VhostError> {
         let addr = VhostVringAddr {
@@ -307,7 +384,7 @@ mod tests {
     /// the worker's seccomp policy lists as literals.
     #[test]
     fn request_numbers_match_the_kernel_headers_and_the_seccomp_policy() {
-        let expected: [(&str, libc::c_ulong, libc::c_ulong); 11] = [
+        let expected: [(&str, libc::c_ulong, libc::c_ulong); 12] = [
             ("VHOST_GET_FEATURES", VHOST_GET_FEATURES(), 0x8008_af00),
             ("VHOST_SET_FEATURES", VHOST_SET_FEATURES(), 0x4008_af00),
             ("VHOST_SET_OWNER", VHOST_SET_OWNER(), 0xaf01),
@@ -315,6 +392,7 @@ mod tests {
             ("VHOST_SET_VRING_NUM", VHOST_SET_VRING_NUM(), 0x4008_af10),
             ("VHOST_SET_VRING_ADDR", VHOST_SET_VRING_ADDR(), 0x4028_af11),
             ("VHOST_SET_VRING_BASE", VHOST_SET_VRING_BASE(), 0x4008_af12),
+            ("VHOST_GET_VRING_BASE", VHOST_GET_VRING_BASE(), 0xc008_af12),
             ("VHOST_SET_VRING_KICK", VHOST_SET_VRING_KICK(), 0x4008_af20),
             ("VHOST_SET_VRING_CALL", VHOST_SET_VRING_CALL(), 0x4008_af21),
             (
