@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::lab::{base64, require_lab, run_in_lab, start_vmm};
+use common::lab::{WAIT_IN, base64, require_lab, run_in_lab, start_vmm};
 
 #[test]
 fn vmm_console_shows_a_linux_guests_boot_log_and_types_a_line_into_it() {
@@ -73,21 +73,6 @@ exit $status
     }
     run.assert_vmm_exited_0();
 }
-
-/// Waits (at most `$2` tenths of a second) until file `$1` holds text `$3`; otherwise
-/// prints why and ends the run with status 91, or 92 at once when vmm has exited.
-const WAIT_IN: &str = r#"wait_in() {
-    i=0
-    until grep -q -- "$3" "$1" 2>/dev/null; do
-        i=$((i + 1))
-        if [ $i -gt "$2" ]; then echo "lab-script: never saw '$3' in $1"; kill $vmm; exit 91; fi
-        if ! kill -0 $vmm 2>/dev/null; then
-            wait $vmm; echo "lab-script: vmm exited with $? before '$3' showed in $1"; exit 92
-        fi
-        sleep 0.1
-    done
-}
-"#;
 
 #[test]
 fn on_hvc0_the_ring_the_writer_and_a_stalled_reader_behave() {

@@ -218,6 +218,21 @@ pub fn run_in_lab(name: &str, script: &str) -> LabRun {
     )
 }
 
+/// A lab-script shell function: waits (at most `$2` tenths of a second) until file `$1` holds text `$3`; otherwise
+/// prints why and ends the run with status 91, or 92 at once when vmm has exited.
+pub const WAIT_IN: &str = r#"wait_in() {
+    i=0
+    until grep -q -- "$3" "$1" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -gt "$2" ]; then echo "lab-script: never saw '$3' in $1"; kill $vmm; exit 91; fi
+        if ! kill -0 $vmm 2>/dev/null; then
+            wait $vmm; echo "lab-script: vmm exited with $? before '$3' showed in $1"; exit 92
+        fi
+        sleep 0.1
+    done
+}
+"#;
+
 /// What tools/lab prints when the outer VM itself went away mid-run (exit status 125).
 const OUTER_VM_DIED: &str = "lab: outer VM ended";
 /// What vmm logs when its guest triple-faults; in the lab that is the emulator's doing
