@@ -362,6 +362,10 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
             Some(fd) => vm.console_attach(fd, flags),
             None => Response::error(ErrorKind::ExpectFd, libc::EBADF),
         }),
+        // Wired in the next step.
+        Request::Snapshot { .. } => {
+            Outcome::Reply(Response::error(ErrorKind::Unsupported, libc::EOPNOTSUPP))
+        }
         // Answered by vm_control before `execute` is reached.
         Request::GetVersion => Outcome::Reply(Response::version()),
         Request::Subscribe => Outcome::Reply(Response::Ok),
