@@ -38,6 +38,7 @@ use crate::consoles::{self, ConsoleOutputs, StdinConsole};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 use crate::opened::{DiskFile, HostFiles};
+use crate::snapshot::save::SnapshotDevices;
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
 /// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
@@ -53,6 +54,12 @@ const PCI_CONFIG_DATA_OFFSET: u64 = 4;
 /// The serial port's ISA interrupt line.
 const COM1_PORT: u64 = 0x3f8;
 const COM1_GSI: u32 = 4;
+/// COM1's instance number in snapshot records: its port base.
+const COM1_INSTANCE: u32 = 0x3f8;
+/// The i8042's, the CMOS's and the reset control register's port bases.
+const I8042_PORT: u64 = 0x60;
+const CMOS_PORT: u64 = 0x70;
+const RESET_PORT: u64 = 0xcf9;
 
 /// The virtio-console's worker thread.
 const VIRTIO_CONSOLE: &str = "virtio-console";
@@ -163,6 +170,8 @@ pub struct Vm {
     /// `--console-ring 0`. Every console output of the VM is tapped into this one ring.
     pub console_ring: Option<Arc<ConsoleRing>>,
     pub virtio: VirtioHandles,
+    /// Every device with state, for snapshots and restores.
+    pub devices: SnapshotDevices,
 }
 
 /// What the control socket keeps of the virtio devices once they run.
@@ -238,14 +247,24 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             hvc_output,
             vsock,
         };
-        let (pci_root, virtio, hvc_input) =
+        let (pci_root, virtio, hvc_input, transports) =
             create_pci(config, devices, &vm_fd, &memory, &mmio_bus)?;
         // Host input (stdin, an attached `vmm console` writer) goes to the console stdin
         // would feed; with neither console on stdio, to the virtio-console if there is one.
         if matches!(outputs.stdin, Some(StdinConsole::Virtio) | None) {
             console.virtio_input = hvc_input;
         }
-        let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
+        let (pio_bus, legacy) = create_pio_bus(config, &requests, &console, pci_root)?;
+        let pio_bus = Arc::new(pio_bus);
+        let devices = SnapshotDevices {
+            serial: (COM1_INSTANCE, console.serial.clone()),
+            i8042: legacy.i8042,
+            cmos: legacy.cmos,
+            acpi_pm: legacy.acpi_pm,
+            reset: legacy.reset,
+            pci_root: legacy.pci_root,
+            virtio: transports,
+        };
         let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
 
@@ -269,6 +288,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             hvc_writer: outputs.hvc_writer,
             console_ring,
             virtio,
+            devices,
         })
     })
 }
@@ -455,38 +475,58 @@ fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
     Ok(console)
 }
 
+/// The legacy devices on the port bus besides the UART, kept typed for snapshots, each
+/// with its instance number (its port base).
+struct LegacyDevices {
+    i8042: (u32, Arc<Mutex<I8042>>),
+    cmos: (u32, Arc<Mutex<Cmos>>),
+    acpi_pm: (u32, Arc<Mutex<AcpiPm>>),
+    reset: (u32, Arc<Mutex<ResetControl>>),
+    pci_root: Arc<Mutex<PciRoot>>,
+}
+
 fn create_pio_bus(
     config: &VmConfig,
     requests: &GuestRequests,
     console: &Console,
     pci_root: PciRoot,
-) -> Result<Bus> {
+) -> Result<(Bus, LegacyDevices)> {
     let clone = |evt: &EventFd| evt.try_clone().map_err(BuildError::EventFd);
     let bus = Bus::new();
     bus.insert(console.serial.clone(), COM1_PORT, 8)?;
-    bus.insert(shared(I8042::new(clone(&requests.reset)?)), 0x60, 5)?;
-    let cmos = Cmos::new(
+    let i8042 = Arc::new(Mutex::new(I8042::new(clone(&requests.reset)?)));
+    bus.insert(i8042.clone(), I8042_PORT, 5)?;
+    let cmos = Arc::new(Mutex::new(Cmos::new(
         layout::ram_below_4g(config.mem_bytes),
         layout::ram_above_4g(config.mem_bytes),
-    );
-    bus.insert(shared(cmos), 0x70, 2)?;
-    bus.insert(
-        shared(AcpiPm::new(clone(&requests.poweroff)?)),
-        u64::from(devices::acpi_pm::PM1A_EVT_BLK_PORT),
-        8,
-    )?;
-    bus.insert(shared(ResetControl::new(clone(&requests.reset)?)), 0xcf9, 1)?;
+    )));
+    bus.insert(cmos.clone(), CMOS_PORT, 2)?;
+    let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(clone(&requests.poweroff)?)));
+    let pm_port = devices::acpi_pm::PM1A_EVT_BLK_PORT;
+    bus.insert(acpi_pm.clone(), u64::from(pm_port), 8)?;
+    let reset = Arc::new(Mutex::new(ResetControl::new(clone(&requests.reset)?)));
+    bus.insert(reset.clone(), RESET_PORT, 1)?;
     // Configuration mechanism #1 shares its ports with the reset register, as on real
     // chipsets: dword accesses at 0xCF8 are the address register, 0xCF9 is the reset
     // control register, and 0xCFC-0xCFF are the data window.
-    let pci_root = shared(pci_root);
-    bus.insert(pci_root.clone(), PCI_CONFIG_IO_BASE, 1)?;
+    let pci_root = Arc::new(Mutex::new(pci_root));
+    let pci_root_bus: Arc<Mutex<dyn BusDevice>> = pci_root.clone();
+    bus.insert(pci_root_bus.clone(), PCI_CONFIG_IO_BASE, 1)?;
     bus.insert(
-        shared(BusWindow::new(pci_root, PCI_CONFIG_DATA_OFFSET)),
+        shared(BusWindow::new(pci_root_bus, PCI_CONFIG_DATA_OFFSET)),
         PCI_CONFIG_IO_BASE + PCI_CONFIG_DATA_OFFSET,
         PCI_CONFIG_IO_LEN - PCI_CONFIG_DATA_OFFSET,
     )?;
-    Ok(bus)
+    // The ports are 16-bit constants: the instance numbers are exact.
+    let instance = |port: u64| u32::try_from(port).unwrap_or(u32::MAX);
+    let legacy = LegacyDevices {
+        i8042: (instance(I8042_PORT), i8042),
+        cmos: (instance(CMOS_PORT), cmos),
+        acpi_pm: (u32::from(pm_port), acpi_pm),
+        reset: (instance(RESET_PORT), reset),
+        pci_root,
+    };
+    Ok((bus, legacy))
 }
 
 /// What the virtio devices are built from, besides the configuration: the host files
@@ -511,7 +551,7 @@ fn create_pci(
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
-) -> Result<(PciRoot, VirtioHandles, Option<HostInput>)> {
+) -> Result<(PciRoot, VirtioHandles, Option<HostInput>, Transports)> {
     let PciDevices {
         disks,
         taps,
@@ -527,6 +567,7 @@ fn create_pci(
         memory,
         mmio_bus,
         intx_lines: Vec::new(),
+        transports: Vec::new(),
     };
     let mut handles = VirtioHandles::default();
     for (index, disk) in disks.into_iter().enumerate() {
@@ -596,7 +637,7 @@ fn create_pci(
         pci.add_virtio(Box::new(device))?;
     }
     handles.intx_lines = pci.intx_lines;
-    Ok((pci.root, handles, hvc_input))
+    Ok((pci.root, handles, hvc_input, pci.transports))
 }
 
 impl VirtioHandles {
@@ -626,6 +667,9 @@ fn create_net(index: usize, net: &NetConfig, tap: Tap) -> Result<Net> {
     .map_err(BuildError::Net)
 }
 
+/// Every virtio function with its instance number (PCI address), in PCI order.
+type Transports = Vec<(u32, Arc<Mutex<VirtioPciDevice>>)>;
+
 /// What adding a virtio device to PCI bus 0 touches.
 struct PciWiring<'a> {
     root: PciRoot,
@@ -636,6 +680,8 @@ struct PciWiring<'a> {
     memory: &'a GuestMemoryMmap,
     mmio_bus: &'a Arc<Bus>,
     intx_lines: Vec<Arc<PciInterrupt>>,
+    /// Every virtio function added, with its instance number (PCI address), in order.
+    transports: Transports,
 }
 
 impl PciWiring<'_> {
@@ -652,6 +698,8 @@ impl PciWiring<'_> {
             .root
             .add_device(pci_device.clone())
             .map_err(|err| BuildError::Device(err.to_string()))?;
+        self.transports
+            .push((address.instance(), transport.clone()));
         for bar in pci::allocate_bars(&pci_device, &mut self.bars)
             .map_err(|err| BuildError::Device(err.to_string()))?
         {

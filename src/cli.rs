@@ -42,6 +42,7 @@ pub enum Command {
     ListMemory(ListMemoryArgs),
     Events(EventsArgs),
     Console(ConsoleArgs),
+    Snapshot(SnapshotArgs),
 }
 
 /// `--console-ring`'s default, KiB.
@@ -165,6 +166,29 @@ pub struct StopArgs {
     /// the VMM's control socket (vmm run --socket)
     #[argh(positional)]
     pub socket: PathBuf,
+}
+
+/// Save the whole VM: its state to FILE, its RAM (sparse) to --memory. The VM is paused
+/// while they are written, then runs on (or ends, with --stop). `vmm run --restore FILE`
+/// brings it back.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "snapshot")]
+pub struct SnapshotArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+
+    /// the snapshot file to write (created, or replaced)
+    #[argh(positional)]
+    pub file: PathBuf,
+
+    /// the memory file to write (default: FILE.mem)
+    #[argh(option)]
+    pub memory: Option<PathBuf>,
+
+    /// end the VM after a snapshot written whole, instead of letting it run on
+    #[argh(switch)]
+    pub stop: bool,
 }
 
 /// Pause every vCPU: the guest makes no progress until `vmm resume`.

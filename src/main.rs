@@ -91,6 +91,7 @@ fn main() {
         Command::ListMemory(args) => commands::list_memory(&args),
         Command::Events(args) => commands::events(&args),
         Command::Console(args) => commands::console::console(&args),
+        Command::Snapshot(args) => commands::snapshot(&args),
     };
     std::process::exit(code);
 }
@@ -174,7 +175,13 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
         jail::enter(jail, &config, &mut opened)?;
     }
     let vm = builder::build(&config, &kvm, opened.files)?;
-    Ok(run_loop::run(vm, &config, stop_signals, opened.control)?)
+    Ok(run_loop::run(
+        kvm,
+        vm,
+        &config,
+        stop_signals,
+        opened.control,
+    )?)
 }
 
 /// "outer: inner: innermost", so one line carries the whole cause.
