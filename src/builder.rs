@@ -38,6 +38,7 @@ use crate::consoles::{self, ConsoleOutputs, StdinConsole};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 use crate::opened::{DiskFile, HostFiles};
+use crate::snapshot::restore::{RestoreError, RestoreImage};
 use crate::snapshot::save::SnapshotDevices;
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
@@ -93,7 +94,7 @@ pub enum BuildError {
     InputFile(#[from] InputFileError),
     #[error("cannot load the kernel {kernel}: {source}")]
     LoadKernel {
-        kernel: Source,
+        kernel: String,
         #[source]
         source: kernel_loader::Error,
     },
@@ -117,6 +118,10 @@ pub enum BuildError {
     ConsoleRing(#[source] io::Error),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
+    #[error("no kernel to boot and no snapshot to restore")]
+    NothingToBoot,
+    #[error("cannot restore the snapshot: {0}")]
+    Restore(#[from] RestoreError),
     #[error("--disk: {0}")]
     Disk(#[source] BlockError),
     #[error("--net: {0}")]
@@ -211,8 +216,21 @@ pub struct DeviceQueues {
 /// kernel, so the two run side by side: guest RAM is mapped first, a scoped thread loads
 /// the images into it while this thread sets up KVM, and the boot registers are written
 /// once both are done.
-pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
-    let memory = map_guest_memory(config.mem_bytes)?;
+///
+/// A restore (`restore` is the snapshot, read and checked; `config` was made from its
+/// `CONFIG` record) builds the same machine with guest RAM mapped from the memory file,
+/// loads no kernel and writes no boot state: once every device exists, the snapshot's
+/// KVM and device state is written into them (see [`crate::snapshot::restore`]).
+pub fn build(
+    config: &VmConfig,
+    kvm: &Kvm,
+    files: HostFiles,
+    restore: Option<RestoreImage>,
+) -> Result<Vm> {
+    let memory = match &restore {
+        Some(image) => image.map_memory()?,
+        None => map_guest_memory(config.mem_bytes)?,
+    };
     let HostFiles {
         kernel,
         initrd,
@@ -223,7 +241,8 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         vsock,
     } = files;
     std::thread::scope(|scope| {
-        let loader = scope.spawn(|| load_images(&memory, config, kernel, initrd));
+        let loader =
+            kernel.map(|kernel| scope.spawn(|| load_images(&memory, config, kernel, initrd)));
         let vm_fd = Arc::new(create_vm(kvm)?);
         register_guest_memory(&vm_fd, &memory)?;
         debug!(
@@ -265,15 +284,26 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             pci_root: legacy.pci_root,
             virtio: transports,
         };
-        let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
         debug!("{} vCPUs and the devices created", vcpus.len());
-
-        let images = loader.join().map_err(|_| BuildError::LoaderPanicked)??;
-        let boot_info = write_boot_info(&memory, config, &images.kernel, images.initrd, rsdp)?;
-        if let Some(boot_vcpu) = vcpus.first() {
-            set_boot_registers(&memory, boot_vcpu, &images.kernel, boot_info)?;
+        match (restore, loader) {
+            (Some(image), _) => {
+                // The ACPI tables and everything the kernel set up are in the restored RAM.
+                image.apply(kvm, &vm_fd, &vcpus, &devices)?;
+                debug!("VM restored from the snapshot");
+            }
+            (None, Some(loader)) => {
+                let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
+                let images = loader.join().map_err(|_| BuildError::LoaderPanicked)??;
+                let boot_info =
+                    write_boot_info(&memory, config, &images.kernel, images.initrd, rsdp)?;
+                if let Some(boot_vcpu) = vcpus.first() {
+                    set_boot_registers(&memory, boot_vcpu, &images.kernel, boot_info)?;
+                }
+                debug!("VM ready");
+            }
+            // `VmConfig` has a kernel exactly when it is not a restore.
+            (None, None) => return Err(BuildError::NothingToBoot),
         }
-        debug!("VM ready");
         Ok(Vm {
             vm_fd,
             ram_slots: u32::try_from(memory.num_regions()).unwrap_or(u32::MAX),

@@ -52,9 +52,9 @@ pub const DEFAULT_CONSOLE_RING_KIB: u64 = 64;
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
 pub struct RunArgs {
-    /// guest memory in MiB
+    /// guest memory in MiB (required, except with --restore)
     #[argh(option)]
-    pub mem: u64,
+    pub mem: Option<u64>,
 
     /// number of vCPUs (default 1)
     #[argh(option, default = "1")]
@@ -69,10 +69,11 @@ pub struct RunArgs {
     #[argh(option)]
     pub params: Option<String>,
 
-    /// where the guest's serial console goes: "stdio" (default), "file=PATH" or "fd=N"
-    /// (an inherited descriptor open for writing)
-    #[argh(option, default = "SerialOutput::Stdio", from_str_fn(parse_serial))]
-    pub serial: SerialOutput,
+    /// where the guest's serial console goes: "stdio" (default; with --restore, what
+    /// the snapshot recorded), "file=PATH" or "fd=N" (an inherited descriptor open for
+    /// writing)
+    #[argh(option, from_str_fn(parse_serial))]
+    pub serial: Option<SerialOutput>,
 
     /// a virtio-console device, the guest's hvc0 (console=hvc0), whose output goes to
     /// "stdio", "file=PATH" or "fd=N" (an inherited descriptor open for writing); with
@@ -153,10 +154,51 @@ pub struct RunArgs {
     #[argh(option)]
     pub cgroup: Option<PathBuf>,
 
+    /// bring back the VM a `vmm snapshot` saved in this file, instead of booting a kernel:
+    /// the machine and its devices are the snapshot's (a --disk, --net, --serial,
+    /// --console or --vsock given here replaces the recorded one of the same index)
+    #[argh(option)]
+    pub restore: Option<PathBuf>,
+
+    /// with --restore: the snapshot's memory file (default: the snapshot's path with
+    /// .mem appended)
+    #[argh(option)]
+    pub memory: Option<PathBuf>,
+
+    /// with --restore: do not run the restored vCPUs until a Resume request (`vmm resume`)
+    #[argh(switch)]
+    pub paused: bool,
+
     /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one); a path,
-    /// or fd=N (an inherited descriptor)
+    /// or fd=N (an inherited descriptor). Not given with --restore
     #[argh(positional, from_str_fn(parse_kernel))]
-    pub kernel: Source,
+    pub kernel: Option<Source>,
+}
+
+impl RunArgs {
+    /// What argh cannot say: `--mem` and KERNEL are required unless `--restore` brings a
+    /// snapshot back, and then neither may be given, nor the restore-only options without
+    /// it. The message is the usage error `vmm run` exits 2 with.
+    pub fn check_usage(&self) -> Result<(), String> {
+        match (&self.restore, self.mem, &self.kernel) {
+            (None, None, _) => Err("vmm run: --mem is required (unless --restore)".into()),
+            (None, _, None) => Err("vmm run: KERNEL is required (unless --restore)".into()),
+            (None, _, _) if self.memory.is_some() => {
+                Err("vmm run: --memory only applies with --restore".into())
+            }
+            (None, _, _) if self.paused => {
+                Err("vmm run: --paused only applies with --restore".into())
+            }
+            (Some(_), Some(_), _) => {
+                Err("vmm run: --mem cannot be given with --restore: the snapshot has it".into())
+            }
+            (Some(_), _, Some(_)) => Err(
+                "vmm run: KERNEL cannot be given with --restore: the VM is restored, not booted"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Stop a running VM through its control socket (the VMM exits with status 0).
@@ -379,7 +421,11 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn parse(args: &[&str]) -> Result<Args, String> {
-        Args::from_args(&["vmm"], args).map_err(|early| early.output)
+        let args = Args::from_args(&["vmm"], args).map_err(|early| early.output)?;
+        if let Command::Run(run) = &args.command {
+            run.check_usage()?;
+        }
+        Ok(args)
     }
 
     #[test]
@@ -419,12 +465,15 @@ mod tests {
         let Command::Run(run) = args.command else {
             panic!("parsed as {:?}", args.command);
         };
-        assert_eq!(run.mem, 256);
+        assert_eq!(run.mem, Some(256));
         assert_eq!(run.cpus, 2);
         assert_eq!(run.initrd, Some(Source::Path(PathBuf::from("i.img"))));
         assert_eq!(run.params.as_deref(), Some("quiet"));
-        assert_eq!(run.serial, SerialOutput::File(PathBuf::from("/tmp/c.log")));
-        assert_eq!(run.kernel, Source::Path(PathBuf::from("bzImage")));
+        assert_eq!(
+            run.serial,
+            Some(SerialOutput::File(PathBuf::from("/tmp/c.log")))
+        );
+        assert_eq!(run.kernel, Some(Source::Path(PathBuf::from("bzImage"))));
         assert_eq!(run.socket, Some(PathBuf::from("/tmp/vmm.sock")));
         assert_eq!(run.socket_allow_uid, vec![1000, 1001]);
         assert_eq!(
@@ -484,9 +533,9 @@ mod tests {
         let Command::Run(run) = args.command else {
             panic!("parsed as {:?}", args.command);
         };
-        assert_eq!(run.kernel, Source::Fd(3));
+        assert_eq!(run.kernel, Some(Source::Fd(3)));
         assert_eq!(run.initrd, Some(Source::Fd(4)));
-        assert_eq!(run.serial, SerialOutput::Fd(5));
+        assert_eq!(run.serial, Some(SerialOutput::Fd(5)));
         assert_eq!(
             run.disk,
             vec![
@@ -614,7 +663,7 @@ mod tests {
             panic!("not a run command");
         };
         assert_eq!(run.cpus, 1);
-        assert_eq!(run.serial, SerialOutput::Stdio);
+        assert_eq!(run.serial, None);
         assert_eq!(run.params, None);
     }
 
@@ -631,6 +680,32 @@ mod tests {
         assert!(parse(&["run", "--mem", "64"]).is_err());
         assert!(parse(&["run", "k"]).is_err());
         assert!(parse(&["run", "--mem", "lots", "k"]).is_err());
+    }
+
+    #[test]
+    fn restore_takes_neither_kernel_nor_mem_and_its_options_need_it() {
+        let Command::Run(run) = parse(&["run", "--restore", "s", "--paused"])
+            .expect("valid")
+            .command
+        else {
+            panic!("not run");
+        };
+        assert_eq!(run.restore, Some(PathBuf::from("s")));
+        assert!(run.paused);
+        let err = parse(&["run", "--restore", "s", "--mem", "64"]).unwrap_err();
+        assert!(
+            err.contains("--mem cannot be given with --restore"),
+            "{err}"
+        );
+        let err = parse(&["run", "--restore", "s", "k"]).unwrap_err();
+        assert!(err.contains("KERNEL cannot be given"), "{err}");
+        let err = parse(&["run", "--mem", "64", "--paused", "k"]).unwrap_err();
+        assert!(
+            err.contains("--paused only applies with --restore"),
+            "{err}"
+        );
+        let err = parse(&["run", "--mem", "64", "--memory", "m", "k"]).unwrap_err();
+        assert!(err.contains("--memory only applies"), "{err}");
     }
 
     fn balloon(args: &[&str]) -> Result<BalloonChange, String> {

@@ -142,7 +142,11 @@ pub fn run(
     };
 
     let counters = Arc::new(ExitCounters::default());
-    let run_control = Arc::new(RunControl::default());
+    let run_control = Arc::new(if config.start_paused {
+        RunControl::paused()
+    } else {
+        RunControl::default()
+    });
     let vcpus = Vcpus::start(
         vm.vcpus,
         || VcpuContext {

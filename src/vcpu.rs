@@ -139,6 +139,14 @@ struct ParkState {
 }
 
 impl RunControl {
+    /// A control whose vCPUs park before they first enter the guest, until
+    /// [`Vcpus::resume`] (`vmm run --restore --paused`).
+    pub fn paused() -> RunControl {
+        let control = RunControl::default();
+        control.lock().paused = true;
+        control
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ParkState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

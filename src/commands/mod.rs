@@ -39,7 +39,7 @@ mod test_support;
 pub use events::events;
 pub use list_memory::list_memory;
 pub use queues::queues;
-pub use snapshot::snapshot;
+pub use snapshot::{default_memory_path, snapshot};
 pub use stats::stats;
 
 /// How long a command waits for the VMM to answer, so a wedged VMM never hangs it.

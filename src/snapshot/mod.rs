@@ -8,4 +8,6 @@
 
 pub mod config_record;
 pub mod memory_file;
+pub mod restore;
+mod restore_config;
 pub mod save;
