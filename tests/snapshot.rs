@@ -495,3 +495,55 @@ fn a_snapshot_to_a_full_disk_fails_and_the_vm_counts_on() {
         "a VM whose snapshot failed",
     );
 }
+
+#[test]
+fn a_snapshot_to_a_device_is_refused_before_anything_is_touched() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-device");
+    let vm = Vmm::boot(&scratch, "vm");
+    let snapshot = scratch.path("vm.snap");
+    let output = vm.ctl(
+        "snapshot",
+        &[snapshot.to_str().expect("UTF-8"), "--memory", "/dev/full"],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/dev/full: not a regular file"), "{stderr}");
+    assert!(Path::new("/dev/full").exists(), "the device is left alone");
+    assert!(!snapshot.exists());
+    vm.wait_for_output(900);
+    vm.stop();
+}
+
+#[test]
+fn a_device_without_snapshot_support_is_refused_by_the_vmm() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-unsupported");
+    let kernel = scratch.write("vm.elf", &tiny_elf(&COUNTER));
+    let (socket, log) = (scratch.path("vm.sock"), scratch.path("vm.log"));
+    let mut command = vmm();
+    command.args(["run", "--mem", "32"]);
+    command
+        .arg("--serial")
+        .arg(format!("file={}", log.display()));
+    command
+        .arg("--console")
+        .arg(format!("file={}", scratch.path("hvc.log").display()));
+    command.arg("--socket").arg(&socket).arg(&kernel);
+    let vm = Vmm::spawn(command, socket, log);
+    let snapshot = scratch.path("vm.snap");
+    let output = vm.ctl("snapshot", &[snapshot.to_str().expect("UTF-8")]);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a device of this VM cannot be saved"),
+        "{stderr}"
+    );
+    assert!(!snapshot.exists() && !scratch.path("vm.snap.mem").exists());
+    vm.wait_for_output(900);
+    vm.stop();
+}

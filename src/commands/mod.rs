@@ -62,6 +62,14 @@ pub enum CommandError {
     /// The VMM answered with an error reply.
     #[error("the VMM refused: {}", describe_refusal(.0))]
     Refused(ErrorReply),
+    /// The VMM refused a snapshot; `why` says what the refusal means for a snapshot.
+    #[error("the VMM refused: {}: {why}", describe_refusal(.reply))]
+    SnapshotRefused {
+        /// The refusal.
+        reply: ErrorReply,
+        /// What it means.
+        why: &'static str,
+    },
     /// The VMM speaks only protocol versions older than the command needs.
     #[error("the VMM at {} is too old for this command: {source}", .path.display())]
     VmmTooOld {
