@@ -11,8 +11,8 @@ use argh::FromArgs;
 
 pub use crate::run_options::{DiskSpec, NetBackend, NetSpec, SerialOutput, Source, VsockSpec};
 use crate::run_options::{
-    parse_console, parse_disk, parse_initrd, parse_kernel, parse_net, parse_serial,
-    parse_socket_fd, parse_vsock,
+    parse_console, parse_disk, parse_initrd, parse_kernel, parse_memory, parse_net, parse_restore,
+    parse_serial, parse_socket_fd, parse_vsock,
 };
 
 /// vmm: a KVM virtual machine monitor that boots stock Linux kernels.
@@ -154,16 +154,17 @@ pub struct RunArgs {
     #[argh(option)]
     pub cgroup: Option<PathBuf>,
 
-    /// bring back the VM a `vmm snapshot` saved in this file, instead of booting a kernel:
-    /// the machine and its devices are the snapshot's (a --disk, --net, --serial,
-    /// --console or --vsock given here replaces the recorded one of the same index)
-    #[argh(option)]
-    pub restore: Option<PathBuf>,
+    /// bring back the VM a `vmm snapshot` saved in this file (a path, or fd=N), instead of
+    /// booting a kernel: the machine and its devices are the snapshot's (a --disk, --net,
+    /// --serial, --console or --vsock given here replaces the recorded one of the same
+    /// index)
+    #[argh(option, from_str_fn(parse_restore))]
+    pub restore: Option<Source>,
 
-    /// with --restore: the snapshot's memory file (default: the snapshot's path with
-    /// .mem appended)
-    #[argh(option)]
-    pub memory: Option<PathBuf>,
+    /// with --restore: the snapshot's memory file, a path or fd=N (default: the
+    /// snapshot's path with .mem appended; required with --restore fd=N)
+    #[argh(option, from_str_fn(parse_memory))]
+    pub memory: Option<Source>,
 
     /// with --restore: do not run the restored vCPUs until a Resume request (`vmm resume`)
     #[argh(switch)]
@@ -194,6 +195,11 @@ impl RunArgs {
             }
             (Some(_), _, Some(_)) => Err(
                 "vmm run: KERNEL cannot be given with --restore: the VM is restored, not booted"
+                    .into(),
+            ),
+            (Some(Source::Fd(_)), _, _) if self.memory.is_none() => Err(
+                "vmm run: --restore fd=N needs --memory (a path or fd=M): there is no path to \
+                 append .mem to"
                     .into(),
             ),
             _ => Ok(()),
@@ -690,7 +696,7 @@ mod tests {
         else {
             panic!("not run");
         };
-        assert_eq!(run.restore, Some(PathBuf::from("s")));
+        assert_eq!(run.restore, Some(Source::Path(PathBuf::from("s"))));
         assert!(run.paused);
         let err = parse(&["run", "--restore", "s", "--mem", "64"]).unwrap_err();
         assert!(

@@ -215,6 +215,13 @@ fn named_descriptors(
     if let Some(initrd) = &args.initrd {
         source_descriptor(&mut named, "--initrd", initrd, Role::Initrd);
     }
+    // A snapshot and its memory file are read like the kernel: readable regular files.
+    if let Some(snapshot) = &args.restore {
+        source_descriptor(&mut named, "--restore", snapshot, Role::Kernel);
+    }
+    if let Some(memory) = &args.memory {
+        source_descriptor(&mut named, "--memory", memory, Role::Kernel);
+    }
     for disk in &args.disk {
         let role = Role::Disk {
             read_only: disk.read_only,

@@ -149,7 +149,7 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     // First, while this is the only thread and before vmm opens anything: take over the
     // descriptors the options name (checked), close every other inherited one, and take
     // the socket-activation variables out of the environment.
-    let handover = inherited_fds::take(args)?;
+    let mut handover = inherited_fds::take(args)?;
     // While this is still the only thread: every thread created from here on inherits
     // the block, so a stop signal only ever reaches the run loop.
     let stop_signals = run_loop::block_stop_signals()?;
@@ -162,7 +162,8 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     // the machine is, and so what else to open.
     let restore = match &args.restore {
         Some(path) => {
-            let (stream, memory) = opened::open_snapshot(path, args.memory.as_deref())?;
+            let (stream, memory) =
+                opened::open_snapshot(path, args.memory.as_ref(), &mut handover)?;
             let max_vcpus = usize::try_from(host.max_cpus).unwrap_or(1);
             Some(snapshot::restore::read_snapshot(stream, memory, max_vcpus)?)
         }

@@ -77,25 +77,35 @@ pub enum OpenError {
 }
 
 /// `--restore`'s snapshot file and its memory file (`--memory`, else the snapshot's path
-/// with `.mem` appended), opened read-only. Called first of all (before the snapshot's
-/// configuration says what else to open), in the same single-threaded phase before the
-/// jail as [`open_all`].
+/// with `.mem` appended), opened read-only or taken from `handover` (`fd=N`). Called
+/// first of all (before the snapshot's configuration says what else to open), in the same
+/// single-threaded phase before the jail as [`open_all`].
 pub fn open_snapshot(
-    snapshot: &std::path::Path,
-    memory: Option<&std::path::Path>,
+    snapshot: &Source,
+    memory: Option<&Source>,
+    handover: &mut Handover,
 ) -> Result<(File, File), OpenError> {
-    let memory = memory.map_or_else(
-        || crate::commands::default_memory_path(snapshot),
-        std::path::Path::to_path_buf,
-    );
-    let open = |what, path: &std::path::Path| {
-        File::open(path).map_err(|source| OpenError::Snapshot {
-            what,
-            path: path.to_path_buf(),
-            source,
-        })
+    let default_memory;
+    let memory = match (memory, snapshot) {
+        (Some(memory), _) => memory,
+        (None, Source::Path(path)) => {
+            default_memory = Source::Path(crate::commands::default_memory_path(path));
+            &default_memory
+        }
+        // `RunArgs::check_usage` asks for --memory with --restore fd=N.
+        (None, Source::Fd(_)) => snapshot,
     };
-    Ok((open("snapshot", snapshot)?, open("memory file", &memory)?))
+    let mut open = |what, source: &Source| match source {
+        Source::Path(path) => File::open(path).map_err(|source| OpenError::Snapshot {
+            what,
+            path: path.clone(),
+            source,
+        }),
+        Source::Fd(fd) => Ok(handover.take_file(*fd)?),
+    };
+    let stream = open("snapshot", snapshot)?;
+    let memory = open("memory file", memory)?;
+    Ok((stream, memory))
 }
 
 /// One `--disk` image, opened (or handed over) and locked.

@@ -547,3 +547,44 @@ fn a_device_without_snapshot_support_is_refused_by_the_vmm() {
     vm.wait_for_output(900);
     vm.stop();
 }
+
+#[test]
+fn a_snapshot_handed_over_as_descriptors_restores() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-fds");
+    let (snapshot, _) = stopped_snapshot(&scratch);
+    let stream = std::fs::File::open(&snapshot).expect("open snapshot");
+    let memory = std::fs::File::open(scratch.path("vm.snap.mem")).expect("open memory file");
+    let (stream_fd, memory_fd) = (stream.as_raw_fd(), memory.as_raw_fd());
+    let restored_log = scratch.path("restored.log");
+    let socket = scratch.path("fds.sock");
+    let mut command = vmm();
+    command.args(["run", "--restore", "fd=5", "--memory", "fd=6", "--socket"]);
+    command.arg(&socket);
+    command
+        .arg("--serial")
+        .arg(format!("file={}", restored_log.display()));
+    // SAFETY: between fork and exec only async-signal-safe calls on integers: each file is
+    // copied above 100 (close-on-exec), then placed at 5 and 6 (dup2 clears close-on-exec).
+    unsafe {
+        command.pre_exec(move || {
+            let high = [
+                libc::fcntl(stream_fd, libc::F_DUPFD_CLOEXEC, 100),
+                libc::fcntl(memory_fd, libc::F_DUPFD_CLOEXEC, 100),
+            ];
+            for (fd, number) in high.into_iter().zip([5, 6]) {
+                if fd < 0 || libc::dup2(fd, number) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    let vm = Vmm::spawn(command, socket, restored_log);
+    vm.wait_for_output(900);
+    vm.stop();
+}
