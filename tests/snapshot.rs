@@ -588,3 +588,93 @@ fn a_snapshot_handed_over_as_descriptors_restores() {
     vm.wait_for_output(900);
     vm.stop();
 }
+
+/// Re-seals a stream edited in place: the end record's count becomes `records` and its
+/// CRC-32C the one of everything before it, so the edit reaches the checks after the CRC.
+fn reseal(bytes: &mut [u8], records: u32) {
+    let len = bytes.len();
+    bytes[len - 8..len - 4].copy_from_slice(&records.to_le_bytes());
+    let crc = snapshot::crc32c::checksum(&bytes[..len - 4]);
+    bytes[len - 4..].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn record_count(bytes: &[u8]) -> u32 {
+    let len = bytes.len();
+    u32::from_le_bytes(bytes[len - 8..len - 4].try_into().expect("4 bytes"))
+}
+
+#[test]
+fn a_snapshot_from_a_future_vmm_is_refused() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-future");
+    let (snapshot, _) = copy_of_snapshot(&scratch, "future.snap");
+    let mut bytes = std::fs::read(&snapshot).expect("snapshot");
+    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    let records = record_count(&bytes);
+    reseal(&mut bytes, records);
+    std::fs::write(&snapshot, bytes).expect("write");
+    assert_restore_refused(
+        &snapshot,
+        None,
+        "format version 2 is newer than this vmm reads",
+    );
+}
+
+#[test]
+fn an_unknown_required_record_is_refused_and_an_unknown_skippable_one_ignored() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-unknown");
+    let (snapshot, memory) = copy_of_snapshot(&scratch, "unknown.snap");
+    let good = std::fs::read(&snapshot).expect("snapshot");
+    let with_record = |type_word: u32| {
+        // An empty record just before the end record.
+        let end = good.len() - snapshot::END_RECORD_LEN;
+        let mut bytes = good[..end].to_vec();
+        bytes.extend_from_slice(&type_word.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&good[end..]);
+        reseal(&mut bytes, record_count(&good) + 1);
+        bytes
+    };
+    // Kind 0x0250 (control-side range, not allocated), version 1.
+    std::fs::write(&snapshot, with_record(0x0001_0250)).expect("write");
+    assert_restore_refused(&snapshot, Some(&memory), "unknown required record type 592");
+    // The same record marked skippable: a newer vmm's optional extra, restored without it.
+    std::fs::write(&snapshot, with_record(0x8001_0250)).expect("write");
+    let log = scratch.path("restored.log");
+    let vm = Vmm::restore(
+        &scratch,
+        &snapshot,
+        "skip",
+        Some(&log),
+        &log,
+        &["--memory", memory.to_str().expect("UTF-8")],
+    );
+    vm.wait_for_output(900);
+    vm.stop();
+}
+
+#[test]
+fn an_out_of_range_value_is_refused_by_name() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-range");
+    let (snapshot, _) = copy_of_snapshot(&scratch, "range.snap");
+    let mut bytes = std::fs::read(&snapshot).expect("snapshot");
+    // The CONFIG record comes first: its type word, then RAM (u64), then the vCPU count.
+    assert_eq!(
+        &bytes[16..20],
+        &0x0001_0200u32.to_le_bytes(),
+        "CONFIG first"
+    );
+    bytes[32..36].copy_from_slice(&0u32.to_le_bytes());
+    let records = record_count(&bytes);
+    reseal(&mut bytes, records);
+    std::fs::write(&snapshot, bytes).expect("write");
+    assert_restore_refused(&snapshot, None, "vCPU count is 0x0, out of range");
+}
