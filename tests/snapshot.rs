@@ -678,3 +678,32 @@ fn an_out_of_range_value_is_refused_by_name() {
     std::fs::write(&snapshot, bytes).expect("write");
     assert_restore_refused(&snapshot, None, "vCPU count is 0x0, out of range");
 }
+
+#[test]
+fn a_jailed_vm_whose_only_output_is_a_pipe_can_write_a_memory_file_as_large_as_its_ram() {
+    if !require_kvm() {
+        return;
+    }
+    // The jail's RLIMIT_FSIZE used to come from the writable files alone: with the serial
+    // console on a pipe and no disk, no file could grow at all.
+    let scratch = Scratch::new("snapshot-fsize");
+    let kernel = scratch.write("vm.elf", &tiny_elf(&COUNTER));
+    let socket = scratch.path("vm.sock");
+    let mut command = vmm();
+    command
+        .args(["run", "--mem", "32", "--socket"])
+        .arg(&socket)
+        .arg(&kernel);
+    let mut vm = Vmm::spawn(command, socket, scratch.path("unused.log"));
+    let snapshot = scratch.path("vm.snap");
+    vm.snapshot(&snapshot, true);
+    let output = vm.wait_exit();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let memory = std::fs::metadata(scratch.path("vm.snap.mem")).expect("memory file");
+    assert_eq!(memory.len(), 32 << 20);
+    // Its serial output was recorded as stdio: give a file at restore.
+    let log = scratch.path("restored.log");
+    let restored = Vmm::restore(&scratch, &snapshot, "r", Some(&log), &log, &[]);
+    restored.wait_for_output(900);
+    restored.stop();
+}
