@@ -6,9 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arch::layout;
-use devices::pci::{
-    self, BarAllocator, MsixRouteUpdate, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciDevice, PciRoot,
-};
+use devices::pci::{BarAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciRoot};
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
 use devices::virtio::console::{Console as VirtioConsole, ConsoleCounters, HostInput};
@@ -16,15 +14,15 @@ use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::vsock::VsockError;
-use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice, Vsock};
+use devices::virtio::{PciInterrupt, Rng, Vsock};
 use devices::{
     AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleRing, ConsoleWriter, I8042,
     ResetControl, Serial,
 };
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
-use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
-use log::{debug, warn};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use log::debug;
 use seccomp::ThreadKind;
 use thiserror::Error;
 use vm_control::wire::device_kind;
@@ -38,6 +36,7 @@ use crate::consoles::{self, ConsoleOutputs, StdinConsole};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 use crate::opened::{DiskFile, HostFiles};
+use crate::pci_wiring::{PciWiring, Transports};
 use crate::snapshot::restore::{RestoreError, RestoreImage};
 use crate::snapshot::save::SnapshotDevices;
 
@@ -347,7 +346,7 @@ fn arch_err<E: Into<arch::Error>>(err: E) -> BuildError {
     BuildError::Arch(err.into())
 }
 
-fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+pub(crate) fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { step, source }
 }
 
@@ -695,123 +694,6 @@ fn create_net(index: usize, net: &NetConfig, tap: Tap) -> Result<Net> {
         crate::sandbox::enter_device_worker(ThreadKind::VirtioNet, &label)
     })
     .map_err(BuildError::Net)
-}
-
-/// Every virtio function with its instance number (PCI address), in PCI order.
-type Transports = Vec<(u32, Arc<Mutex<VirtioPciDevice>>)>;
-
-/// What adding a virtio device to PCI bus 0 touches.
-struct PciWiring<'a> {
-    root: PciRoot,
-    bars: BarAllocator,
-    router: Arc<Mutex<GsiRouter>>,
-    next_gsi: u32,
-    vm_fd: &'a Arc<VmFd>,
-    memory: &'a GuestMemoryMmap,
-    mmio_bus: &'a Arc<Bus>,
-    intx_lines: Vec<Arc<PciInterrupt>>,
-    /// Every virtio function added, with its instance number (PCI address), in order.
-    transports: Transports,
-}
-
-impl PciWiring<'_> {
-    /// Puts `device` on the bus behind the virtio-pci transport: BARs on the MMIO bus,
-    /// queue notifications as ioeventfds (no exit to the VMM), MSI-X vectors as irqfds
-    /// on their own GSIs, routed as the guest programs them. Returns the device's live
-    /// queue states.
-    fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<Vec<Arc<QueueStatus>>> {
-        let transport = VirtioPciDevice::new(device, Arc::new(self.memory.clone()))
-            .map_err(|err| BuildError::Device(err.to_string()))?;
-        let transport = Arc::new(Mutex::new(transport));
-        let pci_device: Arc<Mutex<dyn PciDevice>> = transport.clone();
-        let address = self
-            .root
-            .add_device(pci_device.clone())
-            .map_err(|err| BuildError::Device(err.to_string()))?;
-        self.transports
-            .push((address.instance(), transport.clone()));
-        for bar in pci::allocate_bars(&pci_device, &mut self.bars)
-            .map_err(|err| BuildError::Device(err.to_string()))?
-        {
-            self.mmio_bus.insert(bar.bus_device, bar.base, bar.size)?;
-        }
-        let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
-        let notifiers = transport
-            .queue_notifiers()
-            .map_err(|err| BuildError::Device(err.to_string()))?
-            .unwrap_or_default();
-        for notifier in &notifiers {
-            self.vm_fd
-                .register_ioevent(
-                    &notifier.eventfd,
-                    &IoEventAddress::Mmio(notifier.addr),
-                    NoDatamatch,
-                )
-                .map_err(kvm_step("register a queue notification"))?;
-        }
-        self.wire_intx(&mut transport, address.device)?;
-        transport.set_bar_mover(crate::bar_mover::bar_mover(
-            self.vm_fd.clone(),
-            self.mmio_bus.clone(),
-            notifiers,
-        ));
-        self.wire_msix(&transport)?;
-        debug!("virtio device at PCI {address:?}");
-        Ok(transport.queue_statuses())
-    }
-
-    /// Wires INTA# of the device in `slot` to its IOAPIC input (the one the DSDT's `_PRT`
-    /// names) as a level: a KVM irqfd with a resample eventfd, which the run loop watches.
-    fn wire_intx(&mut self, transport: &mut VirtioPciDevice, slot: u8) -> Result<()> {
-        let gsi = arch::layout::pci_intx_gsi(slot);
-        let interrupt = transport.interrupt();
-        self.vm_fd
-            .register_irqfd_with_resample(
-                interrupt.intx_eventfd(),
-                interrupt.intx_resample_eventfd(),
-                gsi,
-            )
-            .map_err(kvm_step("wire a device's INTx line"))?;
-        // GSIs 16..24 fit in the byte.
-        transport.set_interrupt_line(u8::try_from(gsi).unwrap_or(u8::MAX));
-        self.intx_lines.push(interrupt);
-        Ok(())
-    }
-
-    fn wire_msix(&mut self, transport: &VirtioPciDevice) -> Result<()> {
-        let msix = transport.msix();
-        let mut msix = msix.lock().unwrap_or_else(|p| p.into_inner());
-        let first_gsi = self.next_gsi;
-        // GSIs are handed out from a u32 counter; running out is an error, not
-        // a wrap onto another device's routes. (KVM refuses far sooner.)
-        let next_gsi = first_gsi
-            .checked_add(u32::from(msix.num_vectors()))
-            .ok_or_else(|| {
-                kvm_step("route a device interrupt")(kvm_ioctls::Error::new(libc::ENOSPC))
-            })?;
-        for vector in 0..msix.num_vectors() {
-            if let Some(eventfd) = msix.eventfd(vector) {
-                // vector < num_vectors, so this is below `next_gsi`.
-                self.vm_fd
-                    .register_irqfd(eventfd, first_gsi.saturating_add(u32::from(vector)))
-                    .map_err(kvm_step("route a device interrupt"))?;
-            }
-        }
-        self.next_gsi = next_gsi;
-        let router = self.router.clone();
-        msix.set_route_handler(Box::new(move |update: MsixRouteUpdate| {
-            // The vector is one of this table's, so this is below `next_gsi`.
-            let gsi = first_gsi.saturating_add(u32::from(update.vector));
-            let mut router = router.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(err) = router.set_msi(gsi, update.message.address, update.message.data) {
-                warn!(
-                    "cannot route MSI-X vector {} (GSI {gsi}): {err}",
-                    update.vector
-                );
-            }
-        }));
-        Ok(())
-    }
 }
 
 fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {

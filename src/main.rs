@@ -46,6 +46,7 @@ mod jail;
 mod logger;
 mod memory_registry;
 mod opened;
+mod pci_wiring;
 mod run_loop;
 mod run_options;
 mod running_vm;

@@ -24,7 +24,7 @@ use devices::cmos::CmosState;
 use devices::i8042::I8042State;
 use devices::pci::state::PciRootState;
 use devices::reset::ResetControlState;
-use devices::state::{DeviceState, StateError, StateRecord, decode_record};
+use devices::state::{DeviceState, StateRecord, decode_record};
 use devices::virtio::state::VirtioPciState;
 use devices::{SerialState, StateError as DeviceError};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -273,11 +273,4 @@ fn pair<'a, D: DeviceState>(
         .check_state(&state)
         .map_err(RestoreError::Device)?;
     Ok(Checked { device, state })
-}
-
-/// For messages: a device error is a restore error.
-impl From<StateError> for RestoreError {
-    fn from(err: StateError) -> RestoreError {
-        RestoreError::Device(err)
-    }
 }
