@@ -707,3 +707,90 @@ fn a_jailed_vm_whose_only_output_is_a_pipe_can_write_a_memory_file_as_large_as_i
     restored.wait_for_output(900);
     restored.stop();
 }
+
+#[test]
+fn a_restored_vm_is_snapshotted_and_restored_again() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-again");
+    let (snapshot, log) = stopped_snapshot(&scratch);
+    let mut second = Vmm::restore(&scratch, &snapshot, "second", None, &log, &[]);
+    second.wait_for_output(900);
+    // Its RAM is the first memory file, mapped privately: saved again page by page.
+    let again = scratch.path("again.snap");
+    second.snapshot(&again, true);
+    let output = second.wait_exit();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let third = Vmm::restore(&scratch, &again, "third", None, &log, &[]);
+    third.wait_for_output(900);
+    third.stop();
+    assert_consecutive(
+        &counts(&std::fs::read(&log).expect("log")),
+        1,
+        "three processes, one count",
+    );
+}
+
+#[test]
+fn recorded_devices_come_back_and_a_disk_given_at_restore_replaces_the_recorded_one() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-devices");
+    let disk = scratch.write("disk.img", &vec![0u8; 1 << 20]);
+    let other = scratch.write("other.img", &vec![0u8; 1 << 20]);
+    let kernel = scratch.write("vm.elf", &tiny_elf(&COUNTER));
+    let (socket, log) = (scratch.path("vm.sock"), scratch.path("vm.log"));
+    let mut command = vmm();
+    command.args(["run", "--mem", "32", "--rng", "--balloon"]);
+    command.arg("--disk").arg(&disk);
+    command
+        .arg("--serial")
+        .arg(format!("file={}", log.display()));
+    command.arg("--socket").arg(&socket).arg(&kernel);
+    let mut vm = Vmm::spawn(command, socket, log.clone());
+    vm.ctl_ok("balloon", &["--target", "4"]);
+    let snapshot = scratch.path("vm.snap");
+    vm.snapshot(&snapshot, true);
+    let output = vm.wait_exit();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+
+    // The recorded disk (free again: the first VM ended) and the balloon's target.
+    let restored = Vmm::restore(&scratch, &snapshot, "r1", None, &log, &[]);
+    let stats = restored.ctl_ok("stats", &[]);
+    let stats = String::from_utf8_lossy(&stats.stdout).into_owned();
+    assert!(stats.contains("target 1024 pages"), "{stats}");
+    assert!(
+        stats.contains("disk0") || stats.contains("block"),
+        "{stats}"
+    );
+    // While it holds the recorded image's lock, a second restore takes another image.
+    let log2 = scratch.path("r2.log");
+    let other_arg = other.to_str().expect("UTF-8");
+    let second = Vmm::restore(
+        &scratch,
+        &snapshot,
+        "r2",
+        Some(&log2),
+        &log,
+        &["--disk", other_arg],
+    );
+    second.wait_for_output(900);
+    second.stop();
+    restored.stop();
+    // Without it, the second restore is refused on the lock, naming the image.
+    let _holder = Vmm::restore(&scratch, &snapshot, "r3", None, &log, &[]);
+    let mut command = vmm();
+    command.arg("run").arg("--restore").arg(&snapshot);
+    command
+        .arg("--serial")
+        .arg(format!("file={}", log2.display()));
+    let output = run_with_timeout(command, COMMAND_LIMIT);
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("disk.img"),
+        "{}",
+        describe(&output)
+    );
+}
