@@ -412,3 +412,38 @@ fn recorded_devices_come_back_and_a_disk_given_at_restore_replaces_the_recorded_
         describe(&output)
     );
 }
+
+#[test]
+fn a_client_passing_pipes_gets_invalid_argument_and_the_vmm_never_blocks() {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use vm_control::client::{Client, ClientError};
+    use vm_control::wire::{ErrorKind, Request};
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-pipes");
+    let vm = Vmm::boot(&scratch, "vm");
+    let mut fds = [-1; 2];
+    // SAFETY: pipe(2) fills the two ints with new descriptors, owned just below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are new and owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut client = Client::connect(&vm.socket).expect("connect");
+    client
+        .set_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let refused = client.request_with_fds(
+        Request::Snapshot { flags: 0 },
+        &[write.as_fd(), write.as_fd()],
+    );
+    match refused {
+        Err(ClientError::Vmm(reply)) => {
+            assert_eq!(reply.kind, ErrorKind::InvalidArgument);
+            assert_eq!(reply.errno, libc::EINVAL);
+        }
+        other => panic!("a snapshot into pipes: {other:?}"),
+    }
+    drop(read);
+    vm.wait_for_output(900);
+    vm.stop();
+}
