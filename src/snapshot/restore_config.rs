@@ -160,3 +160,130 @@ fn refuse_stale_descriptors(config: &VmConfig, args: &RunArgs) -> Result<(), Con
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use argh::FromArgs;
+
+    use super::*;
+    use crate::cli::{Args, Command, DiskSpec};
+
+    const HOST: HostLimits = HostLimits {
+        memory_mib: 4096,
+        max_cpus: 64,
+    };
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut args = vec!["run", "--restore", "vm.snap"];
+        args.extend_from_slice(extra);
+        match Args::from_args(&["vmm"], &args).expect("parses").command {
+            Command::Run(run) => run,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn saved() -> SavedConfig {
+        SavedConfig {
+            mem_bytes: 256 << 20,
+            cpus: 2,
+            rng: true,
+            balloon: false,
+            console_ring_bytes: 64 << 10,
+            serial: SerialOutput::File(PathBuf::from("/var/log/vm.log")),
+            console: None,
+            vsock: None,
+            disks: vec![
+                DiskSpec {
+                    source: Source::Path(PathBuf::from("/img/a")),
+                    read_only: false,
+                },
+                DiskSpec {
+                    source: Source::Path(PathBuf::from("/img/b")),
+                    read_only: true,
+                },
+            ],
+            nets: vec![NetConfig {
+                backend: NetBackend::Tap("tap0".into()),
+                mac: [0x52, 0x54, 0, 0, 0, 1],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_machine_is_the_snapshot_s_and_host_options_are_the_command_line_s() {
+        let config = VmConfig::for_restore(&run_args(&["--paused"]), &saved(), HOST).unwrap();
+        assert_eq!(
+            (config.mem_bytes, config.cpus, config.rng),
+            (256 << 20, 2, true)
+        );
+        assert_eq!(config.kernel, None);
+        assert_eq!(config.disks, saved().disks);
+        assert_eq!(config.serial, saved().serial);
+        assert!(config.start_paused);
+    }
+
+    #[test]
+    fn a_device_given_again_replaces_the_recorded_one_of_its_index() {
+        let args = run_args(&[
+            "--disk",
+            "/img/c,ro",
+            "--net",
+            "tap=tap9",
+            "--serial",
+            "stdio",
+        ]);
+        let config = VmConfig::for_restore(&args, &saved(), HOST).unwrap();
+        assert_eq!(
+            config.disks[0].source,
+            Source::Path(PathBuf::from("/img/c"))
+        );
+        assert!(config.disks[0].read_only);
+        assert_eq!(config.disks[1], saved().disks[1]);
+        assert_eq!(config.nets[0].backend, NetBackend::Tap("tap9".into()));
+        assert_eq!(
+            config.nets[0].mac,
+            saved().nets[0].mac,
+            "the guest keeps its MAC"
+        );
+        assert_eq!(config.serial, SerialOutput::Stdio);
+    }
+
+    #[test]
+    fn options_that_would_change_the_machine_are_refused() {
+        for extra in [&["--rng"][..], &["--balloon"], &["--params", "x"]] {
+            let err = VmConfig::for_restore(&run_args(extra), &saved(), HOST).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::NotWithRestore(_)),
+                "{extra:?}: {err}"
+            );
+        }
+        let three = run_args(&["--disk", "/x", "--disk", "/y", "--disk", "/z"]);
+        let err = VmConfig::for_restore(&three, &saved(), HOST).unwrap_err();
+        assert!(err.to_string().contains("has 2 such devices"), "{err}");
+        let console = run_args(&["--console", "stdio"]);
+        let err = VmConfig::for_restore(&console, &saved(), HOST).unwrap_err();
+        assert!(err.to_string().contains("no virtio-console"), "{err}");
+    }
+
+    #[test]
+    fn a_recorded_descriptor_must_be_given_again() {
+        let mut with_fd = saved();
+        with_fd.disks[1].source = Source::Fd(9);
+        let err = VmConfig::for_restore(&run_args(&[]), &with_fd, HOST).unwrap_err();
+        assert!(err.to_string().contains("--disk fd=9 (disk 1)"), "{err}");
+        let both = run_args(&["--disk", "/img/a", "--disk", "/img/d"]);
+        assert!(VmConfig::for_restore(&both, &with_fd, HOST).is_ok());
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_the_host_is_refused() {
+        let small = HostLimits {
+            memory_mib: 128,
+            max_cpus: 1,
+        };
+        let err = VmConfig::for_restore(&run_args(&[]), &saved(), small).unwrap_err();
+        assert!(matches!(err, ConfigError::MemoryTooLarge { .. }), "{err}");
+    }
+}
