@@ -225,7 +225,8 @@ impl Client {
     }
 
     /// Sends `request` and waits for its reply. An error reply becomes [`ClientError::Vmm`].
-    /// Requests that take a descriptor must use [`Client::request_with_fd`].
+    /// Requests that take descriptors must use [`Client::request_with_fd`] (one) or
+    /// [`Client::request_with_fds`] (`Snapshot`: two).
     pub fn request(&mut self, request: Request) -> Result<Response, ClientError> {
         self.transact(request, &[])
     }
