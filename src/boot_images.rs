@@ -57,7 +57,11 @@ fn load_kernel(
     // Checked against guest RAM's size when it was opened (`opened`), and again here.
     let image = file.read_all()?;
     kernel_loader::load_kernel(memory, &image).map_err(|source| BuildError::LoadKernel {
-        kernel: config.kernel.clone(),
+        kernel: config
+            .kernel
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         source,
     })
 }

@@ -6,9 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arch::layout;
-use devices::pci::{
-    self, BarAllocator, MsixRouteUpdate, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciDevice, PciRoot,
-};
+use devices::pci::{BarAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciRoot};
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
 use devices::virtio::console::{Console as VirtioConsole, ConsoleCounters, HostInput};
@@ -16,15 +14,15 @@ use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::vsock::VsockError;
-use devices::virtio::{PciInterrupt, Rng, VirtioDevice, VirtioPciDevice, Vsock};
+use devices::virtio::{PciInterrupt, Rng, Vsock};
 use devices::{
     AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleRing, ConsoleWriter, I8042,
     ResetControl, Serial,
 };
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
-use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
-use log::{debug, warn};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use log::debug;
 use seccomp::ThreadKind;
 use thiserror::Error;
 use vm_control::wire::device_kind;
@@ -38,6 +36,9 @@ use crate::consoles::{self, ConsoleOutputs, StdinConsole};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 use crate::opened::{DiskFile, HostFiles};
+use crate::pci_wiring::{PciWiring, Transports};
+use crate::snapshot::restore::{RestoreError, RestoreImage};
+use crate::snapshot::save::SnapshotDevices;
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
 /// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
@@ -53,6 +54,12 @@ const PCI_CONFIG_DATA_OFFSET: u64 = 4;
 /// The serial port's ISA interrupt line.
 const COM1_PORT: u64 = 0x3f8;
 const COM1_GSI: u32 = 4;
+/// COM1's instance number in snapshot records: its port base.
+const COM1_INSTANCE: u32 = 0x3f8;
+/// The i8042's, the CMOS's and the reset control register's port bases.
+const I8042_PORT: u64 = 0x60;
+const CMOS_PORT: u64 = 0x70;
+const RESET_PORT: u64 = 0xcf9;
 
 /// The virtio-console's worker thread.
 const VIRTIO_CONSOLE: &str = "virtio-console";
@@ -86,7 +93,7 @@ pub enum BuildError {
     InputFile(#[from] InputFileError),
     #[error("cannot load the kernel {kernel}: {source}")]
     LoadKernel {
-        kernel: Source,
+        kernel: String,
         #[source]
         source: kernel_loader::Error,
     },
@@ -110,6 +117,10 @@ pub enum BuildError {
     ConsoleRing(#[source] io::Error),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
+    #[error("no kernel to boot and no snapshot to restore")]
+    NothingToBoot,
+    #[error("cannot restore the snapshot: {0}")]
+    Restore(#[from] RestoreError),
     #[error("--disk: {0}")]
     Disk(#[source] BlockError),
     #[error("--net: {0}")]
@@ -163,6 +174,8 @@ pub struct Vm {
     /// `--console-ring 0`. Every console output of the VM is tapped into this one ring.
     pub console_ring: Option<Arc<ConsoleRing>>,
     pub virtio: VirtioHandles,
+    /// Every device with state, for snapshots and restores.
+    pub devices: SnapshotDevices,
 }
 
 /// What the control socket keeps of the virtio devices once they run.
@@ -202,8 +215,21 @@ pub struct DeviceQueues {
 /// kernel, so the two run side by side: guest RAM is mapped first, a scoped thread loads
 /// the images into it while this thread sets up KVM, and the boot registers are written
 /// once both are done.
-pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
-    let memory = map_guest_memory(config.mem_bytes)?;
+///
+/// A restore (`restore` is the snapshot, read and checked; `config` was made from its
+/// `CONFIG` record) builds the same machine with guest RAM mapped from the memory file,
+/// loads no kernel and writes no boot state: once every device exists, the snapshot's
+/// KVM and device state is written into them (see [`crate::snapshot::restore`]).
+pub fn build(
+    config: &VmConfig,
+    kvm: &Kvm,
+    files: HostFiles,
+    restore: Option<RestoreImage>,
+) -> Result<Vm> {
+    let memory = match &restore {
+        Some(image) => image.map_memory()?,
+        None => map_guest_memory(config.mem_bytes)?,
+    };
     let HostFiles {
         kernel,
         initrd,
@@ -214,7 +240,8 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
         vsock,
     } = files;
     std::thread::scope(|scope| {
-        let loader = scope.spawn(|| load_images(&memory, config, kernel, initrd));
+        let loader =
+            kernel.map(|kernel| scope.spawn(|| load_images(&memory, config, kernel, initrd)));
         let vm_fd = Arc::new(create_vm(kvm)?);
         register_guest_memory(&vm_fd, &memory)?;
         debug!(
@@ -238,23 +265,44 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             hvc_output,
             vsock,
         };
-        let (pci_root, virtio, hvc_input) =
+        let (pci_root, virtio, hvc_input, transports) =
             create_pci(config, devices, &vm_fd, &memory, &mmio_bus)?;
         // Host input (stdin, an attached `vmm console` writer) goes to the console stdin
         // would feed; with neither console on stdio, to the virtio-console if there is one.
         if matches!(outputs.stdin, Some(StdinConsole::Virtio) | None) {
             console.virtio_input = hvc_input;
         }
-        let pio_bus = Arc::new(create_pio_bus(config, &requests, &console, pci_root)?);
-        let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
+        let (pio_bus, legacy) = create_pio_bus(config, &requests, &console, pci_root)?;
+        let pio_bus = Arc::new(pio_bus);
+        let devices = SnapshotDevices {
+            serial: (COM1_INSTANCE, console.serial.clone()),
+            i8042: legacy.i8042,
+            cmos: legacy.cmos,
+            acpi_pm: legacy.acpi_pm,
+            reset: legacy.reset,
+            pci_root: legacy.pci_root,
+            virtio: transports,
+        };
         debug!("{} vCPUs and the devices created", vcpus.len());
-
-        let images = loader.join().map_err(|_| BuildError::LoaderPanicked)??;
-        let boot_info = write_boot_info(&memory, config, &images.kernel, images.initrd, rsdp)?;
-        if let Some(boot_vcpu) = vcpus.first() {
-            set_boot_registers(&memory, boot_vcpu, &images.kernel, boot_info)?;
+        match (restore, loader) {
+            (Some(image), _) => {
+                // The ACPI tables and everything the kernel set up are in the restored RAM.
+                image.apply(kvm, &vm_fd, &vcpus, &devices)?;
+                debug!("VM restored from the snapshot");
+            }
+            (None, Some(loader)) => {
+                let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
+                let images = loader.join().map_err(|_| BuildError::LoaderPanicked)??;
+                let boot_info =
+                    write_boot_info(&memory, config, &images.kernel, images.initrd, rsdp)?;
+                if let Some(boot_vcpu) = vcpus.first() {
+                    set_boot_registers(&memory, boot_vcpu, &images.kernel, boot_info)?;
+                }
+                debug!("VM ready");
+            }
+            // `VmConfig` has a kernel exactly when it is not a restore.
+            (None, None) => return Err(BuildError::NothingToBoot),
         }
-        debug!("VM ready");
         Ok(Vm {
             vm_fd,
             ram_slots: u32::try_from(memory.num_regions()).unwrap_or(u32::MAX),
@@ -269,6 +317,7 @@ pub fn build(config: &VmConfig, kvm: &Kvm, files: HostFiles) -> Result<Vm> {
             hvc_writer: outputs.hvc_writer,
             console_ring,
             virtio,
+            devices,
         })
     })
 }
@@ -297,7 +346,7 @@ fn arch_err<E: Into<arch::Error>>(err: E) -> BuildError {
     BuildError::Arch(err.into())
 }
 
-fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+pub(crate) fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { step, source }
 }
 
@@ -455,38 +504,58 @@ fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
     Ok(console)
 }
 
+/// The legacy devices on the port bus besides the UART, kept typed for snapshots, each
+/// with its instance number (its port base).
+struct LegacyDevices {
+    i8042: (u32, Arc<Mutex<I8042>>),
+    cmos: (u32, Arc<Mutex<Cmos>>),
+    acpi_pm: (u32, Arc<Mutex<AcpiPm>>),
+    reset: (u32, Arc<Mutex<ResetControl>>),
+    pci_root: Arc<Mutex<PciRoot>>,
+}
+
 fn create_pio_bus(
     config: &VmConfig,
     requests: &GuestRequests,
     console: &Console,
     pci_root: PciRoot,
-) -> Result<Bus> {
+) -> Result<(Bus, LegacyDevices)> {
     let clone = |evt: &EventFd| evt.try_clone().map_err(BuildError::EventFd);
     let bus = Bus::new();
     bus.insert(console.serial.clone(), COM1_PORT, 8)?;
-    bus.insert(shared(I8042::new(clone(&requests.reset)?)), 0x60, 5)?;
-    let cmos = Cmos::new(
+    let i8042 = Arc::new(Mutex::new(I8042::new(clone(&requests.reset)?)));
+    bus.insert(i8042.clone(), I8042_PORT, 5)?;
+    let cmos = Arc::new(Mutex::new(Cmos::new(
         layout::ram_below_4g(config.mem_bytes),
         layout::ram_above_4g(config.mem_bytes),
-    );
-    bus.insert(shared(cmos), 0x70, 2)?;
-    bus.insert(
-        shared(AcpiPm::new(clone(&requests.poweroff)?)),
-        u64::from(devices::acpi_pm::PM1A_EVT_BLK_PORT),
-        8,
-    )?;
-    bus.insert(shared(ResetControl::new(clone(&requests.reset)?)), 0xcf9, 1)?;
+    )));
+    bus.insert(cmos.clone(), CMOS_PORT, 2)?;
+    let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(clone(&requests.poweroff)?)));
+    let pm_port = devices::acpi_pm::PM1A_EVT_BLK_PORT;
+    bus.insert(acpi_pm.clone(), u64::from(pm_port), 8)?;
+    let reset = Arc::new(Mutex::new(ResetControl::new(clone(&requests.reset)?)));
+    bus.insert(reset.clone(), RESET_PORT, 1)?;
     // Configuration mechanism #1 shares its ports with the reset register, as on real
     // chipsets: dword accesses at 0xCF8 are the address register, 0xCF9 is the reset
     // control register, and 0xCFC-0xCFF are the data window.
-    let pci_root = shared(pci_root);
-    bus.insert(pci_root.clone(), PCI_CONFIG_IO_BASE, 1)?;
+    let pci_root = Arc::new(Mutex::new(pci_root));
+    let pci_root_bus: Arc<Mutex<dyn BusDevice>> = pci_root.clone();
+    bus.insert(pci_root_bus.clone(), PCI_CONFIG_IO_BASE, 1)?;
     bus.insert(
-        shared(BusWindow::new(pci_root, PCI_CONFIG_DATA_OFFSET)),
+        shared(BusWindow::new(pci_root_bus, PCI_CONFIG_DATA_OFFSET)),
         PCI_CONFIG_IO_BASE + PCI_CONFIG_DATA_OFFSET,
         PCI_CONFIG_IO_LEN - PCI_CONFIG_DATA_OFFSET,
     )?;
-    Ok(bus)
+    // The ports are 16-bit constants: the instance numbers are exact.
+    let instance = |port: u64| u32::try_from(port).unwrap_or(u32::MAX);
+    let legacy = LegacyDevices {
+        i8042: (instance(I8042_PORT), i8042),
+        cmos: (instance(CMOS_PORT), cmos),
+        acpi_pm: (u32::from(pm_port), acpi_pm),
+        reset: (instance(RESET_PORT), reset),
+        pci_root,
+    };
+    Ok((bus, legacy))
 }
 
 /// What the virtio devices are built from, besides the configuration: the host files
@@ -511,7 +580,7 @@ fn create_pci(
     vm_fd: &Arc<VmFd>,
     memory: &GuestMemoryMmap,
     mmio_bus: &Arc<Bus>,
-) -> Result<(PciRoot, VirtioHandles, Option<HostInput>)> {
+) -> Result<(PciRoot, VirtioHandles, Option<HostInput>, Transports)> {
     let PciDevices {
         disks,
         taps,
@@ -527,6 +596,7 @@ fn create_pci(
         memory,
         mmio_bus,
         intx_lines: Vec::new(),
+        transports: Vec::new(),
     };
     let mut handles = VirtioHandles::default();
     for (index, disk) in disks.into_iter().enumerate() {
@@ -596,7 +666,7 @@ fn create_pci(
         pci.add_virtio(Box::new(device))?;
     }
     handles.intx_lines = pci.intx_lines;
-    Ok((pci.root, handles, hvc_input))
+    Ok((pci.root, handles, hvc_input, pci.transports))
 }
 
 impl VirtioHandles {
@@ -624,116 +694,6 @@ fn create_net(index: usize, net: &NetConfig, tap: Tap) -> Result<Net> {
         crate::sandbox::enter_device_worker(ThreadKind::VirtioNet, &label)
     })
     .map_err(BuildError::Net)
-}
-
-/// What adding a virtio device to PCI bus 0 touches.
-struct PciWiring<'a> {
-    root: PciRoot,
-    bars: BarAllocator,
-    router: Arc<Mutex<GsiRouter>>,
-    next_gsi: u32,
-    vm_fd: &'a Arc<VmFd>,
-    memory: &'a GuestMemoryMmap,
-    mmio_bus: &'a Arc<Bus>,
-    intx_lines: Vec<Arc<PciInterrupt>>,
-}
-
-impl PciWiring<'_> {
-    /// Puts `device` on the bus behind the virtio-pci transport: BARs on the MMIO bus,
-    /// queue notifications as ioeventfds (no exit to the VMM), MSI-X vectors as irqfds
-    /// on their own GSIs, routed as the guest programs them. Returns the device's live
-    /// queue states.
-    fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<Vec<Arc<QueueStatus>>> {
-        let transport = VirtioPciDevice::new(device, Arc::new(self.memory.clone()))
-            .map_err(|err| BuildError::Device(err.to_string()))?;
-        let transport = Arc::new(Mutex::new(transport));
-        let pci_device: Arc<Mutex<dyn PciDevice>> = transport.clone();
-        let address = self
-            .root
-            .add_device(pci_device.clone())
-            .map_err(|err| BuildError::Device(err.to_string()))?;
-        for bar in pci::allocate_bars(&pci_device, &mut self.bars)
-            .map_err(|err| BuildError::Device(err.to_string()))?
-        {
-            self.mmio_bus.insert(bar.bus_device, bar.base, bar.size)?;
-        }
-        let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
-        let notifiers = transport
-            .queue_notifiers()
-            .map_err(|err| BuildError::Device(err.to_string()))?
-            .unwrap_or_default();
-        for notifier in &notifiers {
-            self.vm_fd
-                .register_ioevent(
-                    &notifier.eventfd,
-                    &IoEventAddress::Mmio(notifier.addr),
-                    NoDatamatch,
-                )
-                .map_err(kvm_step("register a queue notification"))?;
-        }
-        self.wire_intx(&mut transport, address.device)?;
-        transport.set_bar_mover(crate::bar_mover::bar_mover(
-            self.vm_fd.clone(),
-            self.mmio_bus.clone(),
-            notifiers,
-        ));
-        self.wire_msix(&transport)?;
-        debug!("virtio device at PCI {address:?}");
-        Ok(transport.queue_statuses())
-    }
-
-    /// Wires INTA# of the device in `slot` to its IOAPIC input (the one the DSDT's `_PRT`
-    /// names) as a level: a KVM irqfd with a resample eventfd, which the run loop watches.
-    fn wire_intx(&mut self, transport: &mut VirtioPciDevice, slot: u8) -> Result<()> {
-        let gsi = arch::layout::pci_intx_gsi(slot);
-        let interrupt = transport.interrupt();
-        self.vm_fd
-            .register_irqfd_with_resample(
-                interrupt.intx_eventfd(),
-                interrupt.intx_resample_eventfd(),
-                gsi,
-            )
-            .map_err(kvm_step("wire a device's INTx line"))?;
-        // GSIs 16..24 fit in the byte.
-        transport.set_interrupt_line(u8::try_from(gsi).unwrap_or(u8::MAX));
-        self.intx_lines.push(interrupt);
-        Ok(())
-    }
-
-    fn wire_msix(&mut self, transport: &VirtioPciDevice) -> Result<()> {
-        let msix = transport.msix();
-        let mut msix = msix.lock().unwrap_or_else(|p| p.into_inner());
-        let first_gsi = self.next_gsi;
-        // GSIs are handed out from a u32 counter; running out is an error, not
-        // a wrap onto another device's routes. (KVM refuses far sooner.)
-        let next_gsi = first_gsi
-            .checked_add(u32::from(msix.num_vectors()))
-            .ok_or_else(|| {
-                kvm_step("route a device interrupt")(kvm_ioctls::Error::new(libc::ENOSPC))
-            })?;
-        for vector in 0..msix.num_vectors() {
-            if let Some(eventfd) = msix.eventfd(vector) {
-                // vector < num_vectors, so this is below `next_gsi`.
-                self.vm_fd
-                    .register_irqfd(eventfd, first_gsi.saturating_add(u32::from(vector)))
-                    .map_err(kvm_step("route a device interrupt"))?;
-            }
-        }
-        self.next_gsi = next_gsi;
-        let router = self.router.clone();
-        msix.set_route_handler(Box::new(move |update: MsixRouteUpdate| {
-            // The vector is one of this table's, so this is below `next_gsi`.
-            let gsi = first_gsi.saturating_add(u32::from(update.vector));
-            let mut router = router.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(err) = router.set_msi(gsi, update.message.address, update.message.data) {
-                warn!(
-                    "cannot route MSI-X vector {} (GSI {gsi}): {err}",
-                    update.vector
-                );
-            }
-        }));
-        Ok(())
-    }
 }
 
 fn shared<D: BusDevice + 'static>(device: D) -> Arc<Mutex<dyn BusDevice>> {

@@ -11,8 +11,8 @@ use argh::FromArgs;
 
 pub use crate::run_options::{DiskSpec, NetBackend, NetSpec, SerialOutput, Source, VsockSpec};
 use crate::run_options::{
-    parse_console, parse_disk, parse_initrd, parse_kernel, parse_net, parse_serial,
-    parse_socket_fd, parse_vsock,
+    parse_console, parse_disk, parse_initrd, parse_kernel, parse_memory, parse_net, parse_restore,
+    parse_serial, parse_socket_fd, parse_vsock,
 };
 
 /// vmm: a KVM virtual machine monitor that boots stock Linux kernels.
@@ -42,6 +42,7 @@ pub enum Command {
     ListMemory(ListMemoryArgs),
     Events(EventsArgs),
     Console(ConsoleArgs),
+    Snapshot(SnapshotArgs),
 }
 
 /// `--console-ring`'s default, KiB.
@@ -51,9 +52,9 @@ pub const DEFAULT_CONSOLE_RING_KIB: u64 = 64;
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
 pub struct RunArgs {
-    /// guest memory in MiB
+    /// guest memory in MiB (required, except with --restore)
     #[argh(option)]
-    pub mem: u64,
+    pub mem: Option<u64>,
 
     /// number of vCPUs (default 1)
     #[argh(option, default = "1")]
@@ -68,10 +69,11 @@ pub struct RunArgs {
     #[argh(option)]
     pub params: Option<String>,
 
-    /// where the guest's serial console goes: "stdio" (default), "file=PATH" or "fd=N"
-    /// (an inherited descriptor open for writing)
-    #[argh(option, default = "SerialOutput::Stdio", from_str_fn(parse_serial))]
-    pub serial: SerialOutput,
+    /// where the guest's serial console goes: "stdio" (default; with --restore, what
+    /// the snapshot recorded), "file=PATH" or "fd=N" (an inherited descriptor open for
+    /// writing)
+    #[argh(option, from_str_fn(parse_serial))]
+    pub serial: Option<SerialOutput>,
 
     /// a virtio-console device, the guest's hvc0 (console=hvc0), whose output goes to
     /// "stdio", "file=PATH" or "fd=N" (an inherited descriptor open for writing); with
@@ -152,10 +154,57 @@ pub struct RunArgs {
     #[argh(option)]
     pub cgroup: Option<PathBuf>,
 
+    /// bring back the VM a `vmm snapshot` saved in this file (a path, or fd=N), instead of
+    /// booting a kernel: the machine and its devices are the snapshot's (a --disk, --net,
+    /// --serial, --console or --vsock given here replaces the recorded one of the same
+    /// index)
+    #[argh(option, from_str_fn(parse_restore))]
+    pub restore: Option<Source>,
+
+    /// with --restore: the snapshot's memory file, a path or fd=N (default: the
+    /// snapshot's path with .mem appended; required with --restore fd=N)
+    #[argh(option, from_str_fn(parse_memory))]
+    pub memory: Option<Source>,
+
+    /// with --restore: do not run the restored vCPUs until a Resume request (`vmm resume`)
+    #[argh(switch)]
+    pub paused: bool,
+
     /// the kernel: a Linux bzImage, or an ELF vmlinux (PVH entry when it has one); a path,
-    /// or fd=N (an inherited descriptor)
+    /// or fd=N (an inherited descriptor). Not given with --restore
     #[argh(positional, from_str_fn(parse_kernel))]
-    pub kernel: Source,
+    pub kernel: Option<Source>,
+}
+
+impl RunArgs {
+    /// What argh cannot say: `--mem` and KERNEL are required unless `--restore` brings a
+    /// snapshot back, and then neither may be given, nor the restore-only options without
+    /// it. The message is the usage error `vmm run` exits 2 with.
+    pub fn check_usage(&self) -> Result<(), String> {
+        match (&self.restore, self.mem, &self.kernel) {
+            (None, None, _) => Err("vmm run: --mem is required (unless --restore)".into()),
+            (None, _, None) => Err("vmm run: KERNEL is required (unless --restore)".into()),
+            (None, _, _) if self.memory.is_some() => {
+                Err("vmm run: --memory only applies with --restore".into())
+            }
+            (None, _, _) if self.paused => {
+                Err("vmm run: --paused only applies with --restore".into())
+            }
+            (Some(_), Some(_), _) => {
+                Err("vmm run: --mem cannot be given with --restore: the snapshot has it".into())
+            }
+            (Some(_), _, Some(_)) => Err(
+                "vmm run: KERNEL cannot be given with --restore: the VM is restored, not booted"
+                    .into(),
+            ),
+            (Some(Source::Fd(_)), _, _) if self.memory.is_none() => Err(
+                "vmm run: --restore fd=N needs --memory (a path or fd=M): there is no path to \
+                 append .mem to"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Stop a running VM through its control socket (the VMM exits with status 0).
@@ -165,6 +214,29 @@ pub struct StopArgs {
     /// the VMM's control socket (vmm run --socket)
     #[argh(positional)]
     pub socket: PathBuf,
+}
+
+/// Save the whole VM: its state to FILE, its RAM (sparse) to --memory. The VM is paused
+/// while they are written, then runs on (or ends, with --stop). `vmm run --restore FILE`
+/// brings it back.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "snapshot")]
+pub struct SnapshotArgs {
+    /// the VMM's control socket (vmm run --socket)
+    #[argh(positional)]
+    pub socket: PathBuf,
+
+    /// the snapshot file to write (created, or replaced)
+    #[argh(positional)]
+    pub file: PathBuf,
+
+    /// the memory file to write (default: FILE.mem)
+    #[argh(option)]
+    pub memory: Option<PathBuf>,
+
+    /// end the VM after a snapshot written whole, instead of letting it run on
+    #[argh(switch)]
+    pub stop: bool,
 }
 
 /// Pause every vCPU: the guest makes no progress until `vmm resume`.
@@ -355,7 +427,11 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn parse(args: &[&str]) -> Result<Args, String> {
-        Args::from_args(&["vmm"], args).map_err(|early| early.output)
+        let args = Args::from_args(&["vmm"], args).map_err(|early| early.output)?;
+        if let Command::Run(run) = &args.command {
+            run.check_usage()?;
+        }
+        Ok(args)
     }
 
     #[test]
@@ -395,12 +471,15 @@ mod tests {
         let Command::Run(run) = args.command else {
             panic!("parsed as {:?}", args.command);
         };
-        assert_eq!(run.mem, 256);
+        assert_eq!(run.mem, Some(256));
         assert_eq!(run.cpus, 2);
         assert_eq!(run.initrd, Some(Source::Path(PathBuf::from("i.img"))));
         assert_eq!(run.params.as_deref(), Some("quiet"));
-        assert_eq!(run.serial, SerialOutput::File(PathBuf::from("/tmp/c.log")));
-        assert_eq!(run.kernel, Source::Path(PathBuf::from("bzImage")));
+        assert_eq!(
+            run.serial,
+            Some(SerialOutput::File(PathBuf::from("/tmp/c.log")))
+        );
+        assert_eq!(run.kernel, Some(Source::Path(PathBuf::from("bzImage"))));
         assert_eq!(run.socket, Some(PathBuf::from("/tmp/vmm.sock")));
         assert_eq!(run.socket_allow_uid, vec![1000, 1001]);
         assert_eq!(
@@ -460,9 +539,9 @@ mod tests {
         let Command::Run(run) = args.command else {
             panic!("parsed as {:?}", args.command);
         };
-        assert_eq!(run.kernel, Source::Fd(3));
+        assert_eq!(run.kernel, Some(Source::Fd(3)));
         assert_eq!(run.initrd, Some(Source::Fd(4)));
-        assert_eq!(run.serial, SerialOutput::Fd(5));
+        assert_eq!(run.serial, Some(SerialOutput::Fd(5)));
         assert_eq!(
             run.disk,
             vec![
@@ -590,7 +669,7 @@ mod tests {
             panic!("not a run command");
         };
         assert_eq!(run.cpus, 1);
-        assert_eq!(run.serial, SerialOutput::Stdio);
+        assert_eq!(run.serial, None);
         assert_eq!(run.params, None);
     }
 
@@ -607,6 +686,32 @@ mod tests {
         assert!(parse(&["run", "--mem", "64"]).is_err());
         assert!(parse(&["run", "k"]).is_err());
         assert!(parse(&["run", "--mem", "lots", "k"]).is_err());
+    }
+
+    #[test]
+    fn restore_takes_neither_kernel_nor_mem_and_its_options_need_it() {
+        let Command::Run(run) = parse(&["run", "--restore", "s", "--paused"])
+            .expect("valid")
+            .command
+        else {
+            panic!("not run");
+        };
+        assert_eq!(run.restore, Some(Source::Path(PathBuf::from("s"))));
+        assert!(run.paused);
+        let err = parse(&["run", "--restore", "s", "--mem", "64"]).unwrap_err();
+        assert!(
+            err.contains("--mem cannot be given with --restore"),
+            "{err}"
+        );
+        let err = parse(&["run", "--restore", "s", "k"]).unwrap_err();
+        assert!(err.contains("KERNEL cannot be given"), "{err}");
+        let err = parse(&["run", "--mem", "64", "--paused", "k"]).unwrap_err();
+        assert!(
+            err.contains("--paused only applies with --restore"),
+            "{err}"
+        );
+        let err = parse(&["run", "--mem", "64", "--memory", "m", "k"]).unwrap_err();
+        assert!(err.contains("--memory only applies"), "{err}");
     }
 
     fn balloon(args: &[&str]) -> Result<BalloonChange, String> {

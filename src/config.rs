@@ -69,6 +69,14 @@ pub enum ConfigError {
          history"
     )]
     ConsoleRingOutOfRange(u64),
+    #[error("{0} is required (unless --restore brings back a snapshot)")]
+    Missing(&'static str),
+    #[error("{0} only applies with --restore")]
+    RestoreOnly(&'static str),
+    #[error("{0} cannot be given with --restore: the snapshot says what the machine is")]
+    NotWithRestore(&'static str),
+    #[error("{0}")]
+    Restore(String),
 }
 
 /// Whether `vmm run` jails itself when neither `--jail` nor `--no-jail` is given. Turning
@@ -80,7 +88,8 @@ pub const JAIL_BY_DEFAULT: bool = true;
 pub struct VmConfig {
     pub mem_bytes: u64,
     pub cpus: u8,
-    pub kernel: Source,
+    /// The kernel to boot; `None` for a restore (`--restore`), which boots nothing.
+    pub kernel: Option<Source>,
     pub initrd: Option<Source>,
     pub cmdline: String,
     pub serial: SerialOutput,
@@ -108,6 +117,9 @@ pub struct VmConfig {
     pub sandbox: bool,
     /// The jail, with `--jail` (or by default, see [`JAIL_BY_DEFAULT`]).
     pub jail: Option<JailConfig>,
+    /// Whether the vCPUs wait for a Resume request before they first run (`--paused`,
+    /// restores only).
+    pub start_paused: bool,
 }
 
 /// One network interface: its host side and its MAC.
@@ -132,12 +144,20 @@ pub const MAX_CPUS_ACPI: u32 = 254;
 impl VmConfig {
     /// Checks `args` against the host's limits.
     pub fn from_args(args: &RunArgs, host: HostLimits) -> Result<VmConfig, ConfigError> {
-        if args.mem < MIN_MEM_MIB {
-            return Err(ConfigError::MemoryTooSmall(args.mem));
+        if args.memory.is_some() {
+            return Err(ConfigError::RestoreOnly("--memory"));
         }
-        if args.mem > host.memory_mib {
+        if args.paused {
+            return Err(ConfigError::RestoreOnly("--paused"));
+        }
+        let mem = args.mem.ok_or(ConfigError::Missing("--mem"))?;
+        let kernel = args.kernel.clone().ok_or(ConfigError::Missing("KERNEL"))?;
+        if mem < MIN_MEM_MIB {
+            return Err(ConfigError::MemoryTooSmall(mem));
+        }
+        if mem > host.memory_mib {
             return Err(ConfigError::MemoryTooLarge {
-                requested: args.mem,
+                requested: mem,
                 host: host.memory_mib,
             });
         }
@@ -167,15 +187,15 @@ impl VmConfig {
         let console_ring_bytes = console_ring_bytes(args.console_ring)?;
         Ok(VmConfig {
             // Cannot overflow: mem is at most the host's memory in MiB.
-            mem_bytes: args.mem << 20,
+            mem_bytes: mem << 20,
             cpus: u8::try_from(args.cpus).map_err(|_| ConfigError::TooManyCpus {
                 requested: args.cpus,
                 max: max_cpus,
             })?,
-            kernel: args.kernel.clone(),
+            kernel: Some(kernel),
             initrd: args.initrd.clone(),
             cmdline,
-            serial: args.serial.clone(),
+            serial: args.serial.clone().unwrap_or(SerialOutput::Stdio),
             console: args.console.clone(),
             rng: args.rng,
             disks: args.disk.clone(),
@@ -187,12 +207,13 @@ impl VmConfig {
             console_ring_bytes,
             sandbox: !args.disable_sandbox,
             jail,
+            start_paused: false,
         })
     }
 }
 
 /// `--console-ring`'s KiB in bytes: 0, or within the ring's bounds.
-fn console_ring_bytes(kib: u64) -> Result<usize, ConfigError> {
+pub(crate) fn console_ring_bytes(kib: u64) -> Result<usize, ConfigError> {
     use devices::ConsoleRing;
     if kib == 0 {
         return Ok(0);
@@ -205,7 +226,7 @@ fn console_ring_bytes(kib: u64) -> Result<usize, ConfigError> {
 }
 
 /// The jail's settings, or `None` without one; its options only make sense with it.
-fn jail_config(args: &RunArgs) -> Result<Option<JailConfig>, ConfigError> {
+pub(crate) fn jail_config(args: &RunArgs) -> Result<Option<JailConfig>, ConfigError> {
     if args.jail && args.no_jail {
         return Err(ConfigError::JailAndNoJail);
     }
@@ -236,7 +257,7 @@ fn jail_config(args: &RunArgs) -> Result<Option<JailConfig>, ConfigError> {
 
 /// Refuses more disks than PCI bus 0 has room for, and one image given twice (the second
 /// would only fail later, on the first one's lock, with a less useful message).
-fn check_disks(disks: &[DiskSpec]) -> Result<(), ConfigError> {
+pub(crate) fn check_disks(disks: &[DiskSpec]) -> Result<(), ConfigError> {
     if disks.len() > MAX_DISKS {
         return Err(ConfigError::TooManyDisks(disks.len()));
     }
@@ -329,11 +350,11 @@ mod tests {
 
     fn args(mem: u64, cpus: u32) -> RunArgs {
         RunArgs {
-            mem,
+            mem: Some(mem),
             cpus,
             initrd: None,
             params: None,
-            serial: SerialOutput::Stdio,
+            serial: None,
             console: None,
             rng: false,
             disk: Vec::new(),
@@ -351,7 +372,10 @@ mod tests {
             jail_uid: None,
             jail_gid: None,
             cgroup: None,
-            kernel: Source::Path(PathBuf::from("bzImage")),
+            restore: None,
+            memory: None,
+            paused: false,
+            kernel: Some(Source::Path(PathBuf::from("bzImage"))),
         }
     }
 

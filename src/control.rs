@@ -362,9 +362,50 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
             Some(fd) => vm.console_attach(fd, flags),
             None => Response::error(ErrorKind::ExpectFd, libc::EBADF),
         }),
+        Request::Snapshot { flags } => snapshot(vm, request.fd, request.second_fd, flags),
         // Answered by vm_control before `execute` is reached.
         Request::GetVersion => Outcome::Reply(Response::version()),
         Request::Subscribe => Outcome::Reply(Response::Ok),
+    }
+}
+
+/// `Snapshot`: the stream to `stream`, RAM to `memory`; with `STOP`, the VM ends after a
+/// snapshot written whole.
+fn snapshot(
+    vm: &mut RunningVm,
+    stream: Option<OwnedFd>,
+    memory: Option<OwnedFd>,
+    flags: u32,
+) -> Outcome {
+    // vm_control rejects a Snapshot without both descriptors before it gets here.
+    let (Some(stream), Some(memory)) = (stream, memory) else {
+        return Outcome::Reply(Response::error(ErrorKind::ExpectFd, libc::EBADF));
+    };
+    let (stream, memory) = (std::fs::File::from(stream), std::fs::File::from(memory));
+    // A pipe or a socket could block the main thread, which serves the VM: regular files only.
+    for file in [&stream, &memory] {
+        match file.metadata() {
+            Ok(meta) if meta.file_type().is_file() => {}
+            Ok(_) => {
+                debug!("Snapshot refused: a descriptor is not a regular file");
+                return Outcome::Reply(Response::error(ErrorKind::InvalidArgument, libc::EINVAL));
+            }
+            Err(err) => return Outcome::Reply(Response::Err(ErrorReply::failed(&err))),
+        }
+    }
+    let stop = flags & vm_control::wire::snapshot_flags::STOP != 0;
+    match crate::snapshot::save::take_snapshot(vm, &stream, &memory, stop) {
+        Ok(()) if stop => Outcome::ReplyAndExit(Response::Ok, VmExit::Stopped),
+        Ok(()) => Outcome::Reply(Response::Ok),
+        Err(err) => {
+            warn!("snapshot not taken, the VM goes on: {err}");
+            let kind = if err.is_refusal() {
+                ErrorKind::Unsupported
+            } else {
+                ErrorKind::Failed
+            };
+            Outcome::Reply(Response::error(kind, err.errno()))
+        }
     }
 }
 

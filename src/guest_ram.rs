@@ -44,10 +44,6 @@ fn map_region(guest_base: GuestAddress, len: usize) -> io::Result<GuestRegionMma
 /// offset in `file`) privately, so pages are read from the page cache only when the guest
 /// touches them and its writes never reach the file. The caller has checked the file's
 /// size against the ranges.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by `vmm run --restore`, next step")
-)]
 pub fn map_guest_ram_from_file(
     ranges: &[(GuestAddress, usize, u64)],
     file: &File,

@@ -209,9 +209,18 @@ fn named_descriptors(
     activation: Option<RawFd>,
 ) -> Result<Vec<Named>, HandoverError> {
     let mut named = Vec::new();
-    source_descriptor(&mut named, "KERNEL", &args.kernel, Role::Kernel);
+    if let Some(kernel) = &args.kernel {
+        source_descriptor(&mut named, "KERNEL", kernel, Role::Kernel);
+    }
     if let Some(initrd) = &args.initrd {
         source_descriptor(&mut named, "--initrd", initrd, Role::Initrd);
+    }
+    // A snapshot and its memory file are read like the kernel: readable regular files.
+    if let Some(snapshot) = &args.restore {
+        source_descriptor(&mut named, "--restore", snapshot, Role::Kernel);
+    }
+    if let Some(memory) = &args.memory {
+        source_descriptor(&mut named, "--memory", memory, Role::Kernel);
     }
     for disk in &args.disk {
         let role = Role::Disk {
@@ -220,11 +229,11 @@ fn named_descriptors(
         source_descriptor(&mut named, "--disk", &disk.source, role);
     }
     match &args.serial {
-        SerialOutput::Fd(fd) => {
+        Some(SerialOutput::Fd(fd)) => {
             named.push(new_named(*fd, format!("--serial fd={fd}"), Role::Serial))
         }
-        SerialOutput::File(path) => path_target(&mut named, "--serial file=", path),
-        SerialOutput::Stdio => {}
+        Some(SerialOutput::File(path)) => path_target(&mut named, "--serial file=", path),
+        Some(SerialOutput::Stdio) | None => {}
     }
     match &args.console {
         Some(SerialOutput::Fd(fd)) => {

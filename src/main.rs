@@ -46,16 +46,12 @@ mod jail;
 mod logger;
 mod memory_registry;
 mod opened;
+mod pci_wiring;
 mod run_loop;
 mod run_options;
 mod running_vm;
 mod sandbox;
 mod signal_fd;
-// Written and read by the snapshot request and `vmm run --restore`, which come next.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the snapshot request, next step")
-)]
 mod snapshot;
 mod socket_activation;
 mod terminal;
@@ -91,6 +87,7 @@ fn main() {
         Command::ListMemory(args) => commands::list_memory(&args),
         Command::Events(args) => commands::events(&args),
         Command::Console(args) => commands::console::console(&args),
+        Command::Snapshot(args) => commands::snapshot(&args),
     };
     std::process::exit(code);
 }
@@ -111,7 +108,7 @@ fn parse_args(raw: Vec<OsString>) -> Result<Args, i32> {
     let command = strings.first().map(String::as_str).unwrap_or("vmm");
     let command = command.rsplit('/').next().unwrap_or(command);
     let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
-    Args::from_args(&[command], &rest).map_err(|early| match early.status {
+    let args = Args::from_args(&[command], &rest).map_err(|early| match early.status {
         Ok(()) => {
             println!("{}", early.output);
             0
@@ -120,7 +117,14 @@ fn parse_args(raw: Vec<OsString>) -> Result<Args, i32> {
             eprintln!("{}", early.output);
             EXIT_USAGE
         }
-    })
+    })?;
+    if let Command::Run(run) = &args.command {
+        if let Err(usage) = run.check_usage() {
+            eprintln!("{usage}");
+            return Err(EXIT_USAGE);
+        }
+    }
+    Ok(args)
 }
 
 /// `vmm run`: build the VM, run it, and map the outcome to an exit status.
@@ -146,7 +150,7 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     // First, while this is the only thread and before vmm opens anything: take over the
     // descriptors the options name (checked), close every other inherited one, and take
     // the socket-activation variables out of the environment.
-    let handover = inherited_fds::take(args)?;
+    let mut handover = inherited_fds::take(args)?;
     // While this is still the only thread: every thread created from here on inherits
     // the block, so a stop signal only ever reaches the run loop.
     let stop_signals = run_loop::block_stop_signals()?;
@@ -155,7 +159,21 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
         memory_mib: config::host_memory_mib(),
         max_cpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(1),
     };
-    let config = VmConfig::from_args(args, host)?;
+    // A restore reads and checks the whole snapshot first: its CONFIG record says what
+    // the machine is, and so what else to open.
+    let restore = match &args.restore {
+        Some(path) => {
+            let (stream, memory) =
+                opened::open_snapshot(path, args.memory.as_ref(), &mut handover)?;
+            let max_vcpus = usize::try_from(host.max_cpus).unwrap_or(1);
+            Some(snapshot::restore::read_snapshot(stream, memory, max_vcpus)?)
+        }
+        None => None,
+    };
+    let config = match &restore {
+        Some(image) => VmConfig::for_restore(args, &image.config, host)?,
+        None => VmConfig::from_args(args, host)?,
+    };
     if builder::host_kvm_is_pvm() {
         log::warn!(
             "this host's KVM is kvm_pvm: guest kernel code runs in KVM's instruction emulator \
@@ -173,8 +191,14 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
     if let Some(jail) = &config.jail {
         jail::enter(jail, &config, &mut opened)?;
     }
-    let vm = builder::build(&config, &kvm, opened.files)?;
-    Ok(run_loop::run(vm, &config, stop_signals, opened.control)?)
+    let vm = builder::build(&config, &kvm, opened.files, restore)?;
+    Ok(run_loop::run(
+        kvm,
+        vm,
+        &config,
+        stop_signals,
+        opened.control,
+    )?)
 }
 
 /// "outer: inner: innermost", so one line carries the whole cause.

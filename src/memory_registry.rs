@@ -131,6 +131,12 @@ impl MemoryRegistry {
         }
     }
 
+    /// Whether no region is registered (a snapshot can only be taken then: a region backed
+    /// by a client's descriptor cannot be saved).
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+
     /// Maps `size` bytes of `fd` into the guest; returns (guest address, slot).
     pub fn register(
         &mut self,

@@ -1,4 +1,5 @@
-//! Everything `vmm run` reaches by path, opened in one phase before the VM is built: the
+//! Everything `vmm run` reaches by path, opened in one phase before the VM is built: a
+//! snapshot and its memory file for `--restore` ([`open_snapshot`], first), the
 //! kernel and initrd (checked, not yet read), the `--serial` and `--console` files, each
 //! `--disk` image (opened and locked), each `--net` tap (attached, or created, addressed
 //! and brought up), `/dev/vhost-vsock` for `--vsock` and the control socket (bound and
@@ -66,6 +67,45 @@ pub enum OpenError {
     Vsock(#[source] VsockError),
     #[error("cannot create the control socket: {0}")]
     ControlSocket(#[source] ListenError),
+    #[error("cannot open the {what} {path}: {source}")]
+    Snapshot {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `--restore`'s snapshot file and its memory file (`--memory`, else the snapshot's path
+/// with `.mem` appended), opened read-only or taken from `handover` (`fd=N`). Called
+/// first of all (before the snapshot's configuration says what else to open), in the same
+/// single-threaded phase before the jail as [`open_all`].
+pub fn open_snapshot(
+    snapshot: &Source,
+    memory: Option<&Source>,
+    handover: &mut Handover,
+) -> Result<(File, File), OpenError> {
+    let default_memory;
+    let memory = match (memory, snapshot) {
+        (Some(memory), _) => memory,
+        (None, Source::Path(path)) => {
+            default_memory = Source::Path(crate::commands::default_memory_path(path));
+            &default_memory
+        }
+        // `RunArgs::check_usage` asks for --memory with --restore fd=N.
+        (None, Source::Fd(_)) => snapshot,
+    };
+    let mut open = |what, source: &Source| match source {
+        Source::Path(path) => File::open(path).map_err(|source| OpenError::Snapshot {
+            what,
+            path: path.clone(),
+            source,
+        }),
+        Source::Fd(fd) => Ok(handover.take_file(*fd)?),
+    };
+    let stream = open("snapshot", snapshot)?;
+    let memory = open("memory file", memory)?;
+    Ok((stream, memory))
 }
 
 /// One `--disk` image, opened (or handed over) and locked.
@@ -80,7 +120,8 @@ pub struct DiskFile {
 /// What the builder needs from the host, as descriptors.
 #[derive(Debug)]
 pub struct HostFiles {
-    pub kernel: BoundedFile,
+    /// `None` for a restore, which loads no kernel.
+    pub kernel: Option<BoundedFile>,
     pub initrd: Option<BoundedFile>,
     /// The `--serial file=PATH` file, opened for appending, or the `--serial fd=N`
     /// descriptor; `None` for stdio.
@@ -108,12 +149,11 @@ pub struct Opened {
 pub fn open_all(config: &VmConfig, mut handover: Handover) -> Result<Opened, OpenError> {
     // Whatever the format, the kernel must fit in guest RAM (an unstripped vmlinux whose
     // debug sections alone outgrow it is refused: strip it).
-    let kernel = open_image(
-        "the kernel",
-        &config.kernel,
-        config.mem_bytes,
-        &mut handover,
-    )?;
+    let kernel = config
+        .kernel
+        .as_ref()
+        .map(|kernel| open_image("the kernel", kernel, config.mem_bytes, &mut handover))
+        .transpose()?;
     // The initrd goes in low RAM: anything larger cannot fit, whatever the loader decides.
     let low_ram_end = arch::layout::ram_below_4g(config.mem_bytes);
     let initrd = config

@@ -117,6 +117,7 @@ pub fn block_stop_signals() -> Result<SignalFd, RunError> {
 /// `listener` is the control socket, bound before it was built too or handed over by a
 /// supervisor (`--socket-fd`, socket activation; see `opened`).
 pub fn run(
+    kvm: kvm_ioctls::Kvm,
     vm: Vm,
     config: &VmConfig,
     signals: SignalFd,
@@ -141,7 +142,11 @@ pub fn run(
     };
 
     let counters = Arc::new(ExitCounters::default());
-    let run_control = Arc::new(RunControl::default());
+    let run_control = Arc::new(if config.start_paused {
+        RunControl::paused()
+    } else {
+        RunControl::default()
+    });
     let vcpus = Vcpus::start(
         vm.vcpus,
         || VcpuContext {
@@ -187,6 +192,9 @@ pub fn run(
         started: Instant::now(),
         console_streams,
         new_console_writer: None,
+        kvm,
+        devices: vm.devices,
+        saved_config: crate::snapshot::config_record::SavedConfig::of(config),
     };
     let mut run_loop = RunLoop {
         epoll,

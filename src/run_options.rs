@@ -59,6 +59,14 @@ pub fn parse_initrd(value: &str) -> Result<Source, String> {
     parse_source("--initrd", value)
 }
 
+pub fn parse_restore(value: &str) -> Result<Source, String> {
+    parse_source("--restore", value)
+}
+
+pub fn parse_memory(value: &str) -> Result<Source, String> {
+    parse_source("--memory", value)
+}
+
 pub fn parse_socket_fd(value: &str) -> Result<RawFd, String> {
     parse_fd_number("--socket-fd", value)
 }

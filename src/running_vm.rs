@@ -17,6 +17,8 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use crate::builder::VirtioHandles;
 use crate::console_stream::{AttachError, ConsoleStreams};
 use crate::memory_registry::{MemoryRegistry, RegistryError};
+use crate::snapshot::config_record::SavedConfig;
+use crate::snapshot::save::SnapshotDevices;
 use crate::vcpu::{ExitCounters, Vcpus};
 
 /// The running VM as the control socket sees it: what requests act on and report.
@@ -37,6 +39,12 @@ pub struct RunningVm {
     pub console_streams: Option<ConsoleStreams>,
     /// A writer admitted by `ConsoleAttach` whose input the run loop has yet to watch.
     pub new_console_writer: Option<Arc<OwnedFd>>,
+    /// `/dev/kvm`, for capturing vCPU state (the MSR list, the host's capabilities).
+    pub kvm: kvm_ioctls::Kvm,
+    /// Every device with state, for `Snapshot`.
+    pub devices: SnapshotDevices,
+    /// What the VM was built from, the snapshot's `CONFIG` record.
+    pub saved_config: SavedConfig,
 }
 
 /// Why a balloon request was refused.

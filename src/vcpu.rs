@@ -2,6 +2,12 @@
 //! A vCPU thread never decides the VM's fate alone: it reports why it stopped to the
 //! [`ExitLatch`] and the run loop ends the VM. [`Vcpus`] is the run loop's handle on the
 //! threads: it pauses them (every vCPU parked outside the guest), resumes and stops them.
+//!
+//! A vCPU's descriptor sits behind a mutex its thread holds only around `KVM_RUN` and the
+//! exit it handles; before a thread parks it completes its last exit
+//! (`arch::state::complete_pending_exit`: an `OUT` retires, an `IN` lands in its register)
+//! and lets go of the descriptor, so while the VM is paused the main thread can read every
+//! vCPU's state for a snapshot ([`Vcpus::fds`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -133,6 +139,14 @@ struct ParkState {
 }
 
 impl RunControl {
+    /// A control whose vCPUs park before they first enter the guest, until
+    /// [`Vcpus::resume`] (`vmm run --restore --paused`).
+    pub fn paused() -> RunControl {
+        let control = RunControl::default();
+        control.lock().paused = true;
+        control
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ParkState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -142,10 +156,16 @@ impl RunControl {
     }
 
     /// Called by a vCPU thread between runs: while the VM is paused, wait here, outside
-    /// the guest, counted as parked.
-    fn park_while_paused(&self) {
+    /// the guest, counted as parked. `prepare` runs first (outside the lock), once the
+    /// thread knows it is to park: it completes the vCPU's last exit.
+    fn park_while_paused(&self, prepare: impl FnOnce()) {
+        if !self.lock().paused {
+            return;
+        }
+        prepare();
         let mut state = self.lock();
         if !state.paused {
+            // Resumed meanwhile: run on.
             return;
         }
         // At most the number of vCPU threads.
@@ -163,6 +183,8 @@ impl RunControl {
 pub struct Vcpus {
     threads: Vec<JoinHandle<()>>,
     control: Arc<RunControl>,
+    /// Each vCPU's descriptor, index = id; its thread holds the lock only while it runs.
+    fds: Vec<Arc<Mutex<VcpuFd>>>,
 }
 
 /// How long a pause or stop waits for every vCPU to leave the guest.
@@ -178,12 +200,23 @@ impl Vcpus {
         let mut started = Vcpus {
             threads: Vec::with_capacity(vcpus.len()),
             control,
+            fds: vcpus
+                .into_iter()
+                .map(|vcpu| Arc::new(Mutex::new(vcpu)))
+                .collect(),
         };
-        for (id, vcpu) in vcpus.into_iter().enumerate() {
+        for (id, vcpu) in started.fds.clone().into_iter().enumerate() {
             // On failure `started` is dropped, which stops the threads already running.
             started.threads.push(spawn(id, vcpu, context())?);
         }
         Ok(started)
+    }
+
+    /// Every vCPU's descriptor, index = id. Lock them only while the VM is paused
+    /// ([`Vcpus::pause`] returned `Ok`): each vCPU's last exit is then complete, and its
+    /// thread waits outside the guest without holding the lock.
+    pub fn fds(&self) -> &[Arc<Mutex<VcpuFd>>] {
+        &self.fds
     }
 
     pub fn count(&self) -> usize {
@@ -281,25 +314,36 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
 }
 
 /// Starts the thread for vCPU `id`.
-fn spawn(id: usize, vcpu: VcpuFd, context: VcpuContext) -> std::io::Result<JoinHandle<()>> {
+fn spawn(
+    id: usize,
+    vcpu: Arc<Mutex<VcpuFd>>,
+    context: VcpuContext,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || run(id, vcpu, &context))
 }
 
-fn run(id: usize, mut vcpu: VcpuFd, context: &VcpuContext) {
+fn run(id: usize, vcpu: Arc<Mutex<VcpuFd>>, context: &VcpuContext) {
     // Confined before the first KVM_RUN: nothing the guest does reaches an unfiltered vCPU.
     crate::sandbox::enter_vcpu(id);
     debug!("vCPU {id} entering the guest");
     loop {
-        context.control.park_while_paused();
+        context.control.park_while_paused(|| {
+            let mut vcpu = vcpu.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(err) = arch::state::complete_pending_exit(&mut vcpu) {
+                warn!("vCPU {id}: cannot complete its last exit before pausing: {err}");
+            }
+        });
         if context.control.stopping() {
             return;
         }
-        let outcome = match vcpu.run() {
+        // Uncontended but while the VM is paused (and then this thread is parked above).
+        let mut fd = vcpu.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = match fd.run() {
             Ok(VcpuExit::Shutdown) => {
                 ExitCounters::count(&context.counters.shutdown);
-                report_triple_fault(id, &vcpu);
+                report_triple_fault(id, &fd);
                 Some(VmExit::Reset)
             }
             Ok(exit) => handle_exit(id, exit, context),

@@ -44,5 +44,9 @@ pub const VIRTIO_PCI_BASE: u16 = 0x0140;
 /// Last kind of the virtio PCI range (virtio types up to 63).
 pub const VIRTIO_PCI_LAST: u16 = 0x017f;
 
+/// What the VM was built from: RAM size, vCPU count, each device's host side (disk
+/// paths, taps and MACs, console backends...) (`vmm`'s `snapshot::config_record`).
+pub const CONFIG: u16 = 0x0200;
+
 /// First kind of the range kept for tests.
 pub const TEST_FIRST: u16 = 0x7f00;

@@ -1,6 +1,7 @@
 //! The control-socket subcommands: `vmm stop`, `pause`, `resume`, `balloon`, `stats` (in
 //! `stats`), `queues` (in `queues`), `version`, `register-memory`, `unregister-memory`,
-//! `list-memory` (in `list_memory`), `events` (in `events`) and `console` (in `console`).
+//! `list-memory` (in `list_memory`), `events` (in `events`), `console` (in `console`) and
+//! `snapshot` (in `snapshot`).
 //!
 //! This module owns what those commands do and print: each connects to a running VMM's
 //! control socket with [`vm_control::client::Client`], sends one request (or subscribes),
@@ -30,6 +31,7 @@ pub mod console;
 mod events;
 mod list_memory;
 mod queues;
+mod snapshot;
 mod stats;
 #[cfg(test)]
 mod test_support;
@@ -37,6 +39,7 @@ mod test_support;
 pub use events::events;
 pub use list_memory::list_memory;
 pub use queues::queues;
+pub use snapshot::{default_memory_path, snapshot};
 pub use stats::stats;
 
 /// How long a command waits for the VMM to answer, so a wedged VMM never hangs it.
@@ -59,6 +62,14 @@ pub enum CommandError {
     /// The VMM answered with an error reply.
     #[error("the VMM refused: {}", describe_refusal(.0))]
     Refused(ErrorReply),
+    /// The VMM refused a snapshot; `why` says what the refusal means for a snapshot.
+    #[error("the VMM refused: {}: {why}", describe_refusal(.reply))]
+    SnapshotRefused {
+        /// The refusal.
+        reply: ErrorReply,
+        /// What it means.
+        why: &'static str,
+    },
     /// The VMM speaks only protocol versions older than the command needs.
     #[error("the VMM at {} is too old for this command: {source}", .path.display())]
     VmmTooOld {

@@ -6,8 +6,10 @@
 //!   headroom). The run loop checks the budget again once the VM is built.
 //! - `RLIMIT_FSIZE`: no file grows past the largest writable disk image (the guest's writes
 //!   never extend one) or a console file (`--serial file=`, `--console file=`, or stdout/stderr
-//!   redirected to a file) by more than [`CONSOLE_FILE_GROWTH`]. `SIGXFSZ` is ignored, so a write beyond
-//!   that fails with `EFBIG` (counted by the console writer) instead of killing the VMM.
+//!   redirected to a file) by more than [`CONSOLE_FILE_GROWTH`], and none past what a snapshot
+//!   writes (the memory file is as long as guest RAM; the stream is at most 16 MiB).
+//!   `SIGXFSZ` is ignored, so a write beyond that fails with `EFBIG` (counted by the console
+//!   writer, reported to the snapshot's client) instead of killing the VMM.
 //! - `RLIMIT_CORE` 0: a VMM's memory holds the guest's; it never goes to a core file.
 //! - `--cgroup PATH`: the process joins the cgroup v2 directory `PATH` (writes its pid to
 //!   `PATH/cgroup.procs`) before the mount namespace hides it.
@@ -47,7 +49,9 @@ pub fn plan(config: &VmConfig, files: &HostFiles) -> Result<Limits, JailError> {
         .saturating_add(MAX_CONNECTIONS as u64)
         .saturating_add(HEADROOM);
     let nofile = wanted.min(hard);
-    let fsize = largest_writable_size(files).map_err(|source| step("size the files", source))?;
+    let fsize = largest_writable_size(files)
+        .map_err(|source| step("size the files", source))?
+        .max(snapshot_size(config));
     Ok(Limits { nofile, fsize })
 }
 
@@ -70,6 +74,13 @@ pub fn build_descriptors(config: &VmConfig) -> u64 {
     64u64
         .saturating_add(u64::from(config.cpus).saturating_mul(2))
         .saturating_add(devices.saturating_mul(32))
+}
+
+/// The largest file a snapshot of this VM writes: the memory file (all of guest RAM) or
+/// the stream, whichever is larger.
+fn snapshot_size(config: &VmConfig) -> u64 {
+    let stream = u64::try_from(snapshot::MAX_STREAM_LEN).unwrap_or(u64::MAX);
+    config.mem_bytes.max(stream)
 }
 
 fn largest_writable_size(files: &HostFiles) -> io::Result<u64> {

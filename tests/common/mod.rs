@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod counting;
 pub mod hostile;
 pub mod lab;
 

@@ -225,9 +225,10 @@ impl Client {
     }
 
     /// Sends `request` and waits for its reply. An error reply becomes [`ClientError::Vmm`].
-    /// Requests that take a descriptor must use [`Client::request_with_fd`].
+    /// Requests that take descriptors must use [`Client::request_with_fd`] (one) or
+    /// [`Client::request_with_fds`] (`Snapshot`: two).
     pub fn request(&mut self, request: Request) -> Result<Response, ClientError> {
-        self.transact(request, None)
+        self.transact(request, &[])
     }
 
     /// Sends `request` with `fd` attached (e.g. `RegisterMemory`) and waits for its reply.
@@ -236,7 +237,17 @@ impl Client {
         request: Request,
         fd: BorrowedFd<'_>,
     ) -> Result<Response, ClientError> {
-        self.transact(request, Some(fd))
+        self.transact(request, &[fd])
+    }
+
+    /// Sends `request` with `fds` attached, in order (e.g. `Snapshot`: the stream's file,
+    /// then the memory file), and waits for its reply.
+    pub fn request_with_fds(
+        &mut self,
+        request: Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Response, ClientError> {
+        self.transact(request, fds)
     }
 
     /// The protocol version requests are written in: [`PROTOCOL_VERSION`], or an older one
@@ -259,24 +270,23 @@ impl Client {
     fn transact(
         &mut self,
         request: Request,
-        fd: Option<BorrowedFd<'_>>,
+        fds: &[BorrowedFd<'_>],
     ) -> Result<Response, ClientError> {
-        let given = usize::from(fd.is_some());
+        let given = fds.len();
         if given != request.fds_expected() {
             return Err(ClientError::FdCount {
                 expected: request.fds_expected(),
                 given,
             });
         }
-        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
         let deadline = self
             .timeout
             .get()
             .and_then(|t| Instant::now().checked_add(t));
-        match self.send_and_wait(&request, &fds, deadline) {
+        match self.send_and_wait(&request, fds, deadline) {
             Err(ClientError::Vmm(e)) if self.fall_back(&e) => {
                 self.arm(libc::SO_SNDTIMEO, deadline)?;
-                self.send_and_wait(&request, &fds, deadline)
+                self.send_and_wait(&request, fds, deadline)
             }
             result => result,
         }

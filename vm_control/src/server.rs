@@ -391,6 +391,8 @@ pub struct IncomingRequest {
     pub request: Request,
     /// The descriptor that came with it; present exactly when the request takes one.
     pub fd: Option<OwnedFd>,
+    /// The second descriptor, for a request that takes two (`Snapshot`: the memory file).
+    pub second_fd: Option<OwnedFd>,
 }
 
 /// One datagram read by [`Connection::recv_request`].
@@ -514,13 +516,17 @@ impl Connection {
         });
         match decoded {
             Ok((id, request)) => {
-                // check_fds guarantees at most one descriptor here.
-                let fd = datagram.fds.into_iter().next();
+                // check_fds guarantees exactly as many descriptors as the request takes
+                // (at most two).
+                let mut fds = datagram.fds.into_iter();
+                let fd = fds.next();
+                let second_fd = fds.next();
                 Ok(Some(Received::Request(IncomingRequest {
                     id,
                     version: self.reply_version,
                     request,
                     fd,
+                    second_fd,
                 })))
             }
             Err(error) => {

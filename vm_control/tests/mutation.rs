@@ -41,6 +41,9 @@ fn seeds_requests() -> Vec<Vec<u8>> {
         Request::ConsoleAttach {
             flags: attach_flags::WRITE,
         },
+        Request::Snapshot {
+            flags: snapshot_flags::STOP,
+        },
     ]
     .iter()
     // Each in every version that has it, so mutations start from both.

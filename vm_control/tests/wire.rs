@@ -152,6 +152,44 @@ fn console_attach_exists_from_version_4_only_takes_one_fd_and_known_flags() {
 }
 
 #[test]
+fn golden_snapshot_request_version_5() {
+    check_request(
+        Request::Snapshot {
+            flags: snapshot_flags::STOP,
+        },
+        0x0e,
+        "0500 0e00 00000000 0e00000000000000 0100000000000000",
+    );
+}
+
+#[test]
+fn snapshot_exists_from_version_5_only_takes_two_fds_and_known_flags() {
+    let snapshot = Request::Snapshot { flags: 0 };
+    let v4 = snapshot.encode_in(id(1), 4);
+    assert_eq!(
+        Request::decode(&v4),
+        Err(DecodeError::InvalidType {
+            kind: request_type::SNAPSHOT
+        })
+    );
+    for arg in [2u64, 1 << 32, u64::MAX] {
+        let mut bad = snapshot.encode_in(id(1), 5);
+        bad[16..24].copy_from_slice(&arg.to_le_bytes());
+        assert!(
+            matches!(Request::decode(&bad), Err(DecodeError::InvalidArgument(_))),
+            "arg {arg:#x}"
+        );
+    }
+    assert_eq!(check_fds(&snapshot, 0), Err(DecodeError::ExpectFd));
+    assert_eq!(check_fds(&snapshot, 1), Err(DecodeError::ExpectFd));
+    assert_eq!(check_fds(&snapshot, 2), Ok(()));
+    assert_eq!(
+        check_fds(&snapshot, 3),
+        Err(DecodeError::UnexpectedFd { received: 3 })
+    );
+}
+
+#[test]
 fn golden_console_attached_response_version_4() {
     //       header                               flags    fver rsvd ring_bytes       history_bytes
     check_server_message(
@@ -288,7 +326,7 @@ fn golden_err_response_carries_kind_errno_detail_and_version_range() {
             id: id(3),
             response: Response::Err(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 65)),
         },
-        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0400",
+        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0500",
     );
 }
 
@@ -296,7 +334,7 @@ fn golden_err_response_carries_kind_errno_detail_and_version_range() {
 fn golden_unattributed_err_has_id_zero() {
     check_server_message(
         ServerMessage::Unattributed(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 3)),
-        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0400",
+        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0500",
     );
 }
 
@@ -451,7 +489,7 @@ fn decode_with_len_reports_the_real_size_of_a_truncated_datagram() {
 
 #[test]
 fn decode_rejects_unknown_types() {
-    for kind in [0u16, 14, 0x100, 0xffff] {
+    for kind in [0u16, 15, 0x100, 0xffff] {
         let mut bytes = valid_pause();
         bytes[2..4].copy_from_slice(&kind.to_le_bytes());
         assert_eq!(

@@ -65,11 +65,12 @@ use zerocopy::IntoBytes;
 /// Version 3 added [`Request::ListMemory`] and its [`Response::MemoryList`] reply, and the
 /// counts of device counters and queues a full `Stats` or `Queues` reply left out.
 /// Version 4 added [`Request::ConsoleAttach`] and its [`Response::ConsoleAttached`] reply.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5 added [`Request::Snapshot`] (answered by [`Response::Ok`]).
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The oldest protocol version this crate accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The newest protocol version this crate accepts.
-pub const MAX_PROTOCOL_VERSION: u16 = 4;
+pub const MAX_PROTOCOL_VERSION: u16 = 5;
 
 /// Size in bytes of every request datagram.
 pub const REQUEST_SIZE: usize = 64;
@@ -123,6 +124,17 @@ pub mod request_type {
     pub const LIST_MEMORY: u16 = 12;
     /// [`Request::ConsoleAttach`](super::Request::ConsoleAttach) (version 4).
     pub const CONSOLE_ATTACH: u16 = 13;
+    /// [`Request::Snapshot`](super::Request::Snapshot) (version 5).
+    pub const SNAPSHOT: u16 = 14;
+}
+
+/// Bits of a [`Request::Snapshot`]'s `flags`. Stable.
+pub mod snapshot_flags {
+    /// End the VM after a snapshot that was written whole (the reply comes first); without
+    /// it the VM resumes (or stays paused, if it was paused before the request).
+    pub const STOP: u32 = 1;
+    /// Every bit defined so far.
+    pub const ALL: u32 = STOP;
 }
 
 /// Response type numbers (offset 2 of a server message). Stable: never renumbered.

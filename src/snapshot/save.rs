@@ -1,0 +1,229 @@
+//! Taking a snapshot of the running VM (the control socket's `Snapshot` request), on the
+//! main thread.
+//!
+//! The order, from `devices::state`'s and `arch::state`'s contracts: refuse what cannot be
+//! saved (memory a client registered); pause the vCPUs (each completes its last exit and
+//! parks outside the guest, `crate::vcpu`); pause every virtio function (its worker stops
+//! between requests); capture the KVM state of every vCPU and of the VM, every device's
+//! record, and write guest RAM to the memory file and the stream to the snapshot file;
+//! then resume the virtio functions and (unless the VM was paused before, or the client
+//! asked to stop it) the vCPUs. A failure anywhere undoes the pauses and says what failed:
+//! the VM goes on as before, and what was written is garbage for the client to remove.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use devices::pci::PciRoot;
+use devices::state::{DeviceState, StateError, encode_record};
+use devices::virtio::VirtioPciDevice;
+use devices::{AcpiPm, Cmos, I8042, ResetControl, Serial};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use snapshot::Writer;
+
+use super::config_record::CONFIG_RECORD;
+use super::memory_file::{MEMORY_RECORD, MemoryFileError, write_memory_file};
+use crate::running_vm::RunningVm;
+
+/// The devices whose state goes into a snapshot, as the builder made them, with each one's
+/// instance number (its port base, or its PCI address).
+pub struct SnapshotDevices {
+    pub serial: (u32, Arc<Mutex<Serial>>),
+    pub i8042: (u32, Arc<Mutex<I8042>>),
+    pub cmos: (u32, Arc<Mutex<Cmos>>),
+    pub acpi_pm: (u32, Arc<Mutex<AcpiPm>>),
+    pub reset: (u32, Arc<Mutex<ResetControl>>),
+    /// The PCI root's instance is 0 (its host bridge is 00:00.0).
+    pub pci_root: Arc<Mutex<PciRoot>>,
+    /// Every virtio function, in PCI order.
+    pub virtio: Vec<(u32, Arc<Mutex<VirtioPciDevice>>)>,
+}
+
+/// The PCI root's instance number: its host bridge is 00:00.0.
+pub const PCI_ROOT_INSTANCE: u32 = 0;
+
+/// Why a snapshot was not taken. The VM goes on as before in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(
+        "a region backed by a client's fd cannot be saved: unregister the memory registered \
+         with RegisterMemory first"
+    )]
+    RegisteredMemory,
+    #[error("cannot pause the vCPUs: {0}")]
+    PauseVcpus(#[source] io::Error),
+    #[error("cannot snapshot: {0}")]
+    Device(#[source] StateError),
+    #[error("cannot capture the KVM state: {0}")]
+    Kvm(#[source] arch::state::Error),
+    #[error(transparent)]
+    Memory(#[from] MemoryFileError),
+    #[error("cannot build the snapshot stream: {0}")]
+    Stream(#[source] snapshot::Error),
+    #[error("cannot write the snapshot file: {0}")]
+    WriteStream(#[source] io::Error),
+}
+
+impl SnapshotError {
+    /// The errno a control client gets.
+    pub fn errno(&self) -> i32 {
+        let io_errno = |e: &io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        match self {
+            SnapshotError::RegisteredMemory => libc::EBUSY,
+            SnapshotError::PauseVcpus(e) if e.kind() == io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+            SnapshotError::PauseVcpus(e) | SnapshotError::WriteStream(e) => io_errno(e),
+            SnapshotError::Device(StateError::Unsupported(_)) => libc::EOPNOTSUPP,
+            SnapshotError::Device(StateError::Worker { source, .. })
+                if source.kind() == io::ErrorKind::TimedOut =>
+            {
+                libc::ETIMEDOUT
+            }
+            SnapshotError::Device(_) | SnapshotError::Kvm(_) | SnapshotError::Stream(_) => {
+                libc::EIO
+            }
+            SnapshotError::Memory(MemoryFileError::Write(e)) => io_errno(e),
+            SnapshotError::Memory(_) => libc::EIO,
+        }
+    }
+
+    /// Whether the VM cannot be saved as it is (rather than the host failing).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            SnapshotError::RegisteredMemory | SnapshotError::Device(StateError::Unsupported(_))
+        )
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes `vm`'s whole state: the stream to `stream`, guest RAM to `memory`. The vCPUs
+/// are left paused when `keep_paused` (the client asked to stop the VM next), else in the
+/// state they were in before; the device workers are always resumed.
+pub fn take_snapshot(
+    vm: &mut RunningVm,
+    stream: &File,
+    memory: &File,
+    keep_paused: bool,
+) -> Result<(), SnapshotError> {
+    if !vm.registry.is_empty() {
+        return Err(SnapshotError::RegisteredMemory);
+    }
+    let was_paused = vm.vcpus.paused();
+    if !was_paused {
+        vm.vcpus.pause().map_err(SnapshotError::PauseVcpus)?;
+    }
+    let result = pause_devices(&vm.devices).and_then(|()| {
+        let written = capture_and_write(vm, stream, memory);
+        resume_devices(&vm.devices, vm.devices.virtio.len());
+        written
+    });
+    if !was_paused && (result.is_err() || !keep_paused) {
+        vm.vcpus.resume();
+    }
+    result
+}
+
+/// Pauses every virtio function; on a failure resumes those already paused.
+fn pause_devices(devices: &SnapshotDevices) -> Result<(), SnapshotError> {
+    for (index, (_, device)) in devices.virtio.iter().enumerate() {
+        if let Err(err) = lock(device).pause() {
+            resume_devices(devices, index);
+            return Err(SnapshotError::Device(err));
+        }
+    }
+    Ok(())
+}
+
+/// Resumes the first `count` virtio functions.
+fn resume_devices(devices: &SnapshotDevices, count: usize) {
+    for (_, device) in devices.virtio.iter().take(count) {
+        if let Err(err) = lock(device).resume() {
+            log::error!("after a snapshot: {err}");
+        }
+    }
+}
+
+fn capture_and_write(vm: &RunningVm, stream: &File, memory: &File) -> Result<(), SnapshotError> {
+    let machine = capture_machine(&vm.kvm, &vm.vm_fd, vm.vcpus.fds())?;
+    let mut writer = Writer::new(Vec::new()).map_err(SnapshotError::Stream)?;
+    writer
+        .record(CONFIG_RECORD, &vm.saved_config.encode())
+        .map_err(SnapshotError::Stream)?;
+    machine.write(&mut writer).map_err(|err| match err {
+        arch::state::Error::Snapshot(err) => SnapshotError::Stream(err),
+        other => SnapshotError::Kvm(other),
+    })?;
+    write_device_records(&vm.devices, &mut writer)?;
+    // RAM last: the device records are captured first, and nothing runs meanwhile.
+    let (layout, summary) = write_memory_file(&vm.memory, memory)?;
+    writer
+        .record(MEMORY_RECORD, &layout.encode())
+        .map_err(SnapshotError::Stream)?;
+    let bytes = writer.finish().map_err(SnapshotError::Stream)?;
+    memory
+        .sync_data()
+        .map_err(|e| SnapshotError::Memory(MemoryFileError::Write(e)))?;
+    write_stream(stream, &bytes).map_err(SnapshotError::WriteStream)?;
+    log::info!(
+        "snapshot written: {} bytes of state, {} of {} bytes of RAM",
+        bytes.len(),
+        summary.written_bytes,
+        summary.ram_bytes
+    );
+    Ok(())
+}
+
+fn capture_machine(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    fds: &[Arc<Mutex<VcpuFd>>],
+) -> Result<arch::state::MachineState, SnapshotError> {
+    // Every vCPU thread is parked and holds no lock (see `crate::vcpu`).
+    let guards: Vec<MutexGuard<'_, VcpuFd>> = fds.iter().map(|fd| lock(fd)).collect();
+    let refs: Vec<&VcpuFd> = guards.iter().map(|guard| &**guard).collect();
+    arch::state::MachineState::capture(kvm, vm_fd, &refs).map_err(SnapshotError::Kvm)
+}
+
+fn write_device_records(
+    devices: &SnapshotDevices,
+    writer: &mut Writer<Vec<u8>>,
+) -> Result<(), SnapshotError> {
+    let mut records = vec![
+        legacy(&devices.serial)?,
+        legacy(&devices.i8042)?,
+        legacy(&devices.cmos)?,
+        legacy(&devices.acpi_pm)?,
+        legacy(&devices.reset)?,
+        legacy(&(PCI_ROOT_INSTANCE, devices.pci_root.clone()))?,
+    ];
+    for (instance, device) in &devices.virtio {
+        let state = lock(device).save_state().map_err(SnapshotError::Device)?;
+        records.push(
+            devices::virtio::state::encode_record(*instance, &state)
+                .map_err(SnapshotError::Device)?,
+        );
+    }
+    for (ty, payload) in records {
+        writer.record(ty, &payload).map_err(SnapshotError::Stream)?;
+    }
+    Ok(())
+}
+
+fn legacy<D: DeviceState>(
+    (instance, device): &(u32, Arc<Mutex<D>>),
+) -> Result<(snapshot::RecordType, Vec<u8>), SnapshotError> {
+    let state = lock(device).save_state().map_err(SnapshotError::Device)?;
+    Ok(encode_record(*instance, &state))
+}
+
+/// Replaces `file`'s contents with `bytes`, durably (from offset 0 whatever the
+/// descriptor's position).
+fn write_stream(file: &File, bytes: &[u8]) -> io::Result<()> {
+    file.set_len(0)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_data()
+}
