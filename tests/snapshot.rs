@@ -4,9 +4,9 @@
 //! where the snapshot was taken prints the very next digits, so the serial log of the
 //! original and the restored VM together is `1, 2, 3, ...` without a gap or a repeat.
 //!
-//! A snapshot refused (registered memory, a device that cannot be saved, a target that
-//! is not a file) or failing (a full disk) leaves the VM counting. Bad snapshot files have
-//! their own tests: `tests/snapshot_bad_files.rs`.
+//! A snapshot refused (registered memory, a target that is not a file) or failing (a full
+//! disk) leaves the VM counting. Bad snapshot files have their own tests:
+//! `tests/snapshot_bad_files.rs`.
 
 mod common;
 
@@ -226,13 +226,14 @@ fn a_snapshot_to_a_device_is_refused_before_anything_is_touched() {
 }
 
 #[test]
-fn a_device_without_snapshot_support_is_refused_by_the_vmm() {
+fn a_vm_with_a_virtio_console_is_saved_and_restored_with_it() {
     if !require_kvm() {
         return;
     }
-    let scratch = Scratch::new("snapshot-unsupported");
+    let scratch = Scratch::new("snapshot-console");
     let kernel = scratch.write("vm.elf", &tiny_elf(&COUNTER));
     let (socket, log) = (scratch.path("vm.sock"), scratch.path("vm.log"));
+    let hvc = scratch.path("hvc.log");
     let mut command = vmm();
     command.args(["run", "--mem", "32"]);
     command
@@ -240,20 +241,31 @@ fn a_device_without_snapshot_support_is_refused_by_the_vmm() {
         .arg(format!("file={}", log.display()));
     command
         .arg("--console")
-        .arg(format!("file={}", scratch.path("hvc.log").display()));
+        .arg(format!("file={}", hvc.display()));
     command.arg("--socket").arg(&socket).arg(&kernel);
-    let vm = Vmm::spawn(command, socket, log);
-    let snapshot = scratch.path("vm.snap");
-    let output = vm.ctl("snapshot", &[snapshot.to_str().expect("UTF-8")]);
-    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("a device of this VM cannot be saved"),
-        "{stderr}"
-    );
-    assert!(!snapshot.exists() && !scratch.path("vm.snap.mem").exists());
+    let vm = Vmm::spawn(command, socket, log.clone());
     vm.wait_for_output(900);
-    vm.stop();
+    let snapshot = scratch.path("vm.snap");
+    vm.snapshot(&snapshot, true);
+    drop(vm);
+    let last = *counts(&std::fs::read(&log).expect("log"))
+        .last()
+        .expect("counted");
+
+    // The restore brings the console back from the recorded --console (no option given).
+    let restored = Vmm::restore(&scratch, &snapshot, "restored", None, &log, &[]);
+    restored.wait_for_output(900);
+    let queues = restored.ctl_ok("queues", &[]);
+    restored.stop();
+
+    assert!(
+        String::from_utf8_lossy(&queues.stdout).contains("console"),
+        "the restored VM has its virtio-console: {}",
+        describe(&queues)
+    );
+    let all = counts(&std::fs::read(&log).expect("log"));
+    assert!(all.len() as u32 > last + 50, "the restored VM counted on");
+    assert_consecutive(&all, 1, "a VM with a virtio-console, across a restore");
 }
 
 #[test]
