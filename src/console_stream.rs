@@ -421,6 +421,13 @@ impl<'a> Streamer<'a> {
             .is_ok()
         {
             reader.blocked = blocked;
+            if !blocked {
+                // Before this round reads the ring for it: `refresh_wake` sets the flag only
+                // after the round, and an append in between (the flag still clear, as
+                // every client was blocked) would make no wake-up and sit in the ring until
+                // the next one, if the guest prints any more.
+                self.shared.ring.set_attached(true);
+            }
         } else if blocked {
             // Unwatchable while full: it would never be woken again.
             self.drop_slot(index);
@@ -760,6 +767,65 @@ mod tests {
         assert_eq!(
             reached, 2,
             "output appended after the burst reached {reached} of 2 readers within 2 s"
+        );
+    }
+    /// Output appended after the thread's round read the ring for a client that just became
+    /// writable, and before the thread let the ring wake it again, must wake it: the
+    /// thread's steps driven one by one, that append put in the gap between them.
+    #[test]
+    fn output_appended_as_a_blocked_client_resumes_wakes_the_thread() {
+        let ring = Arc::new(ConsoleRing::new(ConsoleRing::MIN_CAPACITY).unwrap());
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        let shared = Shared {
+            table: Mutex::new(Table {
+                attached: 1,
+                writer: false,
+                incoming: vec![Incoming {
+                    fd: Arc::new(theirs),
+                    cursor: 0,
+                }],
+                stopping: false,
+                ended: false,
+            }),
+            ring: ring.clone(),
+            control: EventFd::new(EFD_NONBLOCK).unwrap(),
+        };
+        ring.set_attached(true);
+        let mut streamer = Streamer::new(&shared, Epoll::new().unwrap());
+        streamer.take_control();
+        // The client does not read: output fills its socket, and with every client blocked
+        // appends stop waking the thread.
+        let blocked = |streamer: &Streamer<'_>| streamer.slots[0].as_ref().unwrap().blocked;
+        for _ in 0..10_000 {
+            if blocked(&streamer) {
+                break;
+            }
+            ring.append(&[b'x'; 1000]);
+            streamer.pump_all();
+        }
+        assert!(blocked(&streamer));
+        ring.woken();
+        streamer.refresh_wake();
+        ring.append(b"while blocked");
+        assert!(
+            ring.wake_event().read().is_err(),
+            "no wake-up while blocked"
+        );
+        // The client drains its socket; epoll reports it writable; the round catches it up.
+        let mut buf = vec![0u8; MAX_CONSOLE_FRAME];
+        while let Ok(vm_control::socket::Received::Datagram(_)) =
+            recv_datagram(ours.as_fd(), &mut buf, 0, true)
+        {}
+        streamer.on_client_event(slot_token(0), EventSet::OUT);
+        assert!(!streamer.pump_all(), "caught up");
+
+        ring.append(b"late");
+        streamer.refresh_wake();
+
+        assert_eq!(
+            ring.wake_event().read().ok(),
+            Some(1),
+            "the append after the round must wake the thread"
         );
     }
 }
