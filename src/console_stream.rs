@@ -672,6 +672,7 @@ mod tests {
         assert_eq!(data + missed, 4_000_000);
         streams.finish();
     }
+
     /// Reads frames until the VMM detaches it; reports (on `seen`) when the data so far ends
     /// with `marker`. Reads one frame a millisecond for its first `slow_frames` frames.
     fn read_until_detached(
