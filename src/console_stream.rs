@@ -421,6 +421,13 @@ impl<'a> Streamer<'a> {
             .is_ok()
         {
             reader.blocked = blocked;
+            if !blocked {
+                // Before this round reads the ring for it: `refresh_wake` sets the flag only
+                // after the round, and an append in between (the flag still clear, as
+                // every client was blocked) would make no wake-up and sit in the ring until
+                // the next one, if the guest prints any more.
+                self.shared.ring.set_attached(true);
+            }
         } else if blocked {
             // Unwatchable while full: it would never be woken again.
             self.drop_slot(index);
@@ -664,5 +671,162 @@ mod tests {
         assert!(missed > 0);
         assert_eq!(data + missed, 4_000_000);
         streams.finish();
+    }
+
+    /// Reads frames until the VMM detaches it; reports (on `seen`) when the data so far ends
+    /// with `marker`. Reads one frame a millisecond for its first `slow_frames` frames.
+    fn read_until_detached(
+        fd: OwnedFd,
+        marker: &'static [u8],
+        slow_frames: usize,
+        seen: std::sync::mpsc::Sender<()>,
+    ) {
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; MAX_CONSOLE_FRAME];
+        let mut frames = 0usize;
+        loop {
+            if frames < slow_frames {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            frames += 1;
+            let len = match recv_datagram(fd.as_fd(), &mut buf, 0, false) {
+                Ok(vm_control::socket::Received::Datagram(d)) => d.len,
+                _ => return,
+            };
+            match ConsoleFrame::decode(&buf[..len]) {
+                Ok(ConsoleFrame::Data(data)) => {
+                    tail.extend_from_slice(data);
+                    let keep = tail.len().saturating_sub(marker.len());
+                    tail.drain(..keep);
+                    if tail == marker {
+                        let _ = seen.send(());
+                    }
+                }
+                Ok(ConsoleFrame::Missed(_)) => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// The lab's hvc0 stall: a reader that never reads, a watcher that reads slowly then
+    /// fast, a fast writer, and output far larger than the ring and the sockets' buffers
+    /// appended as fast as a vCPU can. Output appended once it is over must reach both
+    /// readers promptly, however the thread's batching and the producers' appends
+    /// interleaved.
+    #[test]
+    fn output_after_a_burst_reaches_every_reader_that_reads() {
+        const MARKER: &[u8] = b"\nafter-the-burst\n";
+        let ring = Arc::new(ConsoleRing::new(64 << 10).unwrap());
+        let mut streams = ConsoleStreams::start("test-stream", ring.clone(), || {}).unwrap();
+        let (_stalled, theirs) = seqpacket_pair().unwrap();
+        streams.attach(theirs, attach_flags::NO_HISTORY).unwrap();
+        let (seen_tx, seen) = std::sync::mpsc::channel();
+        let mut readers = Vec::new();
+        for (flags, slow_frames) in [(0, 2000), (attach_flags::WRITE, 0)] {
+            let (ours, theirs) = seqpacket_pair().unwrap();
+            streams.attach(theirs, flags).unwrap();
+            let seen_tx = seen_tx.clone();
+            readers.push(std::thread::spawn(move || {
+                read_until_detached(ours, MARKER, slow_frames, seen_tx)
+            }));
+        }
+
+        // Two producers (a vCPU and a device worker) printing small pieces flat out.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producers: Vec<_> = (0..2)
+            .map(|_| {
+                let (ring, stop) = (ring.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let line = [b'x'; 100];
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        ring.append(&line);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for producer in producers {
+            producer.join().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        ring.append(MARKER);
+
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut reached = 0;
+        while reached < 2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if seen.recv_timeout(left).is_err() {
+                break;
+            }
+            reached += 1;
+        }
+        streams.finish();
+        for reader in readers {
+            reader.join().unwrap();
+        }
+        assert_eq!(
+            reached, 2,
+            "output appended after the burst reached {reached} of 2 readers within 2 s"
+        );
+    }
+    /// Output appended after the thread's round read the ring for a client that just became
+    /// writable, and before the thread let the ring wake it again, must wake it: the
+    /// thread's steps driven one by one, that append put in the gap between them.
+    #[test]
+    fn output_appended_as_a_blocked_client_resumes_wakes_the_thread() {
+        let ring = Arc::new(ConsoleRing::new(ConsoleRing::MIN_CAPACITY).unwrap());
+        let (ours, theirs) = seqpacket_pair().unwrap();
+        let shared = Shared {
+            table: Mutex::new(Table {
+                attached: 1,
+                writer: false,
+                incoming: vec![Incoming {
+                    fd: Arc::new(theirs),
+                    cursor: 0,
+                }],
+                stopping: false,
+                ended: false,
+            }),
+            ring: ring.clone(),
+            control: EventFd::new(EFD_NONBLOCK).unwrap(),
+        };
+        ring.set_attached(true);
+        let mut streamer = Streamer::new(&shared, Epoll::new().unwrap());
+        streamer.take_control();
+        // The client does not read: output fills its socket, and with every client blocked
+        // appends stop waking the thread.
+        let blocked = |streamer: &Streamer<'_>| streamer.slots[0].as_ref().unwrap().blocked;
+        for _ in 0..10_000 {
+            if blocked(&streamer) {
+                break;
+            }
+            ring.append(&[b'x'; 1000]);
+            streamer.pump_all();
+        }
+        assert!(blocked(&streamer));
+        ring.woken();
+        streamer.refresh_wake();
+        ring.append(b"while blocked");
+        assert!(
+            ring.wake_event().read().is_err(),
+            "no wake-up while blocked"
+        );
+        // The client drains its socket; epoll reports it writable; the round catches it up.
+        let mut buf = vec![0u8; MAX_CONSOLE_FRAME];
+        while let Ok(vm_control::socket::Received::Datagram(_)) =
+            recv_datagram(ours.as_fd(), &mut buf, 0, true)
+        {}
+        streamer.on_client_event(slot_token(0), EventSet::OUT);
+        assert!(!streamer.pump_all(), "caught up");
+
+        ring.append(b"late");
+        streamer.refresh_wake();
+
+        assert_eq!(
+            ring.wake_event().read().ok(),
+            Some(1),
+            "the append after the round must wake the thread"
+        );
     }
 }

@@ -99,7 +99,7 @@ vmm run --socket /tmp/vmm.sock --serial file=/tmp/serial.log --console file=/tmp
     --console-ring 1024 --mem 256 --cpus 1 --initrd /guest/initrd.img \
     --params "{params}" /guest/vmlinuz > /tmp/vmm.out 2>&1 &
 vmm=$!
-trap 'echo "--- vmm ---"; cat /tmp/vmm.out; echo "--- hvc0 (head) ---"; head -c 3000 /tmp/hvc.log; echo "--- hvc0 (tail, no burst) ---"; tr -s x < /tmp/hvc.log | tail -c 3000; echo "--- watch (tail, no burst) ---"; tr -s x < /tmp/watch.out | tail -c 2000; echo "--- watch.err ---"; cat /tmp/watch.err; echo "--- write.err ---"; cat /tmp/write.err; echo "--- end ---"' EXIT
+trap 'echo "--- vmm ---"; cat /tmp/vmm.out; echo "--- hvc0 (head) ---"; head -c 3000 /tmp/hvc.log; echo "--- hvc0 (tail, no burst) ---"; tr -s x < /tmp/hvc.log | tail -c 3000; echo "--- hvc0 (the typed line) ---"; grep -n -e burst-done -e guest-ran /tmp/hvc.log | tail -5; echo "--- watch (tail, no burst) ---"; tr -s x < /tmp/watch.out | tail -c 2000; echo "--- watch.err ---"; cat /tmp/watch.err; echo "--- write.err ---"; cat /tmp/write.err; echo "--- end ---"' EXIT
 wait_in /tmp/hvc.log 3000 guest-ready
 echo "lab-script: kernel messages on hvc0=$(grep -c '^\[ *[0-9]*\.[0-9]*\] ' /tmp/hvc.log | sed 's/^[1-9][0-9]*$/yes/')"
 # A client that stops reading at once: its stdout is a pipe nobody reads.

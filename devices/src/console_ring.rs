@@ -151,8 +151,16 @@ impl ConsoleRing {
     /// Called by the streaming thread when it woke, before it reads the ring: the next
     /// append wakes it again.
     pub fn woken(&self) {
-        self.wake_pending.store(false, Ordering::Release);
+        // Drain the eventfd first, then clear the flag. The other order loses wake-ups for
+        // good: an append between the two sees the flag clear, sets it and writes the
+        // eventfd, and this read then swallows that write; the flag stays set with nothing
+        // to read, so no later append writes the eventfd again and the thread sleeps until
+        // a client's socket or the control eventfd happens to wake it. In this order an
+        // append between the two sees the flag still set and makes no call, and its bytes
+        // are in the ring before the thread reads it (it reads after this returns); one
+        // after the store writes the eventfd, which stays readable.
         let _ = self.wake.read();
+        self.wake_pending.store(false, Ordering::Release);
     }
 }
 
@@ -269,5 +277,60 @@ mod tests {
         ring.woken();
         ring.append(b"c");
         assert_eq!(ring.wake_event().read().unwrap(), 1);
+    }
+
+    /// The streaming thread's cycle (woken, then appends arrive) run many times against a
+    /// producer appending as fast as it can: every append after `woken` must find the
+    /// wake-up written, or see it pending with the eventfd readable. A `woken` that clears
+    /// the flag before draining the eventfd can swallow the write of an append that came in
+    /// between, leaving the flag set with nothing to read: no append wakes the thread again.
+    #[test]
+    fn woken_never_swallows_the_wake_up_of_an_append_racing_with_it() {
+        use std::os::fd::AsRawFd;
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        use std::time::{Duration, Instant};
+
+        let ring = Arc::new(ring());
+        ring.set_attached(true);
+        let stop = Arc::new(AtomicBool::new(false));
+        // Two producers, as with output on both the UART and the virtio-console.
+        let producers: Vec<_> = (0..2)
+            .map(|_| {
+                let (ring, stop) = (ring.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        ring.append(b"x");
+                    }
+                })
+            })
+            .collect();
+        let fd = ring.wake_event().as_raw_fd();
+        let mut lost = 0;
+        let started = Instant::now();
+        let mut rounds = 0u32;
+        while started.elapsed() < Duration::from_secs(3) {
+            rounds += 1;
+            // As the thread does: it holds the wake-up for a while, then wakes from a timer.
+            std::thread::sleep(Duration::from_micros(100));
+            ring.woken();
+            // The producer keeps appending: a wake-up must show up.
+            let mut poll = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut poll, 1, 1000) };
+            if ready != 1 {
+                lost += 1;
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for producer in producers {
+            producer.join().unwrap();
+        }
+        assert_eq!(lost, 0, "a wake-up was lost after {rounds} rounds");
     }
 }
