@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -84,6 +84,24 @@ impl Vm {
             .client()
             .request_with_fd(Request::ConsoleAttach { flags }, theirs.as_fd())?;
         assert!(matches!(reply, Response::ConsoleAttached(_)), "{reply:?}");
+        // A stream that stalls (a lost wake-up in the VMM, as once happened) fails the
+        // test at the first read past this bound instead of hanging it.
+        let timeout = libc::timeval {
+            tv_sec: 30,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt on a socket we own, with a pointer to a timeval that lives
+        // across the call and the matching length.
+        let rc = unsafe {
+            libc::setsockopt(
+                ours.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
         Ok(ours)
     }
 
