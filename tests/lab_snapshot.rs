@@ -549,3 +549,102 @@ exit $status
     assert_eq!(run.value("stop-exit:"), "0", "{output}");
     run.assert_vmm_exited_0();
 }
+
+/// The `key=` field of a `lab-vsock:` result line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in '{line}'"))
+}
+
+/// Asserts the `sent` line and the `received` line report `bytes` and the same checksum.
+fn assert_same_stream(run: &LabRun, sent_prefix: &str, received_prefix: &str, bytes: u64) {
+    let output = &run.output;
+    let (sent, received) = (run.value(sent_prefix), run.value(received_prefix));
+    assert_eq!(field(sent, "sent="), bytes.to_string(), "{sent}: {output}");
+    assert_eq!(field(received, "received="), bytes.to_string(), "{output}");
+    assert_eq!(
+        field(sent, "fnv="),
+        field(received, "fnv="),
+        "{sent_prefix} arrived intact: {output}"
+    );
+}
+
+#[test]
+fn vsock_works_again_after_a_restore_and_the_guest_sees_its_old_connection_reset() {
+    if !require_lab() {
+        return;
+    }
+    const VSOCK_BYTES: u64 = 4 << 20;
+    // Before the snapshot: host -> guest on 5000, and the guest holds a connection to the
+    // host's 5003. Its listener on 5001 and its sender to 5002 wait across the snapshot.
+    let guest = format!(
+        r#"echo "guest-recv1: $(lab-vsock listen 5000 {VSOCK_BYTES} 2>/dev/null)"
+lab-vsock hold 2 5003 > /tmp/hold &
+until grep -q connected /tmp/hold; do sleep 0.1; done
+(until grep -q ended /tmp/hold; do sleep 0.1; done; echo "guest-hold: $(tail -n 1 /tmp/hold)") &
+(echo "guest-recv2: $(lab-vsock listen 5001 {VSOCK_BYTES} 2>/dev/null)"; echo "guest-send: $(lab-vsock send 2 5002 {VSOCK_BYTES})") &
+echo guest-holding
+{counter}
+"#,
+        counter = counter_loop("", false)
+    );
+    let script = format!(
+        r#"{RESTORE}{WAIT_IN}lab-vsock listen 5003 1000000000000 >/tmp/host-hold 2>&1 &
+lab-vsock listen 5002 {VSOCK_BYTES} >/tmp/host-rx 2>/dev/null &
+{start}
+echo "host-send1: $(lab-vsock send 3 5000 {VSOCK_BYTES})"
+wait_for guest-holding
+wait_for "count-3 "
+vmm snapshot /tmp/vmm.sock /tmp/s.snap --stop
+echo "snapshot-exit: $?"
+wait $vmm
+echo "first-vmm-exit: $?"
+echo "snapshot-count: $(last_count {CONSOLE_FILE})"
+restore /tmp/s.snap /tmp/vmm2.sock
+wait_for "count-$(( $(last_count {CONSOLE_FILE}) + 2 )) "
+echo "host-send2: $(lab-vsock send 3 5001 {VSOCK_BYTES})"
+wait_for guest-send:
+i=0; until grep -q received= /tmp/host-rx || [ $i -gt 300 ]; do i=$((i + 1)); sleep 0.1; done
+echo "host-recv: $(cat /tmp/host-rx)"
+wait_in {CONSOLE_FILE} 600 guest-hold:
+vmm stop /tmp/vmm2.sock
+echo "stop-exit: $?"
+wait $vmm
+status=$?
+echo "lab-script: vmm exit=$status"
+exit $status
+"#,
+        start = start_vmm(&["--vsock", "cid=3"], 256, &guest, "file"),
+    );
+
+    let run = run_in_lab("lab-snapshot-vsock", &script);
+    let output = &run.output;
+
+    assert_same_stream(&run, "host-send1:", "guest-recv1:", VSOCK_BYTES);
+    assert_eq!(run.value("snapshot-exit:"), "0", "{output}");
+    assert_eq!(run.value("first-vmm-exit:"), "0", "{output}");
+    let snapshot_count = number(&run, "snapshot-count:");
+    let counts = counts(console(&run), "");
+    assert_one_counter(&counts, output);
+    assert!(
+        counts.last().expect("counts").n > snapshot_count + 1,
+        "{output}"
+    );
+    // The connection the guest held across the snapshot was reset (the transport reset
+    // event), and new connections work both ways.
+    assert!(
+        run.value("guest-hold:").contains("held, ended"),
+        "the guest's old connection ended: {output}"
+    );
+    assert_same_stream(&run, "host-send2:", "guest-recv2:", VSOCK_BYTES);
+    assert_same_stream(&run, "guest-send:", "host-recv:", VSOCK_BYTES);
+    assert_eq!(run.value("stop-exit:"), "0", "{output}");
+    run.assert_vmm_exited_0();
+    eprintln!(
+        "snapshot at count {snapshot_count}; guest's old connection: {}; after: {} / {}",
+        run.value("guest-hold:"),
+        run.value("guest-recv2:"),
+        run.value("host-recv:")
+    );
+}
