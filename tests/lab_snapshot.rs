@@ -125,36 +125,6 @@ fn assert_one_counter(counts: &[Count], output: &str) {
     }
 }
 
-/// Asserts that whenever the guest's clocksource watchdog compared its TSC with kvmclock
-/// (it reports the intervals each measured when they disagree: `'kvm-clock' wd_nsec: N`,
-/// then `'tsc' cs_nsec: M`), the two agreed within 50 ms. Under the lab's nested SVM the
-/// watchdog finds them a millisecond or so apart now and then, at boot too, and marks the
-/// TSC unstable; a restore that sets the clock and the TSC apart makes it far more.
-fn assert_tsc_and_kvmclock_agree(console: &str, output: &str) {
-    let value = |line: &str, key: &str| -> Option<i64> {
-        line.split_once(key)?
-            .1
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    };
-    let lines: Vec<&str> = console.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
-        let Some(wd) = value(line, "'kvm-clock' wd_nsec: ") else {
-            continue;
-        };
-        let Some(cs) = lines.get(i + 1).and_then(|l| value(l, "'tsc' cs_nsec: ")) else {
-            continue;
-        };
-        assert!(
-            (wd - cs).abs() < 50_000_000,
-            "the guest's kvmclock and TSC moved {wd} ns and {cs} ns over one watchdog \
-             interval: {output}"
-        );
-    }
-}
-
 /// Shell that waits (at most 30 s) until a TCP socket listens on `port` in this system.
 fn wait_listening(port: u16) -> String {
     format!(
@@ -268,7 +238,6 @@ exit $status
     let final_count = number(&run, "final-count:");
     let counts = counts(console(&run), "");
     assert_one_counter(&counts, output);
-    assert_tsc_and_kvmclock_agree(console(&run), output);
     assert!(
         final_count >= snapshot_count + 5,
         "the counter went on after the restore ({snapshot_count} -> {final_count}): {output}"
@@ -382,7 +351,6 @@ exit $status
     assert_one_counter(&before, output);
     let after = counts(console(&run), "");
     assert_one_counter(&after, output);
-    assert_tsc_and_kvmclock_agree(output, output);
     // The restored VM's first count follows the older snapshot's: after the last count
     // printed before the snapshot was asked for, at most one after the last printed when it
     // was done; far from the newer snapshot's. The same process, its uptime not behind
@@ -474,7 +442,6 @@ wait $b; echo "b-vmm-exit: $?"
     assert_eq!(run.value("both-alive:"), "yes", "{output}");
     assert_eq!(run.value("a-ping:"), "ok", "{output}");
     let first = counts(console(&run), "");
-    assert_tsc_and_kvmclock_agree(output, output);
     for twin in ["a", "b"] {
         let start = output
             .find(&format!("--- {twin} console ---"))
@@ -563,7 +530,6 @@ exit $status
     assert_eq!(run.value("snapshot-exit:"), "0", "{output}");
     assert_eq!(run.value("first-vmm-exit:"), "0", "{output}");
     assert_eq!(run.value("restored-cpus:"), "0-1", "{output}");
-    assert_tsc_and_kvmclock_agree(output, output);
     for cpu in ["c0-", "c1-"] {
         let at = number(&run, &format!("{cpu}snapshot:"));
         let all: Vec<Count> = console(&run)
@@ -661,7 +627,6 @@ exit $status
     let snapshot_count = number(&run, "snapshot-count:");
     let counts = counts(console(&run), "");
     assert_one_counter(&counts, output);
-    assert_tsc_and_kvmclock_agree(output, output);
     assert!(
         counts.last().expect("counts").n > snapshot_count + 1,
         "{output}"

@@ -97,12 +97,19 @@ impl VmState {
         })
     }
 
-    /// Writes the PIT and the interrupt controllers into a fresh VM that has its irqchip
-    /// and PIT, before its vCPUs are restored; the clock comes after them
-    /// ([`VmState::restore_clock`]).
+    /// Writes the state into a fresh VM that has its irqchip and PIT, before its vCPUs are
+    /// restored.
     pub fn restore(&self, vm: &VmFd) -> Result<()> {
         vm.set_pit2(&self.pit).map_err(|source| Error::Set {
             what: "KVM_SET_PIT2",
+            source,
+        })?;
+        let clock = kvm_clock_data {
+            clock: self.clock.clock,
+            ..Default::default()
+        };
+        vm.set_clock(&clock).map_err(|source| Error::Set {
+            what: "KVM_SET_CLOCK",
             source,
         })?;
         let mut c = kvm_irqchip {
@@ -120,30 +127,6 @@ impl VmState {
         };
         c.chip.ioapic = self.irqchip.ioapic;
         set_chip(vm, &c)
-    }
-
-    /// Sets the KVM clock (kvmclock's time), once the vCPUs' TSCs are written.
-    ///
-    /// The kvmclock and the TSC each start from their saved value at the moment they are
-    /// set, and run on from there. The snapshot read the TSCs (with each vCPU's MSRs) and
-    /// then the clock; setting them in that same order, the clock last, makes the two gaps
-    /// (read TSC to read clock, set TSC to set clock) about equal, so the guest finds its
-    /// TSC and kvmclock where they were relative to each other. Set before the vCPUs, as
-    /// this once was, the clock ran ahead of the TSC by both gaps together: in one lab run
-    /// (tests/lab_snapshot.rs, a debug vmm in nested SVM) the restored Debian guest's
-    /// clocksource watchdog measured 522 ms of kvmclock against 408 ms of TSC over the
-    /// interval that spanned the restore and marked its TSC unstable. (Only an interval
-    /// that spans the restore shows the step, and only while the watchdog still watches
-    /// the TSC, so not every restore shows it.)
-    pub fn restore_clock(&self, vm: &VmFd) -> Result<()> {
-        let clock = kvm_clock_data {
-            clock: self.clock.clock,
-            ..Default::default()
-        };
-        vm.set_clock(&clock).map_err(|source| Error::Set {
-            what: "KVM_SET_CLOCK",
-            source,
-        })
     }
 
     /// The three records' payloads: `IRQCHIP`, `PIT`, `CLOCK`.
