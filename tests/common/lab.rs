@@ -157,6 +157,17 @@ pub fn start_vmm_with_params(
     params: &str,
     console: &str,
 ) -> String {
+    start_vmm_with_cpus(1, options, mem_mib, params, console)
+}
+
+/// [`start_vmm_with_params`] with `cpus` vCPUs.
+pub fn start_vmm_with_cpus(
+    cpus: u32,
+    options: &[&str],
+    mem_mib: u32,
+    params: &str,
+    console: &str,
+) -> String {
     let options: String = options.iter().map(|o| format!("{o} ")).collect();
     let (serial, console_helpers) = match console {
         "file" => (
@@ -183,7 +194,7 @@ wait_for() {{
     };
     format!(
         r#"{console_helpers}rm -f /tmp/vmm.sock
-vmm run --socket /tmp/vmm.sock --serial {serial} {options}--mem {mem_mib} --cpus 1 \
+vmm run --socket /tmp/vmm.sock --serial {serial} {options}--mem {mem_mib} --cpus {cpus} \
     --initrd /guest/initrd.img --params "{params}" /guest/vmlinuz &
 vmm=$!
 i=0
