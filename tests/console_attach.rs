@@ -60,21 +60,7 @@ impl Vm {
 
     /// A client, retrying while the socket is not there yet.
     fn client(&self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match Client::connect(&self.socket) {
-                Ok(client) => {
-                    client
-                        .set_timeout(Some(Duration::from_secs(10)))
-                        .expect("timeout");
-                    return client;
-                }
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(err) => panic!("the control socket never answered: {err}"),
-            }
-        }
+        common::hostile::connect_when_ready(&self.socket)
     }
 
     /// Attaches through the library: our end of the pair, or the VMM's refusal.

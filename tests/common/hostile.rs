@@ -86,21 +86,7 @@ impl ParkedVm {
 
     /// A client, retrying for up to 10 s while the socket is not there yet.
     pub fn connect_when_ready(&self) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match Client::connect(&self.socket) {
-                Ok(client) => {
-                    client
-                        .set_timeout(Some(Duration::from_secs(10)))
-                        .expect("set client timeout");
-                    return client;
-                }
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(err) => panic!("the control socket never answered: {err}"),
-            }
-        }
+        connect_when_ready(&self.socket)
     }
 
     /// A client the VMM admitted and answered `GetVersion`: retried for up to 5 s while
@@ -251,4 +237,22 @@ pub fn raise_own_fd_limit() -> u64 {
 /// A path string for arguments.
 pub fn arg(path: &Path) -> String {
     path.display().to_string()
+}
+
+/// A client of the VMM listening on `socket` (10 s per request), retrying for up to 10 s
+/// while the socket is not there yet.
+pub fn connect_when_ready(socket: &Path) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(socket) {
+            Ok(client) => {
+                client
+                    .set_timeout(Some(Duration::from_secs(10)))
+                    .expect("set client timeout");
+                return client;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => panic!("the control socket never answered: {err}"),
+        }
+    }
 }
