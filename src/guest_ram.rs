@@ -16,9 +16,10 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 /// The alignment that lets a 2 MiB host page back a 2 MiB guest page.
 const HUGE_PAGE_SIZE: usize = 2 << 20;
@@ -37,7 +38,7 @@ fn map_region(guest_base: GuestAddress, len: usize) -> io::Result<GuestRegionMma
     let host = map_aligned_anonymous(len)?;
     advise_huge_pages(host, len);
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-    wrap_region(guest_base, host, len, flags)
+    wrap_region(guest_base, host, len, flags, None)
 }
 
 /// Maps guest RAM from a snapshot's memory file: each of `ranges` (guest address, length,
@@ -48,9 +49,12 @@ pub fn map_guest_ram_from_file(
     ranges: &[(GuestAddress, usize, u64)],
     file: &File,
 ) -> io::Result<GuestMemoryMmap> {
+    // Each region records the file it maps (one shared descriptor), so a later snapshot
+    // can tell the file's holes from its data ([`crate::snapshot::page_map`]).
+    let shared = Arc::new(file.try_clone()?);
     let regions = ranges
         .iter()
-        .map(|&(guest_base, len, offset)| map_file_region(guest_base, len, file, offset))
+        .map(|&(guest_base, len, offset)| map_file_region(guest_base, len, &shared, offset))
         .collect::<io::Result<Vec<_>>>()?;
     GuestMemoryMmap::from_regions(regions)
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))
@@ -59,10 +63,10 @@ pub fn map_guest_ram_from_file(
 fn map_file_region(
     guest_base: GuestAddress,
     len: usize,
-    file: &File,
-    offset: u64,
+    file: &Arc<File>,
+    file_offset: u64,
 ) -> io::Result<GuestRegionMmap> {
-    let offset = libc::off_t::try_from(offset)
+    let offset = libc::off_t::try_from(file_offset)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memory file offset too large"))?;
     // The 2 MiB-aligned reservation keeps guest and host addresses congruent, as for
     // anonymous RAM; the file mapping then replaces it in place.
@@ -87,20 +91,26 @@ fn map_file_region(
         unsafe { libc::munmap(host.cast(), len) };
         return Err(err);
     }
-    wrap_region(guest_base, host, len, flags)
+    let source = FileOffset::from_arc(Arc::clone(file), file_offset);
+    wrap_region(guest_base, host, len, flags, Some(source))
 }
 
-/// Wraps the mapping [host, host + len), made with `flags`, as guest RAM at `guest_base`.
+/// Wraps the mapping [host, host + len), made with `flags` (from `source`, for a file
+/// mapping), as guest RAM at `guest_base`.
 fn wrap_region(
     guest_base: GuestAddress,
     host: *mut u8,
     len: usize,
     flags: i32,
+    source: Option<FileOffset>,
 ) -> io::Result<GuestRegionMmap> {
     // SAFETY: the callers pass [host, host + len), a readable and writable mapping they
     // made, never unmapped (see the module comment), so it stays valid for as long as the
     // region can be used.
-    let builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(host) };
+    let mut builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(host) };
+    if let Some(source) = source {
+        builder = builder.with_file_offset(source);
+    }
     let mapping = builder
         .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
         .with_mmap_flags(flags)

@@ -198,6 +198,7 @@ fn try_run_vm(args: &RunArgs) -> Result<VmExit, Box<dyn Error>> {
         &config,
         stop_signals,
         opened.control,
+        opened.page_map,
     )?)
 }
 

@@ -39,6 +39,7 @@ use crate::cli::{NetBackend, SerialOutput, Source};
 use crate::config::{NetConfig, VmConfig};
 use crate::inherited_fds::{Handover, HandoverError};
 use crate::input_file::{self, BoundedFile, Input, InputFileError};
+use crate::snapshot::page_map::PageMap;
 
 /// A path that could not be opened.
 #[derive(Debug, Error)]
@@ -142,6 +143,9 @@ pub struct Opened {
     pub files: HostFiles,
     /// Bound at `--socket`'s path, or handed over (then [`Listener::path`] is `None`).
     pub control: Option<Listener>,
+    /// This process's `/proc/self/pagemap`: a snapshot reads only the pages it calls
+    /// populated. The jail opens it again in the process that runs the VM.
+    pub page_map: Option<PageMap>,
 }
 
 /// Opens everything `config` names, and takes what it names by descriptor from
@@ -209,7 +213,17 @@ pub fn open_all(config: &VmConfig, mut handover: Handover) -> Result<Opened, Ope
             vsock,
         },
         control,
+        page_map: own_page_map(),
     })
+}
+
+/// The VMM's pagemap, for snapshots ([`PageMap`]); `None`, logged, where /proc has none.
+pub fn own_page_map() -> Option<PageMap> {
+    PageMap::open_own()
+        .inspect_err(|err| {
+            log::info!("no pagemap ({err}): a snapshot will read every page of guest RAM")
+        })
+        .ok()
 }
 
 /// The kernel or initrd, by path or handed over, checked against `limit` (`what` names it).

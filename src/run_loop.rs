@@ -25,6 +25,7 @@ use crate::exit::VmExit;
 use crate::memory_registry::MemoryRegistry;
 use crate::running_vm::RunningVm;
 use crate::signal_fd::SignalFd;
+use crate::snapshot::page_map::PageMap;
 use crate::vcpu::{self, ExitCounters, ExitLatch, RunControl, VcpuContext, Vcpus};
 
 /// A failure of the run loop itself (not of the guest).
@@ -122,6 +123,7 @@ pub fn run(
     config: &VmConfig,
     signals: SignalFd,
     listener: Option<Listener>,
+    page_map: Option<PageMap>,
 ) -> Result<VmExit, RunError> {
     vcpu::install_kick_handler()
         .map_err(|err| setup("vCPU kick signal")(io::Error::from_raw_os_error(err.errno())))?;
@@ -195,6 +197,7 @@ pub fn run(
         kvm,
         devices: vm.devices,
         saved_config: crate::snapshot::config_record::SavedConfig::of(config),
+        page_map,
     };
     let mut run_loop = RunLoop {
         epoll,

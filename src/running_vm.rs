@@ -18,6 +18,7 @@ use crate::builder::VirtioHandles;
 use crate::console_stream::{AttachError, ConsoleStreams};
 use crate::memory_registry::{MemoryRegistry, RegistryError};
 use crate::snapshot::config_record::SavedConfig;
+use crate::snapshot::page_map::PageMap;
 use crate::snapshot::save::SnapshotDevices;
 use crate::vcpu::{ExitCounters, Vcpus};
 
@@ -45,6 +46,8 @@ pub struct RunningVm {
     pub devices: SnapshotDevices,
     /// What the VM was built from, the snapshot's `CONFIG` record.
     pub saved_config: SavedConfig,
+    /// The process's pagemap, so a snapshot reads only populated pages.
+    pub page_map: Option<PageMap>,
 }
 
 /// Why a balloon request was refused.

@@ -133,6 +133,9 @@ pub fn enter(jail: &JailConfig, config: &VmConfig, opened: &mut Opened) -> Resul
         }
     }
     let parent = reaper::fork_into_pid_namespace(socket)?;
+    // A pagemap describes the process that opened it, which is now the reaper; the VMM's
+    // own must be opened here, while /proc is still in reach.
+    opened.page_map = crate::opened::own_page_map();
     mounts::unshare_namespaces()?;
     mounts::pivot_to_empty_root()?;
     limits::apply(limits)?;

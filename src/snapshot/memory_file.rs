@@ -9,16 +9,20 @@
 //! read up front, pages come in from the page cache as the guest touches them, and the
 //! guest's writes never reach the file.
 //!
-//! Why every page is looked at rather than only those `mincore(2)` calls resident: a page
-//! the host swapped out reads as not resident, and a restored VM's RAM is a file mapping
-//! whose residency is the page cache's, not the guest's. Skipping either would lose guest
-//! data; reading an untouched anonymous page maps the shared zero page and costs no memory.
+//! Which pages are read: those the process's pagemap calls present or swapped out, and,
+//! for RAM mapped from a restored snapshot's memory file, those where that file has data
+//! ([`super::page_map`]); a page that is neither reads as zeros and is left a hole unread.
+//! Residency alone (`mincore(2)`) would not do: a swapped-out page reads as not resident,
+//! and a restored VM's untouched pages live in its memory file. Without a pagemap every
+//! page is read. A page that is read and holds only zeros is a hole too.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 
 use snapshot::payload::{Decoder, Encoder};
+
+use super::page_map::{BATCH_PAGES, DataExtents, PageMap};
 use snapshot::{RecordType, kind};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
@@ -212,11 +216,19 @@ pub struct WriteSummary {
 
 /// Writes all of `mem` into `file` (emptied first), zero pages as holes, and returns its
 /// layout. The guest must not run meanwhile (its vCPUs paused, device workers quiesced), or
-/// the file would mix moments.
+/// the file would mix moments. With `page_map`, pages that cannot hold data are not read.
 pub fn write_memory_file(
     mem: &GuestMemoryMmap,
+    page_map: Option<&PageMap>,
     file: &File,
 ) -> Result<(MemoryLayout, WriteSummary), MemoryFileError> {
+    let page_map = page_map.filter(|map| {
+        let ours = map.describes_this_process();
+        if !ours {
+            log::warn!("the pagemap was opened by another process: reading every page");
+        }
+        ours
+    });
     let layout = MemoryLayout::of(mem);
     file.set_len(0).map_err(MemoryFileError::Write)?;
     file.set_len(layout.total_bytes())
@@ -226,7 +238,7 @@ pub fn write_memory_file(
         written_bytes: 0,
     };
     for (region, range) in mem.iter().zip(layout.ranges()) {
-        let written = write_region(region, range, file)?;
+        let written = write_region(region, range, page_map, file)?;
         summary.written_bytes = summary.written_bytes.saturating_add(written);
     }
     Ok((layout, summary))
@@ -236,20 +248,26 @@ pub fn write_memory_file(
 fn write_region(
     region: &GuestRegionMmap,
     range: &RamRange,
+    page_map: Option<&PageMap>,
     file: &File,
 ) -> Result<u64, MemoryFileError> {
     let mut pending = PendingRun::new(range.file_offset);
+    let mut candidates = CandidatePages::new(region, page_map);
     let mut page = [0u8; PAGE_BYTES];
     let mut offset = 0;
     while offset < range.len {
-        region
-            .get_slice(MemoryRegionAddress(offset), page.len())
-            .map_err(|err| MemoryFileError::ReadGuest {
-                addr: range.guest_addr.saturating_add(offset),
-                reason: err.to_string(),
-            })?
-            .copy_to(&mut page[..]);
-        if page.iter().all(|&b| b == 0) {
+        if candidates.may_hold_data(offset) {
+            region
+                .get_slice(MemoryRegionAddress(offset), page.len())
+                .map_err(|err| MemoryFileError::ReadGuest {
+                    addr: range.guest_addr.saturating_add(offset),
+                    reason: err.to_string(),
+                })?
+                .copy_to(&mut page[..]);
+        } else {
+            page.fill(0);
+        }
+        if is_zero(&page) {
             pending.flush(file)?;
         } else {
             pending.push(offset, &page, file)?;
@@ -258,6 +276,88 @@ fn write_region(
     }
     pending.flush(file)?;
     Ok(pending.written)
+}
+
+/// Whether a page is all zeros, a word at a time.
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks(64)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Which pages of one region may hold data, a pagemap batch at a time, asked in
+/// ascending order.
+struct CandidatePages<'a> {
+    page_map: Option<&'a PageMap>,
+    /// The region's host address.
+    host: usize,
+    len: u64,
+    /// The file the region maps privately, and its offset there (a restored VM's RAM).
+    source: Option<(DataExtents<'a>, u64)>,
+    /// Region offset of the batch in `populated`.
+    batch_start: u64,
+    populated: [bool; BATCH_PAGES],
+    /// Whether `populated` holds the batch at `batch_start`.
+    loaded: bool,
+}
+
+impl<'a> CandidatePages<'a> {
+    fn new(region: &'a GuestRegionMmap, page_map: Option<&'a PageMap>) -> CandidatePages<'a> {
+        CandidatePages {
+            page_map,
+            host: region.as_ptr() as usize,
+            len: region.len(),
+            source: region
+                .file_offset()
+                .map(|source| (DataExtents::new(source.file()), source.start())),
+            batch_start: 0,
+            populated: [true; BATCH_PAGES],
+            loaded: false,
+        }
+    }
+
+    /// Whether the page at region offset `offset` may hold something other than zeros.
+    fn may_hold_data(&mut self, offset: u64) -> bool {
+        let Some(page_map) = self.page_map else {
+            return true;
+        };
+        let batch_bytes = PAGE_SIZE.saturating_mul(BATCH_PAGES as u64);
+        if !self.loaded || offset >= self.batch_start.saturating_add(batch_bytes) {
+            let into_batch = offset.checked_rem(batch_bytes).unwrap_or(0);
+            self.load(page_map, offset.saturating_sub(into_batch));
+        }
+        let index =
+            usize::try_from(offset.saturating_sub(self.batch_start) / PAGE_SIZE).unwrap_or(0);
+        if self.populated.get(index).copied().unwrap_or(true) {
+            return true;
+        }
+        match &mut self.source {
+            Some((extents, start)) => extents.has_data(start.saturating_add(offset), PAGE_SIZE),
+            None => false,
+        }
+    }
+
+    /// Reads the batch of entries from region offset `batch_start`; a failed read makes
+    /// every page of the batch a candidate.
+    fn load(&mut self, page_map: &PageMap, batch_start: u64) {
+        let pages = usize::try_from(self.len.saturating_sub(batch_start) / PAGE_SIZE)
+            .unwrap_or(BATCH_PAGES)
+            .min(BATCH_PAGES);
+        let host = usize::try_from(batch_start)
+            .ok()
+            .and_then(|start| self.host.checked_add(start));
+        let read = match (host, self.populated.get_mut(..pages)) {
+            (Some(host), Some(flags)) => page_map.populated(host, flags),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        if let Err(err) = read {
+            log::debug!(
+                "pagemap unreadable at region offset {batch_start:#x} ({err}): reading every page"
+            );
+            self.populated.fill(true);
+        }
+        self.batch_start = batch_start;
+        self.loaded = true;
+    }
 }
 
 /// Consecutive non-zero pages gathered for one `pwrite(2)`.
@@ -314,6 +414,7 @@ mod tests {
 
     use super::*;
     use crate::guest_ram::{map_guest_ram, map_guest_ram_from_file};
+    use crate::snapshot::page_map::PageMap;
 
     const LOW: u64 = 8 << 20;
     const HIGH_BASE: u64 = 0x1_0000_0000;
@@ -355,7 +456,7 @@ mod tests {
         mem.write_obj(0u64, GuestAddress(0x30_0000)).expect("w");
         let (path, file) = scratch_file("round-trip");
 
-        let (layout, summary) = write_memory_file(&mem, &file).expect("write");
+        let (layout, summary) = write_memory_file(&mem, None, &file).expect("write");
 
         assert_eq!(summary.ram_bytes, LOW + HIGH);
         assert_eq!(
@@ -393,6 +494,97 @@ mod tests {
         let _ = std::fs::remove_file(path);
     }
 
+    /// Pages of `mem`'s regions the pagemap calls populated.
+    fn populated_pages(mem: &GuestMemoryMmap, map: &PageMap) -> usize {
+        let mut count = 0;
+        for region in mem.iter() {
+            let host = region.as_ptr() as usize;
+            let mut offset = 0;
+            while (offset as u64) < region.len() {
+                let mut flags = [false; BATCH_PAGES];
+                let pages = ((region.len() as usize - offset) / PAGE_BYTES).min(BATCH_PAGES);
+                map.populated(host + offset, &mut flags[..pages])
+                    .expect("pagemap");
+                count += flags[..pages].iter().filter(|&&f| f).count();
+                offset += pages * PAGE_BYTES;
+            }
+        }
+        count
+    }
+
+    #[test]
+    fn with_the_pagemap_untouched_pages_are_holes_and_are_not_read() {
+        let map = PageMap::open_own().expect("this host's pagemap");
+        let mem = two_ranges();
+        mem.write_obj(0x1111u64, GuestAddress(0x1000)).expect("w");
+        mem.write_slice(&[0x33; 8192], GuestAddress(0x20_0000))
+            .expect("w");
+        mem.write_obj(0x4444u64, GuestAddress(HIGH_BASE + 8))
+            .expect("w");
+        // Touched, then zeroed by the guest: read, and still a hole.
+        mem.write_obj(0u64, GuestAddress(0x30_0000)).expect("w");
+        let before = populated_pages(&mem, &map);
+        let (path, file) = scratch_file("pagemap");
+
+        let (layout, summary) = write_memory_file(&mem, Some(&map), &file).expect("write");
+
+        assert_eq!(summary.written_bytes, 4 * PAGE_SIZE);
+        assert_eq!(
+            populated_pages(&mem, &map),
+            before,
+            "saving populated no page of guest RAM (untouched pages were never read)"
+        );
+        let restored =
+            map_guest_ram_from_file(&layout.file_ranges().expect("ranges"), &file).expect("map");
+        let read = |addr| restored.read_obj::<u64>(GuestAddress(addr)).expect("read");
+        assert_eq!(read(0x1000), 0x1111);
+        assert_eq!(read(0x20_1ff8), 0x3333_3333_3333_3333);
+        assert_eq!(read(HIGH_BASE + 8), 0x4444);
+        assert_eq!(read(0x30_0000), 0);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_restored_vms_pages_that_stayed_in_its_memory_file_are_saved_again() {
+        let map = PageMap::open_own().expect("this host's pagemap");
+        let mem = two_ranges();
+        mem.write_obj(0x1111u64, GuestAddress(0x1000)).expect("w");
+        mem.write_obj(0x2222u64, GuestAddress(0x50_0000))
+            .expect("w");
+        mem.write_obj(0x4444u64, GuestAddress(HIGH_BASE + 8))
+            .expect("w");
+        let (first_path, first) = scratch_file("first");
+        let (layout, _) = write_memory_file(&mem, Some(&map), &first).expect("first");
+        let restored =
+            map_guest_ram_from_file(&layout.file_ranges().expect("ranges"), &first).expect("map");
+        // The restored guest changes one page and never touches the others: they are not
+        // in the process, only in the first memory file.
+        restored
+            .write_obj(0x5555u64, GuestAddress(0x1000))
+            .expect("w");
+        restored
+            .write_obj(0x6666u64, GuestAddress(0x60_0000))
+            .expect("w");
+        let (second_path, second) = scratch_file("second");
+
+        let (layout, summary) = write_memory_file(&restored, Some(&map), &second).expect("second");
+
+        assert_eq!(summary.written_bytes, 4 * PAGE_SIZE);
+        let again =
+            map_guest_ram_from_file(&layout.file_ranges().expect("ranges"), &second).expect("map");
+        let read = |addr| again.read_obj::<u64>(GuestAddress(addr)).expect("read");
+        assert_eq!(read(0x1000), 0x5555, "the page the restored guest changed");
+        assert_eq!(read(0x50_0000), 0x2222, "a page only the first file held");
+        assert_eq!(read(HIGH_BASE + 8), 0x4444, "the same, in the second range");
+        assert_eq!(
+            read(0x60_0000),
+            0x6666,
+            "a page the restored guest wrote first"
+        );
+        let _ = std::fs::remove_file(first_path);
+        let _ = std::fs::remove_file(second_path);
+    }
+
     #[test]
     fn a_memory_file_of_the_wrong_size_is_refused() {
         let layout = MemoryLayout::of(&two_ranges());
@@ -417,7 +609,7 @@ mod tests {
             .write(true)
             .open("/dev/full")
             .expect("/dev/full");
-        let err = write_memory_file(&mem, &full).expect_err("/dev/full");
+        let err = write_memory_file(&mem, None, &full).expect_err("/dev/full");
         assert!(matches!(err, MemoryFileError::Write(_)), "{err}");
     }
 

@@ -8,6 +8,7 @@
 
 pub mod config_record;
 pub mod memory_file;
+pub mod page_map;
 pub mod restore;
 mod restore_config;
 pub mod save;

@@ -159,7 +159,7 @@ fn capture_and_write(vm: &RunningVm, stream: &File, memory: &File) -> Result<(),
     })?;
     write_device_records(&vm.devices, &mut writer)?;
     // RAM last: the device records are captured first, and nothing runs meanwhile.
-    let (layout, summary) = write_memory_file(&vm.memory, memory)?;
+    let (layout, summary) = write_memory_file(&vm.memory, vm.page_map.as_ref(), memory)?;
     writer
         .record(MEMORY_RECORD, &layout.encode())
         .map_err(SnapshotError::Stream)?;
