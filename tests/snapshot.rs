@@ -459,3 +459,66 @@ fn a_client_passing_pipes_gets_invalid_argument_and_the_vmm_never_blocks() {
     vm.wait_for_output(900);
     vm.stop();
 }
+
+#[test]
+fn a_stop_signal_during_a_snapshot_stops_the_vm_and_leaves_no_half_snapshot_reported_whole() {
+    if !require_kvm() {
+        return;
+    }
+    // SIGTERM a few moments after the request: before the VMM reads it, while it writes,
+    // or after. Whichever, the VMM exits with the stop signal's status and removes its
+    // socket, and a snapshot the client reports written restores and counts on.
+    let scratch = Scratch::new("snapshot-signal");
+    let mut written = 0;
+    for (round, delay_ms) in [0u64, 1, 3, 10, 30].into_iter().enumerate() {
+        let mut vm = Vmm::boot(&scratch, &format!("vm{round}"));
+        vm.wait_for_output(90);
+        let snapshot = scratch.path(&format!("vm{round}.snap"));
+        let mut client = vmm();
+        client.arg("snapshot").arg(&vm.socket).arg(&snapshot);
+        let client = client
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn vmm snapshot");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: kill(2) on the pid of our own child, still running or not yet reaped.
+        assert_eq!(unsafe { libc::kill(vm.pid(), libc::SIGTERM) }, 0);
+        let client = common::wait_with_timeout(client, COMMAND_LIMIT);
+        let output = vm.wait_exit();
+        assert_eq!(
+            output.status.code(),
+            Some(128 + libc::SIGTERM),
+            "round {round}: {}",
+            describe(&output)
+        );
+        assert!(!vm.socket.exists(), "round {round}: the socket is removed");
+        if client.status.code() == Some(0) {
+            written += 1;
+            let log = scratch.path(&format!("vm{round}.restored.log"));
+            let restored = Vmm::restore(
+                &scratch,
+                &snapshot,
+                &format!("r{round}"),
+                Some(&log),
+                &log,
+                &[],
+            );
+            restored.wait_for_output(900);
+            restored.stop();
+        } else {
+            let stderr = String::from_utf8_lossy(&client.stderr);
+            assert_eq!(
+                client.status.code(),
+                Some(1),
+                "round {round}: {}",
+                describe(&client)
+            );
+            assert!(
+                stderr.starts_with("vmm: error: ") && stderr.lines().count() == 1,
+                "round {round}: one line saying why: {stderr}"
+            );
+        }
+    }
+    eprintln!("{written} of 5 snapshots were written before the VMM stopped");
+}

@@ -102,6 +102,12 @@ impl Vmm {
         vmm
     }
 
+    /// The pid of `vmm run`.
+    pub fn pid(&self) -> i32 {
+        let child = self.child.as_ref().expect("vmm run is ours");
+        i32::try_from(child.id()).expect("a pid")
+    }
+
     pub fn running(&mut self) -> bool {
         self.child
             .as_mut()
