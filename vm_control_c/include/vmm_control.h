@@ -353,7 +353,8 @@ int vmm_control_console_attach(struct vmm_control *ctl, uint32_t flags, int *fd_
  *               -EDQUOT, -EFBIG, -EIO, ...) or of fstat on it
  * and the errors every call can have (-ECONNRESET, -EPROTO, ...; see ERRORS above).
  */
-int vmm_control_snapshot(struct vmm_control *ctl, int stream_fd, int memory_fd, uint32_t flags);
+int vmm_control_snapshot(struct vmm_control *ctl, int stream_fd, int memory_fd,
+                         uint32_t flags);
 
 /*
  * Subscribes to the VM's events on a connection of its own (to the same socket, with the
