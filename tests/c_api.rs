@@ -5,7 +5,8 @@
 //! arguments, the VMM's refusals (balloon without `--balloon` gives -ENODEV with kind
 //! Unsupported), wrong descriptors. It runs under valgrind, which must report no invalid
 //! access and no leak; the program itself checks that it ends with the descriptors it
-//! started with.
+//! started with. A snapshot the program writes with `VMM_CONTROL_SNAPSHOT_STOP` from the
+//! counting guest is restored with `vmm run --restore`, which must count on without a gap.
 
 mod common;
 
@@ -13,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{GuestCode, Scratch, require_kvm, tiny_elf, vmm_run, wait_with_timeout};
+use common::counting::{Vmm, assert_consecutive, counts};
+use common::{GuestCode, Scratch, describe, require_kvm, tiny_elf, vmm_run, wait_with_timeout};
 
 /// Longest the C program may take (under valgrind, on a loaded host).
 const PROGRAM_LIMIT: Duration = Duration::from_secs(120);
@@ -113,25 +115,11 @@ fn drive(linkage: Linkage, balloon: bool) {
     });
     assert!(ready, "vmm run did not start its guest and socket");
 
-    let mut program = match valgrind() {
-        Some(valgrind) => {
-            let mut c = Command::new(valgrind);
-            c.args([
-                "-q",
-                "--error-exitcode=99",
-                "--leak-check=full",
-                "--show-leak-kinds=definite,indirect",
-                "--errors-for-leak-kinds=definite,indirect",
-            ])
-            .arg(&exe);
-            c
-        }
-        None => Command::new(&exe),
-    };
-    program
-        .arg(&socket)
-        .arg(if balloon { "balloon" } else { "plain" });
-    let output = common::run_with_timeout(program, PROGRAM_LIMIT);
+    let output = run_program(
+        &scratch,
+        &exe,
+        &[&socket_arg, if balloon { "balloon" } else { "plain" }],
+    );
     let vm = wait_with_timeout(vm, VM_LIMIT);
     assert!(
         output.status.success() && String::from_utf8_lossy(&output.stdout) == "ok\n",
@@ -146,6 +134,28 @@ fn drive(linkage: Linkage, balloon: bool) {
         "vmm run after vmm_control_stop: {}",
         String::from_utf8_lossy(&vm.stderr)
     );
+}
+
+/// Runs the C program `exe` with `args`, under valgrind when it is installed, with its
+/// temporary files in `scratch`.
+fn run_program(scratch: &Scratch, exe: &Path, args: &[&str]) -> std::process::Output {
+    let mut program = match valgrind() {
+        Some(valgrind) => {
+            let mut c = Command::new(valgrind);
+            c.args([
+                "-q",
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--show-leak-kinds=definite,indirect",
+                "--errors-for-leak-kinds=definite,indirect",
+            ])
+            .arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    program.args(args).env("TMPDIR", scratch.path(""));
+    common::run_with_timeout(program, PROGRAM_LIMIT)
 }
 
 #[test]
@@ -166,4 +176,56 @@ fn c_program_sees_the_vmms_refusal_of_balloon_requests_without_a_balloon_shared(
 #[test]
 fn c_program_sees_the_vmms_refusal_of_balloon_requests_without_a_balloon_static() {
     drive(Linkage::Static, false);
+}
+
+/// The C program snapshots a counting guest with `VMM_CONTROL_SNAPSHOT_STOP`, which ends
+/// `vmm run` with 0; `vmm run --restore STREAM --memory MEMORY` then counts on from where
+/// the snapshot stopped it: one sequence from 1 across both, nothing lost or repeated.
+#[test]
+fn a_snapshot_written_from_c_with_stop_ends_the_vm_and_restores() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("c-api-snapshot");
+    let exe = compile(&scratch, Linkage::Shared);
+    let mut vm = Vmm::boot(&scratch, "first");
+    vm.wait_for_output(900);
+    let (stream, memory) = (scratch.path("c.snap"), scratch.path("c.mem"));
+    let socket = vm.socket.display().to_string();
+    let (stream_arg, memory_arg) = (stream.display().to_string(), memory.display().to_string());
+    let output = run_program(&scratch, &exe, &[&socket, "stop", &stream_arg, &memory_arg]);
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout) == "ok\n",
+        "program: {}",
+        describe(&output)
+    );
+    let exit = vm.wait_exit();
+    assert_eq!(
+        exit.status.code(),
+        Some(0),
+        "vmm run after STOP: {}",
+        describe(&exit)
+    );
+    let last = *counts(&std::fs::read(&vm.log).expect("log"))
+        .last()
+        .expect("the guest counted");
+
+    // The restore appends to the serial file the snapshot recorded.
+    let restored = Vmm::restore(
+        &scratch,
+        &stream,
+        "restored",
+        None,
+        &vm.log,
+        &["--memory", &memory_arg],
+    );
+    restored.wait_for_output(900);
+    restored.stop();
+    let all = counts(&std::fs::read(&vm.log).expect("log"));
+    assert!(
+        all.len() as u32 > last + 50,
+        "the restored VM counted on: {} lines after {last}",
+        all.len()
+    );
+    assert_consecutive(&all, 1, "the original then the restored VM");
 }

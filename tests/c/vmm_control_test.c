@@ -5,8 +5,14 @@
  *
  *   vmm_control_test SOCKET balloon   the VM has --balloon (and the tiny parked guest)
  *   vmm_control_test SOCKET plain     the VM has no balloon device
+ *   vmm_control_test SOCKET stop STREAM MEMORY
+ *                                     the VM (32 MiB) runs any guest: a snapshot with
+ *                                     VMM_CONTROL_SNAPSHOT_STOP into the files STREAM and
+ *                                     MEMORY (created here), for tests/c_api.rs to restore
  *
- * Both modes end by stopping the VM. Prints "ok" and exits 0 when every check passed.
+ * Every mode ends the VM: balloon and plain with vmm_control_stop, stop with the snapshot.
+ * Temporary files go to $TMPDIR (else /tmp). Prints "ok" and exits 0 when every check
+ * passed.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -18,6 +24,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "vmm_control.h"
@@ -44,6 +51,9 @@ static int failures;
     } while (0)
 
 #define TIMEOUT_MS 5000
+/* For a snapshot: the handle's timeout bounds the whole save (slow under valgrind). */
+#define SNAPSHOT_TIMEOUT_MS 120000
+#define GUEST_RAM (32ull << 20)
 
 static int open_fds(void) {
     int n = 0;
@@ -98,6 +108,41 @@ static void expect_event(struct vmm_control_subscription *sub, uint32_t kind, ui
     CHECK_EQ(ev.kind, kind);
     CHECK_EQ(ev.arg0, arg0);
     CHECK_EQ(ev.arg1, arg1);
+}
+
+/* A new, already unlinked, temporary file, open read-write. */
+static int temp_file(void) {
+    const char *dir = getenv("TMPDIR");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/vmm-control-test-XXXXXX", dir && *dir ? dir : "/tmp");
+    int fd = mkostemp(path, O_CLOEXEC);
+    CHECK(fd >= 0);
+    if (fd >= 0)
+        CHECK_EQ(unlink(path), 0);
+    return fd;
+}
+
+/* The file behind `fd` opened again, with `flags`. */
+static int reopen(int fd, int flags) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int again = open(path, flags | O_CLOEXEC);
+    CHECK(again >= 0);
+    return again;
+}
+
+static long long file_size(int fd) {
+    struct stat st;
+    CHECK_EQ(fstat(fd, &st), 0);
+    return (long long)st.st_size;
+}
+
+/* Checks that `fd` holds a snapshot stream: the format's magic at offset 0. */
+static void check_stream(int fd) {
+    unsigned char magic[8] = {0};
+    CHECK_EQ(pread(fd, magic, sizeof magic, 0), sizeof magic);
+    CHECK(memcmp(magic, "\x89VMMSNAP", sizeof magic) == 0);
+    CHECK(file_size(fd) > (long long)sizeof magic);
 }
 
 static void no_socket_and_bad_arguments(const char *socket) {
@@ -260,6 +305,12 @@ static void memory(struct vmm_control *ctl) {
     CHECK_EQ(list.regions[0].guest_addr, addr);
     CHECK_EQ(list.regions[0].size, size);
     CHECK_EQ(list.regions[1].slot | list.regions[1].guest_addr | list.regions[1].size, 0);
+    /* Memory backed by a client's descriptor cannot be saved: refused, the VM goes on. */
+    int stream = temp_file(), mem = temp_file();
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, mem, 0), -EBUSY);
+    check_last_error(VMM_CONTROL_ERR_UNSUPPORTED, EBUSY);
+    close(stream);
+    close(mem);
     CHECK_EQ(vmm_control_list_memory(ctl, slot + 1, &list), 0);
     CHECK_EQ(list.total, 1);
     CHECK_EQ(list.count, 0);
@@ -324,6 +375,109 @@ static void console(struct vmm_control *ctl) {
     close(writer);
 }
 
+/* A snapshot of the running VM into two temporary files, then every error path. */
+static void snapshot(struct vmm_control *ctl) {
+    int stream = temp_file(), mem = temp_file();
+    struct vmm_control_stats before = {.struct_size = sizeof before};
+    CHECK_EQ(vmm_control_get_stats(ctl, &before), 0);
+    CHECK_EQ(vmm_control_set_timeout(ctl, SNAPSHOT_TIMEOUT_MS), 0);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, mem, 0), 0);
+    CHECK_EQ(strlen(vmm_control_last_error()), 0);
+    CHECK_EQ(vmm_control_set_timeout(ctl, TIMEOUT_MS), 0);
+    check_stream(stream);
+    /* Guest RAM, whole (sparse): as long as the VM's --mem. */
+    CHECK_EQ(file_size(mem), GUEST_RAM);
+    CHECK_EQ(file_size(mem), before.guest_memory_bytes);
+    /* The descriptors stay ours (still open), their offsets unmoved (pwrite). */
+    CHECK_EQ(lseek(stream, 0, SEEK_CUR), 0);
+    CHECK_EQ(lseek(mem, 0, SEEK_CUR), 0);
+    /* The VM answers and runs on. */
+    struct vmm_control_stats after = {.struct_size = sizeof after};
+    CHECK_EQ(vmm_control_get_stats(ctl, &after), 0);
+    CHECK_EQ(after.vcpu_count, 1);
+    CHECK(after.uptime_ns > before.uptime_ns);
+    /* Again, into the same files: truncated and rewritten from offset 0. */
+    CHECK_EQ(ftruncate(mem, 3 * GUEST_RAM), 0);
+    CHECK_EQ(pwrite(stream, "x", 1, 1 << 20), 1);
+    CHECK_EQ(vmm_control_set_timeout(ctl, SNAPSHOT_TIMEOUT_MS), 0);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, mem, 0), 0);
+    CHECK_EQ(vmm_control_set_timeout(ctl, TIMEOUT_MS), 0);
+    check_stream(stream);
+    CHECK(file_size(stream) < (1 << 20));
+    CHECK_EQ(file_size(mem), GUEST_RAM);
+
+    /* Descriptors refused here, before the VMM is asked: none, closed, read-only. */
+    CHECK_EQ(vmm_control_snapshot(ctl, -1, mem, 0), -EBADF);
+    check_last_error(VMM_CONTROL_ERR_NONE, EBADF);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, -1, 0), -EBADF);
+    int closed = temp_file();
+    close(closed);
+    CHECK_EQ(vmm_control_snapshot(ctl, closed, mem, 0), -EBADF);
+    check_last_error(VMM_CONTROL_ERR_NONE, EBADF);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, closed, 0), -EBADF);
+    int ro = reopen(mem, O_RDONLY);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, ro, 0), -EBADF);
+    check_last_error(VMM_CONTROL_ERR_NONE, EBADF);
+    close(ro);
+    /* O_APPEND, one file twice, unknown flags, no handle. */
+    int append = reopen(mem, O_WRONLY | O_APPEND);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, append, 0), -EINVAL);
+    check_last_error(VMM_CONTROL_ERR_NONE, EINVAL);
+    close(append);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, stream, 0), -EINVAL);
+    int dup_stream = fcntl(stream, F_DUPFD_CLOEXEC, 0);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, dup_stream, 0), -EINVAL);
+    close(dup_stream);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, mem, 2), -EINVAL);
+    check_last_error(VMM_CONTROL_ERR_NONE, EINVAL);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, mem, VMM_CONTROL_SNAPSHOT_STOP | 0x80000000u),
+             -EINVAL);
+    CHECK_EQ(vmm_control_snapshot(NULL, stream, mem, 0), -EINVAL);
+    /* Not a regular file: the VMM refuses (a pipe could block its main thread). */
+    int p[2];
+    CHECK_EQ(pipe2(p, O_CLOEXEC), 0);
+    CHECK_EQ(vmm_control_snapshot(ctl, p[1], mem, 0), -EINVAL);
+    check_last_error(VMM_CONTROL_ERR_INVALID_ARGUMENT, EINVAL);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, p[1], 0), -EINVAL);
+    check_last_error(VMM_CONTROL_ERR_INVALID_ARGUMENT, EINVAL);
+    close(p[0]);
+    close(p[1]);
+    /* None of that touched the VM, which still answers. */
+    CHECK_EQ(vmm_control_get_stats(ctl, &after), 0);
+    CHECK_EQ(after.vcpu_count, 1);
+    close(stream);
+    close(mem);
+}
+
+/* Mode stop: a snapshot with VMM_CONTROL_SNAPSHOT_STOP, which ends the VM once written. */
+static void snapshot_and_stop(struct vmm_control *ctl, const char *stream_path,
+                              const char *memory_path) {
+    int stream = open(stream_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int mem = open(memory_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    CHECK(stream >= 0 && mem >= 0);
+    struct vmm_control_subscription *sub = NULL;
+    CHECK_EQ(vmm_control_subscribe(ctl, &sub), 0);
+    if (!sub)
+        return;
+    CHECK_EQ(vmm_control_set_timeout(ctl, SNAPSHOT_TIMEOUT_MS), 0);
+    CHECK_EQ(vmm_control_snapshot(ctl, stream, mem, VMM_CONTROL_SNAPSHOT_STOP), 0);
+    /* The VMM ended the VM after its reply and closed every connection. */
+    struct vmm_control_event ev;
+    CHECK_EQ(wait_event(sub, &ev), -ECONNRESET);
+    vmm_control_subscription_close(sub);
+    uint16_t lo, hi;
+    int r = vmm_control_version(ctl, &lo, &hi);
+    CHECK(r == -ECONNRESET || r == -EPIPE);
+    CHECK_EQ(file_size(mem), GUEST_RAM);
+    close(stream);
+    close(mem);
+    /* Written whole before the reply: a stream reopened now has its magic. */
+    int check = open(stream_path, O_RDONLY | O_CLOEXEC);
+    CHECK(check >= 0);
+    check_stream(check);
+    close(check);
+}
+
 static void events_and_balloon(struct vmm_control *ctl, int balloon) {
     struct vmm_control_subscription *sub = NULL;
     CHECK_EQ(vmm_control_subscribe(ctl, NULL), -EINVAL);
@@ -386,14 +540,37 @@ static void events_and_balloon(struct vmm_control *ctl, int balloon) {
     CHECK(r == -ECONNRESET || r == -EPIPE);
 }
 
+/* The exit status: every check passed and every descriptor opened was closed. */
+static int finish(int fds_before) {
+    CHECK_EQ(open_fds(), fds_before);
+    if (failures) {
+        fprintf(stderr, "%d checks failed\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s SOCKET balloon|plain\n", argv[0]);
+    int stop = argc == 5 && strcmp(argv[2], "stop") == 0;
+    if (argc != 3 && !stop) {
+        fprintf(stderr, "usage: %s SOCKET balloon|plain\n       %s SOCKET stop STREAM MEMORY\n",
+                argv[0], argv[0]);
         return 2;
     }
     const char *socket = argv[1];
     int balloon = strcmp(argv[2], "balloon") == 0;
     int fds_before = open_fds();
+
+    if (stop) {
+        struct vmm_control *ctl = NULL;
+        CHECK_EQ(vmm_control_connect(socket, TIMEOUT_MS, &ctl), 0);
+        if (!ctl)
+            return 1;
+        snapshot_and_stop(ctl, argv[3], argv[4]);
+        vmm_control_close(ctl);
+        return finish(fds_before);
+    }
 
     no_socket_and_bad_arguments(socket);
     struct vmm_control *ctl = NULL;
@@ -405,14 +582,8 @@ int main(int argc, char **argv) {
     queues(ctl, balloon);
     memory(ctl);
     console(ctl);
+    snapshot(ctl);
     events_and_balloon(ctl, balloon);
     vmm_control_close(ctl);
-
-    CHECK_EQ(open_fds(), fds_before);
-    if (failures) {
-        fprintf(stderr, "%d checks failed\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return finish(fds_before);
 }

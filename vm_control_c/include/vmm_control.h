@@ -32,7 +32,8 @@
  * TIMEOUTS
  *   No call blocks longer than the timeout given to vmm_control_connect (or
  *   vmm_control_set_timeout): one deadline covers sending a request and receiving its
- *   reply. vmm_control_next_event never blocks.
+ *   reply, however long the VMM takes to carry it out (vmm_control_snapshot: raise it).
+ *   vmm_control_next_event never blocks.
  *
  * OWNERSHIP
  *   struct vmm_control and struct vmm_control_subscription are opaque handles, created by
@@ -42,10 +43,11 @@
  *   The library owns every descriptor it opens (one socket per handle, one per
  *   subscription) and closes it when the handle is closed; all are close-on-exec. The
  *   descriptor from vmm_control_subscription_fd is the subscription's: poll it, never
- *   read, write or close it. A descriptor the caller passes in (register_memory) stays
- *   the caller's: the library never closes it, and the caller may close it as soon as the
- *   call returns (the VMM keeps its own mapping). The descriptor vmm_control_console_attach
- *   returns is the caller's from then on: closing it detaches.
+ *   read, write or close it. A descriptor the caller passes in (register_memory,
+ *   snapshot) stays the caller's: the library never closes it, and the caller may close it
+ *   as soon as the call returns (the VMM keeps its own mapping, or its own copy until it
+ *   has written the file). The descriptor vmm_control_console_attach returns is the
+ *   caller's from then on: closing it detaches.
  *   Strings from vmm_control_last_error belong to the library and stay valid until the
  *   calling thread's next call into the library.
  *
@@ -83,6 +85,9 @@ extern "C" {
 #define VMM_CONTROL_CONSOLE_NO_HISTORY 2 /* skip the VMM's kept output */
 /* Largest console frame, header included (docs/control-protocol.md). */
 #define VMM_CONTROL_CONSOLE_FRAME_MAX 4096
+
+/* vmm_control_snapshot's flags (protocol version 5). */
+#define VMM_CONTROL_SNAPSHOT_STOP 1 /* end the VM once the snapshot is written whole */
 
 /* The VMM's error kinds (struct vmm_control_error.kind); 0: a failure on this side. */
 #define VMM_CONTROL_ERR_NONE 0
@@ -305,6 +310,51 @@ int vmm_control_list_memory(struct vmm_control *ctl, uint32_t from_slot,
  */
 int vmm_control_console_attach(struct vmm_control *ctl, uint32_t flags, int *fd_out,
                                uint32_t *granted);
+
+/*
+ * Writes a snapshot of the VM (protocol version 5; docs/control-protocol.md, "Snapshot"):
+ * the snapshot stream to `stream_fd`, guest RAM to `memory_fd` (sparse; as long as the
+ * guest's RAM), for `vmm run --restore STREAM --memory MEMORY`. Both descriptors stay the
+ * caller's (the library never closes them; the VMM writes through copies it closes when
+ * done) and must be regular files open for writing, without O_APPEND, and two different
+ * files: the VMM truncates each and writes it from offset 0 (pwrite: the descriptors'
+ * offsets do not move). The VMM pauses every vCPU and device, writes and fsyncs both files,
+ * and resumes the VM (a VM paused before stays paused). `flags`: 0, or
+ * VMM_CONTROL_SNAPSHOT_STOP to end the VM instead once both files are written whole: the
+ * call returns 0, then `vmm run` exits with 0 and the VMM closes every connection, as
+ * after vmm_control_stop. On any failure the VM goes on as before (STOP or not), and what
+ * the files hold is garbage for the caller to remove.
+ *
+ * The call blocks while the VMM writes (about a second per GiB of RAM the guest touched;
+ * the VMM serves no other request meanwhile), and like every call it is bounded by the
+ * handle's timeout, which covers the whole save: raise it first with
+ * vmm_control_set_timeout (`vmm snapshot` allows 600 s) and set it back after. -ETIMEDOUT
+ * does not cancel the snapshot: the VMM finishes it (and, with STOP, ends the VM) without
+ * the caller hearing of it, and its late reply can make the handle's next call fail with
+ * -EPROTO, so close the handle and connect a new one.
+ *
+ * Failures on this side (kind 0), checked before anything is sent:
+ *   -EBADF   a descriptor is negative, not open, or not open for writing (O_RDONLY, O_PATH)
+ *   -EINVAL  a NULL handle, flags other than VMM_CONTROL_SNAPSHOT_STOP, a descriptor with
+ *            O_APPEND, or both descriptors naming the same file
+ * and after: -EPROTONOSUPPORT, the VMM speaks protocol version 4 or older; -ETIMEDOUT,
+ * the handle's timeout ran out (see above).
+ * The VMM's refusals and failures (each leaves the VM as it was):
+ *   -EBUSY      kind UNSUPPORTED: memory added by vmm_control_register_memory is
+ *               registered (it cannot be saved); unregister it first. (-EBUSY with kind 0
+ *               is this side's: another thread is inside a call on the handle.)
+ *   -EOPNOTSUPP kind UNSUPPORTED: a device of the VM cannot be saved (the VMM's log says)
+ *   -EINVAL     kind INVALID_ARGUMENT: a descriptor is not a regular file (a pipe, a
+ *               socket, a device)
+ *   -ETIMEDOUT  kind FAILED: a vCPU or a device worker did not stop in time; try again
+ *               (not the handle's timeout, which is kind 0)
+ *   -EIO        kind FAILED: the VM's state could not be captured
+ *   other       kind FAILED: the errno of writing, sizing or syncing a file (-ENOSPC,
+ *               -EDQUOT, -EFBIG, -EIO, ...) or of fstat on it
+ * and the errors every call can have (-ECONNRESET, -EPROTO, ...; see ERRORS above).
+ */
+int vmm_control_snapshot(struct vmm_control *ctl, int stream_fd, int memory_fd,
+                         uint32_t flags);
 
 /*
  * Subscribes to the VM's events on a connection of its own (to the same socket, with the

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use vm_control::client::{Client, ClientError};
 use vm_control::socket;
-use vm_control::wire::{PAGE_SIZE, Request, Response};
+use vm_control::wire::{PAGE_SIZE, Request, Response, snapshot_flags};
 
 use error::Failure;
 use types::{
@@ -480,6 +480,97 @@ pub unsafe extern "C" fn vmm_control_console_attach(
     })
 }
 
+/// Checks a descriptor given to `vmm_control_snapshot` before anything is sent: open
+/// (else `EBADF`), open for writing (else `EBADF`, as write(2) answers) and without
+/// `O_APPEND` (else `EINVAL`: Linux's pwrite(2) appends to such a file whatever the offset,
+/// so the VMM's writes at offsets would scramble it). Returns the file's device and inode.
+fn snapshot_file(fd: c_int, what: &str) -> Result<(u64, u64), Failure> {
+    let not_open = || {
+        Failure::local(
+            libc::EBADF,
+            format!("{what} {fd} is not an open file descriptor"),
+        )
+    };
+    if fd < 0 {
+        return Err(not_open());
+    }
+    // SAFETY: F_GETFL reads only the flags of the descriptor's open file description; it
+    // fails with EBADF for a number that is not an open descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(not_open());
+    }
+    if flags & libc::O_PATH != 0 || flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(Failure::local(
+            libc::EBADF,
+            format!("{what} {fd} is not open for writing"),
+        ));
+    }
+    if flags & libc::O_APPEND != 0 {
+        return Err(Failure::invalid(format!(
+            "{what} {fd} is open with O_APPEND: the VMM writes at offsets, which O_APPEND \
+             would turn into appends"
+        )));
+    }
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: `fd` is open (checked above) and `stat` is a writable, properly sized and
+    // aligned `struct stat` that fstat(2) fills on success.
+    if unsafe { libc::fstat(fd, stat.as_mut_ptr()) } < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(Failure::local(
+            err.raw_os_error().unwrap_or(libc::EIO),
+            format!("cannot fstat {what} {fd}: {err}"),
+        ));
+    }
+    // SAFETY: fstat(2) succeeded, so it filled `stat` (and zeroed memory is a valid
+    // `struct stat` in any case: it has only integer fields).
+    let stat = unsafe { stat.assume_init() };
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// See `vmm_control_snapshot`.
+///
+/// # Safety
+/// `ctl` null or a live handle; `stream_fd` and `memory_fd` stay open during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn vmm_control_snapshot(
+    ctl: *mut VmmControl,
+    stream_fd: c_int,
+    memory_fd: c_int,
+    flags: u32,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded from the caller.
+        let ctl = unsafe { handle(ctl, "the handle")? };
+        if flags & !snapshot_flags::ALL != 0 {
+            return Err(Failure::invalid(format!(
+                "unknown snapshot flags {:#x} (only VMM_CONTROL_SNAPSHOT_STOP is defined)",
+                flags & !snapshot_flags::ALL
+            )));
+        }
+        let stream = snapshot_file(stream_fd, "the stream descriptor")?;
+        let memory = snapshot_file(memory_fd, "the memory descriptor")?;
+        if stream == memory {
+            return Err(Failure::invalid(
+                "the stream and memory descriptors are the same file: each needs its own",
+            ));
+        }
+        // SAFETY: both are open (checked just above) and the caller keeps them open for the
+        // duration of the call (contract); they are only passed to sendmsg(2) as
+        // SCM_RIGHTS, never closed here.
+        let fds = unsafe {
+            [
+                BorrowedFd::borrow_raw(stream_fd),
+                BorrowedFd::borrow_raw(memory_fd),
+            ]
+        };
+        match lock(&ctl.client)?.request_with_fds(Request::Snapshot { flags }, &fds)? {
+            Response::Ok => Ok(()),
+            other => Err(unexpected("Snapshot", &other)),
+        }
+    })
+}
+
 /// See `vmm_control_subscribe`.
 ///
 /// # Safety
@@ -616,6 +707,7 @@ pub const EXPORTED_FUNCTIONS: &[&str] = &[
     "vmm_control_unregister_memory",
     "vmm_control_list_memory",
     "vmm_control_console_attach",
+    "vmm_control_snapshot",
     "vmm_control_subscribe",
     "vmm_control_subscription_fd",
     "vmm_control_next_event",

@@ -111,6 +111,10 @@ fn constants(c: &mut String) {
         "VMM_CONTROL_CONSOLE_FRAME_MAX",
         wire::MAX_CONSOLE_FRAME as u64,
     );
+    define(
+        "VMM_CONTROL_SNAPSHOT_STOP",
+        wire::snapshot_flags::STOP.into(),
+    );
     define("VMM_CONTROL_ERR_NONE", 0);
     for (name, kind) in [
         ("BAD_SIZE", ErrorKind::BadSize),
@@ -291,6 +295,8 @@ fn check_program() -> (String, Vec<&'static str>) {
             unsafe extern "C" fn(Ctl, u32, *mut VmmControlMemoryList) -> c_int, "int (*)(struct vmm_control *, uint32_t, struct vmm_control_memory_list *)";
         vmm_control_console_attach:
             unsafe extern "C" fn(Ctl, u32, *mut c_int, *mut u32) -> c_int, "int (*)(struct vmm_control *, uint32_t, int *, uint32_t *)";
+        vmm_control_snapshot:
+            unsafe extern "C" fn(Ctl, c_int, c_int, u32) -> c_int, "int (*)(struct vmm_control *, int, int, uint32_t)";
         vmm_control_subscribe: unsafe extern "C" fn(Ctl, *mut Sub) -> c_int, "int (*)(struct vmm_control *, struct vmm_control_subscription **)";
         vmm_control_subscription_fd:
             unsafe extern "C" fn(*const VmmControlSubscription) -> c_int, "int (*)(const struct vmm_control_subscription *)";
