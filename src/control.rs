@@ -392,6 +392,10 @@ fn snapshot(
             }
             Err(err) => return Outcome::Reply(Response::Err(ErrorReply::failed(&err))),
         }
+        if let Err(errno) = check_writable_at_offsets(file) {
+            debug!("Snapshot refused: a descriptor is read-only or appends (errno {errno})");
+            return Outcome::Reply(Response::error(ErrorKind::InvalidArgument, errno));
+        }
     }
     let stop = flags & vm_control::wire::snapshot_flags::STOP != 0;
     match crate::snapshot::save::take_snapshot(vm, &stream, &memory, stop) {
@@ -407,6 +411,26 @@ fn snapshot(
             Outcome::Reply(Response::error(kind, err.errno()))
         }
     }
+}
+
+/// Refuses a snapshot file the VMM could not write at offsets: one open read-only
+/// (`EBADF`), or with `O_APPEND` (`EINVAL`), where Linux turns every `pwrite(2)` into an
+/// append and the memory file's pages would land in the wrong places.
+fn check_writable_at_offsets(file: &std::fs::File) -> Result<(), i32> {
+    // SAFETY: F_GETFL reads the flags of a descriptor `file` owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EBADF));
+    }
+    if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err(libc::EBADF);
+    }
+    if flags & libc::O_APPEND != 0 {
+        return Err(libc::EINVAL);
+    }
+    Ok(())
 }
 
 fn balloon_reply(result: Result<(), BalloonRequestError>) -> Response {

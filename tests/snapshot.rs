@@ -461,6 +461,61 @@ fn a_client_passing_pipes_gets_invalid_argument_and_the_vmm_never_blocks() {
 }
 
 #[test]
+fn a_client_passing_an_appending_or_read_only_file_is_refused_and_nothing_is_written() {
+    use std::os::fd::AsFd;
+    use vm_control::client::{Client, ClientError};
+    use vm_control::wire::{ErrorKind, Request};
+    if !require_kvm() {
+        return;
+    }
+    // pwrite(2) on an O_APPEND file appends: the memory file's pages would land in the
+    // wrong places and the snapshot would be reported written.
+    let scratch = Scratch::new("snapshot-append");
+    let vm = Vmm::boot(&scratch, "vm");
+    let open = |name: &str, options: &mut std::fs::OpenOptions| {
+        options
+            .create(true)
+            .truncate(false)
+            .open(scratch.path(name))
+            .expect("open")
+    };
+    let good = open("good", std::fs::OpenOptions::new().write(true));
+    let appending = open("appending", std::fs::OpenOptions::new().append(true));
+    std::fs::write(scratch.path("read-only"), b"").expect("create");
+    let read_only = std::fs::File::open(scratch.path("read-only")).expect("open");
+    let mut client = Client::connect(&vm.socket).expect("connect");
+    client
+        .set_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for (bad, errno, what) in [
+        (&appending, libc::EINVAL, "O_APPEND"),
+        (&read_only, libc::EBADF, "read-only"),
+    ] {
+        for fds in [[bad.as_fd(), good.as_fd()], [good.as_fd(), bad.as_fd()]] {
+            match client.request_with_fds(Request::Snapshot { flags: 0 }, &fds) {
+                Err(ClientError::Vmm(reply)) => {
+                    assert_eq!(reply.kind, ErrorKind::InvalidArgument, "{what}");
+                    assert_eq!(reply.errno, errno, "{what}");
+                }
+                other => panic!("a snapshot into a {what} file: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        std::fs::metadata(scratch.path("appending"))
+            .expect("stat")
+            .len(),
+        0
+    );
+    assert_eq!(
+        std::fs::metadata(scratch.path("good")).expect("stat").len(),
+        0
+    );
+    vm.wait_for_output(900);
+    vm.stop();
+}
+
+#[test]
 fn a_stop_signal_during_a_snapshot_stops_the_vm_and_leaves_no_half_snapshot_reported_whole() {
     if !require_kvm() {
         return;

@@ -335,6 +335,10 @@ impl Client {
                         response => Ok(response),
                     };
                 }
+                // A request of ours this client stopped waiting for (its timeout ran out)
+                // is answered late: nobody wants that answer, and the one asked for now
+                // follows it.
+                ServerMessage::Reply { id: got, .. } if got < id => {}
                 ServerMessage::Reply { id: got, .. } => {
                     return Err(ClientError::UnexpectedId {
                         expected: id.get(),

@@ -613,6 +613,31 @@ fn client_times_out_when_the_vmm_does_not_answer() {
 }
 
 #[test]
+fn a_late_reply_to_a_request_that_timed_out_is_dropped_and_the_next_request_gets_its_own() {
+    let (server_end, client_end) = seqpacket_pair().expect("socketpair");
+    let mut client = Client::from_fd(client_end);
+    client
+        .set_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let err = client
+        .request(Request::Pause)
+        .expect_err("no answer in time");
+    assert!(matches!(err, ClientError::Timeout), "{err}");
+    // The VMM answers request 1 late, then request 2.
+    for n in [1, 2] {
+        let reply = ServerMessage::Reply {
+            id: id(n),
+            response: Response::Ok,
+        }
+        .encode();
+        send_datagram(server_end.as_fd(), &reply, &[], false).expect("send");
+    }
+    client
+        .request(Request::Resume)
+        .expect("the second request's own reply");
+}
+
+#[test]
 fn client_rejects_a_reply_with_the_wrong_id() {
     let (server_end, client_end) = seqpacket_pair().expect("socketpair");
     let mut client = Client::from_fd(client_end);

@@ -330,8 +330,8 @@ int vmm_control_console_attach(struct vmm_control *ctl, uint32_t flags, int *fd_
  * handle's timeout, which covers the whole save: raise it first with
  * vmm_control_set_timeout (`vmm snapshot` allows 600 s) and set it back after. -ETIMEDOUT
  * does not cancel the snapshot: the VMM finishes it (and, with STOP, ends the VM) without
- * the caller hearing of it, and its late reply can make the handle's next call fail with
- * -EPROTO, so close the handle and connect a new one.
+ * the caller hearing of it; its late reply is dropped by the handle's next call, which
+ * waits on for its own.
  *
  * Failures on this side (kind 0), checked before anything is sent:
  *   -EBADF   a descriptor is negative, not open, or not open for writing (O_RDONLY, O_PATH)
