@@ -256,7 +256,7 @@ fn write_region(
     let mut page = [0u8; PAGE_BYTES];
     let mut offset = 0;
     while offset < range.len {
-        if candidates.may_hold_data(offset) {
+        let holds_data = candidates.may_hold_data(offset) && {
             region
                 .get_slice(MemoryRegionAddress(offset), page.len())
                 .map_err(|err| MemoryFileError::ReadGuest {
@@ -264,13 +264,12 @@ fn write_region(
                     reason: err.to_string(),
                 })?
                 .copy_to(&mut page[..]);
-        } else {
-            page.fill(0);
-        }
-        if is_zero(&page) {
-            pending.flush(file)?;
-        } else {
+            !is_zero(&page)
+        };
+        if holds_data {
             pending.push(offset, &page, file)?;
+        } else {
+            pending.flush(file)?;
         }
         offset = offset.saturating_add(PAGE_SIZE);
     }
