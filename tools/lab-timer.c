@@ -2,7 +2,7 @@
  * lab-timer: run a command, time it from spawn to the first output line
  * containing a marker ("vmm-guest:" by default) and to its exit.
  *
- *   lab-timer [-m MARKER] [-o LOGFILE] [-t TIMEOUT_S] -- COMMAND [ARGS...]
+ *   lab-timer [-k] [-m MARKER] [-o LOGFILE] [-t TIMEOUT_S] -- COMMAND [ARGS...]
  *
  * The command's stdout and stderr go (merged) to LOGFILE (default: dropped),
  * its stdin is /dev/null.  On exit prints one line:
@@ -10,7 +10,10 @@
  *   lab-timer: init_ms=<ms|-1> exit_ms=<ms> status=<code>
  *
  * status is the exit code, 128+N for death by signal N, and 124 if the
- * command was killed after TIMEOUT_S.  Built by tools/bench-boot with
+ * command was killed after TIMEOUT_S.  With -k (for a VMM that cannot power
+ * its guest off, such as Firecracker) the command is killed (SIGKILL) as soon
+ * as the marker shows; status is then 0, exit_ms the time it was reaped, and
+ * the line ends with " stopped=1".  Built by tools/bench-boot with
  * `gcc -static -O2` (busybox `date` has no nanoseconds).
  */
 #define _GNU_SOURCE
@@ -36,15 +39,16 @@ int main(int argc, char **argv)
 {
 	const char *marker = "vmm-guest:", *logfile = NULL;
 	double timeout_ms = 0;
-	int opt;
+	int opt, stop_at_marker = 0;
 
-	while ((opt = getopt(argc, argv, "+m:o:t:")) != -1) {
+	while ((opt = getopt(argc, argv, "+km:o:t:")) != -1) {
 		switch (opt) {
+		case 'k': stop_at_marker = 1; break;
 		case 'm': marker = optarg; break;
 		case 'o': logfile = optarg; break;
 		case 't': timeout_ms = atof(optarg) * 1e3; break;
 		default:
-			fprintf(stderr, "usage: lab-timer [-m MARKER] [-o LOG] [-t S] -- CMD...\n");
+			fprintf(stderr, "usage: lab-timer [-k] [-m MARKER] [-o LOG] [-t S] -- CMD...\n");
 			return 2;
 		}
 	}
@@ -81,7 +85,7 @@ int main(int argc, char **argv)
 	char buf[65536 + 256];
 	size_t carry = 0;	/* bytes kept from the previous read to match across reads */
 	double t_init = -1;
-	int killed = 0;
+	int killed = 0, stopped = 0;
 	for (;;) {
 		int wait = -1;
 		if (timeout_ms > 0) {
@@ -107,8 +111,14 @@ int main(int argc, char **argv)
 		if (logfd >= 0 && write(logfd, buf + carry, n) < 0)
 			logfd = -1;
 		size_t len = carry + n;
-		if (t_init < 0 && memmem(buf, len, marker, mlen))
+		if (t_init < 0 && memmem(buf, len, marker, mlen)) {
 			t_init = now_ms() - t0;
+			if (stop_at_marker) {
+				kill(pid, SIGKILL);
+				stopped = 1;
+				break;
+			}
+		}
 		carry = mlen - 1 < len ? mlen - 1 : len;
 		if (carry > 255)
 			carry = 255;
@@ -119,6 +129,9 @@ int main(int argc, char **argv)
 		;
 	double t_exit = now_ms() - t0;
 	int code = killed ? 124 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	printf("lab-timer: init_ms=%.1f exit_ms=%.1f status=%d\n", t_init, t_exit, code);
+	if (stopped && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+		code = 0;
+	printf("lab-timer: init_ms=%.1f exit_ms=%.1f status=%d%s\n", t_init, t_exit, code,
+	       stopped ? " stopped=1" : "");
 	return 0;
 }
