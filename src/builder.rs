@@ -494,7 +494,7 @@ fn create_console_ring(config: &VmConfig) -> Result<Option<Arc<ConsoleRing>>> {
 /// `outputs`.
 fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
     let takes_stdin =
-        outputs.stdin.is_some() && crate::terminal::is_tty(std::os::fd::AsFd::as_fd(&io::stdin()));
+        outputs.stdin.is_some() && crate::terminal::is_tty(crate::terminal::stdin_fd());
     let interrupt = new_eventfd()?;
     vm_fd
         .register_irqfd(&interrupt, COM1_GSI)

@@ -275,13 +275,39 @@ enum Pumped {
     Gone,
 }
 
-/// The thread's state: the slots and its buffers, all allocated before it first waits.
+/// The thread's state: the slots, and its buffers once a client is attached.
 struct Streamer<'a> {
     shared: &'a Shared,
     epoll: Epoll,
     slots: [Option<Reader>; MAX_ATTACHED],
-    data: Box<[u8; MAX_CONSOLE_PAYLOAD]>,
-    frame: Box<[u8; MAX_CONSOLE_FRAME]>,
+    buffers: Buffers,
+}
+
+/// The thread's two buffers, allocated when there is first a client to send to: a VM
+/// nobody attaches to, the usual case, pays no pages for them. (Reserving them up front
+/// and writing them later would not do: malloc's chunk headers alone touch every page of
+/// two 4 KiB buffers, 12 KiB per VM.) The thread's policy allows the allocation.
+struct Buffers {
+    /// Ring bytes for one `Data` frame: `MAX_CONSOLE_PAYLOAD` once allocated.
+    data: Vec<u8>,
+    /// One encoded frame: `MAX_CONSOLE_FRAME` once allocated.
+    frame: Vec<u8>,
+}
+
+impl Buffers {
+    fn new() -> Buffers {
+        Buffers {
+            data: Vec::new(),
+            frame: Vec::new(),
+        }
+    }
+
+    /// Both buffers at full size (the first call allocates them).
+    fn get(&mut self) -> (&mut [u8], &mut [u8]) {
+        self.data.resize(MAX_CONSOLE_PAYLOAD, 0);
+        self.frame.resize(MAX_CONSOLE_FRAME, 0);
+        (&mut self.data, &mut self.frame)
+    }
 }
 
 impl<'a> Streamer<'a> {
@@ -290,8 +316,7 @@ impl<'a> Streamer<'a> {
             shared,
             epoll,
             slots: Default::default(),
-            data: Box::new([0; MAX_CONSOLE_PAYLOAD]),
-            frame: Box::new([0; MAX_CONSOLE_FRAME]),
+            buffers: Buffers::new(),
         }
     }
 
@@ -473,25 +498,22 @@ impl<'a> Streamer<'a> {
         let Some(reader) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return Pumped::Gone;
         };
+        let (data, frame) = self.buffers.get();
         for _ in 0..FRAMES_PER_ROUND {
-            let read = self.shared.ring.read(reader.cursor, &mut self.data[..]);
+            let read = self.shared.ring.read(reader.cursor, data);
             reader.missed = reader.missed.saturating_add(read.missed);
             reader.cursor = read.start;
             if reader.missed > 0 {
-                match send(
-                    &reader.fd,
-                    ConsoleFrame::Missed(reader.missed),
-                    &mut self.frame,
-                ) {
+                match send(&reader.fd, ConsoleFrame::Missed(reader.missed), frame) {
                     Sent::Yes => reader.missed = 0,
                     Sent::Full => return Pumped::Blocked,
                     Sent::Gone => return Pumped::Gone,
                 }
             }
-            let Some(data) = self.data.get(..read.len).filter(|d| !d.is_empty()) else {
+            let Some(data) = data.get(..read.len).filter(|d| !d.is_empty()) else {
                 return Pumped::CaughtUp;
             };
-            match send(&reader.fd, ConsoleFrame::Data(data), &mut self.frame) {
+            match send(&reader.fd, ConsoleFrame::Data(data), frame) {
                 Sent::Yes => reader.cursor = read.start.saturating_add(read.len as u64),
                 Sent::Full => return Pumped::Blocked,
                 Sent::Gone => return Pumped::Gone,
@@ -504,7 +526,11 @@ impl<'a> Streamer<'a> {
     fn detach_all(&mut self, reason: u32) {
         for index in 0..MAX_ATTACHED {
             if let Some(Some(reader)) = self.slots.get(index) {
-                let _ = send(&reader.fd, ConsoleFrame::Detached(reason), &mut self.frame);
+                let _ = send(
+                    &reader.fd,
+                    ConsoleFrame::Detached(reason),
+                    self.buffers.get().1,
+                );
             }
             self.drop_slot(index);
         }
@@ -530,13 +556,10 @@ enum Sent {
     Gone,
 }
 
-/// Sends one frame without blocking.
-fn send(fd: &OwnedFd, frame: ConsoleFrame<'_>, buf: &mut [u8; MAX_CONSOLE_FRAME]) -> Sent {
+/// Sends one frame without blocking; `buf` holds `MAX_CONSOLE_FRAME` bytes.
+fn send(fd: &OwnedFd, frame: ConsoleFrame<'_>, buf: &mut [u8]) -> Sent {
     // Payloads come from buffers of at most MAX_CONSOLE_PAYLOAD bytes.
-    let Some(bytes) = frame
-        .encode_into(&mut buf[..])
-        .and_then(|size| buf.get(..size))
-    else {
+    let Some(bytes) = frame.encode_into(buf).and_then(|size| buf.get(..size)) else {
         return Sent::Gone;
     };
     match send_datagram(fd.as_fd(), bytes, &[], true) {

@@ -68,6 +68,7 @@ use crate::config::{HostLimits, VmConfig};
 use crate::exit::{EXIT_USAGE, EXIT_VMM_ERROR, VmExit};
 
 fn main() {
+    one_malloc_arena();
     logger::init();
     let args = match parse_args(std::env::args_os().collect()) {
         Ok(args) => args,
@@ -90,6 +91,22 @@ fn main() {
         Command::Snapshot(args) => commands::snapshot(&args),
     };
     std::process::exit(code);
+}
+
+/// Makes every thread allocate from glibc's main arena. By default each thread that
+/// mallocs gets an arena of its own (up to 8 per CPU), whose header, thread cache and
+/// first chunks take 8 KiB or more of resident memory per thread, per VM: the vCPUs, the
+/// console threads and every device worker. vmm's threads allocate almost only while the
+/// VM is set up (their loops run on buffers allocated before), so sharing one arena
+/// costs no lock contention worth having arenas for; the tiny guest's VMM is 16 KiB
+/// smaller with it. Called first thing, before any thread exists. Every thread's seccomp
+/// policy allows `brk`, which the main arena grows and trims with.
+fn one_malloc_arena() {
+    // SAFETY: mallopt only sets a tunable of the allocator, with a valid parameter and
+    // value; it takes malloc's own lock and touches no memory of ours.
+    // It fails only for a parameter glibc does not know; then only memory is at stake,
+    // and glibc's default stands.
+    let _ = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
 }
 
 /// Parses the command line; on `--help` or a usage error prints argh's text and returns

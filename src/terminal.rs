@@ -15,6 +15,14 @@ pub struct RawTerminal {
     _private: (),
 }
 
+/// Descriptor 0, without `io::stdin()`: its first use allocates std's 8 KiB input buffer,
+/// which the VMM, reading stdin unbuffered (`console_input`), would never use.
+pub fn stdin_fd() -> BorrowedFd<'static> {
+    // SAFETY: as `io::Stdin::as_fd` does: descriptor 0 belongs to the process for its
+    // whole life, and nothing in the VMM closes it.
+    unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) }
+}
+
 /// Whether `fd` is a terminal.
 pub fn is_tty(fd: BorrowedFd<'_>) -> bool {
     // SAFETY: isatty only inspects the descriptor, which the borrow keeps open.

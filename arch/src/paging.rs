@@ -32,22 +32,26 @@ pub struct PageTables {
 }
 
 impl PageTables {
-    /// Builds the 4 GiB identity map.
-    pub fn identity_4g() -> Self {
-        let mut pml4 = [0; ENTRIES];
-        pml4[0] = PDPTE_START | PTE_P | PTE_RW;
-        let mut pdpt = [0; ENTRIES];
-        for (i, e) in pdpt.iter_mut().take(NUM_PDS).enumerate() {
+    /// Builds the 4 GiB identity map, on the heap: the tables are 24 KiB, and the main
+    /// thread's stack pages that a frame this size touches (stack probes write every
+    /// page of it) would stay resident for the VMM's whole life, in every VM.
+    pub fn identity_4g() -> Box<Self> {
+        let mut tables = Box::new(PageTables {
+            pml4: [0; ENTRIES],
+            pdpt: [0; ENTRIES],
+            pds: [[0; ENTRIES]; NUM_PDS],
+        });
+        tables.pml4[0] = PDPTE_START | PTE_P | PTE_RW;
+        for (i, e) in tables.pdpt.iter_mut().take(NUM_PDS).enumerate() {
             *e = pd_address(i) | PTE_P | PTE_RW;
         }
-        let mut pds = [[0; ENTRIES]; NUM_PDS];
-        for (i, pd) in pds.iter_mut().enumerate() {
+        for (i, pd) in tables.pds.iter_mut().enumerate() {
             for (j, e) in pd.iter_mut().enumerate() {
                 let frame = ((i * ENTRIES + j) as u64) * PAGE_2M;
                 *e = frame | PTE_PS | PTE_RW | PTE_P;
             }
         }
-        PageTables { pml4, pdpt, pds }
+        tables
     }
 }
 

@@ -6,7 +6,10 @@
 //! taps into it (the UART's; a virtio-console's). The producer is a vCPU thread under its
 //! seccomp policy, holding its device's lock, so [`ConsoleRing::append`] is a bounded
 //! memcpy under a short mutex: the buffer is allocated whole at start-up, nothing is
-//! allocated afterwards, and no system call is made unless a client is attached. Then the
+//! allocated afterwards, and no system call is made unless a client is attached. The
+//! buffer is reserved, not zero-filled: it fills as output arrives (within its
+//! reservation, never reallocating) and wraps once full, so a quiet guest's ring costs
+//! the host only the pages its output has reached, not the whole ring per VM. Then the
 //! first append after the streaming thread last looked writes its wake-up eventfd once;
 //! later appends see the wake-up pending and make no call either.
 //!
@@ -33,7 +36,11 @@ pub struct RingRead {
 }
 
 struct Bytes {
-    buf: Box<[u8]>,
+    /// The ring's bytes: grows by appends up to `capacity` (its reservation, so it never
+    /// reallocates), then stays full and wraps. Until full, `buf.len() == total`.
+    buf: Vec<u8>,
+    /// Bytes the ring holds at most; `buf`'s capacity is at least this.
+    capacity: usize,
     /// Bytes ever appended; the newest byte is at `(total - 1) % capacity`.
     total: u64,
 }
@@ -56,12 +63,13 @@ impl ConsoleRing {
     pub const MAX_CAPACITY: usize = 16 << 20;
 
     /// A ring of `capacity` bytes (clamped to `MIN_CAPACITY..=MAX_CAPACITY`), allocated
-    /// and zeroed now.
+    /// now but not written: pages are touched only as output fills them.
     pub fn new(capacity: usize) -> io::Result<ConsoleRing> {
         let capacity = capacity.clamp(Self::MIN_CAPACITY, Self::MAX_CAPACITY);
         Ok(ConsoleRing {
             bytes: Mutex::new(Bytes {
-                buf: vec![0u8; capacity].into_boxed_slice(),
+                buf: Vec::with_capacity(capacity),
+                capacity,
                 total: 0,
             }),
             attached: AtomicBool::new(false),
@@ -76,7 +84,7 @@ impl ConsoleRing {
 
     /// Bytes the ring holds at most.
     pub fn capacity(&self) -> usize {
-        self.lock().buf.len()
+        self.lock().capacity
     }
 
     /// Appends `data`, overwriting the oldest bytes; wakes the streaming thread if a client
@@ -88,12 +96,25 @@ impl ConsoleRing {
         }
         {
             let mut bytes = self.lock();
-            let Bytes { buf, total } = &mut *bytes;
+            let Bytes {
+                buf,
+                capacity,
+                total,
+            } = &mut *bytes;
+            // Until the ring is full, extend within the reservation (no reallocation, so
+            // no system call on the vCPU thread): byte `total` lands at index `total`,
+            // where the full ring puts it too. The rest of `data`, if any, goes round the
+            // now full ring below.
+            let fill = capacity.saturating_sub(buf.len()).min(data.len());
+            let (head, data) = data.split_at(fill);
+            buf.extend_from_slice(head);
+            *total = total.saturating_add(fill as u64);
             // Only the last `capacity` bytes of a larger write can survive it.
             let skipped = data.len().saturating_sub(buf.len());
             let keep = data.get(skipped..).unwrap_or_default();
             let start = total.saturating_add(skipped as u64);
-            let (before, from) = buf.split_at_mut(offset(start, buf.len()));
+            let at = offset(start, buf.len());
+            let (before, from) = buf.split_at_mut(at);
             let first = copy_prefix(from, keep);
             copy_prefix(before, keep.get(first..).unwrap_or_default());
             *total = start.saturating_add(keep.len() as u64);
@@ -240,6 +261,28 @@ mod tests {
         let read = ring.read(3 + capacity as u64 + 5, &mut out);
 
         assert_eq!(read.missed, 0);
+        assert_eq!(read.len, capacity);
+        assert_eq!(&out[..], &big[big.len() - capacity..]);
+    }
+
+    #[test]
+    fn the_buffer_fills_only_as_output_arrives_and_a_first_write_larger_than_the_ring_keeps_its_tail()
+     {
+        let ring = ring();
+        let capacity = ConsoleRing::MIN_CAPACITY;
+        ring.append(b"hello");
+        // Nothing beyond the output is written (so its pages are never touched).
+        assert_eq!(ring.lock().buf.len(), 5);
+        assert_eq!(ring.capacity(), capacity);
+
+        let fresh = ConsoleRing::new(capacity).unwrap();
+        let big: Vec<u8> = (0..capacity * 2 + 7).map(|i| (i % 251) as u8).collect();
+        fresh.append(&big);
+        let mut out = vec![0u8; capacity];
+        let read = fresh.read(0, &mut out);
+
+        assert_eq!(fresh.lock().buf.len(), capacity);
+        assert_eq!(read.missed, (capacity + 7) as u64);
         assert_eq!(read.len, capacity);
         assert_eq!(&out[..], &big[big.len() - capacity..]);
     }

@@ -45,8 +45,10 @@ fn hi32(v: u64) -> u32 {
     u32::try_from(v >> 32).unwrap_or(0)
 }
 
-/// Builds the `boot_params` described by `cfg` (exposed for tests).
-pub(crate) fn build_boot_params(cfg: &ZeroPageConfig) -> Result<BootParams, Error> {
+/// Builds the `boot_params` described by `cfg` (exposed for tests), on the heap: the
+/// main thread's stack pages a 4 KiB frame touches would stay resident for the VMM's
+/// whole life.
+pub(crate) fn build_boot_params(cfg: &ZeroPageConfig) -> Result<Box<BootParams>, Error> {
     let count = cfg.e820.len();
     let too_many = || Error::TooManyE820Entries {
         count,
@@ -63,10 +65,8 @@ pub(crate) fn build_boot_params(cfg: &ZeroPageConfig) -> Result<BootParams, Erro
         });
     }
 
-    let mut bp = BootParams {
-        hdr: cfg.setup_header,
-        ..Default::default()
-    };
+    let mut bp = Box::<BootParams>::default();
+    bp.hdr = cfg.setup_header;
     bp.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     bp.hdr.vid_mode = VID_MODE_NORMAL;
     bp.hdr.loadflags |= CAN_USE_HEAP;
