@@ -652,6 +652,14 @@ impl ServedQueue {
             if !self.queue.enable_notification(mem)? {
                 return Ok(());
             }
+            // The driver posted more while notifications were off. A guest that moves
+            // avail.idx back and forth could make this look true forever with nothing to
+            // take: each look costs the budget a chain, so the worker still yields.
+            chains = chains.saturating_sub(1);
+            if chains == 0 {
+                let _ = self.notify.write(1);
+                return Ok(());
+            }
         }
     }
 
