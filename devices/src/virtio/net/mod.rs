@@ -32,9 +32,17 @@
 //! header) is handed back unused, counted in [`NetCounters::invalid_chains`] and logged at a
 //! rate the guest cannot turn into a flood; a malformed queue is [`ServedQueue`]'s business
 //! (DEVICE_NEEDS_RESET). The device keeps serving either way.
+//!
+//! The parts: this module is the device the transport sees and the worker side's state,
+//! event dispatch and interest in the backend; `rx` is the receive path (gathering
+//! receive buffers, reading frames into them, handing them to the guest), `tx` the
+//! transmit path (checking chains, sending them, holding one the backend cannot take);
+//! [`tap`] is the usual backend and [`state`] the device's part of a snapshot.
 
+mod rx;
 pub mod state;
 pub mod tap;
+mod tx;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -46,11 +54,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use vm_memory::{GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::iovec::{self, DeviceReadable, DeviceWritable, GuestSpans, MAX_IOVECS};
+use super::iovec;
 use super::log_limit::LogLimiter;
 use super::read_config_bytes;
 use super::worker::{ActiveDevice, DeviceWorker, MAX_CHAINS_PER_WAKE, ServedQueue};
 use super::{ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_NET, VirtioDevice};
+
+use rx::RxBuffer;
 
 /// Feature bit: the device takes frames with a partial checksum (guest→host).
 pub const VIRTIO_NET_F_CSUM: u32 = 0;
@@ -89,15 +99,8 @@ pub const VNET_HDR_LEN: usize = 12;
 pub const MAX_FRAME_LEN: usize = 65550;
 /// Largest packet either way: header and frame.
 pub const MAX_PACKET_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
-/// Offset of `num_buffers` in the header.
-const NUM_BUFFERS_OFFSET: u64 = 10;
-/// Shortest frame worth sending: an Ethernet header.
-const ETH_HLEN: usize = 14;
 /// Largest frame without segmentation offloads: MTU 1500 with a VLAN tag.
 const MAX_PLAIN_FRAME_LEN: usize = 1518;
-/// Most frames received per wake, so the worker gets back to its other events; the
-/// backend's readiness is level-triggered and brings it back for the rest.
-const MAX_FRAMES_PER_WAKE: usize = 64;
 /// Bytes of configuration space: mac (6) and status (2).
 const CONFIG_LEN: usize = 8;
 const QUEUE_SIZES: [u16; 2] = [NET_QUEUE_SIZE, NET_QUEUE_SIZE];
@@ -461,24 +464,6 @@ impl VirtioDevice for Net {
     super::state::worker_snapshot_hooks!("virtio-net");
 }
 
-/// A receive chain taken from the queue and not used yet: its writable bytes, in order,
-/// trimmed to [`MAX_PACKET_LEN`] (no packet needs more).
-#[derive(Debug)]
-struct RxBuffer {
-    head: u16,
-    spans: GuestSpans,
-    /// `spans.len()`, at most [`MAX_PACKET_LEN`].
-    space: usize,
-}
-
-/// How one attempt to transmit a chain ended.
-enum Transmit {
-    /// Hand the chain back (sent, dropped or rejected, all counted).
-    Done,
-    /// The backend cannot take it now; keep it and retry when the backend is writable.
-    Blocked,
-}
-
 /// The device while the driver drives it, on the worker.
 struct ActiveNet {
     shared: Arc<Shared>,
@@ -509,61 +494,6 @@ struct ActiveNet {
 }
 
 impl ActiveNet {
-    /// Transmits what the TX queue holds, up to [`MAX_CHAINS_PER_WAKE`] chains (then it
-    /// notifies itself to come back for the rest), or until the backend is full. The sent
-    /// chains go back to the driver together, with at most one interrupt.
-    fn process_tx(&mut self) {
-        let mut sent = std::mem::take(&mut self.tx_sent);
-        let budget_spent = self.transmit_burst(&mut sent);
-        let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
-        self.tx.publish_batch(name, mem, interrupt, &sent);
-        if !sent.is_empty() && self.tx.interrupt_if_wanted(name, mem, interrupt) {
-            self.shared.count(|c| &c.interrupts, 1);
-        }
-        sent.clear();
-        self.tx_sent = sent;
-        if budget_spent {
-            // More may be waiting. If the write fails the counter is saturated, which
-            // wakes us just the same.
-            let _ = self.tx.notify.write(1);
-        }
-    }
-
-    /// Sends TX chains until the queue is empty, the backend is full or
-    /// [`MAX_CHAINS_PER_WAKE`] chains went, adding each finished one to `sent` as
-    /// `(head, 0)`. Returns whether it stopped for the budget.
-    fn transmit_burst(&mut self, sent: &mut Vec<(u16, u32)>) -> bool {
-        for _ in 0..MAX_CHAINS_PER_WAKE {
-            let chain = match self.tx_pending.take() {
-                Some(chain) => chain,
-                None => match self.next_tx_chain() {
-                    Some(chain) => chain,
-                    None => return false,
-                },
-            };
-            match self.transmit(&chain) {
-                Transmit::Done => sent.push((chain.head, 0)),
-                Transmit::Blocked => {
-                    self.tx_pending = Some(chain);
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    /// The next TX chain, re-arming the queue's notification before reporting none.
-    fn next_tx_chain(&mut self) -> Option<DescriptorChain> {
-        loop {
-            if let Some(chain) = self.tx.pop(&self.shared.name, &self.mem, &*self.interrupt) {
-                return Some(chain);
-            }
-            if self.tx.is_broken() || !self.rearm(TX_QUEUE) {
-                return None;
-            }
-        }
-    }
-
     /// Publishes that the device sleeps on queue `index`; returns whether the driver posted
     /// more meanwhile (so the caller must look again).
     fn rearm(&mut self, index: usize) -> bool {
@@ -582,251 +512,11 @@ impl ActiveNet {
         }
     }
 
-    /// Sends one TX chain to the backend as one packet, header included.
-    fn transmit(&self, chain: &DescriptorChain) -> Transmit {
-        let shared = &*self.shared;
-        let (spans, len) = match check_tx_chain(chain) {
-            Ok(checked) => checked,
-            Err(why) => {
-                self.invalid_chain(TX_QUEUE, chain.head, &why);
-                return Transmit::Done;
-            }
-        };
-        let packet = match DeviceReadable::new(&self.mem, &spans) {
-            Ok(packet) if packet.slices().len() <= MAX_IOVECS => packet,
-            Ok(packet) => {
-                let why = format!("{} buffers, more than {MAX_IOVECS}", packet.slices().len());
-                self.invalid_chain(TX_QUEUE, chain.head, &why);
-                return Transmit::Done;
-            }
-            Err(e) => {
-                self.invalid_chain(TX_QUEUE, chain.head, &e.to_string());
-                return Transmit::Done;
-            }
-        };
-        loop {
-            match shared.backend.write_packet(packet.slices()) {
-                Ok(n) if n == len => {
-                    shared.count(|c| &c.tx_packets, 1);
-                    // `check_tx_chain` saw at least a header and an Ethernet header.
-                    let frame = len.saturating_sub(VNET_HDR_LEN);
-                    shared.count(|c| &c.tx_bytes, frame as u64);
-                }
-                Ok(n) => {
-                    shared.count(|c| &c.tx_dropped, 1);
-                    shared.host_problem(format_args!("backend took {n} of {len} bytes"));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Transmit::Blocked,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    shared.count(|c| &c.tx_dropped, 1);
-                    shared.host_problem(format_args!("backend refused a {len}-byte packet: {e}"));
-                }
-            }
-            return Transmit::Done;
-        }
-    }
-
-    /// Receives frames while the backend has some and the guest has room, up to
-    /// [`MAX_FRAMES_PER_WAKE`]; each frame's chains reach the driver as soon as it is
-    /// written, and the burst costs at most one interrupt.
-    fn process_rx(&mut self) {
-        self.receive_burst();
-        let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
-        if self.rx.interrupt_if_wanted(name, mem, interrupt) {
-            self.shared.count(|c| &c.interrupts, 1);
-        }
-    }
-
-    fn receive_burst(&mut self) {
-        for _ in 0..MAX_FRAMES_PER_WAKE {
-            if self.backend_gone {
-                return;
-            }
-            if !self.gather_rx_buffers() {
-                self.rx_starved = true;
-                return;
-            }
-            self.rx_starved = false;
-            if !self.receive_frame() {
-                return;
-            }
-        }
-    }
-
-    /// Pops receive chains until the stash can take a frame. Returns false when the guest
-    /// has not posted enough (the queue's notification is then armed).
-    fn gather_rx_buffers(&mut self) -> bool {
-        let mut budget = MAX_CHAINS_PER_WAKE;
-        while !self.stash_ready() {
-            if budget == 0 {
-                // The guest keeps posting chains we cannot use: come back after the other
-                // events rather than spin here.
-                let _ = self.rx.notify.write(1);
-                return false;
-            }
-            // Checked against 0 just above.
-            budget = budget.saturating_sub(1);
-            match self.rx.pop(&self.shared.name, &self.mem, &*self.interrupt) {
-                Some(chain) => self.stash_rx_chain(chain),
-                None if self.rx.is_broken() => return false,
-                None if self.rearm(RX_QUEUE) => {}
-                // The guest cannot post more than the ring holds: use what we have.
-                None => return self.stash.len() >= usize::from(self.rx.queue.size),
-            }
-        }
-        true
-    }
-
-    /// Whether the stash can take the next frame: with MRG_RXBUF, room for the largest one
-    /// the driver accepts; without, one chain (the driver sized it).
-    fn stash_ready(&self) -> bool {
-        if self.mrg_rxbuf {
-            self.stash_space >= self.rx_needed
-        } else {
-            !self.stash.is_empty()
-        }
-    }
-
-    /// Checks a popped RX chain and stashes it, or hands it back as invalid.
-    fn stash_rx_chain(&mut self, chain: DescriptorChain) {
-        if chain.descriptors.iter().any(|d| !d.writable) {
-            self.invalid_chain(
-                RX_QUEUE,
-                chain.head,
-                "receive chain has device-readable buffers",
-            );
-            self.reject_rx(chain.head);
-            return;
-        }
-        let mut spans = match GuestSpans::writable(&chain) {
-            Ok(spans) => spans,
-            Err(e) => {
-                self.invalid_chain(RX_QUEUE, chain.head, &e.to_string());
-                self.reject_rx(chain.head);
-                return;
-            }
-        };
-        spans.truncate(MAX_PACKET_LEN as u64);
-        // At most MAX_PACKET_LEN, so the conversion cannot fail.
-        let space = usize::try_from(spans.len()).unwrap_or(MAX_PACKET_LEN);
-        if space < VNET_HDR_LEN {
-            let why = format!("receive chain of {space} bytes cannot hold the header");
-            self.invalid_chain(RX_QUEUE, chain.head, &why);
-            self.reject_rx(chain.head);
-            return;
-        }
-        // At most the queue size times MAX_PACKET_LEN: cannot saturate.
-        self.stash_space = self.stash_space.saturating_add(space);
-        self.stash.push_back(RxBuffer {
-            head: chain.head,
-            spans,
-            space,
-        });
-    }
-
-    /// Reads one frame into the stash and hands the chains it filled to the guest. Returns
-    /// false when the backend had none (or the stash is unusable).
-    fn receive_frame(&mut self) -> bool {
-        let chains = if self.mrg_rxbuf { self.stash.len() } else { 1 };
-        let spans = self.stash.iter().take(chains).flat_map(|b| &b.spans);
-        let (result, capacity) = match DeviceWritable::new(&self.mem, spans) {
-            Ok(mut buffers) => {
-                // Only a pathological stash gets here; reading into less is still right.
-                buffers.truncate_iovecs(MAX_IOVECS);
-                // At most the stash's space, a usize: the fallback is never taken.
-                let capacity = usize::try_from(buffers.len()).unwrap_or(self.stash_space);
-                (self.shared.backend.read_packet(buffers.slices()), capacity)
-            }
-            Err(e) => {
-                self.shared
-                    .host_problem(format_args!("receive buffers unusable: {e}"));
-                return false;
-            }
-        };
-        match result {
-            Ok(n) if n > capacity => {
-                // A tap cuts a frame that does not fit short but reports its full length:
-                // the guest must not see the stump. The chains stay stashed.
-                self.shared.count(|c| &c.rx_dropped, 1);
-                self.shared.host_problem(format_args!(
-                    "a {n}-byte packet did not fit the {capacity} bytes of receive buffers"
-                ));
-                true
-            }
-            Ok(n) => {
-                self.deliver(n);
-                true
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
-            Err(e) => {
-                self.shared.count(|c| &c.rx_dropped, 1);
-                self.shared
-                    .host_problem(format_args!("reading a frame from the backend failed: {e}"));
-                true
-            }
-        }
-    }
-
-    /// Hands the guest the `n`-byte packet just read into the front of the stash: the
-    /// chains it filled, in order, with `num_buffers` set in its header.
-    fn deliver(&mut self, n: usize) {
-        if n < VNET_HDR_LEN {
-            // Nothing was written that the guest will look at: the chains stay stashed.
-            self.shared.count(|c| &c.rx_dropped, 1);
-            self.shared
-                .host_problem(format_args!("backend packet of {n} bytes has no header"));
-            return;
-        }
-        let mut used: Vec<(u16, u32)> = Vec::new();
-        let mut first_spans = GuestSpans::new();
-        let mut left = n;
-        while left > 0 {
-            let Some(buffer) = self.stash.pop_front() else {
-                break; // The read could not have filled more than the stash.
-            };
-            // `stash_space` is the sum of the stashed buffers' spaces.
-            self.stash_space = self.stash_space.saturating_sub(buffer.space);
-            let take = buffer.space.min(left);
-            left = left.saturating_sub(take);
-            // take <= space <= MAX_PACKET_LEN, so the conversion cannot fail.
-            used.push((buffer.head, u32::try_from(take).unwrap_or(u32::MAX)));
-            if first_spans.is_empty() {
-                first_spans = buffer.spans;
-            }
-        }
-        // At most the queue size (256) chains.
-        let count = u16::try_from(used.len()).unwrap_or(u16::MAX);
-        let header = DeviceWritable::new(&self.mem, &first_spans);
-        if let Err(e) = header.and_then(|h| h.write_at(NUM_BUFFERS_OFFSET, &count.to_le_bytes())) {
-            self.shared
-                .host_problem(format_args!("cannot set num_buffers: {e}"));
-        }
-        self.complete_rx(&used);
-        self.shared.count(|c| &c.rx_packets, 1);
-        self.shared
-            .count(|c| &c.rx_bytes, n.saturating_sub(VNET_HDR_LEN) as u64); // n >= VNET_HDR_LEN
-    }
-
-    /// Returns the chains of one frame to the guest, published together (the driver must
-    /// never see part of a frame); [`ActiveNet::process_rx`] interrupts after the burst.
-    fn complete_rx(&mut self, used: &[(u16, u32)]) {
-        let (name, mem, interrupt) = (&self.shared.name, &*self.mem, &*self.interrupt);
-        self.rx.publish_batch(name, mem, interrupt, used);
-    }
-
     /// Hands chain `head` of queue `index` back unused and counts it as invalid.
     fn invalid_chain(&self, index: usize, head: u16, why: &str) {
         self.shared.count(|c| &c.invalid_chains, 1);
         self.shared
             .guest_problem(format_args!("queue {index}: chain {head} rejected: {why}"));
-    }
-
-    /// Hands back an invalid RX chain right away (TX chains go back through
-    /// [`ActiveNet::process_tx`]); [`ActiveNet::process_rx`] interrupts after the burst.
-    fn reject_rx(&mut self, head: u16) {
-        self.complete_rx(&[(head, 0)]);
     }
 
     /// What the backend is ready for, without waiting.
@@ -946,26 +636,4 @@ impl ActiveDevice for ActiveNet {
         }
         self.update_interest();
     }
-}
-
-/// Checks a TX chain: device-readable only, an Ethernet frame behind the header, no more
-/// than [`MAX_PACKET_LEN`]. Returns its buffers and the packet length.
-fn check_tx_chain(chain: &DescriptorChain) -> Result<(GuestSpans, usize), String> {
-    if chain.writable().next().is_some() {
-        return Err("transmit chain has device-writable buffers".into());
-    }
-    let spans = GuestSpans::readable(chain).map_err(|e| e.to_string())?;
-    let len = spans.len();
-    if len < (VNET_HDR_LEN + ETH_HLEN) as u64 {
-        return Err(format!(
-            "transmit chain of {len} bytes is shorter than the header and an Ethernet header"
-        ));
-    }
-    if len > MAX_PACKET_LEN as u64 {
-        return Err(format!(
-            "transmit chain of {len} bytes is longer than {MAX_PACKET_LEN}"
-        ));
-    }
-    // len <= MAX_PACKET_LEN, so the conversion cannot fail.
-    Ok((spans, usize::try_from(len).unwrap_or(MAX_PACKET_LEN)))
 }

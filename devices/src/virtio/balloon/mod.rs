@@ -24,6 +24,11 @@
 //! truncated arrays and odd statistics are skipped and logged (at a bounded rate, so a
 //! guest cannot flood the host log); malformed rings are reported as DEVICE_NEEDS_RESET by
 //! [`ServedQueue`].
+//!
+//! The parts: `inflate` gives back the pages an inflate chain lists, `stats` reads the
+//! driver's statistics buffers into [`BalloonStats`], and both read their chains through
+//! `records`; this module is the device the transport sees, its [`BalloonHandle`] and the
+//! worker side that serves the queues; [`state`] is its part of a snapshot.
 
 use std::fmt;
 use std::io;
@@ -32,17 +37,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vm_memory::{
-    Address, Bytes, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::worker::{ActiveDevice, DeviceWorker, ServedQueue, lock};
+use super::{ActivateError, ActiveQueue, Interrupt, VIRTIO_ID_BALLOON, VirtioDevice};
 
+mod inflate;
+mod records;
 pub mod state;
-use super::{
-    ActivateError, ActiveQueue, DescriptorChain, Interrupt, VIRTIO_ID_BALLOON, VirtioDevice,
-};
+mod stats;
+
+use inflate::inflate_chain;
+pub use stats::BalloonStats;
+use stats::read_stats;
 
 /// Feature bit: the device has a statistics queue.
 pub const VIRTIO_BALLOON_F_STATS_VQ: u32 = 1;
@@ -51,7 +59,6 @@ pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u32 = 2;
 
 /// The page size balloon frame numbers count in, whatever the guest's own page size.
 pub const BALLOON_PAGE_SIZE: u64 = 4096;
-const PAGE_SHIFT: u32 = 12;
 
 /// Size of each queue.
 pub const BALLOON_QUEUE_SIZE: u16 = 256;
@@ -71,12 +78,6 @@ const STATS_REQUEST_TOKEN: u32 = 3;
 /// keeps the work of one chain (and so a reset, which waits for the worker) small whatever
 /// the guest posts. Frames beyond it stay in the guest's balloon but are not reclaimed.
 pub const MAX_PFNS_PER_CHAIN: usize = 4096;
-const PFN_SIZE: usize = 4;
-
-/// Bytes of one statistics entry: u16 tag, u64 value, packed.
-const STAT_ENTRY_SIZE: usize = 10;
-/// Most statistics entries read from one buffer: far more than the spec defines tags.
-const MAX_STAT_ENTRIES: usize = 64;
 
 /// Configuration space layout (virtio 1.2 section 5.5.4).
 const CONFIG_NUM_PAGES: usize = 0;
@@ -101,53 +102,6 @@ pub enum BalloonError {
         /// Largest target accepted.
         max: u64,
     },
-}
-
-/// Guest memory statistics (virtio 1.2 section 5.5.6.3); a field is `None` when the
-/// driver did not report it. Memory amounts are in bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BalloonStats {
-    /// Memory swapped in (tag 0).
-    pub swap_in: Option<u64>,
-    /// Memory swapped out (tag 1).
-    pub swap_out: Option<u64>,
-    /// Major page faults (tag 2).
-    pub major_faults: Option<u64>,
-    /// Minor page faults (tag 3).
-    pub minor_faults: Option<u64>,
-    /// Memory not used at all (tag 4).
-    pub free_memory: Option<u64>,
-    /// Memory the guest can use (tag 5).
-    pub total_memory: Option<u64>,
-    /// Memory available for new work without swapping (tag 6).
-    pub available_memory: Option<u64>,
-    /// Memory in the guest's disk caches (tag 7).
-    pub disk_caches: Option<u64>,
-    /// Successful huge page allocations (tag 8).
-    pub hugetlb_allocations: Option<u64>,
-    /// Failed huge page allocations (tag 9).
-    pub hugetlb_failures: Option<u64>,
-}
-
-impl BalloonStats {
-    /// Records one entry; tags this device does not know are ignored (newer drivers send
-    /// more than virtio 1.2 defines).
-    fn record(&mut self, tag: u16, value: u64) {
-        let field = match tag {
-            0 => &mut self.swap_in,
-            1 => &mut self.swap_out,
-            2 => &mut self.major_faults,
-            3 => &mut self.minor_faults,
-            4 => &mut self.free_memory,
-            5 => &mut self.total_memory,
-            6 => &mut self.available_memory,
-            7 => &mut self.disk_caches,
-            8 => &mut self.hugetlb_allocations,
-            9 => &mut self.hugetlb_failures,
-            _ => return,
-        };
-        *field = Some(value);
-    }
 }
 
 /// State shared by the device, its worker and the handles. Only atomics and short locks:
@@ -588,430 +542,12 @@ impl ActiveDevice for ActiveBalloon {
     }
 }
 
-/// Bytes of guest memory read at a time from a chain: 256 frame numbers, what Linux
-/// puts in one inflate chain.
-const READ_CHUNK: usize = 1024;
-/// [`READ_CHUNK`] as the `u32` descriptor lengths are measured in.
-const READ_CHUNK_U32: u32 = 1024;
-const _: () = assert!(READ_CHUNK_U32 as usize == READ_CHUNK);
-
-/// Feeds the chain's device-readable bytes, in order and as one stream, to `sink` in
-/// chunks of at most [`READ_CHUNK`] until `sink` returns false. Reads through a buffer on
-/// the stack: serving a chain allocates nothing, however much the guest posts. Returns
-/// false if guest memory could not be read (the queue validated the buffers, so only a
-/// bug gets there).
-fn stream_readable(
-    mem: &GuestMemoryMmap,
-    chain: &DescriptorChain,
-    mut sink: impl FnMut(&[u8]) -> bool,
-) -> bool {
-    let mut chunk = [0u8; READ_CHUNK];
-    for desc in chain.descriptors.iter().filter(|d| !d.writable) {
-        let mut done: u32 = 0;
-        while done < desc.len {
-            // done < desc.len; at most READ_CHUNK, so the cast below is lossless.
-            let want = desc.len.saturating_sub(done).min(READ_CHUNK_U32);
-            let (Some(buf), Some(addr)) = (
-                chunk.get_mut(..want as usize),
-                desc.addr.checked_add(u64::from(done)),
-            ) else {
-                return false;
-            };
-            if mem.read_slice(buf, addr).is_err() {
-                return false;
-            }
-            if !sink(buf) {
-                return true;
-            }
-            // done + want <= desc.len: cannot saturate.
-            done = done.saturating_add(want);
-        }
-    }
-    true
-}
-
-/// Cuts a byte stream into `N`-byte records, whatever the chunk boundaries (a driver may
-/// split an array across buffers anywhere).
-struct Records<const N: usize> {
-    partial: [u8; N],
-    filled: usize,
-}
-
-impl<const N: usize> Records<N> {
-    fn new() -> Records<N> {
-        Records {
-            partial: [0; N],
-            filled: 0,
-        }
-    }
-
-    /// Hands every record completed by `bytes` to `each`, until it returns false; keeps
-    /// the bytes of a record not yet complete. Returns false if `each` did.
-    fn feed(&mut self, bytes: &[u8], mut each: impl FnMut([u8; N]) -> bool) -> bool {
-        let mut bytes = bytes;
-        if self.filled > 0 {
-            // Complete the record begun in an earlier chunk first.
-            // 0 < filled < N, so filled + take <= N.
-            let take = N.saturating_sub(self.filled).min(bytes.len());
-            let (head, rest) = bytes.split_at(take);
-            let end = self.filled.saturating_add(take);
-            if let Some(dst) = self.partial.get_mut(self.filled..end) {
-                dst.copy_from_slice(head);
-            }
-            self.filled = end;
-            bytes = rest;
-            if self.filled < N {
-                return true;
-            }
-            self.filled = 0;
-            if !each(self.partial) {
-                return false;
-            }
-        }
-        let records = bytes.chunks_exact(N);
-        let rest = records.remainder();
-        for record in records {
-            if let Ok(record) = <[u8; N]>::try_from(record)
-                && !each(record)
-            {
-                return false;
-            }
-        }
-        self.partial[..rest.len()].copy_from_slice(rest);
-        self.filled = rest.len();
-        true
-    }
-
-    /// Bytes of an incomplete record at the end of the stream.
-    fn leftover(&self) -> usize {
-        self.filled
-    }
-}
-
-/// What came of one inflate chain, for the log.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct InflateOutcome {
-    /// Pages given back to the host.
-    released: u64,
-    /// Pages not (wholly) inside guest RAM.
-    outside: u64,
-    /// Pages madvise refused.
-    failed: u64,
-    /// Why madvise refused, the last time it did.
-    errno: Option<i32>,
-}
-
-/// Gives back the pages an inflate chain lists, then logs anything odd about it.
-fn inflate_chain(mem: &GuestMemoryMmap, chain: &DescriptorChain, log: &mut LogBudget) {
-    let mut pfns = Records::<PFN_SIZE>::new();
-    let mut release = Release::new(mem);
-    let mut count = 0;
-    let mut truncated = false;
-    let readable = stream_readable(mem, chain, |bytes| {
-        pfns.feed(bytes, |pfn| {
-            if count == MAX_PFNS_PER_CHAIN {
-                truncated = true;
-                return false;
-            }
-            // Below MAX_PFNS_PER_CHAIN (checked above): cannot saturate.
-            count = count.saturating_add(1);
-            release.push(u32::from_le_bytes(pfn));
-            true
-        })
-    });
-    let outcome = release.finish();
-    let leftover = pfns.leftover();
-    if !readable || truncated || leftover != 0 || outcome.outside != 0 || outcome.failed != 0 {
-        log.warn(format_args!(
-            "inflate chain {}: {} pages outside guest RAM, {} not released (errno {:?}), \
-             {leftover} trailing bytes, truncated: {truncated}, readable: {readable}",
-            chain.head, outcome.outside, outcome.failed, outcome.errno
-        ));
-    }
-}
-
-/// Gives back pages as their frame numbers come, one madvise per run of contiguous
-/// frames (Linux often sends hundreds in a row).
-struct Release<'m> {
-    mem: &'m GuestMemoryMmap,
-    /// The current run: first frame and length in pages.
-    run: Option<(u64, u64)>,
-    outcome: InflateOutcome,
-}
-
-impl<'m> Release<'m> {
-    fn new(mem: &'m GuestMemoryMmap) -> Release<'m> {
-        Release {
-            mem,
-            run: None,
-            outcome: InflateOutcome::default(),
-        }
-    }
-
-    fn push(&mut self, pfn: u32) {
-        let pfn = u64::from(pfn);
-        self.run = match self.run {
-            // `first` is a u32 frame and `len` at most MAX_PFNS_PER_CHAIN:
-            // neither addition can overflow a u64.
-            Some((first, len)) if first.checked_add(len) == Some(pfn) => {
-                Some((first, len.saturating_add(1)))
-            }
-            Some((first, len)) => {
-                release_run(self.mem, first, len, &mut self.outcome);
-                Some((pfn, 1))
-            }
-            None => Some((pfn, 1)),
-        };
-    }
-
-    fn finish(mut self) -> InflateOutcome {
-        if let Some((first, len)) = self.run.take() {
-            release_run(self.mem, first, len, &mut self.outcome);
-        }
-        self.outcome
-    }
-}
-
-/// Gives back the `pages` pages from frame `first` that lie wholly inside a guest RAM
-/// region, a piece per region; counts the rest as outside.
-fn release_run(mem: &GuestMemoryMmap, first: u64, pages: u64, outcome: &mut InflateOutcome) {
-    // A run holds consecutive u32 frames, so `first + pages <= 2^32` and `end <= 2^44`.
-    let start = first << PAGE_SHIFT;
-    let end = first.saturating_add(pages) << PAGE_SHIFT;
-    let mut inside = 0u64;
-    for region in mem.iter() {
-        let Some((offset, len)) = page_span_in_region(region, start, end) else {
-            continue;
-        };
-        let len_pages = len >> PAGE_SHIFT;
-        // Page counts stay below 2^32 (see above): the sums cannot saturate.
-        inside = inside.saturating_add(len_pages);
-        match discard(region, offset, len) {
-            Ok(()) => outcome.released = outcome.released.saturating_add(len_pages),
-            Err(e) => {
-                outcome.failed = outcome.failed.saturating_add(len_pages);
-                outcome.errno = e.raw_os_error();
-            }
-        }
-    }
-    // Regions are disjoint, so the pages inside them are at most `pages`.
-    outcome.outside = outcome.outside.saturating_add(pages.saturating_sub(inside));
-}
-
-/// The whole balloon pages of guest range `start..end` inside `region`, as an offset into
-/// the region and a length, or `None` if there are none.
-fn page_span_in_region<R: GuestMemoryRegion>(
-    region: &R,
-    start: u64,
-    end: u64,
-) -> Option<(u64, u64)> {
-    let region_start = region.start_addr().0;
-    let region_end = region_start.saturating_add(region.len());
-    // `start` and `end` are page aligned; clipping to an unaligned region edge leaves
-    // a page partly outside the region, which must not be discarded.
-    let lo = start
-        .max(region_start)
-        .checked_next_multiple_of(BALLOON_PAGE_SIZE)?;
-    let hi = end.min(region_end) & !(BALLOON_PAGE_SIZE - 1);
-    // region_start <= lo < hi.
-    (lo < hi).then(|| (lo.saturating_sub(region_start), hi.saturating_sub(lo)))
-}
-
-/// Discards `len` bytes at `offset` in `region` with `madvise(MADV_DONTNEED)`.
-///
-/// Inside a transparent huge page this splits its mapping and frees the host memory once
-/// all of the huge page is discarded (or the kernel's deferred split runs); the guest
-/// sees zero pages either way.
-fn discard<R: GuestMemoryRegion>(region: &R, offset: u64, len: u64) -> io::Result<()> {
-    let in_region = offset
-        .checked_add(len)
-        .is_some_and(|end| len > 0 && end <= region.len());
-    if !in_region {
-        return Err(io::Error::from(io::ErrorKind::InvalidInput));
-    }
-    let host = region
-        .get_host_address(MemoryRegionAddress(offset))
-        .map_err(io::Error::other)?;
-    let len = usize::try_from(len).map_err(io::Error::other)?;
-    // SAFETY: `region` is a guest RAM region of the `GuestMemoryMmap` handed over at
-    // activation, and `host` the host address of its byte `offset` (vm-memory checked
-    // that offset is inside it). We checked `offset + len <= region.len()` above, and a
-    // region's length is that of its mapping, so `host..host + len` lies inside the
-    // mapping, which lives as long as the memory our caller borrows. madvise does not
-    // unmap anything: with
-    // MADV_DONTNEED the pages of this private anonymous guest RAM read as zero on their
-    // next access, which is what the guest asked for by putting them in the balloon. No
-    // Rust reference points into guest memory (it is only accessed volatilely), so no
-    // Rust-visible value changes under anyone's feet. No other memory is touched.
-    let ret = unsafe { libc::madvise(host.cast(), len, libc::MADV_DONTNEED) };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Parses a statistics buffer the driver posted and publishes the numbers: packed
-/// little-endian (u16 tag, u64 value) entries. A trailing partial entry is ignored.
-fn read_stats(
-    mem: &GuestMemoryMmap,
-    chain: &DescriptorChain,
-    shared: &Shared,
-    log: &mut LogBudget,
-) {
-    let mut entries = Records::<STAT_ENTRY_SIZE>::new();
-    let mut stats = BalloonStats::default();
-    let mut count = 0;
-    let mut truncated = false;
-    let readable = stream_readable(mem, chain, |bytes| {
-        entries.feed(bytes, |entry| {
-            if count == MAX_STAT_ENTRIES {
-                truncated = true;
-                return false;
-            }
-            // Below MAX_STAT_ENTRIES (checked above): cannot saturate.
-            count = count.saturating_add(1);
-            let [t0, t1, v @ ..] = entry;
-            stats.record(u16::from_le_bytes([t0, t1]), u64::from_le_bytes(v));
-            true
-        })
-    });
-    let leftover = entries.leftover();
-    if !readable || truncated || leftover != 0 {
-        log.warn(format_args!(
-            "statistics buffer {}: {leftover} trailing bytes, truncated: {truncated}, \
-             readable: {readable}",
-            chain.head
-        ));
-    }
-    *lock(&shared.stats) = Some(stats);
-}
-
 #[cfg(test)]
 mod tests {
     use vm_memory::GuestAddress;
 
     use super::super::{Queue, QueueStatus};
     use super::*;
-
-    fn fill(mem: &GuestMemoryMmap, addr: u64, len: usize) {
-        mem.write_slice(&vec![0xAA; len], GuestAddress(addr))
-            .unwrap();
-    }
-
-    fn is_zero(mem: &GuestMemoryMmap, addr: u64, len: usize) -> bool {
-        let mut buf = vec![0xFF; len];
-        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
-        buf.iter().all(|b| *b == 0)
-    }
-
-    fn release_pfns(mem: &GuestMemoryMmap, pfns: &[u32]) -> InflateOutcome {
-        let mut release = Release::new(mem);
-        for pfn in pfns {
-            release.push(*pfn);
-        }
-        release.finish()
-    }
-
-    #[test]
-    fn a_run_across_two_regions_is_released_in_both() {
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x2000),
-            (GuestAddress(0x2000), 0x2000),
-        ])
-        .unwrap();
-        fill(&mem, 0, 0x4000);
-        let outcome = release_pfns(&mem, &[0, 1, 2, 3]);
-        assert_eq!(
-            outcome,
-            InflateOutcome {
-                released: 4,
-                ..Default::default()
-            }
-        );
-        assert!(is_zero(&mem, 0, 0x4000));
-    }
-
-    #[test]
-    fn pages_in_gaps_or_past_the_end_are_counted_outside() {
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 0x2000),
-            (GuestAddress(0x4000), 0x1000),
-        ])
-        .unwrap();
-        let outcome = release_pfns(&mem, &[0, 1, 2, 3, 4, 5, u32::MAX]);
-        assert_eq!(
-            outcome,
-            InflateOutcome {
-                released: 3,
-                outside: 4,
-                ..Default::default()
-            }
-        );
-    }
-
-    #[test]
-    fn a_page_straddling_an_unaligned_region_end_is_not_released() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2800)]).unwrap();
-        fill(&mem, 0, 0x2800);
-        let outcome = release_pfns(&mem, &[1, 2]);
-        assert_eq!(
-            outcome,
-            InflateOutcome {
-                released: 1,
-                outside: 1,
-                ..Default::default()
-            }
-        );
-        assert!(is_zero(&mem, 0x1000, 0x1000));
-        assert!(!is_zero(&mem, 0x2000, 0x800));
-    }
-
-    #[test]
-    fn records_are_cut_across_any_chunk_boundary() {
-        let bytes: Vec<u8> = (0u8..23).collect();
-        for split in 0..bytes.len() {
-            let mut records = Records::<5>::new();
-            let mut seen = Vec::new();
-            let (a, b) = bytes.split_at(split);
-            for chunk in [a, b, &[][..]] {
-                assert!(records.feed(chunk, |r| {
-                    seen.push(r);
-                    true
-                }));
-            }
-            assert_eq!(seen.len(), 4, "split at {split}");
-            assert_eq!(seen.concat(), bytes[..20]);
-            assert_eq!(records.leftover(), 3);
-        }
-    }
-
-    #[test]
-    fn records_stop_when_asked() {
-        let mut records = Records::<2>::new();
-        let mut seen = 0;
-        assert!(!records.feed(&[0; 10], |_| {
-            seen += 1;
-            seen < 3
-        }));
-        assert_eq!(seen, 3);
-    }
-
-    #[test]
-    fn stats_keep_known_tags_and_the_last_of_a_repeated_one() {
-        let mut stats = BalloonStats::default();
-        for (tag, value) in [(4u16, 100u64), (42, 7), (9, 3), (4, 200)] {
-            stats.record(tag, value);
-        }
-        assert_eq!(
-            stats,
-            BalloonStats {
-                free_memory: Some(200),
-                hugetlb_failures: Some(3),
-                ..Default::default()
-            }
-        );
-    }
 
     /// Takes nothing: activation here never gets as far as serving.
     struct NoInterrupt;
