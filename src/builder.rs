@@ -286,7 +286,7 @@ pub fn build(
         match (restore, loader) {
             (Some(image), _) => {
                 // The ACPI tables and everything the kernel set up are in the restored RAM.
-                image.apply(kvm, &vm_fd, &vcpus, &devices)?;
+                image.apply(kvm, &vm_fd, &vcpus, &memory, &devices)?;
                 debug!("VM restored from the snapshot");
             }
             (None, Some(loader)) => {

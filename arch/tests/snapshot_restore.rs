@@ -171,7 +171,7 @@ fn restored_vm(kvm: &Kvm, stream: &[u8], memory: &[u8]) -> Result<TestVm, Error>
         .write_slice(memory, GuestAddress(0))
         .expect("memory back");
     let refs: Vec<&VcpuFd> = t.vcpus.iter().collect();
-    state.restore(kvm, &t.vm, &refs)?;
+    state.restore(kvm, &t.vm, &refs, &t.mem)?;
     Ok(t)
 }
 
@@ -299,7 +299,9 @@ fn a_cpuid_the_host_refuses_is_one_clear_error() {
         .write_slice(&memory, GuestAddress(0))
         .expect("memory");
     let refs: Vec<&VcpuFd> = fresh.vcpus.iter().collect();
-    let err = state.restore(&kvm, &fresh.vm, &refs).unwrap_err();
+    let err = state
+        .restore(&kvm, &fresh.vm, &refs, &fresh.mem)
+        .unwrap_err();
     assert!(matches!(err, Error::Cpuid { vcpu: 0, .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -320,7 +322,7 @@ fn restoring_into_a_vm_with_another_vcpu_count_is_refused() {
     let state = MachineState::from_snapshot(&snap, kvm.get_max_vcpus()).expect("decode");
     let fresh = bare_vm(&kvm);
     let err = state
-        .restore(&kvm, &fresh.vm, &[&fresh.vcpus[0]])
+        .restore(&kvm, &fresh.vm, &[&fresh.vcpus[0]], &fresh.mem)
         .unwrap_err();
     assert!(
         matches!(err, Error::VcpuMismatch { snapshot: 2, vm: 1 }),

@@ -178,13 +178,16 @@ impl RestoreImage {
             .map_err(RestoreError::MapMemory)
     }
 
-    /// Writes the saved state into the freshly built VM: checks every device record
-    /// against its device first, then restores the KVM state, then applies the devices'.
+    /// Writes the saved state into the freshly built VM whose RAM (`memory`) was mapped
+    /// from the memory file: checks every device record against its device first, then
+    /// restores the KVM state (its clock from the guest's own kvmclock area in `memory`,
+    /// `arch::state::MachineState::restore`), then applies the devices'.
     pub fn apply(
         self,
         kvm: &Kvm,
         vm_fd: &VmFd,
         vcpus: &[VcpuFd],
+        memory: &GuestMemoryMmap,
         devices: &SnapshotDevices,
     ) -> Result<(), RestoreError> {
         let serial = pair("the serial port", self.serial, &devices.serial)?;
@@ -215,9 +218,18 @@ impl RestoreImage {
                 instance: *instance,
             });
         }
+        let saved = self.machine.vm.clock.clock;
+        match self.machine.guest_clock(memory) {
+            Some(guest) => log::info!(
+                "KVM clock: {guest} ns, the guest's kvmclock at its saved TSC ({} ns from the \
+                 clock saved after the vCPUs, {saved} ns)",
+                i128::from(guest).saturating_sub(i128::from(saved))
+            ),
+            None => log::info!("KVM clock: the saved {saved} ns (the guest has no kvmclock)"),
+        }
         let refs: Vec<&VcpuFd> = vcpus.iter().collect();
         self.machine
-            .restore(kvm, vm_fd, &refs)
+            .restore(kvm, vm_fd, &refs, memory)
             .map_err(RestoreError::Kvm)?;
         serial.apply()?;
         i8042.apply()?;

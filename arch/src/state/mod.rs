@@ -18,6 +18,7 @@
 //! checks every record (vCPU count against the host's limit, ids, bounds) before
 //! [`MachineState::restore`] issues the first `SET` ioctl.
 
+pub mod clock;
 pub(crate) mod codec;
 pub mod vcpu;
 pub mod vm;
@@ -25,6 +26,7 @@ pub mod vm;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use snapshot::payload::Encoder;
 use snapshot::{Known, RecordType, Snapshot, Writer, kind};
+use vm_memory::GuestMemory;
 
 pub use vcpu::{FpuState, VcpuState, complete_pending_exit};
 pub use vm::{IrqchipState, VmState};
@@ -220,18 +222,59 @@ impl MachineState {
     }
 
     /// Restores into a fresh VM with its irqchip and PIT and exactly as many vCPUs (index
-    /// = id), none of them run yet: the VM-wide state first, then each vCPU.
-    pub fn restore(&self, kvm: &Kvm, vm: &VmFd, vcpus: &[&VcpuFd]) -> Result<()> {
+    /// = id), none of them run yet, its RAM (`memory`) already holding the snapshot's: the
+    /// VM-wide state first, then each vCPU's registers, then every vCPU's TSC, then each
+    /// vCPU's other MSRs and its events.
+    ///
+    /// The KVM clock and the TSCs are set as one pair ([`clock`]): the clock to the
+    /// kvmclock time the guest reckons at vCPU 0's saved TSC (from the pvclock area vCPU 0
+    /// registered, in `memory`), or to the saved clock for a guest without kvmclock; the
+    /// TSCs, one right after the other once the clock has been read again, each to its
+    /// saved value run on by the kvmclock time that has passed since the clock was set.
+    /// Written together, the vCPUs' TSCs also stay in step: KVM takes TSC writes that
+    /// close together for one synchronised TSC.
+    pub fn restore<M: GuestMemory>(
+        &self,
+        kvm: &Kvm,
+        vm: &VmFd,
+        vcpus: &[&VcpuFd],
+        memory: &M,
+    ) -> Result<()> {
         if vcpus.len() != self.vcpus.len() {
             return Err(Error::VcpuMismatch {
                 snapshot: self.vcpus.len(),
                 vm: vcpus.len(),
             });
         }
-        self.vm.restore(vm)?;
+        let clock = self.guest_clock(memory).unwrap_or(self.vm.clock.clock);
+        self.vm.restore(vm, clock)?;
         for (state, vcpu) in self.vcpus.iter().zip(vcpus) {
-            state.restore(kvm, vm, vcpu)?;
+            state.restore_registers(kvm, vm, vcpu)?;
+        }
+        let elapsed = read_clock(vm)?.saturating_sub(clock);
+        for (state, vcpu) in self.vcpus.iter().zip(vcpus) {
+            state.restore_tsc(vcpu, elapsed)?;
+        }
+        for (state, vcpu) in self.vcpus.iter().zip(vcpus) {
+            state.restore_msrs_and_events(vcpu)?;
         }
         Ok(())
     }
+
+    /// The kvmclock time the guest reckons at vCPU 0's saved TSC, if it has a kvmclock.
+    pub fn guest_clock<M: GuestMemory>(&self, memory: &M) -> Option<u64> {
+        let vcpu = self.vcpus.first()?;
+        let tsc = clock::msr(&vcpu.msrs, clock::MSR_IA32_TSC)?;
+        clock::guest_kvmclock_at(memory, &vcpu.msrs, tsc)
+    }
+}
+
+/// `KVM_GET_CLOCK`'s time (ns).
+fn read_clock(vm: &VmFd) -> Result<u64> {
+    vm.get_clock()
+        .map(|c| c.clock)
+        .map_err(|source| Error::Get {
+            what: "KVM_GET_CLOCK",
+            source,
+        })
 }

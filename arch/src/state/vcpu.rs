@@ -13,7 +13,10 @@
 //! 4. XSAVE (or FPU), XCRs, debug registers;
 //! 5. the LAPIC, before the MSRs: `TSC_DEADLINE` only sticks once the LAPIC is in
 //!    TSC-deadline mode;
-//! 6. MSRs (TSC, kvmclock, syscall, PAT...);
+//! 6. the TSC, run on by the kvmclock time that has passed since the VM's clock was set
+//!    (`super::clock`; `MachineState::restore` writes every vCPU's together), then the
+//!    other MSRs (kvmclock, syscall, PAT, the TSC deadline, which KVM reckons from the
+//!    TSC...);
 //! 7. MP state, then the events last: they carry pending exceptions, interrupts, NMIs and
 //!    SIPIs that the other `SET`s may clear (`KVM_SET_SREGS` rewrites the pending
 //!    interrupt). As QEMU does, NMI-pending and SIPI-vector are marked valid so they are
@@ -29,8 +32,8 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use snapshot::payload::{Decoder, Encoder};
 use snapshot::{RecordType, kind};
 
-use super::codec;
 use super::{Error, Result};
+use super::{clock, codec};
 
 /// The `VCPU` record type this code writes.
 pub const VCPU_RECORD: RecordType = RecordType::required(kind::VCPU, 1);
@@ -162,10 +165,12 @@ impl VcpuState {
         })
     }
 
-    /// Writes this state into a fresh vCPU with the same id, in the order the module
-    /// documentation gives. A CPUID the host refuses, an XSAVE area larger than the host's,
-    /// a TSC frequency it cannot set, or an MSR it refuses is an error naming it.
-    pub fn restore(&self, kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd) -> Result<()> {
+    /// Writes steps 1 to 5 of this state (CPUID to the LAPIC: everything before the MSRs)
+    /// into a fresh vCPU with the same id, in the order the module documentation gives;
+    /// [`VcpuState::restore_tsc`] and [`VcpuState::restore_msrs_and_events`] follow. A
+    /// CPUID the host refuses, an XSAVE area larger than the host's or a TSC frequency it
+    /// cannot set is an error naming it.
+    pub fn restore_registers(&self, kvm: &Kvm, vm: &VmFd, vcpu: &VcpuFd) -> Result<()> {
         let cpuid = CpuId::from_entries(&self.cpuid).map_err(|_| Error::Cpuid {
             vcpu: self.id,
             source: kvm_ioctls::Error::new(libc::E2BIG),
@@ -230,7 +235,42 @@ impl VcpuState {
         }
         set("KVM_SET_DEBUGREGS", vcpu.set_debug_regs(&self.debugregs))?;
         set("KVM_SET_LAPIC", vcpu.set_lapic(&self.lapic))?;
-        write_msrs(vcpu, self.id, &self.msrs)?;
+        Ok(())
+    }
+
+    /// The saved TSC (`IA32_TSC`), if it was saved with the frequency it runs at.
+    pub fn saved_tsc(&self) -> Option<u64> {
+        (self.tsc_khz != 0)
+            .then(|| clock::msr(&self.msrs, clock::MSR_IA32_TSC))
+            .flatten()
+    }
+
+    /// Writes the TSC: the saved value run on by `elapsed` ns of kvmclock time (see
+    /// `super::clock`). Nothing when there is no [`VcpuState::saved_tsc`]; the saved MSRs
+    /// carry it then.
+    pub fn restore_tsc(&self, vcpu: &VcpuFd, elapsed: u64) -> Result<()> {
+        let Some(tsc) = self.saved_tsc() else {
+            return Ok(());
+        };
+        let tsc = clock::tsc_after(tsc, self.tsc_khz, 0, elapsed);
+        write_msrs(vcpu, self.id, &[(clock::MSR_IA32_TSC, tsc)])
+    }
+
+    /// Writes steps 6 and 7: the MSRs (less the TSC when [`VcpuState::restore_tsc`] wrote
+    /// it), the MP state and the pending events. An MSR the host refuses is an error
+    /// naming it.
+    pub fn restore_msrs_and_events(&self, vcpu: &VcpuFd) -> Result<()> {
+        if self.saved_tsc().is_some() {
+            let rest: Vec<(u32, u64)> = self
+                .msrs
+                .iter()
+                .copied()
+                .filter(|(index, _)| *index != clock::MSR_IA32_TSC)
+                .collect();
+            write_msrs(vcpu, self.id, &rest)?;
+        } else {
+            write_msrs(vcpu, self.id, &self.msrs)?;
+        }
         let mp_state = kvm_mp_state {
             mp_state: self.mp_state,
         };

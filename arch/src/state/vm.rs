@@ -4,9 +4,11 @@
 //!
 //! Restored before any vCPU (as Firecracker does): PIT, clock, then the PICs and the
 //! IOAPIC, so the vCPUs' LAPICs come back to interrupt controllers already in place.
-//! The clock is set with no flags: the guest's clock continues from the value it had when
-//! it was captured, and the time the VM spent saved does not pass for it (passing
+//! The clock is set with no flags, to the kvmclock time the guest itself reckoned at its
+//! saved TSC when it has a kvmclock (see `super::clock`), else to the saved `clock`; it
+//! continues from there, and the time the VM spent saved does not pass for it (passing
 //! `KVM_CLOCK_REALTIME` to make it catch up is a later choice of the restore request).
+//! Each vCPU's TSC is then written so that it agrees with that clock (`VcpuState::restore`).
 
 use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_clock_data,
@@ -98,14 +100,15 @@ impl VmState {
     }
 
     /// Writes the state into a fresh VM that has its irqchip and PIT, before its vCPUs are
-    /// restored.
-    pub fn restore(&self, vm: &VmFd) -> Result<()> {
+    /// restored, with the KVM clock set to `clock` (ns): the saved one, or the guest's own
+    /// reckoning of it (`MachineState::restore`).
+    pub fn restore(&self, vm: &VmFd, clock: u64) -> Result<()> {
         vm.set_pit2(&self.pit).map_err(|source| Error::Set {
             what: "KVM_SET_PIT2",
             source,
         })?;
         let clock = kvm_clock_data {
-            clock: self.clock.clock,
+            clock,
             ..Default::default()
         };
         vm.set_clock(&clock).map_err(|source| Error::Set {
