@@ -397,6 +397,10 @@ fn snapshot(
             return Outcome::Reply(Response::error(ErrorKind::InvalidArgument, errno));
         }
     }
+    if let Err(why) = crate::snapshot::save::check_distinct_files(&vm.memory, &stream, &memory) {
+        debug!("Snapshot refused: {why}");
+        return Outcome::Reply(Response::error(ErrorKind::InvalidArgument, libc::EINVAL));
+    }
     let stop = flags & vm_control::wire::snapshot_flags::STOP != 0;
     match crate::snapshot::save::take_snapshot(vm, &stream, &memory, stop) {
         Ok(()) if stop => Outcome::ReplyAndExit(Response::Ok, VmExit::Stopped),

@@ -516,6 +516,56 @@ fn a_client_passing_an_appending_or_read_only_file_is_refused_and_nothing_is_wri
 }
 
 #[test]
+fn a_snapshot_into_the_files_a_vm_was_restored_from_is_refused_and_leaves_them_whole() {
+    if !require_kvm() {
+        return;
+    }
+    // The restored VM's RAM is its memory file, mapped privately: truncating it would pull
+    // the guest's pages from under it (KVM_RUN fails with EFAULT and the VM dies).
+    let scratch = Scratch::new("snapshot-onto-itself");
+    let (snapshot, log) = stopped_snapshot(&scratch);
+    let memory = scratch.path("vm.snap.mem");
+    let before = (
+        std::fs::read(&snapshot).expect("stream"),
+        std::fs::metadata(&memory).expect("memory file").len(),
+    );
+    let restored = Vmm::restore(&scratch, &snapshot, "restored", None, &log, &[]);
+    restored.wait_for_output(900);
+    let file = snapshot.to_str().expect("UTF-8 path");
+    for args in [
+        vec![file],
+        vec!["other.snap", "--memory", memory.to_str().expect("path")],
+    ] {
+        let output = restored.ctl("snapshot", &args);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+    restored.wait_for_output(900);
+    assert_eq!(
+        std::fs::read(&snapshot).expect("stream"),
+        before.0,
+        "the stream is as it was"
+    );
+    assert_eq!(
+        std::fs::metadata(&memory).expect("memory file").len(),
+        before.1
+    );
+    restored.stop();
+    // And the snapshot still restores.
+    let again = Vmm::restore(
+        &scratch,
+        &snapshot,
+        "again",
+        Some(&scratch.path("again.log")),
+        &log,
+        &[],
+    );
+    again.wait_for_output(900);
+    again.stop();
+}
+
+#[test]
 fn a_stop_signal_during_a_snapshot_stops_the_vm_and_leaves_no_half_snapshot_reported_whole() {
     if !require_kvm() {
         return;

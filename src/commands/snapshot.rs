@@ -1,8 +1,11 @@
-//! `vmm snapshot SOCKET FILE [--memory MEMFILE] [--stop]`: opens (creates or truncates)
-//! the two files here, in the client, and hands them to the VMM with the `Snapshot`
-//! request: the VMM, jailed, never opens a path. Both must be regular files (or not exist
-//! yet). A refusal or a failure leaves the VM as it was, and the files this command
-//! created are removed again, so nothing half-written is left for a restore to trip over.
+//! `vmm snapshot SOCKET FILE [--memory MEMFILE] [--stop]`: opens (creates if need be) the
+//! two files here, in the client, and hands them to the VMM with the `Snapshot` request:
+//! the VMM, jailed, never opens a path, and it truncates them itself once it has checked
+//! them (so a file it refuses, such as the memory file a restored VM runs from, is left as
+//! it was). Both must be regular files (or not exist yet). A refusal or a failure leaves
+//! the VM as it was; the files this command created are removed again, and so are files
+//! the VMM may have begun to write, so nothing half-written is left for a restore to trip
+//! over.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
@@ -59,9 +62,24 @@ fn try_snapshot(args: &SnapshotArgs) -> Result<(), CommandError> {
             vm_control::wire::Response::Ok => Ok(()),
             other => Err(vmm.unexpected(other)),
         });
-    if result.is_ok() {
-        stream.keep();
-        memory.keep();
+    match &result {
+        Ok(()) => {
+            stream.keep();
+            memory.keep();
+        }
+        // Refused before anything was written: a file that was there stays as it was.
+        Err(CommandError::Refused(reply))
+            if matches!(
+                reply.kind,
+                ErrorKind::InvalidArgument | ErrorKind::Unsupported | ErrorKind::ExpectFd
+            ) =>
+        {
+            stream.keep_if_it_was_there();
+            memory.keep_if_it_was_there();
+        }
+        // The VMM may have begun to write: an old stream beside a half-new memory file
+        // would restore wrong memory, so both go.
+        Err(_) => {}
     }
     result.map_err(explain)
 }
@@ -73,7 +91,8 @@ fn explain(err: CommandError) -> CommandError {
     };
     let why = match (reply.kind, reply.errno) {
         (ErrorKind::Unsupported, libc::EBUSY) => {
-            "a region backed by a client's fd cannot be saved; unregister it first              (vmm list-memory, vmm unregister-memory)"
+            "a region backed by a client's fd cannot be saved; unregister it first \
+             (vmm list-memory, vmm unregister-memory)"
         }
         (ErrorKind::Unsupported, _) => {
             "a device of this VM cannot be saved yet (the VMM's log names it)"
@@ -87,36 +106,40 @@ fn explain(err: CommandError) -> CommandError {
     CommandError::SnapshotRefused { reply, why }
 }
 
-/// A file created (or truncated) for the VMM to write, removed again when dropped unless
-/// kept: a snapshot that failed leaves nothing a restore could trip over.
+/// A file opened (and created if need be) for the VMM to write, removed again when dropped
+/// unless kept: a snapshot that failed leaves nothing a restore could trip over.
 struct Created {
     path: PathBuf,
     file: File,
-    /// Device and inode: only the very file created here is ever removed.
+    /// Device and inode: only the very file opened here is ever removed.
     identity: Option<(u64, u64)>,
+    /// Whether the file was there before this command.
+    existed: bool,
 }
 
 impl Created {
-    /// Creates (or truncates) the regular file `path`, readable by its owner only: guest
-    /// RAM holds whatever the guest had in it. Anything but a regular file is refused
-    /// before it is opened (a FIFO would block, a device is no place for a snapshot).
+    /// Opens the regular file `path` for writing without truncating it (the VMM does, once
+    /// it has checked the file), creating it readable by its owner only: guest RAM holds
+    /// whatever the guest had in it. Anything but a regular file is refused before it is
+    /// opened (a FIFO would block, a device is no place for a snapshot).
     fn new(path: &Path) -> Result<Created, CommandError> {
         let refuse = |reason: String| CommandError::MemoryFile {
             path: path.to_owned(),
             reason,
         };
-        match std::fs::symlink_metadata(path) {
+        let existed = match std::fs::symlink_metadata(path) {
             Ok(meta) if !meta.file_type().is_file() => {
                 return Err(refuse(
                     "not a regular file: a snapshot goes to a file".into(),
                 ));
             }
-            _ => {}
-        }
+            Ok(_) => true,
+            Err(_) => false,
+        };
         let file = OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
@@ -126,12 +149,20 @@ impl Created {
             path: path.to_owned(),
             file,
             identity,
+            existed,
         })
     }
 
     /// Keeps the file: the snapshot was written whole.
     fn keep(mut self) {
         self.identity = None;
+    }
+
+    /// Keeps the file if it was there before: the VMM refused without writing to it.
+    fn keep_if_it_was_there(self) {
+        if self.existed {
+            self.keep();
+        }
     }
 }
 

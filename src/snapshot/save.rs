@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use devices::pci::PciRoot;
@@ -21,6 +21,7 @@ use devices::virtio::VirtioPciDevice;
 use devices::{AcpiPm, Cmos, I8042, ResetControl, Serial};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use snapshot::Writer;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::config_record::CONFIG_RECORD;
 use super::memory_file::{MEMORY_RECORD, MemoryFileError, write_memory_file};
@@ -98,6 +99,32 @@ impl SnapshotError {
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Refuses target files that would destroy what they are written from: the stream and
+/// the memory file being one file, or either being a file this VM's RAM is mapped from
+/// (a restored VM's own memory file, which truncating would pull from under the guest).
+/// Returns what is wrong.
+pub fn check_distinct_files(
+    memory: &GuestMemoryMmap,
+    stream: &File,
+    memory_file: &File,
+) -> Result<(), &'static str> {
+    let id = |file: &File| file.metadata().map(|m| (m.dev(), m.ino())).ok();
+    let (stream_id, memory_id) = (id(stream), id(memory_file));
+    if stream_id.is_some() && stream_id == memory_id {
+        return Err("the snapshot and the memory file are the same file");
+    }
+    for region in memory.iter() {
+        let Some(source) = region.file_offset() else {
+            continue;
+        };
+        let source_id = id(source.file());
+        if source_id.is_some() && (source_id == stream_id || source_id == memory_id) {
+            return Err("a target is the memory file this VM's RAM is mapped from");
+        }
+    }
+    Ok(())
 }
 
 /// Writes `vm`'s whole state: the stream to `stream`, guest RAM to `memory`. The vCPUs
