@@ -42,6 +42,7 @@ mod error;
 mod initrd;
 mod mem;
 pub mod pvh;
+mod source;
 mod zero_page;
 
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use cmdline::write_cmdline;
 pub use error::Error;
 pub use initrd::load_initrd;
 pub use pvh::{PvhConfig, write_pvh_start_info};
+pub use source::ImageSource;
 pub use vm_memory::GuestAddress;
 pub use zero_page::{ZeroPageConfig, write_zero_page};
 
@@ -104,4 +106,21 @@ pub fn load_kernel<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
     } else {
         Err(Error::UnknownFormat)
     }
+}
+
+/// True if `prefix` (the image's first bytes) starts with the ELF magic: the image is for
+/// [`load_elf`] (which checks the rest).
+pub fn is_elf(prefix: &[u8]) -> bool {
+    elf::is_elf(prefix)
+}
+
+/// Loads an ELF64 `vmlinux` from any [`ImageSource`]: only its headers, note segments and
+/// `PT_LOAD` segments are read, the segments straight into guest memory. Validation is the
+/// same as [`load_kernel`]'s and comes first: an invalid image writes nothing (a source
+/// that fails to read part-way can leave a partial copy behind).
+pub fn load_elf<M: GuestMemory, S: ImageSource + ?Sized>(
+    mem: &M,
+    image: &S,
+) -> Result<LoadedKernel, Error> {
+    elf::load(mem, image)
 }
