@@ -70,24 +70,17 @@ fn load_kernel(
             .unwrap_or_default(),
         source,
     };
-    // An ELF vmlinux is read part by part, its segments straight into guest memory: the
-    // file is mostly symbols and debug sections the guest never sees (53 MB for Debian's
-    // 6.1 vmlinux, 45 MB of it loaded), and reading it whole into a buffer first, then
-    // copying, cost about three times the memory traffic (docs/PERFORMANCE.md, issue 18).
-    let mut magic = [0u8; 4];
-    let got = file.read_prefix(&mut magic)?;
-    if kernel_loader::is_elf(magic.get(..got).unwrap_or_default()) {
-        // Checked against guest RAM's size when it was opened (`opened`), and again here.
-        let (file, size) = file.into_sized()?;
-        let image = FileImage {
-            file,
-            len: usize::try_from(size).unwrap_or(usize::MAX),
-        };
-        return kernel_loader::load_elf(memory, &image).map_err(failed);
-    }
+    // The kernel file is read part by part, the kernel straight into guest memory: an ELF
+    // vmlinux is mostly symbols the guest never sees (Debian's 6.1: 53 MB, 45 MB of it
+    // loaded), and reading an image whole into a buffer, then copying it, cost three
+    // passes over its bytes where one does (docs/PERFORMANCE.md, issue 18).
     // Checked against guest RAM's size when it was opened (`opened`), and again here.
-    let image = file.read_all()?;
-    kernel_loader::load_kernel(memory, &image).map_err(failed)
+    let (file, size) = file.into_sized()?;
+    let image = FileImage {
+        file,
+        len: usize::try_from(size).unwrap_or(usize::MAX),
+    };
+    kernel_loader::load_kernel_from(memory, &image).map_err(failed)
 }
 
 /// A kernel image file read with `pread` (the offset a supervisor's descriptor shares is

@@ -141,12 +141,10 @@ impl BoundedFile {
         }
         Ok(contents)
     }
-}
 
-impl BoundedFile {
     /// The file and its size, checked again against the limit (it may have grown since it
     /// was opened), for a reader that takes only the parts it needs with `pread`
-    /// ([`crate::boot_images`]'s ELF kernels). Bytes past `size` are never read.
+    /// (the kernel, in [`crate::boot_images`]). Bytes past `size` are never read.
     pub fn into_sized(self) -> Result<(File, u64), InputFileError> {
         let BoundedFile {
             file,
@@ -164,27 +162,6 @@ impl BoundedFile {
             });
         }
         Ok((file, size))
-    }
-
-    /// Reads up to `buf.len()` bytes at offset 0 (fewer only at the end of the file).
-    pub fn read_prefix(&self, buf: &mut [u8]) -> Result<usize, InputFileError> {
-        let mut done = 0;
-        while let Some(rest) = buf.get_mut(done..).filter(|rest| !rest.is_empty()) {
-            let offset = u64::try_from(done).unwrap_or(u64::MAX);
-            match self.file.read_at(rest, offset) {
-                Ok(0) => break,
-                Ok(n) => done = done.saturating_add(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(InputFileError::Read {
-                        what: self.what,
-                        input: self.name.clone(),
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(done)
     }
 }
 
@@ -318,16 +295,11 @@ mod tests {
     }
 
     #[test]
-    fn a_prefix_and_the_checked_size_are_read_without_the_rest() {
+    fn the_size_is_checked_again_when_the_file_is_taken() {
         let dir = scratch("prefix");
         let path = dir.join("image");
         std::fs::write(&path, b"\x7fELF and more").unwrap();
         let bounded = open_bounded("the kernel", Input::Path(&path), 13).unwrap();
-        let mut magic = [0u8; 4];
-        assert_eq!(bounded.read_prefix(&mut magic).unwrap(), 4);
-        assert_eq!(&magic, b"\x7fELF");
-        let mut long = [0u8; 64];
-        assert_eq!(bounded.read_prefix(&mut long).unwrap(), 13);
         let (_file, size) = bounded.into_sized().unwrap();
         assert_eq!(size, 13);
         let grown = open_bounded("the kernel", Input::Path(&path), 13).unwrap();

@@ -99,28 +99,26 @@ pub struct LoadedKernel {
 /// neither gives [`Error::UnknownFormat`]. On error nothing has been written
 /// to guest memory.
 pub fn load_kernel<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel, Error> {
-    if elf::is_elf(image) {
+    load_kernel_from(mem, image)
+}
+
+/// [`load_kernel`] over any [`ImageSource`]: only the headers (and an ELF's note
+/// segments) are read into buffers; the kernel itself (an ELF's `PT_LOAD` segments, a
+/// bzImage's payload) goes from the source straight into guest memory. A VMM gives its
+/// kernel file as the source so that the image is not read whole into a buffer and
+/// copied again (for an ELF, not read whole at all: most of a vmlinux is symbols).
+/// Validation is the same and comes first: an invalid image writes nothing (a source
+/// that fails to read part-way through a copy can leave a partial copy behind).
+pub fn load_kernel_from<M: GuestMemory, S: ImageSource + ?Sized>(
+    mem: &M,
+    image: &S,
+) -> Result<LoadedKernel, Error> {
+    let head = image.read(0, image.len().min(bzimage::HEAD_LEN))?;
+    if elf::is_elf(&head) {
         elf::load(mem, image)
-    } else if bzimage::is_bzimage(image) {
+    } else if bzimage::is_bzimage(&head) {
         bzimage::load(mem, image)
     } else {
         Err(Error::UnknownFormat)
     }
-}
-
-/// True if `prefix` (the image's first bytes) starts with the ELF magic: the image is for
-/// [`load_elf`] (which checks the rest).
-pub fn is_elf(prefix: &[u8]) -> bool {
-    elf::is_elf(prefix)
-}
-
-/// Loads an ELF64 `vmlinux` from any [`ImageSource`]: only its headers, note segments and
-/// `PT_LOAD` segments are read, the segments straight into guest memory. Validation is the
-/// same as [`load_kernel`]'s and comes first: an invalid image writes nothing (a source
-/// that fails to read part-way can leave a partial copy behind).
-pub fn load_elf<M: GuestMemory, S: ImageSource + ?Sized>(
-    mem: &M,
-    image: &S,
-) -> Result<LoadedKernel, Error> {
-    elf::load(mem, image)
 }

@@ -8,8 +8,8 @@ use crate::{Error, mem};
 /// a range of it into guest memory.
 ///
 /// `[u8]` is one (the whole image already in memory). A VMM can implement it over a file
-/// so that an ELF kernel's segments go from the file straight into guest memory, without
-/// reading the whole file (symbols and all) into a buffer first; see [`crate::load_elf`].
+/// so that the kernel goes from the file straight into guest memory, without reading
+/// the whole file (for an ELF, symbols and all) into a buffer first; see [`crate::load_kernel_from`].
 pub trait ImageSource {
     /// The image's length in bytes.
     fn len(&self) -> usize;
