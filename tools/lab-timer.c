@@ -2,7 +2,8 @@
  * lab-timer: run a command, time it from spawn to the first output line
  * containing a marker ("vmm-guest:" by default) and to its exit.
  *
- *   lab-timer [-k] [-m MARKER] [-o LOGFILE] [-t TIMEOUT_S] -- COMMAND [ARGS...]
+ *   lab-timer [-k] [-m MARKER] [-o LOGFILE] [-t TIMEOUT_S] [-K MARKER] [-w DIR]
+ *             [-x CMD] -- COMMAND [ARGS...]
  *
  * The command's stdout and stderr go (merged) to LOGFILE (default: dropped),
  * its stdin is /dev/null.  On exit prints one line:
@@ -13,7 +14,16 @@
  * command was killed after TIMEOUT_S.  With -k (for a VMM that cannot power
  * its guest off, such as Firecracker) the command is killed (SIGKILL) as soon
  * as the marker shows; status is then 0, exit_ms the time it was reaped, and
- * the line ends with " stopped=1".  Built by tools/bench-boot with
+ * the line ends with " stopped=1".
+ *
+ * -K MARKER is -k with its own marker: the command is killed when MARKER shows
+ * (after the -m marker has been timed).
+ *
+ * -w DIR watches DIR with inotify and adds " create_ms=<ms|-1>": when the first
+ * entry was created in it after the spawn (tools/boot-timeline watches the
+ * outer kernel's /sys/kernel/debug/kvm, where KVM_CREATE_VM makes one).  -x CMD
+ * runs `sh -c CMD` once, when the marker shows, and waits for it (to read the
+ * KVM counters of a VM that is still alive).  Built by tools/bench-boot with
  * `gcc -static -O2` (busybox `date` has no nanoseconds).
  */
 #define _GNU_SOURCE
@@ -24,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,18 +48,22 @@ static double now_ms(void)
 
 int main(int argc, char **argv)
 {
-	const char *marker = "vmm-guest:", *logfile = NULL;
+	const char *marker = "vmm-guest:", *logfile = NULL, *watch = NULL, *at_marker = NULL,
+		   *kill_marker = NULL;
 	double timeout_ms = 0;
 	int opt, stop_at_marker = 0;
 
-	while ((opt = getopt(argc, argv, "+km:o:t:")) != -1) {
+	while ((opt = getopt(argc, argv, "+kK:m:o:t:w:x:")) != -1) {
 		switch (opt) {
 		case 'k': stop_at_marker = 1; break;
+		case 'K': stop_at_marker = 1; kill_marker = optarg; break;
 		case 'm': marker = optarg; break;
 		case 'o': logfile = optarg; break;
 		case 't': timeout_ms = atof(optarg) * 1e3; break;
+		case 'w': watch = optarg; break;
+		case 'x': at_marker = optarg; break;
 		default:
-			fprintf(stderr, "usage: lab-timer [-k] [-m MARKER] [-o LOG] [-t S] -- CMD...\n");
+			fprintf(stderr, "usage: lab-timer [-k] [-m MARKER] [-o LOG] [-t S] [-K MARKER] [-w DIR] [-x CMD] -- CMD...\n");
 			return 2;
 		}
 	}
@@ -62,6 +77,15 @@ int main(int argc, char **argv)
 		perror("pipe");
 		return 2;
 	}
+	int ino = -1;
+	if (watch) {
+		ino = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+		if (ino < 0 || inotify_add_watch(ino, watch, IN_CREATE) < 0) {
+			fprintf(stderr, "lab-timer: inotify on %s: %s\n", watch, strerror(errno));
+			return 2;
+		}
+	}
+	double t_create = -1;
 	double t0 = now_ms();
 	pid_t pid = fork();
 	if (pid < 0) {
@@ -82,6 +106,9 @@ int main(int argc, char **argv)
 	close(p[1]);
 
 	size_t mlen = strlen(marker);
+	if (!kill_marker)
+		kill_marker = marker;
+	size_t klen = strlen(kill_marker);
 	char buf[65536 + 256];
 	size_t carry = 0;	/* bytes kept from the previous read to match across reads */
 	double t_init = -1;
@@ -97,11 +124,19 @@ int main(int argc, char **argv)
 			}
 			wait = (int)left + 1;
 		}
-		struct pollfd pfd = { .fd = p[0], .events = POLLIN };
-		int r = poll(&pfd, 1, wait);
+		struct pollfd pfd[2] = { { .fd = p[0], .events = POLLIN },
+					 { .fd = ino, .events = POLLIN } };
+		int r = poll(pfd, ino >= 0 ? 2 : 1, wait);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r == 0)
+			continue;
+		if (ino >= 0 && (pfd[1].revents & POLLIN)) {
+			t_create = now_ms() - t0;
+			close(ino);
+			ino = -1;
+		}
+		if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
 			continue;
 		ssize_t n = read(p[0], buf + carry, 65536);
 		if (n < 0 && errno == EINTR)
@@ -113,13 +148,18 @@ int main(int argc, char **argv)
 		size_t len = carry + n;
 		if (t_init < 0 && memmem(buf, len, marker, mlen)) {
 			t_init = now_ms() - t0;
-			if (stop_at_marker) {
-				kill(pid, SIGKILL);
-				stopped = 1;
-				break;
+			if (at_marker) {
+				int rc = system(at_marker);
+				(void)rc;
 			}
 		}
-		carry = mlen - 1 < len ? mlen - 1 : len;
+		if (t_init >= 0 && stop_at_marker && memmem(buf, len, kill_marker, klen)) {
+			kill(pid, SIGKILL);
+			stopped = 1;
+			break;
+		}
+		size_t keep = (mlen > klen ? mlen : klen) - 1;
+		carry = keep < len ? keep : len;
 		if (carry > 255)
 			carry = 255;
 		memmove(buf, buf + len - carry, carry);
@@ -131,7 +171,10 @@ int main(int argc, char **argv)
 	int code = killed ? 124 : WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 	if (stopped && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
 		code = 0;
-	printf("lab-timer: init_ms=%.1f exit_ms=%.1f status=%d%s\n", t_init, t_exit, code,
+	printf("lab-timer: init_ms=%.1f exit_ms=%.1f status=%d%s", t_init, t_exit, code,
 	       stopped ? " stopped=1" : "");
+	if (watch)
+		printf(" create_ms=%.1f", t_create);
+	printf("\n");
 	return 0;
 }

@@ -14,7 +14,7 @@ use crate::bootparam::{
     BOOT_FLAG_MAGIC, HDRS_MAGIC, SETUP_HEADER_OFFSET, SetupHeader, XLF_CAN_BE_LOADED_ABOVE_4G,
     XLF_KERNEL_64, hdr_off,
 };
-use crate::{BootProtocol, Error, LoadedKernel, mem};
+use crate::{BootProtocol, Error, ImageSource, LoadedKernel, mem};
 
 /// Oldest supported protocol: 2.12 introduced `xloadflags` (XLF_KERNEL_64).
 pub(crate) const MIN_PROTOCOL_VERSION: u16 = 0x020c;
@@ -47,8 +47,8 @@ pub(crate) fn is_bzimage(image: &[u8]) -> bool {
 
 /// Parses and validates the setup header. Fields past the end the header
 /// declares (0x202 + byte at 0x201) belong to setup code and are zeroed.
-fn parse_header(image: &[u8]) -> Result<SetupHeader, Error> {
-    let len = image.len();
+/// `image` is the file's first bytes (up to [`HEADER_END`]), `len` its whole length.
+fn parse_header(image: &[u8], len: usize) -> Result<SetupHeader, Error> {
     let raw = image
         .get(SETUP_HEADER_OFFSET..HEADER_END)
         .ok_or(Error::HeaderTruncated {
@@ -94,9 +94,15 @@ fn parse_header(image: &[u8]) -> Result<SetupHeader, Error> {
     })
 }
 
-pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel, Error> {
+/// How many of an image's first bytes [`is_bzimage`] and [`load`]'s header parsing look at.
+pub(crate) const HEAD_LEN: usize = HEADER_END;
+
+pub(crate) fn load<M: GuestMemory, S: ImageSource + ?Sized>(
+    mem: &M,
+    image: &S,
+) -> Result<LoadedKernel, Error> {
     let len = image.len();
-    let hdr = parse_header(image)?;
+    let hdr = parse_header(&image.read(0, len.min(HEADER_END))?, len)?;
 
     let xloadflags = hdr.xloadflags;
     if xloadflags & XLF_KERNEL_64 == 0 {
@@ -109,9 +115,9 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
     let payload_offset = usize::from(real_sects)
         .saturating_add(1)
         .saturating_mul(SECTOR);
-    let payload = image
-        .get(payload_offset..)
-        .filter(|p| !p.is_empty())
+    let payload_size = len
+        .checked_sub(payload_offset)
+        .filter(|&size| size > 0)
         .ok_or(Error::Truncated {
             setup_sects,
             payload_offset,
@@ -139,7 +145,7 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
         return Err(Error::LoadAddressBelow1MiB { addr: load_addr });
     }
 
-    let payload_len = payload.len() as u64;
+    let payload_len = payload_size as u64;
     let needed = payload_len.max(u64::from(hdr.init_size));
     let kernel_end = load_addr
         .checked_add(needed)
@@ -164,7 +170,13 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
         });
     }
 
-    mem::write(mem, "kernel payload", GuestAddress(load_addr), payload)?;
+    image.copy_to_guest(
+        mem,
+        "kernel payload",
+        GuestAddress(load_addr),
+        payload_offset,
+        payload_size,
+    )?;
 
     let initrd_addr_max = if xloadflags & XLF_CAN_BE_LOADED_ABOVE_4G != 0 {
         u64::MAX

@@ -17,7 +17,7 @@ use crate::bootparam::{
     BOOT_FLAG_MAGIC, HDRS_MAGIC, LOADED_HIGH, LOADER_TYPE_UNDEFINED, SetupHeader, XLF_KERNEL_64,
 };
 use crate::bzimage::DEFAULT_INITRD_ADDR_MAX;
-use crate::{BootProtocol, Error, LoadedKernel, mem};
+use crate::{BootProtocol, Error, ImageSource, LoadedKernel, mem};
 
 const ELFMAG: &[u8; 4] = b"\x7fELF";
 const EI_CLASS: usize = 4;
@@ -91,25 +91,29 @@ pub(crate) fn is_elf(image: &[u8]) -> bool {
     image.starts_with(ELFMAG)
 }
 
-/// The file bytes of a segment, bounds-checked against the file.
-fn segment_data<'a>(image: &'a [u8], index: usize, ph: &Elf64Phdr) -> Result<&'a [u8], Error> {
+/// Where a segment's file bytes lie in the image (start, size), bounds-checked against it.
+fn segment_range(len: usize, index: usize, ph: &Elf64Phdr) -> Result<(usize, usize), Error> {
     let (offset, filesz) = (ph.p_offset, ph.p_filesz);
     let out_of_file = || Error::ElfSegmentOutOfFile {
         index,
         offset,
         filesz,
-        len: image.len(),
+        len,
     };
     let start = usize::try_from(offset).map_err(|_| out_of_file())?;
     let size = usize::try_from(filesz).map_err(|_| out_of_file())?;
     let end = start.checked_add(size).ok_or_else(out_of_file)?;
-    image.get(start..end).ok_or_else(out_of_file)
+    if end > len {
+        return Err(out_of_file());
+    }
+    Ok((start, size))
 }
 
-fn parse_ehdr(image: &[u8]) -> Result<Elf64Ehdr, Error> {
-    let (ehdr, _) = Elf64Ehdr::read_from_prefix(image).map_err(|_| Error::ElfHeaderTruncated {
+/// The ELF header from `head`, the image's first bytes (`len` in all).
+fn parse_ehdr(head: &[u8], len: usize) -> Result<Elf64Ehdr, Error> {
+    let (ehdr, _) = Elf64Ehdr::read_from_prefix(head).map_err(|_| Error::ElfHeaderTruncated {
         needed: size_of::<Elf64Ehdr>(),
-        len: image.len(),
+        len,
     })?;
     let class = ehdr.e_ident.get(EI_CLASS).copied().unwrap_or(0);
     let data = ehdr.e_ident.get(EI_DATA).copied().unwrap_or(0);
@@ -129,7 +133,10 @@ fn parse_ehdr(image: &[u8]) -> Result<Elf64Ehdr, Error> {
     Ok(ehdr)
 }
 
-fn parse_phdrs(image: &[u8], ehdr: &Elf64Ehdr) -> Result<Vec<Elf64Phdr>, Error> {
+fn parse_phdrs<S: ImageSource + ?Sized>(
+    image: &S,
+    ehdr: &Elf64Ehdr,
+) -> Result<Vec<Elf64Phdr>, Error> {
     let (phoff, phnum, phentsize) = (ehdr.e_phoff, ehdr.e_phnum, ehdr.e_phentsize);
     if phnum > MAX_PHNUM {
         return Err(Error::ElfTooManyProgramHeaders {
@@ -153,7 +160,10 @@ fn parse_phdrs(image: &[u8], ehdr: &Elf64Ehdr) -> Result<Vec<Elf64Phdr>, Error> 
     let table_len = usize::from(phnum).saturating_mul(usize::from(phentsize));
     let table_start = usize::try_from(phoff).map_err(|_| out_of_file())?;
     let table_end = table_start.checked_add(table_len).ok_or_else(out_of_file)?;
-    let table = image.get(table_start..table_end).ok_or_else(out_of_file)?;
+    if table_end > image.len() {
+        return Err(out_of_file());
+    }
+    let table = image.read(table_start, table_len)?;
 
     table
         .chunks_exact(usize::from(phentsize))
@@ -232,8 +242,12 @@ pub(crate) fn synthesized_setup_header() -> SetupHeader {
     }
 }
 
-pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel, Error> {
-    let ehdr = parse_ehdr(image)?;
+pub(crate) fn load<M: GuestMemory, S: ImageSource + ?Sized>(
+    mem: &M,
+    image: &S,
+) -> Result<LoadedKernel, Error> {
+    let head = image.read(0, image.len().min(size_of::<Elf64Ehdr>()))?;
+    let ehdr = parse_ehdr(&head, image.len())?;
     let phdrs = parse_phdrs(image, &ehdr)?;
 
     // Validation pass: nothing is written until every segment checks out.
@@ -242,7 +256,7 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
     for (index, ph) in phdrs.iter().enumerate() {
         match ph.p_type {
             PT_LOAD => {
-                segment_data(image, index, ph)?;
+                segment_range(image.len(), index, ph)?;
                 let (paddr, filesz, memsz) = (ph.p_paddr, ph.p_filesz, ph.p_memsz);
                 if filesz > memsz {
                     return Err(Error::ElfSegmentFileszExceedsMemsz {
@@ -272,7 +286,8 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
                 });
             }
             PT_NOTE if pvh_entry.is_none() => {
-                pvh_entry = find_pvh_note(segment_data(image, index, ph)?, index)?;
+                let (start, size) = segment_range(image.len(), index, ph)?;
+                pvh_entry = find_pvh_note(&image.read(start, size)?, index)?;
             }
             _ => {}
         }
@@ -292,9 +307,9 @@ pub(crate) fn load<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel
         if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
             continue;
         }
-        let data = segment_data(image, index, ph)?;
+        let (start, size) = segment_range(image.len(), index, ph)?;
         let paddr = ph.p_paddr;
-        mem::write(mem, "kernel segment", GuestAddress(paddr), data)?;
+        image.copy_to_guest(mem, "kernel segment", GuestAddress(paddr), start, size)?;
         // Validated above: paddr + memsz does not overflow and filesz <= memsz,
         // so neither saturating operation saturates.
         let bss = ph.p_memsz.saturating_sub(ph.p_filesz);

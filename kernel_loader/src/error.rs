@@ -165,6 +165,19 @@ pub enum Error {
         addr: u64,
         size: u64,
     },
+    #[error("reading {size} bytes at offset {offset:#x} of the kernel image failed: {source}")]
+    ImageRead {
+        offset: usize,
+        size: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{size} bytes at offset {offset:#x} are outside the {len}-byte kernel image")]
+    ImageRangeOutOfFile {
+        offset: usize,
+        size: usize,
+        len: usize,
+    },
     #[error("writing {what} to guest memory at {addr:#x} failed: {source}")]
     GuestMemory {
         what: &'static str,

@@ -42,6 +42,7 @@ mod error;
 mod initrd;
 mod mem;
 pub mod pvh;
+mod source;
 mod zero_page;
 
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use cmdline::write_cmdline;
 pub use error::Error;
 pub use initrd::load_initrd;
 pub use pvh::{PvhConfig, write_pvh_start_info};
+pub use source::ImageSource;
 pub use vm_memory::GuestAddress;
 pub use zero_page::{ZeroPageConfig, write_zero_page};
 
@@ -97,9 +99,24 @@ pub struct LoadedKernel {
 /// neither gives [`Error::UnknownFormat`]. On error nothing has been written
 /// to guest memory.
 pub fn load_kernel<M: GuestMemory>(mem: &M, image: &[u8]) -> Result<LoadedKernel, Error> {
-    if elf::is_elf(image) {
+    load_kernel_from(mem, image)
+}
+
+/// [`load_kernel`] over any [`ImageSource`]: only the headers (and an ELF's note
+/// segments) are read into buffers; the kernel itself (an ELF's `PT_LOAD` segments, a
+/// bzImage's payload) goes from the source straight into guest memory. A VMM gives its
+/// kernel file as the source so that the image is not read whole into a buffer and
+/// copied again (for an ELF, not read whole at all: most of a vmlinux is symbols).
+/// Validation is the same and comes first: an invalid image writes nothing (a source
+/// that fails to read part-way through a copy can leave a partial copy behind).
+pub fn load_kernel_from<M: GuestMemory, S: ImageSource + ?Sized>(
+    mem: &M,
+    image: &S,
+) -> Result<LoadedKernel, Error> {
+    let head = image.read(0, image.len().min(bzimage::HEAD_LEN))?;
+    if elf::is_elf(&head) {
         elf::load(mem, image)
-    } else if bzimage::is_bzimage(image) {
+    } else if bzimage::is_bzimage(&head) {
         bzimage::load(mem, image)
     } else {
         Err(Error::UnknownFormat)
