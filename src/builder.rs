@@ -242,9 +242,12 @@ pub fn build(
     std::thread::scope(|scope| {
         let loader =
             kernel.map(|kernel| scope.spawn(|| load_images(&memory, config, kernel, initrd)));
-        let vm_fd = Arc::new(create_vm(kvm, &memory)?);
+        // Only a VM restored from a snapshot taken with a PIT gets one (see create_vm).
+        let with_pit = restore.as_ref().is_some_and(RestoreImage::has_pit);
+        let vm_fd = Arc::new(create_vm(kvm, &memory, with_pit)?);
         debug!(
-            "VM created with irqchip, PIT and {} MiB of RAM",
+            "VM created with irqchip{} and {} MiB of RAM",
+            if with_pit { ", PIT" } else { "" },
             config.mem_bytes >> 20
         );
         let vcpus = create_vcpus(kvm, &vm_fd, config.cpus)?;
@@ -349,18 +352,28 @@ pub(crate) fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> 
     move |source| BuildError::Kvm { step, source }
 }
 
-/// Creates the VM with guest RAM, the in-kernel interrupt controllers and the PIT.
+/// Creates the VM with guest RAM and the in-kernel interrupt controllers (LAPICs, IOAPIC
+/// and the 8259 pair), and an in-kernel PIT only `with_pit`.
+///
+/// The machine has no PIT: its guests are told so by the hardware-reduced FADT
+/// (`arch::acpi`), and Linux then uses the LAPIC timer from the start and its TSC
+/// (calibrated by kvmclock) without probing a legacy timer, as under Cloud Hypervisor
+/// and QEMU's microvm with `pit=off`. The PIT cost every VM about 16 ms at its end:
+/// destroying it drops its IRQ-ack and mask notifiers, each waiting for a normal SRCU
+/// grace period on the VM, back to back, while the VMM's exit waits (docs/PERFORMANCE.md
+/// "Start/stop"). A VM restored from a snapshot that has a PIT record was booted with
+/// the older full-hardware tables and gets its PIT back (`with_pit`).
 ///
 /// Guest RAM is registered first, while the VM has no in-kernel device yet. A memslot
 /// update waits for an SRCU grace period on the VM (`synchronize_srcu_expedited`); each
-/// device the irqchip and the PIT put on the VM's I/O buses (six of them) queues a
-/// `call_srcu` to free the old bus, which starts a normal, slow grace period (jiffies
-/// apart, on Linux 6.18). Registered after them, the memslot's wait includes finishing
-/// that grace period: about 6 ms of every start-up on the kvm_pvm bench host (see
-/// docs/PERFORMANCE.md), against under 1 ms registered first. The grace period then runs
-/// while the vCPUs are set up and the guest runs instead (a VM that ends within some 20 ms
-/// waits for the rest of it in its teardown, so its whole life is no shorter).
-fn create_vm(kvm: &Kvm, memory: &GuestMemoryMmap) -> Result<VmFd> {
+/// device the irqchip puts on the VM's I/O buses queues a `call_srcu` to free the old
+/// bus, which starts a normal, slow grace period (jiffies apart, on Linux 6.18).
+/// Registered after them, the memslot's wait includes finishing that grace period: about
+/// 6 ms of every start-up on the kvm_pvm bench host (see docs/PERFORMANCE.md), against
+/// under 1 ms registered first. The grace period then runs while the vCPUs are set up and
+/// the guest runs instead; a VM that ends before it is over has it hurried along at its
+/// end ([`hasten_teardown`]).
+fn create_vm(kvm: &Kvm, memory: &GuestMemoryMmap, with_pit: bool) -> Result<VmFd> {
     let vm_fd = kvm.create_vm().map_err(kvm_step("create a VM"))?;
     register_guest_memory(&vm_fd, memory)?;
     vm_fd
@@ -372,16 +385,47 @@ fn create_vm(kvm: &Kvm, memory: &GuestMemoryMmap) -> Result<VmFd> {
     vm_fd
         .create_irq_chip()
         .map_err(kvm_step("create the in-kernel interrupt controllers"))?;
-    // The PIT's speaker port (0x61) is served in the kernel too, so the guest's timer
-    // calibration never leaves KVM.
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
+    if with_pit {
+        // The PIT's speaker port (0x61) is served in the kernel too, so the guest's timer
+        // calibration never leaves KVM.
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(kvm_step("create the in-kernel PIT"))?;
+    }
+    Ok(vm_fd)
+}
+
+/// Hurries along the grace periods KVM would otherwise wait for when `vm_fd` is closed,
+/// by deleting the first guest RAM slot ([`register_guest_memory`]'s slot 0). Call it only once every vCPU has left
+/// `KVM_RUN` for good: the guest loses its RAM.
+///
+/// Creating the irqchip replaced the VM's I/O buses, each old bus freed by a
+/// `call_srcu` that waits for a normal SRCU grace period (several jiffies), and
+/// `kvm_destroy_vm` waits for those callbacks (`srcu_barrier`). A VM that ends within
+/// some 15 ms of its start (a test guest, a failed boot) would sit in `close()` for
+/// the rest of that wait. A memslot change waits with `synchronize_srcu_expedited`,
+/// which expedites the pending grace period too, so the barrier finds nothing left to
+/// wait for. Measured on the kvm_pvm bench host: a tiny VM's whole life 16 -> 7 ms
+/// (docs/PERFORMANCE.md "Start/stop"). A VM that ran longer pays one expedited grace
+/// period (well under a millisecond) and unmaps the slot's pages from KVM's MMU, which
+/// closing the VM does anyway. A failure changes nothing (the close then waits as it
+/// would have), so it is only logged.
+pub fn hasten_teardown(vm_fd: &VmFd) {
+    let delete_first_slot = kvm_bindings::kvm_userspace_memory_region {
+        slot: 0,
+        memory_size: 0,
         ..Default::default()
     };
-    vm_fd
-        .create_pit2(pit)
-        .map_err(kvm_step("create the in-kernel PIT"))?;
-    Ok(vm_fd)
+    // SAFETY: deleting a slot (memory_size 0) makes KVM drop its mapping of the host
+    // range; it creates no new access to host memory. Every vCPU is out of KVM_RUN
+    // (the caller's contract), so no guest access is in flight on the slot.
+    if let Err(e) = unsafe { vm_fd.set_user_memory_region(delete_first_slot) } {
+        log::debug!("could not delete the first RAM slot before closing the VM: {e}");
+    }
 }
 
 fn map_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap> {

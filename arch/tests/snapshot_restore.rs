@@ -63,15 +63,18 @@ struct TestVm {
     mem: GuestMemoryMmap,
 }
 
-/// A VM as the VMM makes one (TSS, irqchip, PIT), `MEM_SIZE` bytes of RAM at 0, and two
-/// vCPUs with the host's supported CPUID. Nothing is loaded or set up to run.
-fn bare_vm(kvm: &Kvm) -> TestVm {
+/// A VM as the VMM makes one (TSS, irqchip; a PIT only `with_pit`, as VMs had before the
+/// machine dropped it), `MEM_SIZE` bytes of RAM at 0, and two vCPUs with the host's
+/// supported CPUID. Nothing is loaded or set up to run.
+fn bare_vm(kvm: &Kvm, with_pit: bool) -> TestVm {
     let vm = kvm.create_vm().expect("KVM_CREATE_VM");
     vm.set_tss_address(arch::layout::KVM_TSS_ADDRESS as usize)
         .expect("KVM_SET_TSS_ADDR");
     vm.create_irq_chip().expect("KVM_CREATE_IRQCHIP");
-    vm.create_pit2(kvm_pit_config::default())
-        .expect("KVM_CREATE_PIT2");
+    if with_pit {
+        vm.create_pit2(kvm_pit_config::default())
+            .expect("KVM_CREATE_PIT2");
+    }
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("mmap");
     let host = mem.get_host_address(GuestAddress(0)).expect("host address");
     let region = kvm_userspace_memory_region {
@@ -92,7 +95,11 @@ fn bare_vm(kvm: &Kvm) -> TestVm {
 
 /// A VM whose vCPUs are ready to run their counting loops from 0.
 fn counting_vm(kvm: &Kvm) -> TestVm {
-    let t = bare_vm(kvm);
+    counting_vm_with(kvm, false)
+}
+
+fn counting_vm_with(kvm: &Kvm, with_pit: bool) -> TestVm {
+    let t = bare_vm(kvm, with_pit);
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .expect("supported CPUID");
@@ -162,11 +169,11 @@ fn snapshot_of(kvm: &Kvm, t: &mut TestVm) -> (Vec<u8>, Vec<u8>) {
     (stream, memory)
 }
 
-/// A fresh VM restored from `stream` and `memory`.
+/// A fresh VM restored from `stream` and `memory`, with a PIT if the snapshot has one.
 fn restored_vm(kvm: &Kvm, stream: &[u8], memory: &[u8]) -> Result<TestVm, Error> {
     let snap = Snapshot::read_from(stream, &state::KNOWN)?;
     let state = MachineState::from_snapshot(&snap, kvm.get_max_vcpus())?;
-    let t = bare_vm(kvm);
+    let t = bare_vm(kvm, state.vm.has_pit());
     t.mem
         .write_slice(memory, GuestAddress(0))
         .expect("memory back");
@@ -274,6 +281,31 @@ fn captured_state_covers_every_piece() {
     );
     // The IOAPIC sits where the VMM expects it.
     assert_eq!(state.vm.irqchip.ioapic.base_address, 0xfec0_0000);
+    // The machine has no PIT, so the snapshot has none.
+    assert!(!state.vm.has_pit());
+}
+
+#[test]
+fn a_vm_with_a_pit_gets_it_back_with_its_state() {
+    let Some(kvm) = kvm_or_skip("a_vm_with_a_pit_gets_it_back_with_its_state") else {
+        return;
+    };
+    let mut original = counting_vm_with(&kvm, true);
+    let mut pit = original.vm.get_pit2().expect("KVM_GET_PIT2");
+    // Channel 2 (the speaker's, gated off: it never counts down), mode 0, count 0x1234.
+    pit.channels[2].count = 0x1234;
+    pit.channels[2].mode = 0;
+    original.vm.set_pit2(&pit).expect("KVM_SET_PIT2");
+    count_to(&mut original, 0, 1, 5);
+    let (stream, memory) = snapshot_of(&kvm, &mut original);
+    drop(original);
+    let snap = Snapshot::read_from(stream.as_slice(), &state::KNOWN).expect("stream");
+    assert_eq!(snap.records_of(snapshot::kind::PIT).count(), 1);
+
+    let mut restored = restored_vm(&kvm, &stream, &memory).expect("restore");
+    let back = restored.vm.get_pit2().expect("the restored VM has a PIT");
+    assert_eq!(back.channels[2].count, 0x1234);
+    count_to(&mut restored, 0, 6, 8);
 }
 
 #[test]
@@ -293,7 +325,7 @@ fn a_cpuid_the_host_refuses_is_one_clear_error() {
         .find(|e| e.function == 0x8000_0008)
         .expect("leaf 0x80000008");
     leaf.eax = (leaf.eax & !0xff00) | (50 << 8);
-    let fresh = bare_vm(&kvm);
+    let fresh = bare_vm(&kvm, false);
     fresh
         .mem
         .write_slice(&memory, GuestAddress(0))
@@ -320,7 +352,7 @@ fn restoring_into_a_vm_with_another_vcpu_count_is_refused() {
     let (stream, _) = snapshot_of(&kvm, &mut t);
     let snap = Snapshot::read_from(stream.as_slice(), &state::KNOWN).expect("stream");
     let state = MachineState::from_snapshot(&snap, kvm.get_max_vcpus()).expect("decode");
-    let fresh = bare_vm(&kvm);
+    let fresh = bare_vm(&kvm, false);
     let err = state
         .restore(&kvm, &fresh.vm, &[&fresh.vcpus[0]], &fresh.mem)
         .unwrap_err();

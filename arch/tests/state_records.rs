@@ -8,7 +8,7 @@ use arch::state::{
 };
 use kvm_bindings::{kvm_cpuid_entry2, kvm_lapic_state};
 use snapshot::payload::{Decoder, Encoder};
-use snapshot::{RecordType, Snapshot, Writer};
+use snapshot::{RecordType, Snapshot, Writer, kind};
 
 fn vcpu(id: u32) -> VcpuState {
     let mut lapic = kvm_lapic_state { regs: [0; 1024] };
@@ -51,13 +51,21 @@ fn vm_state() -> VmState {
     irqchip.ioapic.redirtbl[4].bits = 0x1_0000;
     let mut vm = VmState {
         irqchip,
-        pit: Default::default(),
+        pit: Some(Default::default()),
         clock: Default::default(),
     };
-    vm.pit.channels[0].count = 0x10000;
-    vm.pit.channels[2].count_load_time = -5;
+    if let Some(pit) = vm.pit.as_mut() {
+        pit.channels[0].count = 0x10000;
+        pit.channels[2].count_load_time = -5;
+    }
     vm.clock.clock = 123_456_789;
     vm
+}
+
+/// The `IRQCHIP`, `PIT` and `CLOCK` records of [`vm_state`], a VM with a PIT (as every VM
+/// had before the machine dropped it).
+fn records_with_pit() -> [Rec; 3] {
+    vm_state().encode().try_into().unwrap()
 }
 
 /// A record type and its payload.
@@ -121,7 +129,7 @@ fn legacy_fpu_vcpu_record_round_trips_at_its_documented_length() {
 
 #[test]
 fn vm_records_have_their_documented_lengths() {
-    let [irq, pit, clock] = vm_state().encode();
+    let [irq, pit, clock] = records_with_pit();
     assert_eq!(irq.1.len(), 244);
     assert_eq!(pit.1.len(), 76);
     assert_eq!(clock.1.len(), 28);
@@ -138,8 +146,42 @@ fn machine_state_round_trips_through_a_stream() {
         unsafe { state.vm.irqchip.ioapic.redirtbl[4].bits },
         0x1_0000
     );
-    assert_eq!(state.vm.pit.channels[2].count_load_time, -5);
+    assert_eq!(state.vm.pit.unwrap().channels[2].count_load_time, -5);
     assert_eq!(state.vm.clock.clock, 123_456_789);
+}
+
+#[test]
+fn a_vm_without_a_pit_writes_no_pit_record_and_reads_back_without_one() {
+    let mut vm = vm_state();
+    vm.pit = None;
+    let records = vm.encode();
+    let kinds: Vec<u16> = records.iter().map(|(ty, _)| ty.kind).collect();
+    assert_eq!(kinds, [kind::IRQCHIP, kind::CLOCK]);
+    let mut e = Encoder::new();
+    e.u32(1);
+    let mut all = vec![(VM_RECORD, e.into_vec())];
+    all.extend(records);
+    all.push((VCPU_RECORD, vcpu(0).encode()));
+    let state = decode(stream(&all), 254).unwrap();
+    assert!(!state.vm.has_pit());
+    assert_eq!(state.vm.clock.clock, 123_456_789);
+}
+
+#[test]
+fn two_pit_records_are_refused() {
+    let [irq, pit, clock] = records_with_pit();
+    let mut e = Encoder::new();
+    e.u32(1);
+    let records = [
+        (VM_RECORD, e.into_vec()),
+        irq,
+        pit.clone(),
+        pit,
+        clock,
+        (VCPU_RECORD, vcpu(0).encode()),
+    ];
+    let err = decode(stream(&records), 254).unwrap_err();
+    assert_eq!(err.to_string(), "snapshot has more than one PIT record");
 }
 
 #[test]
@@ -156,7 +198,7 @@ fn vcpu_count_above_the_limit_is_refused() {
     // Whatever the host allows, never more than the MADT's 254.
     let mut e = Encoder::new();
     e.u32(255);
-    let [irq, pit, clock] = vm_state().encode();
+    let [irq, pit, clock] = records_with_pit();
     let bytes = stream(&[(VM_RECORD, e.into_vec()), irq, pit, clock]);
     assert!(matches!(
         decode(bytes, 1024),
@@ -169,7 +211,7 @@ fn vcpu_count_above_the_limit_is_refused() {
 
 #[test]
 fn missing_duplicate_and_out_of_range_vcpus_are_refused() {
-    let [irq, pit, clock] = vm_state().encode();
+    let [irq, pit, clock] = records_with_pit();
     let vm = |n: u32| {
         let mut e = Encoder::new();
         e.u32(n);
@@ -376,7 +418,7 @@ fn vcpu_fields_sit_at_their_documented_offsets() {
 
 #[test]
 fn vm_record_fields_sit_at_their_documented_offsets() {
-    let [irq, pit, clock] = vm_state().encode();
+    let [irq, pit, clock] = records_with_pit();
     let irq = irq.1;
     assert_eq!(irq[2], 0xfb, "PIC master imr");
     assert_eq!(u64_at(&irq, 32), 0xfec0_0000, "IOAPIC base");

@@ -171,6 +171,11 @@ pub fn read_snapshot(
 }
 
 impl RestoreImage {
+    /// Whether the saved VM had an in-kernel PIT, which the VM restored into must have.
+    pub fn has_pit(&self) -> bool {
+        self.machine.vm.has_pit()
+    }
+
     /// Guest RAM, mapped privately from the memory file.
     pub fn map_memory(&self) -> Result<GuestMemoryMmap, RestoreError> {
         let ranges = self.layout.file_ranges().map_err(RestoreError::MapMemory)?;

@@ -1,5 +1,6 @@
 //! Saving and restoring the KVM state of a VM: every vCPU ([`vcpu`]) and the VM-wide
-//! interrupt controllers, PIT and clock ([`vm`]), as records of the `snapshot` stream.
+//! interrupt controllers, the PIT of a VM that has one, and the clock ([`vm`]), as
+//! records of the `snapshot` stream.
 //!
 //! This lives in `arch` because all of it is x86 KVM state, the counterpart of the initial
 //! state `regs` and `cpuid` set up at boot; the stream's framing is the `snapshot` crate's,
@@ -10,7 +11,7 @@
 //! | --- | --- | --- |
 //! | `0x0010` | `VM` v1 | vCPU count (u32) |
 //! | `0x0011` | `IRQCHIP` v1 | PIC master, PIC slave, IOAPIC |
-//! | `0x0012` | `PIT` v1 | three channels, flags |
+//! | `0x0012` | `PIT` v1 | three channels, flags (only from a VM with a PIT) |
 //! | `0x0013` | `CLOCK` v1 | clock, flags, realtime, host TSC |
 //! | `0x0020` | `VCPU` v1 | one per vCPU, in id order |
 //!
@@ -116,6 +117,9 @@ pub enum Error {
     /// A record the restore needs is missing, or there is more than one of it.
     #[error("snapshot must have exactly one {0} record")]
     RecordCount(&'static str),
+    /// An optional record appears more than once.
+    #[error("snapshot has more than one {0} record")]
+    DuplicateRecord(&'static str),
     /// The vCPU records do not match the count: missing, duplicate or out of range.
     #[error("snapshot's vCPU records do not match its vCPU count {count}: {problem} (id {id})")]
     VcpuRecords {
@@ -162,7 +166,8 @@ impl MachineState {
         })
     }
 
-    /// Writes the `VM`, `IRQCHIP`, `PIT`, `CLOCK` and `VCPU` records.
+    /// Writes the `VM`, `IRQCHIP`, `PIT` (a VM with a PIT only), `CLOCK` and `VCPU`
+    /// records.
     pub fn write<W: std::io::Write>(&self, w: &mut Writer<W>) -> Result<()> {
         let mut vm = Encoder::new();
         vm.u32(self.vcpus.len() as u32);
@@ -177,7 +182,7 @@ impl MachineState {
     }
 
     /// Decodes and checks every record this module owns in a checked stream: exactly one
-    /// `VM`, `IRQCHIP`, `PIT` and `CLOCK`; a vCPU count from 1 to `max_vcpus` (the host's
+    /// `VM`, `IRQCHIP` and `CLOCK`, at most one `PIT`; a vCPU count from 1 to `max_vcpus` (the host's
     /// `KVM_CAP_MAX_VCPUS`, capped at [`MAX_VCPUS`]); one `VCPU` record per id below it.
     pub fn from_snapshot(snap: &Snapshot, max_vcpus: usize) -> Result<Self> {
         let one = |k: u16, name: &'static str| {
@@ -194,9 +199,16 @@ impl MachineState {
         if count == 0 || count as usize > max {
             return Err(Error::VcpuCount { count, max });
         }
+        let pit = {
+            let mut it = snap.records_of(kind::PIT);
+            match (it.next(), it.next()) {
+                (pit, None) => pit.map(|r| r.decoder()),
+                _ => return Err(Error::DuplicateRecord("PIT")),
+            }
+        };
         let vm = VmState::decode(
             one(kind::IRQCHIP, "IRQCHIP")?.decoder(),
-            one(kind::PIT, "PIT")?.decoder(),
+            pit,
             one(kind::CLOCK, "CLOCK")?.decoder(),
         )?;
         let mut slots: Vec<Option<VcpuState>> = vec![None; count as usize];
@@ -221,7 +233,7 @@ impl MachineState {
         Ok(Self { vm, vcpus })
     }
 
-    /// Restores into a fresh VM with its irqchip and PIT and exactly as many vCPUs (index
+    /// Restores into a fresh VM with its irqchip (and a PIT if `self.vm.has_pit()`) and exactly as many vCPUs (index
     /// = id), none of them run yet, its RAM (`memory`) already holding the snapshot's: the
     /// VM-wide state first, then each vCPU's registers, then every vCPU's TSC, then each
     /// vCPU's other MSRs and its events.

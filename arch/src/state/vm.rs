@@ -1,6 +1,11 @@
 //! VM-wide KVM state: the in-kernel PIC pair and IOAPIC (`KVM_GET_IRQCHIP`), the PIT
-//! (`KVM_GET_PIT2`) and the KVM clock (`KVM_GET_CLOCK`), and their records (`IRQCHIP`,
-//! `PIT`, `CLOCK`, each version 1).
+//! (`KVM_GET_PIT2`) if the VM has one, and the KVM clock (`KVM_GET_CLOCK`), and their
+//! records (`IRQCHIP`, `PIT`, `CLOCK`, each version 1).
+//!
+//! vmm's machine has no PIT (its guests learn so from the hardware-reduced FADT), so a
+//! snapshot of it has no `PIT` record. Snapshots taken before the PIT was dropped have
+//! one, and their guests were booted to use it: the VM they are restored into gets an
+//! in-kernel PIT again, with the saved state (`VmState::has_pit`).
 //!
 //! Restored before any vCPU (as Firecracker does): PIT, clock, then the PICs and the
 //! IOAPIC, so the vCPUs' LAPICs come back to interrupt controllers already in place.
@@ -44,8 +49,8 @@ pub struct IrqchipState {
 pub struct VmState {
     /// PICs and IOAPIC.
     pub irqchip: IrqchipState,
-    /// The PIT.
-    pub pit: kvm_pit_state2,
+    /// The PIT, for a VM that has one.
+    pub pit: Option<kvm_pit_state2>,
     /// The KVM clock.
     pub clock: kvm_clock_data,
 }
@@ -70,7 +75,8 @@ fn set_chip(vm: &VmFd, c: &kvm_irqchip) -> Result<()> {
 }
 
 impl VmState {
-    /// Reads the VM's interrupt controllers, PIT and clock. Every vCPU must be stopped.
+    /// Reads the VM's interrupt controllers, its PIT if it has one, and its clock. Every
+    /// vCPU must be stopped.
     pub fn capture(vm: &VmFd) -> Result<Self> {
         // SAFETY (each union read below): `chip` is a union of plain integer structs over
         // the same bytes, KVM filled the member that `chip_id` names, and every bit
@@ -80,10 +86,7 @@ impl VmState {
         let pic_slave = unsafe { chip(vm, KVM_IRQCHIP_PIC_SLAVE)?.chip.pic };
         // SAFETY: as above.
         let ioapic = unsafe { chip(vm, KVM_IRQCHIP_IOAPIC)?.chip.ioapic };
-        let pit = vm.get_pit2().map_err(|source| Error::Get {
-            what: "KVM_GET_PIT2",
-            source,
-        })?;
+        let pit = capture_pit(vm)?;
         let clock = vm.get_clock().map_err(|source| Error::Get {
             what: "KVM_GET_CLOCK",
             source,
@@ -99,14 +102,23 @@ impl VmState {
         })
     }
 
-    /// Writes the state into a fresh VM that has its irqchip and PIT, before its vCPUs are
-    /// restored, with the KVM clock set to `clock` (ns): the saved one, or the guest's own
-    /// reckoning of it (`MachineState::restore`).
+    /// Whether the saved VM had an in-kernel PIT: the VM restored into must be created
+    /// with one (`KVM_CREATE_PIT2`) before [`VmState::restore`].
+    pub fn has_pit(&self) -> bool {
+        self.pit.is_some()
+    }
+
+    /// Writes the state into a fresh VM that has its irqchip (and a PIT if
+    /// [`VmState::has_pit`]), before its vCPUs are restored, with the KVM clock set to
+    /// `clock` (ns): the saved one, or the guest's own reckoning of it
+    /// (`MachineState::restore`).
     pub fn restore(&self, vm: &VmFd, clock: u64) -> Result<()> {
-        vm.set_pit2(&self.pit).map_err(|source| Error::Set {
-            what: "KVM_SET_PIT2",
-            source,
-        })?;
+        if let Some(pit) = &self.pit {
+            vm.set_pit2(pit).map_err(|source| Error::Set {
+                what: "KVM_SET_PIT2",
+                source,
+            })?;
+        }
         let clock = kvm_clock_data {
             clock,
             ..Default::default()
@@ -132,33 +144,41 @@ impl VmState {
         set_chip(vm, &c)
     }
 
-    /// The three records' payloads: `IRQCHIP`, `PIT`, `CLOCK`.
-    pub fn encode(&self) -> [(RecordType, Vec<u8>); 3] {
+    /// The records' payloads: `IRQCHIP`, `PIT` (only for a VM with a PIT), `CLOCK`.
+    pub fn encode(&self) -> Vec<(RecordType, Vec<u8>)> {
         let mut irq = Encoder::new();
         codec::put_pic(&mut irq, &self.irqchip.pic_master);
         codec::put_pic(&mut irq, &self.irqchip.pic_slave);
         codec::put_ioapic(&mut irq, &self.irqchip.ioapic);
-        let mut pit = Encoder::new();
-        codec::put_pit(&mut pit, &self.pit);
         let mut clock = Encoder::new();
         codec::put_clock(&mut clock, &self.clock);
-        [
-            (IRQCHIP_RECORD, irq.into_vec()),
-            (PIT_RECORD, pit.into_vec()),
-            (CLOCK_RECORD, clock.into_vec()),
-        ]
+        let mut records = vec![(IRQCHIP_RECORD, irq.into_vec())];
+        if let Some(state) = &self.pit {
+            let mut pit = Encoder::new();
+            codec::put_pit(&mut pit, state);
+            records.push((PIT_RECORD, pit.into_vec()));
+        }
+        records.push((CLOCK_RECORD, clock.into_vec()));
+        records
     }
 
-    /// Decodes the three records' payloads.
-    pub fn decode(mut irq: Decoder, mut pit: Decoder, mut clock: Decoder) -> Result<Self> {
+    /// Decodes the records' payloads; `pit` is `None` when the snapshot has no `PIT`
+    /// record.
+    pub fn decode(mut irq: Decoder, pit: Option<Decoder>, mut clock: Decoder) -> Result<Self> {
         let irqchip = IrqchipState {
             pic_master: codec::get_pic(&mut irq)?,
             pic_slave: codec::get_pic(&mut irq)?,
             ioapic: codec::get_ioapic(&mut irq)?,
         };
         irq.finish()?;
-        let pit_state = codec::get_pit(&mut pit)?;
-        pit.finish()?;
+        let pit_state = match pit {
+            Some(mut d) => {
+                let state = codec::get_pit(&mut d)?;
+                d.finish()?;
+                Some(state)
+            }
+            None => None,
+        };
         let clock_state = codec::get_clock(&mut clock)?;
         clock.finish()?;
         Ok(Self {
@@ -166,5 +186,18 @@ impl VmState {
             pit: pit_state,
             clock: clock_state,
         })
+    }
+}
+
+/// The VM's PIT state, or `None` when it has none: `KVM_GET_PIT2` fails with `ENXIO` on a
+/// VM without an in-kernel PIT.
+fn capture_pit(vm: &VmFd) -> Result<Option<kvm_pit_state2>> {
+    match vm.get_pit2() {
+        Ok(pit) => Ok(Some(pit)),
+        Err(e) if e.errno() == libc::ENXIO => Ok(None),
+        Err(source) => Err(Error::Get {
+            what: "KVM_GET_PIT2",
+            source,
+        }),
     }
 }
