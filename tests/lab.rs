@@ -109,6 +109,51 @@ fn guest_reboot_ends_vmm_with_the_reset_code() {
     );
 }
 
+/// The machine has no PIT and tells the guest so (hardware-reduced FADT): Linux then
+/// maps the legacy devices' interrupts from the DSDT alone, and the UART and the RTC
+/// must still get theirs. Checked from inside the guest: the console's UART has IRQ 4
+/// on the IOAPIC, the RTC is registered, no timer interrupt on IRQ 0, and the FADT the
+/// guest was given is hardware-reduced.
+#[test]
+fn without_a_pit_the_uart_and_rtc_get_their_interrupts_from_the_dsdt() {
+    if !require_lab() {
+        return;
+    }
+    let script = "cat /proc/interrupts; \
+        echo rtc=$(cat /sys/class/rtc/rtc0/name); \
+        echo fadt_flags=$(od -An -tu4 -j112 -N4 /sys/firmware/acpi/tables/FACP)";
+    let run = boot_in_lab("/guest/vmlinuz", 256, 1, script);
+
+    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+    let interrupts: Vec<&str> = run
+        .output
+        .lines()
+        .filter(|l| l.contains("IO-APIC"))
+        .collect();
+    assert!(
+        interrupts
+            .iter()
+            .any(|l| l.trim_start().starts_with("4:") && l.contains("ttyS0")),
+        "the console UART has no IRQ 4 on the IOAPIC; lab output:\n{}",
+        run.output
+    );
+    assert!(
+        !interrupts.iter().any(|l| l.trim_start().starts_with("0:")),
+        "a timer interrupt on IRQ 0 (a PIT?); lab output:\n{}",
+        run.output
+    );
+    assert!(
+        run.value("rtc=").starts_with("rtc_cmos"),
+        "no RTC; lab output:\n{}",
+        run.output
+    );
+    // FADT flags (offset 112) bit 20: HW_REDUCED_ACPI, as the guest's kernel read it.
+    let flags: u32 = run.value("fadt_flags=").parse().unwrap_or_else(|_| {
+        panic!("no FADT flags; lab output:\n{}", run.output);
+    });
+    assert_ne!(flags & (1 << 20), 0, "FADT flags {flags:#x}: not hardware-reduced");
+}
+
 #[test]
 fn elf_vmlinux_boots_through_its_pvh_entry() {
     if !require_lab() {
