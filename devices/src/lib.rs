@@ -46,7 +46,7 @@ pub mod virtio;
 
 pub use acpi_pm::{
     ACPI_PM_LEN, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK_PORT, PM1A_EVT_BLK_PORT,
-    SLEEP_TYPE_S5,
+    SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLEEP_TYPE_S5,
 };
 pub use bus::{Bus, BusDevice, BusError, BusWindow};
 pub use cmos::{CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos};
