@@ -30,7 +30,7 @@ pub fn dsdt_aml() -> Vec<u8> {
     // Type-specific flags 3 for I/O: the window covers ISA and non-ISA ranges.
     let crs = aml::resource_template(&[
         aml::word_address_space(AddressSpace::BusNumber, 0, 0, 0xff),
-        aml::io_port(0xcf8, 8),
+        aml::io_port(0xcf8, 1, 8),
         aml::word_address_space(AddressSpace::Io, 3, 0x0000, 0x0cf7),
         aml::word_address_space(AddressSpace::Io, 3, 0x0d00, 0xffff),
         aml::dword_memory(
@@ -133,6 +133,6 @@ mod tests {
             0xfebf_ffff
         )));
         // The config ports.
-        assert!(contains(&crate::aml::io_port(0xcf8, 8)));
+        assert!(contains(&crate::aml::io_port(0xcf8, 1, 8)));
     }
 }
