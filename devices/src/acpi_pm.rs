@@ -36,10 +36,10 @@ pub const PM1_EVT_LEN: u8 = 4;
 /// Length of the PM1a control block in bytes (FADT PM1_CNT_LEN).
 pub const PM1_CNT_LEN: u8 = 2;
 /// Port of the hardware-reduced sleep control register (FADT SLEEP_CONTROL_REG).
-/// `arch::acpi::SLEEP_CONTROL_PORT` must agree.
+/// `arch::acpi::SLEEP_CONTROL_PORT` must agree (arch's tests check it).
 pub const SLEEP_CONTROL_PORT: u16 = 0x606;
 /// Port of the hardware-reduced sleep status register (FADT SLEEP_STATUS_REG).
-/// `arch::acpi::SLEEP_STATUS_PORT` must agree.
+/// `arch::acpi::SLEEP_STATUS_PORT` must agree (arch's tests check it).
 pub const SLEEP_STATUS_PORT: u16 = 0x607;
 /// SLP_TYP value for S5 (soft off); the DSDT's `\_S5` package must give it.
 pub const SLEEP_TYPE_S5: u16 = 5;

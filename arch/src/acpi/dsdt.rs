@@ -248,6 +248,16 @@ mod tests {
     }
 
     #[test]
+    fn dsdt_names_what_the_devices_decode() {
+        assert_eq!(u64::from(RTC_PORT), devices::CMOS_INDEX_PORT);
+        assert_eq!(u64::from(RTC_PORT_LEN), devices::CMOS_PORT_LEN);
+        assert_eq!(u64::from(COM1_PORT_LEN), devices::SERIAL_PORT_LEN);
+        // \_S5's first element, which devices::acpi_pm acts on.
+        assert_eq!(s5()[9..11], [0x0a, 5]);
+        assert_eq!(devices::SLEEP_TYPE_S5, 5);
+    }
+
+    #[test]
     fn dsdt_devices_are_whole_and_in_order() {
         let aml = dsdt_aml();
         assert_eq!(aml[0], 0x08, "\\_S5 comes first");

@@ -1,4 +1,5 @@
-//! FADT (with the FACS it points at): fixed hardware features, reset register.
+//! FADT (with the FACS it points at): a hardware-reduced machine's sleep
+//! control/status registers (power off), its reset register and boot flags.
 
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -19,7 +20,6 @@ const _: () = assert!(size_of::<Gas>() == 12);
 
 const GAS_SYSTEM_IO: u8 = 1;
 const GAS_ACCESS_BYTE: u8 = 1;
-const GAS_ACCESS_WORD: u8 = 2;
 
 impl Gas {
     fn io(port: u16, bit_width: u8, access_size: u8) -> Self {
@@ -34,9 +34,9 @@ impl Gas {
 }
 
 /// Firmware ACPI Control Structure (§5.2.10). No checksum, 64-byte aligned.
-/// Not strictly needed for boot and S5, but a full-hardware (non-reduced)
-/// FADT is expected to point at one: ACPICA looks for the global lock and
-/// the waking vector there.
+/// Optional under HW_REDUCED_ACPI (FIRMWARE_CTRL may then be 0) and not needed
+/// for boot or S5. It is kept, empty (no global lock, no waking vector), so the
+/// table layout and what ACPICA installs stay as they were.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, IntoBytes, FromBytes, Immutable, KnownLayout)]
 pub(super) struct Facs {
@@ -128,18 +128,19 @@ pub(super) struct Fadt {
 }
 const _: () = assert!(size_of::<Fadt>() == 276);
 
-/// The SCI's ISA IRQ (and GSI): the PC convention, and what QEMU uses.
-pub const SCI_IRQ: u8 = 9;
-/// PM1a event block (PM1_STS at +0, PM1_EN at +2).
-pub const PM1A_EVT_BLK: u16 = 0x600;
-/// PM1a control block (SLP_TYP / SLP_EN live here).
-pub const PM1A_CNT_BLK: u16 = 0x604;
+/// The hardware-reduced sleep control register (FADT SLEEP_CONTROL_REG): byte +6 of
+/// the ACPI PM device at 0x600 (devices::acpi_pm, which must use the same port). The
+/// guest powers off by writing `SLP_TYP << 2 | SLP_EN (1 << 5)` here, SLP_TYP from
+/// the DSDT's `\_S5`.
+pub const SLEEP_CONTROL_PORT: u16 = 0x606;
+/// The hardware-reduced sleep status register (FADT SLEEP_STATUS_REG): byte +7 of the
+/// same device. ACPICA clears WAK_STS here before sleeping, and will not enter any
+/// sleep state, S5 included, unless both sleep registers are given.
+pub const SLEEP_STATUS_PORT: u16 = 0x607;
 /// The PCI-style reset control register.
 pub const RESET_PORT: u16 = 0xcf9;
 /// Written to [`RESET_PORT`] to reset: bit 1 "system reset" | bit 2 "reset CPU".
 pub const RESET_VALUE: u8 = 0x06;
-const PM1_EVT_LEN: u8 = 4;
-const PM1_CNT_LEN: u8 = 2;
 
 // FADT flags (§5.2.9 table 5-35).
 const FADT_WBINVD: u32 = 1 << 0;
@@ -148,6 +149,11 @@ const FADT_PWR_BUTTON: u32 = 1 << 4;
 /// Set means "no fixed-feature sleep button".
 const FADT_SLP_BUTTON: u32 = 1 << 5;
 const FADT_RESET_REG_SUP: u32 = 1 << 10;
+/// No PM1/GPE/PM-timer fixed hardware and no SCI: power off goes through the sleep
+/// registers. There is no in-kernel PIT, and in this mode Linux sets up no legacy
+/// timer and uses no legacy PIC (acpi_generic_reduced_hw_init), so it neither waits
+/// for a PIT tick nor pre-maps ISA IRQs; the DSDT gives the ISA devices' IRQs.
+const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
 // IA-PC boot architecture flags (§5.2.9.3).
 // Bit 1 (8042) is deliberately left clear. The VM's i8042 exists only for its reset
 // line: Linux's reboot path writes 0xFE to port 0x64 without needing the driver, and the
@@ -158,7 +164,9 @@ const FADT_RESET_REG_SUP: u32 = 1 << 10;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 
 /// Builds the FADT pointing at the DSDT at `dsdt_addr` and the FACS at
-/// `facs_addr`.
+/// `facs_addr`. Hardware-reduced: the SCI, PM1, PM2, PM timer and GPE fields are
+/// zero, as §5.2.9 asks and as ACPICA ignores them anyway; SMI_CMD is 0 too (no
+/// ACPI mode switch).
 pub(super) fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     let t = Fadt {
         header: SdtHeader::new(b"FACP", size_of::<Fadt>(), 6),
@@ -168,18 +176,20 @@ pub(super) fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
         // The 32-bit field may only be used if the table is below 4 GiB,
         // which it always is; filling both satisfies old and new parsers.
         dsdt: U32::new(dsdt_addr as u32),
-        sci_int: U16::new(u16::from(SCI_IRQ)),
-        pm1a_evt_blk: U32::new(u32::from(PM1A_EVT_BLK)),
-        pm1a_cnt_blk: U32::new(u32::from(PM1A_CNT_BLK)),
-        pm1_evt_len: PM1_EVT_LEN,
-        pm1_cnt_len: PM1_CNT_LEN,
         iapc_boot_arch: U16::new(IAPC_VGA_NOT_PRESENT),
-        flags: U32::new(FADT_WBINVD | FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP),
+        flags: U32::new(
+            FADT_WBINVD
+                | FADT_PWR_BUTTON
+                | FADT_SLP_BUTTON
+                | FADT_RESET_REG_SUP
+                | FADT_HW_REDUCED_ACPI,
+        ),
         reset_reg: Gas::io(RESET_PORT, 8, GAS_ACCESS_BYTE),
         reset_value: RESET_VALUE,
         x_dsdt: U64::new(dsdt_addr),
-        x_pm1a_evt_blk: Gas::io(PM1A_EVT_BLK, PM1_EVT_LEN * 8, GAS_ACCESS_WORD),
-        x_pm1a_cnt_blk: Gas::io(PM1A_CNT_BLK, PM1_CNT_LEN * 8, GAS_ACCESS_WORD),
+        // ACPICA writes and reads these one byte at a time.
+        sleep_control_reg: Gas::io(SLEEP_CONTROL_PORT, 8, GAS_ACCESS_BYTE),
+        sleep_status_reg: Gas::io(SLEEP_STATUS_PORT, 8, GAS_ACCESS_BYTE),
         ..Default::default()
     };
     finish(t.as_bytes().to_vec())
@@ -189,33 +199,28 @@ pub(super) fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
 mod tests {
     use crate::acpi::test_support::*;
 
+    fn fadt_bytes() -> Vec<u8> {
+        get(&build(1), "FACP").bytes.clone()
+    }
+
     #[test]
-    fn fadt_fields_at_spec_offsets() {
+    fn fadt_keeps_its_pointers_reset_register_and_boot_flags() {
         let t = build(1);
         let f = &get(&t, "FACP").bytes;
         let dsdt = get(&t, "DSDT").addr;
         assert_eq!(f.len(), 276);
-        assert_eq!(f[8], 6, "revision");
+        assert_eq!((f[8], f[131]), (6, 0), "revision 6.0");
         let facs = get(&t, "FACS").addr;
         assert_eq!(u32_at(f, 36) as u64, facs, "FIRMWARE_CTRL");
         assert_eq!(u64_at(f, 132), 0, "X_FIRMWARE_CTRL");
         assert_eq!(u32_at(f, 40) as u64, dsdt, "DSDT");
-        assert_eq!(u16_at(f, 46), 9, "SCI_INT");
+        assert_eq!(u64_at(f, 140), dsdt, "X_DSDT");
         assert_eq!(u32_at(f, 48), 0, "SMI_CMD");
-        assert_eq!(u32_at(f, 56), 0x600, "PM1a_EVT_BLK");
-        assert_eq!(u32_at(f, 64), 0x604, "PM1a_CNT_BLK");
-        assert_eq!(u32_at(f, 76), 0, "PM_TMR_BLK");
-        assert_eq!(
-            (f[88], f[89], f[91]),
-            (4, 2, 0),
-            "PM1_EVT_LEN, PM1_CNT_LEN, PM_TMR_LEN"
-        );
         assert_eq!(
             u16_at(f, 109),
             0b100,
             "IAPC_BOOT_ARCH: VGA absent, 8042 hidden"
         );
-        assert_eq!(u32_at(f, 112), 1 | 1 << 4 | 1 << 5 | 1 << 10, "flags");
         assert_eq!(
             &f[116..120],
             &[1, 8, 0, 1],
@@ -223,11 +228,39 @@ mod tests {
         );
         assert_eq!(u64_at(f, 120), 0xcf9);
         assert_eq!(f[128], 6, "RESET_VALUE");
-        assert_eq!(u64_at(f, 140), dsdt, "X_DSDT");
-        assert_eq!(&f[148..152], &[1, 32, 0, 2], "X_PM1a_EVT_BLK");
-        assert_eq!(u64_at(f, 152), 0x600);
-        assert_eq!(&f[172..176], &[1, 16, 0, 2], "X_PM1a_CNT_BLK");
-        assert_eq!(u64_at(f, 176), 0x604);
-        assert_eq!(&f[208..220], &[0; 12], "no X_PM_TMR_BLK");
+    }
+
+    #[test]
+    fn fadt_is_hardware_reduced() {
+        let f = fadt_bytes();
+        let flags = u32_at(&f, 112);
+        assert_eq!(flags & (1 << 20), 1 << 20, "HW_REDUCED_ACPI");
+        assert_eq!(
+            flags,
+            1 | 1 << 4 | 1 << 5 | 1 << 10 | 1 << 20,
+            "WBINVD, PWR_BUTTON, SLP_BUTTON, RESET_REG_SUP, HW_REDUCED_ACPI"
+        );
+    }
+
+    #[test]
+    fn fadt_has_no_sci_pm1_pm_timer_or_gpe() {
+        let f = fadt_bytes();
+        assert_eq!(u16_at(&f, 46), 0, "SCI_INT");
+        // PM1a/b EVT and CNT, PM2_CNT, PM_TMR, GPE0/1 blocks (56..88), then their
+        // lengths, GPE1_BASE and CST_CNT (88..96).
+        assert_eq!(&f[56..96], &[0; 40]);
+        // X_PM1a_EVT_BLK .. X_GPE1_BLK: eight GASes.
+        assert_eq!(&f[148..244], &[0; 96]);
+    }
+
+    #[test]
+    fn fadt_sleep_registers_are_byte_wide_io_ports() {
+        let f = fadt_bytes();
+        // Space 1 (system I/O), 8 bits wide, offset 0, access size 1 (byte).
+        assert_eq!(&f[244..248], &[1, 8, 0, 1], "SLEEP_CONTROL_REG");
+        assert_eq!(u64_at(&f, 248), 0x606);
+        assert_eq!(&f[256..260], &[1, 8, 0, 1], "SLEEP_STATUS_REG");
+        assert_eq!(u64_at(&f, 260), 0x607);
+        assert_eq!(u64_at(&f, 268), 0, "HYPERVISOR_VENDOR_IDENTITY");
     }
 }

@@ -1,9 +1,8 @@
-//! MADT: local APICs, the I/O APIC and interrupt source overrides.
+//! MADT: the local APICs and the I/O APIC (no interrupt source overrides).
 
-use zerocopy::little_endian::{U16, U32};
+use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::fadt::SCI_IRQ;
 use super::{SdtHeader, finish};
 use crate::layout::{IOAPIC_ADDR, LAPIC_ADDR};
 
@@ -45,40 +44,28 @@ struct MadtIoApic {
 }
 const _: () = assert!(size_of::<MadtIoApic>() == 12);
 
-/// MADT entry type 2: Interrupt Source Override.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, IntoBytes, FromBytes, Immutable, KnownLayout)]
-struct MadtIntSrcOverride {
-    kind: u8,
-    length: u8,
-    bus: u8,
-    source: u8,
-    gsi: U32,
-    flags: U16,
-}
-const _: () = assert!(size_of::<MadtIntSrcOverride>() == 10);
-/// MPS INTI flags: polarity (bits 1..0) 01 = active high; trigger (bits 3..2)
-/// 11 = level.
-const INTI_ACTIVE_HIGH_LEVEL: u16 = 0b1101;
-
 pub(super) fn madt_len(num_cpus: u8) -> usize {
     size_of::<MadtHeader>()
         + usize::from(num_cpus) * size_of::<MadtLocalApic>()
         + size_of::<MadtIoApic>()
-        + size_of::<MadtIntSrcOverride>()
 }
 
-/// Builds the MADT for `num_cpus` vCPUs (already validated).
+/// Builds the MADT for `num_cpus` vCPUs (already validated): one local APIC per
+/// vCPU and the I/O APIC with GSI base 0, so GSI n is I/O APIC pin n, as KVM's
+/// default GSI routing wires it.
 ///
-/// Interrupt routing: ISA IRQs map to the same-numbered GSI (I/O APIC pin),
-/// which is what KVM's default GSI routing does for its in-kernel PIT, PIC
-/// and IOAPIC (GSI n -> PIC IRQ n and IOAPIC pin n, for n < 16). So no
-/// IRQ0 -> GSI2 override: QEMU adds one only because its boards wire the
-/// PIT to pin 2 and reroute; with KVM's defaults that override would send
-/// Linux looking for the timer on a pin it never fires on. Firecracker and
-/// crosvm rely on the identity mapping too. The one override is for the SCI,
-/// to declare it level-triggered active-high (without it Linux assumes the
-/// ACPI default for the SCI: level, active-low).
+/// No interrupt source overrides. There is no PIT, so no IRQ0 -> GSI2 override (QEMU
+/// has one only because its boards wire the PIT to pin 2), and the FADT is
+/// hardware-reduced, so there is no SCI to override. With no legacy PIC Linux pre-maps
+/// no ISA IRQ: the ISA devices that interrupt (COM1 on IRQ 4, the RTC on IRQ 8) are
+/// described in the DSDT with their IRQ, which is their GSI, and Linux maps that GSI
+/// when it binds their drivers.
+///
+/// PCAT_COMPAT stays set because KVM's in-kernel 8259s do exist. Linux neither
+/// programs nor masks them in reduced mode (null_legacy_pic), so they keep KVM's reset
+/// state (vector base 0, nothing masked): whatever reaches them through the GSI
+/// routing (src/irq_routing.rs routes GSIs 0-15 to them too) gets to the boot CPU as
+/// ExtINT for as long as its LINT0 is left unmasked.
 pub(super) fn madt(num_cpus: u8) -> Vec<u8> {
     let len = madt_len(num_cpus);
     let mut bytes = Vec::with_capacity(len);
@@ -108,15 +95,6 @@ pub(super) fn madt(num_cpus: u8) -> Vec<u8> {
         gsi_base: U32::new(0),
     };
     bytes.extend_from_slice(ioapic.as_bytes());
-    let sci = MadtIntSrcOverride {
-        kind: 2,
-        length: size_of::<MadtIntSrcOverride>() as u8,
-        bus: 0, // ISA
-        source: SCI_IRQ,
-        gsi: U32::new(u32::from(SCI_IRQ)),
-        flags: U16::new(INTI_ACTIVE_HIGH_LEVEL),
-    };
-    bytes.extend_from_slice(sci.as_bytes());
     finish(bytes)
 }
 
@@ -125,7 +103,7 @@ mod tests {
     use crate::acpi::test_support::*;
 
     #[test]
-    fn madt_describes_cpus_ioapic_and_sci() {
+    fn madt_describes_cpus_and_the_ioapic_only() {
         let t = build(3);
         let m = &get(&t, "APIC").bytes;
         assert_eq!(u32_at(m, 36), 0xfee0_0000);
@@ -140,16 +118,11 @@ mod tests {
         assert_eq!(ioapics.len(), 1);
         let io = ioapics[0].1;
         assert_eq!((io[2], u32_at(io, 4), u32_at(io, 8)), (3, 0xfec0_0000, 0));
-        let isos: Vec<_> = entries.iter().filter(|e| e.0 == 2).collect();
-        assert_eq!(
-            isos.len(),
-            1,
-            "only the SCI override; IRQ0 is identity-mapped"
+        assert!(
+            entries.iter().all(|e| e.0 != 2),
+            "no interrupt source override: no SCI, no PIT"
         );
-        let iso = isos[0].1;
-        assert_eq!(
-            (iso[2], iso[3], u32_at(iso, 4), u16_at(iso, 8)),
-            (0, 9, 9, 0xd)
-        );
+        assert_eq!(entries.len(), 4, "3 LAPICs and the IOAPIC, nothing else");
+        assert_eq!(m.len(), 44 + 3 * 8 + 12);
     }
 }

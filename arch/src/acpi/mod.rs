@@ -5,16 +5,20 @@
 //!   0xe0000..0x100000, so Linux's legacy BIOS-area scan finds it;
 //! - XSDT listing the FADT and the MADT;
 //! - FACS (empty: no global lock, no waking vector), referenced by the FADT;
-//! - FADT describing a non-hardware-reduced PC: SCI on IRQ 9, PM1a event and
-//!   control blocks at I/O 0x600/0x604 (power off), reset via I/O 0xcf9;
-//! - DSDT with the `\_S5` sleep-type package (so Linux can power off) and the PCI root
-//!   bridge (so Linux scans PCI bus 0);
-//! - MADT with one local APIC per vCPU, the I/O APIC and the SCI override.
+//! - FADT describing a hardware-reduced machine (no PIT, no SCI, no PM1/GPE
+//!   blocks, no PM timer): power off through the sleep control/status registers
+//!   at I/O 0x606/0x607, reset via I/O 0xcf9;
+//! - DSDT with the `\_S5` sleep-type package (so Linux can power off), the PCI
+//!   root bridge (so Linux scans PCI bus 0), and COM1 and the CMOS RTC with their
+//!   ISA IRQs (with no legacy PIC, Linux learns them only from there);
+//! - MADT with one local APIC per vCPU and the I/O APIC, no overrides.
 //!
-//! Devices the VMM must provide to match: a PM1 block at 0x600 (status/enable,
-//! 2 bytes each) and 0x604 (control; poweroff is a 16-bit write of
-//! `SLP_TYP = 5 << 10 | SLP_EN = 1 << 13` = 0x3400), and port 0xcf9 resetting
-//! on value 0x06. SMI_CMD is 0, which tells the OS ACPI mode is always on.
+//! Devices the VMM must provide to match: the sleep control register at 0x606
+//! (poweroff is a byte write of `SLP_TYP = 5 << 2 | SLP_EN = 1 << 5` = 0x34) and
+//! the sleep status register at 0x607, both in devices::acpi_pm (with the PM1
+//! registers older FADTs used, at 0x600..0x606); port 0xcf9 resetting on value
+//! 0x06; COM1 at 0x3f8 on GSI 4 and the CMOS at 0x70. SMI_CMD is 0, which tells
+//! the OS ACPI mode is always on.
 //!
 //! Every table is a `#[repr(C)]` zerocopy struct of byte-aligned fields
 //! (little-endian wrappers), so its layout is exactly the spec's and its
@@ -36,7 +40,7 @@ mod fadt;
 mod madt;
 
 pub use dsdt::dsdt_aml;
-pub use fadt::{PM1A_CNT_BLK, PM1A_EVT_BLK, RESET_PORT, RESET_VALUE, SCI_IRQ};
+pub use fadt::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT};
 
 use dsdt::dsdt;
 use fadt::{FACS_ALIGN, Facs, Fadt, facs, fadt};
@@ -351,6 +355,15 @@ mod tests {
         assert_eq!(x.len(), 36 + 16);
         assert_eq!(u64_at(x, 36), get(&t, "FACP").addr);
         assert_eq!(u64_at(x, 44), get(&t, "APIC").addr);
+    }
+
+    /// arch and devices are separate crates, so each names the ports; a table that
+    /// points at a port nothing decodes would fail only in a booted guest.
+    #[test]
+    fn fadt_ports_are_the_ones_the_devices_decode() {
+        assert_eq!(SLEEP_CONTROL_PORT, devices::SLEEP_CONTROL_PORT);
+        assert_eq!(SLEEP_STATUS_PORT, devices::SLEEP_STATUS_PORT);
+        assert_eq!(u64::from(RESET_PORT), devices::RESET_CONTROL_PORT);
     }
 
     #[test]
