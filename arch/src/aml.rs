@@ -1,6 +1,6 @@
 //! Just enough of an AML encoder (ACPI 6.x, §20) for the DSDT this VMM needs: named
 //! integers, strings, packages and buffers, `Device` scopes, and the resource
-//! descriptors (§6.4) of a PCI root bridge's `_CRS`. Encoding by function keeps the
+//! descriptors (§6.4) of a PCI root bridge's and an ISA device's `_CRS`. Encoding by function keeps the
 //! package lengths right, which hand-counted byte arrays do not.
 
 /// A `PkgLength` (§20.2.4) for a body of `body_len` bytes: the encoding counts its own
@@ -127,10 +127,22 @@ pub fn dword_memory(min: u32, max: u32) -> Vec<u8> {
     d
 }
 
-/// I/O Port Descriptor (§6.4.2.5), 16-bit decode, fixed at `base` for `len` ports.
-pub fn io_port(base: u16, len: u8) -> Vec<u8> {
+/// I/O Port Descriptor (§6.4.2.5), 16-bit decode, fixed at `base` for `len` ports:
+/// `IO (Decode16, base, base, alignment, len)`. With minimum = maximum the alignment
+/// is moot; it is a parameter so the bytes match the ASL each caller mirrors.
+pub fn io_port(base: u16, alignment: u8, len: u8) -> Vec<u8> {
     let b = base.to_le_bytes();
-    vec![0x47, 0x01, b[0], b[1], b[0], b[1], 0x01, len]
+    vec![0x47, 0x01, b[0], b[1], b[0], b[1], alignment, len]
+}
+
+/// IRQ Descriptor without its information byte (§6.4.2.1): `IRQNoFlags () {irq}`,
+/// which means edge-triggered, active-high, exclusive: an ISA interrupt.
+/// `irq` must be below 16 (the mask has 16 bits); a larger one yields an empty mask.
+pub fn irq_no_flags(irq: u8) -> Vec<u8> {
+    let mask = 1u16.checked_shl(u32::from(irq)).unwrap_or(0);
+    let m = mask.to_le_bytes();
+    // Small resource, item name 0x04 (IRQ), length 2.
+    vec![0x22, m[0], m[1]]
 }
 
 #[cfg(test)]
@@ -185,8 +197,22 @@ mod tests {
         assert_eq!(mem.len(), 26);
         assert_eq!(&mem[22..26], &0x3ec0_0000u32.to_le_bytes(), "range length");
         assert_eq!(
-            io_port(0xcf8, 8),
+            io_port(0xcf8, 1, 8),
             vec![0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]
         );
+    }
+
+    #[test]
+    fn isa_descriptors_match_iasl() {
+        // IO (Decode16, 0x03F8, 0x03F8, 0x00, 0x08) and IRQNoFlags () {4}, as iasl emits
+        // them.
+        assert_eq!(
+            io_port(0x3f8, 0, 8),
+            vec![0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x00, 0x08]
+        );
+        assert_eq!(irq_no_flags(4), vec![0x22, 0x10, 0x00]);
+        assert_eq!(irq_no_flags(8), vec![0x22, 0x00, 0x01]);
+        assert_eq!(irq_no_flags(15), vec![0x22, 0x00, 0x80]);
+        assert_eq!(irq_no_flags(16), vec![0x22, 0x00, 0x00], "no such ISA IRQ");
     }
 }

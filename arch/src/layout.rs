@@ -66,8 +66,8 @@ pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// Where the VMM should put KVM's 3-page TSS (`VmFd::set_tss_address`; on Intel
 /// without unrestricted guest KVM also puts its identity map page just below it).
 /// The IOAPIC pins PCI INTx lines use: GSIs 16..24, above the ISA IRQs (0-15), which the
-/// legacy devices and the ACPI SCI use. Eight lines shared by up to 31 slots, as INTx lines
-/// are (level-triggered, so sharing is safe).
+/// legacy devices use. Eight lines shared by up to 31 slots, as INTx lines are
+/// (level-triggered, so sharing is safe).
 pub const PCI_INTX_GSI_BASE: u32 = 16;
 /// How many IOAPIC pins PCI INTx lines share.
 pub const PCI_INTX_GSI_COUNT: u32 = 8;

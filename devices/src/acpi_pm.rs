@@ -1,15 +1,26 @@
-//! ACPI fixed-hardware power-management registers (PM1a event and control
-//! blocks), as on QEMU's PIIX4 PM, for a non-HW-reduced FADT.
+//! ACPI power-management registers: the hardware-reduced sleep control and
+//! status registers the FADT points at, and the fixed-hardware PM1a event and
+//! control blocks (as on QEMU's PIIX4 PM) that older FADTs pointed at.
 //!
 //! One device at [`PM1A_EVT_BLK_PORT`] with length 8: bytes +0..+4 are the
 //! event block (PM1_STS u16, PM1_EN u16), +4..+6 the control block (PM1_CNT
-//! u16), +6..+8 are reserved (read 0, writes ignored). Registers are decoded
-//! per byte so both ACPICA's single 16-bit accesses and byte-wise accesses
-//! work. The FADT's SMI_CMD is 0, so ACPI mode is always on: SCI_EN reads 1.
+//! u16), +6 the sleep control register ([`SLEEP_CONTROL_PORT`], write-only,
+//! reads 0) and +7 the sleep status register ([`SLEEP_STATUS_PORT`]: reads 0,
+//! writes ignored). Registers are decoded per byte so both ACPICA's single
+//! 16-bit accesses and byte-wise accesses work. The FADT's SMI_CMD is 0, so
+//! ACPI mode is always on: SCI_EN reads 1.
 //!
-//! Writing SLP_EN with SLP_TYP = [`SLEEP_TYPE_S5`] powers the VM off by
+//! A guest given a hardware-reduced FADT powers off through the sleep control
+//! register: ACPICA writes one byte `SLP_TYP << 2 | SLP_EN (1 << 5)` after
+//! clearing WAK_STS in the status register. The PM1 registers stay for a guest
+//! given the older full-hardware FADT, which powers off with SLP_TYP | SLP_EN in
+//! PM1_CNT: a VM restored from a snapshot taken before the switch still has
+//! those tables in its RAM.
+//!
+//! Either way, SLP_EN with SLP_TYP = [`SLEEP_TYPE_S5`] powers the VM off by
 //! writing `poweroff_evt`. Other sleep states are not supported and ignored.
-//! Nothing here raises an SCI (no power button or timer events yet).
+//! Nothing here raises an SCI (no power button or timer events yet), and
+//! WAK_STS never reads set: a guest that asked for S5 is never woken.
 
 use log::warn;
 use vmm_sys_util::eventfd::EventFd;
@@ -24,6 +35,12 @@ pub const PM1A_CNT_BLK_PORT: u16 = 0x604;
 pub const PM1_EVT_LEN: u8 = 4;
 /// Length of the PM1a control block in bytes (FADT PM1_CNT_LEN).
 pub const PM1_CNT_LEN: u8 = 2;
+/// Port of the hardware-reduced sleep control register (FADT SLEEP_CONTROL_REG).
+/// `arch::acpi::SLEEP_CONTROL_PORT` must agree (arch's tests check it).
+pub const SLEEP_CONTROL_PORT: u16 = 0x606;
+/// Port of the hardware-reduced sleep status register (FADT SLEEP_STATUS_REG).
+/// `arch::acpi::SLEEP_STATUS_PORT` must agree (arch's tests check it).
+pub const SLEEP_STATUS_PORT: u16 = 0x607;
 /// SLP_TYP value for S5 (soft off); the DSDT's `\_S5` package must give it.
 pub const SLEEP_TYPE_S5: u16 = 5;
 /// Number of ports to insert the device with.
@@ -32,6 +49,15 @@ pub const ACPI_PM_LEN: u64 = 8;
 const STS_OFFSET: u64 = 0;
 const EN_OFFSET: u64 = 2;
 const CNT_OFFSET: u64 = (PM1A_CNT_BLK_PORT - PM1A_EVT_BLK_PORT) as u64;
+const SLEEP_CONTROL_OFFSET: u64 = (SLEEP_CONTROL_PORT - PM1A_EVT_BLK_PORT) as u64;
+const SLEEP_STATUS_OFFSET: u64 = (SLEEP_STATUS_PORT - PM1A_EVT_BLK_PORT) as u64;
+// Both sleep registers sit in the bytes the PM1 blocks leave free.
+const _: () = assert!(
+    SLEEP_CONTROL_OFFSET >= CNT_OFFSET + PM1_CNT_LEN as u64
+        && SLEEP_CONTROL_OFFSET < ACPI_PM_LEN
+        && SLEEP_STATUS_OFFSET > SLEEP_CONTROL_OFFSET
+        && SLEEP_STATUS_OFFSET < ACPI_PM_LEN
+);
 // `read_byte` and `write_byte` take the byte within a register from bit 0 of
 // the offset, which needs every register to start at an even offset.
 const _: () = assert!(STS_OFFSET % 2 == 0 && EN_OFFSET % 2 == 0 && CNT_OFFSET % 2 == 0);
@@ -41,6 +67,10 @@ const BM_RLD: u16 = 1 << 1;
 const SLP_TYP_SHIFT: u16 = 10;
 const SLP_TYP_MASK: u16 = 0b111 << SLP_TYP_SHIFT;
 const SLP_EN: u16 = 1 << 13;
+// Sleep control register (ACPI 6.x §4.8.3.7): SLP_TYPx in bits 4:2, SLP_EN bit 5.
+const X_SLP_TYP_SHIFT: u8 = 2;
+const X_SLP_TYP_MASK: u8 = 0b111 << X_SLP_TYP_SHIFT;
+const X_SLP_EN: u8 = 1 << 5;
 /// PM1_CNT bits that hold state; SCI_EN is hard-wired, GBL_RLS and SLP_EN
 /// are write-only triggers.
 const CNT_STORED: u16 = BM_RLD | SLP_TYP_MASK;
@@ -98,13 +128,15 @@ impl AcpiPm {
             0..=1 => self.pm1_sts,
             2..=3 => self.pm1_en,
             4..=5 => self.pm1_cnt | SCI_EN,
+            // Also sleep control, which is write-only, and sleep status, whose
+            // only bit (WAK_STS) is never set: nothing wakes a guest from S5.
             _ => return 0,
         };
         get_byte(reg, offset)
     }
 
-    /// Applies one byte of a write. Returns the full PM1_CNT value written
-    /// (including write-only bits) when the byte holding SLP_EN was written.
+    /// Applies one byte of a write. Returns the SLP_TYP requested when the
+    /// byte holding SLP_EN was written with SLP_EN set.
     fn write_byte(&mut self, offset: u64, byte: u8) -> Option<u16> {
         match offset {
             // Write-1-to-clear.
@@ -118,20 +150,23 @@ impl AcpiPm {
                 self.pm1_cnt = written & CNT_STORED;
                 // SLP_TYP and SLP_EN both live in the high byte, so acting
                 // when it is written is right for 16-bit and byte-wise writes.
-                if offset == CNT_OFFSET + 1 {
-                    return Some(written);
+                if offset == CNT_OFFSET + 1 && written & SLP_EN != 0 {
+                    return Some((written & SLP_TYP_MASK) >> SLP_TYP_SHIFT);
                 }
             }
+            // Holds no state: SLP_TYP only matters together with SLP_EN.
+            SLEEP_CONTROL_OFFSET if byte & X_SLP_EN != 0 => {
+                return Some(u16::from((byte & X_SLP_TYP_MASK) >> X_SLP_TYP_SHIFT));
+            }
+            // Sleep control without SLP_EN, sleep status (WAK_STS is
+            // write-1-to-clear and never set), and past the end: nothing to do.
             _ => {}
         }
         None
     }
 
-    fn sleep_requested(&mut self, cnt: u16) {
-        if cnt & SLP_EN == 0 {
-            return;
-        }
-        let slp_typ = (cnt & SLP_TYP_MASK) >> SLP_TYP_SHIFT;
+    /// Acts on SLP_EN written with `slp_typ`, from either sleep register.
+    fn sleep_requested(&mut self, slp_typ: u16) {
         if slp_typ == SLEEP_TYPE_S5 {
             // Guest-triggered: saturate rather than wrap the statistic.
             self.poweroffs = self.poweroffs.saturating_add(1);
@@ -157,17 +192,17 @@ impl BusDevice for AcpiPm {
     fn write(&mut self, offset: u64, data: &[u8]) {
         // Apply the whole access before acting so a 16-bit write is seen as
         // one value.
-        let mut cnt_written = None;
+        let mut sleep = None;
         for (i, &byte) in data.iter().enumerate() {
             let Some(o) = offset.checked_add(i as u64) else {
                 break;
             };
-            if let Some(cnt) = self.write_byte(o, byte) {
-                cnt_written = Some(cnt);
+            if let Some(slp_typ) = self.write_byte(o, byte) {
+                sleep = Some(slp_typ);
             }
         }
-        if let Some(cnt) = cnt_written {
-            self.sleep_requested(cnt);
+        if let Some(slp_typ) = sleep {
+            self.sleep_requested(slp_typ);
         }
     }
 }
@@ -236,6 +271,7 @@ impl crate::state::DeviceState for AcpiPm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::DeviceState;
 
     const S5_SLP_EN: u16 = (SLEEP_TYPE_S5 << SLP_TYP_SHIFT) | SLP_EN;
 
@@ -306,6 +342,58 @@ mod tests {
         let cnt = read_u16(&mut dev, CNT_OFFSET);
         assert_eq!(cnt & SCI_EN, SCI_EN);
         assert_eq!(cnt & SLP_EN, 0);
+    }
+
+    /// What ACPICA's acpi_hw_extended_sleep writes for SLP_TYP `slp_typ`.
+    fn sleep_control(slp_typ: u16) -> u8 {
+        (u8::try_from(slp_typ).unwrap() << X_SLP_TYP_SHIFT) & X_SLP_TYP_MASK | X_SLP_EN
+    }
+
+    #[test]
+    fn s5_in_sleep_control_powers_off() {
+        let (mut dev, evt) = setup();
+        assert_eq!(sleep_control(SLEEP_TYPE_S5), 0x34);
+
+        // ACPICA clears WAK_STS first, then writes the sleep control byte.
+        dev.write(SLEEP_STATUS_OFFSET, &[0x80]);
+        dev.write(SLEEP_CONTROL_OFFSET, &[0x34]);
+
+        assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(dev.poweroffs(), 1);
+    }
+
+    #[test]
+    fn other_sleep_type_in_sleep_control_is_ignored() {
+        let (mut dev, evt) = setup();
+
+        dev.write(SLEEP_CONTROL_OFFSET, &[sleep_control(3)]);
+        dev.write(SLEEP_CONTROL_OFFSET, &[sleep_control(3)]);
+
+        assert!(evt.read().is_err());
+        assert_eq!(dev.poweroffs(), 0);
+        assert!(dev.unsupported_sleep_logged, "warned once");
+    }
+
+    #[test]
+    fn sleep_control_without_slp_en_does_not_power_off() {
+        let (mut dev, evt) = setup();
+
+        dev.write(SLEEP_CONTROL_OFFSET, &[0x34 & !X_SLP_EN]);
+
+        assert!(evt.read().is_err());
+        assert_eq!(dev.poweroffs(), 0);
+    }
+
+    #[test]
+    fn sleep_registers_read_zero_and_hold_no_state() {
+        let (mut dev, _evt) = setup();
+        dev.write(CNT_OFFSET, &(SLEEP_TYPE_S5 << SLP_TYP_SHIFT).to_le_bytes());
+        let before = dev.save_state().unwrap();
+
+        dev.write(SLEEP_CONTROL_OFFSET, &[0x14, 0xff]);
+
+        assert_eq!(read_u16(&mut dev, SLEEP_CONTROL_OFFSET), 0);
+        assert_eq!(dev.save_state().unwrap(), before, "PM1 untouched");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! This crate owns the port-I/O/MMIO [`Bus`] and the legacy PC devices a
 //! stock Linux x86-64 kernel needs beyond what KVM's in-kernel irqchip and PIT
 //! provide: the COM1 UART, a minimal i8042 (probe and reset command), the CMOS
-//! RTC, the ACPI PM1 fixed-hardware registers and the 0xcf9 reset register; and the
-//! console's output path, which never lets a stalled reader block the UART.
+//! RTC, the ACPI power-management registers (hardware-reduced sleep control and
+//! status, and the PM1 registers older FADTs used) and the 0xcf9 reset register;
+//! and the console's output path, which never lets a stalled reader block the UART.
 
 // Issue 13: the same gates as `kernel_loader` and `vm_control`. Guest-controlled
 // values (port/MMIO offsets and data, descriptor addresses and lengths, config
@@ -46,7 +47,7 @@ pub mod virtio;
 
 pub use acpi_pm::{
     ACPI_PM_LEN, AcpiPm, PM1_CNT_LEN, PM1_EVT_LEN, PM1A_CNT_BLK_PORT, PM1A_EVT_BLK_PORT,
-    SLEEP_TYPE_S5,
+    SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLEEP_TYPE_S5,
 };
 pub use bus::{Bus, BusDevice, BusError, BusWindow};
 pub use cmos::{CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos};

@@ -8,7 +8,7 @@ use std::thread;
 use devices::{
     ACPI_PM_LEN, AcpiPm, Bus, CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos, I8042, I8042_PORT_LEN,
     PM1A_CNT_BLK_PORT, PM1A_EVT_BLK_PORT, RESET_CONTROL_LEN, RESET_CONTROL_PORT, ResetControl,
-    SERIAL_PORT_LEN, SLEEP_TYPE_S5, Serial,
+    SERIAL_PORT_LEN, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLEEP_TYPE_S5, Serial,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -97,4 +97,49 @@ fn legacy_devices_on_one_bus_answer_at_their_ports() {
     assert_eq!(port_b, [0xff], "but not decoded by it");
     let mut unclaimed = [0u8];
     assert!(!bus.read(0x65, &mut unclaimed));
+}
+
+/// The PM device alone on a bus at its port, and the event it powers off through.
+fn acpi_pm_bus() -> (Bus, EventFd) {
+    let poweroff = evt();
+    let bus = Bus::new();
+    bus.insert(
+        Arc::new(Mutex::new(AcpiPm::new(poweroff.try_clone().unwrap()))),
+        u64::from(PM1A_EVT_BLK_PORT),
+        ACPI_PM_LEN,
+    )
+    .unwrap();
+    (bus, poweroff)
+}
+
+#[test]
+fn reduced_hardware_sleep_control_powers_off_on_s5_only() {
+    let (bus, poweroff) = acpi_pm_bus();
+    let control = u64::from(SLEEP_CONTROL_PORT);
+    let status = u64::from(SLEEP_STATUS_PORT);
+    assert_eq!((control, status), (0x606, 0x607));
+
+    // Act / assert: what ACPICA writes for S3, and S5 without SLP_EN, do nothing.
+    assert!(bus.write(status, &[0x80]), "WAK_STS clear is decoded");
+    assert!(bus.write(control, &[0x20 | (3 << 2)]));
+    assert!(bus.write(control, &[0x14]));
+    assert!(poweroff.read().is_err());
+    let mut regs = [0xffu8; 2];
+    assert!(bus.read(control, &mut regs[..1]));
+    assert!(bus.read(status, &mut regs[1..]));
+    assert_eq!(regs, [0, 0], "write-only control, WAK_STS never set");
+
+    // SLP_TYP 5 << 2 | SLP_EN, as one byte: power off.
+    assert!(bus.write(control, &[0x34]));
+    assert_eq!(poweroff.read().unwrap(), 1);
+}
+
+#[test]
+fn pm1_cnt_still_powers_off_for_guests_with_the_old_fadt() {
+    let (bus, poweroff) = acpi_pm_bus();
+
+    let s5 = (SLEEP_TYPE_S5 << 10) | (1 << 13);
+    assert!(bus.write(u64::from(PM1A_CNT_BLK_PORT), &s5.to_le_bytes()));
+
+    assert_eq!(poweroff.read().unwrap(), 1);
 }
