@@ -151,7 +151,11 @@ fn without_a_pit_the_uart_and_rtc_get_their_interrupts_from_the_dsdt() {
     let flags: u32 = run.value("fadt_flags=").parse().unwrap_or_else(|_| {
         panic!("no FADT flags; lab output:\n{}", run.output);
     });
-    assert_ne!(flags & (1 << 20), 0, "FADT flags {flags:#x}: not hardware-reduced");
+    assert_ne!(
+        flags & (1 << 20),
+        0,
+        "FADT flags {flags:#x}: not hardware-reduced"
+    );
 }
 
 #[test]
