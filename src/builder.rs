@@ -385,6 +385,8 @@ fn create_vm(kvm: &Kvm, memory: &GuestMemoryMmap, with_pit: bool) -> Result<VmFd
     vm_fd
         .create_irq_chip()
         .map_err(kvm_step("create the in-kernel interrupt controllers"))?;
+    // As firmware would; a restore then writes the saved PIC state over this.
+    arch::pic::mask_all_inputs(&vm_fd).map_err(arch_err)?;
     if with_pit {
         // The PIT's speaker port (0x61) is served in the kernel too, so the guest's timer
         // calibration never leaves KVM.

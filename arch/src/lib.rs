@@ -8,9 +8,10 @@
 //! - [`acpi`]: the ACPI tables (RSDP, XSDT, FADT, DSDT, MADT) the kernel uses to
 //!   discover CPUs, the I/O APIC and the power-off / reset registers;
 //! - [`cpuid`]: the CPUID leaves each vCPU sees (topology, hypervisor bit);
+//! - [`pic`]: the in-kernel 8259 pair masked, as firmware leaves it;
 //! - [`regs`]: the initial vCPU state for the Linux 64-bit boot protocol and
 //!   for PVH (MSRs, FPU, local APIC LVTs, GDT/IDT, page tables, registers);
-//! - [`state`]: the running VM's KVM state (vCPUs, irqchip, PIT, clock) captured
+//! - [`state`]: the running VM's KVM state (vCPUs, irqchip, clock, a PIT if any) captured
 //!   into and restored from snapshot records.
 //!
 //! Each module has its own error type; [`Error`] wraps them all so callers that
@@ -25,6 +26,7 @@ pub mod cpuid;
 pub mod gdt;
 pub mod layout;
 pub mod paging;
+pub mod pic;
 pub mod regs;
 pub mod state;
 
@@ -40,6 +42,9 @@ pub enum Error {
     /// Configuring a vCPU's registers, MSRs, FPU or LAPIC failed.
     #[error(transparent)]
     Regs(#[from] regs::Error),
+    /// Masking the in-kernel 8259s failed.
+    #[error(transparent)]
+    Pic(#[from] pic::Error),
 }
 
 #[cfg(test)]
