@@ -294,6 +294,7 @@ pub fn build(
             }
             (None, Some(loader)) => {
                 let rsdp = arch::acpi::setup_acpi_tables(&memory, config.cpus).map_err(arch_err)?;
+                arch::reset_vector::write_reset_vector(&memory).map_err(arch_err)?;
                 let images = loader.join().map_err(|_| BuildError::LoaderPanicked)??;
                 let boot_info =
                     write_boot_info(&memory, config, &images.kernel, images.initrd, rsdp)?;

@@ -11,6 +11,7 @@
 //! - [`pic`]: the in-kernel 8259 pair masked, as firmware leaves it;
 //! - [`regs`]: the initial vCPU state for the Linux 64-bit boot protocol and
 //!   for PVH (MSRs, FPU, local APIC LVTs, GDT/IDT, page tables, registers);
+//! - [`reset_vector`]: the code at the real-mode reset vector, which resets the VM;
 //! - [`state`]: the running VM's KVM state (vCPUs, irqchip, clock, a PIT if any) captured
 //!   into and restored from snapshot records.
 //!
@@ -28,6 +29,7 @@ pub mod layout;
 pub mod paging;
 pub mod pic;
 pub mod regs;
+pub mod reset_vector;
 pub mod state;
 
 /// Any failure while setting up the x86-64 parts of a VM.
@@ -42,6 +44,9 @@ pub enum Error {
     /// Configuring a vCPU's registers, MSRs, FPU or LAPIC failed.
     #[error(transparent)]
     Regs(#[from] regs::Error),
+    /// Writing the reset vector's code failed.
+    #[error(transparent)]
+    ResetVector(#[from] reset_vector::Error),
     /// Masking the in-kernel 8259s failed.
     #[error(transparent)]
     Pic(#[from] pic::Error),

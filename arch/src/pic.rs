@@ -3,14 +3,13 @@
 //! `KVM_CREATE_IRQCHIP` makes the two 8259s (besides the IOAPIC and the LAPICs), in their
 //! reset state: no input masked and a vector base of 0. A PC's BIOS programs and masks
 //! them before the OS runs; vmm has no BIOS, and its hardware-reduced FADT tells Linux
-//! there is no legacy PIC, so Linux never programs them either. That would be harmless but
-//! for the ISA interrupts: KVM routes GSIs 0-15 to the PIC pins as well as to the IOAPIC,
-//! and Linux, on its way to a reboot (`disconnect_bsp_APIC`) or with the LAPIC disabled,
-//! turns the boot CPU's LINT0 into an unmasked ExtINT input. The UART's next interrupt
-//! then reaches the CPU through the PIC as vector 4 (base 0 + IRQ 4), an exception
-//! vector, and the guest hangs instead of rebooting. Masking every input, as firmware
-//! does, keeps the PIC silent until a guest that wants it programs it (its ICW sequence
-//! and mask are its own).
+//! there is no legacy PIC, so Linux never programs them either. Left so, they would turn
+//! any ISA interrupt into an exception vector: KVM routes GSIs 0-15 to the PIC pins as
+//! well as to the IOAPIC, and a guest that makes the boot CPU's LINT0 an unmasked ExtINT
+//! input (Linux does in `disconnect_bsp_APIC`, on its way to a reboot or a kexec) with
+//! interrupts enabled would take the UART's next interrupt as vector 4 (base 0 + IRQ 4).
+//! Masking every input, as firmware does, keeps the PIC silent until a guest that wants
+//! it programs it (its ICW sequence and mask are its own).
 
 use kvm_bindings::{KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, kvm_irqchip};
 use kvm_ioctls::VmFd;
