@@ -425,6 +425,7 @@ const SYSCALL_NAMES: &[(i64, &str)] = &[
     (libc::SYS_seccomp, "seccomp"),
     (libc::SYS_openat2, "openat2"),
     (libc::SYS_pidfd_open, "pidfd_open"),
+    (libc::SYS_pidfd_send_signal, "pidfd_send_signal"),
     (libc::SYS_close_range, "close_range"),
 ];
 
