@@ -295,7 +295,7 @@ impl RamWriter {
         let report = SharedReport::new().map_err(WriterError::Spawn)?;
         let delay = delay.map(|d| libc::timespec {
             tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_nsec: libc::c_long::try_from(d.subsec_nanos()).unwrap_or(0),
+            tv_nsec: libc::c_long::from(d.subsec_nanos()),
         });
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
