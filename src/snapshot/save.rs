@@ -193,8 +193,9 @@ pub fn start_snapshot(
     let paused = paused_at.elapsed();
     let planned: usize = extents.iter().map(|extent| extent.byte_len()).sum();
     log::info!(
-        "snapshot: the VM was paused for {paused:?}; process {} writes up to {planned} of {} \
+        "snapshot: the VM was paused for {:.1} ms; process {} writes up to {planned} of {} \
          bytes of RAM ({} extents) while it runs",
+        paused.as_secs_f64() * 1000.0,
         writer.pid(),
         layout.total_bytes(),
         extents.len()
