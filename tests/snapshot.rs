@@ -792,3 +792,34 @@ fn a_stop_signal_while_a_snapshot_is_written_kills_its_writer_and_removes_the_fi
         }
     }
 }
+
+#[test]
+fn a_client_that_leaves_during_a_background_snapshot_breaks_nothing() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("snapshot-client-gone");
+    let vm = Vmm::boot_with(&scratch, "vm", &COUNTER, Some(1000), &[]);
+    vm.wait_for_output(90);
+    let mut client = vm.start_snapshot(&scratch.path("gone.snap"));
+    assert!(
+        common::wait_until(START_LIMIT, || !vm.vmm_children().is_empty()),
+        "the VMM forked its RAM writer"
+    );
+    client.kill().expect("kill the client");
+    client.wait().expect("reap the client");
+    // The writer finishes for nobody; then the VMM is free for the next snapshot.
+    assert!(
+        common::wait_until(START_LIMIT, || vm.vmm_children().is_empty()),
+        "the writer is reaped though its client has gone"
+    );
+    vm.wait_for_output(900);
+    vm.ctl_ok("stats", &[]);
+    let snapshot = scratch.path("vm.snap");
+    vm.snapshot(&snapshot, false);
+    vm.stop();
+    let log = scratch.path("r.log");
+    let restored = Vmm::restore(&scratch, &snapshot, "r", Some(&log), &log, &[]);
+    restored.wait_for_output(900);
+    restored.stop();
+}

@@ -514,6 +514,53 @@ mod tests {
     }
 
     #[test]
+    fn the_extents_to_write_are_the_populated_runs_at_their_file_offsets() {
+        let map = PageMap::open_own().expect("this host's pagemap");
+        // Transparent huge pages would populate whole 2 MiB pages: 4 KiB pages here.
+        let mem = two_ranges();
+        for region in mem.iter() {
+            // SAFETY: the region's own mapping; MADV_NOHUGEPAGE changes only its backing.
+            let rc = unsafe {
+                libc::madvise(
+                    region.as_ptr().cast(),
+                    region.len() as usize,
+                    libc::MADV_NOHUGEPAGE,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+        mem.write_obj(1u64, GuestAddress(0x1000)).expect("w");
+        mem.write_obj(2u64, GuestAddress(0x2000)).expect("w");
+        mem.write_obj(3u64, GuestAddress(0x5000)).expect("w");
+        mem.write_obj(4u64, GuestAddress(HIGH_BASE + 0x3000))
+            .expect("w");
+
+        let extents = plan_extents(&mem, Some(&map));
+
+        let spans: Vec<(u64, usize)> = extents
+            .iter()
+            .map(|e| (e.file_offset(), e.byte_len()))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (0x1000, 2 * PAGE_BYTES),
+                (0x5000, PAGE_BYTES),
+                (LOW + 0x3000, PAGE_BYTES)
+            ],
+            "two adjacent pages merged; the second range's page after the first range's RAM"
+        );
+        assert_eq!(
+            plan_extents(&mem, None)
+                .iter()
+                .map(|e| e.byte_len() as u64)
+                .sum::<u64>(),
+            LOW + HIGH,
+            "without a pagemap, all of RAM"
+        );
+    }
+
+    #[test]
     fn a_restored_vms_pages_that_stayed_in_its_memory_file_are_saved_again() {
         let map = PageMap::open_own().expect("this host's pagemap");
         let mem = two_ranges();

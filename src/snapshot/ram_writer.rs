@@ -70,6 +70,12 @@ impl Extent {
     pub fn byte_len(&self) -> usize {
         self.len
     }
+
+    /// Where it goes in the memory file.
+    #[cfg(test)]
+    pub fn file_offset(&self) -> u64 {
+        self.file_offset
+    }
 }
 
 /// Writes the non-zero pages of `extents` into `fd` at their offsets (a page of zeros is
