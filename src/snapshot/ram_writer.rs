@@ -310,7 +310,11 @@ impl RamWriter {
         // stack and of the whole address space, and returns here with 0 on its own copy.
         // With CLONE_PIDFD the kernel stores the new pidfd at the third argument (the
         // parent_tid slot), which points at `pidfd`; stack, child_tid and tls are unused
-        // (0) without CLONE_CHILD_* and CLONE_SETTLS.
+        // (0) without CLONE_CHILD_* and CLONE_SETTLS. The child is a copy of a
+        // multi-threaded process with one thread: it goes straight into `child_main`,
+        // which never returns (no destructor runs on the copy) and makes only raw system
+        // calls on memory made before the fork (no allocation, no lock another thread
+        // may have held).
         let pid = unsafe {
             libc::syscall(
                 libc::SYS_clone,
