@@ -9,6 +9,14 @@
 //! `MAX_CONNECTIONS` clients are connected at once: one more is told so (`Failed`,
 //! `EUSERS`) and closed as soon as it is accepted, so the backlog never fills and the
 //! loop never spins on a readable listener.
+//!
+//! A `Snapshot` that lets the VM run on is answered late: its guest RAM is written by a
+//! forked process (`crate::snapshot::save`), whose pidfd the run loop watches; meanwhile
+//! every client is served as usual, and another `Snapshot` is refused (`Failed`, `EBUSY`).
+//! When the writer has exited, [`ControlServer::snapshot_writer_exited`] finishes the
+//! snapshot and replies to the client that asked (if it is still connected) with its
+//! request id. If the VM ends first, [`ControlServer::abandon_snapshot`] kills the writer
+//! and tells that client the snapshot failed.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -20,11 +28,12 @@ use vm_control::server::{
     AcceptError, Connection, ConnectionError, IncomingRequest, Listener, MAX_CONNECTIONS,
     MAX_REQUESTS_PER_WAKE, Received,
 };
-use vm_control::wire::{ErrorKind, ErrorReply, Event, Request, Response};
+use vm_control::wire::{ErrorKind, ErrorReply, Event, Request, RequestId, Response};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::exit::VmExit;
 use crate::running_vm::{BalloonRequestError, RunningVm};
+use crate::snapshot::save::{BackgroundSave, SnapshotError};
 
 /// Epoll data values at or above this name a client connection (the key below it).
 pub const CONNECTION_TOKEN_BASE: u64 = 1 << 32;
@@ -40,6 +49,16 @@ enum Outcome {
     ReplyAndExit(Response, VmExit),
     /// Reply, then tell every subscriber.
     ReplyAndNotify(Response, Event),
+    /// No reply yet: a snapshot's writer runs; the reply comes when it has exited.
+    Deferred(BackgroundSave),
+}
+
+/// A snapshot being written in the background, and whom to answer.
+struct PendingSnapshot {
+    save: BackgroundSave,
+    /// The connection that asked.
+    key: u64,
+    id: RequestId,
 }
 
 /// A client connection and the epoll interest currently registered for it.
@@ -58,15 +77,20 @@ pub struct ControlServer {
     next_key: u64,
     /// Whether the refusals since the server was last below capacity have been logged.
     refusals_logged: bool,
+    /// The epoll token of a snapshot writer's pidfd.
+    snapshot_token: u64,
+    /// The snapshot being written, if any.
+    snapshot: Option<PendingSnapshot>,
 }
 
 impl ControlServer {
     /// Serves `listener` (bound before the VM was built, see `opened`), added to `epoll`
-    /// under `listener_token`.
+    /// under `listener_token`; a snapshot's writer is watched under `snapshot_token`.
     pub fn new(
         listener: Listener,
         epoll: &Epoll,
         listener_token: u64,
+        snapshot_token: u64,
     ) -> io::Result<ControlServer> {
         let mut server = ControlServer {
             listener,
@@ -76,6 +100,8 @@ impl ControlServer {
             connections: BTreeMap::new(),
             next_key: 0,
             refusals_logged: false,
+            snapshot_token,
+            snapshot: None,
         };
         server.set_listening(epoll, true)?;
         Ok(server)
@@ -194,9 +220,11 @@ impl ControlServer {
     ) -> Option<VmExit> {
         let key = token.checked_sub(CONNECTION_TOKEN_BASE)?;
         let watched = self.connections.get_mut(&key)?;
-        let mut notify = Vec::new();
-        let mut exit = None;
-        let result = serve_connection(&mut watched.connection, events, vm, &mut notify, &mut exit);
+        let mut effects = Effects {
+            snapshot_busy: self.snapshot.is_some(),
+            ..Effects::default()
+        };
+        let result = serve_connection(&mut watched.connection, events, vm, &mut effects);
         match result {
             Ok(()) => rewatch(epoll, key, watched),
             Err(err) => {
@@ -204,10 +232,92 @@ impl ControlServer {
                 self.drop_connection(epoll, key);
             }
         }
-        for event in notify {
+        if let Some((save, id)) = effects.started {
+            self.watch_snapshot(epoll, PendingSnapshot { save, key, id });
+        }
+        for event in effects.notify {
             self.broadcast(epoll, event);
         }
-        exit
+        effects.exit
+    }
+
+    /// Watches a snapshot writer's pidfd; if it cannot be watched, abandons the snapshot
+    /// and tells the client.
+    fn watch_snapshot(&mut self, epoll: &Epoll, pending: PendingSnapshot) {
+        let event = EpollEvent::new(EventSet::IN, self.snapshot_token);
+        let fd = pending.save.pidfd().as_raw_fd();
+        if let Err(err) = epoll.ctl(ControlOperation::Add, fd, event) {
+            warn!("cannot watch the snapshot writer, abandoning the snapshot: {err}");
+            let (key, id) = (pending.key, pending.id);
+            drop(pending);
+            self.reply_to(epoll, key, id, Response::Err(ErrorReply::failed(&err)));
+            return;
+        }
+        self.snapshot = Some(pending);
+    }
+
+    /// The snapshot writer's pidfd is readable: finishes the snapshot (writes the stream)
+    /// once the writer has exited, and answers the client that asked.
+    pub fn snapshot_writer_exited(&mut self, epoll: &Epoll) {
+        let Some(pending) = self.snapshot.as_mut() else {
+            return;
+        };
+        let Some(result) = pending.save.poll() else {
+            return;
+        };
+        let Some(pending) = self.snapshot.take() else {
+            return;
+        };
+        let _ = epoll.ctl(
+            ControlOperation::Delete,
+            pending.save.pidfd().as_raw_fd(),
+            EpollEvent::default(),
+        );
+        let response = match result {
+            Ok(()) => Response::Ok,
+            Err(err) => {
+                warn!("snapshot not taken, the VM goes on: {err}");
+                snapshot_error(&err)
+            }
+        };
+        self.reply_to(epoll, pending.key, pending.id, response);
+    }
+
+    /// The VM ends: kills and reaps a snapshot writer still running, and tells the client
+    /// that asked that the snapshot failed (`Failed`, `ECANCELED`).
+    pub fn abandon_snapshot(&mut self, epoll: &Epoll) {
+        let Some(pending) = self.snapshot.take() else {
+            return;
+        };
+        let _ = epoll.ctl(
+            ControlOperation::Delete,
+            pending.save.pidfd().as_raw_fd(),
+            EpollEvent::default(),
+        );
+        let (key, id) = (pending.key, pending.id);
+        // Dropping the save kills its writer and reaps it.
+        drop(pending);
+        warn!("{}", SnapshotError::Abandoned);
+        self.reply_to(epoll, key, id, snapshot_error(&SnapshotError::Abandoned));
+    }
+
+    /// Sends a late reply to connection `key`, if it is still connected.
+    fn reply_to(&mut self, epoll: &Epoll, key: u64, id: RequestId, response: Response) {
+        let Some(watched) = self.connections.get_mut(&key) else {
+            debug!("the client that asked for the snapshot has gone: no one to answer");
+            return;
+        };
+        let sent = watched
+            .connection
+            .reply(id, response)
+            .and_then(|()| watched.connection.flush());
+        match sent {
+            Ok(()) => rewatch(epoll, key, watched),
+            Err(err) => {
+                debug!("closing control connection: {err}");
+                self.drop_connection(epoll, key);
+            }
+        }
     }
 
     /// Queues `event` for every subscribed client and sends what it can now.
@@ -282,12 +392,24 @@ fn interest(connection: &Connection) -> EventSet {
     events
 }
 
+/// What serving a connection asks of the server beside its replies.
+#[derive(Default)]
+struct Effects {
+    /// Events for every subscriber.
+    notify: Vec<Event>,
+    /// Why the VM must end.
+    exit: Option<VmExit>,
+    /// Whether a snapshot is being written already.
+    snapshot_busy: bool,
+    /// A snapshot this connection started, and its request id.
+    started: Option<(BackgroundSave, RequestId)>,
+}
+
 fn serve_connection(
     connection: &mut Connection,
     events: EventSet,
     vm: &mut RunningVm,
-    notify: &mut Vec<Event>,
-    exit: &mut Option<VmExit>,
+    effects: &mut Effects,
 ) -> Result<(), ConnectionError> {
     if events.intersects(EventSet::OUT) {
         connection.flush()?;
@@ -309,25 +431,28 @@ fn serve_connection(
             continue;
         }
         let id = request.id;
-        match execute(request, vm) {
+        let busy = effects.snapshot_busy || effects.started.is_some();
+        match execute(request, vm, busy) {
             Outcome::Reply(response) => connection.reply(id, response)?,
             Outcome::ReplyAndNotify(response, event) => {
                 connection.reply(id, response)?;
-                notify.push(event);
+                effects.notify.push(event);
             }
             Outcome::ReplyAndExit(response, why) => {
                 connection.reply(id, response)?;
                 connection.flush()?;
-                *exit = Some(why);
+                effects.exit = Some(why);
                 break;
             }
+            Outcome::Deferred(save) => effects.started = Some((save, id)),
         }
     }
     connection.flush()
 }
 
-/// Carries out one request against the running VM.
-fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
+/// Carries out one request against the running VM; `snapshot_busy` when a snapshot is
+/// being written.
+fn execute(request: IncomingRequest, vm: &mut RunningVm, snapshot_busy: bool) -> Outcome {
     match request.request {
         Request::Exit => Outcome::ReplyAndExit(Response::Ok, VmExit::Stopped),
         Request::Pause => match vm.pause() {
@@ -362,6 +487,10 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
             Some(fd) => vm.console_attach(fd, flags),
             None => Response::error(ErrorKind::ExpectFd, libc::EBADF),
         }),
+        Request::Snapshot { .. } if snapshot_busy => {
+            debug!("Snapshot refused: {}", SnapshotError::Busy);
+            Outcome::Reply(snapshot_error(&SnapshotError::Busy))
+        }
         Request::Snapshot { flags } => snapshot(vm, request.fd, request.second_fd, flags),
         // Answered by vm_control before `execute` is reached.
         Request::GetVersion => Outcome::Reply(Response::version()),
@@ -370,7 +499,8 @@ fn execute(request: IncomingRequest, vm: &mut RunningVm) -> Outcome {
 }
 
 /// `Snapshot`: the stream to `stream`, RAM to `memory`; with `STOP`, the VM ends after a
-/// snapshot written whole.
+/// snapshot written whole (in place: the VM stays paused anyway); without, RAM is written
+/// by a forked writer while the VM runs on, and the reply waits for it.
 fn snapshot(
     vm: &mut RunningVm,
     stream: Option<OwnedFd>,
@@ -402,19 +532,30 @@ fn snapshot(
         return Outcome::Reply(Response::error(ErrorKind::InvalidArgument, libc::EINVAL));
     }
     let stop = flags & vm_control::wire::snapshot_flags::STOP != 0;
-    match crate::snapshot::save::take_snapshot(vm, &stream, &memory, stop) {
-        Ok(()) if stop => Outcome::ReplyAndExit(Response::Ok, VmExit::Stopped),
-        Ok(()) => Outcome::Reply(Response::Ok),
+    let result = if stop {
+        crate::snapshot::save::take_snapshot(vm, &stream, &memory, true).map(|()| None)
+    } else {
+        crate::snapshot::save::start_snapshot(vm, stream, memory).map(Some)
+    };
+    match result {
+        Ok(None) => Outcome::ReplyAndExit(Response::Ok, VmExit::Stopped),
+        Ok(Some(save)) => Outcome::Deferred(save),
         Err(err) => {
             warn!("snapshot not taken, the VM goes on: {err}");
-            let kind = if err.is_refusal() {
-                ErrorKind::Unsupported
-            } else {
-                ErrorKind::Failed
-            };
-            Outcome::Reply(Response::error(kind, err.errno()))
+            Outcome::Reply(snapshot_error(&err))
         }
     }
+}
+
+/// The error reply for a snapshot not taken: `Unsupported` when the VM cannot be saved as
+/// it is, `Failed` otherwise, with the errno that says why.
+fn snapshot_error(err: &SnapshotError) -> Response {
+    let kind = if err.is_refusal() {
+        ErrorKind::Unsupported
+    } else {
+        ErrorKind::Failed
+    };
+    Response::error(kind, err.errno())
 }
 
 /// Refuses a snapshot file the VMM could not write at offsets: one open read-only

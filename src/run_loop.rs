@@ -70,10 +70,11 @@ enum Token {
     ControlListener,
     BalloonChanged,
     ConsoleWriter,
+    SnapshotWriter,
 }
 
 impl Token {
-    const ALL: [Token; 9] = [
+    const ALL: [Token; 10] = [
         Token::Signal,
         Token::VcpuExit,
         Token::PowerOff,
@@ -83,6 +84,7 @@ impl Token {
         Token::ControlListener,
         Token::BalloonChanged,
         Token::ConsoleWriter,
+        Token::SnapshotWriter,
     ];
 
     fn from_data(data: u64) -> Option<Token> {
@@ -137,8 +139,13 @@ pub fn run(
         Some(listener) => Some({
             let limit = crate::fd_budget::ensure_control_headroom()?;
             debug!("descriptor limit {limit}: room for every control connection");
-            ControlServer::new(listener, &epoll, Token::ControlListener as u64)
-                .map_err(RunError::ControlSocket)?
+            ControlServer::new(
+                listener,
+                &epoll,
+                Token::ControlListener as u64,
+                Token::SnapshotWriter as u64,
+            )
+            .map_err(RunError::ControlSocket)?
         }),
         None => None,
     };
@@ -209,6 +216,11 @@ pub fn run(
         balloon_changes: Coalescer::new(BALLOON_EVENT_INTERVAL),
     };
     let result = run_loop.wait_for_exit(&mut running);
+    // A snapshot still being written is abandoned: its writer killed and reaped, its
+    // client told (before the VMM's last messages go out below).
+    if let Some(control) = run_loop.control.as_mut() {
+        control.abandon_snapshot(&run_loop.epoll);
+    }
     // The balloon's last change, held back by the rate limit, still reaches subscribers.
     if let Some(pages) = run_loop.balloon_changes.flush(Instant::now()) {
         run_loop.broadcast_balloon(pages);
@@ -485,6 +497,12 @@ impl RunLoop<'_> {
             Some(Token::ControlListener) => {
                 if let Some(control) = self.control.as_mut() {
                     control.accept(&self.epoll);
+                }
+                None
+            }
+            Some(Token::SnapshotWriter) => {
+                if let Some(control) = self.control.as_mut() {
+                    control.snapshot_writer_exited(&self.epoll);
                 }
                 None
             }

@@ -172,7 +172,7 @@ vmm stop /tmp/vmm.sock
     assert_eq!(run.value("violation-exit:"), "31", "{output}");
     let violation = run.value("violation-line:");
     assert!(
-        violation.contains("thread virtio-vsock (virtio-vsock policy) made system call getppid"),
+        violation.contains("thread virtio-vsock (virtio-vsock policy) made system call uname"),
         "{violation}: {output}"
     );
     assert_eq!(run.value("first-alive:"), "yes", "{output}");

@@ -35,7 +35,7 @@ fn run_with_violation_in(kind: &str, extra: &[&str]) -> Output {
 }
 
 /// Exit status 31 and the one-line report: `thread LABEL (POLICY policy) made system call
-/// getppid (110), ...`, where LABEL is one of `threads`.
+/// uname (63), ...`, where LABEL is one of `threads`.
 fn assert_stopped_by_sandbox(output: &Output, threads: &[&str], policy: &str) {
     assert_eq!(
         output.status.code(),
@@ -46,7 +46,7 @@ fn assert_stopped_by_sandbox(output: &Output, threads: &[&str], policy: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let found = threads.iter().any(|thread| {
         stderr.contains(&format!(
-            "vmm: sandbox: thread {thread} ({policy} policy) made system call getppid (110), \
+            "vmm: sandbox: thread {thread} ({policy} policy) made system call uname (63), \
              which its seccomp policy does not allow; stopping the VMM (exit status 31"
         ))
     });

@@ -17,7 +17,7 @@
 //!
 //! A test-only hook proves the path end to end: when the environment variable
 //! [`TEST_VIOLATION_ENV`] names a thread kind, that kind's threads make one system call no
-//! policy allows (`getppid`) right after installing their filter.
+//! policy allows (`uname`) right after installing their filter.
 
 use std::cell::Cell;
 use std::io;
@@ -38,7 +38,7 @@ pub const EXIT_BAD_SYSCALL: i32 = 31;
 pub const TEST_VIOLATION_ENV: &str = "VMM_SANDBOX_TEST_VIOLATION";
 
 /// The system call the test hook makes: harmless, and in no policy.
-pub const TEST_VIOLATION_SYSCALL: &str = "getppid";
+pub const TEST_VIOLATION_SYSCALL: &str = "uname";
 
 /// A kind of thread, each with its own policy file in `seccomp/policies/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,8 +206,8 @@ pub fn install(kind: ThreadKind, label: &str) -> Result<(), SeccompError> {
         source,
     })?;
     if violate {
-        // SAFETY: getppid takes no arguments and cannot fail; here the filter traps it.
-        unsafe { libc::syscall(libc::SYS_getppid) };
+        // SAFETY: uname with a null buffer only fails (EFAULT); here the filter traps it first.
+        unsafe { libc::syscall(libc::SYS_uname, std::ptr::null_mut::<libc::utsname>()) };
     }
     Ok(())
 }
@@ -425,6 +425,7 @@ const SYSCALL_NAMES: &[(i64, &str)] = &[
     (libc::SYS_seccomp, "seccomp"),
     (libc::SYS_openat2, "openat2"),
     (libc::SYS_pidfd_open, "pidfd_open"),
+    (libc::SYS_pidfd_send_signal, "pidfd_send_signal"),
     (libc::SYS_close_range, "close_range"),
 ];
 
@@ -452,10 +453,7 @@ mod tests {
         for (number, name) in SYSCALL_NAMES {
             assert_eq!(syscall_name(*number), Some(*name));
         }
-        assert_eq!(
-            syscall_name(libc::SYS_getppid),
-            Some(TEST_VIOLATION_SYSCALL)
-        );
+        assert_eq!(syscall_name(libc::SYS_uname), Some(TEST_VIOLATION_SYSCALL));
         assert_eq!(syscall_name(100_000), None);
     }
 

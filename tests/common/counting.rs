@@ -36,6 +36,43 @@ pub const COUNTER: [u8; 37] = [
     0xeb, 0xdb, //                  35: jmp 0
 ];
 
+/// The counting guest with its count in memory too: `inc ebx`, `inc dword [0x200000]`,
+/// and unless both still agree, `X` and a newline and a halt; else the count's digits as
+/// [`COUNTER`] prints them. It writes a page of RAM on every count, and a snapshot whose
+/// memory is from another moment than its registers restores to a guest that prints `X`.
+pub const MEMORY_COUNTER: [u8; 67] = [
+    0xff, 0xc3, //                                  0: inc ebx
+    0xff, 0x04, 0x25, 0x00, 0x00, 0x20, 0x00, //    2: inc dword [0x200000]
+    0x3b, 0x1c, 0x25, 0x00, 0x00, 0x20, 0x00, //    9: cmp ebx, [0x200000]
+    0x75, 0x23, //                                 16: jne 53
+    0xb9, 0x08, 0x00, 0x00, 0x00, //               18: mov ecx, 8
+    0xba, 0xf8, 0x03, 0x00, 0x00, //               23: mov edx, 0x3f8
+    0xc1, 0xc3, 0x04, //                           28: rol ebx, 4
+    0x89, 0xd8, //                                 31: mov eax, ebx
+    0x24, 0x0f, //                                 33: and al, 0xf
+    0x04, 0x30, //                                 35: add al, '0'
+    0x3c, 0x39, //                                 37: cmp al, '9'
+    0x76, 0x02, //                                 39: jbe 43
+    0x04, 0x07, //                                 41: add al, 'A' - '9' - 1
+    0xee, //                                       43: out dx, al
+    0xff, 0xc9, //                                 44: dec ecx
+    0x75, 0xec, //                                 46: jnz 28
+    0xb0, 0x0a, //                                 48: mov al, '\n'
+    0xee, //                                       50: out dx, al
+    0xeb, 0xcb, //                                 51: jmp 0
+    0xba, 0xf8, 0x03, 0x00, 0x00, //               53: mov edx, 0x3f8
+    0xb0, 0x58, //                                 58: mov al, 'X'
+    0xee, //                                       60: out dx, al
+    0xb0, 0x0a, //                                 61: mov al, '\n'
+    0xee, //                                       63: out dx, al
+    0xf4, //                                       64: hlt
+    0xeb, 0xfd, //                                 65: jmp 64
+];
+
+/// The environment variable that makes a snapshot's forked RAM writer wait this many
+/// milliseconds before it writes (the VMM's test hook, `src/snapshot/save.rs`).
+pub const WRITER_DELAY_ENV: &str = "VMM_SNAPSHOT_TEST_WRITER_DELAY_MS";
+
 /// One `vmm run` (booted or restored), serial to `log`, control socket at `socket`.
 pub struct Vmm {
     child: Option<Child>,
@@ -46,13 +83,28 @@ pub struct Vmm {
 impl Vmm {
     /// `vmm run --mem 32 --serial file=LOG --socket SOCKET GUEST` in `scratch`.
     pub fn boot(scratch: &Scratch, name: &str) -> Vmm {
-        let kernel = scratch.write(&format!("{name}.elf"), &tiny_elf(&COUNTER));
+        Vmm::boot_with(scratch, name, &COUNTER, None, &[])
+    }
+
+    /// As [`Vmm::boot`], with the guest `code`, `extra` options for `vmm run`, and with a
+    /// snapshot's RAM writer waiting `writer_delay_ms` before it writes.
+    pub fn boot_with(
+        scratch: &Scratch,
+        name: &str,
+        code: &[u8],
+        writer_delay_ms: Option<u64>,
+        extra: &[&str],
+    ) -> Vmm {
+        let kernel = scratch.write(&format!("{name}.elf"), &tiny_elf(code));
         let (socket, log) = (
             scratch.path(&format!("{name}.sock")),
             scratch.path(&format!("{name}.log")),
         );
         let mut command = vmm();
-        command.args(["run", "--mem", "32"]);
+        if let Some(delay) = writer_delay_ms {
+            command.env(WRITER_DELAY_ENV, delay.to_string());
+        }
+        command.args(["run", "--mem", "32"]).args(extra);
         command
             .arg("--serial")
             .arg(format!("file={}", log.display()));
@@ -120,6 +172,28 @@ impl Vmm {
             let _ = child.kill();
         }
         child.wait_with_output().expect("collect vmm run")
+    }
+
+    /// The processes the VMM of this `vmm run` has forked and not yet reaped (a snapshot's
+    /// RAM writer).
+    pub fn vmm_children(&self) -> Vec<u32> {
+        let vmm = super::vmm_process(u32::try_from(self.pid()).expect("a pid"));
+        std::fs::read_to_string(format!("/proc/{vmm}/task/{vmm}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
+    }
+
+    /// `vmm snapshot SOCKET FILE` started, not waited for.
+    pub fn start_snapshot(&self, file: &Path) -> Child {
+        let mut command = vmm();
+        command.arg("snapshot").arg(&self.socket).arg(file);
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm snapshot")
     }
 
     /// `vmm SUBCOMMAND SOCKET ARGS...`.

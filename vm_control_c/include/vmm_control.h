@@ -318,15 +318,18 @@ int vmm_control_console_attach(struct vmm_control *ctl, uint32_t flags, int *fd_
  * caller's (the library never closes them; the VMM writes through copies it closes when
  * done) and must be regular files open for writing, without O_APPEND, and two different
  * files: the VMM truncates each and writes it from offset 0 (pwrite: the descriptors'
- * offsets do not move). The VMM pauses every vCPU and device, writes and fsyncs both files,
- * and resumes the VM (a VM paused before stays paused). `flags`: 0, or
- * VMM_CONTROL_SNAPSHOT_STOP to end the VM instead once both files are written whole: the
- * call returns 0, then `vmm run` exits with 0 and the VMM closes every connection, as
+ * offsets do not move). The VMM pauses every vCPU and device, captures their state, forks a
+ * process that writes guest RAM from its copy-on-write view of it, and resumes the VM at
+ * once (a VM paused before stays paused); the call returns once the memory file and the
+ * stream are written and fsynced. `flags`: 0, or
+ * VMM_CONTROL_SNAPSHOT_STOP to end the VM instead once both files are written whole (the
+ * VMM writes them itself, the VM paused throughout): the call returns 0, then `vmm run` exits with 0 and the VMM closes every connection, as
  * after vmm_control_stop. On any failure the VM goes on as before (STOP or not), and what
  * the files hold is garbage for the caller to remove.
  *
- * The call blocks while the VMM writes (about a second per GiB of RAM the guest touched;
- * the VMM serves no other request meanwhile), and like every call it is bounded by the
+ * The call blocks while guest RAM is written (about a second per GiB of RAM the guest
+ * touched; the VM runs on and the VMM serves other requests meanwhile, but for STOP), and
+ * like every call it is bounded by the
  * handle's timeout, which covers the whole save: raise it first with
  * vmm_control_set_timeout (`vmm snapshot` allows 600 s) and set it back after. -ETIMEDOUT
  * does not cancel the snapshot: the VMM finishes it (and, with STOP, ends the VM) without
@@ -348,9 +351,14 @@ int vmm_control_console_attach(struct vmm_control *ctl, uint32_t flags, int *fd_
  *               socket, a device)
  *   -ETIMEDOUT  kind FAILED: a vCPU or a device worker did not stop in time; try again
  *               (not the handle's timeout, which is kind 0)
+ *   -EBUSY      kind FAILED: another snapshot is being written; nothing was touched, try
+ *               again once it is answered
+ *   -ECANCELED  kind FAILED: the VM ended (stopped, powered off) while guest RAM was being
+ *               written; the writer was killed
  *   -EIO        kind FAILED: the VM's state could not be captured
  *   other       kind FAILED: the errno of writing, sizing or syncing a file (-ENOSPC,
- *               -EDQUOT, -EFBIG, -EIO, ...) or of fstat on it
+ *               -EDQUOT, -EFBIG, -EIO, ...) or of fstat on it, or of forking the writer
+ *               (-ENOMEM, -EAGAIN)
  * and the errors every call can have (-ECONNRESET, -EPROTO, ...; see ERRORS above).
  */
 int vmm_control_snapshot(struct vmm_control *ctl, int stream_fd, int memory_fd,
