@@ -242,8 +242,11 @@ pub fn build(
     std::thread::scope(|scope| {
         let loader =
             kernel.map(|kernel| scope.spawn(|| load_images(&memory, config, kernel, initrd)));
-        // Only a VM restored from a snapshot taken with a PIT gets one (see create_vm).
-        let with_pit = restore.as_ref().is_some_and(RestoreImage::has_pit);
+        // A PIT only with --pit, or restored from a snapshot taken with one (create_vm).
+        let with_pit = match &restore {
+            Some(image) => image.has_pit(),
+            None => config.pit,
+        };
         let vm_fd = Arc::new(create_vm(kvm, &memory, with_pit)?);
         debug!(
             "VM created with irqchip{} and {} MiB of RAM",
@@ -362,8 +365,10 @@ pub(crate) fn kvm_step(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> 
 /// and QEMU's microvm with `pit=off`. The PIT cost every VM about 16 ms at its end:
 /// destroying it drops its IRQ-ack and mask notifiers, each waiting for a normal SRCU
 /// grace period on the VM, back to back, while the VMM's exit waits (docs/PERFORMANCE.md
-/// "Start/stop"). A VM restored from a snapshot that has a PIT record was booted with
-/// the older full-hardware tables and gets its PIT back (`with_pit`).
+/// "Start/stop"). `with_pit` is for a guest that needs a legacy timer anyway (`--pit`:
+/// the tables stay hardware-reduced, which Linux heeds and such a guest ignores), and for
+/// a VM restored from a snapshot that has a PIT record: booted with the older
+/// full-hardware tables, its guest uses the PIT.
 ///
 /// Guest RAM is registered first, while the VM has no in-kernel device yet. A memslot
 /// update waits for an SRCU grace period on the VM (`synchronize_srcu_expedited`); each

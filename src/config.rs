@@ -101,6 +101,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// Whether the guest gets a virtio-balloon device.
     pub balloon: bool,
+    /// Whether the VM gets an in-kernel PIT (`--pit`; a restore follows its snapshot).
+    pub pit: bool,
     /// The guest's network interfaces, in `eth0`, `eth1`, ... order, each with its MAC
     /// (given or derived from the VM name).
     pub nets: Vec<NetConfig>,
@@ -200,6 +202,7 @@ impl VmConfig {
             rng: args.rng,
             disks: args.disk.clone(),
             balloon: args.balloon,
+            pit: args.pit,
             nets,
             vsock: args.vsock.clone(),
             socket: args.socket.clone(),
@@ -359,6 +362,7 @@ mod tests {
             rng: false,
             disk: Vec::new(),
             balloon: false,
+            pit: false,
             net: Vec::new(),
             vsock: None,
             name: "vmm".into(),

@@ -97,6 +97,27 @@ fn cf9_reset_register_exits_with_the_reset_code() {
     assert_eq!(output.status.code(), Some(32), "{}", describe(&output));
 }
 
+/// The machine has no PIT unless asked for: the guest's reads of channel 0 stand still
+/// without `--pit` and count down with it.
+#[test]
+fn the_pit_counts_only_with_pit() {
+    if !require_kvm() {
+        return;
+    }
+    let scratch = Scratch::new("pit");
+    let code = GuestCode::new()
+        .print_whether_the_pit_counts()
+        .cf9_reset()
+        .halt_forever();
+    let kernel = scratch.write("guest.elf", &tiny_elf(code.bytes()));
+
+    let without = run_with_timeout(vmm_run(&kernel, &[]), LIMIT);
+    assert_eq!(stdout_of(&without), "S", "{}", describe(&without));
+    let with = run_with_timeout(vmm_run(&kernel, &["--pit"]), LIMIT);
+    assert_eq!(stdout_of(&with), "M", "{}", describe(&with));
+    assert_eq!(with.status.code(), Some(32), "{}", describe(&with));
+}
+
 #[test]
 fn triple_fault_exits_with_the_reset_code() {
     if !require_kvm() {

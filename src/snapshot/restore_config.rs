@@ -26,6 +26,7 @@ impl VmConfig {
             ("--params", args.params.is_some()),
             ("--rng", args.rng),
             ("--balloon", args.balloon),
+            ("--pit", args.pit),
         ];
         if let Some((option, _)) = given.into_iter().find(|(_, given)| *given) {
             return Err(ConfigError::NotWithRestore(option));
@@ -98,6 +99,8 @@ impl VmConfig {
             rng: saved.rng,
             disks,
             balloon: saved.balloon,
+            // The snapshot's PIT record decides (`RestoreImage::has_pit`).
+            pit: false,
             nets,
             vsock,
             socket: args.socket.clone(),
@@ -252,7 +255,12 @@ mod tests {
 
     #[test]
     fn options_that_would_change_the_machine_are_refused() {
-        for extra in [&["--rng"][..], &["--balloon"], &["--params", "x"]] {
+        for extra in [
+            &["--rng"][..],
+            &["--balloon"],
+            &["--pit"],
+            &["--params", "x"],
+        ] {
             let err = VmConfig::for_restore(&run_args(extra), &saved(), HOST).unwrap_err();
             assert!(
                 matches!(err, ConfigError::NotWithRestore(_)),

@@ -166,6 +166,26 @@ impl GuestCode {
         self
     }
 
+    /// Programs PIT channel 0 (mode 2, count 0xffff), latches and reads its count twice
+    /// with a busy loop between, and prints `M` if the count moved, `S` if it did not (a
+    /// machine without a PIT reads the same all-ones both times).
+    pub fn print_whether_the_pit_counts(mut self) -> GuestCode {
+        self.bytes.extend_from_slice(&[
+            0xb0, 0x34, 0xe6, 0x43, // mov al, 0x34; out 0x43, al: channel 0, lo/hi, mode 2
+            0xb0, 0xff, 0xe6, 0x40, 0xe6, 0x40, // count 0xffff
+            0xb0, 0x00, 0xe6, 0x43, // latch channel 0
+            0xe4, 0x40, 0x88, 0xc3, 0xe4, 0x40, 0x88, 0xc7, // bl = lo, bh = hi
+            0xb9, 0xa0, 0x86, 0x01, 0x00, // mov ecx, 100000
+            0xe2, 0xfe, // loop $
+            0xb0, 0x00, 0xe6, 0x43, // latch channel 0
+            0xe4, 0x40, 0x88, 0xc1, 0xe4, 0x40, 0x88, 0xc5, // cl = lo, ch = hi
+            0x66, 0x39, 0xcb, // cmp bx, cx
+            0xb0, b'S', 0x74, 0x02, 0xb0, b'M', // al = equal ? 'S' : 'M'
+            0x66, 0xba, 0xf8, 0x03, 0xee, // mov dx, 0x3f8; out dx, al
+        ]);
+        self
+    }
+
     /// Waits for the CMOS RTC's seconds register to change `ticks` times (about `ticks`
     /// seconds of wall time, whatever the host's speed), polling ports 0x70/0x71.
     pub fn wait_rtc_seconds(mut self, ticks: u8) -> GuestCode {
