@@ -166,6 +166,37 @@ fn without_a_pit_the_uart_and_rtc_get_their_interrupts_from_the_dsdt() {
     );
 }
 
+/// `--pit` is for guests that need a legacy timer: Linux booted with `acpi=off` finds no
+/// APIC (vmm writes no MP table), runs on the 8259s and the PIT, and hangs without one.
+/// With `--pit` it boots, its timer ticks on the 8259 (`XT-PIC`), and `reboot -f` (the
+/// keyboard controller's reset, there being no ACPI) ends vmm with the reset code.
+#[test]
+fn with_pit_a_kernel_without_acpi_boots_on_the_8259_and_the_pit() {
+    if !require_lab() {
+        return;
+    }
+    let params = format!(
+        "acpi=off {}",
+        guest_params("grep -E 'timer' /proc/interrupts; reboot -f")
+    );
+    let run = boot_in_lab_with_params(&["--pit"], "/guest/vmlinuz", 256, 1, &params);
+
+    assert!(
+        run.guest_report().is_some(),
+        "guest never reached init; lab output:\n{}",
+        run.output
+    );
+    assert!(
+        run.output.lines().any(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.ends_with(&["XT-PIC", "timer"]) && words.first() == Some(&"0:")
+        }),
+        "no PIT timer on the 8259; lab output:\n{}",
+        run.output
+    );
+    assert_eq!(run.status, Some(32), "lab output:\n{}", run.output);
+}
+
 #[test]
 fn elf_vmlinux_boots_through_its_pvh_entry() {
     if !require_lab() {
