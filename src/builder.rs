@@ -277,7 +277,7 @@ pub fn build(
         if matches!(outputs.stdin, Some(StdinConsole::Virtio) | None) {
             console.virtio_input = hvc_input;
         }
-        let (pio_bus, legacy) = create_pio_bus(config, &requests, &console, pci_root)?;
+        let (pio_bus, legacy) = create_pio_bus(config, &vm_fd, &requests, &console, pci_root)?;
         let pio_bus = Arc::new(pio_bus);
         let devices = SnapshotDevices {
             serial: (COM1_INSTANCE, console.serial.clone()),
@@ -567,6 +567,22 @@ fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
     Ok(console)
 }
 
+/// The RTC and NVRAM, with its interrupt on IRQ 8 (the DSDT's RTC device says so) and the
+/// timer the run loop watches for it.
+fn create_cmos(config: &VmConfig, vm_fd: &VmFd) -> Result<Cmos> {
+    let mut cmos = Cmos::new(
+        layout::ram_below_4g(config.mem_bytes),
+        layout::ram_above_4g(config.mem_bytes),
+    );
+    let interrupt = new_eventfd()?;
+    vm_fd
+        .register_irqfd(&interrupt, devices::RTC_IRQ)
+        .map_err(kvm_step("route the RTC interrupt"))?;
+    let timer = devices::cmos::interrupt_timer().map_err(BuildError::EventFd)?;
+    cmos.connect_interrupt(interrupt, timer);
+    Ok(cmos)
+}
+
 /// The legacy devices on the port bus besides the UART, kept typed for snapshots, each
 /// with its instance number (its port base).
 struct LegacyDevices {
@@ -579,6 +595,7 @@ struct LegacyDevices {
 
 fn create_pio_bus(
     config: &VmConfig,
+    vm_fd: &VmFd,
     requests: &GuestRequests,
     console: &Console,
     pci_root: PciRoot,
@@ -588,10 +605,7 @@ fn create_pio_bus(
     bus.insert(console.serial.clone(), COM1_PORT, 8)?;
     let i8042 = Arc::new(Mutex::new(I8042::new(clone(&requests.reset)?)));
     bus.insert(i8042.clone(), I8042_PORT, 5)?;
-    let cmos = Arc::new(Mutex::new(Cmos::new(
-        layout::ram_below_4g(config.mem_bytes),
-        layout::ram_above_4g(config.mem_bytes),
-    )));
+    let cmos = Arc::new(Mutex::new(create_cmos(config, vm_fd)?));
     bus.insert(cmos.clone(), CMOS_PORT, 2)?;
     let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(clone(&requests.poweroff)?)));
     let pm_port = devices::acpi_pm::PM1A_EVT_BLK_PORT;

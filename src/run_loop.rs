@@ -71,10 +71,11 @@ enum Token {
     BalloonChanged,
     ConsoleWriter,
     SnapshotWriter,
+    RtcTimer,
 }
 
 impl Token {
-    const ALL: [Token; 10] = [
+    const ALL: [Token; 11] = [
         Token::Signal,
         Token::VcpuExit,
         Token::PowerOff,
@@ -85,6 +86,7 @@ impl Token {
         Token::BalloonChanged,
         Token::ConsoleWriter,
         Token::SnapshotWriter,
+        Token::RtcTimer,
     ];
 
     fn from_data(data: u64) -> Option<Token> {
@@ -306,6 +308,9 @@ impl RunLoop<'_> {
         if let Some(balloon) = &vm.virtio.balloon {
             self.watch(balloon.changed().as_raw_fd(), Token::BalloonChanged)?;
         }
+        if let Some(fd) = vm.rtc().timer_fd() {
+            self.watch(fd, Token::RtcTimer)?;
+        }
         for (index, line) in (0u64..).zip(&vm.virtio.intx_lines) {
             // One line per PCI slot (at most 32): far below CONNECTION_TOKEN_BASE.
             let token = INTX_TOKEN_BASE.saturating_add(index);
@@ -504,6 +509,10 @@ impl RunLoop<'_> {
                 if let Some(control) = self.control.as_mut() {
                     control.snapshot_writer_exited(&self.epoll);
                 }
+                None
+            }
+            Some(Token::RtcTimer) => {
+                vm.rtc().on_timer();
                 None
             }
             None => {

@@ -70,6 +70,16 @@ impl BalloonRequestError {
 }
 
 impl RunningVm {
+    /// The RTC, for its interrupt timer. A vCPU that panicked holding the lock left the
+    /// registers as they were: the guest's RTC goes on from there.
+    pub fn rtc(&self) -> std::sync::MutexGuard<'_, devices::Cmos> {
+        self.devices
+            .cmos
+            .1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Attaches the client socket `fd` to the console (`ConsoleAttach`); a writer's
     /// input side waits in `new_console_writer` for the run loop.
     pub fn console_attach(&mut self, fd: OwnedFd, flags: u32) -> Response {

@@ -166,6 +166,45 @@ fn without_a_pit_the_uart_and_rtc_get_their_interrupts_from_the_dsdt() {
     );
 }
 
+/// The RTC interrupts its guest: an alarm set through `/sys/class/rtc/rtc0/wakealarm`
+/// fires and wakes a reader of `/dev/rtc0` (Linux's rtc core also makes `hwclock`'s update
+/// interrupt out of the alarm, so `hwclock --systohc` and friends wait on this path), and
+/// the interrupt is counted on IRQ 8. With the RTC's interrupt never raised the read waited
+/// until `timeout` killed it. vmm runs jailed, as by default, so the vCPU and main-thread
+/// policies are the ones that re-arm the RTC's timer.
+#[test]
+fn the_rtc_alarm_interrupts_linux() {
+    if !require_lab() {
+        return;
+    }
+    let script = "echo +2 > /sys/class/rtc/rtc0/wakealarm; \
+        timeout 20 dd if=/dev/rtc0 bs=8 count=1 of=/dev/null 2>/dev/null; \
+        echo rtc-read=$?; \
+        echo rtc-alarm-left=[$(cat /sys/class/rtc/rtc0/wakealarm)]; \
+        echo rtc-irqs=$(awk '/ rtc0$/ { print $2 }' /proc/interrupts)";
+    let run = boot_in_lab("/guest/vmlinuz", 256, 1, script);
+
+    assert_eq!(run.status, Some(0), "lab output:\n{}", run.output);
+    assert_eq!(
+        run.value("rtc-read="),
+        "0",
+        "reading /dev/rtc0 did not return when the alarm was due; lab output:\n{}",
+        run.output
+    );
+    assert_eq!(
+        run.value("rtc-alarm-left="),
+        "[]",
+        "the alarm is still pending; lab output:\n{}",
+        run.output
+    );
+    let irqs: u64 = run.value("rtc-irqs=").parse().unwrap_or(0);
+    assert!(
+        irqs >= 1,
+        "no RTC interrupt counted; lab output:\n{}",
+        run.output
+    );
+}
+
 /// `--pit` is for guests that need a legacy timer: Linux booted with `acpi=off` finds no
 /// APIC (vmm writes no MP table), runs on the 8259s and the PIT, and hangs without one.
 /// With `--pit` it boots, its timer ticks on the 8259 (`XT-PIC`), and `reboot -f` (the

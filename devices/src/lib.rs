@@ -50,7 +50,7 @@ pub use acpi_pm::{
     SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLEEP_TYPE_S5,
 };
 pub use bus::{Bus, BusDevice, BusError, BusWindow};
-pub use cmos::{CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos};
+pub use cmos::{CMOS_INDEX_PORT, CMOS_PORT_LEN, Cmos, RTC_IRQ};
 pub use console_output::{ConsoleOutput, ConsoleWriter};
 pub use console_ring::ConsoleRing;
 pub use i8042::{I8042, I8042_PORT_LEN};
