@@ -35,10 +35,13 @@
 //! one), so the guest drops its connections, which the new backend does not know, and
 //! reads the CID again.
 //!
-//! The memory table covers the guest memory the device was activated with (guest RAM);
-//! memory registered later through the control socket is not in it, so buffers placed
-//! there cannot be used by vhost-vsock (the guest's own driver never does that).
+//! The memory table (see [`memory`]) covers guest RAM and every region registered through
+//! the control socket: the device's [`VsockMemory`] is shared with the VMM's control
+//! thread, which gives the kernel a new table whenever memory is registered or
+//! unregistered, so the guest may place vsock buffers in registered memory. Rings stay in
+//! guest RAM: the transport refuses rings outside it, as for every device.
 
+pub mod memory;
 pub mod state;
 pub mod vhost;
 
@@ -51,6 +54,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+pub use memory::{MemoryTableError, VsockMemory};
 pub use state::VsockState;
 pub use vhost::{VhostBackend, VhostError, VhostMemoryRegion, VhostVsock};
 
@@ -172,6 +176,8 @@ pub fn open_vhost_vsock(path: &Path) -> Result<File, VsockError> {
 pub struct Vsock {
     cid: u64,
     vhost: Arc<dyn VhostBackend>,
+    /// The backend's memory table, shared with the control thread.
+    memory: Arc<VsockMemory>,
     /// What the kernel's vhost-vsock implements.
     backend_features: u64,
     acked_features: u64,
@@ -232,6 +238,10 @@ impl Vsock {
         ];
         Ok(Vsock {
             cid,
+            memory: Arc::new(VsockMemory::new(
+                backend.clone(),
+                memory::kernel_region_limit(),
+            )),
             vhost: backend,
             backend_features,
             acked_features: 0,
@@ -259,6 +269,12 @@ impl Vsock {
     /// The guest's CID.
     pub fn cid(&self) -> u64 {
         self.cid
+    }
+
+    /// The backend's memory table, for the control thread to add registered memory to
+    /// and take it out of (see [`memory`]).
+    pub fn memory(&self) -> Arc<VsockMemory> {
+        self.memory.clone()
     }
 }
 
@@ -312,6 +328,7 @@ impl VirtioDevice for Vsock {
         }
         let active = ActiveVsock {
             vhost: self.vhost.clone(),
+            memory: self.memory.clone(),
             // The backend never sees a feature it did not offer.
             features: self.acked_features & self.backend_features,
             mem,
@@ -374,6 +391,8 @@ impl VirtioDevice for Vsock {
 /// The device while the driver drives it, on the worker. Dropping it stops the backend.
 struct ActiveVsock {
     vhost: Arc<dyn VhostBackend>,
+    /// The memory table: RAM (`mem`) and the registered regions.
+    memory: Arc<VsockMemory>,
     features: u64,
     mem: Arc<GuestMemoryMmap>,
     interrupt: Arc<dyn Interrupt>,
@@ -402,7 +421,15 @@ impl ActiveVsock {
         let vhost = &*self.vhost;
         vhost.set_owner_once()?;
         vhost.set_features(self.features)?;
-        vhost.set_mem_table(&memory_table(&self.mem))?;
+        self.memory
+            .install(memory_table(&self.mem))
+            .map_err(|e| match e {
+                MemoryTableError::Kernel(e) => e,
+                other => VhostError {
+                    call: "VHOST_SET_MEM_TABLE",
+                    source: io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
+                },
+            })?;
         for (queue, call) in self.rings.iter().zip(self.calls.iter()) {
             // Queue indices are 0 and 1.
             let index = u32::try_from(queue.index).unwrap_or(u32::MAX);
