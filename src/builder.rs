@@ -13,7 +13,7 @@ use devices::virtio::console::{Console as VirtioConsole, ConsoleCounters, HostIn
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
-use devices::virtio::vsock::VsockError;
+use devices::virtio::vsock::{VsockError, VsockMemory};
 use devices::virtio::{PciInterrupt, Rng, Vsock};
 use devices::{
     AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleRing, ConsoleWriter, I8042,
@@ -189,6 +189,8 @@ pub struct VirtioHandles {
     pub nets: Vec<Arc<NetCounters>>,
     /// The virtio-console's counters, with `--console`.
     pub console: Option<Arc<ConsoleCounters>>,
+    /// vhost-vsock's memory table, with `--vsock`: registered memory goes into it.
+    pub vsock_memory: Option<Arc<VsockMemory>>,
     /// Every virtio device's queues, in PCI order, for `GetQueues`.
     pub queues: Vec<DeviceQueues>,
     /// Every virtio device's interrupt state, whose INTx resample eventfd the run loop
@@ -725,6 +727,13 @@ fn create_pci(
         })
         .map_err(BuildError::Vsock)?;
         debug!("virtio-vsock: guest CID {}", device.cid());
+        let table = device.memory();
+        table.set_guest_ram(memory);
+        debug!(
+            "virtio-vsock: vhost takes up to {} memory regions",
+            table.limit()
+        );
+        handles.vsock_memory = Some(table);
         // Its rx and tx queues are the kernel's: `vmm queues` would show stale indices.
         pci.add_virtio(Box::new(device))?;
     }

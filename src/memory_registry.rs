@@ -3,11 +3,21 @@
 //! memory slot. Unregistering gives both back for reuse: ranges are allocated first-fit
 //! over what is free, not by bumping a pointer, so a host that registers and unregisters
 //! all day never runs out of address space.
+//!
+//! With `--vsock`, the kernel's vhost-vsock must be able to reach registered memory too (a
+//! guest may put vsock buffers there): the registry keeps the device's memory table
+//! ([`VsockMemory`]) in step. A region goes into the table after its KVM slot is in place
+//! and out of it before the slot and the mapping go, so vhost never names a host range
+//! that is not (or no longer) the region's. A region the table cannot take (vhost's
+//! `max_mem_regions`) is not registered: the client gets `E2BIG` and nothing stays.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use std::sync::Arc;
+
+use devices::virtio::vsock::{MemoryTableError, VhostMemoryRegion, VsockMemory};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
@@ -38,6 +48,8 @@ pub enum RegistryError {
     Kvm(#[source] kvm_ioctls::Error),
     #[error("no registered memory in slot {0}")]
     UnknownSlot(u32),
+    #[error("vhost-vsock cannot take the change: {0}")]
+    Vhost(#[source] MemoryTableError),
 }
 
 impl RegistryError {
@@ -51,6 +63,7 @@ impl RegistryError {
             }
             RegistryError::Kvm(err) => err.errno(),
             RegistryError::UnknownSlot(_) => libc::ENOENT,
+            RegistryError::Vhost(err) => err.errno(),
         }
     }
 }
@@ -116,6 +129,8 @@ pub struct MemoryRegistry {
     first_slot: u32,
     slot_limit: u32,
     regions: BTreeMap<u32, Region>,
+    /// vhost-vsock's memory table, with `--vsock`.
+    vhost: Option<Arc<VsockMemory>>,
 }
 
 impl MemoryRegistry {
@@ -128,7 +143,14 @@ impl MemoryRegistry {
             first_slot,
             slot_limit,
             regions: BTreeMap::new(),
+            vhost: None,
         }
+    }
+
+    /// From now on, every region registered or unregistered goes into or out of `table`
+    /// too (vhost-vsock's; see the module docs). Call it before any region is registered.
+    pub fn follow_with(&mut self, table: Arc<VsockMemory>) {
+        self.vhost = Some(table);
     }
 
     /// Whether no region is registered (a snapshot can only be taken then: a region backed
@@ -168,6 +190,33 @@ impl MemoryRegistry {
             unsafe { mapping.unmap() };
             return Err(RegistryError::Kvm(e));
         }
+        if let Some(table) = &self.vhost {
+            let entry = VhostMemoryRegion {
+                guest_phys_addr: guest_addr,
+                memory_size: size,
+                userspace_addr: mapping.addr as u64,
+                flags_padding: 0,
+            };
+            if let Err(e) = table.add(entry) {
+                // Undone in the order it was done: nothing names the mapping once the slot
+                // is gone. A slot KVM will not delete keeps its mapping (leaked, as for a
+                // region the VMM exits with).
+                let delete = kvm_userspace_memory_region {
+                    memory_size: 0,
+                    userspace_addr: 0,
+                    ..region
+                };
+                // SAFETY: a zero-sized region deletes the slot just made.
+                match unsafe { vm_fd.set_user_memory_region(delete) } {
+                    // SAFETY: the slot is deleted and the vhost table never took it.
+                    Ok(()) => unsafe { mapping.unmap() },
+                    Err(kvm) => {
+                        log::error!("cannot delete KVM slot {slot} after vhost refused it: {kvm}")
+                    }
+                }
+                return Err(RegistryError::Vhost(e));
+            }
+        }
         self.regions.insert(
             slot,
             Region {
@@ -185,6 +234,13 @@ impl MemoryRegistry {
             .regions
             .get(&slot)
             .ok_or(RegistryError::UnknownSlot(slot))?;
+        // First out of vhost's table: once that returns, the kernel's vhost worker no
+        // longer reaches the mapping. If it cannot be done, the region stays whole.
+        if let Some(table) = &self.vhost {
+            table
+                .remove(region.guest_addr)
+                .map_err(RegistryError::Vhost)?;
+        }
         let delete = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -194,7 +250,23 @@ impl MemoryRegistry {
         };
         // SAFETY: a zero-sized region deletes the slot; KVM stops using the mapping, which
         // is unmapped only after this succeeds (below).
-        unsafe { vm_fd.set_user_memory_region(delete) }.map_err(RegistryError::Kvm)?;
+        if let Err(e) = unsafe { vm_fd.set_user_memory_region(delete) } {
+            // The region stays registered: put it back in vhost's table.
+            if let Some(table) = &self.vhost {
+                let entry = VhostMemoryRegion {
+                    guest_phys_addr: region.guest_addr,
+                    memory_size: region.size,
+                    userspace_addr: region.mapping.addr as u64,
+                    flags_padding: 0,
+                };
+                if let Err(vhost) = table.add(entry) {
+                    log::warn!(
+                        "slot {slot} stays registered but out of vhost-vsock's table: {vhost}"
+                    );
+                }
+            }
+            return Err(RegistryError::Kvm(e));
+        }
         if let Some(region) = self.regions.remove(&slot) {
             // SAFETY: its slot was just deleted.
             unsafe { region.mapping.unmap() };
