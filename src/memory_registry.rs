@@ -415,3 +415,153 @@ mod tests {
         ));
     }
 }
+
+/// The registry with vhost-vsock's table, on a real KVM VM and a recording vhost backend:
+/// what the table holds after each registration, and that vhost is never left naming
+/// memory that is unmapped.
+#[cfg(test)]
+mod vhost_tests {
+    use std::os::fd::RawFd;
+    use std::sync::Mutex;
+
+    use devices::virtio::vsock::vhost::RingAddresses;
+    use devices::virtio::vsock::{VhostBackend, VhostError};
+
+    use super::*;
+
+    /// Records each table; checks, as the kernel's worker would need, that every region a
+    /// table names is mapped when the table is given.
+    #[derive(Debug, Default)]
+    struct Kernel {
+        tables: Mutex<Vec<Vec<u64>>>,
+        unmapped_named: Mutex<bool>,
+    }
+
+    impl Kernel {
+        fn last(&self) -> Vec<u64> {
+            self.tables
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .unwrap_or_default()
+        }
+    }
+
+    fn mapped(addr: u64, len: u64) -> bool {
+        // SAFETY: msync only inspects the range; on an unmapped range it fails (ENOMEM).
+        unsafe {
+            libc::msync(
+                addr as *mut libc::c_void,
+                usize::try_from(len).unwrap(),
+                libc::MS_ASYNC,
+            ) == 0
+        }
+    }
+
+    impl VhostBackend for Kernel {
+        fn set_owner_once(&self) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_features(&self, _: u64) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_mem_table(&self, regions: &[VhostMemoryRegion]) -> Result<(), VhostError> {
+            if regions
+                .iter()
+                .any(|r| !mapped(r.userspace_addr, r.memory_size))
+            {
+                *self.unmapped_named.lock().unwrap() = true;
+            }
+            let table = regions.iter().map(|r| r.guest_phys_addr).collect();
+            self.tables.lock().unwrap().push(table);
+            Ok(())
+        }
+        fn set_vring_num(&self, _: u32, _: u16) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_vring_base(&self, _: u32, _: u16) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn get_vring_base(&self, _: u32) -> Result<u16, VhostError> {
+            Ok(0)
+        }
+        fn set_vring_addr(&self, _: u32, _: RingAddresses) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_vring_kick(&self, _: u32, _: RawFd) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_vring_call(&self, _: u32, _: RawFd) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_running(&self, _: bool) -> Result<(), VhostError> {
+            Ok(())
+        }
+    }
+
+    fn memfd(size: i64) -> OwnedFd {
+        // SAFETY: memfd_create with a valid NUL-terminated name returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"registry-vhost-test".as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: fd is new and owned by nobody else.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: fd is a valid memfd.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }, 0);
+        fd
+    }
+
+    /// A VM with no RAM, a registry in 4 GiB..512 GiB and slots 0..8, and a table that
+    /// holds `limit` regions, installed (as an active device's is) with no RAM.
+    fn set_up(limit: usize) -> (VmFd, MemoryRegistry, Arc<Kernel>, Arc<VsockMemory>) {
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (these tests need KVM)");
+        let vm = kvm.create_vm().expect("create a VM");
+        let kernel = Arc::new(Kernel::default());
+        let table = Arc::new(VsockMemory::new(kernel.clone(), limit));
+        table.install(Vec::new()).unwrap();
+        let mut registry = MemoryRegistry::new(1 << 32, 1 << 39, 0, 8);
+        registry.follow_with(table.clone());
+        (vm, registry, kernel, table)
+    }
+
+    const MIB2: u64 = 2 << 20;
+
+    #[test]
+    fn the_table_names_every_registered_region_and_only_those() {
+        let (vm, mut registry, kernel, table) = set_up(64);
+        let (a, slot_a) = registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        assert_eq!(kernel.last(), [a]);
+        let (b, slot_b) = registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        assert_eq!(kernel.last(), [a, b]);
+        registry.unregister(&vm, slot_a).unwrap();
+        assert_eq!(kernel.last(), [b]);
+        registry.unregister(&vm, slot_b).unwrap();
+        assert_eq!(kernel.last(), Vec::<u64>::new());
+        assert!(table.regions().is_empty());
+        assert!(
+            !*kernel.unmapped_named.lock().unwrap(),
+            "a table named an unmapped region: the mapping went before the table changed"
+        );
+    }
+
+    #[test]
+    fn past_the_vhost_limit_registration_fails_with_e2big_and_leaves_nothing() {
+        let (vm, mut registry, kernel, _table) = set_up(2);
+        registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        let (second, _) = registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        let tables_before = kernel.tables.lock().unwrap().len();
+        let err = registry
+            .register(&vm, memfd(2 << 20), MIB2)
+            .expect_err("a third region passes the table's limit of 2");
+        assert_eq!(err.errno(), libc::E2BIG, "{err}");
+        assert!(matches!(err, RegistryError::Vhost(_)), "{err}");
+        assert_eq!(kernel.tables.lock().unwrap().len(), tables_before);
+        assert_eq!(registry.list(0).total, 2, "nothing stays registered");
+        // Its slot and range were given back: freeing one makes room for the next.
+        let freed = registry.list(0).as_slice()[0].slot;
+        registry.unregister(&vm, freed).unwrap();
+        let (again, _) = registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        assert!(again < second, "the lowest free range is reused");
+        assert!(!*kernel.unmapped_named.lock().unwrap());
+    }
+}

@@ -103,8 +103,9 @@ impl VsockMemory {
         lock(&self.table).regions()
     }
 
-    /// The worker's set-up: RAM is `ram`; the kernel gets it with every registered region.
-    pub(super) fn install(&self, ram: Vec<VhostMemoryRegion>) -> Result<(), MemoryTableError> {
+    /// The worker's set-up on activation (public for the registry's tests): RAM is `ram`;
+    /// the kernel gets it with every registered region, and from then on every change.
+    pub fn install(&self, ram: Vec<VhostMemoryRegion>) -> Result<(), MemoryTableError> {
         let mut table = lock(&self.table);
         table.ram = ram;
         let regions = table.regions();
