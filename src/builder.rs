@@ -631,7 +631,7 @@ struct PciDevices {
     /// The virtio-console's output sink, with `--console`.
     hvc_output: Option<ConsoleOutput>,
     /// `/dev/vhost-vsock`, with `--vsock`.
-    vsock: Option<std::fs::File>,
+    vsock: Option<crate::opened::VhostVsockNode>,
 }
 
 /// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
@@ -721,11 +721,12 @@ fn create_pci(
         let queues = pci.add_virtio(Box::new(console))?;
         handles.add_queues(device_kind::CONSOLE, 0, queues);
     }
-    if let (Some(spec), Some(file)) = (&config.vsock, vsock) {
-        let device = Vsock::new(file, spec.cid, "virtio-vsock", || {
+    if let (Some(spec), Some(node)) = (&config.vsock, vsock) {
+        let device = Vsock::new(node.file, spec.cid, "virtio-vsock", || {
             crate::sandbox::enter_device_worker(ThreadKind::VirtioVsock, "virtio-vsock")
         })
-        .map_err(BuildError::Vsock)?;
+        .map_err(BuildError::Vsock)?
+        .with_region_limit(node.region_limit);
         debug!("virtio-vsock: guest CID {}", device.cid());
         let table = device.memory();
         table.set_guest_ram(memory);

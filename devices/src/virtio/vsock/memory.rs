@@ -40,6 +40,7 @@ const MAX_MEM_REGIONS_PARAM: &str = "/sys/module/vhost/parameters/max_mem_region
 
 /// The kernel's limit on a memory table's regions: the `vhost` module's `max_mem_regions`
 /// when it can be read (it can be raised when the module is loaded), else its default, 64.
+/// Reads sysfs: call it before a jail takes the filesystem away.
 pub fn kernel_region_limit() -> usize {
     std::fs::read_to_string(MAX_MEM_REGIONS_PARAM)
         .ok()

@@ -238,10 +238,7 @@ impl Vsock {
         ];
         Ok(Vsock {
             cid,
-            memory: Arc::new(VsockMemory::new(
-                backend.clone(),
-                memory::kernel_region_limit(),
-            )),
+            memory: Arc::new(VsockMemory::new(backend.clone(), vhost::MAX_MEM_REGIONS)),
             vhost: backend,
             backend_features,
             acked_features: 0,
@@ -269,6 +266,14 @@ impl Vsock {
     /// The guest's CID.
     pub fn cid(&self) -> u64 {
         self.cid
+    }
+
+    /// The kernel takes memory tables of at most `limit` regions (what
+    /// [`memory::kernel_region_limit`] read before the sandbox; the default, 64, unless
+    /// told). Only before the device is activated or its table handed out.
+    pub fn with_region_limit(mut self, limit: usize) -> Vsock {
+        self.memory = Arc::new(VsockMemory::new(self.vhost.clone(), limit));
+        self
     }
 
     /// The backend's memory table, for the control thread to add registered memory to
