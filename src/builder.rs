@@ -735,8 +735,10 @@ fn create_pci(
             table.limit()
         );
         handles.vsock_memory = Some(table);
-        // Its rx and tx queues are the kernel's: `vmm queues` would show stale indices.
-        pci.add_virtio(Box::new(device))?;
+        // Its rx and tx queues are the kernel's: their statuses say so (queue_state::VHOST)
+        // and read the used index the kernel publishes from guest memory.
+        let queues = pci.add_virtio(Box::new(device))?;
+        handles.add_queues(device_kind::VSOCK, 0, queues);
     }
     handles.intx_lines = pci.intx_lines;
     Ok((pci.root, handles, hvc_input, pci.transports))

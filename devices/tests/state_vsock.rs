@@ -24,6 +24,8 @@ struct Fake {
     fail: Mutex<Option<&'static str>>,
     /// Each memory table given, as its regions' guest addresses.
     tables: Mutex<Vec<Vec<u64>>>,
+    /// The call eventfd of each ring, as the kernel signals them.
+    call_fds: Mutex<[RawFd; 2]>,
 }
 
 impl Fake {
@@ -82,8 +84,10 @@ impl VhostBackend for Fake {
     fn set_vring_kick(&self, index: u32, _fd: RawFd) -> Result<(), VhostError> {
         self.call("VHOST_SET_VRING_KICK", format!("kick {index}"))
     }
-    fn set_vring_call(&self, index: u32, _fd: RawFd) -> Result<(), VhostError> {
-        self.call("VHOST_SET_VRING_CALL", format!("call {index}"))
+    fn set_vring_call(&self, index: u32, fd: RawFd) -> Result<(), VhostError> {
+        self.call("VHOST_SET_VRING_CALL", format!("call {index}"))?;
+        self.call_fds.lock().unwrap()[index as usize] = fd;
+        Ok(())
     }
     fn set_running(&self, running: bool) -> Result<(), VhostError> {
         self.call(
@@ -435,4 +439,43 @@ fn registered_memory_is_in_the_table_from_activation_on_and_follows_each_change(
     let _rings = set_up_queues(&mut a, BACKEND, 3);
     assert_eq!(fake.take()[2], "mem 2");
     assert_eq!(fake.tables.lock().unwrap().last().unwrap(), &[0, 8 * GIB]);
+}
+
+#[test]
+fn the_kernel_served_queues_report_the_used_index_from_guest_memory_and_relayed_interrupts() {
+    let mem = memory();
+    let (mut a, fake) = vsock(&mem, CID);
+    let statuses = a.queue_statuses();
+    let before = statuses[1].snapshot(&mem);
+    assert!(before.vhost && !before.active);
+    let _rings = set_up_queues(&mut a, BACKEND, 3);
+    kernel_served(&mem, &fake, 5, 2);
+    let rx = statuses[0].snapshot(&mem);
+    let tx = statuses[1].snapshot(&mem);
+    assert!(rx.active && rx.vhost && tx.vhost);
+    assert_eq!(
+        (rx.device_used, tx.device_used),
+        (5, 2),
+        "the kernel's used.idx"
+    );
+    assert_eq!((rx.device_avail, rx.notifications), (0, 0), "not known");
+    assert_eq!(rx.size, QSIZE);
+    // The event queue is the VMM's own.
+    assert!(!statuses[2].snapshot(&mem).vhost);
+
+    // The kernel signals transmit's call eventfd: the worker relays it and counts it.
+    let call = fake.call_fds.lock().unwrap()[1];
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writing 8 bytes to the device's call eventfd, open while the device lives.
+    assert_eq!(unsafe { libc::write(call, one.as_ptr().cast(), 8) }, 8);
+    let start = std::time::Instant::now();
+    while statuses[1].snapshot(&mem).interrupts == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "relayed interrupt counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(statuses[1].snapshot(&mem).interrupts, 1);
+    assert_eq!(statuses[0].snapshot(&mem).interrupts, 0);
 }

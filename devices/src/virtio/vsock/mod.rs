@@ -357,6 +357,11 @@ impl VirtioDevice for Vsock {
         self.worker.idle()
     }
 
+    /// The receive and transmit queues: vhost-vsock serves them.
+    fn kernel_served_queues(&self) -> &[usize] {
+        &VHOST_QUEUES
+    }
+
     fn reset(&mut self) {
         self.acked_features = 0;
         self.reset_event = false;
@@ -459,6 +464,7 @@ impl ActiveVsock {
             return;
         };
         if call.read().is_ok() {
+            queue.status.add_interrupt();
             self.interrupt.signal_used_queue(queue.index);
         }
     }
