@@ -76,7 +76,7 @@ fn queues_table(queues: &QueueStatuses) -> String {
         return "no virtio queues".to_string();
     }
     let mut t = format!(
-        "{:<8}{:>3}{:>6}{:>6}  {:<18}{:>7}{:>7}{:>7}{:>8}{:>10}{:>12}{:>12}",
+        "{:<8}{:>3}{:>6}{:>6}  {:<24}{:>7}{:>7}{:>7}{:>8}{:>10}{:>12}{:>12}",
         "device",
         "id",
         "queue",
@@ -98,7 +98,7 @@ fn queues_table(queues: &QueueStatuses) -> String {
         // Writing into a String cannot fail.
         let _ = write!(
             t,
-            "\n{kind:<8}{:>3}{:>6}{:>6}  {:<18}{:>7}{:>7}{:>7}{:>8}{:>10}{:>12}{:>12}",
+            "\n{kind:<8}{:>3}{:>6}{:>6}  {:<24}{:>7}{:>7}{:>7}{:>8}{:>10}{:>12}{:>12}",
             q.device_id,
             q.queue,
             q.size,
