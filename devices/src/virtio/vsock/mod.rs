@@ -11,9 +11,10 @@
 //!   (`VHOST_VSOCK_SET_GUEST_CID`), so a CID another VM holds fails `vmm run` at start
 //!   ([`VsockError::CidInUse`]) rather than when the guest's driver loads.
 //! - Every other ioctl happens on the device's [`DeviceWorker`], under its own seccomp
-//!   policy: on activation `VHOST_SET_OWNER` (once per open file), the acknowledged
-//!   features, the memory table (guest RAM, as the [`GuestMemoryMmap`] the transport hands
-//!   over), each queue's size, base, ring addresses, kick and call eventfds, then
+//!   policy (but for the memory table's updates, below): on activation `VHOST_SET_OWNER`
+//!   (once per open file), the acknowledged features, the memory table (guest RAM, as the
+//!   [`GuestMemoryMmap`] the transport hands over, and the registered regions), each
+//!   queue's size, base, ring addresses, kick and call eventfds, then
 //!   `VHOST_VSOCK_SET_RUNNING` 1. A reset drops the active device on the worker, which
 //!   stops the backend (`VHOST_VSOCK_SET_RUNNING` 0; once that returns the kernel touches
 //!   the rings no more) and stops relaying; the next activation sets everything again.
@@ -37,8 +38,11 @@
 //!
 //! The memory table (see [`memory`]) covers guest RAM and every region registered through
 //! the control socket: the device's [`VsockMemory`] is shared with the VMM's control
-//! thread, which gives the kernel a new table whenever memory is registered or
-//! unregistered, so the guest may place vsock buffers in registered memory. Rings stay in
+//! thread, which gives the kernel a new table (`VHOST_SET_MEM_TABLE`, allowed by the
+//! main thread's seccomp policy) whenever memory is registered or unregistered, so the
+//! guest may place vsock buffers in registered memory. `vmm queues` shows queues 0 and 1
+//! as the kernel's ([`VirtioDevice::kernel_served_queues`]), with the used index read
+//! from guest memory and the interrupts the worker relays. Rings stay in
 //! guest RAM: the transport refuses rings outside it, as for every device.
 
 pub mod memory;
