@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-
 use std::sync::Arc;
 
 use devices::virtio::vsock::{MemoryTableError, VhostMemoryRegion, VsockMemory};
