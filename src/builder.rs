@@ -13,7 +13,7 @@ use devices::virtio::console::{Console as VirtioConsole, ConsoleCounters, HostIn
 use devices::virtio::net::tap::Tap;
 use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
-use devices::virtio::vsock::VsockError;
+use devices::virtio::vsock::{VsockError, VsockMemory};
 use devices::virtio::{PciInterrupt, Rng, Vsock};
 use devices::{
     AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleRing, ConsoleWriter, I8042,
@@ -189,6 +189,8 @@ pub struct VirtioHandles {
     pub nets: Vec<Arc<NetCounters>>,
     /// The virtio-console's counters, with `--console`.
     pub console: Option<Arc<ConsoleCounters>>,
+    /// vhost-vsock's memory table, with `--vsock`: registered memory goes into it.
+    pub vsock_memory: Option<Arc<VsockMemory>>,
     /// Every virtio device's queues, in PCI order, for `GetQueues`.
     pub queues: Vec<DeviceQueues>,
     /// Every virtio device's interrupt state, whose INTx resample eventfd the run loop
@@ -643,7 +645,7 @@ struct PciDevices {
     /// The virtio-console's output sink, with `--console`.
     hvc_output: Option<ConsoleOutput>,
     /// `/dev/vhost-vsock`, with `--vsock`.
-    vsock: Option<std::fs::File>,
+    vsock: Option<crate::opened::VhostVsockNode>,
 }
 
 /// PCI bus 0: the host bridge the DSDT declares, and the virtio devices asked for. The disks
@@ -733,14 +735,24 @@ fn create_pci(
         let queues = pci.add_virtio(Box::new(console))?;
         handles.add_queues(device_kind::CONSOLE, 0, queues);
     }
-    if let (Some(spec), Some(file)) = (&config.vsock, vsock) {
-        let device = Vsock::new(file, spec.cid, "virtio-vsock", || {
+    if let (Some(spec), Some(node)) = (&config.vsock, vsock) {
+        let device = Vsock::new(node.file, spec.cid, "virtio-vsock", || {
             crate::sandbox::enter_device_worker(ThreadKind::VirtioVsock, "virtio-vsock")
         })
-        .map_err(BuildError::Vsock)?;
+        .map_err(BuildError::Vsock)?
+        .with_region_limit(node.region_limit);
         debug!("virtio-vsock: guest CID {}", device.cid());
-        // Its rx and tx queues are the kernel's: `vmm queues` would show stale indices.
-        pci.add_virtio(Box::new(device))?;
+        let table = device.memory();
+        table.set_guest_ram(memory);
+        debug!(
+            "virtio-vsock: vhost takes up to {} memory regions",
+            table.limit()
+        );
+        handles.vsock_memory = Some(table);
+        // Its rx and tx queues are the kernel's: their statuses say so (queue_state::VHOST)
+        // and read the used index the kernel publishes from guest memory.
+        let queues = pci.add_virtio(Box::new(device))?;
+        handles.add_queues(device_kind::VSOCK, 0, queues);
     }
     handles.intx_lines = pci.intx_lines;
     Ok((pci.root, handles, hvc_input, pci.transports))

@@ -3,11 +3,20 @@
 //! memory slot. Unregistering gives both back for reuse: ranges are allocated first-fit
 //! over what is free, not by bumping a pointer, so a host that registers and unregisters
 //! all day never runs out of address space.
+//!
+//! With `--vsock`, the kernel's vhost-vsock must be able to reach registered memory too (a
+//! guest may put vsock buffers there): the registry keeps the device's memory table
+//! ([`VsockMemory`]) in step. A region goes into the table after its KVM slot is in place
+//! and out of it before the slot and the mapping go, so vhost never names a host range
+//! that is not (or no longer) the region's. A region the table cannot take (vhost's
+//! `max_mem_regions`) is not registered: the client gets `E2BIG` and nothing stays.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
+use devices::virtio::vsock::{MemoryTableError, VhostMemoryRegion, VsockMemory};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use thiserror::Error;
@@ -38,6 +47,8 @@ pub enum RegistryError {
     Kvm(#[source] kvm_ioctls::Error),
     #[error("no registered memory in slot {0}")]
     UnknownSlot(u32),
+    #[error("vhost-vsock cannot take the change: {0}")]
+    Vhost(#[source] MemoryTableError),
 }
 
 impl RegistryError {
@@ -51,6 +62,7 @@ impl RegistryError {
             }
             RegistryError::Kvm(err) => err.errno(),
             RegistryError::UnknownSlot(_) => libc::ENOENT,
+            RegistryError::Vhost(err) => err.errno(),
         }
     }
 }
@@ -116,6 +128,8 @@ pub struct MemoryRegistry {
     first_slot: u32,
     slot_limit: u32,
     regions: BTreeMap<u32, Region>,
+    /// vhost-vsock's memory table, with `--vsock`.
+    vhost: Option<Arc<VsockMemory>>,
 }
 
 impl MemoryRegistry {
@@ -128,7 +142,14 @@ impl MemoryRegistry {
             first_slot,
             slot_limit,
             regions: BTreeMap::new(),
+            vhost: None,
         }
+    }
+
+    /// From now on, every region registered or unregistered goes into or out of `table`
+    /// too (vhost-vsock's; see the module docs). Call it before any region is registered.
+    pub fn follow_with(&mut self, table: Arc<VsockMemory>) {
+        self.vhost = Some(table);
     }
 
     /// Whether no region is registered (a snapshot can only be taken then: a region backed
@@ -168,6 +189,33 @@ impl MemoryRegistry {
             unsafe { mapping.unmap() };
             return Err(RegistryError::Kvm(e));
         }
+        if let Some(table) = &self.vhost {
+            let entry = VhostMemoryRegion {
+                guest_phys_addr: guest_addr,
+                memory_size: size,
+                userspace_addr: mapping.addr as u64,
+                flags_padding: 0,
+            };
+            if let Err(e) = table.add(entry) {
+                // Undone in the order it was done: nothing names the mapping once the slot
+                // is gone. A slot KVM will not delete keeps its mapping (leaked, as for a
+                // region the VMM exits with).
+                let delete = kvm_userspace_memory_region {
+                    memory_size: 0,
+                    userspace_addr: 0,
+                    ..region
+                };
+                // SAFETY: a zero-sized region deletes the slot just made.
+                match unsafe { vm_fd.set_user_memory_region(delete) } {
+                    // SAFETY: the slot is deleted and the vhost table never took it.
+                    Ok(()) => unsafe { mapping.unmap() },
+                    Err(kvm) => {
+                        log::error!("cannot delete KVM slot {slot} after vhost refused it: {kvm}")
+                    }
+                }
+                return Err(RegistryError::Vhost(e));
+            }
+        }
         self.regions.insert(
             slot,
             Region {
@@ -185,6 +233,13 @@ impl MemoryRegistry {
             .regions
             .get(&slot)
             .ok_or(RegistryError::UnknownSlot(slot))?;
+        // First out of vhost's table: once that returns, the kernel's vhost worker no
+        // longer reaches the mapping. If it cannot be done, the region stays whole.
+        if let Some(table) = &self.vhost {
+            table
+                .remove(region.guest_addr)
+                .map_err(RegistryError::Vhost)?;
+        }
         let delete = kvm_userspace_memory_region {
             slot,
             flags: 0,
@@ -194,7 +249,23 @@ impl MemoryRegistry {
         };
         // SAFETY: a zero-sized region deletes the slot; KVM stops using the mapping, which
         // is unmapped only after this succeeds (below).
-        unsafe { vm_fd.set_user_memory_region(delete) }.map_err(RegistryError::Kvm)?;
+        if let Err(e) = unsafe { vm_fd.set_user_memory_region(delete) } {
+            // The region stays registered: put it back in vhost's table.
+            if let Some(table) = &self.vhost {
+                let entry = VhostMemoryRegion {
+                    guest_phys_addr: region.guest_addr,
+                    memory_size: region.size,
+                    userspace_addr: region.mapping.addr as u64,
+                    flags_padding: 0,
+                };
+                if let Err(vhost) = table.add(entry) {
+                    log::warn!(
+                        "slot {slot} stays registered but out of vhost-vsock's table: {vhost}"
+                    );
+                }
+            }
+            return Err(RegistryError::Kvm(e));
+        }
         if let Some(region) = self.regions.remove(&slot) {
             // SAFETY: its slot was just deleted.
             unsafe { region.mapping.unmap() };
@@ -341,5 +412,155 @@ mod tests {
                 file_size: 8192
             })
         ));
+    }
+}
+
+/// The registry with vhost-vsock's table, on a real KVM VM and a recording vhost backend:
+/// what the table holds after each registration, and that vhost is never left naming
+/// memory that is unmapped.
+#[cfg(test)]
+mod vhost_tests {
+    use std::os::fd::RawFd;
+    use std::sync::Mutex;
+
+    use devices::virtio::vsock::vhost::RingAddresses;
+    use devices::virtio::vsock::{VhostBackend, VhostError};
+
+    use super::*;
+
+    /// Records each table; checks, as the kernel's worker would need, that every region a
+    /// table names is mapped when the table is given.
+    #[derive(Debug, Default)]
+    struct Kernel {
+        tables: Mutex<Vec<Vec<u64>>>,
+        unmapped_named: Mutex<bool>,
+    }
+
+    impl Kernel {
+        fn last(&self) -> Vec<u64> {
+            self.tables
+                .lock()
+                .unwrap()
+                .last()
+                .cloned()
+                .unwrap_or_default()
+        }
+    }
+
+    fn mapped(addr: u64, len: u64) -> bool {
+        // SAFETY: msync only inspects the range; on an unmapped range it fails (ENOMEM).
+        unsafe {
+            libc::msync(
+                addr as *mut libc::c_void,
+                usize::try_from(len).unwrap(),
+                libc::MS_ASYNC,
+            ) == 0
+        }
+    }
+
+    impl VhostBackend for Kernel {
+        fn set_owner_once(&self) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_features(&self, _: u64) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_mem_table(&self, regions: &[VhostMemoryRegion]) -> Result<(), VhostError> {
+            if regions
+                .iter()
+                .any(|r| !mapped(r.userspace_addr, r.memory_size))
+            {
+                *self.unmapped_named.lock().unwrap() = true;
+            }
+            let table = regions.iter().map(|r| r.guest_phys_addr).collect();
+            self.tables.lock().unwrap().push(table);
+            Ok(())
+        }
+        fn set_vring_num(&self, _: u32, _: u16) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_vring_base(&self, _: u32, _: u16) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn get_vring_base(&self, _: u32) -> Result<u16, VhostError> {
+            Ok(0)
+        }
+        fn set_vring_addr(&self, _: u32, _: RingAddresses) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_vring_kick(&self, _: u32, _: RawFd) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_vring_call(&self, _: u32, _: RawFd) -> Result<(), VhostError> {
+            Ok(())
+        }
+        fn set_running(&self, _: bool) -> Result<(), VhostError> {
+            Ok(())
+        }
+    }
+
+    fn memfd(size: i64) -> OwnedFd {
+        // SAFETY: memfd_create with a valid NUL-terminated name returns a new fd or -1.
+        let fd = unsafe { libc::memfd_create(c"registry-vhost-test".as_ptr(), 0) };
+        assert!(fd >= 0);
+        // SAFETY: fd is new and owned by nobody else.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: fd is a valid memfd.
+        assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }, 0);
+        fd
+    }
+
+    /// A VM with no RAM, a registry in 4 GiB..512 GiB and slots 0..8, and a table that
+    /// holds `limit` regions, installed (as an active device's is) with no RAM.
+    fn set_up(limit: usize) -> (VmFd, MemoryRegistry, Arc<Kernel>, Arc<VsockMemory>) {
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm (these tests need KVM)");
+        let vm = kvm.create_vm().expect("create a VM");
+        let kernel = Arc::new(Kernel::default());
+        let table = Arc::new(VsockMemory::new(kernel.clone(), limit));
+        table.install(Vec::new()).unwrap();
+        let mut registry = MemoryRegistry::new(1 << 32, 1 << 39, 0, 8);
+        registry.follow_with(table.clone());
+        (vm, registry, kernel, table)
+    }
+
+    const MIB2: u64 = 2 << 20;
+
+    #[test]
+    fn the_table_names_every_registered_region_and_only_those() {
+        let (vm, mut registry, kernel, table) = set_up(64);
+        let (a, slot_a) = registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        assert_eq!(kernel.last(), [a]);
+        let (b, slot_b) = registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        assert_eq!(kernel.last(), [a, b]);
+        registry.unregister(&vm, slot_a).unwrap();
+        assert_eq!(kernel.last(), [b]);
+        registry.unregister(&vm, slot_b).unwrap();
+        assert_eq!(kernel.last(), Vec::<u64>::new());
+        assert!(table.regions().is_empty());
+        assert!(
+            !*kernel.unmapped_named.lock().unwrap(),
+            "a table named an unmapped region: the mapping went before the table changed"
+        );
+    }
+
+    #[test]
+    fn past_the_vhost_limit_registration_fails_with_e2big_and_leaves_nothing() {
+        let (vm, mut registry, kernel, _table) = set_up(2);
+        registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        let (second, _) = registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        let tables_before = kernel.tables.lock().unwrap().len();
+        let err = registry
+            .register(&vm, memfd(2 << 20), MIB2)
+            .expect_err("a third region passes the table's limit of 2");
+        assert_eq!(err.errno(), libc::E2BIG, "{err}");
+        assert!(matches!(err, RegistryError::Vhost(_)), "{err}");
+        assert_eq!(kernel.tables.lock().unwrap().len(), tables_before);
+        assert_eq!(registry.list(0).total, 2, "nothing stays registered");
+        // Its slot and range were given back: freeing one makes room for the next.
+        let freed = registry.list(0).as_slice()[0].slot;
+        registry.unregister(&vm, freed).unwrap();
+        let (again, _) = registry.register(&vm, memfd(2 << 20), MIB2).unwrap();
+        assert!(again < second, "the lowest free range is reused");
+        assert!(!*kernel.unmapped_named.lock().unwrap());
     }
 }

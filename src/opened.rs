@@ -134,7 +134,16 @@ pub struct HostFiles {
     /// In `--net` order.
     pub taps: Vec<Tap>,
     /// `/dev/vhost-vsock` (opened, or handed over with `--vsock cid=N,fd=M`) for `--vsock`.
-    pub vsock: Option<File>,
+    pub vsock: Option<VhostVsockNode>,
+}
+
+/// The open vhost-vsock device and what the kernel allows it.
+#[derive(Debug)]
+pub struct VhostVsockNode {
+    pub file: File,
+    /// Most regions in its memory table (vhost's `max_mem_regions`, read from sysfs here,
+    /// before the jail hides it).
+    pub region_limit: usize,
 }
 
 /// Everything opened: the builder's files and the control socket's listener.
@@ -192,7 +201,11 @@ pub fn open_all(config: &VmConfig, mut handover: Handover) -> Result<Opened, Ope
             None => vsock::open_vhost_vsock(std::path::Path::new(vsock::VHOST_VSOCK_PATH))
                 .map_err(OpenError::Vsock),
         })
-        .transpose()?;
+        .transpose()?
+        .map(|file| VhostVsockNode {
+            file,
+            region_limit: vsock::memory::kernel_region_limit(),
+        });
     let control = match &config.socket {
         Some(path) => Some(
             Listener::bind(path, &config.socket_allow_uids).map_err(OpenError::ControlSocket)?,

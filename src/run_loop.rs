@@ -184,12 +184,15 @@ pub fn run(
     // this one; before the run loop reads any guest request or control message.
     crate::sandbox::enter_main().map_err(RunError::Sandbox)?;
 
-    let registry = MemoryRegistry::new(
+    let mut registry = MemoryRegistry::new(
         arch::layout::registered_memory_base(config.mem_bytes),
         arch::layout::REGISTERED_MEMORY_END,
         vm.ram_slots,
         vm.max_slots,
     );
+    if let Some(table) = &vm.virtio.vsock_memory {
+        registry.follow_with(table.clone());
+    }
     let mut running = RunningVm {
         vm_fd: vm.vm_fd,
         memory: vm.memory,

@@ -190,7 +190,8 @@ impl RunningVm {
     }
 
     /// Every virtio queue's state, as many as the reply holds (in PCI order: disks, network
-    /// interfaces, rng, balloon), with the driver's indices read from guest memory now.
+    /// interfaces, rng, balloon, console, vsock), with the driver's indices read from guest
+    /// memory now (and, for the queues vhost serves, the kernel's used index).
     pub fn queue_statuses(&self) -> QueueStatuses {
         let mut statuses = QueueStatuses::default();
         for device in &self.virtio.queues {
@@ -200,6 +201,7 @@ impl RunningVm {
                     (now.active, queue_state::ACTIVE),
                     (now.event_idx, queue_state::EVENT_IDX),
                     (now.broken, queue_state::BROKEN),
+                    (now.vhost, queue_state::VHOST),
                 ]
                 .iter()
                 .filter(|(on, _)| *on)

@@ -432,8 +432,8 @@ fn version_prints_the_vmm_range_and_the_client_version() {
     let output = vm.ctl_ok("version", &[]);
 
     let text = stdout_of(&output);
-    assert!(text.contains("VMM protocol versions 1..=5"), "{text}");
-    assert!(text.contains("client protocol version 5"), "{text}");
+    assert!(text.contains("VMM protocol versions 1..=6"), "{text}");
+    assert!(text.contains("client protocol version 6"), "{text}");
 }
 
 #[test]

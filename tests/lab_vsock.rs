@@ -6,6 +6,10 @@
 //! before and the VMM holds no more descriptors than it did (its worker is under its own
 //! seccomp policy, as the test hook shows); and a guest without MSI (`pci=nomsi`), whose
 //! interrupts the worker relays to INTA#, on a `/dev/vhost-vsock` handed over as `fd=5`.
+//! Registered memory goes into vhost's memory table: with the device running, regions are
+//! registered until vhost's `max_mem_regions` (counting guest RAM) refuses one with
+//! `E2BIG`, the vsock works on with the full table and after every region is unregistered,
+//! and `vmm queues` shows the device's queues (the kernel's two as `vhost`).
 //!
 //! Both sides use `lab-vsock` (tools/lab-vsock.c, built by the kit into the guest and the
 //! outer VM), which prints `lab-vsock: sent=N fnv=HEX mbps=X` or `received=...`. A sender
@@ -247,5 +251,113 @@ vmm stop /tmp/vmm.sock
     assert!(count > 0, "{irq}: {output}");
     assert_same_stream(&run, "host-send:", "guest-recv:", RELOAD_BYTES);
     assert_same_stream(&run, "guest-send:", "host-recv:", RELOAD_BYTES);
+    run.assert_vmm_exited_0();
+}
+
+#[test]
+fn registered_memory_fills_vhost_s_table_to_its_limit_and_the_vsock_works_throughout() {
+    if !require_lab() {
+        return;
+    }
+    let guest = format!(
+        r#"echo guest-listening
+echo "guest-recv1: $(lab-vsock listen 5000 {RELOAD_BYTES} 2>/dev/null)"
+echo "guest-recv2: $(lab-vsock listen 5001 {RELOAD_BYTES} 2>/dev/null)"
+echo "guest-recv3: $(lab-vsock listen 5002 {RELOAD_BYTES} 2>/dev/null)"
+echo guest-done
+sleep 600
+"#
+    );
+    let script = format!(
+        r#"{start}
+wait_for guest-listening
+echo "host-send1: $(lab-vsock send 7 5000 {RELOAD_BYTES})"
+wait_for guest-recv1:
+vmm queues /tmp/vmm.sock >/tmp/queues 2>&1
+sed 's/^/queues: /' /tmp/queues
+echo "max-mem-regions: $(cat /sys/module/vhost/parameters/max_mem_regions)"
+# Register 2 MiB regions until the VMM refuses one (bounded well past vhost's default).
+n=0
+: >/tmp/slots
+while [ $n -lt 100 ]; do
+    truncate -s 2M /tmp/region$n
+    if ! vmm register-memory /tmp/vmm.sock /tmp/region$n >/tmp/reg.out 2>/tmp/reg.err; then
+        break
+    fi
+    sed -n 's/.* slot \([0-9]*\) .*/\1/p' /tmp/reg.out >>/tmp/slots
+    n=$((n + 1))
+done
+echo "registered: $n"
+echo "refusal: $(cat /tmp/reg.err)"
+echo "vmm-alive: $(kill -0 $vmm && echo yes || echo no)"
+echo "host-send2: $(lab-vsock send 7 5001 {RELOAD_BYTES})"
+wait_for guest-recv2:
+failed=0
+for slot in $(cat /tmp/slots); do
+    vmm unregister-memory /tmp/vmm.sock $slot || failed=$((failed + 1))
+done
+echo "unregister-failures: $failed"
+echo "listed-after: $(vmm list-memory /tmp/vmm.sock | grep -c 'slot')"
+echo "host-send3: $(lab-vsock send 7 5002 {RELOAD_BYTES})"
+wait_for guest-done
+vmm stop /tmp/vmm.sock
+{WAIT_VMM}"#,
+        start = start_vmm(&["--vsock", "cid=7"], 256, &guest, "file"),
+    );
+
+    let run = run_in_lab("lab-vsock-memory", &script);
+    let output = &run.output;
+
+    // vmm queues: the vsock's three queues, the kernel's two marked vhost with the
+    // unknown figures as `-`; the receive queue has used what the host sent.
+    let rows: Vec<Vec<&str>> = run
+        .values("queues:")
+        .into_iter()
+        .map(|l| l.split_whitespace().collect())
+        .filter(|w: &Vec<&str>| w.first() == Some(&"vsock"))
+        .collect();
+    assert_eq!(rows.len(), 3, "three vsock queues: {output}");
+    for row in &rows[..2] {
+        assert!(row[4].ends_with("vhost"), "{row:?}: {output}");
+        assert_eq!(
+            (row[6], row[8], row[9], row[10]),
+            ("-", "-", "-", "-"),
+            "{output}"
+        );
+    }
+    assert!(
+        !rows[2][4].contains("vhost"),
+        "the event queue is the VMM's: {output}"
+    );
+    let rx_used: u32 = rows[0][7].parse().unwrap_or(0);
+    assert!(
+        rx_used > 0,
+        "the receive queue's used index moved: {output}"
+    );
+    assert!(
+        run.values("queues:")
+            .iter()
+            .any(|l| l.contains("not known to vmm")),
+        "{output}"
+    );
+
+    // One region of guest RAM (256 MiB) plus the registered ones fill vhost's table.
+    let limit: u32 = run
+        .value("max-mem-regions:")
+        .parse()
+        .unwrap_or_else(|e| panic!("max_mem_regions: {e}: {output}"));
+    let registered: u32 = run.value("registered:").parse().unwrap_or(0);
+    assert_eq!(registered, limit - 1, "{output}");
+    let refusal = run.value("refusal:");
+    assert!(
+        refusal.contains("Argument list too long") && refusal.contains("max_mem_regions"),
+        "{refusal}: {output}"
+    );
+    assert_eq!(run.value("vmm-alive:"), "yes", "{output}");
+    assert_eq!(run.value("unregister-failures:"), "0", "{output}");
+    assert_eq!(run.value("listed-after:"), "0", "{output}");
+    assert_same_stream(&run, "host-send1:", "guest-recv1:", RELOAD_BYTES);
+    assert_same_stream(&run, "host-send2:", "guest-recv2:", RELOAD_BYTES);
+    assert_same_stream(&run, "host-send3:", "guest-recv3:", RELOAD_BYTES);
     run.assert_vmm_exited_0();
 }

@@ -1,7 +1,8 @@
 //! virtio-vsock snapshots on a recording fake of the kernel's vhost-vsock (there is none
 //! where the tests run): the vhost calls a pause, a resume and a restore make, in order;
 //! the ring positions carried through the record; the transport reset a restored device
-//! sends in a buffer the driver posted; and what a restore refuses.
+//! sends in a buffer the driver posted; and what a restore refuses. Also the memory table:
+//! registered memory is in it from activation on and follows each registration.
 
 mod state_support;
 
@@ -21,6 +22,10 @@ struct Fake {
     bases: Mutex<[u16; 2]>,
     /// A call whose name starts with this fails (EIO).
     fail: Mutex<Option<&'static str>>,
+    /// Each memory table given, as its regions' guest addresses.
+    tables: Mutex<Vec<Vec<u64>>>,
+    /// The call eventfd of each ring, as the kernel signals them.
+    call_fds: Mutex<[RawFd; 2]>,
 }
 
 impl Fake {
@@ -53,7 +58,10 @@ impl VhostBackend for Fake {
         self.call("VHOST_SET_FEATURES", format!("features {features:#x}"))
     }
     fn set_mem_table(&self, regions: &[VhostMemoryRegion]) -> Result<(), VhostError> {
-        self.call("VHOST_SET_MEM_TABLE", format!("mem {}", regions.len()))
+        self.call("VHOST_SET_MEM_TABLE", format!("mem {}", regions.len()))?;
+        let addrs = regions.iter().map(|r| r.guest_phys_addr).collect();
+        self.tables.lock().unwrap().push(addrs);
+        Ok(())
     }
     fn set_vring_num(&self, index: u32, size: u16) -> Result<(), VhostError> {
         self.call("VHOST_SET_VRING_NUM", format!("num {index} {size}"))
@@ -76,8 +84,10 @@ impl VhostBackend for Fake {
     fn set_vring_kick(&self, index: u32, _fd: RawFd) -> Result<(), VhostError> {
         self.call("VHOST_SET_VRING_KICK", format!("kick {index}"))
     }
-    fn set_vring_call(&self, index: u32, _fd: RawFd) -> Result<(), VhostError> {
-        self.call("VHOST_SET_VRING_CALL", format!("call {index}"))
+    fn set_vring_call(&self, index: u32, fd: RawFd) -> Result<(), VhostError> {
+        self.call("VHOST_SET_VRING_CALL", format!("call {index}"))?;
+        self.call_fds.lock().unwrap()[index as usize] = fd;
+        Ok(())
     }
     fn set_running(&self, running: bool) -> Result<(), VhostError> {
         self.call(
@@ -355,4 +365,117 @@ fn mutated_vsock_records_never_panic_are_canonical_and_checking_calls_nothing() 
     }
     assert!(accepted > 100, "mutations reach past decoding ({accepted})");
     assert!(fake.take().is_empty(), "checking calls nothing");
+}
+
+/// A region registered through the control socket, as the registry hands it over.
+fn registered(guest: u64) -> VhostMemoryRegion {
+    VhostMemoryRegion {
+        guest_phys_addr: guest,
+        memory_size: 2 << 20,
+        userspace_addr: 0x7f00_0000_0000,
+        flags_padding: 0,
+    }
+}
+
+#[test]
+fn registered_memory_is_in_the_table_from_activation_on_and_follows_each_change() {
+    const GIB: u64 = 1 << 30;
+    let mem = memory();
+    let fake = Arc::new(Fake::default());
+    let dev = Vsock::with_backend(fake.clone(), CID, BACKEND, "vsock-memory", || {}).unwrap();
+    let table = dev.memory();
+    table.set_guest_ram(&mem);
+    table.add(registered(4 * GIB)).unwrap();
+    assert!(
+        fake.take().is_empty(),
+        "no owner yet: nothing is asked of the kernel"
+    );
+
+    // Activation: RAM and what is registered by then.
+    let mut a = transport(Box::new(dev), &mem);
+    let _rings = set_up_queues(&mut a, BACKEND, 3);
+    let mut calls = set_up_calls(0, 0);
+    calls[2] = "mem 2".to_string();
+    assert_eq!(fake.take(), calls);
+    assert_eq!(fake.tables.lock().unwrap().last().unwrap(), &[0, 4 * GIB]);
+
+    // While it runs, each registration and unregistration is one new, whole table.
+    table.add(registered(6 * GIB)).unwrap();
+    assert_eq!(fake.take(), ["mem 3"]);
+    assert_eq!(
+        fake.tables.lock().unwrap().last().unwrap(),
+        &[0, 4 * GIB, 6 * GIB]
+    );
+    table.remove(4 * GIB).unwrap();
+    assert_eq!(fake.take(), ["mem 2"]);
+    assert_eq!(fake.tables.lock().unwrap().last().unwrap(), &[0, 6 * GIB]);
+
+    // A refused table fails the change and leaves the table as it was.
+    *fake.fail.lock().unwrap() = Some("VHOST_SET_MEM_TABLE");
+    assert_eq!(table.remove(6 * GIB).unwrap_err().errno(), libc::EIO);
+    assert_eq!(
+        table.regions().len(),
+        2,
+        "still named: the region must stay mapped"
+    );
+    *fake.fail.lock().unwrap() = None;
+    let _ = fake.take();
+
+    // After a reset the backend keeps its owner and table: changes still reach it, and
+    // the next activation installs what is registered then.
+    wr(&mut a, 0x14, 0, 1);
+    let start = std::time::Instant::now();
+    while rd(&mut a, 0x14, 1) != 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "reset"
+        );
+        std::thread::yield_now();
+    }
+    table.remove(6 * GIB).unwrap();
+    assert_eq!(fake.tables.lock().unwrap().last().unwrap(), &[0]);
+    table.add(registered(8 * GIB)).unwrap();
+    let _ = fake.take();
+    let _rings = set_up_queues(&mut a, BACKEND, 3);
+    assert_eq!(fake.take()[2], "mem 2");
+    assert_eq!(fake.tables.lock().unwrap().last().unwrap(), &[0, 8 * GIB]);
+}
+
+#[test]
+fn the_kernel_served_queues_report_the_used_index_from_guest_memory_and_relayed_interrupts() {
+    let mem = memory();
+    let (mut a, fake) = vsock(&mem, CID);
+    let statuses = a.queue_statuses();
+    let before = statuses[1].snapshot(&mem);
+    assert!(before.vhost && !before.active);
+    let _rings = set_up_queues(&mut a, BACKEND, 3);
+    kernel_served(&mem, &fake, 5, 2);
+    let rx = statuses[0].snapshot(&mem);
+    let tx = statuses[1].snapshot(&mem);
+    assert!(rx.active && rx.vhost && tx.vhost);
+    assert_eq!(
+        (rx.device_used, tx.device_used),
+        (5, 2),
+        "the kernel's used.idx"
+    );
+    assert_eq!((rx.device_avail, rx.notifications), (0, 0), "not known");
+    assert_eq!(rx.size, QSIZE);
+    // The event queue is the VMM's own.
+    assert!(!statuses[2].snapshot(&mem).vhost);
+
+    // The kernel signals transmit's call eventfd: the worker relays it and counts it.
+    let call = fake.call_fds.lock().unwrap()[1];
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writing 8 bytes to the device's call eventfd, open while the device lives.
+    assert_eq!(unsafe { libc::write(call, one.as_ptr().cast(), 8) }, 8);
+    let start = std::time::Instant::now();
+    while statuses[1].snapshot(&mem).interrupts == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "relayed interrupt counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(statuses[1].snapshot(&mem).interrupts, 1);
+    assert_eq!(statuses[0].snapshot(&mem).interrupts, 0);
 }

@@ -656,6 +656,7 @@ fn queue_status_shows_three_served_chains_with_their_kick_and_interrupt() {
             size: QSIZE,
             event_idx: true,
             broken: false,
+            vhost: false,
             driver_avail: 3,
             device_avail: 3,
             device_used: 3,

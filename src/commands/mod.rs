@@ -70,6 +70,14 @@ pub enum CommandError {
         /// What it means.
         why: &'static str,
     },
+    /// The VMM refused a registration; `why` says what the refusal means for one.
+    #[error("the VMM refused: {}: {why}", describe_refusal(.reply))]
+    RegisterRefused {
+        /// The refusal.
+        reply: ErrorReply,
+        /// What it means.
+        why: &'static str,
+    },
     /// The VMM speaks only protocol versions older than the command needs.
     #[error("the VMM at {} is too old for this command: {source}", .path.display())]
     VmmTooOld {
@@ -315,7 +323,17 @@ fn try_register_memory(args: &RegisterMemoryArgs, out: &mut dyn Write) -> Result
     let reply = vmm
         .client
         .request_with_fd(Request::RegisterMemory { size }, file.as_fd())
-        .map_err(|e| vmm.error(e))?;
+        .map_err(|e| match e {
+            ClientError::Vmm(reply) if reply.errno == libc::E2BIG => {
+                CommandError::RegisterRefused {
+                    reply,
+                    why: "the VM's vsock device cannot take another memory region (the \
+                          host's vhost max_mem_regions, 64 by default, counts guest RAM \
+                          too); unregister one first",
+                }
+            }
+            e => vmm.error(e),
+        })?;
     match reply {
         Response::MemoryRegistered { pfn, slot } => {
             writeln!(out, "{}", registered_text(pfn, slot))?;
@@ -501,6 +519,32 @@ mod tests {
             String::from_utf8_lossy(&out),
             "pfn 0x100000 slot 7 guest physical address 0x100000000\n"
         );
+    }
+
+    #[test]
+    fn register_memory_past_vhost_s_region_limit_says_so() {
+        let vmm = FakeVmm::start(
+            "register-e2big",
+            |_| Response::error(ErrorKind::Failed, libc::E2BIG),
+            &[],
+        );
+        let file = vmm.dir.join("mem");
+        std::fs::write(&file, [0u8; 4096]).expect("memory file");
+        let args = RegisterMemoryArgs {
+            socket: vmm.socket.clone(),
+            file,
+        };
+
+        let err = try_register_memory(&args, &mut Vec::new()).unwrap_err();
+
+        assert!(
+            matches!(err, CommandError::RegisterRefused { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("Argument list too long"), "{text}");
+        assert!(text.contains("max_mem_regions"), "{text}");
+        assert_eq!(err.exit_code(), 1);
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub(super) fn device_kind_name(kind: u16) -> Option<&'static str> {
         device_kind::NET => "net",
         device_kind::RNG => "rng",
         device_kind::CONSOLE => "console",
+        device_kind::VSOCK => "vsock",
         _ => return None,
     })
 }

@@ -782,7 +782,7 @@ fn a_queues_reply_round_trips_and_is_refused_in_version_1() {
         })
     );
     let mut unknown_state = bytes;
-    unknown_state[40] |= 8;
+    unknown_state[40] |= 16;
     assert_eq!(
         ServerMessage::decode(&unknown_state),
         Err(DecodeError::ReservedNonZero { offset: 40 })
@@ -790,6 +790,61 @@ fn a_queues_reply_round_trips_and_is_refused_in_version_1() {
     let mut too_many = bytes;
     too_many[16] = MAX_QUEUE_STATUSES as u8 + 1;
     assert!(ServerMessage::decode(&too_many).is_err());
+}
+
+#[test]
+fn a_vhost_queue_is_sent_from_version_6_on_and_left_out_before() {
+    let mut queues = QueueStatuses::default();
+    let net = QueueStatus {
+        device_kind: device_kind::NET,
+        queue: 0,
+        size: 256,
+        state: queue_state::ACTIVE,
+        driver_avail: 4,
+        device_avail: 4,
+        device_used: 4,
+        ..QueueStatus::default()
+    };
+    let vsock = QueueStatus {
+        device_kind: device_kind::VSOCK,
+        queue: 1,
+        size: 256,
+        state: queue_state::ACTIVE | queue_state::EVENT_IDX | queue_state::VHOST,
+        driver_avail: 9,
+        device_used: 7,
+        interrupts: 3,
+        ..QueueStatus::default()
+    };
+    queues.push(vsock).expect("room");
+    queues.push(net).expect("room");
+    let message = ServerMessage::Reply {
+        id: id(7),
+        response: Response::Queues(Box::new(queues)),
+    };
+    let v6 = message.encode_in(6);
+    assert_eq!(ServerMessage::decode(&v6), Ok(message.clone()));
+    // The state of the first entry: ACTIVE | EVENT_IDX | VHOST.
+    assert_eq!(v6[40..44], 11u32.to_le_bytes());
+    for version in 2..=5 {
+        let old = message.encode_in(version);
+        let Ok(ServerMessage::Reply {
+            response: Response::Queues(decoded),
+            ..
+        }) = ServerMessage::decode(&old)
+        else {
+            panic!("version {version}: not a Queues reply");
+        };
+        assert_eq!(decoded.as_slice(), [net], "version {version}");
+        assert_eq!(decoded.omitted(), 0, "left out, not omitted for room");
+        // Nor may a reply in those versions carry the bit.
+        let mut forged = old;
+        forged[40] |= 8;
+        assert_eq!(
+            ServerMessage::decode(&forged),
+            Err(DecodeError::ReservedNonZero { offset: 40 }),
+            "version {version}"
+        );
+    }
 }
 
 /// A VMM that speaks only version 1, as vmm did before version 2: refuses any other version

@@ -320,13 +320,13 @@ fn golden_ok_response() {
 
 #[test]
 fn golden_err_response_carries_kind_errno_detail_and_version_range() {
-    //       header                               kind     errno    detail           min  max (this crate: 1..=4)
+    //       header                               kind     errno    detail           min  max (this crate: 1..=6)
     check_server_message(
         ServerMessage::Reply {
             id: id(3),
             response: Response::Err(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 65)),
         },
-        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0500",
+        "0100 0200 00000000 0300000000000000 01000000 5a000000 4100000000000000 0100 0600",
     );
 }
 
@@ -334,7 +334,7 @@ fn golden_err_response_carries_kind_errno_detail_and_version_range() {
 fn golden_unattributed_err_has_id_zero() {
     check_server_message(
         ServerMessage::Unattributed(ErrorReply::new(ErrorKind::BadSize, libc::EMSGSIZE, 3)),
-        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0500",
+        "0100 0200 00000000 0000000000000000 01000000 5a000000 0300000000000000 0100 0600",
     );
 }
 

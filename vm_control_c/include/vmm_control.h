@@ -120,6 +120,7 @@ extern "C" {
 #define VMM_CONTROL_DEVICE_NET 7
 #define VMM_CONTROL_DEVICE_RNG 8
 #define VMM_CONTROL_DEVICE_CONSOLE 9
+#define VMM_CONTROL_DEVICE_VSOCK 10
 
 /* Device counters (struct vmm_control_device_counter.counter). */
 #define VMM_CONTROL_COUNTER_REG_READS 1
@@ -143,6 +144,8 @@ extern "C" {
 #define VMM_CONTROL_QUEUE_ACTIVE 1
 #define VMM_CONTROL_QUEUE_EVENT_IDX 2
 #define VMM_CONTROL_QUEUE_BROKEN 4
+/* Served by the host kernel (vhost): device_avail and notifications are not known (0). */
+#define VMM_CONTROL_QUEUE_VHOST 8
 
 /* A connection for requests. */
 struct vmm_control;

@@ -154,6 +154,7 @@ fn constants(c: &mut String) {
         ("NET", NET),
         ("RNG", RNG),
         ("CONSOLE", CONSOLE),
+        ("VSOCK", VSOCK),
     ] {
         define(&format!("VMM_CONTROL_DEVICE_{name}"), v.into());
     }
@@ -181,6 +182,7 @@ fn constants(c: &mut String) {
     define("VMM_CONTROL_QUEUE_ACTIVE", queue_state::ACTIVE.into());
     define("VMM_CONTROL_QUEUE_EVENT_IDX", queue_state::EVENT_IDX.into());
     define("VMM_CONTROL_QUEUE_BROKEN", queue_state::BROKEN.into());
+    define("VMM_CONTROL_QUEUE_VHOST", queue_state::VHOST.into());
 }
 
 /// The C program: every check above, and a table of every function's address (so linking

@@ -168,6 +168,13 @@ pub trait VirtioDevice: Send {
     /// reuses the rings, waits.
     fn quiesced(&self) -> bool;
 
+    /// The queues the host kernel serves rather than this device's worker (vhost): their
+    /// statuses say so and read the used index from guest memory (see
+    /// [`QueueStatus::served_by_kernel`]). None by default.
+    fn kernel_served_queues(&self) -> &[usize] {
+        &[]
+    }
+
     // Snapshots (see `state`). The defaults refuse, naming the device, so a model without
     // snapshot support makes a snapshot fail rather than lose its state.
 

@@ -281,8 +281,15 @@ impl VirtioPciDevice {
         let queue_evts = (0..num_queues)
             .map(|_| EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd))
             .collect::<Result<Vec<_>, _>>()?;
+        let kernel_served = device.kernel_served_queues();
         let queue_statuses = (0..num_queues)
-            .map(|_| Arc::new(QueueStatus::new()))
+            .map(|index| {
+                Arc::new(if kernel_served.contains(&index) {
+                    QueueStatus::served_by_kernel()
+                } else {
+                    QueueStatus::new()
+                })
+            })
             .collect();
         let notify_spares = queue_evts
             .iter()

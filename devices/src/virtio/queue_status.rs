@@ -16,6 +16,12 @@
 //! - the control thread reads it with [`QueueStatus::snapshot`], which also reads the
 //!   driver's side (`avail.idx`, `used_event`) from guest memory at that moment.
 //!
+//! A queue the host kernel serves (vhost: virtio-vsock's receive and transmit queues) has
+//! a status made with [`QueueStatus::served_by_kernel`]: no worker records what it takes,
+//! so the snapshot says so ([`QueueSnapshot::vhost`]), reports the device's next avail
+//! index and its notifications as 0 (unknown), and reads the used index the kernel
+//! published from the used ring in guest memory.
+//!
 //! Only atomics are involved, so neither the worker nor a vCPU thread ever waits for a
 //! query. The transport's part changes rarely and together (activation, reset), so it sits
 //! behind a sequence counter a snapshot retries on; the worker's part is read in an order
@@ -46,6 +52,8 @@ const SNAPSHOT_BACKOFF: Duration = Duration::from_micros(50);
 /// See the module docs for who writes what.
 #[derive(Debug, Default)]
 pub struct QueueStatus {
+    /// The host kernel serves the queue (fixed when the status is made).
+    vhost: bool,
     /// Sequence counter over what the transport writes (`active` to `device_used`): odd
     /// while it writes, bumped by two per change.
     seq: AtomicU32,
@@ -57,6 +65,8 @@ pub struct QueueStatus {
     event_idx: AtomicBool,
     /// Guest address of the available ring, to read the driver's side from.
     avail_ring: AtomicU64,
+    /// Guest address of the used ring, to read a kernel-served queue's used index from.
+    used_ring: AtomicU64,
     /// The device marked the queue malformed (NEEDS_RESET) since activation.
     broken: AtomicBool,
     /// Index of the next avail entry the device takes.
@@ -80,6 +90,9 @@ pub struct QueueSnapshot {
     pub event_idx: bool,
     /// The device marked the queue malformed (NEEDS_RESET) since activation.
     pub broken: bool,
+    /// The host kernel serves the queue: `device_avail` and `notifications` are not known
+    /// (0), `device_used` is `used.idx` read from guest memory.
+    pub vhost: bool,
     /// `avail.idx` in guest memory (0 while inactive).
     pub driver_avail: u16,
     /// Index of the next avail entry the device will take.
@@ -102,6 +115,14 @@ impl QueueStatus {
     /// Inactive, all zero.
     pub fn new() -> QueueStatus {
         QueueStatus::default()
+    }
+
+    /// The status of a queue the host kernel serves (see the module docs).
+    pub fn served_by_kernel() -> QueueStatus {
+        QueueStatus {
+            vhost: true,
+            ..QueueStatus::default()
+        }
     }
 
     /// What the queue looks like now; reads the driver's `avail.idx` and `used_event` from
@@ -163,12 +184,26 @@ impl QueueStatus {
         let size = self.size.load(Ordering::Relaxed);
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let avail_ring = self.avail_ring.load(Ordering::Relaxed);
+        let used_ring = self.used_ring.load(Ordering::Relaxed);
         let broken = self.broken.load(Ordering::Relaxed);
-        // Acquire pairs with the worker's release stores: a `device_used` of n means the
-        // pop that took chain n - 1 (and its `device_avail` store) is visible, and a
-        // `device_avail` of n means the driver's `avail.idx` the worker read is too.
-        let device_used = self.device_used.load(Ordering::Acquire);
-        let device_avail = self.device_avail.load(Ordering::Acquire);
+        let (device_used, device_avail) = if self.vhost {
+            // The kernel's `used.idx`, read before the driver's `avail.idx` (below), so
+            // the chains not returned yet never come out "negative" because of the read.
+            let used = if active {
+                read_u16(mem, used_ring, 2, Ordering::Acquire)
+            } else {
+                0
+            };
+            (used, 0)
+        } else {
+            // Acquire pairs with the worker's release stores: a `device_used` of n means
+            // the pop that took chain n - 1 (and its `device_avail` store) is visible, and
+            // a `device_avail` of n means the driver's `avail.idx` the worker read is too.
+            (
+                self.device_used.load(Ordering::Acquire),
+                self.device_avail.load(Ordering::Acquire),
+            )
+        };
         let (driver_avail, used_event) = if active {
             // avail ring: flags, idx, ring[size], used_event (virtio 1.2 section 2.7.6).
             let idx = read_u16(mem, avail_ring, 2, Ordering::Acquire);
@@ -189,6 +224,7 @@ impl QueueStatus {
             size,
             event_idx,
             broken,
+            vhost: self.vhost,
             driver_avail,
             device_avail,
             device_used,
@@ -214,6 +250,7 @@ impl QueueStatus {
     pub(crate) fn activated(&self, queue: &Queue) {
         self.write_setup(|| {
             self.avail_ring.store(queue.avail_ring, Ordering::Relaxed);
+            self.used_ring.store(queue.used_ring, Ordering::Relaxed);
             self.size.store(queue.size, Ordering::Relaxed);
             self.event_idx.store(queue.event_idx, Ordering::Relaxed);
             self.broken.store(false, Ordering::Relaxed);
@@ -230,6 +267,7 @@ impl QueueStatus {
         self.write_setup(|| {
             self.active.store(false, Ordering::Relaxed);
             self.avail_ring.store(0, Ordering::Relaxed);
+            self.used_ring.store(0, Ordering::Relaxed);
             self.size.store(0, Ordering::Relaxed);
             self.event_idx.store(false, Ordering::Relaxed);
             self.broken.store(false, Ordering::Relaxed);
@@ -337,6 +375,57 @@ mod tests {
                 "avail ring at {avail:#x}"
             );
         }
+    }
+
+    #[test]
+    fn a_kernel_served_queue_reads_the_used_index_from_guest_memory_and_knows_no_more() {
+        let mem = memory();
+        let (avail, used) = (0x2000, 0x3000);
+        mem.write_obj(9u16.to_le(), GuestAddress(avail + 2))
+            .unwrap();
+        mem.write_obj(4u16.to_le(), GuestAddress(avail + 4 + 2 * 16))
+            .unwrap();
+        mem.write_obj(7u16.to_le(), GuestAddress(used + 2)).unwrap();
+        let status = QueueStatus::served_by_kernel();
+        assert_eq!(
+            status.snapshot(&mem),
+            QueueSnapshot {
+                vhost: true,
+                ..QueueSnapshot::default()
+            },
+            "inactive: nothing read"
+        );
+        let mut q = queue(avail, 16, true);
+        q.used_ring = used;
+        status.activated(&q);
+        status.add_interrupt();
+        let s = status.snapshot(&mem);
+        assert_eq!(
+            s,
+            QueueSnapshot {
+                active: true,
+                size: 16,
+                event_idx: true,
+                broken: false,
+                vhost: true,
+                driver_avail: 9,
+                device_avail: 0,
+                device_used: 7,
+                used_event: 4,
+                notifications: 0,
+                interrupts: 1,
+            }
+        );
+        // The kernel moves on: the next snapshot reads where it is now.
+        mem.write_obj(9u16.to_le(), GuestAddress(used + 2)).unwrap();
+        assert_eq!(status.snapshot(&mem).device_used, 9);
+        status.deactivated();
+        assert_eq!(status.snapshot(&mem).device_used, 0);
+        // A queue the VMM serves does not read the used ring.
+        let own = QueueStatus::new();
+        own.activated(&q);
+        assert_eq!(own.snapshot(&mem).device_used, 0);
+        assert!(!own.snapshot(&mem).vhost);
     }
 
     #[test]

@@ -66,11 +66,14 @@ use zerocopy::IntoBytes;
 /// counts of device counters and queues a full `Stats` or `Queues` reply left out.
 /// Version 4 added [`Request::ConsoleAttach`] and its [`Response::ConsoleAttached`] reply.
 /// Version 5 added [`Request::Snapshot`] (answered by [`Response::Ok`]).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// Version 6 added the [`queue_state::VHOST`] bit of a `Queues` reply's entries (queues
+/// the host kernel serves, such as virtio-vsock's); replies in older versions leave such
+/// queues out.
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The oldest protocol version this crate accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// The newest protocol version this crate accepts.
-pub const MAX_PROTOCOL_VERSION: u16 = 5;
+pub const MAX_PROTOCOL_VERSION: u16 = 6;
 
 /// Size in bytes of every request datagram.
 pub const REQUEST_SIZE: usize = 64;
@@ -196,6 +199,9 @@ pub mod device_kind {
     /// Virtio console (`--console`, the guest's `hvc0`). Added within protocol version 3:
     /// a client that does not know it shows it by number, as any unknown kind.
     pub const CONSOLE: u16 = 9;
+    /// Virtio vsock (`--vsock`), served by the host kernel's vhost-vsock; its queues are
+    /// in `Queues` replies from protocol version 6 on (see [`super::queue_state::VHOST`]).
+    pub const VSOCK: u16 = 10;
 }
 
 /// Bits of a queue's [`QueueStatus`] state (`state` in the wire entry). Stable.
@@ -206,8 +212,18 @@ pub mod queue_state {
     pub const EVENT_IDX: u32 = 2;
     /// The device found the queue malformed and asked for a reset (DEVICE_NEEDS_RESET).
     pub const BROKEN: u32 = 4;
+    /// The host kernel (vhost) serves the queue, not the VMM: what the device has taken
+    /// (`device_avail`) and the notifications it consumed are not known to the VMM and
+    /// are sent as 0; `device_used` is the `used.idx` the kernel published in guest
+    /// memory, read when the reply is made, and `interrupts` the ones the VMM relayed.
+    /// Protocol version 6 and later: a reply in an older version leaves such queues out.
+    pub const VHOST: u32 = 8;
     /// Every bit defined so far.
-    pub const ALL: u32 = ACTIVE | EVENT_IDX | BROKEN;
+    pub const ALL: u32 = ACTIVE | EVENT_IDX | BROKEN | VHOST;
+    /// The bits a reply in protocol `version` may carry.
+    pub const fn known_in(version: u16) -> u32 {
+        if version >= 6 { ALL } else { ALL & !VHOST }
+    }
 }
 
 /// Counter numbers used in [`DeviceCounter::counter`]. Stable: never renumbered.

@@ -113,7 +113,15 @@ impl QueueStatuses {
 
 pub(super) fn encode_queues(payload: &mut [u8; PAYLOAD_SIZE], q: &QueueStatuses, version: u16) {
     let mut queues = [RawQueueStatus::default(); MAX_QUEUE_STATUSES];
-    for (raw, s) in queues.iter_mut().zip(q.as_slice()) {
+    // A version without the VHOST bit cannot say what is unknown about such a queue: it
+    // is left out (as before version 6, when the VMM did not report them).
+    let representable = q
+        .as_slice()
+        .iter()
+        .filter(|s| s.state & !queue_state::known_in(version) == 0);
+    let mut count = 0u32;
+    for (raw, s) in queues.iter_mut().zip(representable) {
+        count += 1;
         *raw = RawQueueStatus {
             device_kind: U16::new(s.device_kind),
             device_id: U16::new(s.device_id),
@@ -132,7 +140,7 @@ pub(super) fn encode_queues(payload: &mut [u8; PAYLOAD_SIZE], q: &QueueStatuses,
     put(
         payload,
         &RawQueuesPayload {
-            count: U32::new(q.len() as u32),
+            count: U32::new(count),
             omitted: omitted_in(version, q.omitted),
             reserved0: [0; 8],
             queues,
@@ -166,7 +174,7 @@ pub(super) fn decode_queues(payload: &[u8], version: u16) -> Result<QueueStatuse
             return Err(DecodeError::ReservedNonZero { offset: base + 12 });
         }
         let state = raw.state.get();
-        if state & !queue_state::ALL != 0 {
+        if state & !queue_state::known_in(version) != 0 {
             return Err(DecodeError::ReservedNonZero { offset: base + 8 });
         }
         queues

@@ -11,9 +11,10 @@
 //!   (`VHOST_VSOCK_SET_GUEST_CID`), so a CID another VM holds fails `vmm run` at start
 //!   ([`VsockError::CidInUse`]) rather than when the guest's driver loads.
 //! - Every other ioctl happens on the device's [`DeviceWorker`], under its own seccomp
-//!   policy: on activation `VHOST_SET_OWNER` (once per open file), the acknowledged
-//!   features, the memory table (guest RAM, as the [`GuestMemoryMmap`] the transport hands
-//!   over), each queue's size, base, ring addresses, kick and call eventfds, then
+//!   policy (but for the memory table's updates, below): on activation `VHOST_SET_OWNER`
+//!   (once per open file), the acknowledged features, the memory table (guest RAM, as the
+//!   [`GuestMemoryMmap`] the transport hands over, and the registered regions), each
+//!   queue's size, base, ring addresses, kick and call eventfds, then
 //!   `VHOST_VSOCK_SET_RUNNING` 1. A reset drops the active device on the worker, which
 //!   stops the backend (`VHOST_VSOCK_SET_RUNNING` 0; once that returns the kernel touches
 //!   the rings no more) and stops relaying; the next activation sets everything again.
@@ -35,10 +36,16 @@
 //! one), so the guest drops its connections, which the new backend does not know, and
 //! reads the CID again.
 //!
-//! The memory table covers the guest memory the device was activated with (guest RAM);
-//! memory registered later through the control socket is not in it, so buffers placed
-//! there cannot be used by vhost-vsock (the guest's own driver never does that).
+//! The memory table (see [`memory`]) covers guest RAM and every region registered through
+//! the control socket: the device's [`VsockMemory`] is shared with the VMM's control
+//! thread, which gives the kernel a new table (`VHOST_SET_MEM_TABLE`, allowed by the
+//! main thread's seccomp policy) whenever memory is registered or unregistered, so the
+//! guest may place vsock buffers in registered memory. `vmm queues` shows queues 0 and 1
+//! as the kernel's ([`VirtioDevice::kernel_served_queues`]), with the used index read
+//! from guest memory and the interrupts the worker relays. Rings stay in
+//! guest RAM: the transport refuses rings outside it, as for every device.
 
+pub mod memory;
 pub mod state;
 pub mod vhost;
 
@@ -51,6 +58,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
+pub use memory::{MemoryTableError, VsockMemory};
 pub use state::VsockState;
 pub use vhost::{VhostBackend, VhostError, VhostMemoryRegion, VhostVsock};
 
@@ -172,6 +180,8 @@ pub fn open_vhost_vsock(path: &Path) -> Result<File, VsockError> {
 pub struct Vsock {
     cid: u64,
     vhost: Arc<dyn VhostBackend>,
+    /// The backend's memory table, shared with the control thread.
+    memory: Arc<VsockMemory>,
     /// What the kernel's vhost-vsock implements.
     backend_features: u64,
     acked_features: u64,
@@ -232,6 +242,7 @@ impl Vsock {
         ];
         Ok(Vsock {
             cid,
+            memory: Arc::new(VsockMemory::new(backend.clone(), vhost::MAX_MEM_REGIONS)),
             vhost: backend,
             backend_features,
             acked_features: 0,
@@ -259,6 +270,20 @@ impl Vsock {
     /// The guest's CID.
     pub fn cid(&self) -> u64 {
         self.cid
+    }
+
+    /// The kernel takes memory tables of at most `limit` regions (what
+    /// [`memory::kernel_region_limit`] read before the sandbox; the default, 64, unless
+    /// told). Only before the device is activated or its table handed out.
+    pub fn with_region_limit(mut self, limit: usize) -> Vsock {
+        self.memory = Arc::new(VsockMemory::new(self.vhost.clone(), limit));
+        self
+    }
+
+    /// The backend's memory table, for the control thread to add registered memory to
+    /// and take it out of (see [`memory`]).
+    pub fn memory(&self) -> Arc<VsockMemory> {
+        self.memory.clone()
     }
 }
 
@@ -312,6 +337,7 @@ impl VirtioDevice for Vsock {
         }
         let active = ActiveVsock {
             vhost: self.vhost.clone(),
+            memory: self.memory.clone(),
             // The backend never sees a feature it did not offer.
             features: self.acked_features & self.backend_features,
             mem,
@@ -333,6 +359,11 @@ impl VirtioDevice for Vsock {
 
     fn quiesced(&self) -> bool {
         self.worker.idle()
+    }
+
+    /// The receive and transmit queues: vhost-vsock serves them.
+    fn kernel_served_queues(&self) -> &[usize] {
+        &VHOST_QUEUES
     }
 
     fn reset(&mut self) {
@@ -374,6 +405,8 @@ impl VirtioDevice for Vsock {
 /// The device while the driver drives it, on the worker. Dropping it stops the backend.
 struct ActiveVsock {
     vhost: Arc<dyn VhostBackend>,
+    /// The memory table: RAM (`mem`) and the registered regions.
+    memory: Arc<VsockMemory>,
     features: u64,
     mem: Arc<GuestMemoryMmap>,
     interrupt: Arc<dyn Interrupt>,
@@ -402,7 +435,15 @@ impl ActiveVsock {
         let vhost = &*self.vhost;
         vhost.set_owner_once()?;
         vhost.set_features(self.features)?;
-        vhost.set_mem_table(&memory_table(&self.mem))?;
+        self.memory
+            .install(memory_table(&self.mem))
+            .map_err(|e| match e {
+                MemoryTableError::Kernel(e) => e,
+                other => VhostError {
+                    call: "VHOST_SET_MEM_TABLE",
+                    source: io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
+                },
+            })?;
         for (queue, call) in self.rings.iter().zip(self.calls.iter()) {
             // Queue indices are 0 and 1.
             let index = u32::try_from(queue.index).unwrap_or(u32::MAX);
@@ -427,6 +468,7 @@ impl ActiveVsock {
             return;
         };
         if call.read().is_ok() {
+            queue.status.add_interrupt();
             self.interrupt.signal_used_queue(queue.index);
         }
     }
