@@ -186,7 +186,7 @@ static void version_and_stats(struct vmm_control *ctl) {
     uint16_t lo = 0, hi = 0;
     CHECK_EQ(vmm_control_version(ctl, &lo, &hi), 0);
     CHECK_EQ(lo, 1);
-    CHECK_EQ(hi, 5);
+    CHECK_EQ(hi, 6);
     CHECK_EQ(strlen(vmm_control_last_error()), 0);
     CHECK_EQ(vmm_control_version(ctl, NULL, &hi), -EINVAL);
 
