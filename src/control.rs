@@ -15,12 +15,15 @@
 //! every client is served as usual, and another `Snapshot` is refused (`Failed`, `EBUSY`).
 //! When the writer has exited, [`ControlServer::snapshot_writer_exited`] finishes the
 //! snapshot and replies to the client that asked (if it is still connected) with its
-//! request id. If the VM ends first, [`ControlServer::abandon_snapshot`] kills the writer
-//! and tells that client the snapshot failed.
+//! request id. If the guest ends the VM first (power-off, reset, crash), the snapshot is of
+//! a moment before that end and [`ControlServer::finish_snapshot`] waits for the writer and
+//! answers as usual; if the host stops the VM (a stop signal, `Exit`),
+//! [`ControlServer::abandon_snapshot`] kills the writer and tells that client the snapshot
+//! failed (`ECANCELED`).
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -283,8 +286,52 @@ impl ControlServer {
         self.reply_to(epoll, pending.key, pending.id, response);
     }
 
-    /// The VM ends: kills and reaps a snapshot writer still running, and tells the client
-    /// that asked that the snapshot failed (`Failed`, `ECANCELED`).
+    /// The guest ended the VM while a snapshot's writer was still writing: the snapshot is
+    /// of a moment before that end, so the VMM waits for the writer and answers the client
+    /// as if the VM still ran. A stop signal meanwhile (`stop` readable: the run loop's
+    /// signalfd) abandons it, as [`ControlServer::abandon_snapshot`] does: the host asked
+    /// the VMM to go now. Nothing else is served meanwhile; the VM has ended.
+    pub fn finish_snapshot(&mut self, epoll: &Epoll, stop: BorrowedFd<'_>) {
+        while let Some(pending) = self.snapshot.as_ref() {
+            let mut fds = [
+                libc::pollfd {
+                    fd: pending.save.pidfd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two initialised pollfds, borrowed for the
+            // call only; both descriptors are open (the pidfd is owned by `pending`, which
+            // lives on, and `stop` is borrowed).
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if ready < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                warn!("cannot wait for the snapshot writer: {err}");
+                self.abandon_snapshot(epoll);
+                return;
+            }
+            let [writer, signal] = fds;
+            if signal.revents != 0 {
+                self.abandon_snapshot(epoll);
+                return;
+            }
+            if writer.revents != 0 {
+                // Takes `self.snapshot` once the writer has been reaped.
+                self.snapshot_writer_exited(epoll);
+            }
+        }
+    }
+
+    /// The host stops the VM: kills and reaps a snapshot writer still running, and tells the
+    /// client that asked that the snapshot failed (`Failed`, `ECANCELED`).
     pub fn abandon_snapshot(&mut self, epoll: &Epoll) {
         let Some(pending) = self.snapshot.take() else {
             return;

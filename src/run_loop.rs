@@ -3,7 +3,7 @@
 //! the VM must end.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -221,10 +221,18 @@ pub fn run(
         balloon_changes: Coalescer::new(BALLOON_EVENT_INTERVAL),
     };
     let result = run_loop.wait_for_exit(&mut running);
-    // A snapshot still being written is abandoned: its writer killed and reaped, its
-    // client told (before the VMM's last messages go out below).
+    // A snapshot still being written (before the VMM's last messages go out below): when
+    // the guest ended the VM, the snapshot's moment came before that end and it is
+    // finished; when the host stops the VM, the writer is killed and the client told.
     if let Some(control) = run_loop.control.as_mut() {
-        control.abandon_snapshot(&run_loop.epoll);
+        match result {
+            Ok(VmExit::PowerOff | VmExit::Reset | VmExit::Crash) => {
+                control.finish_snapshot(&run_loop.epoll, run_loop.signals.as_fd());
+            }
+            Ok(VmExit::Signal(_) | VmExit::Stopped) | Err(_) => {
+                control.abandon_snapshot(&run_loop.epoll);
+            }
+        }
     }
     // The balloon's last change, held back by the rate limit, still reaches subscribers.
     if let Some(pages) = run_loop.balloon_changes.flush(Instant::now()) {
