@@ -2,7 +2,8 @@
 //! `--stop`), end to end on this host, jailed as by default: the VM counts on while its
 //! RAM is written and restores to the moment of the fork; a second snapshot meanwhile is
 //! refused; a stop signal kills the writer and removes its files; a client that leaves
-//! breaks nothing; and a guest that powers off meanwhile still gets its snapshot finished.
+//! breaks nothing; a guest that powers off meanwhile still gets its snapshot finished; and a
+//! writer that cannot be forked fails the snapshot and nothing else.
 //! The VMM's test hook (`VMM_SNAPSHOT_TEST_WRITER_DELAY_MS`) holds the writer back so
 //! each of these finds it writing.
 
@@ -276,4 +277,86 @@ fn a_guest_that_powers_off_during_a_background_snapshot_still_gets_it_finished()
         text, "off\n",
         "the restored guest waited out its seconds and powered off"
     );
+}
+
+/// A pids cgroup of this test's own (cgroup v1's `pids` hierarchy, as on the machines CI
+/// runs on), removed when dropped. A supervisor bounds a VM's processes this way.
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    fn new(name: &str) -> PidsCgroup {
+        let hierarchy = Path::new("/sys/fs/cgroup/pids");
+        assert!(
+            hierarchy.join("cgroup.procs").exists(),
+            "THIS TEST NEEDS CGROUP V1'S PIDS HIERARCHY AT {}",
+            hierarchy.display()
+        );
+        let dir = hierarchy.join(format!("vmm-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("make the pids cgroup");
+        PidsCgroup(dir)
+    }
+
+    fn write(&self, file: &str, value: &str) {
+        std::fs::write(self.0.join(file), value)
+            .unwrap_or_else(|err| panic!("write {value} to {file}: {err}"));
+    }
+
+    /// Moves process `pid` (all its threads) in.
+    fn adopt(&self, pid: u32) {
+        self.write("cgroup.procs", &pid.to_string());
+    }
+
+    /// Lets no more tasks be made than are in it now.
+    fn freeze_count(&self) {
+        let current = std::fs::read_to_string(self.0.join("pids.current")).expect("pids.current");
+        self.write("pids.max", current.trim());
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_writer_that_cannot_be_forked_fails_the_snapshot_and_the_vm_counts_on() {
+    if !require_kvm() || !common::require_root() {
+        return;
+    }
+    // The VMM's pids cgroup is full, so the writer's clone(2) fails (EAGAIN), as it would
+    // for a VMM at its supervisor's process budget or out of memory.
+    let scratch = Scratch::new("snapshot-fork-fails");
+    let cgroup = PidsCgroup::new("fork-fails");
+    let vm = Vmm::boot_with(&scratch, "vm", &COUNTER, None, &[]);
+    vm.wait_for_output(90);
+    cgroup.adopt(common::vmm_process(u32::try_from(vm.pid()).expect("a pid")));
+    cgroup.freeze_count();
+
+    let snapshot = scratch.path("vm.snap");
+    let output = vm.ctl("snapshot", &[snapshot.to_str().expect("UTF-8")]);
+
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("(Resource temporarily unavailable)") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(
+        !snapshot.exists() && !scratch.path("vm.snap.mem").exists(),
+        "the failed snapshot's files are removed"
+    );
+    assert_eq!(vm.vmm_children(), [], "no writer");
+    vm.wait_for_output(900);
+
+    // With room for the writer again, the next snapshot is taken and restores.
+    cgroup.write("pids.max", "max");
+    vm.snapshot(&snapshot, false);
+    vm.wait_for_output(90);
+    vm.stop();
+    drop(cgroup);
+    let log = scratch.path("r.log");
+    let restored = Vmm::restore(&scratch, &snapshot, "r", Some(&log), &log, &[]);
+    restored.wait_for_output(900);
+    restored.stop();
 }
