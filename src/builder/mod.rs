@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use arch::layout;
-use devices::pci::{BarAllocator, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN, PciRoot};
+use devices::pci::{BarAllocator, PciRoot};
 use devices::virtio::balloon::{Balloon, BalloonHandle};
 use devices::virtio::block::{Block, BlockCounters, BlockError};
 use devices::virtio::console::{Console as VirtioConsole, ConsoleCounters, HostInput};
@@ -15,10 +15,7 @@ use devices::virtio::net::{Net, NetCounters, NetError};
 use devices::virtio::queue_status::QueueStatus;
 use devices::virtio::vsock::{VsockError, VsockMemory};
 use devices::virtio::{PciInterrupt, Rng, Vsock};
-use devices::{
-    AcpiPm, Bus, BusDevice, BusWindow, Cmos, ConsoleOutput, ConsoleRing, ConsoleWriter, I8042,
-    ResetControl, Serial,
-};
+use devices::{Bus, BusDevice, ConsoleOutput, ConsoleRing, ConsoleWriter, Serial};
 use kernel_loader::{BootProtocol, E820Entry, GuestAddress, LoadedKernel};
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
@@ -32,13 +29,17 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use crate::boot_images::load_images;
 use crate::cli::Source;
 use crate::config::{NetConfig, VmConfig};
-use crate::consoles::{self, ConsoleOutputs, StdinConsole};
+use crate::consoles::{self, StdinConsole};
 use crate::input_file::InputFileError;
 use crate::irq_routing::{FIRST_MSI_GSI, GsiRouter};
 use crate::opened::{DiskFile, HostFiles};
 use crate::pci_wiring::{PciWiring, Transports};
 use crate::snapshot::restore::{RestoreError, RestoreImage};
 use crate::snapshot::save::SnapshotDevices;
+
+mod legacy;
+
+use legacy::{COM1_INSTANCE, create_console, create_pio_bus};
 
 /// KVM needs three pages for the TSS and one for the identity map on Intel hosts; they sit
 /// at the top of the 32-bit MMIO hole, below the BIOS ROM alias, where no RAM is.
@@ -47,19 +48,6 @@ use crate::snapshot::save::SnapshotDevices;
 const KVM_TSS_ADDRESS: usize = layout::KVM_TSS_ADDRESS as usize;
 const _: () = assert!(layout::KVM_TSS_ADDRESS <= u32::MAX as u64);
 const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
-
-/// Where the data window of PCI configuration mechanism #1 starts, from 0xCF8.
-const PCI_CONFIG_DATA_OFFSET: u64 = 4;
-
-/// The serial port's ISA interrupt line.
-const COM1_PORT: u64 = 0x3f8;
-const COM1_GSI: u32 = 4;
-/// COM1's instance number in snapshot records: its port base.
-const COM1_INSTANCE: u32 = 0x3f8;
-/// The i8042's, the CMOS's and the reset control register's port bases.
-const I8042_PORT: u64 = 0x60;
-const CMOS_PORT: u64 = 0x70;
-const RESET_PORT: u64 = 0xcf9;
 
 /// The virtio-console's worker thread.
 const VIRTIO_CONSOLE: &str = "virtio-console";
@@ -542,99 +530,6 @@ fn create_console_ring(config: &VmConfig) -> Result<Option<Arc<ConsoleRing>>> {
     }
     let ring = ConsoleRing::new(config.console_ring_bytes).map_err(BuildError::ConsoleRing)?;
     Ok(Some(Arc::new(ring)))
-}
-
-/// The UART on COM1 with its interrupt and input events, writing to the UART's sink of
-/// `outputs`.
-fn create_console(vm_fd: &VmFd, outputs: &ConsoleOutputs) -> Result<Console> {
-    let takes_stdin =
-        outputs.stdin.is_some() && crate::terminal::is_tty(crate::terminal::stdin_fd());
-    let interrupt = new_eventfd()?;
-    vm_fd
-        .register_irqfd(&interrupt, COM1_GSI)
-        .map_err(kvm_step("route the serial interrupt"))?;
-    let input_ready = new_eventfd()?;
-    let input_ready_for_device = input_ready.try_clone().map_err(BuildError::EventFd)?;
-    let serial = Serial::new(
-        interrupt,
-        input_ready_for_device,
-        Box::new(outputs.serial.clone()),
-    );
-    let console = Console {
-        serial: Arc::new(Mutex::new(serial)),
-        input_ready,
-        takes_stdin,
-        virtio_input: None,
-    };
-    Ok(console)
-}
-
-/// The RTC and NVRAM, with its interrupt on IRQ 8 (the DSDT's RTC device says so) and the
-/// timer the run loop watches for it.
-fn create_cmos(config: &VmConfig, vm_fd: &VmFd) -> Result<Cmos> {
-    let mut cmos = Cmos::new(
-        layout::ram_below_4g(config.mem_bytes),
-        layout::ram_above_4g(config.mem_bytes),
-    );
-    let interrupt = new_eventfd()?;
-    vm_fd
-        .register_irqfd(&interrupt, devices::RTC_IRQ)
-        .map_err(kvm_step("route the RTC interrupt"))?;
-    let timer = devices::cmos::interrupt_timer().map_err(BuildError::EventFd)?;
-    cmos.connect_interrupt(interrupt, timer);
-    Ok(cmos)
-}
-
-/// The legacy devices on the port bus besides the UART, kept typed for snapshots, each
-/// with its instance number (its port base).
-struct LegacyDevices {
-    i8042: (u32, Arc<Mutex<I8042>>),
-    cmos: (u32, Arc<Mutex<Cmos>>),
-    acpi_pm: (u32, Arc<Mutex<AcpiPm>>),
-    reset: (u32, Arc<Mutex<ResetControl>>),
-    pci_root: Arc<Mutex<PciRoot>>,
-}
-
-fn create_pio_bus(
-    config: &VmConfig,
-    vm_fd: &VmFd,
-    requests: &GuestRequests,
-    console: &Console,
-    pci_root: PciRoot,
-) -> Result<(Bus, LegacyDevices)> {
-    let clone = |evt: &EventFd| evt.try_clone().map_err(BuildError::EventFd);
-    let bus = Bus::new();
-    bus.insert(console.serial.clone(), COM1_PORT, 8)?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(clone(&requests.reset)?)));
-    bus.insert(i8042.clone(), I8042_PORT, 5)?;
-    let cmos = Arc::new(Mutex::new(create_cmos(config, vm_fd)?));
-    bus.insert(cmos.clone(), CMOS_PORT, 2)?;
-    let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(clone(&requests.poweroff)?)));
-    let pm_port = devices::acpi_pm::PM1A_EVT_BLK_PORT;
-    bus.insert(acpi_pm.clone(), u64::from(pm_port), 8)?;
-    let reset = Arc::new(Mutex::new(ResetControl::new(clone(&requests.reset)?)));
-    bus.insert(reset.clone(), RESET_PORT, 1)?;
-    // Configuration mechanism #1 shares its ports with the reset register, as on real
-    // chipsets: dword accesses at 0xCF8 are the address register, 0xCF9 is the reset
-    // control register, and 0xCFC-0xCFF are the data window.
-    let pci_root = Arc::new(Mutex::new(pci_root));
-    let pci_root_bus: Arc<Mutex<dyn BusDevice>> = pci_root.clone();
-    bus.insert(pci_root_bus.clone(), PCI_CONFIG_IO_BASE, 1)?;
-    bus.insert(
-        shared(BusWindow::new(pci_root_bus, PCI_CONFIG_DATA_OFFSET)),
-        PCI_CONFIG_IO_BASE + PCI_CONFIG_DATA_OFFSET,
-        PCI_CONFIG_IO_LEN - PCI_CONFIG_DATA_OFFSET,
-    )?;
-    // The ports are 16-bit constants: the instance numbers are exact.
-    let instance = |port: u64| u32::try_from(port).unwrap_or(u32::MAX);
-    let legacy = LegacyDevices {
-        i8042: (instance(I8042_PORT), i8042),
-        cmos: (instance(CMOS_PORT), cmos),
-        acpi_pm: (u32::from(pm_port), acpi_pm),
-        reset: (instance(RESET_PORT), reset),
-        pci_root,
-    };
-    Ok((bus, legacy))
 }
 
 /// What the virtio devices are built from, besides the configuration: the host files
