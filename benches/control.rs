@@ -9,7 +9,7 @@
 //!   request, 1024-byte reply). The request is `GetVersion`, the cheapest round trip, and again
 //!   `GetStats`. Every reply is checked: the client checks the id echo, the bench checks the
 //!   version range (contains 1) and the statistics (1 vCPU, 256 MiB of guest RAM).
-//! * **QEMU**: the same guest on the lean microvm command line of `benches/host.rs`, plus one
+//! * **QEMU**: the same guest on the lean microvm command line of `benches/host/vmm.rs`, plus one
 //!   `-qmp unix:Qi,server=on,wait=off` monitor per concurrent client (a QMP monitor serves one
 //!   connection at a time). A small QMP client reads the greeting, negotiates with
 //!   `qmp_capabilities`, then sends `{"execute":"query-status"}` and reads one JSON line per
@@ -230,7 +230,7 @@ impl Drop for Scratch {
 }
 
 // ---------------------------------------------------------------------------------------
-// The tiny guest (the same bytes as benches/host.rs builds).
+// The tiny guest (the same bytes as benches/host/main.rs builds).
 
 /// `mov dx, 0x3f8; mov al, 'X'; out dx, al; cli; hlt; jmp back to the hlt`: valid in 32-bit
 /// and 64-bit mode.
@@ -273,7 +273,7 @@ impl Server {
         server
     }
 
-    /// QEMU with the lean microvm options of benches/host.rs and one QMP monitor per client.
+    /// QEMU with the lean microvm options of benches/host/vmm.rs and one QMP monitor per client.
     fn start_qemu(config: &Config, guest: &Path, scratch: &Scratch) -> Server {
         let machine =
             "microvm,rtc=off,pit=off,pic=off,isa-serial=on,acpi=off,pcie=off,x-option-roms=off";
