@@ -289,19 +289,52 @@ pub fn measure_rate(target: &Target, clients: usize, per_client: usize) -> RateR
     }
 }
 
-/// CPU time the threads of process `pid` have run so far (ns-precise, from each thread's
-/// /proc/PID/task/TID/schedstat; threads that already exited are not counted, so this is
-/// for the VMMs, whose threads live throughout).
+/// CPU time the threads of process `pid` and of its descendants have run so far
+/// (ns-precise, from each thread's /proc/PID/task/TID/schedstat; threads that already exited
+/// are not counted, so this is for the VMMs, whose threads live throughout). A jailed vmm
+/// (the default) is the child of the process the bench started, which only waits for it.
 pub fn process_cpu(pid: u32) -> Duration {
-    let task_dir = format!("/proc/{pid}/task");
-    let tasks = std::fs::read_dir(&task_dir)
-        .unwrap_or_else(|err| fail(&format!("cannot list {task_dir}: {err}")));
-    let nanos: u64 = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+    let nanos: u64 = process_tree(pid)
+        .into_iter()
+        .flat_map(threads_of)
+        .filter_map(|(pid, tid)| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()
+        })
         .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     Duration::from_nanos(nanos)
+}
+
+/// Process `pid` and every process descended from it, from /proc/PID/task/TID/children.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        next += 1;
+        for (_, tid) in threads_of(parent) {
+            let children = std::fs::read_to_string(format!("/proc/{parent}/task/{tid}/children"))
+                .unwrap_or_default();
+            tree.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    tree
+}
+
+/// The (pid, tid) of each thread of process `pid`; none if it has gone.
+pub fn threads_of(pid: u32) -> Vec<(u32, u32)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|task| task.file_name().to_string_lossy().parse::<u32>().ok())
+                .map(|tid| (pid, tid))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// User plus system CPU time of this process so far, exited threads included.

@@ -160,15 +160,22 @@ impl Server {
         }
     }
 
-    /// Restricts every thread of the VMM to `cpus` (the development server is not pinned).
+    /// Restricts every thread of the VMM to `cpus` (the development server is not pinned):
+    /// of the process the bench started and of its descendants (a jailed vmm, the default,
+    /// runs in a child of it).
     pub fn pin(&self, cpus: &[usize]) {
         let Some(child) = &self.child else { return };
-        let task_dir = format!("/proc/{}/task", child.id());
-        let tasks = std::fs::read_dir(&task_dir)
-            .unwrap_or_else(|err| self.fail(&format!("cannot list {task_dir}: {err}")));
-        for task in tasks.flatten() {
-            let tid = task.file_name().to_string_lossy().parse::<libc::pid_t>();
-            let Ok(tid) = tid else { continue };
+        let threads: Vec<(u32, u32)> = crate::measure::process_tree(child.id())
+            .into_iter()
+            .flat_map(crate::measure::threads_of)
+            .collect();
+        if threads.is_empty() {
+            self.fail("has no thread to pin");
+        }
+        for (_, tid) in threads {
+            let Ok(tid) = libc::pid_t::try_from(tid) else {
+                continue;
+            };
             if let Err(err) = set_affinity(tid, cpus) {
                 self.fail(&format!("cannot pin thread {tid} to CPUs {cpus:?}: {err}"));
             }
