@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::lab::{CONSOLE_FILE, LabRun, require_lab, run_in_lab, start_vmm};
+use common::lab::{CONSOLE_FILE, LabRun, WAIT_VMM, require_lab, run_in_lab, start_vmm};
 
 /// Snapshots (each followed by a restore into a new process) in one run: the watchdog
 /// compares the clocks over every 0.5 s interval, and each interval that spans a restore
@@ -253,4 +253,79 @@ exit $status
         first.up,
         last.up
     );
+}
+
+/// The guest of the RTC test: sets an alarm `RTC_ALARM_S` seconds on, says so, then waits
+/// for it the way `hwclock` waits for its update interrupt (a read of `/dev/rtc0`), bounded
+/// by `timeout`, and reports how the wait ended and whether the alarm is still pending.
+const RTC_ALARM_S: u32 = 40;
+const RTC_GUEST: &str = r#"echo +40 > /sys/class/rtc/rtc0/wakealarm
+echo "alarm-set: $(cat /sys/class/rtc/rtc0/wakealarm)"
+timeout 240 dd if=/dev/rtc0 bs=8 count=1 of=/dev/null 2>/dev/null
+echo "alarm-read: $?"
+echo "alarm-left: [$(cat /sys/class/rtc/rtc0/wakealarm)] now $(cat /sys/class/rtc/rtc0/since_epoch)"
+while :; do sleep 1; done
+"#;
+
+/// An RTC alarm the guest set before a snapshot fires in the restored VM, at its time: the
+/// alarm registers and the interrupt enable come back with the CMOS record, and the
+/// restored RTC arms its host timer for them. Without that the guest's read of /dev/rtc0
+/// would wait until `timeout` killed it.
+#[test]
+fn an_rtc_alarm_set_before_a_snapshot_fires_after_the_restore() {
+    if !require_lab() {
+        return;
+    }
+    let start = start_vmm(&[], 256, RTC_GUEST, "file");
+    let script = format!(
+        r#"{start}
+wait_for 'alarm-set: '
+vmm snapshot /tmp/vmm.sock /tmp/rtc.snap --stop
+echo "snapshot-exit: $?"
+wait $vmm
+echo "snapshot-vmm-exit: $?"
+grep -q 'alarm-read: ' {CONSOLE_FILE} && echo "lab-script: the alarm fired before the snapshot"
+echo "restore-at: $(date +%s)"
+rm -f /tmp/vmm.sock
+vmm run --restore /tmp/rtc.snap --socket /tmp/vmm.sock &
+vmm=$!
+wait_for 'alarm-left: '
+echo "fired-at: $(date +%s)"
+vmm stop /tmp/vmm.sock
+{WAIT_VMM}"#
+    );
+
+    let run = run_in_lab("lab-snapshot-rtc", &script);
+    let output = &run.output;
+    assert_eq!(run.value("snapshot-exit:"), "0", "{output}");
+    assert_eq!(run.value("snapshot-vmm-exit:"), "0", "{output}");
+    assert!(
+        !output.contains("the alarm fired before the snapshot"),
+        "the snapshot came too late to test anything ({RTC_ALARM_S} s alarm): {output}"
+    );
+    assert_eq!(
+        run.value("alarm-read:"),
+        "0",
+        "the restored guest's wait for its alarm did not end with the alarm: {output}"
+    );
+    assert!(
+        run.value("alarm-left:").starts_with("[]"),
+        "the alarm is still pending: {output}"
+    );
+    // The alarm's time is the guest's wall clock: it fires at it, not late. The guest set
+    // it RTC_ALARM_S seconds after its own `alarm-set:` moment; the outer VM's clock is the
+    // host's, which the restored RTC follows.
+    let alarm: i64 = run
+        .value("alarm-set:")
+        .parse()
+        .unwrap_or_else(|_| panic!("no alarm time: {output}"));
+    let fired: i64 = run
+        .value("fired-at:")
+        .parse()
+        .unwrap_or_else(|_| panic!("no firing time: {output}"));
+    assert!(
+        (alarm..alarm + 30).contains(&fired),
+        "the alarm for {alarm} was seen at {fired}: {output}"
+    );
+    run.assert_vmm_exited_0();
 }
