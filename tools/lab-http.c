@@ -1,6 +1,7 @@
 /*
  * lab-http: send HTTP/1.1 requests over a unix socket, one after another (the outer VM
- * of the lab has no curl; tools/bench-snapshot drives Firecracker's API with it).
+ * of the lab has no curl; tools/bench-snapshot drives Firecracker's and Cloud
+ * Hypervisor's APIs with it).
  *
  *   lab-http [-w SECONDS] SOCKET 'METHOD PATH [BODY]'...
  *
