@@ -132,6 +132,16 @@ pub struct MemoryRegistry {
     vhost: Option<Arc<VsockMemory>>,
 }
 
+/// vhost's table entry for a region at `guest_addr` of `size` bytes mapped at `host_addr`.
+fn vhost_region(guest_addr: u64, size: u64, host_addr: *mut libc::c_void) -> VhostMemoryRegion {
+    VhostMemoryRegion {
+        guest_phys_addr: guest_addr,
+        memory_size: size,
+        userspace_addr: host_addr as u64,
+        flags_padding: 0,
+    }
+}
+
 impl MemoryRegistry {
     /// Regions go in [base, end) of guest physical space, in KVM slots
     /// [first_slot, slot_limit).
@@ -190,12 +200,7 @@ impl MemoryRegistry {
             return Err(RegistryError::Kvm(e));
         }
         if let Some(table) = &self.vhost {
-            let entry = VhostMemoryRegion {
-                guest_phys_addr: guest_addr,
-                memory_size: size,
-                userspace_addr: mapping.addr as u64,
-                flags_padding: 0,
-            };
+            let entry = vhost_region(guest_addr, size, mapping.addr);
             if let Err(e) = table.add(entry) {
                 // Undone in the order it was done: nothing names the mapping once the slot
                 // is gone. A slot KVM will not delete keeps its mapping (leaked, as for a
@@ -252,12 +257,7 @@ impl MemoryRegistry {
         if let Err(e) = unsafe { vm_fd.set_user_memory_region(delete) } {
             // The region stays registered: put it back in vhost's table.
             if let Some(table) = &self.vhost {
-                let entry = VhostMemoryRegion {
-                    guest_phys_addr: region.guest_addr,
-                    memory_size: region.size,
-                    userspace_addr: region.mapping.addr as u64,
-                    flags_padding: 0,
-                };
+                let entry = vhost_region(region.guest_addr, region.size, region.mapping.addr);
                 if let Err(vhost) = table.add(entry) {
                     log::warn!(
                         "slot {slot} stays registered but out of vhost-vsock's table: {vhost}"

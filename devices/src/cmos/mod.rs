@@ -596,11 +596,14 @@ impl Cmos {
 
     /// Arms (or disarms) the timer for [`Cmos::next_wake`], unless it already is.
     fn rearm(&mut self) {
+        if self.interrupt.is_none() {
+            return;
+        }
         let deadline = self.next_wake();
-        let now = (self.now)();
         let Some(irq) = self.interrupt.as_mut() else {
             return;
         };
+        // Most register accesses leave the deadline as it was: no clock read, no syscall.
         if irq.armed == deadline {
             return;
         }
@@ -608,6 +611,7 @@ impl Cmos {
         let result = match deadline {
             // A deadline already past still needs a wake-up: a zero time would disarm.
             Some(at) => {
+                let now = (self.now)();
                 let nanos = u64::try_from(at.saturating_sub(now).max(1)).unwrap_or(u64::MAX);
                 irq.timer.reset(Duration::from_nanos(nanos), None)
             }
