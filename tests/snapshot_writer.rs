@@ -360,3 +360,74 @@ fn a_writer_that_cannot_be_forked_fails_the_snapshot_and_the_vm_counts_on() {
     restored.wait_for_output(900);
     restored.stop();
 }
+
+#[test]
+fn a_stop_signal_while_the_vmm_finishes_a_snapshot_after_power_off_cancels_it() {
+    if !require_kvm() {
+        return;
+    }
+    // The guest powers off during the save, so the VMM waits for its writer (held back a
+    // minute); a SIGTERM then means "go now": the writer is killed, the client told, the
+    // files removed, and the VMM exits at once, not after the writer's minute.
+    let scratch = Scratch::new("snapshot-poweroff-signal");
+    let guest = GuestCode::new()
+        .print("ready\n")
+        .wait_rtc_seconds(2)
+        .print("off\n")
+        .acpi_poweroff();
+    let mut vm = Vmm::boot_with(&scratch, "vm", guest.bytes(), Some(60_000), &[]);
+    assert!(
+        common::wait_until(START_LIMIT, || {
+            std::fs::read_to_string(&vm.log).is_ok_and(|log| log == "ready\n")
+        }),
+        "the guest did not start"
+    );
+    let snapshot = scratch.path("vm.snap");
+    let client = vm.start_snapshot(&snapshot);
+    let mut writers = Vec::new();
+    assert!(
+        common::wait_until(START_LIMIT, || {
+            writers = vm.vmm_children();
+            !writers.is_empty()
+        }),
+        "the VMM forked its RAM writer"
+    );
+    assert!(
+        common::wait_until(START_LIMIT, || {
+            std::fs::read_to_string(&vm.log).is_ok_and(|log| log.ends_with("off\n"))
+        }),
+        "the guest did not power off"
+    );
+
+    // The VMM is finishing the snapshot for the client, not abandoning it.
+    let mut client = client;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        matches!(client.try_wait(), Ok(None)),
+        "the snapshot was answered at power-off"
+    );
+    // SAFETY: kill(2) on the pid of our own child, still running (waiting for the writer).
+    assert_eq!(unsafe { libc::kill(vm.pid(), libc::SIGTERM) }, 0);
+    let client = common::wait_with_timeout(client, COMMAND_LIMIT);
+    let output = vm.wait_exit();
+
+    assert_eq!(client.status.code(), Some(1), "{}", describe(&client));
+    let stderr = String::from_utf8_lossy(&client.stderr);
+    assert!(stderr.contains("failed (Operation canceled)"), "{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "the guest's power-off: {}",
+        describe(&output)
+    );
+    assert!(
+        !snapshot.exists() && !scratch.path("vm.snap.mem").exists(),
+        "the abandoned snapshot's files are removed"
+    );
+    for writer in writers {
+        assert!(
+            !Path::new(&format!("/proc/{writer}")).exists(),
+            "the writer {writer} is gone (no zombie, no orphan)"
+        );
+    }
+}
